@@ -1,0 +1,319 @@
+//! Everything the kernel programs (leak-ebpf) and user space (leak-user) must agree on:
+//! the `#[repr(C)]` records stored in maps, map names, map sizes and counter ids.
+//!
+//! Data path: a uprobe on an allocator entry stores a [`PendingCall`] for the thread; the
+//! return probe turns it into an [`AllocRecord`] keyed by address and adds to the
+//! [`StackTotals`] of the caller's stack; the free probe removes the record and subtracts.
+//! Anonymous mmap/munmap/mremap syscalls are sent to user space as [`MmapEvent`]s, which
+//! tracks them by address range (a partial munmap must shrink or split a region, which a
+//! hash map in the kernel cannot express).
+#![no_std]
+
+/// Map names, shared so user space never spells them differently from the kernel side.
+pub mod map_names {
+    pub const ALLOCS: &str = "ALLOCS";
+    pub const STACK_TOTALS: &str = "STACK_TOTALS";
+    pub const STACK_TRACES: &str = "STACK_TRACES";
+    pub const PENDING_CALLS: &str = "PENDING_CALLS";
+    pub const PENDING_SYSCALLS: &str = "PENDING_SYSCALLS";
+    pub const MMAP_EVENTS: &str = "MMAP_EVENTS";
+    pub const COUNTERS: &str = "COUNTERS";
+}
+
+/// Name of the global holding the traced process id (tgid); set by user space at load time.
+pub const TARGET_TGID_GLOBAL: &str = "TARGET_TGID";
+
+/// Default capacity of the live-allocation map; user space may resize it at load time.
+pub const DEFAULT_MAX_ALLOCS: u32 = 1 << 20;
+/// Capacity of the stack-trace map and of the per-stack totals.
+pub const MAX_STACKS: u32 = 1 << 15;
+/// Threads that can be inside an allocator call at the same time.
+pub const MAX_PENDING_CALLS: u32 = 1 << 15;
+/// Bytes of ring buffer for mmap-family events.
+pub const MMAP_EVENTS_BYTES: u32 = 1 << 22;
+/// Frames kept per stack (the kernel's PERF_MAX_STACK_DEPTH).
+pub const MAX_STACK_DEPTH: usize = 127;
+
+/// Stack id used when the kernel could not record the stack (collision or error): the bytes
+/// are still counted, under a stack shown as "unknown".
+pub const UNKNOWN_STACK_ID: u32 = u32::MAX;
+
+/// How far below the outer call's stack pointer a nested allocator call may be (bytes). An
+/// entry further away than this belongs to a thread that died inside an allocator call and
+/// whose id was reused; it is replaced, not treated as an outer call.
+pub const NESTED_CALL_MAX_DEPTH_BYTES: u64 = 1 << 16;
+
+/// The allocator functions leaktrace probes.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocFn {
+    Malloc = 0,
+    Calloc = 1,
+    Realloc = 2,
+    Reallocarray = 3,
+    PosixMemalign = 4,
+    AlignedAlloc = 5,
+    Memalign = 6,
+    Valloc = 7,
+    Pvalloc = 8,
+    Free = 9,
+}
+
+impl AllocFn {
+    pub const ALL: [AllocFn; 10] = [
+        AllocFn::Malloc,
+        AllocFn::Calloc,
+        AllocFn::Realloc,
+        AllocFn::Reallocarray,
+        AllocFn::PosixMemalign,
+        AllocFn::AlignedAlloc,
+        AllocFn::Memalign,
+        AllocFn::Valloc,
+        AllocFn::Pvalloc,
+        AllocFn::Free,
+    ];
+
+    /// The C symbol name.
+    pub const fn symbol(self) -> &'static str {
+        match self {
+            AllocFn::Malloc => "malloc",
+            AllocFn::Calloc => "calloc",
+            AllocFn::Realloc => "realloc",
+            AllocFn::Reallocarray => "reallocarray",
+            AllocFn::PosixMemalign => "posix_memalign",
+            AllocFn::AlignedAlloc => "aligned_alloc",
+            AllocFn::Memalign => "memalign",
+            AllocFn::Valloc => "valloc",
+            AllocFn::Pvalloc => "pvalloc",
+            AllocFn::Free => "free",
+        }
+    }
+
+    /// Name of the kernel program that handles this function's entry.
+    pub const fn entry_program(self) -> &'static str {
+        match self {
+            AllocFn::Malloc => "malloc_enter",
+            AllocFn::Calloc => "calloc_enter",
+            AllocFn::Realloc => "realloc_enter",
+            AllocFn::Reallocarray => "reallocarray_enter",
+            AllocFn::PosixMemalign => "posix_memalign_enter",
+            // Same signature (alignment, size): one program serves both.
+            AllocFn::AlignedAlloc | AllocFn::Memalign => "memalign_enter",
+            AllocFn::Valloc => "valloc_enter",
+            AllocFn::Pvalloc => "pvalloc_enter",
+            AllocFn::Free => "free_enter",
+        }
+    }
+
+    /// Whether the function has a return probe (everything but free).
+    pub const fn has_return_probe(self) -> bool {
+        !matches!(self, AllocFn::Free)
+    }
+
+    pub const fn from_u32(value: u32) -> Option<AllocFn> {
+        if (value as usize) < Self::ALL.len() {
+            Some(Self::ALL[value as usize])
+        } else {
+            None
+        }
+    }
+}
+
+/// Name of the return program shared by every allocating function.
+pub const ALLOC_RETURN_PROGRAM: &str = "alloc_return";
+
+/// Names of the syscall tracepoint programs, as (program, category, tracepoint).
+pub const SYSCALL_PROGRAMS: [(&str, &str, &str); 6] = [
+    ("mmap_enter", "syscalls", "sys_enter_mmap"),
+    ("mmap_exit", "syscalls", "sys_exit_mmap"),
+    ("munmap_enter", "syscalls", "sys_enter_munmap"),
+    ("munmap_exit", "syscalls", "sys_exit_munmap"),
+    ("mremap_enter", "syscalls", "sys_enter_mremap"),
+    ("mremap_exit", "syscalls", "sys_exit_mremap"),
+];
+
+/// One live allocation, keyed by its address in `ALLOCS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllocRecord {
+    pub size: u64,
+    /// CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns) when the allocation returned.
+    pub timestamp_ns: u64,
+    pub stack_id: u32,
+    pub tid: u32,
+}
+
+/// Running totals for one stack id, kept in `STACK_TOTALS`. The outstanding fields are
+/// updated with wrapping adds of negated values, so read them as two's complement.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackTotals {
+    pub outstanding_bytes: u64,
+    pub outstanding_allocs: u64,
+    pub total_allocs: u64,
+    pub total_frees: u64,
+    /// Bytes ever allocated from this stack.
+    pub total_bytes: u64,
+}
+
+/// Arguments saved at an allocator's entry until its return, keyed by thread id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PendingCall {
+    /// `AllocFn` as u32.
+    pub func: u32,
+    pub _pad: u32,
+    /// Stack pointer at entry; the matching return sees `sp + 8` (the return address popped).
+    pub sp: u64,
+    /// Requested bytes.
+    pub size: u64,
+    /// realloc/reallocarray: the block being resized.
+    pub old_ptr: u64,
+    /// posix_memalign: where the result pointer is written.
+    pub out_ptr: u64,
+}
+
+/// Syscall arguments saved at sys_enter until sys_exit, keyed by thread id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PendingSyscall {
+    /// `MmapEventKind` as u32.
+    pub kind: u32,
+    pub _pad: u32,
+    pub addr: u64,
+    pub len: u64,
+    pub new_len: u64,
+    /// Return address of the caller of a frameless syscall wrapper (read at the user stack
+    /// pointer); user space decides whether it is a real frame.
+    pub caller_hint: u64,
+}
+
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MmapEventKind {
+    Map = 1,
+    Unmap = 2,
+    Remap = 3,
+}
+
+impl MmapEventKind {
+    pub const fn from_u32(value: u32) -> Option<MmapEventKind> {
+        match value {
+            1 => Some(MmapEventKind::Map),
+            2 => Some(MmapEventKind::Unmap),
+            3 => Some(MmapEventKind::Remap),
+            _ => None,
+        }
+    }
+}
+
+/// A completed anonymous mmap, munmap or mremap of the target, sent through `MMAP_EVENTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MmapEvent {
+    /// `MmapEventKind` as u32.
+    pub kind: u32,
+    pub tid: u32,
+    pub stack_id: u32,
+    pub _pad: u32,
+    pub timestamp_ns: u64,
+    /// Map: the new region; Unmap: the range removed; Remap: the old range.
+    pub addr: u64,
+    pub len: u64,
+    /// Remap only: where the region now lives and its new length.
+    pub new_addr: u64,
+    pub new_len: u64,
+    pub caller_hint: u64,
+}
+
+/// Per-CPU event counters in `COUNTERS`, indexed by `Counter as u32`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Stack id hash collision (-EEXIST): the allocation is counted under the unknown stack.
+    StackIdCollision = 0,
+    /// Other bpf_get_stackid failures (map full, fault): counted under the unknown stack.
+    StackIdError = 1,
+    /// The live-allocation map was full: the allocation is not tracked.
+    AllocMapFull = 2,
+    /// The per-stack totals map was full: the stack's totals are not kept.
+    StackTotalsFull = 3,
+    /// No room to save an allocator call's arguments: the call is not tracked.
+    PendingMapFull = 4,
+    /// A return probe fired without its entry (attached mid-call): not tracked.
+    MissingEntry = 5,
+    /// The mmap event ring buffer was full: the event is lost.
+    MmapEventsLost = 6,
+    /// Informational: an allocator call made from inside another one (e.g. realloc calling
+    /// malloc), left to the outer call.
+    NestedCall = 7,
+    /// Informational: free() of an address allocated before tracing began.
+    FreeUntracked = 8,
+    /// Informational: an allocation returned an address still recorded as live (its free was
+    /// missed); the old record was replaced.
+    ReplacedLive = 9,
+    /// Informational: calls seen, of the allocating family and of free.
+    Allocations = 10,
+    Frees = 11,
+}
+
+impl Counter {
+    pub const COUNT: u32 = 12;
+
+    pub const ALL: [Counter; Counter::COUNT as usize] = [
+        Counter::StackIdCollision,
+        Counter::StackIdError,
+        Counter::AllocMapFull,
+        Counter::StackTotalsFull,
+        Counter::PendingMapFull,
+        Counter::MissingEntry,
+        Counter::MmapEventsLost,
+        Counter::NestedCall,
+        Counter::FreeUntracked,
+        Counter::ReplacedLive,
+        Counter::Allocations,
+        Counter::Frees,
+    ];
+
+    /// Stable name used in reports and JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::StackIdCollision => "stack_id_collision",
+            Counter::StackIdError => "stack_id_error",
+            Counter::AllocMapFull => "alloc_map_full",
+            Counter::StackTotalsFull => "stack_totals_full",
+            Counter::PendingMapFull => "pending_map_full",
+            Counter::MissingEntry => "missing_entry",
+            Counter::MmapEventsLost => "mmap_events_lost",
+            Counter::NestedCall => "nested_call",
+            Counter::FreeUntracked => "free_untracked",
+            Counter::ReplacedLive => "replaced_live",
+            Counter::Allocations => "allocations",
+            Counter::Frees => "frees",
+        }
+    }
+
+    /// Whether the counter means data was lost (shown under "dropped").
+    pub const fn is_drop(self) -> bool {
+        matches!(
+            self,
+            Counter::StackIdCollision
+                | Counter::StackIdError
+                | Counter::AllocMapFull
+                | Counter::StackTotalsFull
+                | Counter::PendingMapFull
+                | Counter::MissingEntry
+                | Counter::MmapEventsLost
+        )
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are #[repr(C)] plain integers with explicit padding fields.
+    unsafe impl aya::Pod for super::AllocRecord {}
+    unsafe impl aya::Pod for super::StackTotals {}
+    unsafe impl aya::Pod for super::PendingCall {}
+    unsafe impl aya::Pod for super::PendingSyscall {}
+    unsafe impl aya::Pod for super::MmapEvent {}
+}

@@ -1,0 +1,218 @@
+//! Uprobes on the malloc family.
+//!
+//! Entry probes save the arguments per thread; the shared return probe records the result
+//! (address → size, time, stack) and credits the caller's stack; free's entry probe removes
+//! the record and debits the stack. The user stack is captured in the return probe, where the
+//! frame chain still starts at the direct caller.
+use aya_ebpf::{
+    bindings::BPF_F_USER_STACK,
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::{uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext, tracing::StackIdContext},
+};
+use leak_common::{
+    AllocFn, AllocRecord, Counter, NESTED_CALL_MAX_DEPTH_BYTES, PendingCall, UNKNOWN_STACK_ID,
+};
+
+use crate::maps::{
+    ALLOCS, PENDING_CALLS, STACK_TRACES, add_to_stack, count, target_tid,
+};
+
+const EEXIST: i32 = 17;
+const BPF_NOEXIST: u64 = 1;
+
+#[inline(always)]
+fn arg(ctx: &ProbeContext, n: usize) -> u64 {
+    ctx.arg::<u64>(n).unwrap_or(0)
+}
+
+/// Saves an allocator call's arguments unless the call is nested inside another allocator
+/// call of the same thread (realloc(NULL, n) calling malloc, reallocarray calling realloc):
+/// the outer call is the one the program made, so it alone is recorded.
+#[inline(always)]
+fn enter(ctx: &ProbeContext, func: AllocFn, size: u64, old_ptr: u64, out_ptr: u64) -> u32 {
+    let Some(tid) = target_tid() else { return 0 };
+    // SAFETY: uprobe context is the user pt_regs.
+    let sp = unsafe { (*ctx.regs).rsp };
+    // SAFETY: the value is copied out before any map update.
+    if let Some(outer) = unsafe { PENDING_CALLS.get(tid) } {
+        if outer.sp > sp && outer.sp - sp <= NESTED_CALL_MAX_DEPTH_BYTES {
+            count(Counter::NestedCall);
+            return 0;
+        }
+    }
+    let pending = PendingCall {
+        func: func as u32,
+        _pad: 0,
+        sp,
+        size,
+        old_ptr,
+        out_ptr,
+    };
+    if PENDING_CALLS.insert(tid, pending, 0).is_err() {
+        count(Counter::PendingMapFull);
+    }
+    0
+}
+
+#[uprobe]
+pub fn malloc_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, AllocFn::Malloc, arg(&ctx, 0), 0, 0)
+}
+
+#[uprobe]
+pub fn calloc_enter(ctx: ProbeContext) -> u32 {
+    // An overflowing product makes calloc fail, and failures are not recorded.
+    let size = arg(&ctx, 0).wrapping_mul(arg(&ctx, 1));
+    enter(&ctx, AllocFn::Calloc, size, 0, 0)
+}
+
+#[uprobe]
+pub fn realloc_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, AllocFn::Realloc, arg(&ctx, 1), arg(&ctx, 0), 0)
+}
+
+#[uprobe]
+pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
+    let size = arg(&ctx, 1).wrapping_mul(arg(&ctx, 2));
+    enter(&ctx, AllocFn::Reallocarray, size, arg(&ctx, 0), 0)
+}
+
+#[uprobe]
+pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, AllocFn::PosixMemalign, arg(&ctx, 2), 0, arg(&ctx, 0))
+}
+
+/// memalign(alignment, size) and aligned_alloc(alignment, size).
+#[uprobe]
+pub fn memalign_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, AllocFn::Memalign, arg(&ctx, 1), 0, 0)
+}
+
+#[uprobe]
+pub fn valloc_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, AllocFn::Valloc, arg(&ctx, 0), 0, 0)
+}
+
+#[uprobe]
+pub fn pvalloc_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, AllocFn::Pvalloc, arg(&ctx, 0), 0, 0)
+}
+
+#[uretprobe]
+pub fn alloc_return(ctx: RetProbeContext) -> u32 {
+    let Some(tid) = target_tid() else { return 0 };
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(pending) = (unsafe { PENDING_CALLS.get(tid) }).copied() else {
+        count(Counter::MissingEntry);
+        return 0;
+    };
+    // SAFETY: uretprobe context is the user pt_regs.
+    let sp = unsafe { (*ctx.regs).rsp };
+    if sp != pending.sp.wrapping_add(8) {
+        // The return of a nested call whose entry was left to the outer call.
+        return 0;
+    }
+    let _ = PENDING_CALLS.remove(tid);
+    let ret: u64 = ctx.ret();
+
+    match AllocFn::from_u32(pending.func) {
+        Some(AllocFn::Realloc | AllocFn::Reallocarray) => {
+            // Success moves the block; realloc(p, 0) returning NULL frees p; any other NULL
+            // is a failure that leaves p allocated.
+            if pending.old_ptr != 0 && (ret != 0 || pending.size == 0) {
+                release(pending.old_ptr);
+            }
+            if ret != 0 {
+                record(&ctx, ret, pending.size, tid);
+            }
+        }
+        Some(AllocFn::PosixMemalign) => {
+            if ret as u32 == 0 && pending.out_ptr != 0 {
+                // SAFETY: bpf_probe_read_user checks the user address.
+                if let Ok(addr) = unsafe { bpf_probe_read_user(pending.out_ptr as *const u64) } {
+                    if addr != 0 {
+                        record(&ctx, addr, pending.size, tid);
+                    }
+                }
+            }
+        }
+        Some(_) => {
+            if ret != 0 {
+                record(&ctx, ret, pending.size, tid);
+            }
+        }
+        None => {}
+    }
+    0
+}
+
+#[inline(always)]
+fn record(ctx: &RetProbeContext, addr: u64, size: u64, tid: u32) {
+    count(Counter::Allocations);
+    let stack_id = match ctx.get_stackid(&STACK_TRACES, BPF_F_USER_STACK as u64) {
+        Ok(id) => id as u32,
+        Err(err) => {
+            count(if err == -EEXIST {
+                Counter::StackIdCollision
+            } else {
+                Counter::StackIdError
+            });
+            UNKNOWN_STACK_ID
+        }
+    };
+    let record = AllocRecord {
+        size,
+        // SAFETY: helper without arguments.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        stack_id,
+        tid,
+    };
+    if ALLOCS.insert(addr, record, BPF_NOEXIST).is_err() {
+        // SAFETY: copied out before the overwrite.
+        match unsafe { ALLOCS.get(addr) }.copied() {
+            Some(stale) => {
+                // Its free was missed (e.g. freed through a path we do not probe).
+                count(Counter::ReplacedLive);
+                add_to_stack(stale.stack_id, stale.size, false);
+                if ALLOCS.insert(addr, record, 0).is_err() {
+                    count(Counter::AllocMapFull);
+                    return;
+                }
+            }
+            None => {
+                count(Counter::AllocMapFull);
+                return;
+            }
+        }
+    }
+    add_to_stack(stack_id, size, true);
+}
+
+#[inline(always)]
+fn release(addr: u64) {
+    // SAFETY: copied out before removal.
+    match unsafe { ALLOCS.get(addr) }.copied() {
+        Some(record) => {
+            // Only the CPU whose delete succeeds debits the stack.
+            if ALLOCS.remove(addr).is_ok() {
+                add_to_stack(record.stack_id, record.size, false);
+            }
+        }
+        None => count(Counter::FreeUntracked),
+    }
+}
+
+#[uprobe]
+pub fn free_enter(ctx: ProbeContext) -> u32 {
+    let addr = arg(&ctx, 0);
+    if addr == 0 {
+        return 0;
+    }
+    if target_tid().is_none() {
+        return 0;
+    }
+    count(Counter::Frees);
+    release(addr);
+    0
+}

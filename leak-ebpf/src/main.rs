@@ -1,0 +1,23 @@
+//! leaktrace's kernel programs. The list of programs, in data-path order:
+//! - `alloc`: entry uprobes of the allocating functions, the shared return uprobe, and free.
+//! - `mmap`: sys_enter/sys_exit tracepoints of mmap, munmap and mremap.
+//! - `maps`: every map and the counters, shared by both.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod alloc;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod mmap;
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+// On the host (`cargo build --workspace`, clippy) this crate is an empty program.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

@@ -1,0 +1,101 @@
+//! Maps shared by the allocator probes and the mmap tracepoints, and small helpers on them.
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::map,
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
+};
+use leak_common::{
+    AllocRecord, Counter, DEFAULT_MAX_ALLOCS, MAX_PENDING_CALLS, MAX_STACKS, MMAP_EVENTS_BYTES,
+    PendingCall, PendingSyscall, StackTotals,
+};
+
+/// The traced process (tgid). Set by user space before load; 0 never matches.
+#[unsafe(no_mangle)]
+static TARGET_TGID: u32 = 0;
+
+#[map(name = "ALLOCS")]
+pub static ALLOCS: HashMap<u64, AllocRecord> = HashMap::with_max_entries(DEFAULT_MAX_ALLOCS, 0);
+
+/// Per CPU, so updates need no atomics; user space sums the CPUs (a free on another CPU than
+/// its allocation makes one CPU's outstanding values negative, the sum stays right).
+#[map(name = "STACK_TOTALS")]
+pub static STACK_TOTALS: PerCpuHashMap<u32, StackTotals> =
+    PerCpuHashMap::with_max_entries(MAX_STACKS + 1, 0);
+
+#[map(name = "STACK_TRACES")]
+pub static STACK_TRACES: StackTrace = StackTrace::with_max_entries(MAX_STACKS, 0);
+
+#[map(name = "PENDING_CALLS")]
+pub static PENDING_CALLS: HashMap<u32, PendingCall> =
+    HashMap::with_max_entries(MAX_PENDING_CALLS, 0);
+
+#[map(name = "PENDING_SYSCALLS")]
+pub static PENDING_SYSCALLS: HashMap<u32, PendingSyscall> =
+    HashMap::with_max_entries(MAX_PENDING_CALLS, 0);
+
+#[map(name = "MMAP_EVENTS")]
+pub static MMAP_EVENTS: RingBuf = RingBuf::with_byte_size(MMAP_EVENTS_BYTES, 0);
+
+#[map(name = "COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// The calling thread's id if it belongs to the traced process.
+#[inline(always)]
+pub fn target_tid() -> Option<u32> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: a plain read of a global that user space sets once before load.
+    let target = unsafe { core::ptr::read_volatile(&TARGET_TGID) };
+    if tgid == target {
+        Some(pid_tgid as u32)
+    } else {
+        None
+    }
+}
+
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(value) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, valid for the program's run; no other writer on this CPU.
+        unsafe { *value += 1 };
+    }
+}
+
+/// Credits an allocation (`allocated`) or debits a release of `size` bytes to a stack.
+#[inline(always)]
+pub fn add_to_stack(stack_id: u32, size: u64, allocated: bool) {
+    let totals = match STACK_TOTALS.get_ptr_mut(stack_id) {
+        Some(totals) => totals,
+        None => {
+            let fresh = StackTotals::default();
+            // BPF_NOEXIST: if another CPU created it meanwhile, use theirs.
+            if STACK_TOTALS.insert(stack_id, fresh, 1).is_err()
+                && STACK_TOTALS.get_ptr_mut(stack_id).is_none()
+            {
+                count(Counter::StackTotalsFull);
+                return;
+            }
+            match STACK_TOTALS.get_ptr_mut(stack_id) {
+                Some(totals) => totals,
+                None => {
+                    count(Counter::StackTotalsFull);
+                    return;
+                }
+            }
+        }
+    };
+    // SAFETY: this CPU's copy of a live map value; nothing else writes it while we run.
+    unsafe {
+        let totals = &mut *totals;
+        if allocated {
+            totals.outstanding_bytes = totals.outstanding_bytes.wrapping_add(size);
+            totals.outstanding_allocs = totals.outstanding_allocs.wrapping_add(1);
+            totals.total_allocs += 1;
+            totals.total_bytes = totals.total_bytes.wrapping_add(size);
+        } else {
+            totals.outstanding_bytes = totals.outstanding_bytes.wrapping_sub(size);
+            totals.outstanding_allocs = totals.outstanding_allocs.wrapping_sub(1);
+            totals.total_frees += 1;
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! Syscall tracepoints for anonymous mmap, munmap and mremap of the target.
+//!
+//! Each completed call becomes an [`MmapEvent`] for user space, which tracks regions by range.
+//! Calls made from inside an allocator call (malloc's own arenas, realloc's mremap) belong to
+//! the allocator and are already counted by its probes, so they are skipped.
+use aya_ebpf::{
+    bindings::{BPF_F_USER_STACK, pt_regs},
+    helpers::{
+        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    },
+    macros::tracepoint,
+    programs::{TracePointContext, tracing::StackIdContext},
+};
+use leak_common::{Counter, MmapEvent, MmapEventKind, PendingSyscall, UNKNOWN_STACK_ID};
+
+use crate::maps::{MMAP_EVENTS, PENDING_CALLS, PENDING_SYSCALLS, STACK_TRACES, count, target_tid};
+
+const MAP_ANONYMOUS: u64 = 0x20;
+const EEXIST: i32 = 17;
+// Offsets of the fields in the syscalls:sys_enter_* / sys_exit_* records (see the
+// tracepoints' `format` files): the arguments start at 16, one 8-byte slot each.
+const ARG0: usize = 16;
+const ARG1: usize = 24;
+const ARG2: usize = 32;
+const ARG3: usize = 40;
+const RET: usize = 16;
+
+#[inline(always)]
+fn field(ctx: &TracePointContext, offset: usize) -> u64 {
+    // SAFETY: offsets come from the tracepoint format; read_at bounds-checks via the helper.
+    unsafe { ctx.read_at::<u64>(offset) }.unwrap_or(0)
+}
+
+/// The word at the user stack pointer: the return address into the caller when the syscall
+/// was made by a frameless libc wrapper (mmap, munmap, syscall).
+#[inline(always)]
+fn caller_hint() -> u64 {
+    // SAFETY: helpers check their pointers; a failed read yields 0 (no hint).
+    unsafe {
+        let task = bpf_get_current_task_btf();
+        let regs = bpf_task_pt_regs(task) as *const pt_regs;
+        if regs.is_null() {
+            return 0;
+        }
+        let Ok(sp) = bpf_probe_read_kernel(&raw const (*regs).rsp) else {
+            return 0;
+        };
+        bpf_probe_read_user(sp as *const u64).unwrap_or(0)
+    }
+}
+
+#[inline(always)]
+fn inside_allocator(tid: u32) -> bool {
+    // SAFETY: only presence is checked.
+    unsafe { PENDING_CALLS.get(tid) }.is_some()
+}
+
+#[inline(always)]
+fn save(tid: u32, pending: PendingSyscall) {
+    if PENDING_SYSCALLS.insert(tid, pending, 0).is_err() {
+        count(Counter::PendingMapFull);
+    }
+}
+
+#[inline(always)]
+fn take(tid: u32, kind: MmapEventKind) -> Option<PendingSyscall> {
+    // SAFETY: copied out before removal.
+    let pending = unsafe { PENDING_SYSCALLS.get(tid) }.copied()?;
+    let _ = PENDING_SYSCALLS.remove(tid);
+    if pending.kind == kind as u32 {
+        Some(pending)
+    } else {
+        None
+    }
+}
+
+#[inline(always)]
+fn failed(ret: u64) -> bool {
+    // -4095..-1 are errors for every syscall, including mmap.
+    ret > (-4096i64) as u64
+}
+
+#[inline(always)]
+fn emit(event: MmapEvent) {
+    if MMAP_EVENTS.output::<MmapEvent>(&event, 0).is_err() {
+        count(Counter::MmapEventsLost);
+    }
+}
+
+#[tracepoint]
+pub fn mmap_enter(ctx: TracePointContext) -> u32 {
+    let Some(tid) = target_tid() else { return 0 };
+    if field(&ctx, ARG3) & MAP_ANONYMOUS == 0 || inside_allocator(tid) {
+        return 0;
+    }
+    save(
+        tid,
+        PendingSyscall {
+            kind: MmapEventKind::Map as u32,
+            _pad: 0,
+            addr: field(&ctx, ARG0),
+            len: field(&ctx, ARG1),
+            new_len: 0,
+            caller_hint: caller_hint(),
+        },
+    );
+    0
+}
+
+#[tracepoint]
+pub fn mmap_exit(ctx: TracePointContext) -> u32 {
+    let Some(tid) = target_tid() else { return 0 };
+    let Some(pending) = take(tid, MmapEventKind::Map) else { return 0 };
+    let ret = field(&ctx, RET);
+    if failed(ret) {
+        return 0;
+    }
+    let stack_id = match ctx.get_stackid(&STACK_TRACES, BPF_F_USER_STACK as u64) {
+        Ok(id) => id as u32,
+        Err(err) => {
+            count(if err == -EEXIST {
+                Counter::StackIdCollision
+            } else {
+                Counter::StackIdError
+            });
+            UNKNOWN_STACK_ID
+        }
+    };
+    emit(MmapEvent {
+        kind: MmapEventKind::Map as u32,
+        tid,
+        stack_id,
+        _pad: 0,
+        // SAFETY: helper without arguments.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        addr: ret,
+        len: pending.len,
+        new_addr: 0,
+        new_len: 0,
+        caller_hint: pending.caller_hint,
+    });
+    0
+}
+
+#[tracepoint]
+pub fn munmap_enter(ctx: TracePointContext) -> u32 {
+    let Some(tid) = target_tid() else { return 0 };
+    save(
+        tid,
+        PendingSyscall {
+            kind: MmapEventKind::Unmap as u32,
+            _pad: 0,
+            addr: field(&ctx, ARG0),
+            len: field(&ctx, ARG1),
+            new_len: 0,
+            caller_hint: 0,
+        },
+    );
+    0
+}
+
+#[tracepoint]
+pub fn munmap_exit(ctx: TracePointContext) -> u32 {
+    let Some(tid) = target_tid() else { return 0 };
+    let Some(pending) = take(tid, MmapEventKind::Unmap) else { return 0 };
+    if field(&ctx, RET) != 0 {
+        return 0;
+    }
+    emit(MmapEvent {
+        kind: MmapEventKind::Unmap as u32,
+        tid,
+        stack_id: UNKNOWN_STACK_ID,
+        _pad: 0,
+        // SAFETY: helper without arguments.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        addr: pending.addr,
+        len: pending.len,
+        new_addr: 0,
+        new_len: 0,
+        caller_hint: 0,
+    });
+    0
+}
+
+#[tracepoint]
+pub fn mremap_enter(ctx: TracePointContext) -> u32 {
+    let Some(tid) = target_tid() else { return 0 };
+    if inside_allocator(tid) {
+        return 0;
+    }
+    save(
+        tid,
+        PendingSyscall {
+            kind: MmapEventKind::Remap as u32,
+            _pad: 0,
+            addr: field(&ctx, ARG0),
+            len: field(&ctx, ARG1),
+            new_len: field(&ctx, ARG2),
+            caller_hint: 0,
+        },
+    );
+    0
+}
+
+#[tracepoint]
+pub fn mremap_exit(ctx: TracePointContext) -> u32 {
+    let Some(tid) = target_tid() else { return 0 };
+    let Some(pending) = take(tid, MmapEventKind::Remap) else { return 0 };
+    let ret = field(&ctx, RET);
+    if failed(ret) {
+        return 0;
+    }
+    emit(MmapEvent {
+        kind: MmapEventKind::Remap as u32,
+        tid,
+        stack_id: UNKNOWN_STACK_ID,
+        _pad: 0,
+        // SAFETY: helper without arguments.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        addr: pending.addr,
+        len: pending.len,
+        new_addr: ret,
+        new_len: pending.new_len,
+        caller_hint: 0,
+    });
+    0
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "license")]
+pub static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

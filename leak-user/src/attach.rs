@@ -1,0 +1,438 @@
+//! Finding the allocator and placing the probes.
+//!
+//! The allocator is whatever mapped module defines `malloc` and `free` (libc, a static
+//! executable, a preloaded jemalloc…); every family function it defines gets an entry uprobe
+//! and, except free, a return uprobe, scoped to the target process. The anonymous mmap
+//! family is traced through syscall tracepoints, filtered to the target in the kernel.
+use std::{
+    collections::BTreeMap,
+    error::Error as StdError,
+    fs,
+    io,
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{TracePoint, UProbe, uprobe::UProbeScope},
+};
+use leak_common::{
+    ALLOC_RETURN_PROGRAM, AllocFn, SYSCALL_PROGRAMS, TARGET_TGID_GLOBAL, map_names,
+};
+use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
+
+use crate::procfs::{self, Mapping};
+
+/// What went wrong while attaching, phrased for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error(
+        "leaktrace needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE) to load eBPF programs: run it with sudo"
+    )]
+    NotPermitted,
+    #[error("this kernel has no {0}; leaktrace needs a kernel with uprobes, BTF and BPF (5.8 or later)")]
+    KernelLacks(&'static str),
+    #[error(
+        "no allocator found in process {pid}: none of its mapped files defines malloc and free (is it a Go or statically linked program with a custom allocator?)"
+    )]
+    NoAllocator { pid: u32 },
+    #[error(
+        "could not probe {function} in {module}: the kernel refused (EINVAL); another tracer (bcc's memleak, bpftrace with USDT…) probably holds a uprobe on the same function with a different ref_ctr_offset (dmesg says \"ref_ctr_offset mismatch\"): stop that tool, or run the target against a private copy of the library"
+    )]
+    ProbeConflict { function: String, module: String },
+    #[error("could not load the eBPF programs: {0}")]
+    Load(String),
+    #[error("could not probe {function} in {module}: {reason}")]
+    Probe {
+        function: String,
+        module: String,
+        reason: String,
+    },
+    #[error("could not read {path}: {reason}")]
+    Read { path: String, reason: String },
+}
+
+/// One allocator function found in a module: where to put the probe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllocatorFn {
+    pub func: AllocFn,
+    /// Offset of the function in the module's file.
+    pub file_offset: u64,
+}
+
+/// A module that defines the allocator.
+#[derive(Clone, Debug)]
+pub struct AllocatorModule {
+    /// Path to open and probe (through /proc/PID/root for attach mode).
+    pub probe_path: PathBuf,
+    /// The path as the target sees it.
+    pub display_path: String,
+    pub functions: Vec<AllocatorFn>,
+}
+
+/// Finds the allocator family in an ELF image. Aliases at the same address (memalign and
+/// aligned_alloc in glibc) are listed once.
+pub fn find_allocator_functions(elf: &[u8]) -> Result<Vec<AllocatorFn>, object::Error> {
+    let file = object::File::parse(elf)?;
+    let mut addresses: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for symbol in file.dynamic_symbols().chain(file.symbols()) {
+        if symbol.kind() != SymbolKind::Text || !symbol.is_definition() || symbol.address() == 0 {
+            continue;
+        }
+        let Ok(name) = symbol.name() else { continue };
+        // Versioned names in .symtab look like "malloc@@GLIBC_2.2.5".
+        let name = name.split('@').next().unwrap_or(name);
+        if let Some(func) = AllocFn::ALL.iter().find(|func| func.symbol() == name) {
+            addresses.entry(func.symbol()).or_insert(symbol.address());
+        }
+    }
+    let mut found: Vec<AllocatorFn> = Vec::new();
+    for func in AllocFn::ALL {
+        let Some(&address) = addresses.get(func.symbol()) else {
+            continue;
+        };
+        let Some(file_offset) = virtual_to_file_offset(&file, address) else {
+            continue;
+        };
+        if found.iter().any(|existing| existing.file_offset == file_offset) {
+            continue;
+        }
+        found.push(AllocatorFn { func, file_offset });
+    }
+    Ok(found)
+}
+
+fn virtual_to_file_offset(file: &object::File<'_>, address: u64) -> Option<u64> {
+    file.segments().find_map(|segment| {
+        let (file_start, file_size) = segment.file_range();
+        let start = segment.address();
+        (start <= address && address < start + file_size).then(|| address - start + file_start)
+    })
+}
+
+/// A module is an allocator if it defines both malloc and free.
+fn is_allocator(functions: &[AllocatorFn]) -> bool {
+    let has = |wanted: AllocFn| functions.iter().any(|f| f.func == wanted);
+    has(AllocFn::Malloc) && has(AllocFn::Free)
+}
+
+/// Allocator modules among a running process's mappings.
+pub fn allocators_in_process(pid: u32) -> Result<Vec<AllocatorModule>, AttachError> {
+    let maps = procfs::read_maps(pid).map_err(|err| AttachError::Read {
+        path: format!("/proc/{pid}/maps"),
+        reason: err.to_string(),
+    })?;
+    let mut modules: Vec<AllocatorModule> = Vec::new();
+    let mut seen: Vec<(String, u64)> = Vec::new();
+    for mapping in maps.iter().filter(|m| m.executable && m.is_file()) {
+        let id = (mapping.dev.clone(), mapping.inode);
+        if seen.contains(&id) {
+            continue;
+        }
+        seen.push(id);
+        let probe_path = probe_path_for(pid, mapping);
+        let Ok(data) = fs::read(&probe_path) else {
+            continue;
+        };
+        let Ok(functions) = find_allocator_functions(&data) else {
+            continue;
+        };
+        if is_allocator(&functions) {
+            modules.push(AllocatorModule {
+                probe_path,
+                display_path: mapping.file_path().to_string(),
+                functions,
+            });
+        }
+    }
+    if modules.is_empty() {
+        return Err(AttachError::NoAllocator { pid });
+    }
+    Ok(modules)
+}
+
+fn probe_path_for(pid: u32, mapping: &Mapping) -> PathBuf {
+    let in_root = procfs::path_in_root(pid, mapping.file_path());
+    if mapping.path.ends_with(" (deleted)") || !in_root.exists() {
+        procfs::map_file_path(pid, mapping)
+    } else {
+        in_root
+    }
+}
+
+/// Allocator modules a program will load, found before it runs: the executable itself and
+/// the libraries its dynamic loader resolves (`ld.so --list`, with the environment the
+/// program will get, so LD_LIBRARY_PATH and LD_PRELOAD count).
+pub fn allocators_for_program(
+    program: &Path,
+    env: &[(String, String)],
+) -> Result<Vec<AllocatorModule>, AttachError> {
+    let read_error = |err: io::Error| AttachError::Read {
+        path: program.display().to_string(),
+        reason: err.to_string(),
+    };
+    let data = fs::read(program).map_err(read_error)?;
+    let mut candidates: Vec<PathBuf> = vec![program.to_path_buf()];
+    if let Some(interpreter) = elf_interpreter(&data) {
+        let output = std::process::Command::new(&interpreter)
+            .arg("--list")
+            .arg(program)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .map_err(|err| AttachError::Read {
+                path: interpreter.clone(),
+                reason: err.to_string(),
+            })?;
+        candidates.extend(parse_ld_list(&String::from_utf8_lossy(&output.stdout)));
+    }
+    let mut modules = Vec::new();
+    for path in candidates {
+        let Ok(data) = fs::read(&path) else { continue };
+        let Ok(functions) = find_allocator_functions(&data) else {
+            continue;
+        };
+        if is_allocator(&functions) {
+            modules.push(AllocatorModule {
+                display_path: path.display().to_string(),
+                probe_path: path,
+                functions,
+            });
+        }
+    }
+    if modules.is_empty() {
+        return Err(AttachError::NoAllocator { pid: 0 });
+    }
+    Ok(modules)
+}
+
+/// The PT_INTERP of an ELF executable, if it is dynamically linked.
+pub fn elf_interpreter(elf: &[u8]) -> Option<String> {
+    use object::read::elf::{ElfFile64, ProgramHeader as _};
+    let file = ElfFile64::<object::Endianness>::parse(elf).ok()?;
+    let endian = file.endian();
+    let header = file
+        .elf_program_headers()
+        .iter()
+        .find(|header| header.p_type(endian) == object::elf::PT_INTERP)?;
+    let bytes = header.data(endian, elf).ok()?;
+    let bytes = bytes.split(|byte| *byte == 0).next()?;
+    Some(String::from_utf8_lossy(bytes).into_owned())
+}
+
+/// Resolved library paths from `ld.so --list` output.
+pub fn parse_ld_list(text: &str) -> Vec<PathBuf> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let path = match line.split_once("=>") {
+                Some((_, resolved)) => resolved.trim(),
+                None => line,
+            };
+            let path = path.split(" (0x").next()?.trim();
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
+/// The loaded eBPF object with its probes in place. Dropping it detaches everything.
+pub struct Probes {
+    pub ebpf: Ebpf,
+    /// "malloc in /usr/lib/x86_64-linux-gnu/libc.so.6", … for the report.
+    pub attached: Vec<String>,
+}
+
+/// Settings for loading the kernel programs.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    pub max_allocs: u32,
+}
+
+/// Loads the programs for `pid` and attaches them to `modules` and the mmap tracepoints.
+pub fn attach(
+    pid: u32,
+    modules: &[AllocatorModule],
+    options: LoadOptions,
+) -> Result<Probes, AttachError> {
+    check_kernel()?;
+    let object = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leak-ebpf"));
+    let mut ebpf = EbpfLoader::new()
+        .override_global(TARGET_TGID_GLOBAL, &pid, true)
+        .map_max_entries(map_names::ALLOCS, options.max_allocs)
+        .load(object)
+        .map_err(|err| {
+            if os_error(&err) == Some(libc::EPERM) {
+                AttachError::NotPermitted
+            } else {
+                AttachError::Load(format!("{:#}", anyhow::Error::from(err)))
+            }
+        })?;
+
+    let mut program_names: Vec<&'static str> = AllocFn::ALL.iter().map(|f| f.entry_program()).collect();
+    program_names.push(ALLOC_RETURN_PROGRAM);
+    program_names.sort_unstable();
+    program_names.dedup();
+    for name in &program_names {
+        uprobe(&mut ebpf, name)?
+            .load()
+            .map_err(|err| load_error(name, err))?;
+    }
+    let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(AttachError::Load(
+        "process id 0 cannot be traced".into(),
+    ))?);
+    let mut attached = Vec::new();
+    for module in modules {
+        for function in &module.functions {
+            let mut attach_one = |program: &str| -> Result<(), AttachError> {
+                uprobe(&mut ebpf, program)?
+                    .attach(function.file_offset, &module.probe_path, scope)
+                    .map(|_| ())
+                    .map_err(|err| probe_error(function.func, &module.display_path, err))
+            };
+            attach_one(function.func.entry_program())?;
+            if function.func.has_return_probe() {
+                attach_one(ALLOC_RETURN_PROGRAM)?;
+            }
+            attached.push(format!("{} in {}", function.func.symbol(), module.display_path));
+        }
+    }
+
+    ensure_tracefs();
+    for (name, category, tracepoint) in SYSCALL_PROGRAMS {
+        let program: &mut TracePoint = ebpf
+            .program_mut(name)
+            .ok_or_else(|| AttachError::Load(format!("program {name} missing from the object")))?
+            .try_into()
+            .map_err(|err: aya::programs::ProgramError| AttachError::Load(err.to_string()))?;
+        program.load().map_err(|err| load_error(name, err))?;
+        program.attach(category, tracepoint).map_err(|err| AttachError::Probe {
+            function: tracepoint.to_string(),
+            module: "the kernel".to_string(),
+            reason: format!("{:#}", anyhow::Error::from(err)),
+        })?;
+        attached.push(format!("{category}:{tracepoint}"));
+    }
+    Ok(Probes { ebpf, attached })
+}
+
+fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, AttachError> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| AttachError::Load(format!("program {name} missing from the object")))?
+        .try_into()
+        .map_err(|err: aya::programs::ProgramError| AttachError::Load(err.to_string()))
+}
+
+fn load_error(name: &str, err: aya::programs::ProgramError) -> AttachError {
+    if os_error(&err) == Some(libc::EPERM) {
+        return AttachError::NotPermitted;
+    }
+    AttachError::Load(format!("{name}: {:#}", anyhow::Error::from(err)))
+}
+
+fn probe_error(func: AllocFn, module: &str, err: aya::programs::ProgramError) -> AttachError {
+    match os_error(&err) {
+        Some(libc::EINVAL) => AttachError::ProbeConflict {
+            function: func.symbol().to_string(),
+            module: module.to_string(),
+        },
+        Some(libc::EPERM) | Some(libc::EACCES) => AttachError::NotPermitted,
+        _ => AttachError::Probe {
+            function: func.symbol().to_string(),
+            module: module.to_string(),
+            reason: format!("{:#}", anyhow::Error::from(err)),
+        },
+    }
+}
+
+/// The OS error code somewhere in an error's chain.
+fn os_error(err: &(dyn StdError + 'static)) -> Option<i32> {
+    let mut current: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(error) = current {
+        if let Some(io_error) = error.downcast_ref::<io::Error>() {
+            if let Some(code) = io_error.raw_os_error() {
+                return Some(code);
+            }
+        }
+        current = error.source();
+    }
+    None
+}
+
+fn check_kernel() -> Result<(), AttachError> {
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Err(AttachError::KernelLacks("BTF (/sys/kernel/btf/vmlinux)"));
+    }
+    if !Path::new("/sys/bus/event_source/devices/uprobe").exists() {
+        return Err(AttachError::KernelLacks("uprobes (/sys/bus/event_source/devices/uprobe)"));
+    }
+    Ok(())
+}
+
+/// Syscall tracepoints are attached through tracefs, which is not always mounted.
+fn ensure_tracefs() {
+    if Path::new("/sys/kernel/tracing/events").exists()
+        || Path::new("/sys/kernel/debug/tracing/events").exists()
+    {
+        return;
+    }
+    // SAFETY: constant NUL-terminated strings; mounting tracefs has no other effect.
+    let result = unsafe {
+        libc::mount(
+            c"nodev".as_ptr(),
+            c"/sys/kernel/tracing".as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if result == 0 {
+        log::info!("mounted tracefs at /sys/kernel/tracing");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ld_list_output() {
+        let text = "\tlinux-vdso.so.1 (0x00007ffc8a5f6000)\n\
+            \tlibdemo.so => /opt/demo/libdemo.so (0x00007f0a1c000000)\n\
+            \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f0a1be00000)\n\
+            \t/lib64/ld-linux-x86-64.so.2 (0x00007f0a1c200000)\n\
+            \tlibmissing.so => not found\n";
+        assert_eq!(
+            parse_ld_list(text),
+            vec![
+                PathBuf::from("/opt/demo/libdemo.so"),
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
+            ]
+        );
+    }
+
+    #[test]
+    fn finds_the_family_in_this_machines_libc() {
+        let libc = ["/lib/x86_64-linux-gnu/libc.so.6", "/usr/lib/x86_64-linux-gnu/libc.so.6"]
+            .iter()
+            .find_map(|path| fs::read(path).ok());
+        let Some(libc) = libc else {
+            return; // not a glibc x86_64 machine
+        };
+        let functions = find_allocator_functions(&libc).expect("parse libc");
+        assert!(is_allocator(&functions));
+        for wanted in [AllocFn::Malloc, AllocFn::Calloc, AllocFn::Realloc, AllocFn::Free] {
+            assert!(functions.iter().any(|f| f.func == wanted), "{wanted:?} missing");
+        }
+        let mut offsets: Vec<u64> = functions.iter().map(|f| f.file_offset).collect();
+        offsets.sort_unstable();
+        offsets.dedup();
+        assert_eq!(offsets.len(), functions.len(), "aliases are listed once");
+    }
+
+    #[test]
+    fn a_non_elf_has_no_allocator() {
+        assert!(find_allocator_functions(b"not an elf").is_err());
+    }
+}

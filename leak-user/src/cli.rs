@@ -1,0 +1,140 @@
+//! Command-line flags and subcommands.
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{analysis::Thresholds, report::Format, session::Options};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "leaktrace",
+    version,
+    about = "Find the call stacks that leak memory in a running Linux process, with eBPF.",
+    long_about = "leaktrace probes the malloc family and anonymous mmap of one process, records \
+                  every allocation that is not freed with its call stack, and reports which \
+                  stacks hold memory and which of them keep growing (leaking). The target needs \
+                  no change and no restart. Needs root (or CAP_BPF + CAP_PERFMON)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Trace a running process until --duration, Ctrl-C, or its exit.
+    Attach {
+        /// Process id to trace.
+        #[arg(long, short)]
+        pid: u32,
+        /// Stop after this long (e.g. 30s, 5m, 1h). Default: until Ctrl-C.
+        #[arg(long, short, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Start a command with the probes in place and report what it never freed when it exits.
+    /// leaktrace exits with the command's status.
+    Run {
+        #[command(flatten)]
+        common: Common,
+        /// The command and its arguments.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct Common {
+    /// Time between reports (attach mode), e.g. 5s.
+    #[arg(long, short, default_value = "5s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Stacks to list, largest outstanding bytes first.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// Report format.
+    #[arg(long, short, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Write the final report to this file instead of stdout.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    /// Live allocations the kernel can track at once (each costs about 100 bytes of kernel
+    /// memory); allocations beyond it are counted as dropped.
+    #[arg(long, default_value_t = leak_common::DEFAULT_MAX_ALLOCS)]
+    pub max_allocs: u32,
+    /// Time between samples of the per-stack totals (resolution of growth trends).
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    pub sample_interval: Duration,
+}
+
+impl Common {
+    pub fn options(&self, duration: Option<Duration>) -> Options {
+        Options {
+            duration,
+            interval: self.interval,
+            sample_interval: self.sample_interval,
+            top: self.top,
+            format: self.format,
+            output: self.output.clone(),
+            max_allocs: self.max_allocs,
+            thresholds: Thresholds::default(),
+        }
+    }
+}
+
+/// "500ms", "30s", "5m", "1h", or plain seconds ("10").
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration: use e.g. 500ms, 30s, 5m, 1h"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("'{text}' has an unknown unit: use ms, s, m or h")),
+    };
+    if seconds <= 0.0 {
+        return Err(format!("'{text}' must be longer than zero"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn parses_run_and_attach() {
+        let cli = Cli::try_parse_from(["leaktrace", "run", "--top", "3", "--", "./prog", "-x"])
+            .expect("parse");
+        match cli.command {
+            Command::Run { common, command } => {
+                assert_eq!(common.top, 3);
+                assert_eq!(command, vec!["./prog", "-x"]);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let cli = Cli::try_parse_from(["leaktrace", "attach", "--pid", "12", "-d", "10s"])
+            .expect("parse");
+        assert!(matches!(cli.command, Command::Attach { pid: 12, .. }));
+        assert!(Cli::try_parse_from(["leaktrace", "attach", "--pid", "x"]).is_err());
+    }
+}

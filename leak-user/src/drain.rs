@@ -1,0 +1,331 @@
+//! Kernel maps → model. Reads per-stack totals, counters and stack traces, consumes the
+//! mmap event ring buffer into [`Regions`], and keeps each stack's time series.
+use std::collections::HashMap;
+
+use aya::{
+    Ebpf,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
+};
+use leak_common::{
+    AllocRecord, Counter, MmapEvent, MmapEventKind, StackTotals, UNKNOWN_STACK_ID, map_names,
+};
+
+use crate::{
+    model::{Origin, Sample, StackHistory, StackKey, Totals},
+    regions::Regions,
+};
+
+/// Samples kept per stack before the series is thinned to half its resolution.
+const MAX_SERIES_LEN: usize = 2048;
+
+#[derive(Debug, thiserror::Error)]
+#[error("kernel map {name}: {reason}")]
+pub struct DrainError {
+    name: &'static str,
+    reason: String,
+}
+
+fn map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> DrainError {
+    move |err| DrainError {
+        name,
+        reason: err.to_string(),
+    }
+}
+
+/// The kernel maps leaktrace reads, taken out of the loaded object.
+pub struct KernelMaps {
+    allocs: BpfHashMap<MapData, u64, AllocRecord>,
+    stack_totals: PerCpuHashMap<MapData, u32, StackTotals>,
+    stack_traces: StackTraceMap<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    mmap_events: RingBuf<MapData>,
+}
+
+impl KernelMaps {
+    pub fn take(ebpf: &mut Ebpf) -> Result<KernelMaps, DrainError> {
+        fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+            ebpf: &mut Ebpf,
+            name: &'static str,
+        ) -> Result<T, DrainError> {
+            let map = ebpf.take_map(name).ok_or(DrainError {
+                name,
+                reason: "missing from the eBPF object".into(),
+            })?;
+            T::try_from(map).map_err(map_error(name))
+        }
+        Ok(KernelMaps {
+            allocs: take(ebpf, map_names::ALLOCS)?,
+            stack_totals: take(ebpf, map_names::STACK_TOTALS)?,
+            stack_traces: take(ebpf, map_names::STACK_TRACES)?,
+            counters: take(ebpf, map_names::COUNTERS)?,
+            mmap_events: take(ebpf, map_names::MMAP_EVENTS)?,
+        })
+    }
+}
+
+/// Everything observed so far.
+pub struct Collector {
+    maps: KernelMaps,
+    regions: Regions,
+    page_size: u64,
+    started_ns: u64,
+    stacks: HashMap<StackKey, StackHistory>,
+    stack_ips: HashMap<u32, Vec<u64>>,
+    counters: [u64; Counter::COUNT as usize],
+    /// Stack ids seen for the first time since the last call to `take_new_stacks`.
+    new_stacks: bool,
+}
+
+impl Collector {
+    pub fn new(maps: KernelMaps, started_ns: u64, page_size: u64) -> Self {
+        Collector {
+            maps,
+            regions: Regions::default(),
+            page_size,
+            started_ns,
+            stacks: HashMap::new(),
+            stack_ips: HashMap::new(),
+            counters: [0; Counter::COUNT as usize],
+            new_stacks: false,
+        }
+    }
+
+    /// Consumes pending mmap-family events.
+    pub fn drain_events(&mut self) {
+        let round = |len: u64, page: u64| len.div_ceil(page) * page;
+        while let Some(item) = self.maps.mmap_events.next() {
+            if item.len() < size_of::<MmapEvent>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a whole MmapEvent; read_unaligned copes with alignment.
+            let event: MmapEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            match MmapEventKind::from_u32(event.kind) {
+                Some(MmapEventKind::Map) => {
+                    let stack = StackKey {
+                        origin: Origin::Mmap,
+                        stack_id: event.stack_id,
+                        caller_hint: event.caller_hint,
+                    };
+                    self.regions.map(
+                        event.addr,
+                        round(event.len, self.page_size),
+                        stack,
+                        event.timestamp_ns,
+                    );
+                }
+                Some(MmapEventKind::Unmap) => {
+                    self.regions.unmap(event.addr, round(event.len, self.page_size));
+                }
+                Some(MmapEventKind::Remap) => self.regions.remap(
+                    event.addr,
+                    round(event.len, self.page_size),
+                    event.new_addr,
+                    round(event.new_len, self.page_size),
+                ),
+                None => {}
+            }
+        }
+    }
+
+    /// Reads totals and counters and appends one sample to every stack's series.
+    pub fn sample(&mut self, now_ns: u64) -> Result<(), DrainError> {
+        self.drain_events();
+        let at_s = now_ns.saturating_sub(self.started_ns) as f64 / 1e9;
+        let mut current: Vec<(StackKey, Totals, Option<u64>)> = Vec::new();
+        for entry in self.maps.stack_totals.iter() {
+            let (stack_id, per_cpu) = entry.map_err(map_error(map_names::STACK_TOTALS))?;
+            let totals = sum_cpus(per_cpu.iter());
+            let key = StackKey {
+                origin: Origin::Heap,
+                stack_id,
+                caller_hint: 0,
+            };
+            current.push((key, totals_from_kernel(&totals), None));
+        }
+        for (key, (totals, oldest)) in self.regions.totals() {
+            current.push((key, totals, oldest));
+        }
+        for (key, totals, oldest) in current {
+            let history = self.stacks.entry(key).or_insert_with(|| {
+                self.new_stacks = true;
+                StackHistory {
+                    key,
+                    totals,
+                    series: Vec::new(),
+                    oldest_live_ns: None,
+                }
+            });
+            history.totals = totals;
+            if key.origin == Origin::Mmap {
+                history.oldest_live_ns = oldest;
+            }
+            push_sample(
+                &mut history.series,
+                Sample {
+                    at_s,
+                    outstanding_bytes: totals.outstanding_bytes,
+                },
+            );
+        }
+        for counter in Counter::ALL {
+            let per_cpu = self
+                .maps
+                .counters
+                .get(&(counter as u32), 0)
+                .map_err(map_error(map_names::COUNTERS))?;
+            self.counters[counter as usize] = per_cpu.iter().sum();
+        }
+        Ok(())
+    }
+
+    /// Finds the oldest live heap allocation of each stack (a walk over every live
+    /// allocation, so done per report, not per sample).
+    pub fn scan_live_allocations(&mut self) -> Result<(), DrainError> {
+        let mut oldest: HashMap<u32, u64> = HashMap::new();
+        for entry in self.maps.allocs.iter() {
+            let (_, record) = match entry {
+                Ok(entry) => entry,
+                // Freed between listing and lookup.
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(err) => return Err(map_error(map_names::ALLOCS)(err)),
+            };
+            oldest
+                .entry(record.stack_id)
+                .and_modify(|t| *t = (*t).min(record.timestamp_ns))
+                .or_insert(record.timestamp_ns);
+        }
+        for history in self.stacks.values_mut() {
+            if history.key.origin == Origin::Heap {
+                history.oldest_live_ns = oldest.get(&history.key.stack_id).copied();
+            }
+        }
+        Ok(())
+    }
+
+    /// The return addresses of a stack id, innermost first (cached: ids are never reused).
+    pub fn stack_ips(&mut self, stack_id: u32) -> &[u64] {
+        if stack_id == UNKNOWN_STACK_ID {
+            return &[];
+        }
+        let maps = &self.maps;
+        self.stack_ips.entry(stack_id).or_insert_with(|| {
+            maps.stack_traces
+                .get(&stack_id, 0)
+                .map(|trace| {
+                    trace
+                        .frames()
+                        .iter()
+                        .map(|frame| frame.ip)
+                        .filter(|ip| *ip != 0)
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+    }
+
+    /// True once after new stacks appeared (the caller then re-reads the module list).
+    pub fn take_new_stacks(&mut self) -> bool {
+        std::mem::take(&mut self.new_stacks)
+    }
+
+    pub fn histories(&self) -> impl Iterator<Item = &StackHistory> {
+        self.stacks.values()
+    }
+
+    pub fn counter(&self, counter: Counter) -> u64 {
+        self.counters[counter as usize]
+    }
+}
+
+/// Adds the CPUs' copies of a stack's totals (wrapping: one CPU may hold the frees of
+/// another's allocations).
+fn sum_cpus<'a>(per_cpu: impl Iterator<Item = &'a StackTotals>) -> StackTotals {
+    per_cpu.fold(StackTotals::default(), |sum, cpu| StackTotals {
+        outstanding_bytes: sum.outstanding_bytes.wrapping_add(cpu.outstanding_bytes),
+        outstanding_allocs: sum.outstanding_allocs.wrapping_add(cpu.outstanding_allocs),
+        total_allocs: sum.total_allocs.wrapping_add(cpu.total_allocs),
+        total_frees: sum.total_frees.wrapping_add(cpu.total_frees),
+        total_bytes: sum.total_bytes.wrapping_add(cpu.total_bytes),
+    })
+}
+
+fn totals_from_kernel(kernel: &StackTotals) -> Totals {
+    // Outstanding values are wrapping sums; a transient negative (a free counted before its
+    // allocation on another CPU) reads as zero.
+    let clamp = |value: u64| if (value as i64) < 0 { 0 } else { value };
+    Totals {
+        outstanding_bytes: clamp(kernel.outstanding_bytes),
+        outstanding_allocs: clamp(kernel.outstanding_allocs),
+        total_allocs: kernel.total_allocs,
+        total_frees: kernel.total_frees,
+        total_bytes: kernel.total_bytes,
+    }
+}
+
+/// Appends a sample; a full series keeps every other sample, so memory stays bounded while
+/// the series still spans the whole session.
+pub fn push_sample(series: &mut Vec<Sample>, sample: Sample) {
+    if series.len() >= MAX_SERIES_LEN {
+        let mut index = 0;
+        series.retain(|_| {
+            index += 1;
+            index % 2 == 1
+        });
+    }
+    series.push(sample);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_stays_bounded_and_spans_the_session() {
+        let mut series = Vec::new();
+        for i in 0..10 * MAX_SERIES_LEN {
+            push_sample(
+                &mut series,
+                Sample {
+                    at_s: i as f64,
+                    outstanding_bytes: i as u64,
+                },
+            );
+        }
+        assert!(series.len() <= MAX_SERIES_LEN);
+        assert_eq!(series[0].at_s, 0.0);
+        assert_eq!(series.last().map(|s| s.at_s), Some((10 * MAX_SERIES_LEN - 1) as f64));
+    }
+
+    #[test]
+    fn cpus_sum_with_frees_on_another_cpu() {
+        let alloc_cpu = StackTotals {
+            outstanding_bytes: 128,
+            outstanding_allocs: 2,
+            total_allocs: 2,
+            total_frees: 0,
+            total_bytes: 128,
+        };
+        let free_cpu = StackTotals {
+            outstanding_bytes: 64u64.wrapping_neg(),
+            outstanding_allocs: 1u64.wrapping_neg(),
+            total_allocs: 0,
+            total_frees: 1,
+            total_bytes: 0,
+        };
+        let sum = totals_from_kernel(&sum_cpus([alloc_cpu, free_cpu].iter()));
+        assert_eq!((sum.outstanding_bytes, sum.outstanding_allocs), (64, 1));
+        assert_eq!((sum.total_allocs, sum.total_frees, sum.total_bytes), (2, 1, 128));
+    }
+
+    #[test]
+    fn negative_outstanding_reads_as_zero() {
+        let totals = totals_from_kernel(&StackTotals {
+            outstanding_bytes: 64u64.wrapping_neg(),
+            outstanding_allocs: 1u64.wrapping_neg(),
+            total_allocs: 0,
+            total_frees: 1,
+            total_bytes: 0,
+        });
+        assert_eq!((totals.outstanding_bytes, totals.outstanding_allocs), (0, 0));
+    }
+}

@@ -1,0 +1,234 @@
+//! Starting a command for `leaktrace run` with the probes in place before its first
+//! instruction, and holding it at exit until its memory has been read.
+//!
+//! A dedicated thread forks the child, which waits on a pipe before exec; the thread seizes
+//! it with ptrace (PTRACE_O_TRACEEXIT only: signals pass through untouched, group stops are
+//! honoured). Ptrace is per thread, so every ptrace call stays on that thread.
+use std::{
+    ffi::CString,
+    io,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+    sync::mpsc,
+    thread,
+};
+
+/// What the launcher thread reports.
+#[derive(Debug)]
+pub enum ChildEvent {
+    /// The child stopped at exit; its memory is intact until the ack is sent.
+    Exiting { ack: mpsc::Sender<()> },
+    /// The child is gone.
+    Exited { code: Option<i32>, signal: Option<i32> },
+    /// Starting it failed after fork (exec failed).
+    Failed(String),
+}
+
+/// A forked child waiting to exec.
+pub struct Launched {
+    pub pid: u32,
+    go: mpsc::Sender<()>,
+}
+
+impl Launched {
+    /// Lets the child exec; events arrive on the receiver given by [`launch`].
+    pub fn release(self) {
+        let _ = self.go.send(());
+    }
+}
+
+/// Resolves a command name through PATH like execvp would.
+pub fn resolve_program(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        let path = PathBuf::from(name);
+        return path.exists().then_some(path);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+}
+
+/// Forks `program` (stopped before exec) on a launcher thread.
+pub fn launch(
+    program: &Path,
+    args: &[String],
+    events: tokio::sync::mpsc::UnboundedSender<ChildEvent>,
+) -> io::Result<Launched> {
+    let to_c = |bytes: &[u8]| {
+        CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in argument"))
+    };
+    let program_c = to_c(program.as_os_str().as_bytes())?;
+    let mut argv_c = Vec::with_capacity(args.len());
+    for arg in args {
+        argv_c.push(to_c(arg.as_bytes())?);
+    }
+    let mut envp_c = Vec::new();
+    for (key, value) in std::env::vars_os() {
+        let mut entry = key.as_bytes().to_vec();
+        entry.push(b'=');
+        entry.extend_from_slice(value.as_bytes());
+        envp_c.push(to_c(&entry)?);
+    }
+
+    let (pid_tx, pid_rx) = mpsc::channel::<io::Result<u32>>();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    thread::Builder::new()
+        .name("leaktrace-launcher".into())
+        .spawn(move || {
+            let argv: Vec<*const libc::c_char> = argv_c
+                .iter()
+                .map(|arg| arg.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect();
+            let envp: Vec<*const libc::c_char> = envp_c
+                .iter()
+                .map(|entry| entry.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect();
+            // SAFETY: pipes and fork; the child only calls async-signal-safe functions
+            // (read, execve, write, _exit) on memory prepared before fork.
+            unsafe {
+                let mut go_pipe = [0; 2];
+                let mut err_pipe = [0; 2];
+                if libc::pipe2(go_pipe.as_mut_ptr(), libc::O_CLOEXEC) != 0
+                    || libc::pipe2(err_pipe.as_mut_ptr(), libc::O_CLOEXEC) != 0
+                {
+                    let _ = pid_tx.send(Err(io::Error::last_os_error()));
+                    return;
+                }
+                let pid = libc::fork();
+                if pid < 0 {
+                    let _ = pid_tx.send(Err(io::Error::last_os_error()));
+                    return;
+                }
+                if pid == 0 {
+                    libc::close(go_pipe[1]);
+                    libc::close(err_pipe[0]);
+                    let mut byte = 0u8;
+                    if libc::read(go_pipe[0], (&raw mut byte).cast(), 1) == 1 {
+                        libc::execve(program_c.as_ptr(), argv.as_ptr(), envp.as_ptr());
+                        let errno = *libc::__errno_location();
+                        libc::write(err_pipe[1], (&raw const errno).cast(), size_of::<i32>());
+                    }
+                    libc::_exit(127);
+                }
+                libc::close(go_pipe[0]);
+                libc::close(err_pipe[1]);
+                let seized = libc::ptrace(
+                    libc::PTRACE_SEIZE,
+                    pid,
+                    std::ptr::null_mut::<libc::c_void>(),
+                    libc::PTRACE_O_TRACEEXIT as usize as *mut libc::c_void,
+                );
+                if seized != 0 {
+                    let error = io::Error::last_os_error();
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, std::ptr::null_mut(), 0);
+                    let _ = pid_tx.send(Err(error));
+                    return;
+                }
+                let _ = pid_tx.send(Ok(pid as u32));
+                if go_rx.recv().is_err() {
+                    // Attaching failed: the child never execs.
+                    libc::close(go_pipe[1]);
+                    libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL);
+                    return;
+                }
+                let byte = 1u8;
+                libc::write(go_pipe[1], (&raw const byte).cast(), 1);
+                libc::close(go_pipe[1]);
+                let mut errno = 0i32;
+                let got = libc::read(err_pipe[0], (&raw mut errno).cast(), size_of::<i32>());
+                libc::close(err_pipe[0]);
+                if got == size_of::<i32>() as isize {
+                    libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL);
+                    let _ = events.send(ChildEvent::Failed(format!(
+                        "could not execute {}: {}",
+                        program_c.to_string_lossy(),
+                        io::Error::from_raw_os_error(errno)
+                    )));
+                    return;
+                }
+                wait_loop(pid, &events);
+            }
+        })?;
+    let pid = pid_rx
+        .recv()
+        .map_err(|_| io::Error::other("launcher thread ended early"))??;
+    Ok(Launched { pid, go: go_tx })
+}
+
+/// Passes signals through, honours group stops, and holds the child at its exit.
+unsafe fn wait_loop(pid: libc::pid_t, events: &tokio::sync::mpsc::UnboundedSender<ChildEvent>) {
+    let null = std::ptr::null_mut::<libc::c_void>();
+    loop {
+        let mut status = 0;
+        // SAFETY: waiting on our own child.
+        let waited = unsafe { libc::waitpid(pid, &mut status, libc::__WALL) };
+        if waited < 0 {
+            if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            let _ = events.send(ChildEvent::Exited {
+                code: None,
+                signal: None,
+            });
+            return;
+        }
+        if libc::WIFEXITED(status) {
+            let _ = events.send(ChildEvent::Exited {
+                code: Some(libc::WEXITSTATUS(status)),
+                signal: None,
+            });
+            return;
+        }
+        if libc::WIFSIGNALED(status) {
+            let _ = events.send(ChildEvent::Exited {
+                code: None,
+                signal: Some(libc::WTERMSIG(status)),
+            });
+            return;
+        }
+        if !libc::WIFSTOPPED(status) {
+            continue;
+        }
+        let event = (status >> 16) & 0xff;
+        // SAFETY: ptrace requests on our seized child, from the seizing thread.
+        unsafe {
+            if event == libc::PTRACE_EVENT_EXIT {
+                let (ack_tx, ack_rx) = mpsc::channel();
+                if events.send(ChildEvent::Exiting { ack: ack_tx }).is_ok() {
+                    let _ = ack_rx.recv();
+                }
+                libc::ptrace(libc::PTRACE_CONT, pid, null, null);
+            } else if event == libc::PTRACE_EVENT_STOP {
+                // Group stop (SIGSTOP, SIGTSTP…): stay stopped until SIGCONT, as untraced.
+                libc::ptrace(libc::PTRACE_LISTEN, pid, null, null);
+            } else {
+                // Signal-delivery stop: deliver the signal unchanged.
+                let signal = libc::WSTOPSIG(status) as usize;
+                libc::ptrace(libc::PTRACE_CONT, pid, null, signal as *mut libc::c_void);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_through_path() {
+        let sh = resolve_program("sh").expect("sh is on PATH");
+        assert!(sh.is_absolute());
+        assert!(resolve_program("/definitely/not/here").is_none());
+        assert!(resolve_program("leaktrace-no-such-command").is_none());
+    }
+}

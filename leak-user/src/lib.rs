@@ -1,0 +1,18 @@
+//! leaktrace: find leaking call stacks in a live Linux process with eBPF.
+//!
+//! Data path, one module per stage:
+//! `attach` (find the allocator, place probes) → kernel maps → `drain` (read them, track
+//! mmap `regions`) → `symbolize` → `analysis` (growth, verdicts) → `report` (text, JSON).
+//! `session` runs the stages; `launch` starts a command for `leaktrace run`; `cli` holds the
+//! flags. `model` is the vocabulary they share; `procfs` reads /proc.
+pub mod analysis;
+pub mod attach;
+pub mod cli;
+pub mod drain;
+pub mod launch;
+pub mod model;
+pub mod procfs;
+pub mod regions;
+pub mod report;
+pub mod session;
+pub mod symbolize;

@@ -1,0 +1,183 @@
+//! Reading /proc: a process's mappings, executable and liveness. Parsing is pure and tested;
+//! the readers are thin wrappers.
+use std::{
+    fs,
+    io,
+    path::{Path, PathBuf},
+};
+
+/// One line of /proc/PID/maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    pub readable: bool,
+    pub executable: bool,
+    /// File offset of `start`.
+    pub offset: u64,
+    pub dev: String,
+    pub inode: u64,
+    /// The pathname column: a file path, `[heap]`, `[stack]`, `[vdso]`, or empty.
+    pub path: String,
+}
+
+impl Mapping {
+    /// Backed by a regular file (not anonymous, not a pseudo mapping like `[vdso]`).
+    pub fn is_file(&self) -> bool {
+        self.inode != 0 && self.path.starts_with('/')
+    }
+
+    /// The path without the " (deleted)" suffix the kernel adds for unlinked files.
+    pub fn file_path(&self) -> &str {
+        self.path.strip_suffix(" (deleted)").unwrap_or(&self.path)
+    }
+
+    pub fn contains(&self, address: u64) -> bool {
+        self.start <= address && address < self.end
+    }
+}
+
+/// Parses the text of /proc/PID/maps. Malformed lines are skipped.
+pub fn parse_maps(text: &str) -> Vec<Mapping> {
+    text.lines().filter_map(parse_maps_line).collect()
+}
+
+fn parse_maps_line(line: &str) -> Option<Mapping> {
+    let mut fields = line.splitn(6, ' ');
+    let range = fields.next()?;
+    let perms = fields.next()?;
+    let offset = fields.next()?;
+    let dev = fields.next()?;
+    let inode = fields.next()?;
+    let path = fields.next().unwrap_or("").trim_start().to_string();
+    let (start, end) = range.split_once('-')?;
+    let perms = perms.as_bytes();
+    Some(Mapping {
+        start: u64::from_str_radix(start, 16).ok()?,
+        end: u64::from_str_radix(end, 16).ok()?,
+        readable: perms.first() == Some(&b'r'),
+        executable: perms.get(2) == Some(&b'x'),
+        offset: u64::from_str_radix(offset, 16).ok()?,
+        dev: dev.to_string(),
+        inode: inode.parse().ok()?,
+        path,
+    })
+}
+
+pub fn read_maps(pid: u32) -> io::Result<Vec<Mapping>> {
+    Ok(parse_maps(&fs::read_to_string(format!("/proc/{pid}/maps"))?))
+}
+
+/// A path under the target's root, so files of processes in other mount namespaces
+/// (containers) are found.
+pub fn path_in_root(pid: u32, path: &str) -> PathBuf {
+    Path::new(&format!("/proc/{pid}/root")).join(path.trim_start_matches('/'))
+}
+
+/// /proc/PID/map_files/START-END: opens the mapped file itself, even if deleted or in another
+/// mount namespace.
+pub fn map_file_path(pid: u32, mapping: &Mapping) -> PathBuf {
+    PathBuf::from(format!(
+        "/proc/{pid}/map_files/{:x}-{:x}",
+        mapping.start, mapping.end
+    ))
+}
+
+/// Whether the process exists and is not a zombie.
+pub fn is_alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => parse_stat_state(&stat).is_some_and(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
+    }
+}
+
+/// The state letter of /proc/PID/stat (after the parenthesised command, which may itself
+/// contain spaces and parentheses).
+pub fn parse_stat_state(stat: &str) -> Option<char> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.trim_start().chars().next()
+}
+
+/// The target's executable path, as the target sees it.
+pub fn exe_path(pid: u32) -> io::Result<PathBuf> {
+    fs::read_link(format!("/proc/{pid}/exe"))
+}
+
+/// The process's command line, arguments separated by spaces.
+pub fn command_line(pid: u32) -> io::Result<String> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline"))?;
+    Ok(raw
+        .split(|byte| *byte == 0)
+        .filter(|part| !part.is_empty())
+        .map(|part| String::from_utf8_lossy(part).into_owned())
+        .collect::<Vec<_>>()
+        .join(" "))
+}
+
+/// Bytes in a page; mmap lengths are rounded up to it.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 { size as u64 } else { 4096 }
+}
+
+/// CLOCK_MONOTONIC now, in nanoseconds: the clock bpf_ktime_get_ns reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAPS: &str = "\
+55d0c2a00000-55d0c2a01000 r--p 00000000 fe:01 1312 /usr/bin/demo
+55d0c2a01000-55d0c2a02000 r-xp 00001000 fe:01 1312 /usr/bin/demo
+55d0c3000000-55d0c3021000 rw-p 00000000 00:00 0                          [heap]
+7f1c2a000000-7f1c2a026000 r--p 00000000 fe:01 2222                       /usr/lib/x86_64-linux-gnu/libc.so.6
+7f1c2a026000-7f1c2a17c000 r-xp 00026000 fe:01 2222                       /usr/lib/x86_64-linux-gnu/libc.so.6
+7f1c2b000000-7f1c2b001000 r-xp 00000000 fe:01 3333                       /tmp/my lib (deleted)
+7ffd1e1f0000-7ffd1e1f2000 r-xp 00000000 00:00 0                          [vdso]
+";
+
+    #[test]
+    fn parses_every_kind_of_line() {
+        let maps = parse_maps(MAPS);
+        assert_eq!(maps.len(), 7);
+        let libc_text = &maps[4];
+        assert_eq!(libc_text.start, 0x7f1c2a026000);
+        assert_eq!(libc_text.end, 0x7f1c2a17c000);
+        assert_eq!(libc_text.offset, 0x26000);
+        assert!(libc_text.executable && libc_text.readable && libc_text.is_file());
+        assert_eq!(libc_text.path, "/usr/lib/x86_64-linux-gnu/libc.so.6");
+        assert!(!maps[2].is_file(), "[heap] is not a file");
+        assert!(!maps[6].is_file(), "[vdso] is not a file");
+        assert_eq!(maps[5].file_path(), "/tmp/my lib");
+        assert!(libc_text.contains(0x7f1c2a026000) && !libc_text.contains(0x7f1c2a17c000));
+    }
+
+    #[test]
+    fn skips_malformed_lines() {
+        assert!(parse_maps("garbage\n\nzz-yy r-xp 0 0 0\n").is_empty());
+    }
+
+    #[test]
+    fn stat_state_survives_odd_command_names() {
+        assert_eq!(parse_stat_state("42 (a) b (c)) S 1 2"), Some('S'));
+        assert_eq!(parse_stat_state("42 (demo) Z 1"), Some('Z'));
+    }
+
+    #[test]
+    fn path_in_root_goes_through_the_target_root() {
+        assert_eq!(
+            path_in_root(7, "/usr/lib/libc.so.6"),
+            PathBuf::from("/proc/7/root/usr/lib/libc.so.6")
+        );
+    }
+}

@@ -1,0 +1,270 @@
+//! Addresses → frames (function, file, line, module, inlined calls) with blazesym.
+//!
+//! The target's executable mappings are recorded while it is alive, and each mapped file is
+//! kept open, so stacks can be symbolized after the target exits, after a library is
+//! dlclose'd, and for processes in other mount namespaces.
+use std::{
+    collections::HashMap,
+    fs::File,
+    os::fd::AsRawFd,
+    path::PathBuf,
+};
+
+use blazesym::symbolize::{
+    Input, Symbolized, Symbolizer as Blazesym,
+    source::{Elf, Source},
+};
+
+use crate::{
+    model::Frame,
+    procfs::{self, Mapping},
+};
+
+/// Identity of a mapped file (device and inode), stable across renames and namespaces.
+type FileId = (String, u64);
+
+/// The target's executable file mappings.
+#[derive(Default)]
+pub struct Modules {
+    mappings: Vec<Mapping>,
+    files: HashMap<FileId, File>,
+}
+
+impl Modules {
+    /// Re-reads /proc/PID/maps. Mappings that disappeared are kept (unless something new
+    /// overlaps them) so stacks recorded earlier still resolve.
+    pub fn refresh(&mut self, pid: u32) -> std::io::Result<()> {
+        let current: Vec<Mapping> = procfs::read_maps(pid)?
+            .into_iter()
+            .filter(|mapping| mapping.executable && mapping.is_file())
+            .collect();
+        for mapping in &current {
+            let id = (mapping.dev.clone(), mapping.inode);
+            if self.files.contains_key(&id) {
+                continue;
+            }
+            let opened = File::open(procfs::map_file_path(pid, mapping))
+                .or_else(|_| File::open(procfs::path_in_root(pid, mapping.file_path())));
+            if let Ok(file) = opened {
+                self.files.insert(id, file);
+            }
+        }
+        let mut merged: Vec<Mapping> = self
+            .mappings
+            .drain(..)
+            .filter(|old| {
+                !current
+                    .iter()
+                    .any(|new| new.start < old.end && old.start < new.end)
+            })
+            .collect();
+        merged.extend(current);
+        merged.sort_by_key(|mapping| mapping.start);
+        self.mappings = merged;
+        Ok(())
+    }
+
+    /// The mapping holding `address`, if any.
+    pub fn find(&self, address: u64) -> Option<&Mapping> {
+        let index = self
+            .mappings
+            .partition_point(|mapping| mapping.start <= address);
+        let mapping = self.mappings.get(index.checked_sub(1)?)?;
+        mapping.contains(address).then_some(mapping)
+    }
+
+    fn open_path(&self, mapping: &Mapping) -> Option<PathBuf> {
+        let file = self.files.get(&(mapping.dev.clone(), mapping.inode))?;
+        Some(PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())))
+    }
+}
+
+/// Symbolizes addresses, caching results for the session.
+pub struct Symbolizer {
+    blazesym: Blazesym,
+    cache: HashMap<(FileId, u64), Vec<Frame>>,
+    /// Addresses that could not be symbolized (no module, no symbol).
+    pub failures: u64,
+}
+
+impl Default for Symbolizer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Symbolizer {
+    pub fn new() -> Self {
+        Symbolizer {
+            blazesym: Blazesym::builder()
+                .enable_code_info(true)
+                .enable_inlined_fns(true)
+                .build(),
+            cache: HashMap::new(),
+            failures: 0,
+        }
+    }
+
+    /// Frames for each return address of a stack, innermost first; an address inside
+    /// inlined code expands into several frames.
+    pub fn symbolize_stack(&mut self, modules: &Modules, addresses: &[u64]) -> Vec<Frame> {
+        self.prefetch(modules, addresses);
+        let mut frames = Vec::new();
+        for &address in addresses {
+            match modules.find(address) {
+                Some(mapping) => {
+                    let key = (
+                        (mapping.dev.clone(), mapping.inode),
+                        address - mapping.start + mapping.offset,
+                    );
+                    match self.cache.get(&key) {
+                        Some(cached) => frames.extend(cached.iter().map(|frame| Frame {
+                            address,
+                            ..frame.clone()
+                        })),
+                        None => frames.push(unknown_in_module(mapping, address)),
+                    }
+                }
+                None => {
+                    frames.push(Frame {
+                        address,
+                        ..Frame::default()
+                    });
+                }
+            }
+        }
+        frames
+    }
+
+    /// Symbolizes every not-yet-cached address, one blazesym call per module.
+    fn prefetch(&mut self, modules: &Modules, addresses: &[u64]) {
+        let mut by_module: HashMap<FileId, (Mapping, Vec<u64>)> = HashMap::new();
+        for &address in addresses {
+            let Some(mapping) = modules.find(address) else {
+                continue;
+            };
+            let id = (mapping.dev.clone(), mapping.inode);
+            let file_offset = address - mapping.start + mapping.offset;
+            if self.cache.contains_key(&(id.clone(), file_offset)) {
+                continue;
+            }
+            by_module
+                .entry(id)
+                .or_insert_with(|| (mapping.clone(), Vec::new()))
+                .1
+                .push(file_offset);
+        }
+        for (id, (mapping, mut offsets)) in by_module {
+            offsets.sort_unstable();
+            offsets.dedup();
+            let module_name = mapping.file_path().to_string();
+            let Some(path) = modules.open_path(&mapping) else {
+                for offset in offsets {
+                    self.failures += 1;
+                    self.cache
+                        .insert((id.clone(), offset), vec![unknown_frame(&module_name, offset)]);
+                }
+                continue;
+            };
+            // Return addresses point after the call; look up the call instruction itself.
+            let lookups: Vec<u64> = offsets.iter().map(|offset| offset.saturating_sub(1)).collect();
+            let source = Source::Elf(Elf::new(path));
+            let results = self
+                .blazesym
+                .symbolize(&source, Input::FileOffset(&lookups));
+            for (index, offset) in offsets.iter().enumerate() {
+                let frames = match results.as_ref().ok().and_then(|all| all.get(index)) {
+                    Some(Symbolized::Sym(sym)) => {
+                        let mut frames = Vec::with_capacity(1 + sym.inlined.len());
+                        // blazesym lists inlined calls outermost first; frames go innermost
+                        // first. Each location is where that function was executing.
+                        for inlined in sym.inlined.iter().rev() {
+                            let (file, line) = code_location(inlined.code_info.as_ref());
+                            frames.push(Frame {
+                                function: Some(inlined.name.to_string()),
+                                file,
+                                line,
+                                module: Some(module_name.clone()),
+                                module_offset: Some(*offset),
+                                inlined: true,
+                                ..Frame::default()
+                            });
+                        }
+                        let (file, line) = code_location(sym.code_info.as_deref());
+                        frames.push(Frame {
+                            function: Some(sym.name.to_string()),
+                            file,
+                            line,
+                            module: Some(module_name.clone()),
+                            module_offset: Some(*offset),
+                            ..Frame::default()
+                        });
+                        frames
+                    }
+                    _ => {
+                        self.failures += 1;
+                        vec![unknown_frame(&module_name, *offset)]
+                    }
+                };
+                self.cache.insert((id.clone(), *offset), frames);
+            }
+        }
+    }
+}
+
+fn code_location(info: Option<&blazesym::symbolize::CodeInfo<'_>>) -> (Option<String>, Option<u32>) {
+    match info {
+        Some(info) => (Some(info.to_path().display().to_string()), info.line),
+        None => (None, None),
+    }
+}
+
+fn unknown_frame(module: &str, offset: u64) -> Frame {
+    Frame {
+        module: Some(module.to_string()),
+        module_offset: Some(offset),
+        ..Frame::default()
+    }
+}
+
+fn unknown_in_module(mapping: &Mapping, address: u64) -> Frame {
+    Frame {
+        address,
+        ..unknown_frame(mapping.file_path(), address - mapping.start + mapping.offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[inline(never)]
+    #[unsafe(no_mangle)]
+    extern "C" fn leaktrace_symbolize_probe_fn() -> u64 {
+        std::hint::black_box(42)
+    }
+
+    #[test]
+    fn symbolizes_a_function_of_this_test_binary() {
+        let pid = std::process::id();
+        let mut modules = Modules::default();
+        modules.refresh(pid).expect("read own maps");
+        let address = leaktrace_symbolize_probe_fn as usize as u64;
+        // A return address one byte past the function start still lands in it after -1.
+        let frames = Symbolizer::new().symbolize_stack(&modules, &[address + 1]);
+        assert_eq!(
+            frames.last().and_then(|frame| frame.function.as_deref()),
+            Some("leaktrace_symbolize_probe_fn")
+        );
+        assert!(frames[0].module.as_deref().is_some_and(|m| m.contains("leaktrace")));
+    }
+
+    #[test]
+    fn unmapped_address_gives_a_bare_frame() {
+        let modules = Modules::default();
+        let frames = Symbolizer::new().symbolize_stack(&modules, &[0x1234]);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].address, 0x1234);
+        assert!(frames[0].function.is_none() && frames[0].module.is_none());
+    }
+}
