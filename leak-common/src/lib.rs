@@ -119,6 +119,35 @@ impl AllocFn {
     }
 }
 
+/// C++ allocation operators: `operator new` and `new[]` in every variant take the size first
+/// and behave like malloc; every `operator delete` takes the pointer first and behaves like
+/// free. Probing them (not only the malloc they call) keeps the C++ caller in the stack,
+/// because libstdc++ is built without frame pointers.
+pub const CXX_NEW_SYMBOLS: [&str; 8] = [
+    "_Znwm",
+    "_Znam",
+    "_ZnwmRKSt9nothrow_t",
+    "_ZnamRKSt9nothrow_t",
+    "_ZnwmSt11align_val_t",
+    "_ZnamSt11align_val_t",
+    "_ZnwmSt11align_val_tRKSt9nothrow_t",
+    "_ZnamSt11align_val_tRKSt9nothrow_t",
+];
+pub const CXX_DELETE_SYMBOLS: [&str; 12] = [
+    "_ZdlPv",
+    "_ZdaPv",
+    "_ZdlPvm",
+    "_ZdaPvm",
+    "_ZdlPvRKSt9nothrow_t",
+    "_ZdaPvRKSt9nothrow_t",
+    "_ZdlPvSt11align_val_t",
+    "_ZdaPvSt11align_val_t",
+    "_ZdlPvmSt11align_val_t",
+    "_ZdaPvmSt11align_val_t",
+    "_ZdlPvSt11align_val_tRKSt9nothrow_t",
+    "_ZdaPvSt11align_val_tRKSt9nothrow_t",
+];
+
 /// Name of the return program shared by every allocating function.
 pub const ALLOC_RETURN_PROGRAM: &str = "alloc_return";
 

@@ -14,9 +14,7 @@ use leak_common::{
     AllocFn, AllocRecord, Counter, NESTED_CALL_MAX_DEPTH_BYTES, PendingCall, UNKNOWN_STACK_ID,
 };
 
-use crate::maps::{
-    ALLOCS, PENDING_CALLS, STACK_TRACES, add_to_stack, count, target_tid,
-};
+use crate::maps::{ALLOCS, PENDING_CALLS, STACK_TRACES, add_to_stack, count, target_tid};
 
 const EEXIST: i32 = 17;
 const BPF_NOEXIST: u64 = 1;

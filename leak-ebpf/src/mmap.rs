@@ -111,7 +111,9 @@ pub fn mmap_enter(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn mmap_exit(ctx: TracePointContext) -> u32 {
     let Some(tid) = target_tid() else { return 0 };
-    let Some(pending) = take(tid, MmapEventKind::Map) else { return 0 };
+    let Some(pending) = take(tid, MmapEventKind::Map) else {
+        return 0;
+    };
     let ret = field(&ctx, RET);
     if failed(ret) {
         return 0;
@@ -163,7 +165,9 @@ pub fn munmap_enter(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn munmap_exit(ctx: TracePointContext) -> u32 {
     let Some(tid) = target_tid() else { return 0 };
-    let Some(pending) = take(tid, MmapEventKind::Unmap) else { return 0 };
+    let Some(pending) = take(tid, MmapEventKind::Unmap) else {
+        return 0;
+    };
     if field(&ctx, RET) != 0 {
         return 0;
     }
@@ -206,7 +210,9 @@ pub fn mremap_enter(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn mremap_exit(ctx: TracePointContext) -> u32 {
     let Some(tid) = target_tid() else { return 0 };
-    let Some(pending) = take(tid, MmapEventKind::Remap) else { return 0 };
+    let Some(pending) = take(tid, MmapEventKind::Remap) else {
+        return 0;
+    };
     let ret = field(&ctx, RET);
     if failed(ret) {
         return 0;

@@ -117,8 +117,8 @@ pub fn judge(history: &StackHistory, context: Context, thresholds: &Thresholds) 
     if enough_data {
         let first = series[0].outstanding_bytes;
         let last = series[series.len() - 1].outstanding_bytes;
-        let old_enough = oldest_age_s
-            .is_none_or(|age| age >= thresholds.min_oldest_fraction * context.span_s);
+        let old_enough =
+            oldest_age_s.is_none_or(|age| age >= thresholds.min_oldest_fraction * context.span_s);
         if growth > 0.0
             && last > first
             && rising_fraction(series) >= thresholds.min_rising_fraction
@@ -147,7 +147,11 @@ mod tests {
     use super::*;
     use crate::model::{Origin, StackKey, Totals};
 
-    fn history(bytes: &[u64], outstanding_allocs: u64, oldest_live_ns: Option<u64>) -> StackHistory {
+    fn history(
+        bytes: &[u64],
+        outstanding_allocs: u64,
+        oldest_live_ns: Option<u64>,
+    ) -> StackHistory {
         StackHistory {
             key: StackKey {
                 origin: Origin::Heap,
@@ -207,7 +211,11 @@ mod tests {
     #[test]
     fn steady_rise_with_old_allocations_is_leaking() {
         let bytes: Vec<u64> = (0..10).map(|i| 1024 * i).collect();
-        let (verdict, growth) = judge(&history(&bytes, 9, Some(SEC)), running(9.0), &Thresholds::default());
+        let (verdict, growth) = judge(
+            &history(&bytes, 9, Some(SEC)),
+            running(9.0),
+            &Thresholds::default(),
+        );
         assert_eq!(verdict, Verdict::Leaking);
         assert!((growth - 1024.0).abs() < 1.0);
     }
@@ -227,7 +235,11 @@ mod tests {
     #[test]
     fn flat_hold_is_stable() {
         let bytes = [4096u64; 10];
-        let (verdict, growth) = judge(&history(&bytes, 1, Some(0)), running(9.0), &Thresholds::default());
+        let (verdict, growth) = judge(
+            &history(&bytes, 1, Some(0)),
+            running(9.0),
+            &Thresholds::default(),
+        );
         assert_eq!(verdict, Verdict::Stable);
         assert_eq!(growth, 0.0);
     }
@@ -235,9 +247,17 @@ mod tests {
     #[test]
     fn balanced_churn_is_transient() {
         let bytes = [0u64, 64, 0, 0, 64, 0, 64, 0, 0, 64];
-        let (verdict, _) = judge(&history(&bytes, 1, Some(9 * SEC)), running(9.0), &Thresholds::default());
+        let (verdict, _) = judge(
+            &history(&bytes, 1, Some(9 * SEC)),
+            running(9.0),
+            &Thresholds::default(),
+        );
         assert_eq!(verdict, Verdict::Transient);
-        let (verdict, _) = judge(&history(&[0; 10], 0, None), running(9.0), &Thresholds::default());
+        let (verdict, _) = judge(
+            &history(&[0; 10], 0, None),
+            running(9.0),
+            &Thresholds::default(),
+        );
         assert_eq!(verdict, Verdict::Transient);
     }
 
@@ -246,8 +266,11 @@ mod tests {
         let bytes: Vec<u64> = (0..30)
             .map(|i| 10_000 * i + if i % 3 == 0 { 5_000 } else { 0 })
             .collect();
-        let (verdict, growth) =
-            judge(&history(&bytes, 29, Some(0)), running(29.0), &Thresholds::default());
+        let (verdict, growth) = judge(
+            &history(&bytes, 29, Some(0)),
+            running(29.0),
+            &Thresholds::default(),
+        );
         assert_eq!(verdict, Verdict::Leaking);
         assert!((growth - 10_000.0).abs() < 1_000.0, "growth {growth}");
     }
@@ -259,7 +282,11 @@ mod tests {
             span_s: 0.2,
             exited: true,
         };
-        let (verdict, _) = judge(&history(&[640], 10, Some(0)), context, &Thresholds::default());
+        let (verdict, _) = judge(
+            &history(&[640], 10, Some(0)),
+            context,
+            &Thresholds::default(),
+        );
         assert_eq!(verdict, Verdict::Leaking);
     }
 }

@@ -7,8 +7,7 @@
 use std::{
     collections::BTreeMap,
     error::Error as StdError,
-    fs,
-    io,
+    fs, io,
     num::NonZeroU32,
     path::{Path, PathBuf},
 };
@@ -18,7 +17,8 @@ use aya::{
     programs::{TracePoint, UProbe, uprobe::UProbeScope},
 };
 use leak_common::{
-    ALLOC_RETURN_PROGRAM, AllocFn, SYSCALL_PROGRAMS, TARGET_TGID_GLOBAL, map_names,
+    ALLOC_RETURN_PROGRAM, AllocFn, CXX_DELETE_SYMBOLS, CXX_NEW_SYMBOLS, SYSCALL_PROGRAMS,
+    TARGET_TGID_GLOBAL, map_names,
 };
 use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
@@ -31,7 +31,9 @@ pub enum AttachError {
         "leaktrace needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE) to load eBPF programs: run it with sudo"
     )]
     NotPermitted,
-    #[error("this kernel has no {0}; leaktrace needs a kernel with uprobes, BTF and BPF (5.8 or later)")]
+    #[error(
+        "this kernel has no {0}; leaktrace needs a kernel with uprobes, BTF and BPF (5.8 or later)"
+    )]
     KernelLacks(&'static str),
     #[error(
         "no allocator found in process {pid}: none of its mapped files defines malloc and free (is it a Go or statically linked program with a custom allocator?)"
@@ -56,9 +58,29 @@ pub enum AttachError {
 /// One allocator function found in a module: where to put the probe.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AllocatorFn {
+    /// What the function does (C++ operators act as malloc or free).
     pub func: AllocFn,
+    /// The symbol probed.
+    pub symbol: String,
     /// Offset of the function in the module's file.
     pub file_offset: u64,
+}
+
+/// Every symbol leaktrace probes, with the behaviour it has.
+fn probed_symbols() -> impl Iterator<Item = (&'static str, AllocFn)> {
+    AllocFn::ALL
+        .iter()
+        .map(|func| (func.symbol(), *func))
+        .chain(
+            CXX_NEW_SYMBOLS
+                .iter()
+                .map(|symbol| (*symbol, AllocFn::Malloc)),
+        )
+        .chain(
+            CXX_DELETE_SYMBOLS
+                .iter()
+                .map(|symbol| (*symbol, AllocFn::Free)),
+        )
 }
 
 /// A module that defines the allocator.
@@ -71,10 +93,11 @@ pub struct AllocatorModule {
     pub functions: Vec<AllocatorFn>,
 }
 
-/// Finds the allocator family in an ELF image. Aliases at the same address (memalign and
-/// aligned_alloc in glibc) are listed once.
+/// Finds the allocator family and the C++ operators in an ELF image. Aliases at the same
+/// address (memalign and aligned_alloc in glibc) are listed once.
 pub fn find_allocator_functions(elf: &[u8]) -> Result<Vec<AllocatorFn>, object::Error> {
     let file = object::File::parse(elf)?;
+    let wanted: Vec<(&'static str, AllocFn)> = probed_symbols().collect();
     let mut addresses: BTreeMap<&'static str, u64> = BTreeMap::new();
     for symbol in file.dynamic_symbols().chain(file.symbols()) {
         if symbol.kind() != SymbolKind::Text || !symbol.is_definition() || symbol.address() == 0 {
@@ -83,22 +106,29 @@ pub fn find_allocator_functions(elf: &[u8]) -> Result<Vec<AllocatorFn>, object::
         let Ok(name) = symbol.name() else { continue };
         // Versioned names in .symtab look like "malloc@@GLIBC_2.2.5".
         let name = name.split('@').next().unwrap_or(name);
-        if let Some(func) = AllocFn::ALL.iter().find(|func| func.symbol() == name) {
-            addresses.entry(func.symbol()).or_insert(symbol.address());
+        if let Some((known, _)) = wanted.iter().find(|(known, _)| *known == name) {
+            addresses.entry(known).or_insert(symbol.address());
         }
     }
     let mut found: Vec<AllocatorFn> = Vec::new();
-    for func in AllocFn::ALL {
-        let Some(&address) = addresses.get(func.symbol()) else {
+    for (symbol, func) in wanted {
+        let Some(&address) = addresses.get(symbol) else {
             continue;
         };
         let Some(file_offset) = virtual_to_file_offset(&file, address) else {
             continue;
         };
-        if found.iter().any(|existing| existing.file_offset == file_offset) {
+        if found
+            .iter()
+            .any(|existing| existing.file_offset == file_offset)
+        {
             continue;
         }
-        found.push(AllocatorFn { func, file_offset });
+        found.push(AllocatorFn {
+            func,
+            symbol: symbol.to_string(),
+            file_offset,
+        });
     }
     Ok(found)
 }
@@ -113,8 +143,24 @@ fn virtual_to_file_offset(file: &object::File<'_>, address: u64) -> Option<u64> 
 
 /// A module is an allocator if it defines both malloc and free.
 fn is_allocator(functions: &[AllocatorFn]) -> bool {
-    let has = |wanted: AllocFn| functions.iter().any(|f| f.func == wanted);
-    has(AllocFn::Malloc) && has(AllocFn::Free)
+    let has = |wanted: &str| functions.iter().any(|f| f.symbol == wanted);
+    has("malloc") && has("free")
+}
+
+/// The probes a module gets: the whole family if it is an allocator, and its C++ operators
+/// in any case (libstdc++, or a program that defines its own).
+fn probes_for_module(functions: Vec<AllocatorFn>) -> Vec<AllocatorFn> {
+    if is_allocator(&functions) {
+        functions
+    } else {
+        functions
+            .into_iter()
+            .filter(|f| {
+                CXX_NEW_SYMBOLS.contains(&f.symbol.as_str())
+                    || CXX_DELETE_SYMBOLS.contains(&f.symbol.as_str())
+            })
+            .collect()
+    }
 }
 
 /// Allocator modules among a running process's mappings.
@@ -138,7 +184,8 @@ pub fn allocators_in_process(pid: u32) -> Result<Vec<AllocatorModule>, AttachErr
         let Ok(functions) = find_allocator_functions(&data) else {
             continue;
         };
-        if is_allocator(&functions) {
+        let functions = probes_for_module(functions);
+        if !functions.is_empty() {
             modules.push(AllocatorModule {
                 probe_path,
                 display_path: mapping.file_path().to_string(),
@@ -146,7 +193,7 @@ pub fn allocators_in_process(pid: u32) -> Result<Vec<AllocatorModule>, AttachErr
             });
         }
     }
-    if modules.is_empty() {
+    if !modules.iter().any(|module| is_allocator(&module.functions)) {
         return Err(AttachError::NoAllocator { pid });
     }
     Ok(modules)
@@ -193,7 +240,8 @@ pub fn allocators_for_program(
         let Ok(functions) = find_allocator_functions(&data) else {
             continue;
         };
-        if is_allocator(&functions) {
+        let functions = probes_for_module(functions);
+        if !functions.is_empty() {
             modules.push(AllocatorModule {
                 display_path: path.display().to_string(),
                 probe_path: path,
@@ -201,7 +249,7 @@ pub fn allocators_for_program(
             });
         }
     }
-    if modules.is_empty() {
+    if !modules.iter().any(|module| is_allocator(&module.functions)) {
         return Err(AttachError::NoAllocator { pid: 0 });
     }
     Ok(modules)
@@ -269,7 +317,8 @@ pub fn attach(
             }
         })?;
 
-    let mut program_names: Vec<&'static str> = AllocFn::ALL.iter().map(|f| f.entry_program()).collect();
+    let mut program_names: Vec<&'static str> =
+        AllocFn::ALL.iter().map(|f| f.entry_program()).collect();
     program_names.push(ALLOC_RETURN_PROGRAM);
     program_names.sort_unstable();
     program_names.dedup();
@@ -278,9 +327,9 @@ pub fn attach(
             .load()
             .map_err(|err| load_error(name, err))?;
     }
-    let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(AttachError::Load(
-        "process id 0 cannot be traced".into(),
-    ))?);
+    let scope = UProbeScope::OneProcess(
+        NonZeroU32::new(pid).ok_or(AttachError::Load("process id 0 cannot be traced".into()))?,
+    );
     let mut attached = Vec::new();
     for module in modules {
         for function in &module.functions {
@@ -288,13 +337,13 @@ pub fn attach(
                 uprobe(&mut ebpf, program)?
                     .attach(function.file_offset, &module.probe_path, scope)
                     .map(|_| ())
-                    .map_err(|err| probe_error(function.func, &module.display_path, err))
+                    .map_err(|err| probe_error(&function.symbol, &module.display_path, err))
             };
             attach_one(function.func.entry_program())?;
             if function.func.has_return_probe() {
                 attach_one(ALLOC_RETURN_PROGRAM)?;
             }
-            attached.push(format!("{} in {}", function.func.symbol(), module.display_path));
+            attached.push(format!("{} in {}", function.symbol, module.display_path));
         }
     }
 
@@ -306,11 +355,13 @@ pub fn attach(
             .try_into()
             .map_err(|err: aya::programs::ProgramError| AttachError::Load(err.to_string()))?;
         program.load().map_err(|err| load_error(name, err))?;
-        program.attach(category, tracepoint).map_err(|err| AttachError::Probe {
-            function: tracepoint.to_string(),
-            module: "the kernel".to_string(),
-            reason: format!("{:#}", anyhow::Error::from(err)),
-        })?;
+        program
+            .attach(category, tracepoint)
+            .map_err(|err| AttachError::Probe {
+                function: tracepoint.to_string(),
+                module: "the kernel".to_string(),
+                reason: format!("{:#}", anyhow::Error::from(err)),
+            })?;
         attached.push(format!("{category}:{tracepoint}"));
     }
     Ok(Probes { ebpf, attached })
@@ -330,15 +381,15 @@ fn load_error(name: &str, err: aya::programs::ProgramError) -> AttachError {
     AttachError::Load(format!("{name}: {:#}", anyhow::Error::from(err)))
 }
 
-fn probe_error(func: AllocFn, module: &str, err: aya::programs::ProgramError) -> AttachError {
+fn probe_error(symbol: &str, module: &str, err: aya::programs::ProgramError) -> AttachError {
     match os_error(&err) {
         Some(libc::EINVAL) => AttachError::ProbeConflict {
-            function: func.symbol().to_string(),
+            function: symbol.to_string(),
             module: module.to_string(),
         },
         Some(libc::EPERM) | Some(libc::EACCES) => AttachError::NotPermitted,
         _ => AttachError::Probe {
-            function: func.symbol().to_string(),
+            function: symbol.to_string(),
             module: module.to_string(),
             reason: format!("{:#}", anyhow::Error::from(err)),
         },
@@ -364,7 +415,9 @@ fn check_kernel() -> Result<(), AttachError> {
         return Err(AttachError::KernelLacks("BTF (/sys/kernel/btf/vmlinux)"));
     }
     if !Path::new("/sys/bus/event_source/devices/uprobe").exists() {
-        return Err(AttachError::KernelLacks("uprobes (/sys/bus/event_source/devices/uprobe)"));
+        return Err(AttachError::KernelLacks(
+            "uprobes (/sys/bus/event_source/devices/uprobe)",
+        ));
     }
     Ok(())
 }
@@ -414,17 +467,37 @@ mod tests {
 
     #[test]
     fn finds_the_family_in_this_machines_libc() {
-        let libc = ["/lib/x86_64-linux-gnu/libc.so.6", "/usr/lib/x86_64-linux-gnu/libc.so.6"]
-            .iter()
-            .find_map(|path| fs::read(path).ok());
+        let libc = [
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "/usr/lib/x86_64-linux-gnu/libc.so.6",
+        ]
+        .iter()
+        .find_map(|path| fs::read(path).ok());
         let Some(libc) = libc else {
             return; // not a glibc x86_64 machine
         };
         let functions = find_allocator_functions(&libc).expect("parse libc");
         assert!(is_allocator(&functions));
-        for wanted in [AllocFn::Malloc, AllocFn::Calloc, AllocFn::Realloc, AllocFn::Free] {
-            assert!(functions.iter().any(|f| f.func == wanted), "{wanted:?} missing");
+        for wanted in [
+            "malloc",
+            "calloc",
+            "realloc",
+            "reallocarray",
+            "free",
+            "posix_memalign",
+            "valloc",
+            "pvalloc",
+        ] {
+            assert!(
+                functions.iter().any(|f| f.symbol == wanted),
+                "{wanted} missing"
+            );
         }
+        assert!(
+            functions
+                .iter()
+                .any(|f| f.symbol == "memalign" || f.symbol == "aligned_alloc")
+        );
         let mut offsets: Vec<u64> = functions.iter().map(|f| f.file_offset).collect();
         offsets.sort_unstable();
         offsets.dedup();

@@ -114,7 +114,8 @@ impl Collector {
                     );
                 }
                 Some(MmapEventKind::Unmap) => {
-                    self.regions.unmap(event.addr, round(event.len, self.page_size));
+                    self.regions
+                        .unmap(event.addr, round(event.len, self.page_size));
                 }
                 Some(MmapEventKind::Remap) => self.regions.remap(
                     event.addr,
@@ -293,7 +294,10 @@ mod tests {
         }
         assert!(series.len() <= MAX_SERIES_LEN);
         assert_eq!(series[0].at_s, 0.0);
-        assert_eq!(series.last().map(|s| s.at_s), Some((10 * MAX_SERIES_LEN - 1) as f64));
+        assert_eq!(
+            series.last().map(|s| s.at_s),
+            Some((10 * MAX_SERIES_LEN - 1) as f64)
+        );
     }
 
     #[test]
@@ -314,7 +318,10 @@ mod tests {
         };
         let sum = totals_from_kernel(&sum_cpus([alloc_cpu, free_cpu].iter()));
         assert_eq!((sum.outstanding_bytes, sum.outstanding_allocs), (64, 1));
-        assert_eq!((sum.total_allocs, sum.total_frees, sum.total_bytes), (2, 1, 128));
+        assert_eq!(
+            (sum.total_allocs, sum.total_frees, sum.total_bytes),
+            (2, 1, 128)
+        );
     }
 
     #[test]
@@ -326,6 +333,9 @@ mod tests {
             total_frees: 1,
             total_bytes: 0,
         });
-        assert_eq!((totals.outstanding_bytes, totals.outstanding_allocs), (0, 0));
+        assert_eq!(
+            (totals.outstanding_bytes, totals.outstanding_allocs),
+            (0, 0)
+        );
     }
 }

@@ -19,7 +19,10 @@ pub enum ChildEvent {
     /// The child stopped at exit; its memory is intact until the ack is sent.
     Exiting { ack: mpsc::Sender<()> },
     /// The child is gone.
-    Exited { code: Option<i32>, signal: Option<i32> },
+    Exited {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
     /// Starting it failed after fork (exec failed).
     Failed(String),
 }
@@ -62,7 +65,8 @@ pub fn launch(
     events: tokio::sync::mpsc::UnboundedSender<ChildEvent>,
 ) -> io::Result<Launched> {
     let to_c = |bytes: &[u8]| {
-        CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in argument"))
+        CString::new(bytes)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in argument"))
     };
     let program_c = to_c(program.as_os_str().as_bytes())?;
     let mut argv_c = Vec::with_capacity(args.len());

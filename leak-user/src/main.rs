@@ -14,7 +14,10 @@ fn main() -> ExitCode {
         .format_timestamp(None)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("leaktrace: could not start: {err}");
@@ -29,7 +32,9 @@ fn main() -> ExitCode {
         } => match runtime.block_on(session::attach(pid, common.options(duration))) {
             Ok(outcome) => {
                 if outcome.report.exited.is_some() {
-                    eprintln!("leaktrace: process {pid} exited during tracing; the report shows what was seen until then");
+                    eprintln!(
+                        "leaktrace: process {pid} exited during tracing; the report shows what was seen until then"
+                    );
                     ExitCode::from(EXIT_TARGET_EXITED)
                 } else {
                     ExitCode::SUCCESS

@@ -1,8 +1,7 @@
 //! Reading /proc: a process's mappings, executable and liveness. Parsing is pure and tested;
 //! the readers are thin wrappers.
 use std::{
-    fs,
-    io,
+    fs, io,
     path::{Path, PathBuf},
 };
 
@@ -65,7 +64,9 @@ fn parse_maps_line(line: &str) -> Option<Mapping> {
 }
 
 pub fn read_maps(pid: u32) -> io::Result<Vec<Mapping>> {
-    Ok(parse_maps(&fs::read_to_string(format!("/proc/{pid}/maps"))?))
+    Ok(parse_maps(&fs::read_to_string(format!(
+        "/proc/{pid}/maps"
+    ))?))
 }
 
 /// A path under the target's root, so files of processes in other mount namespaces

@@ -119,7 +119,11 @@ impl Regions {
             let entry = out.entry(region.stack).or_default();
             entry.0.outstanding_bytes += region.len;
             entry.0.outstanding_allocs += 1;
-            entry.1 = Some(entry.1.map_or(region.mapped_ns, |t| t.min(region.mapped_ns)));
+            entry.1 = Some(
+                entry
+                    .1
+                    .map_or(region.mapped_ns, |t| t.min(region.mapped_ns)),
+            );
         }
         out
     }

@@ -104,7 +104,9 @@ pub async fn run(command: &[String], options: Options) -> Result<Outcome, Sessio
         .first()
         .ok_or_else(|| SessionError::Launch("no command given after --".into()))?;
     let program = launch::resolve_program(name).ok_or_else(|| {
-        SessionError::Launch(format!("command not found: {name} (give a path or put it on PATH)"))
+        SessionError::Launch(format!(
+            "command not found: {name} (give a path or put it on PATH)"
+        ))
     })?;
     let env: Vec<(String, String)> = std::env::vars().collect();
     let allocators = attach::allocators_for_program(&program, &env).map_err(|err| match err {
@@ -242,10 +244,17 @@ impl Session {
     fn interval_report(&mut self) -> Result<(), SessionError> {
         let report = self.build_report(None)?;
         let stdout = std::io::stdout();
-        if self.options.output.is_none() && self.options.format == Format::Text && stdout.is_terminal() {
+        if self.options.output.is_none()
+            && self.options.format == Format::Text
+            && stdout.is_terminal()
+        {
             // A live view: redraw in place.
             let mut out = stdout.lock();
-            let _ = write!(out, "\x1b[H\x1b[2J{}", report::render(&report, Format::Text, true));
+            let _ = write!(
+                out,
+                "\x1b[H\x1b[2J{}",
+                report::render(&report, Format::Text, true)
+            );
             let _ = out.flush();
         } else {
             let leaking = report
@@ -295,7 +304,9 @@ impl Session {
         let mut judged: Vec<(crate::model::StackHistory, crate::model::Verdict, f64)> = self
             .collector
             .histories()
-            .filter(|history| history.totals.total_allocs > 0 || history.totals.outstanding_allocs > 0)
+            .filter(|history| {
+                history.totals.total_allocs > 0 || history.totals.outstanding_allocs > 0
+            })
             .map(|history| {
                 let (verdict, growth) = analysis::judge(history, context, &self.options.thresholds);
                 (history.clone(), verdict, growth)
@@ -308,10 +319,21 @@ impl Session {
                 .then(b.0.totals.total_bytes.cmp(&a.0.totals.total_bytes))
                 .then(a.0.key.cmp(&b.0.key))
         });
+        // The dynamic loader mapping a library's zero-filled segments, or its own start-up
+        // allocator, is part of the program image, not the program's memory.
+        let mut kept = Vec::with_capacity(judged.len());
+        for entry in judged {
+            if entry.0.key.origin == Origin::Mmap && mapped_by_loader(&self.frames_of(&entry.0)) {
+                continue;
+            }
+            kept.push(entry);
+        }
+        let mut judged = kept;
         let omitted = judged.split_off(judged.len().min(self.options.top));
         let mut stacks = Vec::with_capacity(judged.len());
         for (history, verdict, growth) in judged {
             let frames = self.frames_of(&history);
+
             stacks.push(StackReport {
                 verdict,
                 origin: history.key.origin,
@@ -337,7 +359,10 @@ impl Session {
                 events.insert(counter.name().to_string(), value);
             }
         }
-        events.insert("symbolization_failures".to_string(), self.symbolizer.failures);
+        events.insert(
+            "symbolization_failures".to_string(),
+            self.symbolizer.failures,
+        );
         Ok(Report {
             version: REPORT_VERSION,
             target: self.target.clone(),
@@ -347,7 +372,10 @@ impl Session {
             dropped,
             events,
             omitted_stacks: omitted.len() as u64,
-            omitted_outstanding_bytes: omitted.iter().map(|(h, _, _)| h.totals.outstanding_bytes).sum(),
+            omitted_outstanding_bytes: omitted
+                .iter()
+                .map(|(h, _, _)| h.totals.outstanding_bytes)
+                .sum(),
             stacks,
         })
     }
@@ -371,6 +399,17 @@ impl Session {
     }
 }
 
+/// Whether an mmap stack starts in the dynamic loader (ld-linux, ld-musl).
+fn mapped_by_loader(frames: &[crate::model::Frame]) -> bool {
+    frames
+        .first()
+        .and_then(|frame| frame.module.as_deref())
+        .and_then(|module| module.rsplit('/').next())
+        .is_some_and(|name| {
+            name.starts_with("ld-linux") || name.starts_with("ld-musl") || name == "ld.so"
+        })
+}
+
 /// libc's thin syscall wrappers, which keep no frame of their own.
 fn is_syscall_wrapper(function: &str) -> bool {
     let name = function.trim_start_matches('_');
@@ -388,7 +427,9 @@ mod tests {
 
     #[test]
     fn knows_the_wrappers() {
-        for name in ["mmap", "mmap64", "__mmap", "__mmap64", "munmap", "__mremap", "syscall"] {
+        for name in [
+            "mmap", "mmap64", "__mmap", "__mmap64", "munmap", "__mremap", "syscall",
+        ] {
             assert!(is_syscall_wrapper(name), "{name}");
         }
         for name in ["main", "mmap_region_for_cache", "malloc"] {

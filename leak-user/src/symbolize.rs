@@ -3,12 +3,7 @@
 //! The target's executable mappings are recorded while it is alive, and each mapped file is
 //! kept open, so stacks can be symbolized after the target exits, after a library is
 //! dlclose'd, and for processes in other mount namespaces.
-use std::{
-    collections::HashMap,
-    fs::File,
-    os::fd::AsRawFd,
-    path::PathBuf,
-};
+use std::{collections::HashMap, fs::File, os::fd::AsRawFd, path::PathBuf};
 
 use blazesym::symbolize::{
     Input, Symbolized, Symbolizer as Blazesym,
@@ -161,13 +156,18 @@ impl Symbolizer {
             let Some(path) = modules.open_path(&mapping) else {
                 for offset in offsets {
                     self.failures += 1;
-                    self.cache
-                        .insert((id.clone(), offset), vec![unknown_frame(&module_name, offset)]);
+                    self.cache.insert(
+                        (id.clone(), offset),
+                        vec![unknown_frame(&module_name, offset)],
+                    );
                 }
                 continue;
             };
             // Return addresses point after the call; look up the call instruction itself.
-            let lookups: Vec<u64> = offsets.iter().map(|offset| offset.saturating_sub(1)).collect();
+            let lookups: Vec<u64> = offsets
+                .iter()
+                .map(|offset| offset.saturating_sub(1))
+                .collect();
             let source = Source::Elf(Elf::new(path));
             let results = self
                 .blazesym
@@ -212,7 +212,9 @@ impl Symbolizer {
     }
 }
 
-fn code_location(info: Option<&blazesym::symbolize::CodeInfo<'_>>) -> (Option<String>, Option<u32>) {
+fn code_location(
+    info: Option<&blazesym::symbolize::CodeInfo<'_>>,
+) -> (Option<String>, Option<u32>) {
     match info {
         Some(info) => (Some(info.to_path().display().to_string()), info.line),
         None => (None, None),
@@ -230,7 +232,10 @@ fn unknown_frame(module: &str, offset: u64) -> Frame {
 fn unknown_in_module(mapping: &Mapping, address: u64) -> Frame {
     Frame {
         address,
-        ..unknown_frame(mapping.file_path(), address - mapping.start + mapping.offset)
+        ..unknown_frame(
+            mapping.file_path(),
+            address - mapping.start + mapping.offset,
+        )
     }
 }
 
@@ -256,7 +261,12 @@ mod tests {
             frames.last().and_then(|frame| frame.function.as_deref()),
             Some("leaktrace_symbolize_probe_fn")
         );
-        assert!(frames[0].module.as_deref().is_some_and(|m| m.contains("leaktrace")));
+        assert!(
+            frames[0]
+                .module
+                .as_deref()
+                .is_some_and(|m| m.contains("leaktrace"))
+        );
     }
 
     #[test]

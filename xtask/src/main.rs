@@ -1,1 +1,185 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | build | demo | test | bench`.
+//!
+//! Everything a fresh machine needs is installed here (never by hand), and every step is
+//! idempotent and quick when nothing is missing.
+mod bench;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "leaktrace project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what a fresh machine lacks: nightly rust-src, bpf-linker, tracefs, compilers.
+    Setup,
+    /// Build the workspace (the eBPF object through aya-build).
+    Build,
+    /// Build, start the bundled leaking demo service, attach to it, print the report.
+    Demo {
+        /// How long to trace the demo.
+        #[arg(long, default_value = "10s")]
+        duration: String,
+    },
+    /// Run the whole test suite: unit tests, end-to-end tests (as root), fmt and clippy are
+    /// run by .ci/run.
+    Test {
+        /// Extra arguments for `cargo test` (after --).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Measure the cost leaktrace adds to a target; writes BENCHMARKS.md.
+    Bench {
+        /// malloc+free pairs per run.
+        #[arg(long, default_value_t = 5_000_000)]
+        pairs: u64,
+        /// Runs per configuration (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Build => {
+            setup::run()?;
+            build()
+        }
+        Task::Demo { duration } => {
+            setup::run()?;
+            build()?;
+            demo(&duration)
+        }
+        Task::Test { args } => {
+            setup::run()?;
+            build()?;
+            test(&args)
+        }
+        Task::Bench { pairs, runs } => {
+            setup::run()?;
+            build()?;
+            bench::run(pairs, runs)
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level down).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+pub fn cargo() -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.current_dir(root());
+    command
+}
+
+pub fn run_checked(command: &mut Command) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("could not run {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn build() -> Result<()> {
+    run_checked(cargo().args(["build", "--workspace", "--release", "--bins"]))
+}
+
+/// The leaktrace binary `build` produced.
+pub fn leaktrace_bin() -> PathBuf {
+    root().join("target/release/leaktrace")
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// Compiles a C file from tests/targets with the flags the targets use.
+pub fn compile_c(source: &str, output: &Path) -> Result<()> {
+    run_checked(
+        Command::new("gcc")
+            .args([
+                "-O1",
+                "-g",
+                "-fno-omit-frame-pointer",
+                "-fno-optimize-sibling-calls",
+                "-pthread",
+                "-o",
+            ])
+            .arg(output)
+            .arg(root().join("tests/targets").join(source)),
+    )
+}
+
+fn demo(duration: &str) -> Result<()> {
+    if !is_root() {
+        bail!("the demo loads eBPF programs: run it as root (sudo -E cargo xtask demo)");
+    }
+    let out_dir = root().join("target/xtask");
+    std::fs::create_dir_all(&out_dir)?;
+    let demo_bin = out_dir.join("leaky_service");
+    compile_c("leaky_service.c", &demo_bin)?;
+    println!(
+        "xtask: starting {} (leaks 4 KiB per 100 ms in cache_insert, churns elsewhere)",
+        demo_bin.display()
+    );
+    let mut demo = Command::new(&demo_bin)
+        .spawn()
+        .context("starting the demo service")?;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let result = run_checked(Command::new(leaktrace_bin()).args([
+        "attach",
+        "--pid",
+        &demo.id().to_string(),
+        "--duration",
+        duration,
+    ]));
+    // The demo is ours; stop it whatever happened.
+    let _ = demo.kill();
+    let _ = demo.wait();
+    result
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    let require_bpf = std::env::var("LEAKTRACE_REQUIRE_BPF").is_ok_and(|v| v == "1");
+    if !is_root() {
+        if require_bpf {
+            bail!("LEAKTRACE_REQUIRE_BPF=1 but not root: the end-to-end tests need root");
+        }
+        eprintln!(
+            "xtask: not root: end-to-end tests will report themselves SKIPPED (run with sudo to include them)"
+        );
+    }
+    let mut command = cargo();
+    command
+        .args(["test", "--workspace"])
+        .env("LEAKTRACE_BIN", leaktrace_bin());
+    if !extra.is_empty() {
+        command.arg("--").args(extra);
+    }
+    run_checked(&mut command)
+}

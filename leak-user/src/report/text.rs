@@ -21,7 +21,11 @@ pub fn render(report: &Report, color: bool) -> String {
         .iter()
         .filter(|stack| stack.verdict == Verdict::Leaking)
         .count();
-    let held: u64 = report.stacks.iter().map(|s| s.outstanding_bytes).sum::<u64>()
+    let held: u64 = report
+        .stacks
+        .iter()
+        .map(|s| s.outstanding_bytes)
+        .sum::<u64>()
         + report.omitted_outstanding_bytes;
     let _ = writeln!(
         out,
@@ -94,8 +98,16 @@ fn render_stack(out: &mut String, rank: usize, stack: &StackReport, color: bool)
         stack.verdict.as_str().to_uppercase(),
         human_bytes(stack.outstanding_bytes as f64),
         stack.outstanding_allocs,
-        if stack.outstanding_allocs == 1 { "" } else { "s" },
-        if stack.growth_bytes_per_s >= 0.0 { "+" } else { "" },
+        if stack.outstanding_allocs == 1 {
+            ""
+        } else {
+            "s"
+        },
+        if stack.growth_bytes_per_s >= 0.0 {
+            "+"
+        } else {
+            ""
+        },
         human_bytes(stack.growth_bytes_per_s),
         stack.total_allocs,
         stack.total_frees,

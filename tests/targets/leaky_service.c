@@ -1,0 +1,43 @@
+// The demo service for `cargo xtask demo`: a loop that serves "requests" forever.
+// - cache_insert leaks 4096 bytes every 100 ms (40 KiB/s): nobody ever evicts.
+// - handle_request allocates a scratch buffer per request and frees it (transient).
+// - load_config allocates 64 KiB once at start-up and keeps it (stable).
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct entry { struct entry *next; char payload[4096 - sizeof(void *)]; };
+static struct entry *cache;
+static char *config;
+
+__attribute__((noinline)) static void load_config(void) {
+    config = malloc(64 * 1024);
+    memset(config, 'c', 64 * 1024);
+}
+
+__attribute__((noinline)) static void cache_insert(int key) {
+    struct entry *e = malloc(sizeof *e);
+    memset(e->payload, key, sizeof e->payload);
+    e->next = cache;
+    cache = e;
+}
+
+__attribute__((noinline)) static uint64_t handle_request(int key) {
+    char *volatile scratch = malloc(512);
+    memset(scratch, key, 512);
+    uint64_t sum = scratch[key % 512];
+    free(scratch);
+    return sum;
+}
+
+int main(void) {
+    load_config();
+    uint64_t total = 0;
+    for (int i = 0;; i++) {
+        for (int r = 0; r < 20; r++) total += handle_request(i + r);
+        cache_insert(i);
+        usleep(100 * 1000);
+    }
+    return (int)total;
+}
