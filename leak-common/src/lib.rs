@@ -43,6 +43,10 @@ pub const UNKNOWN_STACK_ID: u32 = u32::MAX;
 /// whose id was reused; it is replaced, not treated as an outer call.
 pub const NESTED_CALL_MAX_DEPTH_BYTES: u64 = 1 << 16;
 
+/// An allocator call made from inside another happens within this long of the outer entry;
+/// an older pending entry is stale (e.g. the call began before the return probe was placed).
+pub const NESTED_CALL_MAX_AGE_NS: u64 = 100_000_000;
+
 /// The allocator functions leaktrace probes.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -191,7 +195,9 @@ pub struct StackTotals {
 pub struct PendingCall {
     /// `AllocFn` as u32.
     pub func: u32,
-    pub _pad: u32,
+    /// Allocator functions this call reached by a tail call (realloc(NULL, n) jumping to
+    /// malloc): each adds a return probe firing at the same return, all but the last ignored.
+    pub tail_calls: u32,
     /// Stack pointer at entry; the matching return sees `sp + 8` (the return address popped).
     pub sp: u64,
     /// Requested bytes.
@@ -200,6 +206,9 @@ pub struct PendingCall {
     pub old_ptr: u64,
     /// posix_memalign: where the result pointer is written.
     pub out_ptr: u64,
+    /// CLOCK_MONOTONIC ns at entry: an entry older than [`NESTED_CALL_MAX_AGE_NS`] is stale
+    /// (its return was never seen), not an outer call.
+    pub entry_ns: u64,
 }
 
 /// Syscall arguments saved at sys_enter until sys_exit, keyed by thread id.

@@ -11,7 +11,8 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext, tracing::StackIdContext},
 };
 use leak_common::{
-    AllocFn, AllocRecord, Counter, NESTED_CALL_MAX_DEPTH_BYTES, PendingCall, UNKNOWN_STACK_ID,
+    AllocFn, AllocRecord, Counter, NESTED_CALL_MAX_AGE_NS, NESTED_CALL_MAX_DEPTH_BYTES,
+    PendingCall, UNKNOWN_STACK_ID,
 };
 
 use crate::maps::{ALLOCS, PENDING_CALLS, STACK_TRACES, add_to_stack, count, target_tid};
@@ -32,20 +33,32 @@ fn enter(ctx: &ProbeContext, func: AllocFn, size: u64, old_ptr: u64, out_ptr: u6
     let Some(tid) = target_tid() else { return 0 };
     // SAFETY: uprobe context is the user pt_regs.
     let sp = unsafe { (*ctx.regs).rsp };
-    // SAFETY: the value is copied out before any map update.
-    if let Some(outer) = unsafe { PENDING_CALLS.get(tid) } {
-        if outer.sp > sp && outer.sp - sp <= NESTED_CALL_MAX_DEPTH_BYTES {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(outer) = PENDING_CALLS.get_ptr_mut(tid) {
+        // SAFETY: a live map value of this thread; only this thread touches its entry.
+        let outer = unsafe { &mut *outer };
+        let recent = now.wrapping_sub(outer.entry_ns) < NESTED_CALL_MAX_AGE_NS;
+        if recent && outer.sp == sp && outer.func != func as u32 {
+            // A tail call from the outer allocator function: same frame, same return.
+            outer.tail_calls += 1;
             count(Counter::NestedCall);
             return 0;
         }
+        if recent && outer.sp > sp && outer.sp - sp <= NESTED_CALL_MAX_DEPTH_BYTES {
+            count(Counter::NestedCall);
+            return 0;
+        }
+        // Otherwise the entry is stale: replaced below.
     }
     let pending = PendingCall {
         func: func as u32,
-        _pad: 0,
+        tail_calls: 0,
         sp,
         size,
         old_ptr,
         out_ptr,
+        entry_ns: now,
     };
     if PENDING_CALLS.insert(tid, pending, 0).is_err() {
         count(Counter::PendingMapFull);
@@ -109,6 +122,14 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     let sp = unsafe { (*ctx.regs).rsp };
     if sp != pending.sp.wrapping_add(8) {
         // The return of a nested call whose entry was left to the outer call.
+        return 0;
+    }
+    if pending.tail_calls > 0 {
+        // Several return probes share this return; the last one records it.
+        if let Some(entry) = PENDING_CALLS.get_ptr_mut(tid) {
+            // SAFETY: a live map value of this thread.
+            unsafe { (*entry).tail_calls -= 1 };
+        }
         return 0;
     }
     let _ = PENDING_CALLS.remove(tid);

@@ -339,10 +339,11 @@ pub fn attach(
                     .map(|_| ())
                     .map_err(|err| probe_error(&function.symbol, &module.display_path, err))
             };
-            attach_one(function.func.entry_program())?;
+            // Return probe first: an entry that fires is then always matched by its return.
             if function.func.has_return_probe() {
                 attach_one(ALLOC_RETURN_PROGRAM)?;
             }
+            attach_one(function.func.entry_program())?;
             attached.push(format!("{} in {}", function.symbol, module.display_path));
         }
     }

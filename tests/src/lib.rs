@@ -1,1 +1,286 @@
-//! Helpers for the end-to-end tests live in tests/tests/common.
+//! Helpers for the end-to-end tests: build target programs, isolate them from other tracers,
+//! run the real `leaktrace` binary, and read its JSON report.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::OnceLock,
+};
+
+use serde_json::Value;
+
+/// Whether eBPF tests can run. When they cannot: a failure if LEAKTRACE_REQUIRE_BPF=1 (CI),
+/// otherwise a visible SKIPPED line (the test then asserts nothing and says so).
+pub fn bpf_available(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        return true;
+    }
+    if std::env::var("LEAKTRACE_REQUIRE_BPF").is_ok_and(|value| value == "1") {
+        panic!("{test}: LEAKTRACE_REQUIRE_BPF=1 but not running as root");
+    }
+    eprintln!("SKIPPED {test}: needs root to load eBPF (run `sudo cargo xtask test`)");
+    false
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// The leaktrace binary: $LEAKTRACE_BIN (set by `cargo xtask test`), else the debug build.
+pub fn leaktrace_bin() -> PathBuf {
+    let path = std::env::var_os("LEAKTRACE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/debug/leaktrace"));
+    assert!(
+        path.exists(),
+        "leaktrace binary {} not found: run `cargo xtask test` (it builds it)",
+        path.display()
+    );
+    path
+}
+
+/// Where built targets and reports go.
+pub fn scratch_dir() -> PathBuf {
+    let dir = workspace_root().join("target/e2e");
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+fn targets_dir() -> PathBuf {
+    workspace_root().join("tests/targets")
+}
+
+fn run_ok(command: &mut Command) {
+    let out = command
+        .output()
+        .unwrap_or_else(|err| panic!("{command:?}: {err}"));
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Frame pointers kept and no tail calls, so frame-pointer unwinding sees every function.
+const C_FLAGS: [&str; 5] = [
+    "-O1",
+    "-g",
+    "-fno-omit-frame-pointer",
+    "-fno-optimize-sibling-calls",
+    "-pthread",
+];
+
+/// Compiles tests/targets/SOURCE with gcc or g++ (by extension) into the scratch dir.
+pub fn build_c(source: &str, extra: &[&str]) -> PathBuf {
+    let stem = Path::new(source)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or(source);
+    let output = scratch_dir().join(stem);
+    let compiler = if source.ends_with(".cpp") {
+        "g++"
+    } else {
+        "gcc"
+    };
+    run_ok(
+        Command::new(compiler)
+            .args(C_FLAGS)
+            .args(extra)
+            .arg("-o")
+            .arg(&output)
+            .arg(targets_dir().join(source)),
+    );
+    output
+}
+
+/// Compiles a C shared library.
+pub fn build_c_shared(source: &str, name: &str) -> PathBuf {
+    let output = scratch_dir().join(name);
+    run_ok(
+        Command::new("gcc")
+            .args(C_FLAGS)
+            .args(["-shared", "-fPIC", "-o"])
+            .arg(&output)
+            .arg(targets_dir().join(source)),
+    );
+    output
+}
+
+/// Compiles a Rust target with frame pointers.
+pub fn build_rust(source: &str) -> PathBuf {
+    let stem = Path::new(source)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or(source);
+    let output = scratch_dir().join(stem);
+    run_ok(
+        Command::new("rustc")
+            .args([
+                "-O",
+                "-g",
+                "-C",
+                "force-frame-pointers=yes",
+                "--edition",
+                "2021",
+                "-o",
+            ])
+            .arg(&output)
+            .arg(targets_dir().join(source)),
+    );
+    output
+}
+
+/// A directory holding a private copy of libc.so.6: targets run with
+/// LD_LIBRARY_PATH=this, so another tracer's uprobes on the system libc (with a different
+/// ref_ctr_offset) cannot block ours, and ours touch no other process.
+pub fn private_libc_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = scratch_dir().join("private-libc");
+        std::fs::create_dir_all(&dir).expect("create private libc dir");
+        let system = [
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "/usr/lib/x86_64-linux-gnu/libc.so.6",
+            "/lib64/libc.so.6",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .find(|path| path.exists())
+        .expect("a system libc.so.6");
+        let copy = dir.join("libc.so.6");
+        let temp = dir.join(format!("libc.so.6.{}", std::process::id()));
+        std::fs::copy(&system, &temp).expect("copy libc");
+        std::fs::rename(&temp, &copy).expect("place libc copy");
+        dir
+    })
+}
+
+/// The result of one leaktrace run.
+pub struct Traced {
+    pub output: Output,
+    pub report: Value,
+}
+
+impl Traced {
+    pub fn stacks(&self) -> &Vec<Value> {
+        self.report["stacks"].as_array().expect("stacks array")
+    }
+
+    /// The stack whose innermost frame is `function` (C++ names match on the name before
+    /// the parameter list).
+    pub fn stack_at(&self, function: &str) -> Option<&Value> {
+        self.stacks().iter().find(|stack| {
+            stack["frames"][0]["function"]
+                .as_str()
+                .is_some_and(|name| name == function || name.starts_with(&format!("{function}(")))
+        })
+    }
+
+    /// Every stack with `function` anywhere in it.
+    pub fn stacks_through(&self, function: &str) -> Vec<&Value> {
+        self.stacks()
+            .iter()
+            .filter(|stack| {
+                stack["frames"].as_array().is_some_and(|frames| {
+                    frames
+                        .iter()
+                        .any(|frame| frame["function"].as_str() == Some(function))
+                })
+            })
+            .collect()
+    }
+
+    pub fn expect_stack_at(&self, function: &str) -> &Value {
+        self.stack_at(function).unwrap_or_else(|| {
+            panic!(
+                "no stack with {function} as innermost frame in:\n{}",
+                self.describe()
+            )
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        serde_json::to_string_pretty(&self.report).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+}
+
+/// Runs `leaktrace ARGS --format json -o REPORT` with LD_LIBRARY_PATH set to the private
+/// libc, and parses the report.
+pub fn leaktrace(name: &str, args: &[&str]) -> Traced {
+    let report_path = scratch_dir().join(format!("{name}.json"));
+    let _ = std::fs::remove_file(&report_path);
+    let (before, after) = match args.iter().position(|arg| *arg == "--") {
+        Some(split) => args.split_at(split),
+        None => (args, &[][..]),
+    };
+    let output = Command::new(leaktrace_bin())
+        .args(before)
+        .args(["--format", "json", "--output"])
+        .arg(&report_path)
+        .args(after)
+        .env("LD_LIBRARY_PATH", private_libc_dir())
+        .output()
+        .expect("run leaktrace");
+    let text = std::fs::read_to_string(&report_path).unwrap_or_else(|err| {
+        panic!(
+            "leaktrace wrote no report ({err}); status {:?}, stderr:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    let report = serde_json::from_str(&text).expect("report is JSON");
+    Traced { output, report }
+}
+
+/// A target process started by a test, killed when dropped (only ever our own child).
+pub struct Target {
+    pub child: std::process::Child,
+}
+
+impl Target {
+    pub fn start(program: &Path, args: &[&str]) -> Target {
+        let child = Command::new(program)
+            .args(args)
+            .env("LD_LIBRARY_PATH", private_libc_dir())
+            .spawn()
+            .expect("start target");
+        // Let it reach its main loop.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        Target { child }
+    }
+
+    pub fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    /// The target still maps our private libc, not the system one.
+    pub fn assert_uses_private_libc(&self) {
+        let maps =
+            std::fs::read_to_string(format!("/proc/{}/maps", self.child.id())).expect("maps");
+        assert!(
+            maps.contains(&private_libc_dir().join("libc.so.6").display().to_string()),
+            "target does not use the private libc"
+        );
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn u64_of(value: &Value) -> u64 {
+    value
+        .as_u64()
+        .unwrap_or_else(|| panic!("not an integer: {value}"))
+}

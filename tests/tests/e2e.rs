@@ -1,0 +1,317 @@
+//! End-to-end: the real leaktrace binary, as root, against real processes with known leaks.
+use leaktrace_tests::{
+    Target, bpf_available, build_c, build_c_shared, build_rust, leaktrace, leaktrace_bin, u64_of,
+};
+
+/// Every family member leaks N blocks of a known size; leaktrace run reports each exactly,
+/// passes on the exit status, and does not call balanced code leaking.
+#[test]
+fn run_mode_counts_every_family_member_exactly() {
+    if !bpf_available("run_mode_counts_every_family_member_exactly") {
+        return;
+    }
+    let target = build_c("family.c", &[]);
+    let target = target.to_str().expect("path");
+    let traced = leaktrace("family", &["run", "--top", "100", "--", target]);
+    assert_eq!(
+        traced.output.status.code(),
+        Some(3),
+        "exit status passed on; stderr: {}",
+        traced.stderr()
+    );
+    assert_eq!(traced.report["mode"], "run");
+    assert_eq!(traced.report["exited"]["code"], 3);
+
+    let n = 3;
+    let expected: [(&str, u64, &str); 12] = [
+        ("leak_malloc", 1001, "heap"),
+        ("leak_calloc", 2020, "heap"),
+        ("leak_realloc_grow", 3003, "heap"),
+        ("leak_realloc_null", 4004, "heap"),
+        ("leak_reallocarray", 5050, "heap"),
+        ("leak_posix_memalign", 6006, "heap"),
+        ("leak_aligned_alloc", 7040, "heap"),
+        ("leak_memalign", 8008, "heap"),
+        ("leak_valloc", 9009, "heap"),
+        ("leak_pvalloc", 8192, "heap"),
+        ("leak_mmap", 16384, "mmap"),
+        ("leak_large", 1 << 20, "heap"),
+    ];
+    for (function, size, origin) in expected {
+        let stack = traced.expect_stack_at(function);
+        let count = if function == "leak_large" { 1 } else { n };
+        assert_eq!(
+            u64_of(&stack["outstanding_allocs"]),
+            count,
+            "{function} count"
+        );
+        assert_eq!(
+            u64_of(&stack["outstanding_bytes"]),
+            count * size,
+            "{function} bytes"
+        );
+        assert_eq!(stack["verdict"], "leaking", "{function} verdict");
+        assert_eq!(stack["origin"], origin, "{function} origin");
+        assert_eq!(stack["frames"][1]["function"], "main", "{function} caller");
+        assert!(
+            stack["frames"][0]["file"]
+                .as_str()
+                .is_some_and(|f| f.ends_with("family.c")),
+            "{function} has file:line"
+        );
+    }
+
+    // 8 pages mapped, 2 unmapped from the middle: 6 pages in 2 pieces.
+    let partial = traced.expect_stack_at("partial_munmap");
+    assert_eq!(u64_of(&partial["outstanding_bytes"]), 6 * 4096);
+    assert_eq!(u64_of(&partial["outstanding_allocs"]), 2);
+
+    // The malloc that realloc moved away from holds nothing.
+    if let Some(start) = traced.stack_at("start_block") {
+        assert_eq!(
+            u64_of(&start["outstanding_bytes"]),
+            0,
+            "realloc freed the old block"
+        );
+    }
+    for balanced in ["balanced_churn", "mmap_balanced"] {
+        let stack = traced.expect_stack_at(balanced);
+        assert_eq!(
+            u64_of(&stack["outstanding_bytes"]),
+            0,
+            "{balanced} holds nothing"
+        );
+        assert_eq!(stack["verdict"], "transient", "{balanced} verdict");
+        assert_eq!(
+            stack["total_allocs"], stack["total_frees"],
+            "{balanced} balanced"
+        );
+    }
+    // glibc served the 1 MiB block with its own mmap: counted once, as malloc, not as mmap.
+    let mmap_bytes: u64 = traced
+        .stacks()
+        .iter()
+        .filter(|s| s["origin"] == "mmap")
+        .map(|s| u64_of(&s["outstanding_bytes"]))
+        .sum();
+    assert_eq!(
+        mmap_bytes,
+        3 * 16384 + 6 * 4096,
+        "only the program's own mmaps"
+    );
+    let dropped: u64 = traced.report["dropped"]
+        .as_object()
+        .expect("dropped")
+        .values()
+        .map(u64_of)
+        .sum();
+    assert_eq!(dropped, 0, "nothing dropped");
+}
+
+#[test]
+fn run_mode_counts_leaks_in_threads() {
+    if !bpf_available("run_mode_counts_leaks_in_threads") {
+        return;
+    }
+    let target = build_c("threads.c", &[]);
+    let traced = leaktrace("threads", &["run", "--", target.to_str().expect("path")]);
+    assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
+    let stack = traced.expect_stack_at("thread_leak");
+    assert_eq!(u64_of(&stack["outstanding_allocs"]), 100);
+    assert_eq!(u64_of(&stack["outstanding_bytes"]), 100 * 333);
+    assert_eq!(stack["verdict"], "leaking");
+    let churn = traced.expect_stack_at("thread_churn");
+    assert_eq!(u64_of(&churn["total_allocs"]), 4 * 500);
+    assert_eq!(u64_of(&churn["outstanding_bytes"]), 0);
+}
+
+#[test]
+fn run_mode_names_cxx_new_callers() {
+    if !bpf_available("run_mode_names_cxx_new_callers") {
+        return;
+    }
+    let target = build_c("cxx_new.cpp", &[]);
+    let traced = leaktrace("cxx_new", &["run", "--", target.to_str().expect("path")]);
+    assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
+    let objects = traced.expect_stack_at("leak_new_object");
+    assert_eq!(u64_of(&objects["outstanding_allocs"]), 7);
+    assert_eq!(u64_of(&objects["outstanding_bytes"]), 7 * 56);
+    let arrays = traced.expect_stack_at("leak_new_array");
+    assert_eq!(u64_of(&arrays["outstanding_allocs"]), 5);
+    assert_eq!(u64_of(&arrays["outstanding_bytes"]), 5 * 1500);
+    assert_eq!(arrays["verdict"], "leaking");
+    let held_by_vectors: u64 = traced
+        .stacks()
+        .iter()
+        .filter(|stack| {
+            stack["frames"].as_array().is_some_and(|frames| {
+                frames.iter().any(|f| {
+                    f["function"]
+                        .as_str()
+                        .is_some_and(|n| n.contains("balanced_vector"))
+                })
+            })
+        })
+        .map(|stack| u64_of(&stack["outstanding_bytes"]))
+        .sum();
+    assert_eq!(held_by_vectors, 0, "vectors are freed");
+}
+
+#[test]
+fn run_mode_names_rust_callers() {
+    if !bpf_available("run_mode_names_rust_callers") {
+        return;
+    }
+    let target = build_rust("rust_leaker.rs");
+    let traced = leaktrace(
+        "rust_leaker",
+        &["run", "--", target.to_str().expect("path")],
+    );
+    assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
+    // The compiler unrolls the loops, so each iteration is its own call site and stack.
+    for (function, count, size) in [
+        ("rust_leaker::leak_vec", 5, 2500),
+        ("rust_leaker::leak_box", 4, 800),
+    ] {
+        let stacks = traced.stacks_through(function);
+        assert!(
+            !stacks.is_empty(),
+            "no {function} stack:\n{}",
+            traced.describe()
+        );
+        let allocs: u64 = stacks
+            .iter()
+            .map(|s| u64_of(&s["outstanding_allocs"]))
+            .sum();
+        let bytes: u64 = stacks.iter().map(|s| u64_of(&s["outstanding_bytes"])).sum();
+        assert_eq!((allocs, bytes), (count, count * size), "{function}");
+        assert!(stacks.iter().all(|s| s["verdict"] == "leaking"));
+    }
+}
+
+/// Attach mode on a running service: the growing cache is leaking at its real rate, the
+/// per-request scratch buffer is not.
+#[test]
+fn attach_finds_the_leak_and_its_rate() {
+    if !bpf_available("attach_finds_the_leak_and_its_rate") {
+        return;
+    }
+    let service = build_c("leaky_service.c", &[]);
+    let target = Target::start(&service, &[]);
+    target.assert_uses_private_libc();
+    let traced = leaktrace(
+        "leaky_service",
+        &[
+            "attach",
+            "--pid",
+            &target.pid(),
+            "--duration",
+            "4s",
+            "--interval",
+            "1s",
+        ],
+    );
+    assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
+    assert_eq!(traced.report["mode"], "attach");
+    assert!(traced.report["exited"].is_null());
+    let leak = traced.expect_stack_at("cache_insert");
+    assert_eq!(leak["verdict"], "leaking");
+    let rate = leak["growth_bytes_per_s"].as_f64().expect("rate");
+    // 4096 bytes every 100 ms (plus its loop's 20 short requests).
+    assert!((rate - 40_960.0).abs() < 0.2 * 40_960.0, "rate {rate}");
+    let allocs = u64_of(&leak["outstanding_allocs"]);
+    assert!(
+        (30..=50).contains(&allocs),
+        "about 40 allocations in 4 s, got {allocs}"
+    );
+    assert_eq!(u64_of(&leak["outstanding_bytes"]), allocs * 4096);
+    assert!(leak["oldest_age_s"].as_f64().expect("age") > 3.0);
+    let scratch = traced.expect_stack_at("handle_request");
+    assert_ne!(scratch["verdict"], "leaking");
+    assert!(u64_of(&scratch["total_allocs"]) >= 600);
+    // The target keeps running after leaktrace detaches.
+    assert!(std::path::Path::new(&format!("/proc/{}", target.pid())).exists());
+}
+
+#[test]
+fn attach_follows_a_dlopened_library() {
+    if !bpf_available("attach_follows_a_dlopened_library") {
+        return;
+    }
+    let plugin = build_c_shared("plugin.c", "libplugin.so");
+    let host = build_c("plugin_host.c", &["-ldl"]);
+    let target = Target::start(&host, &[plugin.to_str().expect("path")]);
+    let traced = leaktrace(
+        "plugin",
+        &["attach", "--pid", &target.pid(), "--duration", "3s"],
+    );
+    assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
+    let leak = traced.expect_stack_at("plugin_leak");
+    assert_eq!(leak["verdict"], "leaking");
+    assert!(
+        leak["frames"][0]["module"]
+            .as_str()
+            .is_some_and(|m| m.ends_with("libplugin.so"))
+    );
+    assert_eq!(leak["frames"][1]["function"], "main");
+    let allocs = u64_of(&leak["outstanding_allocs"]);
+    assert!(
+        (40..=70).contains(&allocs),
+        "about 60 allocations in 3 s, got {allocs}"
+    );
+    assert_eq!(u64_of(&leak["outstanding_bytes"]), allocs * 1111);
+}
+
+#[test]
+fn attach_reports_a_target_that_exits() {
+    if !bpf_available("attach_reports_a_target_that_exits") {
+        return;
+    }
+    let program = build_c("short_lived.c", &[]);
+    let target = Target::start(&program, &["1500"]);
+    let traced = leaktrace(
+        "short_lived",
+        &["attach", "--pid", &target.pid(), "--duration", "20s"],
+    );
+    assert_eq!(
+        traced.output.status.code(),
+        Some(3),
+        "exits 3 when the target exits"
+    );
+    assert!(
+        traced.stderr().contains("exited during tracing"),
+        "{}",
+        traced.stderr()
+    );
+    assert!(!traced.report["exited"].is_null());
+    assert!(traced.report["duration_s"].as_f64().expect("duration") < 10.0);
+    let leak = traced.expect_stack_at("leak_before_exit");
+    assert!(u64_of(&leak["outstanding_allocs"]) > 10);
+}
+
+#[test]
+fn bad_input_gets_one_clear_line() {
+    let missing_pid = std::process::Command::new(leaktrace_bin())
+        .args(["attach", "--pid", "999999999"])
+        .output()
+        .expect("run");
+    assert!(!missing_pid.status.success());
+    let stderr = String::from_utf8_lossy(&missing_pid.stderr);
+    assert!(stderr.contains("no process with pid 999999999"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+
+    let missing_command = std::process::Command::new(leaktrace_bin())
+        .args(["run", "--", "leaktrace-no-such-command"])
+        .output()
+        .expect("run");
+    assert!(!missing_command.status.success());
+    let stderr = String::from_utf8_lossy(&missing_command.stderr);
+    assert!(stderr.contains("command not found"), "{stderr}");
+
+    let bad_duration = std::process::Command::new(leaktrace_bin())
+        .args(["attach", "--pid", "1", "--duration", "soon"])
+        .output()
+        .expect("run");
+    assert!(!bad_duration.status.success());
+    assert!(String::from_utf8_lossy(&bad_duration.stderr).contains("not a duration"));
+}
