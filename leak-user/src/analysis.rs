@@ -57,7 +57,7 @@ fn median(values: &mut [f64]) -> f64 {
     }
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
-    if values.len() % 2 == 0 {
+    if values.len().is_multiple_of(2) {
         (values[mid - 1] + values[mid]) / 2.0
     } else {
         values[mid]
@@ -105,7 +105,12 @@ pub struct Context {
 /// The verdict and growth rate of one stack.
 pub fn judge(history: &StackHistory, context: Context, thresholds: &Thresholds) -> (Verdict, f64) {
     let series = &history.series;
-    let growth = growth_bytes_per_s(series);
+    let enough_data = series.len() >= thresholds.min_samples;
+    let growth = if enough_data {
+        growth_bytes_per_s(series)
+    } else {
+        0.0
+    };
     if history.totals.outstanding_allocs == 0 || history.totals.outstanding_bytes == 0 {
         return (Verdict::Transient, growth);
     }
@@ -113,7 +118,6 @@ pub fn judge(history: &StackHistory, context: Context, thresholds: &Thresholds) 
         .oldest_live_ns
         .map(|oldest| context.now_ns.saturating_sub(oldest) as f64 / 1e9);
 
-    let enough_data = series.len() >= thresholds.min_samples;
     if enough_data {
         let first = series[0].outstanding_bytes;
         let last = series[series.len() - 1].outstanding_bytes;
@@ -133,12 +137,12 @@ pub fn judge(history: &StackHistory, context: Context, thresholds: &Thresholds) 
         }
         return (Verdict::Stable, growth);
     }
-    // Too short to see a trend. After exit, what was never freed is a leak; while running,
-    // it is only held so far.
+    // Too short to see a trend (and to quote a rate). After exit, what was never freed is a
+    // leak; while running, it is only held so far.
     if context.exited {
-        (Verdict::Leaking, growth)
+        (Verdict::Leaking, 0.0)
     } else {
-        (Verdict::Stable, growth)
+        (Verdict::Stable, 0.0)
     }
 }
 
@@ -173,7 +177,7 @@ mod tests {
                     outstanding_bytes: *b,
                 })
                 .collect(),
-            oldest_live_ns: oldest_live_ns,
+            oldest_live_ns,
         }
     }
 

@@ -401,10 +401,11 @@ fn probe_error(symbol: &str, module: &str, err: aya::programs::ProgramError) -> 
 fn os_error(err: &(dyn StdError + 'static)) -> Option<i32> {
     let mut current: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(error) = current {
-        if let Some(io_error) = error.downcast_ref::<io::Error>() {
-            if let Some(code) = io_error.raw_os_error() {
-                return Some(code);
-            }
+        if let Some(code) = error
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::raw_os_error)
+        {
+            return Some(code);
         }
         current = error.source();
     }

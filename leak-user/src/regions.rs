@@ -88,10 +88,11 @@ impl Regions {
         }
         self.unmap(old, old_len.max(1));
         // The old part was counted as freed by unmap; the move is not a free.
-        if let Some(counts) = self.counts.get_mut(&region.stack) {
-            if start >= old && start + region.len <= old + old_len.max(1) {
-                counts.1 = counts.1.saturating_sub(1);
-            }
+        if let Some(counts) = self.counts.get_mut(&region.stack)
+            && start >= old
+            && start + region.len <= old + old_len.max(1)
+        {
+            counts.1 = counts.1.saturating_sub(1);
         }
         self.unmap(new, new_len);
         self.live.insert(

@@ -254,7 +254,7 @@ mod tests {
         let pid = std::process::id();
         let mut modules = Modules::default();
         modules.refresh(pid).expect("read own maps");
-        let address = leaktrace_symbolize_probe_fn as usize as u64;
+        let address = leaktrace_symbolize_probe_fn as *const () as usize as u64;
         // A return address one byte past the function start still lands in it after -1.
         let frames = Symbolizer::new().symbolize_stack(&modules, &[address + 1]);
         assert_eq!(
