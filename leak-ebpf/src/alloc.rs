@@ -5,19 +5,15 @@
 //! the record and debits the stack. The user stack is captured in the return probe, where the
 //! frame chain still starts at the direct caller.
 use aya_ebpf::{
-    bindings::BPF_F_USER_STACK,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{uprobe, uretprobe},
-    programs::{ProbeContext, RetProbeContext, tracing::StackIdContext},
+    programs::{ProbeContext, RetProbeContext},
 };
 use leak_common::{
-    AllocFn, AllocRecord, Counter, NESTED_CALL_MAX_AGE_NS, NESTED_CALL_MAX_DEPTH_BYTES,
-    PendingCall, UNKNOWN_STACK_ID,
+    AllocFn, AllocRecord, Counter, NESTED_CALL_MAX_AGE_NS, NESTED_CALL_MAX_DEPTH_BYTES, PendingCall,
 };
 
-use crate::maps::{ALLOCS, PENDING_CALLS, STACK_TRACES, add_to_stack, count, target_tid};
-
-const EEXIST: i32 = 17;
+use crate::maps::{ALLOCS, PENDING_CALLS, add_to_stack, count, target_tid, user_stack_id};
 const BPF_NOEXIST: u64 = 1;
 
 #[inline(always)]
@@ -169,17 +165,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
 #[inline(always)]
 fn record(ctx: &RetProbeContext, addr: u64, size: u64, tid: u32) {
     count(Counter::Allocations);
-    let stack_id = match ctx.get_stackid(&STACK_TRACES, BPF_F_USER_STACK as u64) {
-        Ok(id) => id as u32,
-        Err(err) => {
-            count(if err == -EEXIST {
-                Counter::StackIdCollision
-            } else {
-                Counter::StackIdError
-            });
-            UNKNOWN_STACK_ID
-        }
-    };
+    let stack_id = user_stack_id(ctx);
     let record = AllocRecord {
         size,
         // SAFETY: helper without arguments.

@@ -1,13 +1,17 @@
 //! Maps shared by the allocator probes and the mmap tracepoints, and small helpers on them.
 use aya_ebpf::{
+    bindings::BPF_F_USER_STACK,
     helpers::bpf_get_current_pid_tgid,
     macros::map,
     maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
+    programs::tracing::StackIdContext,
 };
 use leak_common::{
     AllocRecord, Counter, DEFAULT_MAX_ALLOCS, MAX_PENDING_CALLS, MAX_STACKS, MMAP_EVENTS_BYTES,
-    PendingCall, PendingSyscall, StackTotals,
+    PendingCall, PendingSyscall, StackTotals, UNKNOWN_STACK_ID,
 };
+
+const EEXIST: i32 = 17;
 
 /// The traced process (tgid). Set by user space before load; 0 never matches.
 #[unsafe(no_mangle)]
@@ -50,6 +54,23 @@ pub fn target_tid() -> Option<u32> {
         Some(pid_tgid as u32)
     } else {
         None
+    }
+}
+
+/// Records the current user stack and returns its id. A stack that cannot be recorded (hash
+/// collision, full map) is counted as dropped and its memory kept under the unknown stack.
+#[inline(always)]
+pub fn user_stack_id<C: StackIdContext>(ctx: &C) -> u32 {
+    match ctx.get_stackid(&STACK_TRACES, BPF_F_USER_STACK as u64) {
+        Ok(id) => id as u32,
+        Err(err) => {
+            count(if err == -EEXIST {
+                Counter::StackIdCollision
+            } else {
+                Counter::StackIdError
+            });
+            UNKNOWN_STACK_ID
+        }
     }
 }
 

@@ -4,20 +4,19 @@
 //! Calls made from inside an allocator call (malloc's own arenas, realloc's mremap) belong to
 //! the allocator and are already counted by its probes, so they are skipped.
 use aya_ebpf::{
-    bindings::{BPF_F_USER_STACK, pt_regs},
+    bindings::pt_regs,
     helpers::{
         bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
         generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
     macros::tracepoint,
-    programs::{TracePointContext, tracing::StackIdContext},
+    programs::TracePointContext,
 };
 use leak_common::{Counter, MmapEvent, MmapEventKind, PendingSyscall, UNKNOWN_STACK_ID};
 
-use crate::maps::{MMAP_EVENTS, PENDING_CALLS, PENDING_SYSCALLS, STACK_TRACES, count, target_tid};
+use crate::maps::{MMAP_EVENTS, PENDING_CALLS, PENDING_SYSCALLS, count, target_tid, user_stack_id};
 
 const MAP_ANONYMOUS: u64 = 0x20;
-const EEXIST: i32 = 17;
 // Offsets of the fields in the syscalls:sys_enter_* / sys_exit_* records (see the
 // tracepoints' `format` files): the arguments start at 16, one 8-byte slot each.
 const ARG0: usize = 16;
@@ -118,17 +117,7 @@ pub fn mmap_exit(ctx: TracePointContext) -> u32 {
     if failed(ret) {
         return 0;
     }
-    let stack_id = match ctx.get_stackid(&STACK_TRACES, BPF_F_USER_STACK as u64) {
-        Ok(id) => id as u32,
-        Err(err) => {
-            count(if err == -EEXIST {
-                Counter::StackIdCollision
-            } else {
-                Counter::StackIdError
-            });
-            UNKNOWN_STACK_ID
-        }
-    };
+    let stack_id = user_stack_id(&ctx);
     emit(MmapEvent {
         kind: MmapEventKind::Map as u32,
         tid,
