@@ -181,22 +181,35 @@ pub fn allocators_in_process(pid: u32) -> Result<Vec<AllocatorModule>, AttachErr
         let Ok(data) = fs::read(&probe_path) else {
             continue;
         };
-        let Ok(functions) = find_allocator_functions(&data) else {
-            continue;
-        };
-        let functions = probes_for_module(functions);
-        if !functions.is_empty() {
-            modules.push(AllocatorModule {
-                probe_path,
-                display_path: mapping.file_path().to_string(),
-                functions,
-            });
-        }
+        modules.extend(module_probes(
+            &data,
+            probe_path,
+            mapping.file_path().to_string(),
+        ));
     }
-    if !modules.iter().any(|module| is_allocator(&module.functions)) {
-        return Err(AttachError::NoAllocator { pid });
+    require_allocator(modules, pid)
+}
+
+/// The probes one ELF file gets, if any.
+fn module_probes(elf: &[u8], probe_path: PathBuf, display_path: String) -> Option<AllocatorModule> {
+    let functions = probes_for_module(find_allocator_functions(elf).ok()?);
+    (!functions.is_empty()).then_some(AllocatorModule {
+        probe_path,
+        display_path,
+        functions,
+    })
+}
+
+/// Probing C++ operators alone is not enough: some module must define malloc and free.
+fn require_allocator(
+    modules: Vec<AllocatorModule>,
+    pid: u32,
+) -> Result<Vec<AllocatorModule>, AttachError> {
+    if modules.iter().any(|module| is_allocator(&module.functions)) {
+        Ok(modules)
+    } else {
+        Err(AttachError::NoAllocator { pid })
     }
-    Ok(modules)
 }
 
 fn probe_path_for(pid: u32, mapping: &Mapping) -> PathBuf {
@@ -220,7 +233,10 @@ pub fn allocators_for_program(
         reason: err.to_string(),
     };
     let data = fs::read(program).map_err(read_error)?;
-    let mut candidates: Vec<PathBuf> = vec![program.to_path_buf()];
+    let mut modules: Vec<AllocatorModule> =
+        module_probes(&data, program.to_path_buf(), program.display().to_string())
+            .into_iter()
+            .collect();
     if let Some(interpreter) = elf_interpreter(&data) {
         let output = std::process::Command::new(&interpreter)
             .arg("--list")
@@ -232,27 +248,15 @@ pub fn allocators_for_program(
                 path: interpreter.clone(),
                 reason: err.to_string(),
             })?;
-        candidates.extend(parse_ld_list(&String::from_utf8_lossy(&output.stdout)));
-    }
-    let mut modules = Vec::new();
-    for path in candidates {
-        let Ok(data) = fs::read(&path) else { continue };
-        let Ok(functions) = find_allocator_functions(&data) else {
-            continue;
-        };
-        let functions = probes_for_module(functions);
-        if !functions.is_empty() {
-            modules.push(AllocatorModule {
-                display_path: path.display().to_string(),
-                probe_path: path,
-                functions,
-            });
+        for library in parse_ld_list(&String::from_utf8_lossy(&output.stdout)) {
+            let Ok(data) = fs::read(&library) else {
+                continue;
+            };
+            let display_path = library.display().to_string();
+            modules.extend(module_probes(&data, library, display_path));
         }
     }
-    if !modules.iter().any(|module| is_allocator(&module.functions)) {
-        return Err(AttachError::NoAllocator { pid: 0 });
-    }
-    Ok(modules)
+    require_allocator(modules, 0)
 }
 
 /// The PT_INTERP of an ELF executable, if it is dynamically linked.
