@@ -114,9 +114,7 @@ pub fn judge(history: &StackHistory, context: Context, thresholds: &Thresholds) 
     if history.totals.outstanding_allocs == 0 || history.totals.outstanding_bytes == 0 {
         return (Verdict::Transient, growth);
     }
-    let oldest_age_s = history
-        .oldest_live_ns
-        .map(|oldest| context.now_ns.saturating_sub(oldest) as f64 / 1e9);
+    let oldest_age_s = history.oldest_age_s(context.now_ns);
 
     if enough_data {
         let first = series[0].outstanding_bytes;

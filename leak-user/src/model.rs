@@ -52,6 +52,14 @@ pub struct StackHistory {
     pub oldest_live_ns: Option<u64>,
 }
 
+impl StackHistory {
+    /// Seconds the oldest live allocation has been held at `now_ns`.
+    pub fn oldest_age_s(&self, now_ns: u64) -> Option<f64> {
+        self.oldest_live_ns
+            .map(|oldest| now_ns.saturating_sub(oldest) as f64 / 1e9)
+    }
+}
+
 /// The judgement on a stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

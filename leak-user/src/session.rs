@@ -192,11 +192,11 @@ impl Session {
         loop {
             tokio::select! {
                 _ = sample.tick() => {
-                    if !procfs::is_alive(self.pid) {
-                        self.tick()?;
+                    let alive = procfs::is_alive(self.pid);
+                    self.tick()?;
+                    if !alive {
                         return Ok(Some(Exit { code: None, signal: None }));
                     }
-                    self.tick()?;
                     if deadline.is_some_and(|deadline| tokio::time::Instant::now() >= deadline) {
                         return Ok(None);
                     }
@@ -320,20 +320,20 @@ impl Session {
                 .then(a.0.key.cmp(&b.0.key))
         });
         // The dynamic loader mapping a library's zero-filled segments, or its own start-up
-        // allocator, is part of the program image, not the program's memory.
+        // allocator, is part of the program image, not the program's memory. mmap stacks are
+        // symbolized here to tell; their frames are kept for the report.
         let mut kept = Vec::with_capacity(judged.len());
-        for entry in judged {
-            if entry.0.key.origin == Origin::Mmap && mapped_by_loader(&self.frames_of(&entry.0)) {
+        for (history, verdict, growth) in judged {
+            let frames = (history.key.origin == Origin::Mmap).then(|| self.frames_of(&history));
+            if frames.as_deref().is_some_and(mapped_by_loader) {
                 continue;
             }
-            kept.push(entry);
+            kept.push((history, verdict, growth, frames));
         }
-        let mut judged = kept;
-        let omitted = judged.split_off(judged.len().min(self.options.top));
-        let mut stacks = Vec::with_capacity(judged.len());
-        for (history, verdict, growth) in judged {
-            let frames = self.frames_of(&history);
-
+        let omitted = kept.split_off(kept.len().min(self.options.top));
+        let mut stacks = Vec::with_capacity(kept.len());
+        for (history, verdict, growth, frames) in kept {
+            let frames = frames.unwrap_or_else(|| self.frames_of(&history));
             stacks.push(StackReport {
                 verdict,
                 origin: history.key.origin,
@@ -342,9 +342,7 @@ impl Session {
                 total_allocs: history.totals.total_allocs,
                 total_frees: history.totals.total_frees,
                 total_bytes: history.totals.total_bytes,
-                oldest_age_s: history
-                    .oldest_live_ns
-                    .map(|oldest| now_ns.saturating_sub(oldest) as f64 / 1e9),
+                oldest_age_s: history.oldest_age_s(now_ns),
                 growth_bytes_per_s: growth,
                 frames,
             });
@@ -374,7 +372,7 @@ impl Session {
             omitted_stacks: omitted.len() as u64,
             omitted_outstanding_bytes: omitted
                 .iter()
-                .map(|(h, _, _)| h.totals.outstanding_bytes)
+                .map(|(h, _, _, _)| h.totals.outstanding_bytes)
                 .sum(),
             stacks,
         })

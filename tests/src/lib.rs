@@ -240,6 +240,25 @@ pub fn leaktrace(name: &str, args: &[&str]) -> Traced {
     Traced { output, report }
 }
 
+/// `leaktrace run [OPTIONS] -- TARGET`: checks leaktrace passed on the target's exit
+/// `status`, and returns the report.
+pub fn run_to_exit(name: &str, target: &Path, options: &[&str], status: i32) -> Traced {
+    let target = target.to_str().expect("target path is UTF-8");
+    let args: Vec<&str> = ["run"]
+        .into_iter()
+        .chain(options.iter().copied())
+        .chain(["--", target])
+        .collect();
+    let traced = leaktrace(name, &args);
+    assert_eq!(
+        traced.output.status.code(),
+        Some(status),
+        "leaktrace passes on the exit status; stderr: {}",
+        traced.stderr()
+    );
+    traced
+}
+
 /// A target process started by a test, killed when dropped (only ever our own child).
 pub struct Target {
     pub child: std::process::Child,

@@ -1,6 +1,7 @@
 //! End-to-end: the real leaktrace binary, as root, against real processes with known leaks.
 use leaktrace_tests::{
-    Target, bpf_available, build_c, build_c_shared, build_rust, leaktrace, leaktrace_bin, u64_of,
+    Target, bpf_available, build_c, build_c_shared, build_rust, leaktrace, leaktrace_bin,
+    run_to_exit, u64_of,
 };
 
 /// Every family member leaks N blocks of a known size; leaktrace run reports each exactly,
@@ -11,14 +12,7 @@ fn run_mode_counts_every_family_member_exactly() {
         return;
     }
     let target = build_c("family.c", &[]);
-    let target = target.to_str().expect("path");
-    let traced = leaktrace("family", &["run", "--top", "100", "--", target]);
-    assert_eq!(
-        traced.output.status.code(),
-        Some(3),
-        "exit status passed on; stderr: {}",
-        traced.stderr()
-    );
+    let traced = run_to_exit("family", &target, &["--top", "100"], 3);
     assert_eq!(traced.report["mode"], "run");
     assert_eq!(traced.report["exited"]["code"], 3);
 
@@ -114,8 +108,7 @@ fn run_mode_counts_leaks_in_threads() {
         return;
     }
     let target = build_c("threads.c", &[]);
-    let traced = leaktrace("threads", &["run", "--", target.to_str().expect("path")]);
-    assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
+    let traced = run_to_exit("threads", &target, &[], 0);
     let stack = traced.expect_stack_at("thread_leak");
     assert_eq!(u64_of(&stack["outstanding_allocs"]), 100);
     assert_eq!(u64_of(&stack["outstanding_bytes"]), 100 * 333);
@@ -131,8 +124,7 @@ fn run_mode_names_cxx_new_callers() {
         return;
     }
     let target = build_c("cxx_new.cpp", &[]);
-    let traced = leaktrace("cxx_new", &["run", "--", target.to_str().expect("path")]);
-    assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
+    let traced = run_to_exit("cxx_new", &target, &[], 0);
     let objects = traced.expect_stack_at("leak_new_object");
     assert_eq!(u64_of(&objects["outstanding_allocs"]), 7);
     assert_eq!(u64_of(&objects["outstanding_bytes"]), 7 * 56);
@@ -163,11 +155,7 @@ fn run_mode_names_rust_callers() {
         return;
     }
     let target = build_rust("rust_leaker.rs");
-    let traced = leaktrace(
-        "rust_leaker",
-        &["run", "--", target.to_str().expect("path")],
-    );
-    assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
+    let traced = run_to_exit("rust_leaker", &target, &[], 0);
     // The compiler unrolls the loops, so each iteration is its own call site and stack.
     for (function, count, size) in [
         ("rust_leaker::leak_vec", 5, 2500),
