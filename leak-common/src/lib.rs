@@ -23,6 +23,11 @@ pub mod map_names {
 /// Name of the global holding the traced process id (tgid); set by user space at load time.
 pub const TARGET_TGID_GLOBAL: &str = "TARGET_TGID";
 
+/// Names of the globals holding the smallest and largest allocation size to track (bytes,
+/// inclusive); set by user space at load time.
+pub const MIN_SIZE_GLOBAL: &str = "MIN_ALLOC_SIZE";
+pub const MAX_SIZE_GLOBAL: &str = "MAX_ALLOC_SIZE";
+
 /// Default capacity of the live-allocation map; user space may resize it at load time.
 pub const DEFAULT_MAX_ALLOCS: u32 = 1 << 20;
 /// Capacity of the stack-trace map and of the per-stack totals.
@@ -293,10 +298,12 @@ pub enum Counter {
     /// Informational: calls seen, of the allocating family and of free.
     Allocations = 10,
     Frees = 11,
+    /// Informational: allocations outside --min-size/--max-size, not tracked by request.
+    OutsideSizeRange = 12,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 13;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::StackIdCollision,
@@ -311,6 +318,7 @@ impl Counter {
         Counter::ReplacedLive,
         Counter::Allocations,
         Counter::Frees,
+        Counter::OutsideSizeRange,
     ];
 
     /// Stable name used in reports and JSON.
@@ -328,6 +336,7 @@ impl Counter {
             Counter::ReplacedLive => "replaced_live",
             Counter::Allocations => "allocations",
             Counter::Frees => "frees",
+            Counter::OutsideSizeRange => "outside_size_range",
         }
     }
 

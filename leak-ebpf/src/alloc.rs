@@ -13,7 +13,9 @@ use leak_common::{
     AllocFn, AllocRecord, Counter, NESTED_CALL_MAX_AGE_NS, NESTED_CALL_MAX_DEPTH_BYTES, PendingCall,
 };
 
-use crate::maps::{ALLOCS, PENDING_CALLS, add_to_stack, count, target_tid, user_stack_id};
+use crate::maps::{
+    ALLOCS, PENDING_CALLS, add_to_stack, count, size_wanted, target_tid, user_stack_id,
+};
 const BPF_NOEXIST: u64 = 1;
 
 #[inline(always)]
@@ -165,6 +167,10 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
 #[inline(always)]
 fn record(ctx: &RetProbeContext, addr: u64, size: u64, tid: u32) {
     count(Counter::Allocations);
+    if !size_wanted(size) {
+        count(Counter::OutsideSizeRange);
+        return;
+    }
     let stack_id = user_stack_id(ctx);
     let record = AllocRecord {
         size,

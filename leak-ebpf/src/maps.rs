@@ -17,6 +17,25 @@ const EEXIST: i32 = 17;
 #[unsafe(no_mangle)]
 static TARGET_TGID: u32 = 0;
 
+/// Allocation sizes to track, inclusive (--min-size/--max-size). Set before load.
+#[unsafe(no_mangle)]
+static MIN_ALLOC_SIZE: u64 = 0;
+#[unsafe(no_mangle)]
+static MAX_ALLOC_SIZE: u64 = u64::MAX;
+
+/// Whether an allocation of `size` bytes is in the requested range.
+#[inline(always)]
+pub fn size_wanted(size: u64) -> bool {
+    // SAFETY: plain reads of globals that user space sets once before load.
+    let (min, max) = unsafe {
+        (
+            core::ptr::read_volatile(&MIN_ALLOC_SIZE),
+            core::ptr::read_volatile(&MAX_ALLOC_SIZE),
+        )
+    };
+    size >= min && size <= max
+}
+
 #[map(name = "ALLOCS")]
 pub static ALLOCS: HashMap<u64, AllocRecord> = HashMap::with_max_entries(DEFAULT_MAX_ALLOCS, 0);
 

@@ -1,25 +1,45 @@
-//! Judging stacks: robust growth rate and the leaking / stable / transient verdict.
-//! Pure functions of a stack's history; no I/O.
-use crate::model::{Sample, StackHistory, Verdict};
+//! Judging stacks: the baseline of outstanding memory, its robust growth rate, when it began
+//! rising, and the leaking / growing / stable / transient verdict. Pure functions of a
+//! stack's history; no I/O.
+//!
+//! The baseline is the low point of each of a few equal time windows: memory that is freed
+//! between bursts does not lift it, memory that is never freed does. A stack leaks when its
+//! baseline rises steadily (Theil–Sen slope, straight-line fit, mostly rising steps, still
+//! rising in the recent half) and the allocations made when the rise began are still live.
+//! A steady rise whose old allocations are freed is growth (a queue or cache turning over).
+use crate::model::{ProcessSample, Sample, StackHistory, Trend, Verdict};
 
 /// Knobs of the verdict, with the defaults the CLI exposes.
 #[derive(Clone, Copy, Debug)]
 pub struct Thresholds {
     /// Fewer samples than this cannot show a trend.
     pub min_samples: usize,
-    /// Share of the series' changes that must be increases for a rise to count as steady.
+    /// Windows the series is cut into for its baseline (one low point each).
+    pub baseline_windows: usize,
+    /// Least share of the baseline's changes that must be rises.
     pub min_rising_fraction: f64,
-    /// The oldest live allocation must be at least this share of the observed span old
-    /// (old allocations stay unfreed).
+    /// Least number of baseline rises (one step up is an event, not a trend).
+    pub min_rises: usize,
+    /// Least r² of a straight line through the baseline.
+    pub min_r_squared: f64,
+    /// The oldest live allocation must be at least this share of the time since the rise
+    /// began (what was allocated then is still held).
     pub min_oldest_fraction: f64,
+    /// A stack whose allocations are all young and whose recent low is at most this share
+    /// below its recent high is memory in flight (batches), not held.
+    pub min_transient_swing: f64,
 }
 
 impl Default for Thresholds {
     fn default() -> Self {
         Thresholds {
             min_samples: 4,
+            baseline_windows: 16,
             min_rising_fraction: 0.6,
-            min_oldest_fraction: 0.3,
+            min_rises: 3,
+            min_r_squared: 0.5,
+            min_oldest_fraction: 0.5,
+            min_transient_swing: 0.5,
         }
     }
 }
@@ -64,30 +84,141 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
-/// Growth of outstanding bytes, bytes per second.
-pub fn growth_bytes_per_s(series: &[Sample]) -> f64 {
-    let points: Vec<(f64, f64)> = series
+/// Least-squares line `(intercept, slope)` and its residual sum of squares.
+fn least_squares(points: &[(f64, f64)]) -> (f64, f64, f64) {
+    let n = points.len() as f64;
+    if points.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    let mean_x = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let mean_y = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.0 - mean_x).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|p| (p.0 - mean_x) * (p.1 - mean_y)).sum();
+    let slope = if sxx > 0.0 { sxy / sxx } else { 0.0 };
+    let intercept = mean_y - slope * mean_x;
+    let residual = points
         .iter()
-        .map(|sample| (sample.at_s, sample.outstanding_bytes as f64))
-        .collect();
-    theil_sen_slope(&points)
+        .map(|p| (p.1 - intercept - slope * p.0).powi(2))
+        .sum();
+    (intercept, slope, residual)
 }
 
-/// Share of the changes between consecutive samples that are increases.
-fn rising_fraction(series: &[Sample]) -> f64 {
-    let (mut ups, mut changes) = (0usize, 0usize);
-    for pair in series.windows(2) {
-        if pair[1].outstanding_bytes != pair[0].outstanding_bytes {
-            changes += 1;
-            if pair[1].outstanding_bytes > pair[0].outstanding_bytes {
-                ups += 1;
-            }
+/// r² of the least-squares line: 1 for points on a line, 0 when the line explains nothing
+/// (or the points are flat: a flat series has no trend to explain).
+pub fn r_squared(points: &[(f64, f64)]) -> f64 {
+    if points.len() < 3 {
+        return 0.0;
+    }
+    let mean_y = points.iter().map(|p| p.1).sum::<f64>() / points.len() as f64;
+    let total: f64 = points.iter().map(|p| (p.1 - mean_y).powi(2)).sum();
+    if total <= f64::EPSILON {
+        return 0.0;
+    }
+    let (_, _, residual) = least_squares(points);
+    (1.0 - residual / total).clamp(0.0, 1.0)
+}
+
+/// The low point of each of up to `windows` equal slices of the series (at least two
+/// samples each), placed at the time of that low point.
+pub fn baseline(points: &[(f64, f64)], windows: usize) -> Vec<(f64, f64)> {
+    if points.is_empty() {
+        return Vec::new();
+    }
+    let windows = windows.clamp(1, (points.len() / 2).max(1));
+    let size = points.len() as f64 / windows as f64;
+    (0..windows)
+        .filter_map(|w| {
+            let start = (w as f64 * size) as usize;
+            let end = (((w + 1) as f64 * size) as usize).min(points.len());
+            points[start..end]
+                .iter()
+                .copied()
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+        })
+        .collect()
+}
+
+/// When a rise began: the break point of the best "flat, then a straight rise" fit (a hinge)
+/// through the points. The first point's time when the rise was already under way.
+pub fn growth_onset(points: &[(f64, f64)]) -> Option<f64> {
+    if points.len() < 3 {
+        return points.first().map(|p| p.0);
+    }
+    let mut best: Option<(f64, f64)> = None;
+    for hinge in &points[..points.len() - 1] {
+        let shifted: Vec<(f64, f64)> = points
+            .iter()
+            .map(|(t, y)| ((t - hinge.0).max(0.0), *y))
+            .collect();
+        let (_, slope, residual) = least_squares(&shifted);
+        if slope <= 0.0 {
+            continue;
+        }
+        // Ties go to the earlier hinge: a line that fits as well from the start needs no break.
+        if best.is_none_or(|(_, best_residual)| residual < best_residual * (1.0 - 1e-9)) {
+            best = Some((hinge.0, residual));
         }
     }
-    if changes == 0 {
+    best.map(|(onset, _)| onset)
+}
+
+/// How a series' baseline moves.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rise {
+    /// Theil–Sen slope of the baseline, units per second.
+    pub slope: f64,
+    pub r_squared: f64,
+    /// Share of the baseline's changes that are rises.
+    pub rising_fraction: f64,
+    /// Number of baseline rises.
+    pub rises: usize,
+    /// The baseline still rises in the recent half.
+    pub still_rising: bool,
+    /// All of the above pass the thresholds.
+    pub steady: bool,
+    /// When the rise began (steady rises only).
+    pub onset: Option<f64>,
+    /// The baseline points.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// The trend of a series' baseline.
+pub fn rise(points: &[(f64, f64)], thresholds: &Thresholds) -> Rise {
+    let points = baseline(points, thresholds.baseline_windows);
+    let slope = theil_sen_slope(&points);
+    let r_squared = r_squared(&points);
+    let (mut rises, mut falls) = (0usize, 0usize);
+    for pair in points.windows(2) {
+        if pair[1].1 > pair[0].1 {
+            rises += 1;
+        } else if pair[1].1 < pair[0].1 {
+            falls += 1;
+        }
+    }
+    let rising_fraction = if rises + falls == 0 {
         0.0
     } else {
-        ups as f64 / changes as f64
+        rises as f64 / (rises + falls) as f64
+    };
+    let recent = &points[points.len() / 2..];
+    let still_rising = recent.len() >= 2
+        && theil_sen_slope(recent) > 0.0
+        && recent[recent.len() - 1].1 > recent[0].1;
+    let steady = slope > 0.0
+        && still_rising
+        && rises >= thresholds.min_rises
+        && rising_fraction >= thresholds.min_rising_fraction
+        && r_squared >= thresholds.min_r_squared;
+    let onset = if steady { growth_onset(&points) } else { None };
+    Rise {
+        slope,
+        r_squared,
+        rising_fraction,
+        rises,
+        still_rising,
+        steady,
+        onset,
+        points,
     }
 }
 
@@ -102,45 +233,130 @@ pub struct Context {
     pub exited: bool,
 }
 
-/// The verdict and growth rate of one stack.
-pub fn judge(history: &StackHistory, context: Context, thresholds: &Thresholds) -> (Verdict, f64) {
+fn bytes_points(series: &[Sample]) -> Vec<(f64, f64)> {
+    series
+        .iter()
+        .map(|sample| (sample.at_s, sample.outstanding_bytes as f64))
+        .collect()
+}
+
+/// The verdict on one stack, with the numbers behind it.
+pub fn judge(history: &StackHistory, context: Context, thresholds: &Thresholds) -> Trend {
+    let totals = &history.totals;
+    let survival_fraction = if totals.total_allocs == 0 {
+        // Everything live predates tracing.
+        if totals.outstanding_allocs > 0 {
+            1.0
+        } else {
+            0.0
+        }
+    } else {
+        (totals.outstanding_allocs as f64 / totals.total_allocs as f64).min(1.0)
+    };
+    let trend = |verdict, confidence: f64, rise: Option<&Rise>| Trend {
+        verdict,
+        confidence: confidence.clamp(0.0, 1.0),
+        growth_bytes_per_s: rise.map_or(0.0, |rise| rise.slope),
+        r_squared: rise.map_or(0.0, |rise| rise.r_squared),
+        growth_onset: rise.and_then(|rise| rise.onset),
+        survival_fraction,
+    };
     let series = &history.series;
     let enough_data = series.len() >= thresholds.min_samples;
-    let growth = if enough_data {
-        growth_bytes_per_s(series)
-    } else {
-        0.0
+    let rise = enough_data.then(|| rise(&bytes_points(series), thresholds));
+    if totals.outstanding_allocs == 0 || totals.outstanding_bytes == 0 {
+        return trend(Verdict::Transient, 1.0, rise.as_ref());
+    }
+    let Some(rise) = rise else {
+        // Too short to see a trend. After exit, what was never freed is a leak; while
+        // running, it is only held so far.
+        return if context.exited {
+            trend(Verdict::Leaking, 0.5, None)
+        } else {
+            trend(Verdict::Stable, 0.3, None)
+        };
     };
-    if history.totals.outstanding_allocs == 0 || history.totals.outstanding_bytes == 0 {
-        return (Verdict::Transient, growth);
+    // More baseline points make any verdict surer.
+    let data = (rise.points.len() as f64 / thresholds.baseline_windows as f64).min(1.0);
+    if rise.steady {
+        let last_at = series.last().map_or(0.0, |sample| sample.at_s);
+        let onset = rise.onset.unwrap_or(series[0].at_s);
+        let rising_for = (last_at - onset).max(f64::EPSILON);
+        // Unknown age (cannot happen for traced allocations) counts as old: do not hide a rise.
+        let held_share = history
+            .oldest_age_s(context.now_ns)
+            .map_or(1.0, |age| (age / rising_for).min(1.0));
+        let shape = (rise.r_squared + rise.rising_fraction) / 2.0;
+        return if held_share >= thresholds.min_oldest_fraction {
+            trend(Verdict::Leaking, shape * data * held_share, Some(&rise))
+        } else {
+            trend(
+                Verdict::Growing,
+                shape * data * (1.0 - held_share),
+                Some(&rise),
+            )
+        };
     }
-    let oldest_age_s = history.oldest_age_s(context.now_ns);
-
-    if enough_data {
-        let first = series[0].outstanding_bytes;
-        let last = series[series.len() - 1].outstanding_bytes;
-        let old_enough =
-            oldest_age_s.is_none_or(|age| age >= thresholds.min_oldest_fraction * context.span_s);
-        if growth > 0.0
-            && last > first
-            && rising_fraction(series) >= thresholds.min_rising_fraction
-            && old_enough
-        {
-            return (Verdict::Leaking, growth);
-        }
-        // Memory that repeatedly returns to nothing is in flight, not held.
-        let recent = &series[series.len() / 2..];
-        if recent.iter().any(|sample| sample.outstanding_bytes == 0) && !context.exited {
-            return (Verdict::Transient, growth);
-        }
-        return (Verdict::Stable, growth);
+    // Memory that keeps returning to nothing is in flight, not held.
+    let recent = &rise.points[rise.points.len() / 2..];
+    let empty_share =
+        recent.iter().filter(|point| point.1 == 0.0).count() as f64 / recent.len().max(1) as f64;
+    if empty_share > 0.0 && !context.exited {
+        return trend(Verdict::Transient, empty_share * data, Some(&rise));
     }
-    // Too short to see a trend (and to quote a rate). After exit, what was never freed is a
-    // leak; while running, it is only held so far.
-    if context.exited {
-        (Verdict::Leaking, 0.0)
+    // So is memory that swings between a low and a high while nothing in it lives long: a
+    // batch that piles up and is released between two samples never shows its zero.
+    let observed_s = series[series.len() - 1].at_s - series[0].at_s;
+    let all_young = history
+        .oldest_age_s(context.now_ns)
+        .is_some_and(|age| age < thresholds.min_oldest_fraction * observed_s);
+    let recent_samples = &series[series.len() / 2..];
+    let low = recent_samples
+        .iter()
+        .map(|s| s.outstanding_bytes)
+        .min()
+        .unwrap_or(0);
+    let high = recent_samples
+        .iter()
+        .map(|s| s.outstanding_bytes)
+        .max()
+        .unwrap_or(0);
+    let swing = if high == 0 {
+        0.0
     } else {
-        (Verdict::Stable, 0.0)
+        1.0 - low as f64 / high as f64
+    };
+    if all_young && swing >= thresholds.min_transient_swing && !context.exited {
+        return trend(Verdict::Transient, swing * data, Some(&rise));
+    }
+    // Stable: the surer, the flatter the baseline's recent half.
+    let level = rise.points.iter().map(|p| p.1).fold(0.0, f64::max).max(1.0);
+    let recent_change = recent.last().map_or(0.0, |p| p.1) - recent.first().map_or(0.0, |p| p.1);
+    let flatness = 1.0 - (recent_change.abs() / level).min(1.0);
+    let mut stable = trend(Verdict::Stable, flatness * data, Some(&rise));
+    stable.growth_onset = None;
+    stable
+}
+
+/// The trend of the process's resident memory and of its traced heap.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProcessTrend {
+    pub rss: Rise,
+    pub heap_growth_bytes_per_s: f64,
+}
+
+pub fn process_trend(samples: &[ProcessSample], thresholds: &Thresholds) -> ProcessTrend {
+    let rss: Vec<(f64, f64)> = samples
+        .iter()
+        .map(|s| (s.at_s, s.rss_bytes as f64))
+        .collect();
+    let heap: Vec<(f64, f64)> = samples
+        .iter()
+        .map(|s| (s.at_s, s.heap_bytes as f64))
+        .collect();
+    ProcessTrend {
+        rss: rise(&rss, thresholds),
+        heap_growth_bytes_per_s: rise(&heap, thresholds).slope,
     }
 }
 
@@ -149,11 +365,16 @@ mod tests {
     use super::*;
     use crate::model::{Origin, StackKey, Totals};
 
+    const SEC: u64 = 1_000_000_000;
+
+    /// A stack sampled every `step_s` seconds with these outstanding bytes.
     fn history(
         bytes: &[u64],
-        outstanding_allocs: u64,
+        step_s: f64,
+        totals: (u64, u64),
         oldest_live_ns: Option<u64>,
     ) -> StackHistory {
+        let (outstanding_allocs, total_allocs) = totals;
         StackHistory {
             key: StackKey {
                 origin: Origin::Heap,
@@ -163,30 +384,43 @@ mod tests {
             totals: Totals {
                 outstanding_bytes: *bytes.last().unwrap_or(&0),
                 outstanding_allocs,
-                total_allocs: 100,
-                total_frees: 100 - outstanding_allocs.min(100),
+                total_allocs,
+                total_frees: total_allocs - outstanding_allocs.min(total_allocs),
                 total_bytes: 1000,
             },
             series: bytes
                 .iter()
                 .enumerate()
                 .map(|(i, b)| Sample {
-                    at_s: i as f64,
+                    at_s: i as f64 * step_s,
                     outstanding_bytes: *b,
+                    outstanding_allocs: 0,
                 })
                 .collect(),
             oldest_live_ns,
         }
     }
 
-    const SEC: u64 = 1_000_000_000;
-
-    fn running(span_s: f64) -> Context {
+    /// Running, observed for the length of `len` samples at `step_s`.
+    fn running(len: usize, step_s: f64) -> Context {
+        let span_s = (len - 1) as f64 * step_s;
         Context {
-            now_ns: span_s as u64 * SEC,
+            now_ns: (span_s * 1e9) as u64,
             span_s,
             exited: false,
         }
+    }
+
+    fn judge_default(history: &StackHistory, context: Context) -> Trend {
+        judge(history, context, &Thresholds::default())
+    }
+
+    /// Deterministic noise in [0, 1) (a small LCG: the tests need no rand crate).
+    fn noise(seed: &mut u64) -> f64 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (*seed >> 11) as f64 / (1u64 << 53) as f64
     }
 
     #[test]
@@ -211,56 +445,231 @@ mod tests {
     }
 
     #[test]
-    fn steady_rise_with_old_allocations_is_leaking() {
-        let bytes: Vec<u64> = (0..10).map(|i| 1024 * i).collect();
-        let (verdict, growth) = judge(
-            &history(&bytes, 9, Some(SEC)),
-            running(9.0),
-            &Thresholds::default(),
-        );
-        assert_eq!(verdict, Verdict::Leaking);
-        assert!((growth - 1024.0).abs() < 1.0);
+    fn r_squared_of_line_noise_and_flat() {
+        let line: Vec<(f64, f64)> = (0..10).map(|i| (i as f64, 2.0 * i as f64 + 1.0)).collect();
+        assert!((r_squared(&line) - 1.0).abs() < 1e-9);
+        let flat: Vec<(f64, f64)> = (0..10).map(|i| (i as f64, 7.0)).collect();
+        assert_eq!(r_squared(&flat), 0.0);
+        let zigzag: Vec<(f64, f64)> = (0..10)
+            .map(|i| (i as f64, if i % 2 == 0 { 0.0 } else { 10.0 }))
+            .collect();
+        assert!(r_squared(&zigzag) < 0.1);
     }
 
     #[test]
-    fn rise_made_only_of_young_allocations_is_not_leaking() {
-        // Everything live was allocated in the last 0.5 s of a 9 s window.
-        let bytes: Vec<u64> = (0..10).map(|i| 1024 * i).collect();
-        let (verdict, _) = judge(
-            &history(&bytes, 9, Some(8 * SEC + SEC / 2)),
-            running(9.0),
-            &Thresholds::default(),
-        );
-        assert_ne!(verdict, Verdict::Leaking);
+    fn baseline_takes_the_low_point_of_each_window() {
+        // Bursts to 1000 between lows that rise by 10 per window.
+        let points: Vec<(f64, f64)> = (0..40)
+            .map(|i| {
+                let low = 10.0 * (i / 4) as f64;
+                (i as f64, if i % 4 == 0 { low } else { low + 1000.0 })
+            })
+            .collect();
+        let lows = baseline(&points, 10);
+        assert_eq!(lows.len(), 10);
+        for (w, (_, low)) in lows.iter().enumerate() {
+            assert_eq!(*low, 10.0 * w as f64);
+        }
+        // Never fewer than two samples per window.
+        assert_eq!(baseline(&points[..6], 16).len(), 3);
+        assert!(baseline(&[], 16).is_empty());
     }
 
     #[test]
-    fn flat_hold_is_stable() {
-        let bytes = [4096u64; 10];
-        let (verdict, growth) = judge(
-            &history(&bytes, 1, Some(0)),
-            running(9.0),
-            &Thresholds::default(),
-        );
-        assert_eq!(verdict, Verdict::Stable);
-        assert_eq!(growth, 0.0);
+    fn onset_is_the_break_of_a_flat_then_rising_line() {
+        let points: Vec<(f64, f64)> = (0..30)
+            .map(|i| {
+                let t = i as f64;
+                (
+                    t,
+                    if t < 12.0 {
+                        500.0
+                    } else {
+                        500.0 + 80.0 * (t - 12.0)
+                    },
+                )
+            })
+            .collect();
+        let onset = growth_onset(&points).expect("onset");
+        assert!((onset - 12.0).abs() <= 1.0, "onset {onset}");
+        // Rising from the start: the onset is the first point.
+        let line: Vec<(f64, f64)> = (0..30).map(|i| (i as f64 + 3.0, 5.0 * i as f64)).collect();
+        assert_eq!(growth_onset(&line), Some(3.0));
     }
 
     #[test]
-    fn balanced_churn_is_transient() {
-        let bytes = [0u64, 64, 0, 0, 64, 0, 64, 0, 0, 64];
-        let (verdict, _) = judge(
-            &history(&bytes, 1, Some(9 * SEC)),
-            running(9.0),
-            &Thresholds::default(),
+    fn onset_survives_noise() {
+        let mut seed = 7;
+        let points: Vec<(f64, f64)> = (0..60)
+            .map(|i| {
+                let t = i as f64 * 0.5;
+                let level = if t < 20.0 {
+                    4096.0
+                } else {
+                    4096.0 + 300.0 * (t - 20.0)
+                };
+                (t, level + 200.0 * noise(&mut seed))
+            })
+            .collect();
+        let onset = growth_onset(&points).expect("onset");
+        assert!((onset - 20.0).abs() <= 2.0, "onset {onset}");
+    }
+
+    #[test]
+    fn steady_leak_with_old_allocations_is_leaking() {
+        let bytes: Vec<u64> = (0..50).map(|i| 1024 * i).collect();
+        let trend = judge_default(&history(&bytes, 0.2, (49, 49), Some(0)), running(50, 0.2));
+        assert_eq!(trend.verdict, Verdict::Leaking);
+        assert!(
+            (trend.growth_bytes_per_s - 5120.0).abs() < 100.0,
+            "{trend:?}"
         );
-        assert_eq!(verdict, Verdict::Transient);
-        let (verdict, _) = judge(
-            &history(&[0; 10], 0, None),
-            running(9.0),
-            &Thresholds::default(),
+        assert!(trend.r_squared > 0.99);
+        assert!(trend.confidence > 0.8, "{trend:?}");
+        assert_eq!(trend.survival_fraction, 1.0);
+        assert!(
+            trend.growth_onset.is_some_and(|onset| onset < 1.0),
+            "{trend:?}"
         );
-        assert_eq!(verdict, Verdict::Transient);
+    }
+
+    #[test]
+    fn leak_starting_mid_session_reports_its_onset() {
+        // Flat at 8 KiB for 10 s, then +512 B every 0.2 s; the first leaked block is 10 s old.
+        let bytes: Vec<u64> = (0..100)
+            .map(|i| if i < 50 { 8192 } else { 8192 + 512 * (i - 50) })
+            .collect();
+        let context = running(100, 0.2);
+        let oldest = context.now_ns - 10 * SEC;
+        let trend = judge_default(&history(&bytes, 0.2, (51, 200), Some(oldest)), context);
+        assert_eq!(trend.verdict, Verdict::Leaking, "{trend:?}");
+        let onset = trend.growth_onset.expect("onset");
+        assert!((onset - 10.0).abs() <= 1.5, "onset {onset}");
+    }
+
+    #[test]
+    fn startup_buffer_held_is_stable() {
+        // One 64 MiB buffer, held all along, with small churn on top.
+        let mut seed = 3;
+        let bytes: Vec<u64> = (0..60)
+            .map(|_| (64 << 20) + (noise(&mut seed) * 4096.0) as u64)
+            .collect();
+        let trend = judge_default(&history(&bytes, 0.2, (3, 500), Some(0)), running(60, 0.2));
+        assert_eq!(trend.verdict, Verdict::Stable, "{trend:?}");
+        assert!(trend.growth_onset.is_none());
+    }
+
+    #[test]
+    fn buffer_allocated_once_during_tracing_is_stable() {
+        // A single step up (a start-up table built in the first second).
+        let bytes: Vec<u64> = (0..50)
+            .map(|i| match i {
+                0..3 => 0,
+                3..6 => (i - 2) << 20,
+                _ => 4 << 20,
+            })
+            .collect();
+        let trend = judge_default(&history(&bytes, 0.2, (4, 4), Some(0)), running(50, 0.2));
+        assert_eq!(trend.verdict, Verdict::Stable, "{trend:?}");
+    }
+
+    #[test]
+    fn sawtooth_batches_are_transient() {
+        // Batches pile up for a second (5 samples) and are released.
+        let bytes: Vec<u64> = (0..60).map(|i| (i % 6) * 10_000).collect();
+        let trend = judge_default(&history(&bytes, 0.2, (3, 600), Some(SEC)), running(60, 0.2));
+        assert_eq!(trend.verdict, Verdict::Transient, "{trend:?}");
+    }
+
+    #[test]
+    fn batches_released_between_samples_are_transient() {
+        // The zero between batches is never sampled; nothing lives longer than a batch.
+        let bytes: Vec<u64> = (0..75).map(|i| 20_000 + (i % 5) * 40_000).collect();
+        let context = running(75, 0.2);
+        let trend = judge_default(
+            &history(&bytes, 0.2, (20, 900), Some(context.now_ns - SEC)),
+            context,
+        );
+        assert_eq!(trend.verdict, Verdict::Transient, "{trend:?}");
+    }
+
+    #[test]
+    fn growing_sawtooth_peaks_with_flat_lows_are_not_leaking() {
+        // Bigger batches each time, but always released.
+        let bytes: Vec<u64> = (0..60).map(|i| (i % 6) * 1000 * (i / 6 + 1)).collect();
+        let trend = judge_default(&history(&bytes, 0.2, (3, 600), Some(SEC)), running(60, 0.2));
+        assert_ne!(trend.verdict, Verdict::Leaking, "{trend:?}");
+        assert_ne!(trend.verdict, Verdict::Growing, "{trend:?}");
+    }
+
+    #[test]
+    fn ring_that_fills_then_replaces_is_stable() {
+        // Fills 64 slots of 1 KiB in the first 2 s, then replaces entries (free + malloc).
+        let bytes: Vec<u64> = (0..75)
+            .map(|i| {
+                let filled = (i * 64 / 10).min(64);
+                filled * 1024 - if i >= 10 && i % 2 == 0 { 1024 } else { 0 }
+            })
+            .collect();
+        let trend = judge_default(
+            &history(&bytes, 0.2, (64, 400), Some(12 * SEC)),
+            running(75, 0.2),
+        );
+        assert_eq!(trend.verdict, Verdict::Stable, "{trend:?}");
+    }
+
+    #[test]
+    fn slow_leak_under_heavy_balanced_traffic_is_leaking() {
+        // 300 B/s leaked from a stack that also carries in-flight requests: up to 256 KiB when
+        // a sample lands in a burst, under 2 KiB between bursts (most of the time).
+        let mut seed = 11;
+        let bytes: Vec<u64> = (0..100)
+            .map(|i| {
+                let t = i as f64 * 0.2;
+                let in_flight = if noise(&mut seed) < 0.4 {
+                    262_144.0 * noise(&mut seed)
+                } else {
+                    2048.0 * noise(&mut seed)
+                };
+                (300.0 * t + in_flight) as u64
+            })
+            .collect();
+        let trend = judge_default(
+            &history(&bytes, 0.2, (40, 200_000), Some(0)),
+            running(100, 0.2),
+        );
+        assert_eq!(trend.verdict, Verdict::Leaking, "{trend:?}");
+        assert!(
+            trend.growth_bytes_per_s > 100.0 && trend.growth_bytes_per_s < 1000.0,
+            "{trend:?}"
+        );
+        assert!(trend.survival_fraction < 0.001);
+    }
+
+    #[test]
+    fn slow_leak_in_big_steps_is_leaking() {
+        // One 1 KiB block every 2 s over 30 s.
+        let bytes: Vec<u64> = (0..150).map(|i| 1024 * (i / 10 + 1)).collect();
+        let trend = judge_default(&history(&bytes, 0.2, (15, 15), Some(0)), running(150, 0.2));
+        assert_eq!(trend.verdict, Verdict::Leaking, "{trend:?}");
+        assert!(
+            (trend.growth_bytes_per_s - 512.0).abs() < 100.0,
+            "{trend:?}"
+        );
+    }
+
+    #[test]
+    fn growth_whose_old_allocations_are_freed_is_growing() {
+        // A cache that grows by 2 KiB/s but refreshes every entry each second: nothing live is
+        // older than 1 s.
+        let bytes: Vec<u64> = (0..75).map(|i| 2048 * i / 5 + 4096).collect();
+        let context = running(75, 0.2);
+        let trend = judge_default(
+            &history(&bytes, 0.2, (30, 3000), Some(context.now_ns - SEC)),
+            context,
+        );
+        assert_eq!(trend.verdict, Verdict::Growing, "{trend:?}");
+        assert!(trend.growth_bytes_per_s > 1500.0, "{trend:?}");
     }
 
     #[test]
@@ -268,13 +677,36 @@ mod tests {
         let bytes: Vec<u64> = (0..30)
             .map(|i| 10_000 * i + if i % 3 == 0 { 5_000 } else { 0 })
             .collect();
-        let (verdict, growth) = judge(
-            &history(&bytes, 29, Some(0)),
-            running(29.0),
-            &Thresholds::default(),
+        let trend = judge_default(&history(&bytes, 1.0, (29, 29), Some(0)), running(30, 1.0));
+        assert_eq!(trend.verdict, Verdict::Leaking);
+        assert!(
+            (trend.growth_bytes_per_s - 10_000.0).abs() < 1_000.0,
+            "{trend:?}"
         );
-        assert_eq!(verdict, Verdict::Leaking);
-        assert!((growth - 10_000.0).abs() < 1_000.0, "growth {growth}");
+    }
+
+    #[test]
+    fn rise_made_only_of_young_allocations_is_not_leaking() {
+        let bytes: Vec<u64> = (0..50).map(|i| 1024 * i).collect();
+        let context = running(50, 0.2);
+        let trend = judge_default(
+            &history(&bytes, 0.2, (9, 9), Some(context.now_ns - SEC / 2)),
+            context,
+        );
+        assert_ne!(trend.verdict, Verdict::Leaking, "{trend:?}");
+    }
+
+    #[test]
+    fn balanced_churn_is_transient() {
+        let bytes = [0u64, 64, 0, 0, 64, 0, 64, 0, 0, 64];
+        let trend = judge_default(
+            &history(&bytes, 1.0, (1, 5), Some(9 * SEC)),
+            running(10, 1.0),
+        );
+        assert_eq!(trend.verdict, Verdict::Transient);
+        let trend = judge_default(&history(&[0; 10], 1.0, (0, 5), None), running(10, 1.0));
+        assert_eq!(trend.verdict, Verdict::Transient);
+        assert_eq!(trend.confidence, 1.0);
     }
 
     #[test]
@@ -284,11 +716,39 @@ mod tests {
             span_s: 0.2,
             exited: true,
         };
-        let (verdict, _) = judge(
-            &history(&[640], 10, Some(0)),
-            context,
-            &Thresholds::default(),
-        );
-        assert_eq!(verdict, Verdict::Leaking);
+        let trend = judge_default(&history(&[640], 1.0, (10, 10), Some(0)), context);
+        assert_eq!(trend.verdict, Verdict::Leaking);
+    }
+
+    #[test]
+    fn process_baseline_rise_and_onset() {
+        let samples: Vec<ProcessSample> = (0..40)
+            .map(|i| {
+                let t = i as f64;
+                ProcessSample {
+                    at_s: t,
+                    rss_bytes: if t < 10.0 {
+                        50 << 20
+                    } else {
+                        (50 << 20) + (t as u64 - 10) * (1 << 20)
+                    },
+                    heap_bytes: 1000 * i,
+                    ..ProcessSample::default()
+                }
+            })
+            .collect();
+        let trend = process_trend(&samples, &Thresholds::default());
+        assert!(trend.rss.steady);
+        let onset = trend.rss.onset.expect("onset");
+        assert!((onset - 10.0).abs() <= 2.5, "onset {onset}");
+        assert!((trend.heap_growth_bytes_per_s - 1000.0).abs() < 100.0);
+        let flat: Vec<ProcessSample> = (0..40)
+            .map(|i| ProcessSample {
+                at_s: i as f64,
+                rss_bytes: 50 << 20,
+                ..ProcessSample::default()
+            })
+            .collect();
+        assert!(!process_trend(&flat, &Thresholds::default()).rss.steady);
     }
 }

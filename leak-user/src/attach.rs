@@ -17,8 +17,8 @@ use aya::{
     programs::{TracePoint, UProbe, uprobe::UProbeScope},
 };
 use leak_common::{
-    ALLOC_RETURN_PROGRAM, AllocFn, CXX_DELETE_SYMBOLS, CXX_NEW_SYMBOLS, SYSCALL_PROGRAMS,
-    TARGET_TGID_GLOBAL, map_names,
+    ALLOC_RETURN_PROGRAM, AllocFn, CXX_DELETE_SYMBOLS, CXX_NEW_SYMBOLS, MAX_SIZE_GLOBAL,
+    MIN_SIZE_GLOBAL, SYSCALL_PROGRAMS, TARGET_TGID_GLOBAL, map_names,
 };
 use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
@@ -299,6 +299,9 @@ pub struct Probes {
 #[derive(Clone, Copy, Debug)]
 pub struct LoadOptions {
     pub max_allocs: u32,
+    /// Allocation sizes to track, inclusive.
+    pub min_size: u64,
+    pub max_size: u64,
 }
 
 /// Loads the programs for `pid` and attaches them to `modules` and the mmap tracepoints.
@@ -311,6 +314,8 @@ pub fn attach(
     let object = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leak-ebpf"));
     let mut ebpf = EbpfLoader::new()
         .override_global(TARGET_TGID_GLOBAL, &pid, true)
+        .override_global(MIN_SIZE_GLOBAL, &options.min_size, true)
+        .override_global(MAX_SIZE_GLOBAL, &options.max_size, true)
         .map_max_entries(map_names::ALLOCS, options.max_allocs)
         .load(object)
         .map_err(|err| {

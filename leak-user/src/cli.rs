@@ -3,7 +3,11 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{analysis::Thresholds, report::Format, session::Options};
+use crate::{
+    analysis::Thresholds,
+    report::Format,
+    session::{Options, SortKey},
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,6 +46,40 @@ pub enum Command {
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
+    /// Convert a saved JSON report (from --format json) to another format.
+    Report {
+        /// The report written by `leaktrace … --format json`.
+        file: PathBuf,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Write to this file instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Show what grew between two saved JSON reports of the same program (like jeprof --base).
+    Diff {
+        /// The earlier report.
+        old: PathBuf,
+        /// The later report.
+        new: PathBuf,
+        /// Output format: text, or json for the list of changes.
+        #[arg(long, short, value_enum, default_value_t = DiffFormat::Text)]
+        format: DiffFormat,
+        /// Stacks to list, largest growth first (0: all).
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+        /// Write to this file instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+/// Formats of `leaktrace diff`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DiffFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Args)]
@@ -49,9 +87,22 @@ pub struct Common {
     /// Time between reports (attach mode), e.g. 5s.
     #[arg(long, short, default_value = "5s", value_parser = parse_duration)]
     pub interval: Duration,
-    /// Stacks to list, largest outstanding bytes first.
+    /// Stacks to list (0: all). Leaking stacks come first, then growing, stable, transient.
     #[arg(long, default_value_t = 10)]
     pub top: usize,
+    /// Order within each verdict: outstanding bytes, outstanding allocation count, or growth
+    /// rate.
+    #[arg(long, value_enum, default_value_t = SortKey::Bytes)]
+    pub sort: SortKey,
+    /// Ignore allocations younger than this (e.g. 10s): they may still be in flight.
+    #[arg(long, value_parser = parse_duration)]
+    pub min_age: Option<Duration>,
+    /// Track only allocations of at least this size (e.g. 64, 4K, 1M).
+    #[arg(long, value_parser = parse_size, default_value = "0")]
+    pub min_size: u64,
+    /// Track only allocations of at most this size (e.g. 1M).
+    #[arg(long, value_parser = parse_size)]
+    pub max_size: Option<u64>,
     /// Report format.
     #[arg(long, short, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -78,8 +129,48 @@ impl Common {
             output: self.output.clone(),
             max_allocs: self.max_allocs,
             thresholds: Thresholds::default(),
+            sort: self.sort,
+            min_age: self.min_age,
+            min_size: self.min_size,
+            max_size: self.max_size.unwrap_or(u64::MAX),
         }
     }
+
+    /// Flags that contradict each other, as one line for the user.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(max) = self.max_size
+            && max < self.min_size
+        {
+            return Err(format!(
+                "--max-size {max} is smaller than --min-size {}: nothing would be tracked",
+                self.min_size
+            ));
+        }
+        if self.max_allocs == 0 {
+            return Err("--max-allocs must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// "4096", "4K", "4KiB", "1.5M", "2G" (powers of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size: use e.g. 64, 4K, 1M, 2G"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("'{text}' has an unknown unit: use K, M or G")),
+    };
+    Ok((value * scale as f64).round() as u64)
 }
 
 /// "500ms", "30s", "5m", "1h", or plain seconds ("10").
@@ -119,6 +210,45 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5d").is_err());
         assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64"), Ok(64));
+        assert_eq!(parse_size("4K"), Ok(4096));
+        assert_eq!(parse_size("4KiB"), Ok(4096));
+        assert_eq!(parse_size("1.5M"), Ok(3 << 19));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert!(parse_size("big").is_err());
+        assert!(parse_size("4T").is_err());
+    }
+
+    #[test]
+    fn contradicting_sizes_are_refused() {
+        let cli = Cli::try_parse_from([
+            "leaktrace",
+            "attach",
+            "--pid",
+            "1",
+            "--min-size",
+            "1M",
+            "--max-size",
+            "4K",
+        ])
+        .expect("parse");
+        let Command::Attach { common, .. } = cli.command else {
+            panic!("attach expected")
+        };
+        assert!(common.check().is_err());
+    }
+
+    #[test]
+    fn parses_report_and_diff() {
+        let cli = Cli::try_parse_from(["leaktrace", "report", "r.json", "--format", "json"])
+            .expect("parse");
+        assert!(matches!(cli.command, Command::Report { .. }));
+        let cli = Cli::try_parse_from(["leaktrace", "diff", "a.json", "b.json"]).expect("parse");
+        assert!(matches!(cli.command, Command::Diff { .. }));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Kernel maps → model. Reads per-stack totals, counters and stack traces, consumes the
 //! mmap event ring buffer into [`Regions`], and keeps each stack's time series.
-use std::collections::HashMap;
+use std::{collections::HashMap, ops::RangeInclusive};
 
 use aya::{
     Ebpf,
@@ -11,7 +11,7 @@ use leak_common::{
 };
 
 use crate::{
-    model::{Origin, Sample, StackHistory, StackKey, Totals},
+    model::{Held, Origin, Sample, StackHistory, StackKey, Totals},
     regions::Regions,
 };
 
@@ -69,6 +69,8 @@ pub struct Collector {
     regions: Regions,
     page_size: u64,
     started_ns: u64,
+    /// mmap lengths to track (--min-size/--max-size), inclusive.
+    sizes: RangeInclusive<u64>,
     stacks: HashMap<StackKey, StackHistory>,
     stack_ips: HashMap<u32, Vec<u64>>,
     counters: [u64; Counter::COUNT as usize],
@@ -77,12 +79,18 @@ pub struct Collector {
 }
 
 impl Collector {
-    pub fn new(maps: KernelMaps, started_ns: u64, page_size: u64) -> Self {
+    pub fn new(
+        maps: KernelMaps,
+        started_ns: u64,
+        page_size: u64,
+        sizes: RangeInclusive<u64>,
+    ) -> Self {
         Collector {
             maps,
             regions: Regions::default(),
             page_size,
             started_ns,
+            sizes,
             stacks: HashMap::new(),
             stack_ips: HashMap::new(),
             counters: [0; Counter::COUNT as usize],
@@ -100,6 +108,8 @@ impl Collector {
             // SAFETY: the kernel wrote a whole MmapEvent; read_unaligned copes with alignment.
             let event: MmapEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
             match MmapEventKind::from_u32(event.kind) {
+                // Out of the requested size range: never tracked, so its unmap is a no-op.
+                Some(MmapEventKind::Map) if !self.sizes.contains(&event.len) => {}
                 Some(MmapEventKind::Map) => {
                     let stack = StackKey {
                         origin: Origin::Mmap,
@@ -160,11 +170,12 @@ impl Collector {
             if key.origin == Origin::Mmap {
                 history.oldest_live_ns = oldest;
             }
-            push_sample(
+            push_thinned(
                 &mut history.series,
                 Sample {
                     at_s,
                     outstanding_bytes: totals.outstanding_bytes,
+                    outstanding_allocs: totals.outstanding_allocs,
                 },
             );
         }
@@ -180,9 +191,14 @@ impl Collector {
     }
 
     /// Finds the oldest live heap allocation of each stack (a walk over every live
-    /// allocation, so done per report, not per sample).
-    pub fn scan_live_allocations(&mut self) -> Result<(), DrainError> {
+    /// allocation, so done per report, not per sample), and returns what each stack holds in
+    /// allocations made at or before `born_by_ns` (for --min-age).
+    pub fn scan_live_allocations(
+        &mut self,
+        born_by_ns: u64,
+    ) -> Result<HashMap<StackKey, Held>, DrainError> {
         let mut oldest: HashMap<u32, u64> = HashMap::new();
+        let mut held: HashMap<StackKey, Held> = HashMap::new();
         for entry in self.maps.allocs.iter() {
             let (_, record) = match entry {
                 Ok(entry) => entry,
@@ -194,13 +210,33 @@ impl Collector {
                 .entry(record.stack_id)
                 .and_modify(|t| *t = (*t).min(record.timestamp_ns))
                 .or_insert(record.timestamp_ns);
+            if record.timestamp_ns <= born_by_ns {
+                let key = StackKey {
+                    origin: Origin::Heap,
+                    stack_id: record.stack_id,
+                    caller_hint: 0,
+                };
+                held.entry(key).or_default().add(record.size);
+            }
         }
         for history in self.stacks.values_mut() {
             if history.key.origin == Origin::Heap {
                 history.oldest_live_ns = oldest.get(&history.key.stack_id).copied();
             }
         }
-        Ok(())
+        for (key, region_held) in self.regions.held_born_by(born_by_ns) {
+            held.insert(key, region_held);
+        }
+        Ok(held)
+    }
+
+    /// Heap bytes held by all traced stacks at the last sample.
+    pub fn heap_outstanding_bytes(&self) -> u64 {
+        self.stacks
+            .values()
+            .filter(|history| history.key.origin == Origin::Heap)
+            .map(|history| history.totals.outstanding_bytes)
+            .sum()
     }
 
     /// The return addresses of a stack id, innermost first (cached: ids are never reused).
@@ -265,7 +301,7 @@ fn totals_from_kernel(kernel: &StackTotals) -> Totals {
 
 /// Appends a sample; a full series keeps every other sample, so memory stays bounded while
 /// the series still spans the whole session.
-pub fn push_sample(series: &mut Vec<Sample>, sample: Sample) {
+pub fn push_thinned<T>(series: &mut Vec<T>, sample: T) {
     if series.len() >= MAX_SERIES_LEN {
         let mut index = 0;
         series.retain(|_| {
@@ -284,11 +320,12 @@ mod tests {
     fn series_stays_bounded_and_spans_the_session() {
         let mut series = Vec::new();
         for i in 0..10 * MAX_SERIES_LEN {
-            push_sample(
+            push_thinned(
                 &mut series,
                 Sample {
                     at_s: i as f64,
                     outstanding_bytes: i as u64,
+                    outstanding_allocs: 1,
                 },
             );
         }

@@ -1,9 +1,9 @@
-use std::process::ExitCode;
+use std::{io::Write, path::Path, process::ExitCode};
 
 use clap::Parser;
 use leaktrace::{
-    cli::{Cli, Command},
-    session,
+    cli::{Cli, Command, DiffFormat},
+    report, session,
 };
 
 /// Exit status when the attached target ended during tracing (the report is still written).
@@ -14,6 +14,12 @@ fn main() -> ExitCode {
         .format_timestamp(None)
         .init();
     let cli = Cli::parse();
+    if let Command::Attach { common, .. } | Command::Run { common, .. } = &cli.command
+        && let Err(message) = common.check()
+    {
+        eprintln!("leaktrace: {message}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -60,6 +66,63 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Report {
+            file,
+            format,
+            output,
+        } => finish_offline(
+            report::json::read(&file)
+                .map(|saved| report::render(&saved, format, output.is_none() && stdout_is_tty())),
+            output.as_deref(),
+        ),
+        Command::Diff {
+            old,
+            new,
+            format,
+            top,
+            output,
+        } => finish_offline(
+            report::json::read(&old).and_then(|old| {
+                let new = report::json::read(&new)?;
+                let diff = report::diff::diff(&old, &new);
+                Ok(match format {
+                    DiffFormat::Text => report::diff::render_text(&diff, top),
+                    DiffFormat::Json => report::diff::render_json(&diff),
+                })
+            }),
+            output.as_deref(),
+        ),
+    }
+}
+
+fn stdout_is_tty() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal()
+}
+
+/// Writes the output of `report` or `diff`, or its one-line error.
+fn finish_offline(rendered: Result<String, String>, output: Option<&Path>) -> ExitCode {
+    let text = match rendered {
+        Ok(text) => text,
+        Err(message) => {
+            eprintln!("leaktrace: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let written = match output {
+        Some(path) => std::fs::write(path, text.as_bytes())
+            .map_err(|err| format!("could not write {}: {err}", path.display())),
+        None => std::io::stdout()
+            .lock()
+            .write_all(text.as_bytes())
+            .map_err(|err| format!("could not write to stdout: {err}")),
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("leaktrace: {message}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -34,12 +34,28 @@ pub struct Totals {
     pub total_bytes: u64,
 }
 
+/// Live allocations of one stack and their bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    pub allocs: u64,
+    pub bytes: u64,
+}
+
+impl Held {
+    pub fn add(&mut self, bytes: u64) {
+        self.allocs += 1;
+        self.bytes += bytes;
+    }
+}
+
 /// Outstanding memory of one stack at one moment.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
     /// Seconds since tracing began.
     pub at_s: f64,
     pub outstanding_bytes: u64,
+    #[serde(default)]
+    pub outstanding_allocs: u64,
 }
 
 /// What leaktrace knows about one stack over the session.
@@ -60,12 +76,16 @@ impl StackHistory {
     }
 }
 
-/// The judgement on a stack.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+/// The judgement on a stack. The order is the order of urgency (reports list leaking first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
-    /// Outstanding bytes kept rising and old allocations stay unfreed.
+    /// The baseline (the low points between releases) rises steadily and the allocations made
+    /// when it began rising are still unfreed.
     Leaking,
+    /// Memory rises but old allocations are being released: a queue or cache that keeps
+    /// growing while it turns over.
+    Growing,
     /// Holds memory but does not grow.
     Stable,
     /// What it allocates is freed.
@@ -73,13 +93,70 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    pub const ALL: [Verdict; 4] = [
+        Verdict::Leaking,
+        Verdict::Growing,
+        Verdict::Stable,
+        Verdict::Transient,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Leaking => "leaking",
+            Verdict::Growing => "growing",
             Verdict::Stable => "stable",
             Verdict::Transient => "transient",
         }
     }
+}
+
+/// A verdict with the numbers behind it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Trend {
+    pub verdict: Verdict,
+    /// How sure the verdict is, 0 to 1.
+    pub confidence: f64,
+    /// Robust (Theil–Sen) slope of the baseline, bytes per second.
+    pub growth_bytes_per_s: f64,
+    /// How well a straight line fits the baseline (1: a perfectly steady rise).
+    pub r_squared: f64,
+    /// When the baseline started rising, seconds since tracing began (rising stacks only).
+    pub growth_onset: Option<f64>,
+    /// Share of the allocations seen that are still live.
+    pub survival_fraction: f64,
+}
+
+/// The target's memory at one moment, from /proc/PID/status and smaps_rollup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessSample {
+    /// Seconds since tracing began.
+    pub at_s: f64,
+    /// Resident set size (VmRSS).
+    pub rss_bytes: u64,
+    /// Resident anonymous memory (RssAnon).
+    pub anon_bytes: u64,
+    /// Swapped-out memory (VmSwap).
+    pub swap_bytes: u64,
+    /// Proportional share of the resident memory (smaps_rollup Pss), when readable.
+    #[serde(default)]
+    pub pss_bytes: Option<u64>,
+    /// Heap bytes the traced allocator calls hold (leaktrace's own count).
+    pub heap_bytes: u64,
+}
+
+/// The process's memory over the session and the trend of its baseline.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessReport {
+    /// Robust slope of the resident baseline (low points), bytes per second.
+    pub rss_growth_bytes_per_s: f64,
+    /// Whether the resident baseline rises steadily.
+    pub rss_rising: bool,
+    /// When the resident baseline began rising, seconds since tracing began.
+    pub rss_growth_onset: Option<f64>,
+    /// Robust slope of the traced heap's baseline, bytes per second.
+    pub heap_growth_bytes_per_s: f64,
+    /// At most a few hundred samples, evenly spread over the session.
+    pub samples: Vec<ProcessSample>,
 }
 
 /// One symbolized frame, innermost first.
@@ -127,9 +204,24 @@ pub struct StackReport {
     pub total_bytes: u64,
     /// Age of the oldest allocation still live, seconds.
     pub oldest_age_s: Option<f64>,
-    /// Robust slope of outstanding bytes over the session.
+    /// Robust slope of the baseline of outstanding bytes, bytes per second.
     pub growth_bytes_per_s: f64,
+    /// How sure the verdict is, 0 to 1.
+    #[serde(default)]
+    pub confidence: f64,
+    /// When the baseline began rising, seconds since tracing began (leaking and growing).
+    #[serde(default)]
+    pub growth_onset: Option<f64>,
+    /// Fit of a straight line to the baseline, 0 to 1.
+    #[serde(default)]
+    pub r_squared: f64,
+    /// Share of the allocations seen that are still live.
+    #[serde(default)]
+    pub survival_fraction: f64,
     pub frames: Vec<Frame>,
+    /// Outstanding memory over the session, at most a few dozen evenly spread points.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub series: Vec<Sample>,
 }
 
 /// The traced process.
@@ -165,12 +257,16 @@ pub struct Report {
     pub dropped: BTreeMap<String, u64>,
     /// Informational event counts.
     pub events: BTreeMap<String, u64>,
-    /// Stacks that were not listed (beyond --top), and their outstanding bytes.
+    /// Stacks that were not listed (beyond --top or filtered out), and their outstanding bytes.
     pub omitted_stacks: u64,
     pub omitted_outstanding_bytes: u64,
-    /// All stacks sorted by outstanding bytes, largest first (at most --top of them).
+    /// The process's memory trend (absent in version 1 reports).
+    #[serde(default)]
+    pub process: Option<ProcessReport>,
+    /// Leaking stacks first, then growing, stable, transient; within each, by the sort key
+    /// (at most --top of them).
     pub stacks: Vec<StackReport>,
 }
 
 /// The current version of [`Report`]'s layout.
-pub const REPORT_VERSION: u32 = 1;
+pub const REPORT_VERSION: u32 = 2;

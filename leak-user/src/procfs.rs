@@ -115,6 +115,52 @@ pub fn command_line(pid: u32) -> io::Result<String> {
         .join(" "))
 }
 
+/// The process's memory as /proc reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryUsage {
+    pub rss_bytes: u64,
+    pub anon_bytes: u64,
+    pub swap_bytes: u64,
+    pub pss_bytes: Option<u64>,
+}
+
+/// A "Key:   123 kB" field of /proc/PID/status or smaps_rollup, in bytes.
+fn kib_field(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix(key)?.strip_prefix(':')?;
+        let kib: u64 = value.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kib * 1024)
+    })
+}
+
+/// Resident, anonymous and swapped memory from the text of /proc/PID/status (None for a
+/// kernel thread or a zombie, which have no memory fields).
+pub fn parse_status_memory(status: &str) -> Option<MemoryUsage> {
+    Some(MemoryUsage {
+        rss_bytes: kib_field(status, "VmRSS")?,
+        anon_bytes: kib_field(status, "RssAnon").unwrap_or(0),
+        swap_bytes: kib_field(status, "VmSwap").unwrap_or(0),
+        pss_bytes: None,
+    })
+}
+
+/// The proportional set size from the text of /proc/PID/smaps_rollup.
+pub fn parse_smaps_rollup_pss(rollup: &str) -> Option<u64> {
+    kib_field(rollup, "Pss")
+}
+
+/// Reads the process's memory. smaps_rollup walks every mapping, so the caller reads it
+/// only when asked (`with_pss`).
+pub fn memory_usage(pid: u32, with_pss: bool) -> Option<MemoryUsage> {
+    let mut usage = parse_status_memory(&fs::read_to_string(format!("/proc/{pid}/status")).ok()?)?;
+    if with_pss {
+        usage.pss_bytes = fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+            .ok()
+            .and_then(|text| parse_smaps_rollup_pss(&text));
+    }
+    Some(usage)
+}
+
 /// Bytes in a page; mmap lengths are rounded up to it.
 pub fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
@@ -172,6 +218,24 @@ mod tests {
     fn stat_state_survives_odd_command_names() {
         assert_eq!(parse_stat_state("42 (a) b (c)) S 1 2"), Some('S'));
         assert_eq!(parse_stat_state("42 (demo) Z 1"), Some('Z'));
+    }
+
+    #[test]
+    fn reads_memory_fields() {
+        let status = "Name:\tdemo\nVmPeak:\t  20000 kB\nVmRSS:\t    5120 kB\nRssAnon:\t    2048 kB\nRssFile:\t 3072 kB\nVmSwap:\t       4 kB\n";
+        assert_eq!(
+            parse_status_memory(status),
+            Some(MemoryUsage {
+                rss_bytes: 5120 * 1024,
+                anon_bytes: 2048 * 1024,
+                swap_bytes: 4096,
+                pss_bytes: None,
+            })
+        );
+        // Kernel threads have no Vm fields.
+        assert_eq!(parse_status_memory("Name:\tkthreadd\nState:\tS\n"), None);
+        let rollup = "55d0-7ffd ---p 00000000 00:00 0 [rollup]\nRss:  5120 kB\nPss:  4000 kB\nPss_Anon:  2048 kB\n";
+        assert_eq!(parse_smaps_rollup_pss(rollup), Some(4000 * 1024));
     }
 
     #[test]

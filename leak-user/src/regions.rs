@@ -2,7 +2,7 @@
 //! munmap or an mremap is accounted exactly.
 use std::collections::{BTreeMap, HashMap};
 
-use crate::model::{StackKey, Totals};
+use crate::model::{Held, StackKey, Totals};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Region {
@@ -129,6 +129,17 @@ impl Regions {
         out
     }
 
+    /// What each stack holds in regions mapped at or before `born_by_ns`.
+    pub fn held_born_by(&self, born_by_ns: u64) -> HashMap<StackKey, Held> {
+        let mut held: HashMap<StackKey, Held> = HashMap::new();
+        for region in self.live.values() {
+            if region.mapped_ns <= born_by_ns {
+                held.entry(region.stack).or_default().add(region.len);
+            }
+        }
+        held
+    }
+
     pub fn live_bytes(&self) -> u64 {
         self.live.values().map(|region| region.len).sum()
     }
@@ -217,6 +228,23 @@ mod tests {
         assert_eq!(totals.1, Some(1), "keeps its original time");
         regions.remap(0x80000, 6 * PAGE, 0x80000, PAGE);
         assert_eq!(regions.live_bytes(), PAGE);
+    }
+
+    #[test]
+    fn held_born_by_counts_only_old_regions() {
+        let mut regions = Regions::default();
+        regions.map(0x10000, PAGE, stack(1), 10);
+        regions.map(0x20000, 2 * PAGE, stack(1), 20);
+        regions.map(0x30000, PAGE, stack(2), 30);
+        let held = regions.held_born_by(20);
+        assert_eq!(
+            held[&stack(1)],
+            Held {
+                allocs: 2,
+                bytes: 3 * PAGE
+            }
+        );
+        assert!(!held.contains_key(&stack(2)));
     }
 
     #[test]

@@ -13,9 +13,13 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::{
     analysis::{self, Context, Thresholds},
     attach::{self, AllocatorModule, LoadOptions, Probes},
+    drain::push_thinned,
     drain::{Collector, KernelMaps},
     launch::{self, ChildEvent},
-    model::{Exit, Origin, REPORT_VERSION, Report, StackReport, Target},
+    model::{
+        Exit, Origin, ProcessReport, ProcessSample, REPORT_VERSION, Report, StackHistory,
+        StackReport, Target, Trend, Verdict,
+    },
     procfs,
     report::{self, Format},
     symbolize::{Modules, Symbolizer},
@@ -35,6 +39,24 @@ pub struct Options {
     pub output: Option<PathBuf>,
     pub max_allocs: u32,
     pub thresholds: Thresholds,
+    /// Order of the listed stacks within each verdict.
+    pub sort: SortKey,
+    /// Ignore allocations younger than this (they may be in flight).
+    pub min_age: Option<Duration>,
+    /// Track only allocations of at least / at most this many bytes.
+    pub min_size: u64,
+    pub max_size: u64,
+}
+
+/// What orders the stacks within a verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortKey {
+    /// Outstanding bytes.
+    Bytes,
+    /// Outstanding allocations.
+    Count,
+    /// Growth rate of the baseline.
+    Growth,
 }
 
 impl Default for Options {
@@ -48,6 +70,10 @@ impl Default for Options {
             output: None,
             max_allocs: DEFAULT_MAX_ALLOCS,
             thresholds: Thresholds::default(),
+            sort: SortKey::Bytes,
+            min_age: None,
+            min_size: 0,
+            max_size: u64::MAX,
         }
     }
 }
@@ -84,7 +110,16 @@ struct Session {
     modules: Modules,
     symbolizer: Symbolizer,
     started_ns: u64,
+    process_samples: Vec<ProcessSample>,
+    last_process_sample_ns: Option<u64>,
 }
+
+/// Time between reads of the process's /proc memory figures.
+const PROCESS_SAMPLE_NS: u64 = 1_000_000_000;
+/// Most points of a stack's series a report carries.
+const REPORT_SERIES_POINTS: usize = 32;
+/// Most process samples a report carries.
+const REPORT_PROCESS_POINTS: usize = 256;
 
 /// `leaktrace attach --pid PID`.
 pub async fn attach(pid: u32, options: Options) -> Result<Outcome, SessionError> {
@@ -143,6 +178,8 @@ impl Session {
             allocators,
             LoadOptions {
                 max_allocs: options.max_allocs,
+                min_size: options.min_size,
+                max_size: options.max_size,
             },
         )?;
         let maps = KernelMaps::take(&mut probes.ebpf)?;
@@ -160,22 +197,57 @@ impl Session {
             pid,
             mode,
             target,
-            collector: Collector::new(maps, started_ns, procfs::page_size()),
+            collector: Collector::new(
+                maps,
+                started_ns,
+                procfs::page_size(),
+                options.min_size..=options.max_size,
+            ),
             probes,
             modules,
             symbolizer: Symbolizer::new(),
             options,
             started_ns,
+            process_samples: Vec::new(),
+            last_process_sample_ns: None,
         })
     }
 
     /// One sample; re-reads the module list when new stacks appeared (a dlopen'd library).
     fn tick(&mut self) -> Result<(), SessionError> {
-        self.collector.sample(procfs::monotonic_ns())?;
+        let now_ns = procfs::monotonic_ns();
+        self.collector.sample(now_ns)?;
         if self.collector.take_new_stacks() {
             let _ = self.modules.refresh(self.pid);
         }
+        self.sample_process(now_ns);
         Ok(())
+    }
+
+    /// Reads the process's memory figures, at most once a second (smaps_rollup walks every
+    /// mapping of the target).
+    fn sample_process(&mut self, now_ns: u64) {
+        if self
+            .last_process_sample_ns
+            .is_some_and(|last| now_ns.saturating_sub(last) < PROCESS_SAMPLE_NS)
+        {
+            return;
+        }
+        let Some(usage) = procfs::memory_usage(self.pid, true) else {
+            return;
+        };
+        self.last_process_sample_ns = Some(now_ns);
+        push_thinned(
+            &mut self.process_samples,
+            ProcessSample {
+                at_s: now_ns.saturating_sub(self.started_ns) as f64 / 1e9,
+                rss_bytes: usage.rss_bytes,
+                anon_bytes: usage.anon_bytes,
+                swap_bytes: usage.swap_bytes,
+                pss_bytes: usage.pss_bytes,
+                heap_bytes: self.collector.heap_outstanding_bytes(),
+            },
+        );
     }
 
     /// Traces an attached process until the duration, Ctrl-C, or its exit.
@@ -257,16 +329,19 @@ impl Session {
             );
             let _ = out.flush();
         } else {
-            let leaking = report
-                .stacks
-                .iter()
-                .filter(|s| s.verdict == crate::model::Verdict::Leaking)
-                .count();
+            let count = |verdict: Verdict| {
+                report
+                    .stacks
+                    .iter()
+                    .filter(|stack| stack.verdict == verdict)
+                    .count()
+            };
             eprintln!(
-                "leaktrace: {:.1}s, {} stacks listed, {} leaking, {} dropped events",
+                "leaktrace: {:.1}s, {} stacks listed, {} leaking, {} growing, {} dropped events",
                 report.duration_s,
                 report.stacks.len(),
-                leaking,
+                count(Verdict::Leaking),
+                count(Verdict::Growing),
                 report.dropped.values().sum::<u64>()
             );
         }
@@ -293,49 +368,84 @@ impl Session {
     }
 
     fn build_report(&mut self, exited: Option<Exit>) -> Result<Report, SessionError> {
-        self.collector.scan_live_allocations()?;
         let now_ns = procfs::monotonic_ns();
+        let min_age_ns = self
+            .options
+            .min_age
+            .map_or(0, |age| u64::try_from(age.as_nanos()).unwrap_or(u64::MAX));
+        let held_old_enough = self
+            .collector
+            .scan_live_allocations(now_ns.saturating_sub(min_age_ns))?;
         let span_s = now_ns.saturating_sub(self.started_ns) as f64 / 1e9;
         let context = Context {
             now_ns,
             span_s,
             exited: exited.is_some(),
         };
-        let mut judged: Vec<(crate::model::StackHistory, crate::model::Verdict, f64)> = self
-            .collector
-            .histories()
-            .filter(|history| {
-                history.totals.total_allocs > 0 || history.totals.outstanding_allocs > 0
-            })
-            .map(|history| {
-                let (verdict, growth) = analysis::judge(history, context, &self.options.thresholds);
-                (history.clone(), verdict, growth)
-            })
-            .collect();
-        judged.sort_by(|a, b| {
-            b.0.totals
-                .outstanding_bytes
-                .cmp(&a.0.totals.outstanding_bytes)
-                .then(b.0.totals.total_bytes.cmp(&a.0.totals.total_bytes))
-                .then(a.0.key.cmp(&b.0.key))
+        let mut judged: Vec<(StackHistory, Trend)> = Vec::new();
+        let mut omitted = (0u64, 0u64);
+        for history in self.collector.histories() {
+            if history.totals.total_allocs == 0 && history.totals.outstanding_allocs == 0 {
+                continue;
+            }
+            let trend = analysis::judge(history, context, &self.options.thresholds);
+            let mut history = history.clone();
+            if self.options.min_age.is_some() {
+                // Only what is at least --min-age old counts as held.
+                let held = held_old_enough
+                    .get(&history.key)
+                    .copied()
+                    .unwrap_or_default();
+                if held.allocs == 0 {
+                    omitted.0 += 1;
+                    omitted.1 += history.totals.outstanding_bytes;
+                    continue;
+                }
+                history.totals.outstanding_allocs = held.allocs;
+                history.totals.outstanding_bytes = held.bytes;
+            }
+            judged.push((history, trend));
+        }
+        let sort = self.options.sort;
+        judged.sort_by(|(a, a_trend), (b, b_trend)| {
+            let key = |history: &StackHistory, trend: &Trend| match sort {
+                SortKey::Bytes => history.totals.outstanding_bytes as f64,
+                SortKey::Count => history.totals.outstanding_allocs as f64,
+                SortKey::Growth => trend.growth_bytes_per_s,
+            };
+            a_trend
+                .verdict
+                .cmp(&b_trend.verdict)
+                .then(key(b, b_trend).total_cmp(&key(a, a_trend)))
+                .then(b.totals.outstanding_bytes.cmp(&a.totals.outstanding_bytes))
+                .then(b.totals.total_bytes.cmp(&a.totals.total_bytes))
+                .then(a.key.cmp(&b.key))
         });
         // The dynamic loader mapping a library's zero-filled segments, or its own start-up
         // allocator, is part of the program image, not the program's memory. mmap stacks are
         // symbolized here to tell; their frames are kept for the report.
         let mut kept = Vec::with_capacity(judged.len());
-        for (history, verdict, growth) in judged {
+        for (history, trend) in judged {
             let frames = (history.key.origin == Origin::Mmap).then(|| self.frames_of(&history));
             if frames.as_deref().is_some_and(mapped_by_loader) {
                 continue;
             }
-            kept.push((history, verdict, growth, frames));
+            kept.push((history, trend, frames));
         }
-        let omitted = kept.split_off(kept.len().min(self.options.top));
+        let top = if self.options.top == 0 {
+            usize::MAX
+        } else {
+            self.options.top
+        };
+        for (history, _, _) in kept.split_off(kept.len().min(top)) {
+            omitted.0 += 1;
+            omitted.1 += history.totals.outstanding_bytes;
+        }
         let mut stacks = Vec::with_capacity(kept.len());
-        for (history, verdict, growth, frames) in kept {
+        for (history, trend, frames) in kept {
             let frames = frames.unwrap_or_else(|| self.frames_of(&history));
             stacks.push(StackReport {
-                verdict,
+                verdict: trend.verdict,
                 origin: history.key.origin,
                 outstanding_bytes: history.totals.outstanding_bytes,
                 outstanding_allocs: history.totals.outstanding_allocs,
@@ -343,8 +453,13 @@ impl Session {
                 total_frees: history.totals.total_frees,
                 total_bytes: history.totals.total_bytes,
                 oldest_age_s: history.oldest_age_s(now_ns),
-                growth_bytes_per_s: growth,
+                growth_bytes_per_s: trend.growth_bytes_per_s,
+                confidence: trend.confidence,
+                growth_onset: trend.growth_onset,
+                r_squared: trend.r_squared,
+                survival_fraction: trend.survival_fraction,
                 frames,
+                series: evenly_spread(&history.series, REPORT_SERIES_POINTS),
             });
         }
         let mut dropped = BTreeMap::new();
@@ -361,6 +476,7 @@ impl Session {
             "symbolization_failures".to_string(),
             self.symbolizer.failures,
         );
+        let process = analysis::process_trend(&self.process_samples, &self.options.thresholds);
         Ok(Report {
             version: REPORT_VERSION,
             target: self.target.clone(),
@@ -369,11 +485,15 @@ impl Session {
             exited,
             dropped,
             events,
-            omitted_stacks: omitted.len() as u64,
-            omitted_outstanding_bytes: omitted
-                .iter()
-                .map(|(h, _, _, _)| h.totals.outstanding_bytes)
-                .sum(),
+            omitted_stacks: omitted.0,
+            omitted_outstanding_bytes: omitted.1,
+            process: (!self.process_samples.is_empty()).then(|| ProcessReport {
+                rss_growth_bytes_per_s: process.rss.slope,
+                rss_rising: process.rss.steady,
+                rss_growth_onset: process.rss.onset,
+                heap_growth_bytes_per_s: process.heap_growth_bytes_per_s,
+                samples: evenly_spread(&self.process_samples, REPORT_PROCESS_POINTS),
+            }),
             stacks,
         })
     }
@@ -381,7 +501,7 @@ impl Session {
     /// Symbolized frames of a stack. For mmap stacks the frame-pointer walk starts inside the
     /// frameless syscall wrapper and skips its caller; the caller read from the stack pointer
     /// takes the wrapper's place.
-    fn frames_of(&mut self, history: &crate::model::StackHistory) -> Vec<crate::model::Frame> {
+    fn frames_of(&mut self, history: &StackHistory) -> Vec<crate::model::Frame> {
         let mut ips = self.collector.stack_ips(history.key.stack_id).to_vec();
         if history.key.origin == Origin::Mmap && history.key.caller_hint != 0 && !ips.is_empty() {
             let first = self.symbolizer.symbolize_stack(&self.modules, &ips[..1]);
@@ -395,6 +515,17 @@ impl Session {
         }
         self.symbolizer.symbolize_stack(&self.modules, &ips)
     }
+}
+
+/// At most `points` items spread evenly over `series`, always keeping the last.
+fn evenly_spread<T: Copy>(series: &[T], points: usize) -> Vec<T> {
+    if series.len() <= points || points < 2 {
+        return series.to_vec();
+    }
+    let step = (series.len() - 1) as f64 / (points - 1) as f64;
+    (0..points)
+        .map(|i| series[((i as f64 * step).round() as usize).min(series.len() - 1)])
+        .collect()
 }
 
 /// Whether an mmap stack starts in the dynamic loader (ld-linux, ld-musl).
@@ -421,7 +552,16 @@ fn is_syscall_wrapper(function: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_syscall_wrapper;
+    use super::{evenly_spread, is_syscall_wrapper};
+
+    #[test]
+    fn spreads_evenly_keeping_both_ends() {
+        let series: Vec<u32> = (0..100).collect();
+        let spread = evenly_spread(&series, 10);
+        assert_eq!(spread.len(), 10);
+        assert_eq!((spread[0], spread[9]), (0, 99));
+        assert_eq!(evenly_spread(&series[..5], 10), vec![0, 1, 2, 3, 4]);
+    }
 
     #[test]
     fn knows_the_wrappers() {

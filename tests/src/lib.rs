@@ -215,20 +215,59 @@ impl Traced {
 /// Runs `leaktrace ARGS --format json -o REPORT` with LD_LIBRARY_PATH set to the private
 /// libc, and parses the report.
 pub fn leaktrace(name: &str, args: &[&str]) -> Traced {
+    leaktrace_then(name, args, || {})
+}
+
+/// Like [`leaktrace`], and calls `attached` once leaktrace has printed its first interval
+/// line on stderr (its probes are in place by then).
+pub fn leaktrace_then(name: &str, args: &[&str], attached: impl FnOnce()) -> Traced {
+    use std::io::BufRead;
+
     let report_path = scratch_dir().join(format!("{name}.json"));
     let _ = std::fs::remove_file(&report_path);
     let (before, after) = match args.iter().position(|arg| *arg == "--") {
         Some(split) => args.split_at(split),
         None => (args, &[][..]),
     };
-    let output = Command::new(leaktrace_bin())
+    let mut child = Command::new(leaktrace_bin())
         .args(before)
         .args(["--format", "json", "--output"])
         .arg(&report_path)
         .args(after)
         .env("LD_LIBRARY_PATH", private_libc_dir())
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run leaktrace");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (first_interval_tx, first_interval_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let mut signal = Some(first_interval_tx);
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.starts_with("leaktrace: ")
+                && line.contains("stacks listed")
+                && let Some(tx) = signal.take()
+            {
+                let _ = tx.send(());
+            }
+            text.extend_from_slice(line.as_bytes());
+            text.push(b'\n');
+        }
+        text
+    });
+    // An error means leaktrace ended first; the report (or its absence) tells why.
+    if first_interval_rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .is_ok()
+    {
+        attached();
+    }
+    let mut output = child.wait_with_output().expect("wait for leaktrace");
+    output.stderr = reader.join().unwrap_or_default();
     let text = std::fs::read_to_string(&report_path).unwrap_or_else(|err| {
         panic!(
             "leaktrace wrote no report ({err}); status {:?}, stderr:\n{}",

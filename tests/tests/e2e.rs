@@ -1,7 +1,7 @@
 //! End-to-end: the real leaktrace binary, as root, against real processes with known leaks.
 use leaktrace_tests::{
     Target, bpf_available, build_c, build_c_shared, build_rust, leaktrace, leaktrace_bin,
-    run_to_exit, u64_of,
+    leaktrace_then, run_to_exit, scratch_dir, u64_of,
 };
 
 /// Every family member leaks N blocks of a known size; leaktrace run reports each exactly,
@@ -302,4 +302,105 @@ fn bad_input_gets_one_clear_line() {
         .expect("run");
     assert!(!bad_duration.status.success());
     assert!(String::from_utf8_lossy(&bad_duration.stderr).contains("not a duration"));
+}
+
+/// Every pattern the verdicts must tell apart, in one process attached for 16 s: a steady
+/// leak, a queue that grows while its old items are freed, a start-up allocation held, batches
+/// that pile up and are released, a ring that replaces its entries, and a slow leak hidden in
+/// heavy balanced traffic.
+#[test]
+fn attach_tells_each_memory_pattern_apart() {
+    if !bpf_available("attach_tells_each_memory_pattern_apart") {
+        return;
+    }
+    let program = build_c("patterns.c", &[]);
+    let go = scratch_dir().join("patterns.go");
+    let _ = std::fs::remove_file(&go);
+    let target = Target::start(&program, &[go.to_str().expect("path")]);
+    let traced = leaktrace_then(
+        "patterns",
+        &[
+            "attach",
+            "--pid",
+            &target.pid(),
+            "--duration",
+            "16s",
+            "--interval",
+            "1s",
+            "--top",
+            "0",
+        ],
+        || std::fs::write(&go, b"").expect("create the go file"),
+    );
+    assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
+    let verdict_of = |function: &str| {
+        traced.expect_stack_at(function)["verdict"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string()
+    };
+    let verdicts: Vec<(&str, String)> = [
+        "leak_steadily",
+        "queue_push",
+        "load_tables",
+        "batch_item",
+        "ring_store",
+        "serve_request",
+    ]
+    .into_iter()
+    .map(|function| (function, verdict_of(function)))
+    .collect();
+    let expected = vec![
+        ("leak_steadily", "leaking".to_string()),
+        ("queue_push", "growing".to_string()),
+        ("load_tables", "stable".to_string()),
+        ("batch_item", "transient".to_string()),
+        ("ring_store", "stable".to_string()),
+        ("serve_request", "leaking".to_string()),
+    ];
+    assert_eq!(verdicts, expected, "{}", traced.describe());
+
+    let leak = traced.expect_stack_at("leak_steadily");
+    let rate = leak["growth_bytes_per_s"].as_f64().expect("rate");
+    // 256 bytes every 50 ms (plus the time memset and the probes take).
+    assert!((3_500.0..=5_400.0).contains(&rate), "rate {rate}");
+    assert!(leak["confidence"].as_f64().expect("confidence") >= 0.5);
+    assert!(leak["r_squared"].as_f64().expect("r²") > 0.9);
+    assert_eq!(leak["survival_fraction"].as_f64(), Some(1.0));
+    // The leak began when the threads started, right after the go file appeared.
+    let onset = leak["growth_onset"].as_f64().expect("onset");
+    assert!(onset < 3.0, "onset {onset}");
+
+    let slow = traced.expect_stack_at("serve_request");
+    let slow_rate = slow["growth_bytes_per_s"].as_f64().expect("rate");
+    assert!(
+        (100.0..=1_000.0).contains(&slow_rate),
+        "slow rate {slow_rate}"
+    );
+    assert!(u64_of(&slow["total_allocs"]) > 20_000, "heavy traffic");
+    assert!(slow["survival_fraction"].as_f64().expect("survival") < 0.01);
+    assert_eq!(u64_of(&slow["outstanding_bytes"]) % 48, 0);
+
+    let tables = traced.expect_stack_at("load_tables");
+    assert_eq!(
+        (
+            u64_of(&tables["outstanding_allocs"]),
+            u64_of(&tables["outstanding_bytes"])
+        ),
+        (32, 8 << 20)
+    );
+    let ring = traced.expect_stack_at("ring_store");
+    assert_eq!(u64_of(&ring["outstanding_bytes"]), 64 * 1024);
+    let queue = traced.expect_stack_at("queue_push");
+    assert!(queue["growth_bytes_per_s"].as_f64().expect("rate") > 500.0);
+
+    // The process line: the resident memory was sampled about once a second.
+    let samples = traced.report["process"]["samples"]
+        .as_array()
+        .expect("process samples");
+    assert!(samples.len() >= 12, "{} process samples", samples.len());
+    // By the end it holds the 8 MiB of tables, touched, and leaktrace's own heap count.
+    let last = samples.last().expect("a sample");
+    assert!(u64_of(&last["rss_bytes"]) > 8 << 20, "{last}");
+    assert!(u64_of(&last["heap_bytes"]) >= 8 << 20, "{last}");
 }

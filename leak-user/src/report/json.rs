@@ -1,5 +1,7 @@
 //! JSON report: the [`Report`] model serialized as documented in docs/report.schema.json.
-use crate::model::Report;
+use std::path::Path;
+
+use crate::model::{REPORT_VERSION, Report};
 
 pub fn render(report: &Report) -> String {
     // Serializing plain data structs cannot fail.
@@ -13,12 +15,31 @@ pub fn parse(text: &str) -> Result<Report, serde_json::Error> {
     serde_json::from_str(text)
 }
 
+/// Reads a saved report file, with one line saying what is wrong when it cannot.
+pub fn read(path: &Path) -> Result<Report, String> {
+    let shown = path.display();
+    let text =
+        std::fs::read_to_string(path).map_err(|err| format!("cannot read {shown}: {err}"))?;
+    let report = parse(&text).map_err(|err| {
+        format!(
+            "{shown} is not a leaktrace JSON report ({err}); write one with `leaktrace attach … --format json -o FILE`"
+        )
+    })?;
+    if report.version > REPORT_VERSION {
+        return Err(format!(
+            "{shown} is a version {} report; this leaktrace reads up to version {REPORT_VERSION}: upgrade leaktrace",
+            report.version
+        ));
+    }
+    Ok(report)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::model::{Frame, Origin, REPORT_VERSION, StackReport, Target, Verdict};
+    use crate::model::{Frame, Origin, StackReport, Target, Verdict};
 
     pub fn sample_report() -> Report {
         Report {
@@ -35,6 +56,7 @@ mod tests {
             events: BTreeMap::from([("allocations".to_string(), 160)]),
             omitted_stacks: 0,
             omitted_outstanding_bytes: 0,
+            process: None,
             stacks: vec![StackReport {
                 verdict: Verdict::Leaking,
                 origin: Origin::Heap,
@@ -45,6 +67,11 @@ mod tests {
                 total_bytes: 10240,
                 oldest_age_s: Some(9.8),
                 growth_bytes_per_s: 1024.0,
+                confidence: 0.9,
+                growth_onset: Some(0.2),
+                r_squared: 0.99,
+                survival_fraction: 1.0,
+                series: Vec::new(),
                 frames: vec![Frame {
                     function: Some("leak_slowly".into()),
                     file: Some("/src/demo.c".into()),
@@ -63,7 +90,7 @@ mod tests {
         let report = sample_report();
         let text = render(&report);
         let value: serde_json::Value = serde_json::from_str(&text).expect("valid json");
-        assert_eq!(value["version"], 1);
+        assert_eq!(value["version"], REPORT_VERSION);
         assert_eq!(value["target"]["pid"], 42);
         assert_eq!(value["stacks"][0]["verdict"], "leaking");
         assert_eq!(value["stacks"][0]["outstanding_bytes"], 10240);

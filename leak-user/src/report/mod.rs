@@ -1,5 +1,6 @@
 //! Reports people and programs read: text (terminal) and JSON (documented schema in
 //! docs/report.schema.json). Each format reads only the model.
+pub mod diff;
 pub mod json;
 pub mod text;
 

@@ -1,26 +1,64 @@
-//! Text report for terminals and logs: the stacks that hold memory, largest first, each with
-//! its verdict, size, growth and frames.
+//! Text report for terminals and logs: the leaking stacks first with the numbers behind the
+//! verdict and their frames, then growing ones, then the rest in one line each; the process
+//! memory trend in one line. Colour only when asked (a terminal).
 use std::fmt::Write as _;
 
 use crate::{
-    model::{Frame, Report, StackReport, Verdict},
+    model::{Frame, Origin, ProcessReport, Report, StackReport, Verdict},
     report::human_bytes,
 };
 
 const RED: &str = "\x1b[1;31m";
 const YELLOW: &str = "\x1b[33m";
+const BOLD: &str = "\x1b[1m";
 const DIM: &str = "\x1b[2m";
 const RESET: &str = "\x1b[0m";
 
+struct Painter {
+    color: bool,
+}
+
+impl Painter {
+    fn paint(&self, code: &'static str, text: &str) -> String {
+        if self.color && !code.is_empty() {
+            format!("{code}{text}{RESET}")
+        } else {
+            text.to_string()
+        }
+    }
+
+    fn verdict(&self, verdict: Verdict) -> String {
+        let code = match verdict {
+            Verdict::Leaking => RED,
+            Verdict::Growing => YELLOW,
+            Verdict::Stable => "",
+            Verdict::Transient => DIM,
+        };
+        self.paint(code, verdict.as_str())
+    }
+}
+
+fn plural(count: u64, word: &str) -> String {
+    format!("{count} {word}{}", if count == 1 { "" } else { "s" })
+}
+
+fn rate(bytes_per_s: f64) -> String {
+    let sign = if bytes_per_s >= 0.0 { "+" } else { "" };
+    format!("{sign}{}/s", human_bytes(bytes_per_s))
+}
+
 pub fn render(report: &Report, color: bool) -> String {
-    let paint = |code: &'static str| if color { code } else { "" };
-    let reset = paint(RESET);
+    let painter = Painter { color };
     let mut out = String::new();
-    let leaking = report
-        .stacks
-        .iter()
-        .filter(|stack| stack.verdict == Verdict::Leaking)
-        .count();
+    let count = |verdict: Verdict| {
+        report
+            .stacks
+            .iter()
+            .filter(|stack| stack.verdict == verdict)
+            .count() as u64
+    };
+    let (leaking, growing) = (count(Verdict::Leaking), count(Verdict::Growing));
+    let others = report.stacks.len() as u64 - leaking - growing + report.omitted_stacks;
     let held: u64 = report
         .stacks
         .iter()
@@ -29,14 +67,21 @@ pub fn render(report: &Report, color: bool) -> String {
         + report.omitted_outstanding_bytes;
     let _ = writeln!(
         out,
-        "leaktrace: pid {} ({}) traced for {:.1}s: {} leaking stack{}, {} outstanding",
+        "leaktrace: pid {} ({}) traced for {:.1}s: {}, {}, {}; {} outstanding",
         report.target.pid,
         report.target.exe,
         report.duration_s,
-        leaking,
-        if leaking == 1 { "" } else { "s" },
+        painter.paint(
+            if leaking > 0 { RED } else { "" },
+            &plural(leaking, "leaking stack")
+        ),
+        plural(growing, "growing stack"),
+        plural(others, "other stack"),
         human_bytes(held as f64),
     );
+    if let Some(process) = &report.process {
+        let _ = writeln!(out, "{}", process_line(process));
+    }
     if let Some(exit) = &report.exited {
         let how = match (exit.code, exit.signal) {
             (Some(code), _) => format!("exited with status {code}"),
@@ -56,65 +101,124 @@ pub fn render(report: &Report, color: bool) -> String {
     } else {
         let _ = writeln!(
             out,
-            "{}dropped events: {}{reset}",
-            paint(YELLOW),
-            dropped.join(", ")
+            "{}",
+            painter.paint(YELLOW, &format!("dropped events: {}", dropped.join(", ")))
         );
     }
-    if report.stacks.is_empty() {
+    if report.stacks.is_empty() && report.omitted_stacks == 0 {
         let _ = writeln!(out, "\nno allocations seen");
     }
-    for (index, stack) in report.stacks.iter().enumerate() {
-        let _ = writeln!(out);
-        render_stack(&mut out, index + 1, stack, color);
+    let sections = [
+        (
+            Verdict::Leaking,
+            "LEAKING: the baseline keeps rising and old allocations stay unfreed",
+        ),
+        (
+            Verdict::Growing,
+            "GROWING: rising, but old allocations are freed (a queue or cache that keeps growing)",
+        ),
+    ];
+    let mut rank = 0;
+    for (verdict, title) in sections {
+        let stacks: Vec<&StackReport> = report
+            .stacks
+            .iter()
+            .filter(|s| s.verdict == verdict)
+            .collect();
+        if stacks.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "\n{}", painter.paint(BOLD, title));
+        for stack in stacks {
+            rank += 1;
+            render_detailed(&mut out, rank, stack, &painter);
+        }
+    }
+    let rest: Vec<&StackReport> = report
+        .stacks
+        .iter()
+        .filter(|s| !matches!(s.verdict, Verdict::Leaking | Verdict::Growing))
+        .collect();
+    if !rest.is_empty() {
+        let _ = writeln!(out, "\n{}", painter.paint(BOLD, "OTHER STACKS"));
+        for stack in rest {
+            rank += 1;
+            let site = stack
+                .frames
+                .first()
+                .map_or_else(|| "[stack not recorded]".to_string(), frame_line);
+            let _ = writeln!(
+                out,
+                "#{rank:<3} {:<9} {:>10} in {:<18} {site}",
+                painter.verdict(stack.verdict),
+                human_bytes(stack.outstanding_bytes as f64),
+                plural(stack.outstanding_allocs, "allocation"),
+            );
+        }
     }
     if report.omitted_stacks > 0 {
         let _ = writeln!(
             out,
-            "\n… {} more stack{} holding {} (raise --top to see them)",
-            report.omitted_stacks,
-            if report.omitted_stacks == 1 { "" } else { "s" },
+            "\n… {} more holding {} (raise --top, or lower --min-age, to see them)",
+            plural(report.omitted_stacks, "stack"),
             human_bytes(report.omitted_outstanding_bytes as f64)
         );
     }
     out
 }
 
-fn render_stack(out: &mut String, rank: usize, stack: &StackReport, color: bool) {
-    let paint = |code: &'static str| if color { code } else { "" };
-    let reset = paint(RESET);
-    let verdict_color = match stack.verdict {
-        Verdict::Leaking => paint(RED),
-        Verdict::Stable => "",
-        Verdict::Transient => paint(DIM),
+/// "process: RSS 10.00 MiB → 14.00 MiB, rising +400.00 KiB/s since 3.0s; anonymous …"
+fn process_line(process: &ProcessReport) -> String {
+    let (Some(first), Some(last)) = (process.samples.first(), process.samples.last()) else {
+        return "process: memory not readable".to_string();
     };
+    let trend = if process.rss_rising {
+        let since = process
+            .rss_growth_onset
+            .map(|onset| format!(" since {onset:.1}s"))
+            .unwrap_or_default();
+        format!("rising {}{since}", rate(process.rss_growth_bytes_per_s))
+    } else {
+        "no steady rise".to_string()
+    };
+    format!(
+        "process: RSS {} → {}, {trend}; anonymous {}, traced heap {} ({})",
+        human_bytes(first.rss_bytes as f64),
+        human_bytes(last.rss_bytes as f64),
+        human_bytes(last.anon_bytes as f64),
+        human_bytes(last.heap_bytes as f64),
+        rate(process.heap_growth_bytes_per_s),
+    )
+}
+
+fn render_detailed(out: &mut String, rank: usize, stack: &StackReport, painter: &Painter) {
+    let _ = writeln!(
+        out,
+        "#{rank} {} {} in {} [{}]",
+        painter.verdict(stack.verdict),
+        human_bytes(stack.outstanding_bytes as f64),
+        plural(stack.outstanding_allocs, "allocation"),
+        match stack.origin {
+            Origin::Heap => "heap",
+            Origin::Mmap => "mmap",
+        },
+    );
+    let since = stack
+        .growth_onset
+        .map(|onset| format!(" since {onset:.1}s"))
+        .unwrap_or_default();
     let oldest = stack
         .oldest_age_s
         .map(|age| format!(", oldest {age:.1}s"))
         .unwrap_or_default();
     let _ = writeln!(
         out,
-        "#{rank} {verdict_color}{}{reset} {} in {} allocation{} ({}{}/s{oldest}), {} allocs / {} frees [{}]",
-        stack.verdict.as_str().to_uppercase(),
-        human_bytes(stack.outstanding_bytes as f64),
-        stack.outstanding_allocs,
-        if stack.outstanding_allocs == 1 {
-            ""
-        } else {
-            "s"
-        },
-        if stack.growth_bytes_per_s >= 0.0 {
-            "+"
-        } else {
-            ""
-        },
-        human_bytes(stack.growth_bytes_per_s),
-        stack.total_allocs,
-        stack.total_frees,
-        match stack.origin {
-            crate::model::Origin::Heap => "heap",
-            crate::model::Origin::Mmap => "mmap",
-        },
+        "    growth {}{since} (r² {:.2}){oldest}, {:.0}% of {} still live, confidence {:.2}",
+        rate(stack.growth_bytes_per_s),
+        stack.r_squared,
+        stack.survival_fraction * 100.0,
+        plural(stack.total_allocs, "allocation"),
+        stack.confidence,
     );
     if stack.frames.is_empty() {
         let _ = writeln!(
