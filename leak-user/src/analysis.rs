@@ -7,7 +7,7 @@
 //! baseline rises steadily (Theil–Sen slope, straight-line fit, mostly rising steps, still
 //! rising in the recent half) and the allocations made when the rise began are still live.
 //! A steady rise whose old allocations are freed is growth (a queue or cache turning over).
-use crate::model::{ProcessSample, Sample, StackHistory, Trend, Verdict};
+use crate::model::{ProcessSample, Sample, StackHistory, Totals, Trend, Verdict};
 
 /// Knobs of the verdict, with the defaults the CLI exposes.
 #[derive(Clone, Copy, Debug)]
@@ -338,6 +338,54 @@ pub fn judge(history: &StackHistory, context: Context, thresholds: &Thresholds) 
     stable
 }
 
+/// One history for stacks that symbolize to the same frames (the same source lines reached
+/// through different return addresses, e.g. an unrolled loop calling malloc five times).
+/// Totals add up; the series add up on the time grid of the shortest member, each member
+/// contributing its latest sample at or before each point (0 before it first appeared).
+pub fn merge_histories(members: &[&StackHistory]) -> Option<StackHistory> {
+    let first = members.first()?;
+    let grid = members
+        .iter()
+        .min_by_key(|history| history.series.len())
+        .map_or(&first.series, |history| &history.series);
+    let mut merged = StackHistory {
+        key: first.key,
+        totals: Totals::default(),
+        series: grid
+            .iter()
+            .map(|sample| Sample {
+                at_s: sample.at_s,
+                outstanding_bytes: 0,
+                outstanding_allocs: 0,
+            })
+            .collect(),
+        oldest_live_ns: None,
+    };
+    for member in members {
+        let totals = &mut merged.totals;
+        totals.outstanding_bytes += member.totals.outstanding_bytes;
+        totals.outstanding_allocs += member.totals.outstanding_allocs;
+        totals.total_allocs += member.totals.total_allocs;
+        totals.total_frees += member.totals.total_frees;
+        totals.total_bytes += member.totals.total_bytes;
+        merged.oldest_live_ns = match (merged.oldest_live_ns, member.oldest_live_ns) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let mut next = 0;
+        for point in &mut merged.series {
+            while next < member.series.len() && member.series[next].at_s <= point.at_s {
+                next += 1;
+            }
+            if let Some(latest) = next.checked_sub(1).map(|i| member.series[i]) {
+                point.outstanding_bytes += latest.outstanding_bytes;
+                point.outstanding_allocs += latest.outstanding_allocs;
+            }
+        }
+    }
+    Some(merged)
+}
+
 /// The trend of the process's resident memory and of its traced heap.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProcessTrend {
@@ -363,7 +411,7 @@ pub fn process_trend(samples: &[ProcessSample], thresholds: &Thresholds) -> Proc
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Origin, StackKey, Totals};
+    use crate::model::{Origin, StackKey};
 
     const SEC: u64 = 1_000_000_000;
 
@@ -718,6 +766,27 @@ mod tests {
         };
         let trend = judge_default(&history(&[640], 1.0, (10, 10), Some(0)), context);
         assert_eq!(trend.verdict, Verdict::Leaking);
+    }
+
+    #[test]
+    fn merged_histories_add_up_on_a_shared_grid() {
+        let a = history(&[100, 200, 300, 400], 1.0, (4, 4), Some(5));
+        let mut b = history(&[10, 20], 1.0, (2, 2), Some(3));
+        // b appeared at 2 s.
+        for sample in &mut b.series {
+            sample.at_s += 2.0;
+        }
+        let merged = merge_histories(&[&a, &b]).expect("merged");
+        assert_eq!(merged.totals.outstanding_bytes, 420);
+        assert_eq!(merged.totals.outstanding_allocs, 6);
+        assert_eq!(merged.oldest_live_ns, Some(3));
+        let bytes: Vec<(f64, u64)> = merged
+            .series
+            .iter()
+            .map(|s| (s.at_s, s.outstanding_bytes))
+            .collect();
+        assert_eq!(bytes, vec![(2.0, 310), (3.0, 420)]);
+        assert!(merge_histories(&[]).is_none());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! One tracing session: attach (or launch), sample the kernel maps on a short tick, report
 //! every interval and at the end.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap, hash_map::Entry},
     io::{IsTerminal, Write},
     path::PathBuf,
     time::Duration,
@@ -17,8 +17,8 @@ use crate::{
     drain::{Collector, KernelMaps},
     launch::{self, ChildEvent},
     model::{
-        Exit, Origin, ProcessReport, ProcessSample, REPORT_VERSION, Report, StackHistory,
-        StackReport, Target, Trend, Verdict,
+        Exit, Frame, Held, Origin, ProcessReport, ProcessSample, REPORT_VERSION, Report,
+        StackHistory, StackReport, Target, Trend, Verdict,
     },
     procfs,
     report::{self, Format},
@@ -382,20 +382,56 @@ impl Session {
             span_s,
             exited: exited.is_some(),
         };
-        let mut judged: Vec<(StackHistory, Trend)> = Vec::new();
-        let mut omitted = (0u64, 0u64);
-        for history in self.collector.histories() {
-            if history.totals.total_allocs == 0 && history.totals.outstanding_allocs == 0 {
+        // Stacks that symbolize to the same frames are one stack to the reader. The loader
+        // mapping a library's zero-filled segments, or its own start-up allocator, is part of
+        // the program image, not the program's memory.
+        let active: Vec<StackHistory> = self
+            .collector
+            .histories()
+            .filter(|history| {
+                history.totals.total_allocs > 0 || history.totals.outstanding_allocs > 0
+            })
+            .cloned()
+            .collect();
+        let mut groups: Vec<(Vec<Frame>, Vec<StackHistory>)> = Vec::new();
+        let mut group_of: HashMap<(Origin, Vec<FrameIdentity>), usize> = HashMap::new();
+        for history in active {
+            let frames = self.frames_of(&history);
+            if history.key.origin == Origin::Mmap && mapped_by_loader(&frames) {
                 continue;
             }
-            let trend = analysis::judge(history, context, &self.options.thresholds);
-            let mut history = history.clone();
+            if frames.is_empty() {
+                groups.push((frames, vec![history]));
+                continue;
+            }
+            let identity: Vec<FrameIdentity> = frames.iter().map(frame_identity).collect();
+            match group_of.entry((history.key.origin, identity)) {
+                Entry::Occupied(entry) => groups[*entry.get()].1.push(history),
+                Entry::Vacant(entry) => {
+                    entry.insert(groups.len());
+                    groups.push((frames, vec![history]));
+                }
+            }
+        }
+        let mut judged: Vec<(StackHistory, Trend, Vec<Frame>)> = Vec::new();
+        let mut omitted = (0u64, 0u64);
+        for (frames, members) in groups {
+            let refs: Vec<&StackHistory> = members.iter().collect();
+            let Some(mut history) = analysis::merge_histories(&refs) else {
+                continue;
+            };
+            let trend = analysis::judge(&history, context, &self.options.thresholds);
             if self.options.min_age.is_some() {
                 // Only what is at least --min-age old counts as held.
-                let held = held_old_enough
-                    .get(&history.key)
-                    .copied()
-                    .unwrap_or_default();
+                let mut held = Held::default();
+                for member in &members {
+                    let member_held = held_old_enough
+                        .get(&member.key)
+                        .copied()
+                        .unwrap_or_default();
+                    held.allocs += member_held.allocs;
+                    held.bytes += member_held.bytes;
+                }
                 if held.allocs == 0 {
                     omitted.0 += 1;
                     omitted.1 += history.totals.outstanding_bytes;
@@ -404,10 +440,10 @@ impl Session {
                 history.totals.outstanding_allocs = held.allocs;
                 history.totals.outstanding_bytes = held.bytes;
             }
-            judged.push((history, trend));
+            judged.push((history, trend, frames));
         }
         let sort = self.options.sort;
-        judged.sort_by(|(a, a_trend), (b, b_trend)| {
+        judged.sort_by(|(a, a_trend, _), (b, b_trend, _)| {
             let key = |history: &StackHistory, trend: &Trend| match sort {
                 SortKey::Bytes => history.totals.outstanding_bytes as f64,
                 SortKey::Count => history.totals.outstanding_allocs as f64,
@@ -421,17 +457,7 @@ impl Session {
                 .then(b.totals.total_bytes.cmp(&a.totals.total_bytes))
                 .then(a.key.cmp(&b.key))
         });
-        // The dynamic loader mapping a library's zero-filled segments, or its own start-up
-        // allocator, is part of the program image, not the program's memory. mmap stacks are
-        // symbolized here to tell; their frames are kept for the report.
-        let mut kept = Vec::with_capacity(judged.len());
-        for (history, trend) in judged {
-            let frames = (history.key.origin == Origin::Mmap).then(|| self.frames_of(&history));
-            if frames.as_deref().is_some_and(mapped_by_loader) {
-                continue;
-            }
-            kept.push((history, trend, frames));
-        }
+        let mut kept = judged;
         let top = if self.options.top == 0 {
             usize::MAX
         } else {
@@ -443,7 +469,6 @@ impl Session {
         }
         let mut stacks = Vec::with_capacity(kept.len());
         for (history, trend, frames) in kept {
-            let frames = frames.unwrap_or_else(|| self.frames_of(&history));
             stacks.push(StackReport {
                 verdict: trend.verdict,
                 origin: history.key.origin,
@@ -501,7 +526,7 @@ impl Session {
     /// Symbolized frames of a stack. For mmap stacks the frame-pointer walk starts inside the
     /// frameless syscall wrapper and skips its caller; the caller read from the stack pointer
     /// takes the wrapper's place.
-    fn frames_of(&mut self, history: &StackHistory) -> Vec<crate::model::Frame> {
+    fn frames_of(&mut self, history: &StackHistory) -> Vec<Frame> {
         let mut ips = self.collector.stack_ips(history.key.stack_id).to_vec();
         if history.key.origin == Origin::Mmap && history.key.caller_hint != 0 && !ips.is_empty() {
             let first = self.symbolizer.symbolize_stack(&self.modules, &ips[..1]);
@@ -517,6 +542,33 @@ impl Session {
     }
 }
 
+/// What makes two frames the same place for the reader: the source location when known,
+/// else the address's place in its module.
+type FrameIdentity = (
+    Option<String>,
+    Option<String>,
+    Option<u32>,
+    Option<String>,
+    bool,
+    Option<u64>,
+);
+
+fn frame_identity(frame: &Frame) -> FrameIdentity {
+    let unsymbolized = frame.function.is_none() || frame.line.is_none();
+    (
+        frame.function.clone(),
+        frame.file.clone(),
+        frame.line,
+        frame.module.clone(),
+        frame.inlined,
+        if unsymbolized {
+            frame.module_offset.or(Some(frame.address))
+        } else {
+            None
+        },
+    )
+}
+
 /// At most `points` items spread evenly over `series`, always keeping the last.
 fn evenly_spread<T: Copy>(series: &[T], points: usize) -> Vec<T> {
     if series.len() <= points || points < 2 {
@@ -529,7 +581,7 @@ fn evenly_spread<T: Copy>(series: &[T], points: usize) -> Vec<T> {
 }
 
 /// Whether an mmap stack starts in the dynamic loader (ld-linux, ld-musl).
-fn mapped_by_loader(frames: &[crate::model::Frame]) -> bool {
+fn mapped_by_loader(frames: &[Frame]) -> bool {
     frames
         .first()
         .and_then(|frame| frame.module.as_deref())
