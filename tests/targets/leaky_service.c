@@ -1,6 +1,8 @@
 // The demo service for `cargo xtask demo`: a loop that serves "requests" forever.
 // - cache_insert leaks 4096 bytes every 100 ms (40 KiB/s): nobody ever evicts.
 // - handle_request allocates a scratch buffer per request and frees it (transient).
+// - enqueue_job adds 5 jobs every 100 ms and the worker finishes 4 (the oldest): the queue
+//   grows by 7.5 KiB/s, but its old jobs are freed (growing, not leaking).
 // - load_config allocates 64 KiB once at start-up and keeps it (before leaktrace attaches,
 //   so it is not seen: only allocations made while traced are reported).
 #include <stdint.h>
@@ -32,12 +34,33 @@ __attribute__((noinline)) static uint64_t handle_request(int key) {
     return sum;
 }
 
+struct job { struct job *next; char data[768 - sizeof(void *)]; };
+static struct job *queue_head, *queue_tail;
+
+__attribute__((noinline)) static void enqueue_job(int key) {
+    struct job *job = malloc(sizeof *job);
+    memset(job->data, key, sizeof job->data);
+    job->next = NULL;
+    if (queue_tail) queue_tail->next = job; else queue_head = job;
+    queue_tail = job;
+}
+
+static void finish_job(void) {
+    struct job *job = queue_head;
+    if (!job) return;
+    queue_head = job->next;
+    if (!queue_head) queue_tail = NULL;
+    free(job);
+}
+
 int main(void) {
     load_config();
     uint64_t total = 0;
     for (int i = 0;; i++) {
         for (int r = 0; r < 20; r++) total += handle_request(i + r);
         cache_insert(i);
+        for (int j = 0; j < 5; j++) enqueue_job(i + j);
+        for (int j = 0; j < 4; j++) finish_job();
         usleep(100 * 1000);
     }
     return (int)total;

@@ -302,6 +302,162 @@ fn bad_input_gets_one_clear_line() {
         .expect("run");
     assert!(!bad_duration.status.success());
     assert!(String::from_utf8_lossy(&bad_duration.stderr).contains("not a duration"));
+
+    let sizes = std::process::Command::new(leaktrace_bin())
+        .args([
+            "attach",
+            "--pid",
+            "1",
+            "--min-size",
+            "1M",
+            "--max-size",
+            "4K",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(sizes.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&sizes.stderr);
+    assert!(stderr.contains("smaller than --min-size"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+
+    let not_a_report = scratch_dir().join("not-a-report.json");
+    std::fs::write(&not_a_report, b"{\"hello\": 1}").expect("write");
+    for args in [
+        vec!["report", "/nonexistent/report.json"],
+        vec!["report", not_a_report.to_str().expect("path")],
+        vec![
+            "diff",
+            not_a_report.to_str().expect("path"),
+            "/nonexistent.json",
+        ],
+    ] {
+        let out = std::process::Command::new(leaktrace_bin())
+            .args(&args)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("cannot read") || stderr.contains("not a leaktrace JSON report"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+/// --min-size/--max-size keep other sizes out in the kernel; --min-age counts only what is
+/// old enough.
+#[test]
+fn attach_filters_by_size_and_age() {
+    if !bpf_available("attach_filters_by_size_and_age") {
+        return;
+    }
+    let service = build_c("leaky_service.c", &[]);
+    let target = Target::start(&service, &[]);
+    let traced = leaktrace(
+        "leaky_service_filtered",
+        &[
+            "attach",
+            "--pid",
+            &target.pid(),
+            "--duration",
+            "4s",
+            "--min-size",
+            "1K",
+            "--max-size",
+            "8K",
+            "--min-age",
+            "2s",
+            "--top",
+            "0",
+        ],
+    );
+    assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
+    assert!(
+        traced.stack_at("handle_request").is_none(),
+        "512-byte requests are below --min-size:\n{}",
+        traced.describe()
+    );
+    assert!(u64_of(&traced.report["events"]["outside_size_range"]) >= 400);
+    let leak = traced.expect_stack_at("cache_insert");
+    // 10 entries a second, and only those at least 2 s old of a 4 s run count.
+    let held = u64_of(&leak["outstanding_allocs"]);
+    assert!((10..=30).contains(&held), "{held} entries at least 2 s old");
+    assert_eq!(u64_of(&leak["outstanding_bytes"]), held * 4096);
+    assert!(u64_of(&leak["total_allocs"]) >= 30, "all of them were seen");
+}
+
+/// A saved JSON report converts to every format, and two reports diff.
+#[test]
+fn saved_reports_convert_and_diff() {
+    if !bpf_available("saved_reports_convert_and_diff") {
+        return;
+    }
+    let service = build_c("leaky_service.c", &[]);
+    let target = Target::start(&service, &[]);
+    let pid = target.pid();
+    let attach = |name: &str, duration: &str| {
+        let traced = leaktrace(name, &["attach", "--pid", &pid, "--duration", duration]);
+        assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
+        scratch_dir().join(format!("{name}.json"))
+    };
+    let old = attach("service_old", "2s");
+    let new = attach("service_new", "3s");
+    let convert = |format: &str| {
+        let out = std::process::Command::new(leaktrace_bin())
+            .args(["report", new.to_str().expect("path"), "--format", format])
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{format}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let text = String::from_utf8(convert("text")).expect("utf-8");
+    assert!(text.contains("LEAKING"), "{text}");
+    assert!(text.contains("cache_insert"), "{text}");
+    assert!(!text.contains("\x1b["), "no colour when not a terminal");
+    let folded = String::from_utf8(convert("folded")).expect("utf-8");
+    let line = folded
+        .lines()
+        .find(|line| line.contains("cache_insert"))
+        .unwrap_or_else(|| panic!("no cache_insert line in:\n{folded}"));
+    let (frames, bytes) = line.rsplit_once(' ').expect("frames and count");
+    assert!(frames.ends_with("cache_insert"), "innermost last: {line}");
+    assert!(frames.contains("main;"), "{line}");
+    assert!(bytes.parse::<u64>().expect("bytes") % 4096 == 0, "{line}");
+    let svg = String::from_utf8(convert("svg")).expect("utf-8");
+    assert!(svg.contains("<svg") && svg.contains("cache_insert"));
+    let pprof = convert("pprof");
+    assert_eq!(&pprof[..2], &[0x1f, 0x8b], "gzip");
+
+    let out = std::process::Command::new(leaktrace_bin())
+        .args([
+            "diff",
+            old.to_str().expect("path"),
+            new.to_str().expect("path"),
+        ])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let diff = String::from_utf8_lossy(&out.stdout);
+    let first = diff
+        .split("\n#1 ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no growth listed:\n{diff}"));
+    assert!(
+        first
+            .lines()
+            .nth(1)
+            .is_some_and(|frame| frame.contains("cache_insert")),
+        "the leak grew most:\n{diff}"
+    );
 }
 
 /// Every pattern the verdicts must tell apart, in one process attached for 16 s: a steady
