@@ -116,6 +116,51 @@ pub struct Common {
     /// Time between samples of the per-stack totals (resolution of growth trends).
     #[arg(long, default_value = "200ms", value_parser = parse_duration)]
     pub sample_interval: Duration,
+    #[command(flatten)]
+    pub verdict: VerdictFlags,
+}
+
+/// The thresholds of the verdicts (see `analysis::Thresholds`).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Verdict thresholds")]
+pub struct VerdictFlags {
+    /// Windows a stack's series is cut into; the low point of each is its baseline.
+    #[arg(long, default_value_t = Thresholds::default().baseline_windows as u64, value_parser = clap::value_parser!(u64).range(2..=1024))]
+    pub baseline_windows: u64,
+    /// Least r² of a straight line through a rising baseline.
+    #[arg(long, default_value_t = Thresholds::default().min_r_squared, value_parser = fraction)]
+    pub min_r2: f64,
+    /// Least share of the baseline's changes that must be rises.
+    #[arg(long, default_value_t = Thresholds::default().min_rising_fraction, value_parser = fraction)]
+    pub min_rising: f64,
+    /// Least number of baseline rises (one step up is an event, not a trend).
+    #[arg(long, default_value_t = Thresholds::default().min_rises as u64)]
+    pub min_rises: u64,
+    /// A rise is a leak (not growth) when its oldest live allocation is at least this share
+    /// of the rise's duration old.
+    #[arg(long, default_value_t = Thresholds::default().min_oldest_fraction, value_parser = fraction)]
+    pub min_held: f64,
+}
+
+impl VerdictFlags {
+    pub fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            baseline_windows: self.baseline_windows as usize,
+            min_r_squared: self.min_r2,
+            min_rising_fraction: self.min_rising,
+            min_rises: self.min_rises as usize,
+            min_oldest_fraction: self.min_held,
+            ..Thresholds::default()
+        }
+    }
+}
+
+/// A number from 0 to 1.
+fn fraction(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
+        _ => Err(format!("'{text}' is not a number from 0 to 1")),
+    }
 }
 
 impl Common {
@@ -128,7 +173,7 @@ impl Common {
             format: self.format,
             output: self.output.clone(),
             max_allocs: self.max_allocs,
-            thresholds: Thresholds::default(),
+            thresholds: self.verdict.thresholds(),
             sort: self.sort,
             min_age: self.min_age,
             min_size: self.min_size,
@@ -240,6 +285,34 @@ mod tests {
             panic!("attach expected")
         };
         assert!(common.check().is_err());
+    }
+
+    #[test]
+    fn verdict_thresholds_have_flags() {
+        let cli = Cli::try_parse_from([
+            "leaktrace",
+            "attach",
+            "--pid",
+            "1",
+            "--min-r2",
+            "0.8",
+            "--min-rises",
+            "5",
+        ])
+        .expect("parse");
+        let Command::Attach { common, .. } = cli.command else {
+            panic!("attach expected")
+        };
+        let thresholds = common.options(None).thresholds;
+        assert_eq!(thresholds.min_r_squared, 0.8);
+        assert_eq!(thresholds.min_rises, 5);
+        assert_eq!(
+            thresholds.baseline_windows,
+            Thresholds::default().baseline_windows
+        );
+        assert!(
+            Cli::try_parse_from(["leaktrace", "attach", "--pid", "1", "--min-r2", "2"]).is_err()
+        );
     }
 
     #[test]
