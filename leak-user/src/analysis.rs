@@ -182,13 +182,20 @@ pub struct Rise {
     pub points: Vec<(f64, f64)>,
 }
 
-/// The trend of a series' baseline.
+/// The trend of a series' baseline. The rise is measured from its onset, so a leak that
+/// began late in a long flat history is judged on its own part of the series.
 pub fn rise(points: &[(f64, f64)], thresholds: &Thresholds) -> Rise {
     let points = baseline(points, thresholds.baseline_windows);
-    let slope = theil_sen_slope(&points);
-    let r_squared = r_squared(&points);
+    let least = 4.max(thresholds.min_rises + 1);
+    let from = growth_onset(&points)
+        .and_then(|onset| points.iter().position(|p| p.0 >= onset))
+        .filter(|from| points.len() - from >= least)
+        .unwrap_or(0);
+    let rising_part = &points[from..];
+    let slope = theil_sen_slope(rising_part);
+    let r_squared = r_squared(rising_part);
     let (mut rises, mut falls) = (0usize, 0usize);
-    for pair in points.windows(2) {
+    for pair in rising_part.windows(2) {
         if pair[1].1 > pair[0].1 {
             rises += 1;
         } else if pair[1].1 < pair[0].1 {
@@ -200,7 +207,7 @@ pub fn rise(points: &[(f64, f64)], thresholds: &Thresholds) -> Rise {
     } else {
         rises as f64 / (rises + falls) as f64
     };
-    let recent = &points[points.len() / 2..];
+    let recent = &rising_part[rising_part.len() / 2..];
     let still_rising = recent.len() >= 2
         && theil_sen_slope(recent) > 0.0
         && recent[recent.len() - 1].1 > recent[0].1;
@@ -209,7 +216,11 @@ pub fn rise(points: &[(f64, f64)], thresholds: &Thresholds) -> Rise {
         && rises >= thresholds.min_rises
         && rising_fraction >= thresholds.min_rising_fraction
         && r_squared >= thresholds.min_r_squared;
-    let onset = if steady { growth_onset(&points) } else { None };
+    let onset = if steady {
+        rising_part.first().map(|p| p.0)
+    } else {
+        None
+    };
     Rise {
         slope,
         r_squared,
@@ -593,6 +604,25 @@ mod tests {
         assert_eq!(trend.verdict, Verdict::Leaking, "{trend:?}");
         let onset = trend.growth_onset.expect("onset");
         assert!((onset - 10.0).abs() <= 1.5, "onset {onset}");
+    }
+
+    #[test]
+    fn late_leak_in_a_long_noisy_history_is_leaking() {
+        // 10 minutes at 1 Hz: flat with churn, then 50 B/s leaked for the last 4 minutes.
+        let mut seed = 5;
+        let bytes: Vec<u64> = (0..600)
+            .map(|i| {
+                let leaked = if i < 360 { 0.0 } else { 50.0 * (i - 360) as f64 };
+                (100_000.0 + leaked + 3_000.0 * noise(&mut seed)) as u64
+            })
+            .collect();
+        let context = running(600, 1.0);
+        let oldest = context.now_ns - 239 * SEC;
+        let trend = judge_default(&history(&bytes, 1.0, (300, 90_000), Some(oldest)), context);
+        assert_eq!(trend.verdict, Verdict::Leaking, "{trend:?}");
+        assert!((trend.growth_bytes_per_s - 50.0).abs() < 10.0, "{trend:?}");
+        let onset = trend.growth_onset.expect("onset");
+        assert!((onset - 360.0).abs() <= 60.0, "onset {onset}");
     }
 
     #[test]
