@@ -111,10 +111,7 @@ fn render_stack(out: &mut String, rank: usize, stack: &StackReport, color: bool)
         human_bytes(stack.growth_bytes_per_s),
         stack.total_allocs,
         stack.total_frees,
-        match stack.origin {
-            crate::model::Origin::Heap => "heap",
-            crate::model::Origin::Mmap => "mmap",
-        },
+        stack.origin.as_str(),
     );
     if stack.frames.is_empty() {
         let _ = writeln!(
@@ -168,5 +165,10 @@ mod tests {
         frame.module = None;
         frame.module_offset = None;
         assert_eq!(frame_line(&frame), "0x1000");
+    }
+
+    #[test]
+    fn snapshot() {
+        insta::assert_snapshot!(render(&crate::report::fixtures::sample_report(), false));
     }
 }
