@@ -1,5 +1,7 @@
-//! Reports people and programs read: text (terminal) and JSON (documented schema in
-//! docs/report.schema.json). Each format reads only the model.
+//! Reports people and programs read: text (terminal), JSON (documented schema in
+//! docs/report.schema.json) and folded stacks (flame graph tools). Each format reads only the
+//! model.
+pub mod folded;
 pub mod json;
 pub mod text;
 
@@ -10,13 +12,16 @@ use crate::model::Report;
 pub enum Format {
     Text,
     Json,
+    /// Folded stacks of outstanding bytes, for flamegraph.pl and inferno.
+    Folded,
 }
 
-/// Renders a report in a format. `color` applies to text only.
-pub fn render(report: &Report, format: Format, color: bool) -> String {
+/// Renders a report in a format, as the bytes to write. `color` applies to text only.
+pub fn render(report: &Report, format: Format, color: bool) -> Vec<u8> {
     match format {
-        Format::Text => text::render(report, color),
-        Format::Json => json::render(report),
+        Format::Text => text::render(report, color).into_bytes(),
+        Format::Json => json::render(report).into_bytes(),
+        Format::Folded => folded::render(report).into_bytes(),
     }
 }
 
