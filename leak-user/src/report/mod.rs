@@ -1,8 +1,9 @@
 //! Reports people and programs read: text (terminal), JSON (documented schema in
-//! docs/report.schema.json) and folded stacks (flame graph tools). Each format reads only the
-//! model.
+//! docs/report.schema.json), folded stacks (flame graph tools) and an SVG flame graph. Each
+//! format reads only the model.
 pub mod folded;
 pub mod json;
+pub mod svg;
 pub mod text;
 
 use crate::model::Report;
@@ -14,6 +15,8 @@ pub enum Format {
     Json,
     /// Folded stacks of outstanding bytes, for flamegraph.pl and inferno.
     Folded,
+    /// Interactive flame graph of outstanding bytes, leaking stacks in red.
+    Svg,
 }
 
 /// Renders a report in a format, as the bytes to write. `color` applies to text only.
@@ -22,6 +25,7 @@ pub fn render(report: &Report, format: Format, color: bool) -> Vec<u8> {
         Format::Text => text::render(report, color).into_bytes(),
         Format::Json => json::render(report).into_bytes(),
         Format::Folded => folded::render(report).into_bytes(),
+        Format::Svg => svg::render(report),
     }
 }
 
