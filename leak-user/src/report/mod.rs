@@ -1,8 +1,9 @@
 //! Reports people and programs read: text (terminal), JSON (documented schema in
-//! docs/report.schema.json), folded stacks (flame graph tools) and an SVG flame graph. Each
-//! format reads only the model.
+//! docs/report.schema.json), folded stacks (flame graph tools), an SVG flame graph and a pprof
+//! profile. Each format reads only the model.
 pub mod folded;
 pub mod json;
+pub mod pprof;
 pub mod svg;
 pub mod text;
 
@@ -17,6 +18,9 @@ pub enum Format {
     Folded,
     /// Interactive flame graph of outstanding bytes, leaking stacks in red.
     Svg,
+    /// Gzipped pprof profile (in use and allocated bytes and objects), for `go tool pprof` and
+    /// Grafana Pyroscope.
+    Pprof,
 }
 
 /// Renders a report in a format, as the bytes to write. `color` applies to text only.
@@ -26,6 +30,7 @@ pub fn render(report: &Report, format: Format, color: bool) -> Vec<u8> {
         Format::Json => json::render(report).into_bytes(),
         Format::Folded => folded::render(report).into_bytes(),
         Format::Svg => svg::render(report),
+        Format::Pprof => pprof::render(report),
     }
 }
 
