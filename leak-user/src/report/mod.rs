@@ -12,7 +12,9 @@ use crate::model::Report;
 /// Output formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    /// For terminals and logs.
     Text,
+    /// The layout documented in docs/report.schema.json.
     Json,
     /// Folded stacks of outstanding bytes, for flamegraph.pl and inferno.
     Folded,
