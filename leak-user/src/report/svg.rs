@@ -57,19 +57,24 @@ fn subtitle(report: &Report) -> String {
     let drawn: Vec<_> = folded::holding_memory(report).collect();
     let held: u64 = drawn.iter().map(|stack| stack.outstanding_bytes).sum();
     let mut subtitle = format!(
-        "{} in {} stacks over {:.1}s; red: leaking",
+        "{} in {} over {:.1}s; red: leaking",
         human_bytes(held as f64),
-        drawn.len(),
+        stacks(drawn.len() as u64),
         report.duration_s
     );
     if report.omitted_stacks > 0 {
         subtitle += &format!(
-            "; not drawn: {} more stacks holding {} (raise --top)",
-            report.omitted_stacks,
+            "; beyond --top, not drawn: {} holding {}",
+            stacks(report.omitted_stacks),
             human_bytes(report.omitted_outstanding_bytes as f64)
         );
     }
     subtitle
+}
+
+/// "1 stack", "4 stacks".
+fn stacks(count: u64) -> String {
+    format!("{count} stack{}", if count == 1 { "" } else { "s" })
 }
 
 /// How a stack is coloured, by verdict.
