@@ -612,7 +612,11 @@ mod tests {
         let mut seed = 5;
         let bytes: Vec<u64> = (0..600)
             .map(|i| {
-                let leaked = if i < 360 { 0.0 } else { 50.0 * (i - 360) as f64 };
+                let leaked = if i < 360 {
+                    0.0
+                } else {
+                    50.0 * (i - 360) as f64
+                };
                 (100_000.0 + leaked + 3_000.0 * noise(&mut seed)) as u64
             })
             .collect();

@@ -2,7 +2,8 @@
 //!
 //! Data path, one module per stage:
 //! `attach` (find the allocator, place probes) → kernel maps → `drain` (read them, track
-//! mmap `regions`) → `symbolize` → `analysis` (growth, verdicts) → `report` (text, JSON).
+//! mmap `regions`) → `symbolize` → `analysis` (growth, verdicts) → `report` (text, JSON,
+//! folded stacks, SVG flame graph, pprof).
 //! `session` runs the stages; `launch` starts a command for `leaktrace run`; `cli` holds the
 //! flags. `model` is the vocabulary they share; `procfs` reads /proc.
 pub mod analysis;

@@ -3,7 +3,8 @@ use std::{io::Write, path::Path, process::ExitCode};
 use clap::Parser;
 use leaktrace::{
     cli::{Cli, Command, DiffFormat},
-    report, session,
+    report::{self, Format},
+    session,
 };
 
 /// Exit status when the attached target ended during tracing (the report is still written).
@@ -18,6 +19,17 @@ fn main() -> ExitCode {
         && let Err(message) = common.check()
     {
         eprintln!("leaktrace: {message}");
+        return ExitCode::from(2);
+    }
+    let binary_to_terminal = match &cli.command {
+        Command::Attach { common, .. } | Command::Run { common, .. } => {
+            common.format == Format::Pprof && common.output.is_none()
+        }
+        Command::Report { format, output, .. } => *format == Format::Pprof && output.is_none(),
+        Command::Diff { .. } => false,
+    };
+    if binary_to_terminal && stdout_is_tty() {
+        eprintln!("leaktrace: --format pprof is binary: write it to a file with -o FILE.pb.gz");
         return ExitCode::from(2);
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -89,7 +101,8 @@ fn main() -> ExitCode {
                 Ok(match format {
                     DiffFormat::Text => report::diff::render_text(&diff, top),
                     DiffFormat::Json => report::diff::render_json(&diff),
-                })
+                }
+                .into_bytes())
             }),
             output.as_deref(),
         ),
@@ -102,8 +115,8 @@ fn stdout_is_tty() -> bool {
 }
 
 /// Writes the output of `report` or `diff`, or its one-line error.
-fn finish_offline(rendered: Result<String, String>, output: Option<&Path>) -> ExitCode {
-    let text = match rendered {
+fn finish_offline(rendered: Result<Vec<u8>, String>, output: Option<&Path>) -> ExitCode {
+    let bytes = match rendered {
         Ok(text) => text,
         Err(message) => {
             eprintln!("leaktrace: {message}");
@@ -111,11 +124,11 @@ fn finish_offline(rendered: Result<String, String>, output: Option<&Path>) -> Ex
         }
     };
     let written = match output {
-        Some(path) => std::fs::write(path, text.as_bytes())
+        Some(path) => std::fs::write(path, &bytes)
             .map_err(|err| format!("could not write {}: {err}", path.display())),
         None => std::io::stdout()
             .lock()
-            .write_all(text.as_bytes())
+            .write_all(&bytes)
             .map_err(|err| format!("could not write to stdout: {err}")),
     };
     match written {

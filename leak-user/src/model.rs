@@ -14,6 +14,15 @@ pub enum Origin {
     Mmap,
 }
 
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Heap => "heap",
+            Origin::Mmap => "mmap",
+        }
+    }
+}
+
 /// Identifies one allocating call stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StackKey {

@@ -322,11 +322,7 @@ impl Session {
         {
             // A live view: redraw in place.
             let mut out = stdout.lock();
-            let _ = write!(
-                out,
-                "\x1b[H\x1b[2J{}",
-                report::render(&report, Format::Text, true)
-            );
+            let _ = write!(out, "\x1b[H\x1b[2J{}", report::text::render(&report, true));
             let _ = out.flush();
         } else {
             let count = |verdict: Verdict| {
@@ -351,15 +347,15 @@ impl Session {
     fn finish(mut self, exited: Option<Exit>) -> Result<Outcome, SessionError> {
         let report = self.build_report(exited)?;
         let color = self.options.output.is_none() && std::io::stdout().is_terminal();
-        let text = report::render(&report, self.options.format, color);
+        let rendered = report::render(&report, self.options.format, color);
         match &self.options.output {
-            Some(path) => std::fs::write(path, text).map_err(|err| SessionError::Output {
+            Some(path) => std::fs::write(path, rendered).map_err(|err| SessionError::Output {
                 path: path.display().to_string(),
                 reason: err.to_string(),
             })?,
             None => {
                 let mut out = std::io::stdout().lock();
-                let _ = out.write_all(text.as_bytes());
+                let _ = out.write_all(&rendered);
                 let _ = out.flush();
             }
         }

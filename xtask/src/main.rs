@@ -22,7 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what a fresh machine lacks: nightly rust-src, bpf-linker, tracefs, compilers.
+    /// Install what a fresh machine lacks: nightly rust-src, bpf-linker, tracefs, compilers,
+    /// protoc.
     Setup,
     /// Build the workspace (the eBPF object through aya-build).
     Build,

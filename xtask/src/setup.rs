@@ -75,9 +75,14 @@ fn bpf_linker() -> Result<()> {
 }
 
 /// Compilers for the test targets and the demo; glibc's debug symbols so libc frames show
-/// file:line.
+/// file:line; protoc, which the pprof report test decodes the output with.
 fn debian_packages() -> Result<()> {
-    let wanted = [("gcc", "gcc"), ("g++", "g++"), ("libc6-dbg", "")];
+    let wanted = [
+        ("gcc", "gcc"),
+        ("g++", "g++"),
+        ("libc6-dbg", ""),
+        ("protobuf-compiler", "protoc"),
+    ];
     let missing: Vec<&str> = wanted
         .iter()
         .filter(|(package, binary)| {
@@ -113,7 +118,7 @@ fn debian_packages() -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
-    .context("installing test compilers")
+    .context("installing test compilers and tools")
 }
 
 /// Syscall tracepoints attach through tracefs; leaktrace mounts it too, this makes the

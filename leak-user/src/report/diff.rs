@@ -142,10 +142,7 @@ pub fn render_text(diff: &Diff, top: usize) -> String {
             human_bytes(change.old_outstanding_bytes as f64),
             human_bytes(change.new_outstanding_bytes as f64),
             verdict,
-            match change.origin {
-                Origin::Heap => "heap",
-                Origin::Mmap => "mmap",
-            }
+            change.origin.as_str()
         );
         for frame in &change.frames {
             let _ = writeln!(out, "    {}", frame_line(frame));

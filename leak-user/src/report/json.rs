@@ -36,54 +36,8 @@ pub fn read(path: &Path) -> Result<Report, String> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
-    use crate::model::{Frame, Origin, StackReport, Target, Verdict};
-
-    pub fn sample_report() -> Report {
-        Report {
-            version: REPORT_VERSION,
-            target: Target {
-                pid: 42,
-                exe: "/usr/bin/demo".into(),
-                command_line: "demo --leak".into(),
-            },
-            mode: "attach".into(),
-            duration_s: 10.0,
-            exited: None,
-            dropped: BTreeMap::from([("stack_id_collision".to_string(), 0)]),
-            events: BTreeMap::from([("allocations".to_string(), 160)]),
-            omitted_stacks: 0,
-            omitted_outstanding_bytes: 0,
-            process: None,
-            stacks: vec![StackReport {
-                verdict: Verdict::Leaking,
-                origin: Origin::Heap,
-                outstanding_bytes: 10240,
-                outstanding_allocs: 160,
-                total_allocs: 160,
-                total_frees: 0,
-                total_bytes: 10240,
-                oldest_age_s: Some(9.8),
-                growth_bytes_per_s: 1024.0,
-                confidence: 0.9,
-                growth_onset: Some(0.2),
-                r_squared: 0.99,
-                survival_fraction: 1.0,
-                series: Vec::new(),
-                frames: vec![Frame {
-                    function: Some("leak_slowly".into()),
-                    file: Some("/src/demo.c".into()),
-                    line: Some(42),
-                    module: Some("/usr/bin/demo".into()),
-                    address: 0x55d0c2a01234,
-                    module_offset: Some(0x1234),
-                    inlined: false,
-                }],
-            }],
-        }
-    }
+    use crate::report::fixtures::sample_report;
 
     #[test]
     fn round_trips_and_uses_documented_names() {
@@ -98,6 +52,11 @@ mod tests {
         assert_eq!(value["stacks"][0]["frames"][0]["address"], "0x55d0c2a01234");
         assert_eq!(value["dropped"]["stack_id_collision"], 0);
         assert_eq!(parse(&text).expect("parse back"), report);
+    }
+
+    #[test]
+    fn snapshot() {
+        insta::assert_snapshot!(render(&sample_report()));
     }
 
     #[test]

@@ -1,7 +1,11 @@
-//! Reports people and programs read: text (terminal) and JSON (documented schema in
-//! docs/report.schema.json). Each format reads only the model.
+//! Reports people and programs read: text (terminal), JSON (documented schema in
+//! docs/report.schema.json), folded stacks (flame graph tools), an SVG flame graph and a pprof
+//! profile. Each format reads only the model.
 pub mod diff;
+pub mod folded;
 pub mod json;
+pub mod pprof;
+pub mod svg;
 pub mod text;
 
 use crate::model::Report;
@@ -9,15 +13,27 @@ use crate::model::Report;
 /// Output formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    /// For terminals and logs.
     Text,
+    /// The layout documented in docs/report.schema.json.
     Json,
+    /// Folded stacks of outstanding bytes, for flamegraph.pl and inferno.
+    Folded,
+    /// Interactive flame graph of outstanding bytes, leaking stacks in red.
+    Svg,
+    /// Gzipped pprof profile (in use and allocated bytes and objects), for `go tool pprof` and
+    /// Grafana Pyroscope.
+    Pprof,
 }
 
-/// Renders a report in a format. `color` applies to text only.
-pub fn render(report: &Report, format: Format, color: bool) -> String {
+/// Renders a report in a format, as the bytes to write. `color` applies to text only.
+pub fn render(report: &Report, format: Format, color: bool) -> Vec<u8> {
     match format {
-        Format::Text => text::render(report, color),
-        Format::Json => json::render(report),
+        Format::Text => text::render(report, color).into_bytes(),
+        Format::Json => json::render(report).into_bytes(),
+        Format::Folded => folded::render(report).into_bytes(),
+        Format::Svg => svg::render(report),
+        Format::Pprof => pprof::render(report),
     }
 }
 
@@ -34,6 +50,206 @@ pub fn human_bytes(bytes: f64) -> String {
         format!("{value:.0} {}", UNITS[unit])
     } else {
         format!("{value:.2} {}", UNITS[unit])
+    }
+}
+
+/// Reports shared by the format tests, so every format is checked on the same stacks.
+#[cfg(test)]
+pub mod fixtures {
+    use std::collections::BTreeMap;
+
+    use crate::model::{
+        Frame, Origin, ProcessReport, ProcessSample, REPORT_VERSION, Report, Sample, StackReport,
+        Target, Verdict,
+    };
+
+    const DEMO: &str = "/usr/bin/demo";
+    const DEMO_BASE: u64 = 0x55d0_c2a0_0000;
+
+    fn demo_frame(function: &str, line: u32, module_offset: u64) -> Frame {
+        Frame {
+            function: Some(function.into()),
+            file: Some("/src/demo.c".into()),
+            line: Some(line),
+            module: Some(DEMO.into()),
+            address: DEMO_BASE + module_offset,
+            module_offset: Some(module_offset),
+            inlined: false,
+        }
+    }
+
+    fn stack(
+        verdict: Verdict,
+        origin: Origin,
+        outstanding: (u64, u64),
+        frames: Vec<Frame>,
+    ) -> StackReport {
+        let (outstanding_bytes, outstanding_allocs) = outstanding;
+        StackReport {
+            verdict,
+            origin,
+            outstanding_bytes,
+            outstanding_allocs,
+            total_allocs: outstanding_allocs + 40,
+            total_frees: 40,
+            total_bytes: outstanding_bytes + 40 * 64,
+            oldest_age_s: (outstanding_allocs > 0).then_some(9.8),
+            growth_bytes_per_s: match verdict {
+                Verdict::Leaking => 1024.0,
+                Verdict::Growing => 300.0,
+                _ => 0.0,
+            },
+            confidence: 0.9,
+            growth_onset: matches!(verdict, Verdict::Leaking | Verdict::Growing).then_some(0.4),
+            r_squared: if verdict == Verdict::Stable {
+                0.0
+            } else {
+                0.98
+            },
+            survival_fraction: outstanding_allocs as f64 / (outstanding_allocs + 40) as f64,
+            frames,
+            series: (0..4)
+                .map(|i| Sample {
+                    at_s: i as f64 * 3.0,
+                    outstanding_bytes: outstanding_bytes * i / 3,
+                    outstanding_allocs: outstanding_allocs * i / 3,
+                })
+                .collect(),
+        }
+    }
+
+    /// Six stacks: leaking with a libc frame, stable with a C++ function inlined into its
+    /// caller, stable with no recorded frames, leaking mmap through an unsymbolized library and
+    /// an address in no module, transient holding nothing, growing; and a process series.
+    pub fn sample_report() -> Report {
+        let inlined_at = 0x2010;
+        let libc_start = Frame {
+            function: Some("__libc_start_call_main".into()),
+            file: Some("../sysdeps/nptl/libc_start_call_main.h".into()),
+            line: Some(58),
+            module: Some("/usr/lib/x86_64-linux-gnu/libc.so.6".into()),
+            address: 0x7f3e_1c22_9d90,
+            module_offset: Some(0x29d90),
+            inlined: false,
+        };
+        let stacks = vec![
+            StackReport {
+                total_allocs: 160,
+                total_frees: 0,
+                total_bytes: 10240,
+                ..stack(
+                    Verdict::Leaking,
+                    Origin::Heap,
+                    (10240, 160),
+                    vec![
+                        demo_frame("leak_slowly", 42, 0x1234),
+                        demo_frame("main", 88, 0x1400),
+                        libc_start,
+                    ],
+                )
+            },
+            stack(
+                Verdict::Stable,
+                Origin::Heap,
+                (4096, 1),
+                vec![
+                    Frame {
+                        file: Some("/usr/include/c++/12/bits/stl_vector.h".into()),
+                        inlined: true,
+                        ..demo_frame("std::vector<Entry>::push_back(Entry&&)", 1287, inlined_at)
+                    },
+                    Frame {
+                        file: Some("/src/cache.cpp".into()),
+                        ..demo_frame(
+                            "Cache<std::string, int>::insert(std::string const&)",
+                            31,
+                            inlined_at,
+                        )
+                    },
+                    demo_frame("main", 90, 0x1410),
+                ],
+            ),
+            stack(Verdict::Stable, Origin::Heap, (2048, 2), Vec::new()),
+            stack(
+                Verdict::Leaking,
+                Origin::Mmap,
+                (1536, 3),
+                vec![
+                    Frame {
+                        module: Some("/opt/plugins/libplugin.so".into()),
+                        address: 0x7f3e_1c60_4f2a,
+                        module_offset: Some(0x4f2a),
+                        ..Frame::default()
+                    },
+                    Frame {
+                        address: 0x7ffd_1000,
+                        ..Frame::default()
+                    },
+                    demo_frame("main", 95, 0x1420),
+                ],
+            ),
+            stack(
+                Verdict::Transient,
+                Origin::Heap,
+                (0, 0),
+                vec![
+                    demo_frame("parse_request", 60, 0x1300),
+                    demo_frame("main", 97, 0x1430),
+                ],
+            ),
+            stack(
+                Verdict::Growing,
+                Origin::Heap,
+                (3000, 15),
+                vec![
+                    demo_frame("enqueue_job", 70, 0x1500),
+                    demo_frame("main", 92, 0x1418),
+                ],
+            ),
+        ];
+        Report {
+            version: REPORT_VERSION,
+            target: Target {
+                pid: 42,
+                exe: DEMO.into(),
+                command_line: "demo --leak".into(),
+            },
+            mode: "attach".into(),
+            duration_s: 10.0,
+            exited: None,
+            dropped: BTreeMap::from([("stack_id_collision".to_string(), 0)]),
+            events: BTreeMap::from([("allocations".to_string(), 160)]),
+            omitted_stacks: 2,
+            omitted_outstanding_bytes: 300,
+            process: Some(ProcessReport {
+                rss_growth_bytes_per_s: 1400.0,
+                rss_rising: true,
+                rss_growth_onset: Some(1.0),
+                heap_growth_bytes_per_s: 1324.0,
+                samples: (0..3)
+                    .map(|i| ProcessSample {
+                        at_s: i as f64 * 5.0,
+                        rss_bytes: (4 << 20) + i * 7000,
+                        anon_bytes: (1 << 20) + i * 7000,
+                        swap_bytes: 0,
+                        pss_bytes: Some((3 << 20) + i * 7000),
+                        heap_bytes: 6000 + i * 6620,
+                    })
+                    .collect(),
+            }),
+            stacks,
+        }
+    }
+
+    /// The same target with nothing allocated.
+    pub fn empty_report() -> Report {
+        Report {
+            stacks: Vec::new(),
+            process: None,
+            omitted_stacks: 0,
+            omitted_outstanding_bytes: 0,
+            ..sample_report()
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::{
-    model::{Frame, Origin, ProcessReport, Report, StackReport, Verdict},
+    model::{Frame, ProcessReport, Report, StackReport, Verdict},
     report::human_bytes,
 };
 
@@ -159,8 +159,9 @@ pub fn render(report: &Report, color: bool) -> String {
     if report.omitted_stacks > 0 {
         let _ = writeln!(
             out,
-            "\n… {} more holding {} (raise --top, or lower --min-age, to see them)",
-            plural(report.omitted_stacks, "stack"),
+            "\n… {} more stack{} holding {} (raise --top, or lower --min-age, to see them)",
+            report.omitted_stacks,
+            if report.omitted_stacks == 1 { "" } else { "s" },
             human_bytes(report.omitted_outstanding_bytes as f64)
         );
     }
@@ -198,10 +199,7 @@ fn render_detailed(out: &mut String, rank: usize, stack: &StackReport, painter: 
         painter.verdict(stack.verdict),
         human_bytes(stack.outstanding_bytes as f64),
         plural(stack.outstanding_allocs, "allocation"),
-        match stack.origin {
-            Origin::Heap => "heap",
-            Origin::Mmap => "mmap",
-        },
+        stack.origin.as_str(),
     );
     let since = stack
         .growth_onset
@@ -272,5 +270,10 @@ mod tests {
         frame.module = None;
         frame.module_offset = None;
         assert_eq!(frame_line(&frame), "0x1000");
+    }
+
+    #[test]
+    fn snapshot() {
+        insta::assert_snapshot!(render(&crate::report::fixtures::sample_report(), false));
     }
 }

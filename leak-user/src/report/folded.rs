@@ -1,0 +1,110 @@
+//! Folded stacks, the input of flamegraph.pl and inferno: one line per stack, frames from
+//! the outermost call to the allocation joined by `;`, then the stack's outstanding bytes.
+use std::fmt::Write as _;
+
+use crate::model::{Frame, Report, StackReport};
+
+/// The single frame of a stack the kernel could not record, so its bytes still show.
+pub const UNKNOWN_STACK: &str = "[unknown stack]";
+
+pub fn render(report: &Report) -> String {
+    let mut out = String::new();
+    for stack in holding_memory(report) {
+        let _ = writeln!(
+            out,
+            "{} {}",
+            frame_names(stack).join(";"),
+            stack.outstanding_bytes
+        );
+    }
+    out
+}
+
+/// Stacks that still hold memory: a stack holding nothing would be a zero-width frame.
+pub(super) fn holding_memory(report: &Report) -> impl Iterator<Item = &StackReport> {
+    report
+        .stacks
+        .iter()
+        .filter(|stack| stack.outstanding_bytes > 0)
+}
+
+/// The stack's frame names, outermost first. Inlined functions stay frames of their own,
+/// below the function they were inlined into, as if they had been called.
+pub(super) fn frame_names(stack: &StackReport) -> Vec<String> {
+    if stack.frames.is_empty() {
+        return vec![UNKNOWN_STACK.to_string()];
+    }
+    stack.frames.iter().rev().map(frame_name).collect()
+}
+
+/// "leak_slowly", or "libplugin.so+0x4f2a" when the module has no symbol for the address,
+/// or "0x7ffd1000" when the address is in no known module.
+pub fn frame_name(frame: &Frame) -> String {
+    let name = match (&frame.function, &frame.module, frame.module_offset) {
+        (Some(function), _, _) if !function.is_empty() => function.clone(),
+        (_, Some(module), Some(offset)) => {
+            let file = module.rsplit('/').next().unwrap_or(module);
+            format!("{file}+{offset:#x}")
+        }
+        _ => format!("{:#x}", frame.address),
+    };
+    sanitize(&name)
+}
+
+/// `;` separates frames and a newline ends the line, so neither may appear inside a name
+/// (C++ and Rust names can hold `;`, as in `[u8; 8]`). stackcollapse-perf.pl also maps
+/// `;` to `:`.
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            ';' => ':',
+            '\n' | '\r' => ' ',
+            other => other,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::fixtures::{empty_report, sample_report};
+
+    #[test]
+    fn one_line_per_stack_outermost_first() {
+        let folded = render(&sample_report());
+        let lines: Vec<&str> = folded.lines().collect();
+        assert_eq!(
+            lines[0], "__libc_start_call_main;main;leak_slowly 10240",
+            "{folded}"
+        );
+        // The inlined push_back sits above the function it was inlined into.
+        assert!(lines[1].ends_with(
+            "main;Cache<std::string, int>::insert(std::string const&);\
+             std::vector<Entry>::push_back(Entry&&) 4096"
+        ));
+        assert_eq!(lines[2], "[unknown stack] 2048");
+        assert_eq!(lines[3], "main;0x7ffd1000;libplugin.so+0x4f2a 1536");
+        // The transient stack holds nothing and is left out.
+        assert_eq!(lines[4], "main;enqueue_job 3000");
+        assert_eq!(lines.len(), 5);
+    }
+
+    #[test]
+    fn separators_inside_names_are_replaced() {
+        let frame = Frame {
+            function: Some("fill<[u8; 8]>\nnext".into()),
+            ..Frame::default()
+        };
+        assert_eq!(frame_name(&frame), "fill<[u8: 8]> next");
+    }
+
+    #[test]
+    fn empty_report_has_no_lines() {
+        assert_eq!(render(&empty_report()), "");
+    }
+
+    #[test]
+    fn snapshot() {
+        insta::assert_snapshot!(render(&sample_report()));
+    }
+}
