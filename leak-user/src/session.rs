@@ -112,6 +112,8 @@ struct Session {
     started_ns: u64,
     process_samples: Vec<ProcessSample>,
     last_process_sample_ns: Option<u64>,
+    /// `run` mode until the command has exec'd: the program it will run.
+    launched_program: Option<PathBuf>,
 }
 
 /// Time between reads of the process's /proc memory figures.
@@ -158,6 +160,7 @@ pub async fn run(command: &[String], options: Options) -> Result<Outcome, Sessio
     // Dropping `launched` without release makes the child exit without running.
     let mut session = Session::start(pid, "run", &allocators, options)?;
     session.target.exe = program.display().to_string();
+    session.launched_program = std::fs::canonicalize(&program).ok();
     session.target.command_line = command.join(" ");
     launched.release();
     let exit = session.trace_launched(events_rx).await?;
@@ -210,6 +213,7 @@ impl Session {
             started_ns,
             process_samples: Vec::new(),
             last_process_sample_ns: None,
+            launched_program: None,
         })
     }
 
@@ -232,6 +236,13 @@ impl Session {
             .is_some_and(|last| now_ns.saturating_sub(last) < PROCESS_SAMPLE_NS)
         {
             return;
+        }
+        // A launched command is measured once it runs its own program, not leaktrace's fork.
+        if let Some(program) = &self.launched_program {
+            if procfs::exe_path(self.pid).ok().as_ref() != Some(program) {
+                return;
+            }
+            self.launched_program = None;
         }
         let Some(usage) = procfs::memory_usage(self.pid, true) else {
             return;
@@ -297,8 +308,10 @@ impl Session {
                 _ = ctrl_c.recv() => {}
                 event = events.recv() => match event {
                     Some(ChildEvent::Exiting { ack }) => {
-                        // Its memory is still mapped: read what it loaded before it goes.
+                        // Its memory is still mapped: read what it loaded before it goes,
+                        // and its memory figures at the end.
                         let _ = self.modules.refresh(self.pid);
+                        self.last_process_sample_ns = None;
                         self.tick()?;
                         let _ = ack.send(());
                     }

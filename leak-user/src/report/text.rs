@@ -111,7 +111,11 @@ pub fn render(report: &Report, color: bool) -> String {
     let sections = [
         (
             Verdict::Leaking,
-            "LEAKING: the baseline keeps rising and old allocations stay unfreed",
+            if report.exited.is_some() {
+                "LEAKING: still held when the target exited, or the baseline kept rising"
+            } else {
+                "LEAKING: the baseline keeps rising and old allocations stay unfreed"
+            },
         ),
         (
             Verdict::Growing,
@@ -209,11 +213,19 @@ fn render_detailed(out: &mut String, rank: usize, stack: &StackReport, painter: 
         .oldest_age_s
         .map(|age| format!(", oldest {age:.1}s"))
         .unwrap_or_default();
+    // Too few samples for a trend (a short run): say so rather than print a zero rate.
+    let growth = if stack.series.len() < 4 {
+        "too short a history for a trend".to_string()
+    } else {
+        format!(
+            "growth {}{since} (r² {:.2})",
+            rate(stack.growth_bytes_per_s),
+            stack.r_squared
+        )
+    };
     let _ = writeln!(
         out,
-        "    growth {}{since} (r² {:.2}){oldest}, {:.0}% of {} still live, confidence {:.2}",
-        rate(stack.growth_bytes_per_s),
-        stack.r_squared,
+        "    {growth}{oldest}, {:.0}% of {} still live, confidence {:.2}",
         stack.survival_fraction * 100.0,
         plural(stack.total_allocs, "allocation"),
         stack.confidence,
