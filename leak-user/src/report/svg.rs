@@ -52,16 +52,46 @@ pub fn render(report: &Report) -> Vec<u8> {
     }
 }
 
-/// "17.50 KiB in 4 stacks over 10.0s; red: leaking", and the stacks beyond --top.
+/// "17.50 KiB in 4 stacks over 10.0s; red: leaking (1 stack, 10.00 KiB, +1.00 KiB/s:
+/// leak_slowly); orange: growing", and the stacks beyond --top. Leaks are often thin slivers
+/// next to a large stable buffer, so the subtitle names them.
 fn subtitle(report: &Report) -> String {
     let drawn: Vec<_> = folded::holding_memory(report).collect();
     let held: u64 = drawn.iter().map(|stack| stack.outstanding_bytes).sum();
     let mut subtitle = format!(
-        "{} in {} over {:.1}s; red: leaking",
+        "{} in {} over {:.1}s",
         human_bytes(held as f64),
         stacks(drawn.len() as u64),
         report.duration_s
     );
+    let leaking: Vec<_> = drawn
+        .iter()
+        .filter(|stack| stack.verdict == Verdict::Leaking)
+        .collect();
+    if leaking.is_empty() {
+        subtitle += "; no leaking stacks (they would be red)";
+    } else {
+        let bytes: u64 = leaking.iter().map(|stack| stack.outstanding_bytes).sum();
+        let rate: f64 = leaking.iter().map(|stack| stack.growth_bytes_per_s).sum();
+        let mut names: Vec<String> = leaking
+            .iter()
+            .filter_map(|stack| stack.frames.first().map(folded::frame_name))
+            .take(3)
+            .collect();
+        if leaking.len() > names.len() {
+            names.push("…".into());
+        }
+        subtitle += &format!(
+            "; red: leaking ({}, {}, +{}/s: {})",
+            stacks(leaking.len() as u64),
+            human_bytes(bytes as f64),
+            human_bytes(rate),
+            names.join(", ")
+        );
+    }
+    if drawn.iter().any(|stack| stack.verdict == Verdict::Growing) {
+        subtitle += "; orange: growing";
+    }
     if report.omitted_stacks > 0 {
         subtitle += &format!(
             "; beyond --top, not drawn: {} holding {}",
@@ -86,12 +116,11 @@ enum Highlight {
 }
 
 impl Highlight {
-    /// By name, so verdicts the model adds later are drawn calm until they get a colour here.
     fn of(verdict: Verdict) -> Self {
-        match verdict.as_str() {
-            "leaking" => Highlight::Leaking,
-            "growing" => Highlight::Growing,
-            _ => Highlight::Calm,
+        match verdict {
+            Verdict::Leaking => Highlight::Leaking,
+            Verdict::Growing => Highlight::Growing,
+            Verdict::Stable | Verdict::Transient => Highlight::Calm,
         }
     }
 
