@@ -5,6 +5,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     analysis::Thresholds,
+    otel::OtlpOptions,
     report::Format,
     session::{Options, SortKey},
 };
@@ -118,6 +119,47 @@ pub struct Common {
     pub sample_interval: Duration,
     #[command(flatten)]
     pub verdict: VerdictFlags,
+    #[command(flatten)]
+    pub export: ExportFlags,
+}
+
+/// Where the findings go besides the report.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Export")]
+pub struct ExportFlags {
+    /// Export metrics and span events over OTLP. ENDPOINT (optional) overrides
+    /// OTEL_EXPORTER_OTLP_ENDPOINT; setting that variable also turns export on. Protocol,
+    /// headers, TLS, timeout and interval follow the standard OTEL_* variables.
+    #[arg(long, value_name = "ENDPOINT", num_args = 0..=1, default_missing_value = "")]
+    pub otlp: Option<String>,
+    /// Serve Prometheus metrics on http://ADDR/metrics (a bare port listens on loopback).
+    #[arg(long, value_name = "ADDR", value_parser = crate::prometheus::parse_listen_addr)]
+    pub prometheus: Option<std::net::SocketAddr>,
+    /// Stacks exported with their own series (leaking first); the rest are summed as
+    /// "other", which bounds the metrics' cardinality.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub export_top: u64,
+}
+
+impl ExportFlags {
+    /// The OTLP settings when export is on (--otlp, or an OTLP endpoint in the environment).
+    pub fn otlp(&self, interval: Duration) -> Option<OtlpOptions> {
+        let from_env = [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ]
+        .iter()
+        .any(|name| std::env::var(name).is_ok_and(|value| !value.is_empty()));
+        if self.otlp.is_none() && !from_env {
+            return None;
+        }
+        Some(OtlpOptions {
+            endpoint: self.otlp.clone().filter(|endpoint| !endpoint.is_empty()),
+            default_interval: interval,
+            max_stacks: self.export_top as usize,
+        })
+    }
 }
 
 /// The thresholds of the verdicts (see `analysis::Thresholds`).
@@ -178,6 +220,9 @@ impl Common {
             min_age: self.min_age,
             min_size: self.min_size,
             max_size: self.max_size.unwrap_or(u64::MAX),
+            otlp: self.export.otlp(self.interval),
+            prometheus: self.export.prometheus,
+            export_top: self.export.export_top as usize,
         }
     }
 

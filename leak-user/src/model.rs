@@ -146,6 +146,9 @@ pub struct ProcessSample {
     pub anon_bytes: u64,
     /// Swapped-out memory (VmSwap).
     pub swap_bytes: u64,
+    /// Virtual memory size (VmSize).
+    #[serde(default)]
+    pub virtual_bytes: u64,
     /// Proportional share of the resident memory (smaps_rollup Pss), when readable.
     #[serde(default)]
     pub pss_bytes: Option<u64>,
@@ -164,6 +167,9 @@ pub struct ProcessReport {
     pub rss_growth_onset: Option<f64>,
     /// Robust slope of the traced heap's baseline, bytes per second.
     pub heap_growth_bytes_per_s: f64,
+    /// The memory limit of the target's cgroup (memory.max), when it has one.
+    #[serde(default)]
+    pub memory_limit_bytes: Option<u64>,
     /// At most a few hundred samples, evenly spread over the session.
     pub samples: Vec<ProcessSample>,
 }
@@ -186,6 +192,23 @@ pub struct Frame {
     /// True for a function inlined into the next frame.
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub inlined: bool,
+}
+
+impl Frame {
+    /// How the frame is recognised across runs and address layouts: its function name when
+    /// symbolized, else its module's file name and offset, else its address.
+    pub fn identity(&self) -> String {
+        match (&self.function, &self.module, self.module_offset) {
+            (Some(function), _, _) => function.clone(),
+            (None, Some(module), Some(offset)) => {
+                format!(
+                    "{}+{offset:#x}",
+                    module.rsplit('/').next().unwrap_or(module)
+                )
+            }
+            _ => format!("{:#x}", self.address),
+        }
+    }
 }
 
 mod hex_address {

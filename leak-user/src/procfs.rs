@@ -119,6 +119,7 @@ pub fn command_line(pid: u32) -> io::Result<String> {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemoryUsage {
     pub rss_bytes: u64,
+    pub virtual_bytes: u64,
     pub anon_bytes: u64,
     pub swap_bytes: u64,
     pub pss_bytes: Option<u64>,
@@ -138,6 +139,7 @@ fn kib_field(text: &str, key: &str) -> Option<u64> {
 pub fn parse_status_memory(status: &str) -> Option<MemoryUsage> {
     Some(MemoryUsage {
         rss_bytes: kib_field(status, "VmRSS")?,
+        virtual_bytes: kib_field(status, "VmSize").unwrap_or(0),
         anon_bytes: kib_field(status, "RssAnon").unwrap_or(0),
         swap_bytes: kib_field(status, "VmSwap").unwrap_or(0),
         pss_bytes: None,
@@ -159,6 +161,27 @@ pub fn memory_usage(pid: u32, with_pss: bool) -> Option<MemoryUsage> {
             .and_then(|text| parse_smaps_rollup_pss(&text));
     }
     Some(usage)
+}
+
+/// The cgroup (v2) path of a process from the text of /proc/PID/cgroup.
+pub fn parse_cgroup_v2_path(cgroup: &str) -> Option<&str> {
+    cgroup.lines().find_map(|line| line.strip_prefix("0::"))
+}
+
+/// The value of a cgroup's memory.max: None for "max" (no limit).
+pub fn parse_memory_max(text: &str) -> Option<u64> {
+    text.trim().parse().ok()
+}
+
+/// The memory limit of the process's cgroup (v2), read through its own view of
+/// /sys/fs/cgroup; None when it has none or it cannot be read.
+pub fn memory_limit(pid: u32) -> Option<u64> {
+    let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = parse_cgroup_v2_path(&cgroup)?;
+    let file = Path::new("/sys/fs/cgroup")
+        .join(path.trim_start_matches('/'))
+        .join("memory.max");
+    parse_memory_max(&fs::read_to_string(file).ok()?)
 }
 
 /// Bytes in a page; mmap lengths are rounded up to it.
@@ -222,11 +245,12 @@ mod tests {
 
     #[test]
     fn reads_memory_fields() {
-        let status = "Name:\tdemo\nVmPeak:\t  20000 kB\nVmRSS:\t    5120 kB\nRssAnon:\t    2048 kB\nRssFile:\t 3072 kB\nVmSwap:\t       4 kB\n";
+        let status = "Name:\tdemo\nVmSize:\t  20000 kB\nVmRSS:\t    5120 kB\nRssAnon:\t    2048 kB\nRssFile:\t 3072 kB\nVmSwap:\t       4 kB\n";
         assert_eq!(
             parse_status_memory(status),
             Some(MemoryUsage {
                 rss_bytes: 5120 * 1024,
+                virtual_bytes: 20000 * 1024,
                 anon_bytes: 2048 * 1024,
                 swap_bytes: 4096,
                 pss_bytes: None,
@@ -236,6 +260,17 @@ mod tests {
         assert_eq!(parse_status_memory("Name:\tkthreadd\nState:\tS\n"), None);
         let rollup = "55d0-7ffd ---p 00000000 00:00 0 [rollup]\nRss:  5120 kB\nPss:  4000 kB\nPss_Anon:  2048 kB\n";
         assert_eq!(parse_smaps_rollup_pss(rollup), Some(4000 * 1024));
+    }
+
+    #[test]
+    fn reads_the_cgroup_memory_limit() {
+        assert_eq!(
+            parse_cgroup_v2_path("0::/system.slice/demo.service\n"),
+            Some("/system.slice/demo.service")
+        );
+        assert_eq!(parse_cgroup_v2_path("12:memory:/old\n"), None);
+        assert_eq!(parse_memory_max("max\n"), None);
+        assert_eq!(parse_memory_max("536870912\n"), Some(512 << 20));
     }
 
     #[test]

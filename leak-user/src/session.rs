@@ -3,6 +3,7 @@
 use std::{
     collections::{BTreeMap, HashMap, hash_map::Entry},
     io::{IsTerminal, Write},
+    net::SocketAddr,
     path::PathBuf,
     time::Duration,
 };
@@ -16,11 +17,13 @@ use crate::{
     drain::push_thinned,
     drain::{Collector, KernelMaps},
     launch::{self, ChildEvent},
+    metrics,
     model::{
         Exit, Frame, Held, Origin, ProcessReport, ProcessSample, REPORT_VERSION, Report,
         StackHistory, StackReport, Target, Trend, Verdict,
     },
-    procfs,
+    otel::{OtlpOptions, Telemetry},
+    procfs, prometheus,
     report::{self, Format},
     symbolize::{Modules, Symbolizer},
 };
@@ -46,6 +49,12 @@ pub struct Options {
     /// Track only allocations of at least / at most this many bytes.
     pub min_size: u64,
     pub max_size: u64,
+    /// OTLP export, when on.
+    pub otlp: Option<OtlpOptions>,
+    /// Serve Prometheus metrics here.
+    pub prometheus: Option<SocketAddr>,
+    /// Stacks exported with their own series.
+    pub export_top: usize,
 }
 
 /// What orders the stacks within a verdict.
@@ -74,6 +83,9 @@ impl Default for Options {
             min_age: None,
             min_size: 0,
             max_size: u64::MAX,
+            otlp: None,
+            prometheus: None,
+            export_top: 20,
         }
     }
 }
@@ -89,6 +101,10 @@ pub enum SessionError {
     Launch(String),
     #[error("could not read the kernel maps: {0}")]
     Drain(#[from] crate::drain::DrainError),
+    #[error(transparent)]
+    Otel(#[from] crate::otel::OtelError),
+    #[error(transparent)]
+    Prometheus(#[from] crate::prometheus::PrometheusError),
     #[error("could not write the report to {path}: {reason}")]
     Output { path: String, reason: String },
 }
@@ -114,6 +130,8 @@ struct Session {
     last_process_sample_ns: Option<u64>,
     /// `run` mode until the command has exec'd: the program it will run.
     launched_program: Option<PathBuf>,
+    telemetry: Option<Telemetry>,
+    endpoint: Option<prometheus::Endpoint>,
 }
 
 /// Time between reads of the process's /proc memory figures.
@@ -130,6 +148,7 @@ pub async fn attach(pid: u32, options: Options) -> Result<Outcome, SessionError>
     }
     let allocators = attach::allocators_in_process(pid)?;
     let mut session = Session::start(pid, "attach", &allocators, options)?;
+    session.start_exports()?;
     log::info!("attached to {}", session.probes.attached.join(", "));
     let exited = session.trace_attached().await?;
     session.finish(exited)
@@ -161,6 +180,7 @@ pub async fn run(command: &[String], options: Options) -> Result<Outcome, Sessio
     let mut session = Session::start(pid, "run", &allocators, options)?;
     session.target.exe = program.display().to_string();
     session.launched_program = std::fs::canonicalize(&program).ok();
+    session.start_exports()?;
     session.target.command_line = command.join(" ");
     launched.release();
     let exit = session.trace_launched(events_rx).await?;
@@ -214,7 +234,61 @@ impl Session {
             process_samples: Vec::new(),
             last_process_sample_ns: None,
             launched_program: None,
+            telemetry: None,
+            endpoint: None,
         })
+    }
+
+    /// Starts the OTLP exporters and the Prometheus endpoint the options ask for.
+    fn start_exports(&mut self) -> Result<(), SessionError> {
+        if let Some(otlp) = self.options.otlp.clone() {
+            self.telemetry = Some(Telemetry::start(otlp, &self.target)?);
+        }
+        if let Some(addr) = self.options.prometheus {
+            let endpoint = prometheus::Endpoint::start(addr, &self.target)?;
+            eprintln!(
+                "leaktrace: Prometheus metrics on http://{}/metrics",
+                endpoint.local_addr
+            );
+            self.endpoint = Some(endpoint);
+        }
+        Ok(())
+    }
+
+    fn exporting(&self) -> bool {
+        self.telemetry.is_some() || self.endpoint.is_some()
+    }
+
+    /// Hands one analysis to the exporters.
+    fn publish(&mut self, report: &Report) {
+        let probes = self.probes.attached.len() as u64;
+        if let Some(telemetry) = &mut self.telemetry {
+            telemetry.publish(report, probes);
+        }
+        if let Some(endpoint) = &self.endpoint {
+            let failures = self.telemetry.as_ref().map_or(0, Telemetry::failures);
+            endpoint.publish(metrics::points(
+                report,
+                self.options.export_top,
+                probes,
+                failures,
+            ));
+        }
+    }
+
+    /// The stacks the report lists and those the exporters see (more, when --export-top is
+    /// above --top).
+    fn analyse(&mut self, exited: Option<Exit>) -> Result<Report, SessionError> {
+        let listed = if self.exporting() {
+            self.options.top.max(self.options.export_top)
+        } else {
+            self.options.top
+        };
+        let report = self.build_report(exited, listed)?;
+        if self.exporting() {
+            self.publish(&report);
+        }
+        Ok(truncated(report, self.options.top))
     }
 
     /// One sample; re-reads the module list when new stacks appeared (a dlopen'd library).
@@ -255,6 +329,7 @@ impl Session {
                 rss_bytes: usage.rss_bytes,
                 anon_bytes: usage.anon_bytes,
                 swap_bytes: usage.swap_bytes,
+                virtual_bytes: usage.virtual_bytes,
                 pss_bytes: usage.pss_bytes,
                 heap_bytes: self.collector.heap_outstanding_bytes(),
             },
@@ -302,9 +377,15 @@ impl Session {
         // Ctrl-C goes to the command (same process group); leaktrace waits for its exit.
         let mut ctrl_c = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
             .map_err(|err| SessionError::Launch(format!("could not handle Ctrl-C: {err}")))?;
+        // The report comes at exit; exporters still get an analysis every interval.
+        let mut publish_every = tokio::time::interval(self.options.interval);
+        publish_every.tick().await;
         loop {
             tokio::select! {
                 _ = sample.tick() => self.tick()?,
+                _ = publish_every.tick(), if self.exporting() => {
+                    self.analyse(None)?;
+                }
                 _ = ctrl_c.recv() => {}
                 event = events.recv() => match event {
                     Some(ChildEvent::Exiting { ack }) => {
@@ -327,7 +408,7 @@ impl Session {
     }
 
     fn interval_report(&mut self) -> Result<(), SessionError> {
-        let report = self.build_report(None)?;
+        let report = self.analyse(None)?;
         let stdout = std::io::stdout();
         if self.options.output.is_none()
             && self.options.format == Format::Text
@@ -358,7 +439,13 @@ impl Session {
     }
 
     fn finish(mut self, exited: Option<Exit>) -> Result<Outcome, SessionError> {
-        let report = self.build_report(exited)?;
+        let report = self.analyse(exited)?;
+        if let Some(telemetry) = self.telemetry.take() {
+            telemetry.shutdown();
+        }
+        if let Some(endpoint) = self.endpoint.take() {
+            endpoint.shutdown();
+        }
         let color = self.options.output.is_none() && std::io::stdout().is_terminal();
         let rendered = report::render(&report, self.options.format, color);
         match &self.options.output {
@@ -376,7 +463,7 @@ impl Session {
         Ok(Outcome { report, exit: None })
     }
 
-    fn build_report(&mut self, exited: Option<Exit>) -> Result<Report, SessionError> {
+    fn build_report(&mut self, exited: Option<Exit>, top: usize) -> Result<Report, SessionError> {
         let now_ns = procfs::monotonic_ns();
         let min_age_ns = self
             .options
@@ -467,11 +554,7 @@ impl Session {
                 .then(a.key.cmp(&b.key))
         });
         let mut kept = judged;
-        let top = if self.options.top == 0 {
-            usize::MAX
-        } else {
-            self.options.top
-        };
+        let top = if top == 0 { usize::MAX } else { top };
         for (history, _, _) in kept.split_off(kept.len().min(top)) {
             omitted.0 += 1;
             omitted.1 += history.totals.outstanding_bytes;
@@ -526,6 +609,7 @@ impl Session {
                 rss_rising: process.rss.steady,
                 rss_growth_onset: process.rss.onset,
                 heap_growth_bytes_per_s: process.heap_growth_bytes_per_s,
+                memory_limit_bytes: procfs::memory_limit(self.pid),
                 samples: evenly_spread(&self.process_samples, REPORT_PROCESS_POINTS),
             }),
             stacks,
@@ -576,6 +660,18 @@ fn frame_identity(frame: &Frame) -> FrameIdentity {
             None
         },
     )
+}
+
+/// The report with at most `top` stacks (0: all); the rest count as omitted.
+fn truncated(mut report: Report, top: usize) -> Report {
+    if top == 0 || report.stacks.len() <= top {
+        return report;
+    }
+    for stack in report.stacks.split_off(top) {
+        report.omitted_stacks += 1;
+        report.omitted_outstanding_bytes += stack.outstanding_bytes;
+    }
+    report
 }
 
 /// At most `points` items spread evenly over `series`, always keeping the last.

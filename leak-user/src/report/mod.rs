@@ -226,12 +226,14 @@ pub mod fixtures {
                 rss_rising: true,
                 rss_growth_onset: Some(1.0),
                 heap_growth_bytes_per_s: 1324.0,
+                memory_limit_bytes: Some(256 << 20),
                 samples: (0..3)
                     .map(|i| ProcessSample {
                         at_s: i as f64 * 5.0,
                         rss_bytes: (4 << 20) + i * 7000,
                         anon_bytes: (1 << 20) + i * 7000,
                         swap_bytes: 0,
+                        virtual_bytes: (40 << 20) + i * 7000,
                         pss_bytes: Some((3 << 20) + i * 7000),
                         heap_bytes: 6000 + i * 6620,
                     })

@@ -1,0 +1,416 @@
+//! The metrics leaktrace exports, as plain data: every instrument (name, unit, kind) and the
+//! points one report gives them. The OpenTelemetry exporter (`otel`) and the Prometheus
+//! endpoint (`prometheus`) both publish these points, so the two always agree. Pure: no I/O.
+//!
+//! Cardinality is bounded: only the first `max_stacks` stacks of a report (leaking first) get
+//! their own series; the rest are summed under `leaktrace.stack.id="other"`.
+use crate::model::{Report, StackReport, Verdict};
+
+/// Whether a value only goes up (a total) or goes up and down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Gauge,
+    Counter,
+}
+
+/// One exported metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Instrument {
+    /// OpenTelemetry name (Prometheus: dots become underscores, plus unit and `_total`).
+    pub name: &'static str,
+    /// UCUM unit, as OpenTelemetry wants it.
+    pub unit: &'static str,
+    pub kind: Kind,
+    pub description: &'static str,
+}
+
+const fn gauge(name: &'static str, unit: &'static str, description: &'static str) -> Instrument {
+    Instrument {
+        name,
+        unit,
+        kind: Kind::Gauge,
+        description,
+    }
+}
+
+const fn counter(name: &'static str, unit: &'static str, description: &'static str) -> Instrument {
+    Instrument {
+        name,
+        unit,
+        kind: Kind::Counter,
+        description,
+    }
+}
+
+pub const PROCESS_MEMORY_USAGE: Instrument = gauge(
+    "process.memory.usage",
+    "By",
+    "Resident memory of the traced process (VmRSS).",
+);
+pub const PROCESS_MEMORY_VIRTUAL: Instrument = gauge(
+    "process.memory.virtual",
+    "By",
+    "Virtual memory of the traced process (VmSize).",
+);
+pub const PROCESS_MEMORY_LIMIT: Instrument = gauge(
+    "leaktrace.process.memory.limit",
+    "By",
+    "Memory limit of the traced process's cgroup (memory.max), when it has one.",
+);
+pub const PROCESS_MEMORY_GROWTH: Instrument = gauge(
+    "leaktrace.process.memory.growth_rate",
+    "By/s",
+    "Robust slope of the baseline of the resident memory.",
+);
+pub const HEAP_OUTSTANDING: Instrument = gauge(
+    "leaktrace.heap.outstanding",
+    "By",
+    "Bytes the traced malloc-family calls hold (allocated while traced, not freed).",
+);
+pub const HEAP_GROWTH: Instrument = gauge(
+    "leaktrace.heap.growth_rate",
+    "By/s",
+    "Robust slope of the baseline of the traced heap.",
+);
+pub const STACK_OUTSTANDING: Instrument = gauge(
+    "leaktrace.stack.outstanding",
+    "By",
+    "Bytes a call stack allocated and has not freed.",
+);
+pub const STACK_OUTSTANDING_ALLOCATIONS: Instrument = gauge(
+    "leaktrace.stack.outstanding_allocations",
+    "{allocation}",
+    "Allocations a call stack made and has not freed.",
+);
+pub const STACK_ALLOCATIONS: Instrument = counter(
+    "leaktrace.stack.allocations",
+    "{allocation}",
+    "Allocations a call stack made while traced.",
+);
+pub const STACK_FREES: Instrument = counter(
+    "leaktrace.stack.frees",
+    "{free}",
+    "Of a call stack's allocations, how many were freed.",
+);
+pub const STACK_GROWTH: Instrument = gauge(
+    "leaktrace.stack.growth_rate",
+    "By/s",
+    "Robust slope of the baseline of a call stack's outstanding bytes.",
+);
+pub const STACK_LEAKING: Instrument = gauge(
+    "leaktrace.stack.leaking",
+    "1",
+    "1 when the call stack's verdict is leaking, else 0.",
+);
+pub const EVENTS_DROPPED: Instrument = counter(
+    "leaktrace.events.dropped",
+    "{event}",
+    "Allocator events leaktrace lost, by reason.",
+);
+pub const PROBES_ATTACHED: Instrument = gauge(
+    "leaktrace.probes.attached",
+    "{probe}",
+    "Probes leaktrace has in place.",
+);
+pub const SYMBOLIZATION_FAILURES: Instrument = counter(
+    "leaktrace.symbolization.failures",
+    "{failure}",
+    "Addresses leaktrace could not symbolize.",
+);
+pub const EXPORT_FAILURES: Instrument = counter(
+    "leaktrace.export.failures",
+    "{export}",
+    "OTLP exports that failed after retries (their data is lost).",
+);
+
+/// Every instrument, in the order they are published.
+pub const INSTRUMENTS: [Instrument; 16] = [
+    PROCESS_MEMORY_USAGE,
+    PROCESS_MEMORY_VIRTUAL,
+    PROCESS_MEMORY_LIMIT,
+    PROCESS_MEMORY_GROWTH,
+    HEAP_OUTSTANDING,
+    HEAP_GROWTH,
+    STACK_OUTSTANDING,
+    STACK_OUTSTANDING_ALLOCATIONS,
+    STACK_ALLOCATIONS,
+    STACK_FREES,
+    STACK_GROWTH,
+    STACK_LEAKING,
+    EVENTS_DROPPED,
+    PROBES_ATTACHED,
+    SYMBOLIZATION_FAILURES,
+    EXPORT_FAILURES,
+];
+
+/// An attribute value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Text(String),
+    Int(i64),
+}
+
+/// One value of one instrument with its attributes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Point {
+    pub instrument: Instrument,
+    pub attributes: Vec<(&'static str, Value)>,
+    pub value: f64,
+}
+
+/// The id shown for the stacks summed together beyond `max_stacks`.
+pub const OTHER_STACKS: &str = "other";
+
+/// A short id for a stack that stays the same across runs and address layouts: a hash of
+/// its origin and its frames' identities (function names, or module+offset).
+pub fn stack_id(stack: &StackReport) -> String {
+    // FNV-1a, 64 bits: small, stable across Rust versions (unlike DefaultHasher).
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for byte in bytes {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    feed(stack.origin.as_str().as_bytes());
+    for frame in &stack.frames {
+        feed(b"\n");
+        feed(frame.identity().as_bytes());
+    }
+    format!("{hash:016x}")
+}
+
+/// The attributes that name a stack: its id, verdict and origin, and its top frame's
+/// function, file and line (semantic conventions `code.*`).
+pub fn stack_attributes(stack: &StackReport) -> Vec<(&'static str, Value)> {
+    let mut attributes = vec![
+        ("leaktrace.stack.id", Value::Text(stack_id(stack))),
+        (
+            "leaktrace.verdict",
+            Value::Text(stack.verdict.as_str().into()),
+        ),
+        (
+            "leaktrace.origin",
+            Value::Text(stack.origin.as_str().into()),
+        ),
+    ];
+    if let Some(top) = stack.frames.first() {
+        attributes.push((
+            "code.function.name",
+            Value::Text(top.function.clone().unwrap_or_else(|| top.identity())),
+        ));
+        if let Some(file) = &top.file {
+            attributes.push(("code.file.path", Value::Text(file.clone())));
+        }
+        if let Some(line) = top.line {
+            attributes.push(("code.line.number", Value::Int(i64::from(line))));
+        }
+    }
+    attributes
+}
+
+/// The points of one report. `probes_attached` and `export_failures` come from the session.
+pub fn points(
+    report: &Report,
+    max_stacks: usize,
+    probes_attached: u64,
+    export_failures: u64,
+) -> Vec<Point> {
+    let mut points = Vec::new();
+    let mut push = |instrument: Instrument, attributes: Vec<(&'static str, Value)>, value: f64| {
+        points.push(Point {
+            instrument,
+            attributes,
+            value,
+        })
+    };
+    if let Some(process) = &report.process
+        && let Some(last) = process.samples.last()
+    {
+        push(PROCESS_MEMORY_USAGE, Vec::new(), last.rss_bytes as f64);
+        push(
+            PROCESS_MEMORY_VIRTUAL,
+            Vec::new(),
+            last.virtual_bytes as f64,
+        );
+        if let Some(limit) = process.memory_limit_bytes {
+            push(PROCESS_MEMORY_LIMIT, Vec::new(), limit as f64);
+        }
+        push(
+            PROCESS_MEMORY_GROWTH,
+            Vec::new(),
+            process.rss_growth_bytes_per_s,
+        );
+        push(HEAP_OUTSTANDING, Vec::new(), last.heap_bytes as f64);
+        push(HEAP_GROWTH, Vec::new(), process.heap_growth_bytes_per_s);
+    }
+    let (own, rest) = report.stacks.split_at(report.stacks.len().min(max_stacks));
+    for stack in own {
+        let attributes = stack_attributes(stack);
+        push(
+            STACK_OUTSTANDING,
+            attributes.clone(),
+            stack.outstanding_bytes as f64,
+        );
+        push(
+            STACK_OUTSTANDING_ALLOCATIONS,
+            attributes.clone(),
+            stack.outstanding_allocs as f64,
+        );
+        push(
+            STACK_ALLOCATIONS,
+            attributes.clone(),
+            stack.total_allocs as f64,
+        );
+        push(STACK_FREES, attributes.clone(), stack.total_frees as f64);
+        push(STACK_GROWTH, attributes.clone(), stack.growth_bytes_per_s);
+        let leaking = if stack.verdict == Verdict::Leaking {
+            1.0
+        } else {
+            0.0
+        };
+        push(STACK_LEAKING, attributes, leaking);
+    }
+    if !rest.is_empty() || report.omitted_stacks > 0 {
+        let other = || vec![("leaktrace.stack.id", Value::Text(OTHER_STACKS.into()))];
+        let sum = |field: fn(&StackReport) -> u64| rest.iter().map(field).sum::<u64>() as f64;
+        push(
+            STACK_OUTSTANDING,
+            other(),
+            sum(|s| s.outstanding_bytes) + report.omitted_outstanding_bytes as f64,
+        );
+        push(
+            STACK_OUTSTANDING_ALLOCATIONS,
+            other(),
+            sum(|s| s.outstanding_allocs),
+        );
+        push(STACK_ALLOCATIONS, other(), sum(|s| s.total_allocs));
+        push(STACK_FREES, other(), sum(|s| s.total_frees));
+    }
+    for (reason, count) in &report.dropped {
+        push(
+            EVENTS_DROPPED,
+            vec![("reason", Value::Text(reason.clone()))],
+            *count as f64,
+        );
+    }
+    push(PROBES_ATTACHED, Vec::new(), probes_attached as f64);
+    let failures = report
+        .events
+        .get("symbolization_failures")
+        .copied()
+        .unwrap_or(0);
+    push(SYMBOLIZATION_FAILURES, Vec::new(), failures as f64);
+    push(EXPORT_FAILURES, Vec::new(), export_failures as f64);
+    points
+}
+
+/// Whether a stack is worth a span event: leaking or growing.
+pub fn is_suspect(stack: &StackReport) -> bool {
+    matches!(stack.verdict, Verdict::Leaking | Verdict::Growing)
+}
+
+/// A stack's frames as lines ("function (file:line) in module"), innermost first, for span
+/// events.
+pub fn frame_lines(stack: &StackReport) -> Vec<String> {
+    stack
+        .frames
+        .iter()
+        .map(|frame| {
+            let place = match (&frame.file, frame.line) {
+                (Some(file), Some(line)) => format!(" ({file}:{line})"),
+                _ => String::new(),
+            };
+            let module = frame
+                .module
+                .as_deref()
+                .map(|module| format!(" in {module}"))
+                .unwrap_or_default();
+            format!("{}{place}{module}", frame.identity())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::fixtures::sample_report;
+
+    fn values_of(points: &[Point], instrument: Instrument) -> Vec<&Point> {
+        points
+            .iter()
+            .filter(|point| point.instrument == instrument)
+            .collect()
+    }
+
+    #[test]
+    fn every_instrument_has_a_unique_name_and_a_unit() {
+        let mut names: Vec<&str> = INSTRUMENTS.iter().map(|i| i.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), INSTRUMENTS.len());
+        assert!(INSTRUMENTS.iter().all(|i| !i.unit.is_empty()));
+    }
+
+    #[test]
+    fn top_stacks_get_their_own_series_and_the_rest_is_other() {
+        let report = sample_report();
+        let points = points(&report, 2, 5, 1);
+        let outstanding = values_of(&points, STACK_OUTSTANDING);
+        assert_eq!(outstanding.len(), 3, "two stacks and other");
+        assert_eq!(outstanding[0].value, 10240.0);
+        let other = outstanding[2];
+        assert_eq!(
+            other.attributes,
+            vec![("leaktrace.stack.id", Value::Text(OTHER_STACKS.into()))]
+        );
+        // Stacks 3.. of the report plus what the report itself left out.
+        let rest: u64 = report.stacks[2..].iter().map(|s| s.outstanding_bytes).sum();
+        assert_eq!(
+            other.value,
+            (rest + report.omitted_outstanding_bytes) as f64
+        );
+
+        let leak = &outstanding[0].attributes;
+        assert!(leak.contains(&("code.function.name", Value::Text("leak_slowly".into()))));
+        assert!(leak.contains(&("code.file.path", Value::Text("/src/demo.c".into()))));
+        assert!(leak.contains(&("code.line.number", Value::Int(42))));
+        assert!(leak.contains(&("leaktrace.verdict", Value::Text("leaking".into()))));
+        let leaking = values_of(&points, STACK_LEAKING);
+        assert_eq!(
+            leaking.iter().map(|p| p.value).collect::<Vec<_>>(),
+            vec![1.0, 0.0]
+        );
+        assert_eq!(values_of(&points, PROBES_ATTACHED)[0].value, 5.0);
+        assert_eq!(values_of(&points, EXPORT_FAILURES)[0].value, 1.0);
+        assert_eq!(
+            values_of(&points, EVENTS_DROPPED)[0].attributes,
+            vec![("reason", Value::Text("stack_id_collision".into()))]
+        );
+        let rss = values_of(&points, PROCESS_MEMORY_USAGE);
+        assert_eq!(rss[0].value, ((4 << 20) + 14000) as f64);
+    }
+
+    #[test]
+    fn stack_ids_are_stable_across_address_layouts() {
+        let report = sample_report();
+        let mut moved = report.stacks[0].clone();
+        for frame in &mut moved.frames {
+            frame.address += 0x1000_0000;
+        }
+        assert_eq!(stack_id(&report.stacks[0]), stack_id(&moved));
+        assert_ne!(stack_id(&report.stacks[0]), stack_id(&report.stacks[1]));
+        assert_eq!(stack_id(&report.stacks[0]).len(), 16);
+    }
+
+    #[test]
+    fn suspects_and_their_frames() {
+        let report = sample_report();
+        let suspects: Vec<&StackReport> = report.stacks.iter().filter(|s| is_suspect(s)).collect();
+        assert_eq!(suspects.len(), 3);
+        assert_eq!(
+            frame_lines(suspects[0])[0],
+            "leak_slowly (/src/demo.c:42) in /usr/bin/demo"
+        );
+    }
+}

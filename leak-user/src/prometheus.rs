@@ -1,0 +1,309 @@
+//! `--prometheus ADDR`: the metrics of [`crate::metrics`] on `/metrics` in the Prometheus text
+//! format, encoded by the prometheus-client crate from the last analysis at each scrape.
+//! Names follow the OpenTelemetry-to-Prometheus rules: dots become underscores, the unit is
+//! a suffix (`_bytes`, `_bytes_per_second`), counters end in `_total`. Served from a thread
+//! of its own, so a slow scraper never holds up tracing.
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::{Registry, Unit},
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::{
+    metrics::{INSTRUMENTS, Instrument, Kind, Point, Value},
+    model::Target,
+};
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serve Prometheus metrics on {addr}: {reason}")]
+pub struct PrometheusError {
+    addr: String,
+    reason: String,
+}
+
+/// "9464", ":9464" or "HOST:PORT"; a bare port binds loopback only.
+pub fn parse_listen_addr(text: &str) -> Result<SocketAddr, String> {
+    let text = text.trim();
+    let port_only = text.strip_prefix(':').unwrap_or(text);
+    if let Ok(port) = port_only.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse().map_err(|_| {
+        format!(
+            "'{text}' is not an address to listen on: use a port (9464) or HOST:PORT (0.0.0.0:9464)"
+        )
+    })
+}
+
+/// The Prometheus name of an instrument, before prometheus-client adds unit and `_total`.
+fn base_name(instrument: &Instrument) -> String {
+    instrument.name.replace('.', "_")
+}
+
+fn unit(instrument: &Instrument) -> Option<Unit> {
+    match instrument.unit {
+        "By" => Some(Unit::Bytes),
+        "By/s" => Some(Unit::Other("bytes_per_second".into())),
+        "s" => Some(Unit::Seconds),
+        _ => None,
+    }
+}
+
+fn labels(attributes: &[(&'static str, Value)]) -> Vec<(String, String)> {
+    attributes
+        .iter()
+        .map(|(key, value)| {
+            let value = match value {
+                Value::Text(text) => text.clone(),
+                Value::Int(number) => number.to_string(),
+            };
+            (key.replace('.', "_"), value)
+        })
+        .collect()
+}
+
+/// Encodes the current points at each scrape.
+#[derive(Debug)]
+struct PointsCollector {
+    points: Arc<Mutex<Vec<Point>>>,
+    target: Vec<(String, String)>,
+}
+
+impl Collector for PointsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let info = ConstGauge::new(1i64);
+        let mut family = encoder.encode_descriptor(
+            "leaktrace_target_info",
+            "The traced process: 1, with its identity as labels.",
+            None,
+            MetricType::Gauge,
+        )?;
+        info.encode(family.encode_family(&self.target)?)?;
+        let points = match self.points.lock() {
+            Ok(points) => points.clone(),
+            Err(_) => return Ok(()),
+        };
+        for instrument in INSTRUMENTS {
+            let mine: Vec<&Point> = points
+                .iter()
+                .filter(|point| point.instrument == instrument)
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let name = base_name(&instrument);
+            let unit = unit(&instrument);
+            let metric_type = match instrument.kind {
+                Kind::Gauge => MetricType::Gauge,
+                Kind::Counter => MetricType::Counter,
+            };
+            let mut family = encoder.encode_descriptor(
+                &name,
+                instrument.description,
+                unit.as_ref(),
+                metric_type,
+            )?;
+            for point in mine {
+                let labels = labels(&point.attributes);
+                let metric = family.encode_family(&labels)?;
+                match instrument.kind {
+                    Kind::Gauge => ConstGauge::new(point.value).encode(metric)?,
+                    Kind::Counter => ConstCounter::new(point.value as u64).encode(metric)?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The text a scrape returns for these points.
+pub fn render(points: Arc<Mutex<Vec<Point>>>, target: &Target) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(PointsCollector {
+        points,
+        target: target_labels(target),
+    }));
+    let mut text = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+    text
+}
+
+fn target_labels(target: &Target) -> Vec<(String, String)> {
+    vec![
+        ("process_pid".into(), target.pid.to_string()),
+        (
+            "process_executable_name".into(),
+            target
+                .exe
+                .rsplit('/')
+                .next()
+                .unwrap_or(&target.exe)
+                .to_string(),
+        ),
+    ]
+}
+
+/// A running /metrics endpoint.
+pub struct Endpoint {
+    points: Arc<Mutex<Vec<Point>>>,
+    pub local_addr: SocketAddr,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Endpoint {
+    pub fn start(addr: SocketAddr, target: &Target) -> Result<Endpoint, PrometheusError> {
+        let error = |reason: String| PrometheusError {
+            addr: addr.to_string(),
+            reason,
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("leaktrace-prometheus")
+            .enable_all()
+            .build()
+            .map_err(|err| error(err.to_string()))?;
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .map_err(|err| error(err.to_string()))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|err| error(err.to_string()))?;
+        let points: Arc<Mutex<Vec<Point>>> = Arc::default();
+        let shared = points.clone();
+        let target = target.clone();
+        runtime.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let points = shared.clone();
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        serve(stream, points, &target),
+                    )
+                    .await;
+                });
+            }
+        });
+        Ok(Endpoint {
+            points,
+            local_addr,
+            runtime,
+        })
+    }
+
+    /// Replaces what scrapes see.
+    pub fn publish(&self, points: Vec<Point>) {
+        if let Ok(mut shared) = self.points.lock() {
+            *shared = points;
+        }
+    }
+
+    pub fn shutdown(self) {
+        self.runtime.shutdown_timeout(Duration::from_millis(200));
+    }
+}
+
+/// Answers one HTTP/1.x request: GET /metrics, or 404.
+async fn serve(
+    mut stream: tokio::net::TcpStream,
+    points: Arc<Mutex<Vec<Point>>>,
+    target: &Target,
+) -> std::io::Result<()> {
+    let mut request = Vec::with_capacity(1024);
+    let mut buffer = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
+        let read = stream.read(&mut buffer).await?;
+        if read == 0 {
+            break;
+        }
+        request.extend_from_slice(&buffer[..read]);
+    }
+    let line = String::from_utf8_lossy(&request);
+    let path = line.split_whitespace().nth(1).unwrap_or("");
+    let (status, content_type, body) = if path == "/metrics" || path.starts_with("/metrics?") {
+        (
+            "200 OK",
+            // What prometheus-client writes: OpenMetrics text (Prometheus asks for it).
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            render(points, target),
+        )
+    } else {
+        (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "leaktrace serves /metrics\n".to_string(),
+        )
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{metrics, report::fixtures::sample_report};
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(
+            parse_listen_addr("9464"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 9464)))
+        );
+        assert_eq!(
+            parse_listen_addr(":9464"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 9464)))
+        );
+        assert_eq!(
+            parse_listen_addr("0.0.0.0:80"),
+            Ok(SocketAddr::from(([0, 0, 0, 0], 80)))
+        );
+        assert!(parse_listen_addr("localhost").is_err());
+    }
+
+    #[test]
+    fn text_format_names_units_and_labels() {
+        let report = sample_report();
+        let points = Arc::new(Mutex::new(metrics::points(&report, 3, 4, 0)));
+        let text = render(points, &report.target);
+        insta::assert_snapshot!(text);
+        assert!(
+            text.contains("# TYPE process_memory_usage_bytes gauge"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE leaktrace_stack_allocations counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("leaktrace_stack_allocations_total{"),
+            "{text}"
+        );
+        assert!(
+            text.contains("code_function_name=\"leak_slowly\""),
+            "{text}"
+        );
+        assert!(text.contains("leaktrace_stack_leaking{"), "{text}");
+        assert!(
+            text.contains("leaktrace_target_info{process_pid=\"42\""),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}
