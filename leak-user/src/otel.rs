@@ -288,13 +288,23 @@ impl Telemetry {
         }
     }
 
-    /// Exports what is pending and stops (bounded by the exporters' timeouts).
+    /// Exports what is pending and stops (bounded by the exporters' timeouts). Runs on a
+    /// thread of its own: a tokio runtime cannot be shut down from inside another one.
     pub fn shutdown(self) {
-        let _ = self.meter_provider.force_flush();
-        let _ = self.tracer_provider.force_flush();
-        let _ = self.meter_provider.shutdown();
-        let _ = self.tracer_provider.shutdown();
-        self.runtime.shutdown_timeout(Duration::from_secs(1));
+        let Telemetry {
+            meter_provider,
+            tracer_provider,
+            runtime,
+            ..
+        } = self;
+        let stopping = std::thread::spawn(move || {
+            let _ = tracer_provider.force_flush();
+            let _ = meter_provider.force_flush();
+            let _ = meter_provider.shutdown();
+            let _ = tracer_provider.shutdown();
+            runtime.shutdown_timeout(Duration::from_secs(1));
+        });
+        let _ = stopping.join();
     }
 }
 

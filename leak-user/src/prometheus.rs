@@ -171,8 +171,11 @@ impl Endpoint {
             .enable_all()
             .build()
             .map_err(|err| error(err.to_string()))?;
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind(addr))
+        // Bound here so a taken port is an error now; served on the endpoint's own runtime
+        // (this may run inside the session's runtime, which must not block on another).
+        let listener = std::net::TcpListener::bind(addr).map_err(|err| error(err.to_string()))?;
+        listener
+            .set_nonblocking(true)
             .map_err(|err| error(err.to_string()))?;
         let local_addr = listener
             .local_addr()
@@ -181,6 +184,10 @@ impl Endpoint {
         let shared = points.clone();
         let target = target.clone();
         runtime.spawn(async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                log::warn!("cannot serve Prometheus metrics on {local_addr}");
+                return;
+            };
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
@@ -210,8 +217,12 @@ impl Endpoint {
         }
     }
 
+    /// Stops serving (from a thread of its own: a tokio runtime cannot be shut down from
+    /// inside another one).
     pub fn shutdown(self) {
-        self.runtime.shutdown_timeout(Duration::from_millis(200));
+        let runtime = self.runtime;
+        let _ =
+            std::thread::spawn(move || runtime.shutdown_timeout(Duration::from_millis(200))).join();
     }
 }
 

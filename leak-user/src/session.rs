@@ -284,7 +284,12 @@ impl Session {
         } else {
             self.options.top
         };
-        let report = self.build_report(exited, listed)?;
+        let mut report = self.build_report(exited, listed)?;
+        if let Some(telemetry) = &self.telemetry {
+            report
+                .events
+                .insert("otlp_export_failures".into(), telemetry.failures());
+        }
         if self.exporting() {
             self.publish(&report);
         }

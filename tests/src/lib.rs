@@ -221,6 +221,16 @@ pub fn leaktrace(name: &str, args: &[&str]) -> Traced {
 /// Like [`leaktrace`], and calls `attached` once leaktrace has printed its first interval
 /// line on stderr (its probes are in place by then).
 pub fn leaktrace_then(name: &str, args: &[&str], attached: impl FnOnce()) -> Traced {
+    leaktrace_with(name, args, &[], attached)
+}
+
+/// Like [`leaktrace_then`], with extra environment variables for leaktrace.
+pub fn leaktrace_with(
+    name: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+    attached: impl FnOnce(),
+) -> Traced {
     use std::io::BufRead;
 
     let report_path = scratch_dir().join(format!("{name}.json"));
@@ -235,6 +245,7 @@ pub fn leaktrace_then(name: &str, args: &[&str], attached: impl FnOnce()) -> Tra
         .arg(&report_path)
         .args(after)
         .env("LD_LIBRARY_PATH", private_libc_dir())
+        .envs(envs.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -341,4 +352,113 @@ pub fn u64_of(value: &Value) -> u64 {
     value
         .as_u64()
         .unwrap_or_else(|| panic!("not an integer: {value}"))
+}
+
+/// A tool the test needs (a receiver, promtool). Missing: a failure when
+/// LEAKTRACE_REQUIRE_BPF=1 (CI, where `cargo xtask setup` installs it), else a visible SKIPPED.
+pub fn tool_available(test: &str, path: &Path) -> bool {
+    if path.exists() {
+        return true;
+    }
+    if std::env::var("LEAKTRACE_REQUIRE_BPF").is_ok_and(|value| value == "1") {
+        panic!(
+            "{test}: {} is missing: run `cargo xtask setup`",
+            path.display()
+        );
+    }
+    eprintln!(
+        "SKIPPED {test}: {} is missing (`cargo xtask setup` installs it)",
+        path.display()
+    );
+    false
+}
+
+/// The Python with oteltest that `cargo xtask setup` prepares (xtask/src/setup.rs).
+pub fn otel_python() -> PathBuf {
+    workspace_root().join("target/tools/otel-venv/bin/python")
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free port")
+}
+
+/// GET http://127.0.0.1:PORT/PATH; the body, or None when nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        return None;
+    }
+    // Prometheus answers small bodies whole and large ones chunked.
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let size = usize::from_str_radix(size.trim(), 16).ok()?;
+            if size == 0 {
+                break;
+            }
+            out.push_str(tail.get(..size)?);
+            rest = tail.get(size + 2..)?;
+        }
+        return Some(out);
+    }
+    Some(body.to_string())
+}
+
+/// A helper process of a test (a receiver, Prometheus, a leaktrace running in the
+/// background), interrupted and then killed when dropped. Only ever our own child.
+pub struct Background {
+    pub child: std::process::Child,
+}
+
+impl Background {
+    pub fn spawn(command: &mut Command) -> Background {
+        let child = command
+            .spawn()
+            .unwrap_or_else(|err| panic!("start {command:?}: {err}"));
+        Background { child }
+    }
+
+    /// Sends SIGINT and waits up to `grace` for it to exit.
+    pub fn interrupt(&mut self, grace: std::time::Duration) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(pid, libc::SIGINT) };
+        }
+        let deadline = std::time::Instant::now() + grace;
+        while std::time::Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.interrupt(std::time::Duration::from_secs(5));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

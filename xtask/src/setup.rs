@@ -13,8 +13,50 @@ pub fn run() -> Result<()> {
     nightly_with_rust_src()?;
     bpf_linker()?;
     debian_packages()?;
+    otel_sink()?;
     tracefs();
     Ok(())
+}
+
+/// oteltest's version whose otelsink the OTLP end-to-end tests receive with.
+const OTELTEST_VERSION: &str = "0.49.0";
+
+/// Where the OTLP receiver's Python environment lives (tests/src/lib.rs looks there too).
+pub fn otel_venv() -> std::path::PathBuf {
+    crate::root().join("target/tools/otel-venv")
+}
+
+/// A Python environment with oteltest (its otelsink is the OTLP receiver of the tests).
+fn otel_sink() -> Result<()> {
+    let venv = otel_venv();
+    let python = venv.join("bin/python");
+    let has_oteltest = Command::new(&python)
+        .args(["-c", "import oteltest.sink"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if has_oteltest {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask setup: installing oteltest {OTELTEST_VERSION} into {}",
+        venv.display()
+    );
+    let created = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .is_ok_and(|status| status.success());
+    if !created {
+        // Debian's python3 keeps venv in a package of its own.
+        install_debian(&["python3", "python3-venv"])?;
+        run_checked(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    run_checked(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!("oteltest=={OTELTEST_VERSION}")),
+    )
+    .context("installing oteltest from PyPI")
 }
 
 fn output(command: &mut Command) -> Option<String> {
@@ -75,13 +117,15 @@ fn bpf_linker() -> Result<()> {
 }
 
 /// Compilers for the test targets and the demo; glibc's debug symbols so libc frames show
-/// file:line; protoc, which the pprof report test decodes the output with.
+/// file:line; protoc, which the pprof report test decodes the output with; Prometheus and
+/// promtool, which scrape `--prometheus` and test the shipped alert rules.
 fn debian_packages() -> Result<()> {
     let wanted = [
         ("gcc", "gcc"),
         ("g++", "g++"),
         ("libc6-dbg", ""),
         ("protobuf-compiler", "protoc"),
+        ("prometheus", "promtool"),
     ];
     let missing: Vec<&str> = wanted
         .iter()
@@ -95,6 +139,10 @@ fn debian_packages() -> Result<()> {
         })
         .map(|(package, _)| *package)
         .collect();
+    install_debian(&missing)
+}
+
+fn install_debian(missing: &[&str]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
@@ -115,7 +163,7 @@ fn debian_packages() -> Result<()> {
     run_checked(
         Command::new("apt-get")
             .args(["install", "-y", "--no-install-recommends"])
-            .args(&missing)
+            .args(missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
     .context("installing test compilers and tools")
