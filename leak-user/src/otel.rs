@@ -270,6 +270,9 @@ impl Telemetry {
         }
         span.end_with_timestamp(now);
         self.window_start = now;
+        if newly_leaking.is_empty() {
+            return;
+        }
         for stack in newly_leaking {
             let mut detected = tracer
                 .span_builder("memory.leak.detected")
@@ -278,14 +281,12 @@ impl Telemetry {
             detected.add_event("memory.leak.suspect", suspect_attributes(stack));
             detected.end();
         }
-        // Do not wait for the batch delay with news of a leak, and do not wait on the
-        // receiver here either.
-        if !self.leaking_seen.is_empty() {
-            let provider = self.tracer_provider.clone();
-            self.runtime.spawn_blocking(move || {
-                let _ = provider.force_flush();
-            });
-        }
+        // News of a leak does not wait for the batch delay, and the session does not wait
+        // on the receiver either.
+        let provider = self.tracer_provider.clone();
+        self.runtime.spawn_blocking(move || {
+            let _ = provider.force_flush();
+        });
     }
 
     /// Exports what is pending and stops (bounded by the exporters' timeouts). Runs on a
