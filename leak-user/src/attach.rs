@@ -22,7 +22,10 @@ use leak_common::{
 };
 use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
-use crate::procfs::{self, Mapping};
+use crate::{
+    probe_site,
+    procfs::{self, Mapping},
+};
 
 /// What went wrong while attaching, phrased for the user.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +67,9 @@ pub struct AllocatorFn {
     pub symbol: String,
     /// Offset of the function in the module's file.
     pub file_offset: u64,
+    /// Offset in the file where its probes go: the entry, or the first instruction the
+    /// kernel emulates when only harmless ones precede it (see `probe_site`).
+    pub probe_offset: u64,
 }
 
 /// Every symbol leaktrace probes, with the behaviour it has.
@@ -124,10 +130,15 @@ pub fn find_allocator_functions(elf: &[u8]) -> Result<Vec<AllocatorFn>, object::
         {
             continue;
         }
+        let start = usize::try_from(file_offset).unwrap_or(usize::MAX);
+        let code = elf
+            .get(start..start.saturating_add(64).min(elf.len()))
+            .unwrap_or(&[]);
         found.push(AllocatorFn {
             func,
             symbol: symbol.to_string(),
             file_offset,
+            probe_offset: file_offset + probe_site::probe_offset(code),
         });
     }
     Ok(found)
@@ -344,7 +355,7 @@ pub fn attach(
         for function in &module.functions {
             let mut attach_one = |program: &str| -> Result<(), AttachError> {
                 uprobe(&mut ebpf, program)?
-                    .attach(function.file_offset, &module.probe_path, scope)
+                    .attach(function.probe_offset, &module.probe_path, scope)
                     .map(|_| ())
                     .map_err(|err| probe_error(&function.symbol, &module.display_path, err))
             };
@@ -353,6 +364,12 @@ pub fn attach(
                 attach_one(ALLOC_RETURN_PROGRAM)?;
             }
             attach_one(function.func.entry_program())?;
+            log::debug!(
+                "{} in {}: probe at +{:#x}",
+                function.symbol,
+                module.display_path,
+                function.probe_offset - function.file_offset
+            );
             attached.push(format!("{} in {}", function.symbol, module.display_path));
         }
     }

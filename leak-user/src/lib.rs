@@ -14,6 +14,7 @@ pub mod launch;
 pub mod metrics;
 pub mod model;
 pub mod otel;
+pub mod probe_site;
 pub mod procfs;
 pub mod prometheus;
 pub mod regions;
