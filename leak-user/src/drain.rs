@@ -15,6 +15,9 @@ use crate::{
     regions::Regions,
 };
 
+/// Walks of the live-allocation map may take 1/this of the time (1%).
+const SCAN_BUDGET_INVERSE: u64 = 100;
+
 /// Samples kept per stack before the series is thinned to half its resolution.
 const MAX_SERIES_LEN: usize = 2048;
 
@@ -76,6 +79,10 @@ pub struct Collector {
     counters: [u64; Counter::COUNT as usize],
     /// Stack ids seen for the first time since the last call to `take_new_stacks`.
     new_stacks: bool,
+    /// When the live map was last walked and what the walk cost, in ns.
+    last_scan: Option<(u64, u64)>,
+    /// What that walk found old enough for --min-age.
+    scanned_held: HashMap<StackKey, Held>,
 }
 
 impl Collector {
@@ -95,6 +102,8 @@ impl Collector {
             stack_ips: HashMap::new(),
             counters: [0; Counter::COUNT as usize],
             new_stacks: false,
+            last_scan: None,
+            scanned_held: HashMap::new(),
         }
     }
 
@@ -190,13 +199,30 @@ impl Collector {
         Ok(())
     }
 
-    /// Finds the oldest live heap allocation of each stack (a walk over every live
-    /// allocation, so done per report, not per sample), and returns what each stack holds in
-    /// allocations made at or before `born_by_ns` (for --min-age).
+    /// Finds the oldest live heap allocation of each stack, and returns what each stack holds
+    /// in allocations made at or before `born_by_ns` (for --min-age).
+    ///
+    /// This walks every live allocation (two syscalls each: about 2 s for a million), so
+    /// unless `force`d it runs only when the last walk cost at most 1% of the time since:
+    /// in between, the last walk's answers stand (an oldest allocation freed since then
+    /// reads older than the true oldest until the next walk).
     pub fn scan_live_allocations(
         &mut self,
         born_by_ns: u64,
+        now_ns: u64,
+        force: bool,
     ) -> Result<HashMap<StackKey, Held>, DrainError> {
+        let budget_spent = self.last_scan.is_some_and(|(at, cost)| {
+            now_ns.saturating_sub(at) < cost.saturating_mul(SCAN_BUDGET_INVERSE)
+        });
+        if budget_spent && !force {
+            let mut held = self.scanned_held.clone();
+            for (key, region_held) in self.regions.held_born_by(born_by_ns) {
+                held.insert(key, region_held);
+            }
+            return Ok(held);
+        }
+        let started = std::time::Instant::now();
         let mut oldest: HashMap<u32, u64> = HashMap::new();
         let mut held: HashMap<StackKey, Held> = HashMap::new();
         for entry in self.maps.allocs.iter() {
@@ -224,6 +250,9 @@ impl Collector {
                 history.oldest_live_ns = oldest.get(&history.key.stack_id).copied();
             }
         }
+        let cost = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_scan = Some((now_ns, cost));
+        self.scanned_held = held.clone();
         for (key, region_held) in self.regions.held_born_by(born_by_ns) {
             held.insert(key, region_held);
         }

@@ -278,13 +278,17 @@ impl Session {
 
     /// The stacks the report lists and those the exporters see (more, when --export-top is
     /// above --top).
-    fn analyse(&mut self, exited: Option<Exit>) -> Result<Report, SessionError> {
+    fn analyse(
+        &mut self,
+        exited: Option<Exit>,
+        final_report: bool,
+    ) -> Result<Report, SessionError> {
         let listed = if self.exporting() {
             self.options.top.max(self.options.export_top)
         } else {
             self.options.top
         };
-        let mut report = self.build_report(exited, listed)?;
+        let mut report = self.build_report(exited, listed, final_report)?;
         if let Some(telemetry) = &self.telemetry {
             report
                 .events
@@ -389,7 +393,7 @@ impl Session {
             tokio::select! {
                 _ = sample.tick() => self.tick()?,
                 _ = publish_every.tick(), if self.exporting() => {
-                    self.analyse(None)?;
+                    self.analyse(None, false)?;
                 }
                 _ = ctrl_c.recv() => {}
                 event = events.recv() => match event {
@@ -413,7 +417,7 @@ impl Session {
     }
 
     fn interval_report(&mut self) -> Result<(), SessionError> {
-        let report = self.analyse(None)?;
+        let report = self.analyse(None, false)?;
         let stdout = std::io::stdout();
         if self.options.output.is_none()
             && self.options.format == Format::Text
@@ -444,7 +448,7 @@ impl Session {
     }
 
     fn finish(mut self, exited: Option<Exit>) -> Result<Outcome, SessionError> {
-        let report = self.analyse(exited)?;
+        let report = self.analyse(exited, true)?;
         if let Some(telemetry) = self.telemetry.take() {
             telemetry.shutdown();
         }
@@ -468,15 +472,24 @@ impl Session {
         Ok(Outcome { report, exit: None })
     }
 
-    fn build_report(&mut self, exited: Option<Exit>, top: usize) -> Result<Report, SessionError> {
+    /// The report now. A `final_report` pays for an exact walk of the live allocations;
+    /// interim ones walk them within a CPU budget (see `Collector::scan_live_allocations`).
+    fn build_report(
+        &mut self,
+        exited: Option<Exit>,
+        top: usize,
+        final_report: bool,
+    ) -> Result<Report, SessionError> {
         let now_ns = procfs::monotonic_ns();
         let min_age_ns = self
             .options
             .min_age
             .map_or(0, |age| u64::try_from(age.as_nanos()).unwrap_or(u64::MAX));
-        let held_old_enough = self
-            .collector
-            .scan_live_allocations(now_ns.saturating_sub(min_age_ns))?;
+        let held_old_enough = self.collector.scan_live_allocations(
+            now_ns.saturating_sub(min_age_ns),
+            now_ns,
+            final_report,
+        )?;
         let span_s = now_ns.saturating_sub(self.started_ns) as f64 / 1e9;
         let context = Context {
             now_ns,

@@ -1,7 +1,19 @@
-// Times N malloc(64)+free pairs; prints "ns_per_pair=X". Used by `cargo xtask bench`.
+// Allocation workloads for `cargo xtask bench`. Prints "ns_per_pair=X": nanoseconds of wall
+// time per malloc+free pair (per sequence for realloc), from CLOCK_MONOTONIC.
+//
+//   bench_pairs [pairs] N         malloc(64)+free, one thread (the default mode)
+//   bench_pairs threads N         the same on two threads, N pairs in all
+//   bench_pairs mixed N           sizes from 16 B to 64 KiB, one thread
+//   bench_pairs realloc N         malloc(16), realloc to 64, to 256, free
+//   bench_pairs hold N SECONDS [DELAY]
+//                                 waits DELAY seconds (for a tracer to attach), keeps N
+//                                 malloc(32) blocks live for SECONDS, then exits
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static double now_ns(void) {
     struct timespec ts;
@@ -9,15 +21,76 @@ static double now_ns(void) {
     return ts.tv_sec * 1e9 + ts.tv_nsec;
 }
 
+static void *volatile sink;
+
+static void *pairs(void *arg) {
+    long n = *(long *)arg;
+    void *volatile block;  // per thread: a shared one would be freed twice
+    for (long i = 0; i < n; i++) {
+        block = malloc(64);
+        free(block);
+    }
+    return NULL;
+}
+
+static void mixed(long n) {
+    unsigned state = 12345;
+    for (long i = 0; i < n; i++) {
+        state = state * 1103515245u + 12345u;
+        size_t size = 16u << ((state >> 16) % 13);  // 16 B .. 64 KiB
+        void *volatile block = malloc(size);
+        free(block);
+    }
+}
+
+static void reallocs(long n) {
+    for (long i = 0; i < n; i++) {
+        void *p = malloc(16);
+        p = realloc(p, 64);
+        p = realloc(p, 256);
+        sink = p;
+        free(p);
+    }
+}
+
 int main(int argc, char **argv) {
-    long pairs = argc > 1 ? atol(argv[1]) : 5000000;
-    void *volatile sink;
+    const char *mode = "pairs";
+    int first = 1;
+    if (argc > 1 && (argv[1][0] < '0' || argv[1][0] > '9')) {
+        mode = argv[1];
+        first = 2;
+    }
+    long n = argc > first ? atol(argv[first]) : 5000000;
+    if (strcmp(mode, "hold") == 0) {
+        int seconds = argc > first + 1 ? atoi(argv[first + 1]) : 10;
+        int delay = argc > first + 2 ? atoi(argv[first + 2]) : 0;
+        sleep(delay);
+        void **blocks = malloc(n * sizeof *blocks);
+        for (long i = 0; i < n; i++) blocks[i] = malloc(32);
+        printf("holding=%ld\n", n);
+        fflush(stdout);
+        sleep(seconds);
+        for (long i = 0; i < n; i++) free(blocks[i]);
+        free(blocks);
+        return 0;
+    }
     double start = now_ns();
-    for (long i = 0; i < pairs; i++) {
-        sink = malloc(64);
-        free(sink);
+    if (strcmp(mode, "pairs") == 0) {
+        pairs(&n);
+    } else if (strcmp(mode, "threads") == 0) {
+        long half = n / 2;
+        pthread_t threads[2];
+        for (int t = 0; t < 2; t++) pthread_create(&threads[t], NULL, pairs, &half);
+        for (int t = 0; t < 2; t++) pthread_join(threads[t], NULL);
+    } else if (strcmp(mode, "mixed") == 0) {
+        mixed(n);
+    } else if (strcmp(mode, "realloc") == 0) {
+        reallocs(n);
+    } else {
+        fprintf(stderr, "unknown mode %s\n", mode);
+        return 2;
     }
     double elapsed = now_ns() - start;
-    printf("ns_per_pair=%.1f\n", elapsed / pairs);
+    printf("ns_per_pair=%.1f\n", elapsed / n);
     return 0;
 }
