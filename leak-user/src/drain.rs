@@ -15,8 +15,10 @@ use crate::{
     regions::Regions,
 };
 
-/// Walks of the live-allocation map may take 1/this of the time (1%).
-const SCAN_BUDGET_INVERSE: u64 = 100;
+/// Walks of the live-allocation map may take 1/this of the time (0.5%).
+const SCAN_BUDGET_INVERSE: u64 = 200;
+/// What walking one live allocation costs before a walk has measured it (two bpf syscalls).
+const DEFAULT_SCAN_NS_PER_ENTRY: u64 = 2_000;
 
 /// Samples kept per stack before the series is thinned to half its resolution.
 const MAX_SERIES_LEN: usize = 2048;
@@ -79,8 +81,10 @@ pub struct Collector {
     counters: [u64; Counter::COUNT as usize],
     /// Stack ids seen for the first time since the last call to `take_new_stacks`.
     new_stacks: bool,
-    /// When the live map was last walked and what the walk cost, in ns.
-    last_scan: Option<(u64, u64)>,
+    /// When the live map was last walked.
+    last_scan: Option<u64>,
+    /// What walking one live allocation costs, ns (measured by the last large walk).
+    scan_ns_per_entry: u64,
     /// What that walk found old enough for --min-age.
     scanned_held: HashMap<StackKey, Held>,
 }
@@ -103,6 +107,7 @@ impl Collector {
             counters: [0; Counter::COUNT as usize],
             new_stacks: false,
             last_scan: None,
+            scan_ns_per_entry: DEFAULT_SCAN_NS_PER_ENTRY,
             scanned_held: HashMap::new(),
         }
     }
@@ -203,7 +208,7 @@ impl Collector {
     /// in allocations made at or before `born_by_ns` (for --min-age).
     ///
     /// This walks every live allocation (two syscalls each: about 2 s for a million), so
-    /// unless `force`d it runs only when the last walk cost at most 1% of the time since:
+    /// unless `force`d it runs only when it would cost at most 0.5% of the time since the last:
     /// in between, the last walk's answers stand (an oldest allocation freed since then
     /// reads older than the true oldest until the next walk).
     pub fn scan_live_allocations(
@@ -212,8 +217,17 @@ impl Collector {
         now_ns: u64,
         force: bool,
     ) -> Result<HashMap<StackKey, Held>, DrainError> {
-        let budget_spent = self.last_scan.is_some_and(|(at, cost)| {
-            now_ns.saturating_sub(at) < cost.saturating_mul(SCAN_BUDGET_INVERSE)
+        // What a walk would cost now: the live count at the last sample times the per-entry
+        // cost the last walk measured.
+        let live: u64 = self
+            .stacks
+            .values()
+            .filter(|history| history.key.origin == Origin::Heap)
+            .map(|history| history.totals.outstanding_allocs)
+            .sum();
+        let expected_cost = live.saturating_mul(self.scan_ns_per_entry);
+        let budget_spent = self.last_scan.is_some_and(|at| {
+            now_ns.saturating_sub(at) < expected_cost.saturating_mul(SCAN_BUDGET_INVERSE)
         });
         if budget_spent && !force {
             let mut held = self.scanned_held.clone();
@@ -225,7 +239,9 @@ impl Collector {
         let started = std::time::Instant::now();
         let mut oldest: HashMap<u32, u64> = HashMap::new();
         let mut held: HashMap<StackKey, Held> = HashMap::new();
+        let mut walked: u64 = 0;
         for entry in self.maps.allocs.iter() {
+            walked += 1;
             let (_, record) = match entry {
                 Ok(entry) => entry,
                 // Freed between listing and lookup.
@@ -251,7 +267,10 @@ impl Collector {
             }
         }
         let cost = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.last_scan = Some((now_ns, cost));
+        self.last_scan = Some(now_ns);
+        if walked >= 1000 {
+            self.scan_ns_per_entry = cost / walked;
+        }
         self.scanned_held = held.clone();
         for (key, region_held) in self.regions.held_born_by(born_by_ns) {
             held.insert(key, region_held);
