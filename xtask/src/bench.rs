@@ -136,9 +136,9 @@ pub fn run(pairs: u64, runs: usize) -> Result<()> {
     Ok(())
 }
 
-/// The same pairs workload under the peers that are installed (`apt-get install heaptrack
-/// valgrind`; `cargo xtask setup` does not install them). bcc's memleak is not run: Debian's
-/// bcc 0.26 needs kernel headers this kernel lacks (see ../shared/notes).
+/// The same pairs workload under the peers that are installed (`cargo xtask bench` installs
+/// heaptrack and valgrind when it can). bcc's memleak is not run: Debian's bcc 0.26 needs
+/// kernel headers this kernel lacks (see ../shared/notes).
 fn peers(bench_bin: &std::path::Path, pairs: u64, runs: usize) -> Result<String> {
     let count = pairs.to_string();
     let out_dir = root().join("target/xtask");

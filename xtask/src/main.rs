@@ -70,6 +70,7 @@ fn main() -> Result<()> {
         }
         Task::Bench { pairs, runs } => {
             setup::run()?;
+            setup::bench_peers();
             build()?;
             bench::run(pairs, runs)
         }

@@ -142,6 +142,18 @@ fn debian_packages() -> Result<()> {
     install_debian(&missing)
 }
 
+/// The peers `cargo xtask bench` compares with, when the package manager can install them.
+/// A peer that cannot be installed is left out of the table, not an error.
+pub fn bench_peers() {
+    let missing: Vec<&str> = ["heaptrack", "valgrind"]
+        .into_iter()
+        .filter(|binary| which::which(binary).is_err())
+        .collect();
+    if let Err(err) = install_debian(&missing) {
+        eprintln!("xtask bench: peers not installed ({err:#}); their rows are left out");
+    }
+}
+
 fn install_debian(missing: &[&str]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
