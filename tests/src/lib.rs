@@ -74,6 +74,18 @@ const C_FLAGS: [&str; 5] = [
     "-pthread",
 ];
 
+/// Runs a compiler writing to a private temporary file, then renames it to `output`. Tests
+/// run in parallel and several build the same target: writing `output` in place while
+/// another test executes it fails with "Text file busy" (ETXTBSY); a rename never does.
+fn compile_to(output: &Path, command: &mut Command) {
+    static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let build = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temporary = output.with_extension(format!("{}-{build}.tmp", std::process::id()));
+    run_ok(command.arg("-o").arg(&temporary));
+    std::fs::rename(&temporary, output)
+        .unwrap_or_else(|err| panic!("rename {} into place: {err}", temporary.display()));
+}
+
 /// Compiles tests/targets/SOURCE with gcc or g++ (by extension) into the scratch dir.
 pub fn build_c(source: &str, extra: &[&str]) -> PathBuf {
     let stem = Path::new(source)
@@ -86,12 +98,11 @@ pub fn build_c(source: &str, extra: &[&str]) -> PathBuf {
     } else {
         "gcc"
     };
-    run_ok(
+    compile_to(
+        &output,
         Command::new(compiler)
             .args(C_FLAGS)
             .args(extra)
-            .arg("-o")
-            .arg(&output)
             .arg(targets_dir().join(source)),
     );
     output
@@ -100,11 +111,11 @@ pub fn build_c(source: &str, extra: &[&str]) -> PathBuf {
 /// Compiles a C shared library.
 pub fn build_c_shared(source: &str, name: &str) -> PathBuf {
     let output = scratch_dir().join(name);
-    run_ok(
+    compile_to(
+        &output,
         Command::new("gcc")
             .args(C_FLAGS)
-            .args(["-shared", "-fPIC", "-o"])
-            .arg(&output)
+            .args(["-shared", "-fPIC"])
             .arg(targets_dir().join(source)),
     );
     output
@@ -117,7 +128,8 @@ pub fn build_rust(source: &str) -> PathBuf {
         .and_then(|s| s.to_str())
         .unwrap_or(source);
     let output = scratch_dir().join(stem);
-    run_ok(
+    compile_to(
+        &output,
         Command::new("rustc")
             .args([
                 "-O",
@@ -126,9 +138,7 @@ pub fn build_rust(source: &str) -> PathBuf {
                 "force-frame-pointers=yes",
                 "--edition",
                 "2021",
-                "-o",
             ])
-            .arg(&output)
             .arg(targets_dir().join(source)),
     );
     output
