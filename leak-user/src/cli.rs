@@ -243,13 +243,18 @@ impl Common {
     }
 }
 
-/// "4096", "4K", "4KiB", "1.5M", "2G" (powers of 1024).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
+/// "1.5M" → ("1.5", "M"): the leading number and the unit after it.
+fn number_and_unit(text: &str) -> (&str, &str) {
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
+    text.split_at(split)
+}
+
+/// "4096", "4K", "4KiB", "1.5M", "2G" (powers of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = number_and_unit(text);
     let value: f64 = number
         .parse()
         .map_err(|_| format!("'{text}' is not a size: use e.g. 64, 4K, 1M, 2G"))?;
@@ -266,10 +271,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 /// "500ms", "30s", "5m", "1h", or plain seconds ("10").
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
+    let (number, unit) = number_and_unit(text);
     let value: f64 = number
         .parse()
         .map_err(|_| format!("'{text}' is not a duration: use e.g. 500ms, 30s, 5m, 1h"))?;

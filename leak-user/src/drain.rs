@@ -220,22 +220,24 @@ impl Collector {
         // What a walk would cost now: the live count at the last sample times the per-entry
         // cost the last walk measured.
         let live: u64 = self
-            .stacks
-            .values()
-            .filter(|history| history.key.origin == Origin::Heap)
+            .heap_histories()
             .map(|history| history.totals.outstanding_allocs)
             .sum();
         let expected_cost = live.saturating_mul(self.scan_ns_per_entry);
         let budget_spent = self.last_scan.is_some_and(|at| {
             now_ns.saturating_sub(at) < expected_cost.saturating_mul(SCAN_BUDGET_INVERSE)
         });
-        if budget_spent && !force {
-            let mut held = self.scanned_held.clone();
-            for (key, region_held) in self.regions.held_born_by(born_by_ns) {
-                held.insert(key, region_held);
-            }
-            return Ok(held);
+        if force || !budget_spent {
+            self.walk_live_allocations(born_by_ns, now_ns)?;
         }
+        let mut held = self.scanned_held.clone();
+        held.extend(self.regions.held_born_by(born_by_ns));
+        Ok(held)
+    }
+
+    /// One walk of the live-allocation map: each heap stack's oldest allocation and what
+    /// it holds born by `born_by_ns`, and what the walk cost per entry.
+    fn walk_live_allocations(&mut self, born_by_ns: u64, now_ns: u64) -> Result<(), DrainError> {
         let started = std::time::Instant::now();
         let mut oldest: HashMap<u32, u64> = HashMap::new();
         let mut held: HashMap<StackKey, Held> = HashMap::new();
@@ -271,18 +273,19 @@ impl Collector {
         if walked >= 1000 {
             self.scan_ns_per_entry = cost / walked;
         }
-        self.scanned_held = held.clone();
-        for (key, region_held) in self.regions.held_born_by(born_by_ns) {
-            held.insert(key, region_held);
-        }
-        Ok(held)
+        self.scanned_held = held;
+        Ok(())
+    }
+
+    fn heap_histories(&self) -> impl Iterator<Item = &StackHistory> {
+        self.stacks
+            .values()
+            .filter(|history| history.key.origin == Origin::Heap)
     }
 
     /// Heap bytes held by all traced stacks at the last sample.
     pub fn heap_outstanding_bytes(&self) -> u64 {
-        self.stacks
-            .values()
-            .filter(|history| history.key.origin == Origin::Heap)
+        self.heap_histories()
             .map(|history| history.totals.outstanding_bytes)
             .sum()
     }

@@ -265,6 +265,13 @@ pub struct Target {
     pub command_line: String,
 }
 
+impl Target {
+    /// The executable's file name ("redis-server" for /usr/bin/redis-server).
+    pub fn executable_name(&self) -> &str {
+        self.exe.rsplit('/').next().unwrap_or(&self.exe)
+    }
+}
+
 /// How the target ended, if it did during tracing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Exit {
@@ -298,6 +305,25 @@ pub struct Report {
     /// Leaking stacks first, then growing, stable, transient; within each, by the sort key
     /// (at most --top of them).
     pub stacks: Vec<StackReport>,
+}
+
+impl Report {
+    /// Listed stacks with this verdict.
+    pub fn count(&self, verdict: Verdict) -> usize {
+        self.stacks
+            .iter()
+            .filter(|stack| stack.verdict == verdict)
+            .count()
+    }
+
+    /// Bytes held by every stack, listed or omitted.
+    pub fn outstanding_bytes(&self) -> u64 {
+        self.stacks
+            .iter()
+            .map(|stack| stack.outstanding_bytes)
+            .sum::<u64>()
+            + self.omitted_outstanding_bytes
+    }
 }
 
 /// The current version of [`Report`]'s layout.

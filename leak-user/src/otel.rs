@@ -124,12 +124,7 @@ impl<E: SpanExporter> SpanExporter for CountingSpanExporter<E> {
 
 /// The resource: OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES first, then the target.
 pub fn resource(target: &Target) -> Resource {
-    let executable = target
-        .exe
-        .rsplit('/')
-        .next()
-        .unwrap_or(&target.exe)
-        .to_string();
+    let executable = target.executable_name().to_string();
     let mut builder = Resource::builder().with_attributes([
         KeyValue::new("process.pid", i64::from(target.pid)),
         KeyValue::new("process.executable.name", executable.clone()),
@@ -412,19 +407,8 @@ fn register(
 
 /// The figures of an analysis window.
 fn window_attributes(report: &Report) -> Vec<KeyValue> {
-    let count = |verdict: Verdict| {
-        report
-            .stacks
-            .iter()
-            .filter(|stack| stack.verdict == verdict)
-            .count() as i64
-    };
-    let outstanding: u64 = report
-        .stacks
-        .iter()
-        .map(|stack| stack.outstanding_bytes)
-        .sum::<u64>()
-        + report.omitted_outstanding_bytes;
+    let count = |verdict: Verdict| report.count(verdict) as i64;
+    let outstanding = report.outstanding_bytes();
     let mut attributes = vec![
         KeyValue::new("process.pid", i64::from(report.target.pid)),
         KeyValue::new("leaktrace.duration_s", report.duration_s),

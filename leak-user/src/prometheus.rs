@@ -142,12 +142,7 @@ fn target_labels(target: &Target) -> Vec<(String, String)> {
         ("process_pid".into(), target.pid.to_string()),
         (
             "process_executable_name".into(),
-            target
-                .exe
-                .rsplit('/')
-                .next()
-                .unwrap_or(&target.exe)
-                .to_string(),
+            target.executable_name().to_string(),
         ),
     ]
 }

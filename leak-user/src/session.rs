@@ -428,19 +428,12 @@ impl Session {
             let _ = write!(out, "\x1b[H\x1b[2J{}", report::text::render(&report, true));
             let _ = out.flush();
         } else {
-            let count = |verdict: Verdict| {
-                report
-                    .stacks
-                    .iter()
-                    .filter(|stack| stack.verdict == verdict)
-                    .count()
-            };
             eprintln!(
                 "leaktrace: {:.1}s, {} stacks listed, {} leaking, {} growing, {} dropped events",
                 report.duration_s,
                 report.stacks.len(),
-                count(Verdict::Leaking),
-                count(Verdict::Growing),
+                report.count(Verdict::Leaking),
+                report.count(Verdict::Growing),
                 report.dropped.values().sum::<u64>()
             );
         }

@@ -93,18 +93,10 @@ pub fn diff(old: &Report, new: &Report) -> Diff {
             .cmp(&a.delta_bytes)
             .then(b.new_outstanding_bytes.cmp(&a.new_outstanding_bytes))
     });
-    let total = |report: &Report| {
-        report
-            .stacks
-            .iter()
-            .map(|s| s.outstanding_bytes)
-            .sum::<u64>()
-            + report.omitted_outstanding_bytes
-    };
     Diff {
         old_duration_s: old.duration_s,
         new_duration_s: new.duration_s,
-        delta_bytes: total(new) as i64 - total(old) as i64,
+        delta_bytes: new.outstanding_bytes() as i64 - old.outstanding_bytes() as i64,
         changes,
     }
 }

@@ -42,6 +42,13 @@ fn plural(count: u64, word: &str) -> String {
     format!("{count} {word}{}", if count == 1 { "" } else { "s" })
 }
 
+/// " since 3.0s" for a growth onset, or nothing.
+fn since(onset: Option<f64>) -> String {
+    onset
+        .map(|onset| format!(" since {onset:.1}s"))
+        .unwrap_or_default()
+}
+
 fn rate(bytes_per_s: f64) -> String {
     let sign = if bytes_per_s >= 0.0 { "+" } else { "" };
     format!("{sign}{}/s", human_bytes(bytes_per_s))
@@ -50,21 +57,10 @@ fn rate(bytes_per_s: f64) -> String {
 pub fn render(report: &Report, color: bool) -> String {
     let painter = Painter { color };
     let mut out = String::new();
-    let count = |verdict: Verdict| {
-        report
-            .stacks
-            .iter()
-            .filter(|stack| stack.verdict == verdict)
-            .count() as u64
-    };
+    let count = |verdict: Verdict| report.count(verdict) as u64;
     let (leaking, growing) = (count(Verdict::Leaking), count(Verdict::Growing));
     let others = report.stacks.len() as u64 - leaking - growing + report.omitted_stacks;
-    let held: u64 = report
-        .stacks
-        .iter()
-        .map(|s| s.outstanding_bytes)
-        .sum::<u64>()
-        + report.omitted_outstanding_bytes;
+    let held = report.outstanding_bytes();
     let _ = writeln!(
         out,
         "leaktrace: pid {} ({}) traced for {:.1}s: {}, {}, {}; {} outstanding",
@@ -178,11 +174,11 @@ fn process_line(process: &ProcessReport) -> String {
         return "process: memory not readable".to_string();
     };
     let trend = if process.rss_rising {
-        let since = process
-            .rss_growth_onset
-            .map(|onset| format!(" since {onset:.1}s"))
-            .unwrap_or_default();
-        format!("rising {}{since}", rate(process.rss_growth_bytes_per_s))
+        format!(
+            "rising {}{}",
+            rate(process.rss_growth_bytes_per_s),
+            since(process.rss_growth_onset)
+        )
     } else {
         "no steady rise".to_string()
     };
@@ -205,10 +201,7 @@ fn render_detailed(out: &mut String, rank: usize, stack: &StackReport, painter: 
         plural(stack.outstanding_allocs, "allocation"),
         stack.origin.as_str(),
     );
-    let since = stack
-        .growth_onset
-        .map(|onset| format!(" since {onset:.1}s"))
-        .unwrap_or_default();
+    let since = since(stack.growth_onset);
     let oldest = stack
         .oldest_age_s
         .map(|age| format!(", oldest {age:.1}s"))
