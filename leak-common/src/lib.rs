@@ -28,6 +28,10 @@ pub const TARGET_TGID_GLOBAL: &str = "TARGET_TGID";
 pub const MIN_SIZE_GLOBAL: &str = "MIN_ALLOC_SIZE";
 pub const MAX_SIZE_GLOBAL: &str = "MAX_ALLOC_SIZE";
 
+/// Name of the global holding the sampling rate N (u32): each allocation is tracked with
+/// probability 1/N, and user space multiplies what it reads by N. 1 tracks every one.
+pub const SAMPLE_RATE_GLOBAL: &str = "SAMPLE_RATE";
+
 /// Default capacity of the live-allocation map; user space may resize it at load time.
 pub const DEFAULT_MAX_ALLOCS: u32 = 1 << 20;
 /// Capacity of the stack-trace map and of the per-stack totals.
@@ -300,10 +304,13 @@ pub enum Counter {
     Frees = 11,
     /// Informational: allocations outside --min-size/--max-size, not tracked by request.
     OutsideSizeRange = 12,
+    /// Informational: allocations left out by --sample-rate (not tracked; the tracked ones
+    /// are scaled up to stand for them).
+    Unsampled = 13,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 14;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::StackIdCollision,
@@ -319,6 +326,7 @@ impl Counter {
         Counter::Allocations,
         Counter::Frees,
         Counter::OutsideSizeRange,
+        Counter::Unsampled,
     ];
 
     /// Stable name used in reports and JSON.
@@ -337,6 +345,7 @@ impl Counter {
             Counter::Allocations => "allocations",
             Counter::Frees => "frees",
             Counter::OutsideSizeRange => "outside_size_range",
+            Counter::Unsampled => "unsampled",
         }
     }
 

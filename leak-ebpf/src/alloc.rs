@@ -14,7 +14,7 @@ use leak_common::{
 };
 
 use crate::maps::{
-    ALLOCS, PENDING_CALLS, add_to_stack, count, size_wanted, target_tid, user_stack_id,
+    ALLOCS, PENDING_CALLS, add_to_stack, count, sampled, size_wanted, target_tid, user_stack_id,
 };
 const BPF_NOEXIST: u64 = 1;
 
@@ -169,6 +169,12 @@ fn record(ctx: &RetProbeContext, addr: u64, size: u64, tid: u32) {
     count(Counter::Allocations);
     if !size_wanted(size) {
         count(Counter::OutsideSizeRange);
+        return;
+    }
+    // Decided here, not at entry: the entry must still be saved so that allocator calls
+    // nested inside an unsampled one are not sampled on their own.
+    if !sampled() {
+        count(Counter::Unsampled);
         return;
     }
     let stack_id = user_stack_id(ctx);

@@ -1,7 +1,7 @@
 //! Maps shared by the allocator probes and the mmap tracepoints, and small helpers on them.
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32},
     macros::map,
     maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
     programs::tracing::StackIdContext,
@@ -22,6 +22,19 @@ static TARGET_TGID: u32 = 0;
 static MIN_ALLOC_SIZE: u64 = 0;
 #[unsafe(no_mangle)]
 static MAX_ALLOC_SIZE: u64 = u64::MAX;
+
+/// Track one allocation in this many (--sample-rate). Set before load.
+#[unsafe(no_mangle)]
+static SAMPLE_RATE: u32 = 1;
+
+/// Whether this allocation is one of the sampled ones (always, without sampling).
+#[inline(always)]
+pub fn sampled() -> bool {
+    // SAFETY: a plain read of a global that user space sets once before load.
+    let rate = unsafe { core::ptr::read_volatile(&SAMPLE_RATE) };
+    // SAFETY: helper without arguments.
+    rate <= 1 || unsafe { bpf_get_prandom_u32() } % rate == 0
+}
 
 /// Whether an allocation of `size` bytes is in the requested range.
 #[inline(always)]

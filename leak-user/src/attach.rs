@@ -18,7 +18,7 @@ use aya::{
 };
 use leak_common::{
     ALLOC_RETURN_PROGRAM, AllocFn, CXX_DELETE_SYMBOLS, CXX_NEW_SYMBOLS, MAX_SIZE_GLOBAL,
-    MIN_SIZE_GLOBAL, SYSCALL_PROGRAMS, TARGET_TGID_GLOBAL, map_names,
+    MIN_SIZE_GLOBAL, SAMPLE_RATE_GLOBAL, SYSCALL_PROGRAMS, TARGET_TGID_GLOBAL, map_names,
 };
 use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
@@ -313,6 +313,8 @@ pub struct LoadOptions {
     /// Allocation sizes to track, inclusive.
     pub min_size: u64,
     pub max_size: u64,
+    /// Track one allocation in this many.
+    pub sample_rate: u32,
 }
 
 /// Loads the programs for `pid` and attaches them to `modules` and the mmap tracepoints.
@@ -327,6 +329,7 @@ pub fn attach(
         .override_global(TARGET_TGID_GLOBAL, &pid, true)
         .override_global(MIN_SIZE_GLOBAL, &options.min_size, true)
         .override_global(MAX_SIZE_GLOBAL, &options.max_size, true)
+        .override_global(SAMPLE_RATE_GLOBAL, &options.sample_rate, true)
         .map_max_entries(map_names::ALLOCS, options.max_allocs)
         .load(object)
         .map_err(|err| {

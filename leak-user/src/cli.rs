@@ -104,6 +104,10 @@ pub struct Common {
     /// Track only allocations of at most this size (e.g. 1M).
     #[arg(long, value_parser = parse_size)]
     pub max_size: Option<u64>,
+    /// Track one allocation in N, chosen at random, and scale counts and bytes by N: fewer
+    /// map entries and less work per call (every call still costs its probe traps).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub sample_rate: u32,
     /// Report format.
     #[arg(long, short, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -220,6 +224,7 @@ impl Common {
             min_age: self.min_age,
             min_size: self.min_size,
             max_size: self.max_size.unwrap_or(u64::MAX),
+            sample_rate: self.sample_rate,
             otlp: self.export.otlp(self.interval),
             prometheus: self.export.prometheus,
             export_top: self.export.export_top as usize,

@@ -76,6 +76,8 @@ pub struct Collector {
     started_ns: u64,
     /// mmap lengths to track (--min-size/--max-size), inclusive.
     sizes: RangeInclusive<u64>,
+    /// Heap allocations are sampled one in this many; their totals are scaled by it.
+    sample_rate: u64,
     stacks: HashMap<StackKey, StackHistory>,
     stack_ips: HashMap<u32, Vec<u64>>,
     counters: [u64; Counter::COUNT as usize],
@@ -95,6 +97,7 @@ impl Collector {
         started_ns: u64,
         page_size: u64,
         sizes: RangeInclusive<u64>,
+        sample_rate: u32,
     ) -> Self {
         Collector {
             maps,
@@ -102,6 +105,7 @@ impl Collector {
             page_size,
             started_ns,
             sizes,
+            sample_rate: u64::from(sample_rate.max(1)),
             stacks: HashMap::new(),
             stack_ips: HashMap::new(),
             counters: [0; Counter::COUNT as usize],
@@ -165,7 +169,11 @@ impl Collector {
                 stack_id,
                 caller_hint: 0,
             };
-            current.push((key, totals_from_kernel(&totals), None));
+            current.push((
+                key,
+                totals_from_kernel(&totals).scaled(self.sample_rate),
+                None,
+            ));
         }
         for (key, (totals, oldest)) in self.regions.totals() {
             current.push((key, totals, oldest));
@@ -217,12 +225,13 @@ impl Collector {
         now_ns: u64,
         force: bool,
     ) -> Result<HashMap<StackKey, Held>, DrainError> {
-        // What a walk would cost now: the live count at the last sample times the per-entry
-        // cost the last walk measured.
+        // What a walk would cost now: the live count at the last sample (entries in the map,
+        // not what they stand for) times the per-entry cost the last walk measured.
         let live: u64 = self
             .heap_histories()
             .map(|history| history.totals.outstanding_allocs)
-            .sum();
+            .sum::<u64>()
+            / self.sample_rate;
         let expected_cost = live.saturating_mul(self.scan_ns_per_entry);
         let budget_spent = self.last_scan.is_some_and(|at| {
             now_ns.saturating_sub(at) < expected_cost.saturating_mul(SCAN_BUDGET_INVERSE)
@@ -273,7 +282,11 @@ impl Collector {
         if walked >= 1000 {
             self.scan_ns_per_entry = cost / walked;
         }
-        self.scanned_held = held;
+        let rate = self.sample_rate;
+        self.scanned_held = held
+            .into_iter()
+            .map(|(key, held)| (key, held.scaled(rate)))
+            .collect();
         Ok(())
     }
 

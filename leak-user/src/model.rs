@@ -43,6 +43,19 @@ pub struct Totals {
     pub total_bytes: u64,
 }
 
+impl Totals {
+    /// What a sample taken at one allocation in `rate` stands for.
+    pub fn scaled(self, rate: u64) -> Totals {
+        Totals {
+            outstanding_bytes: self.outstanding_bytes.saturating_mul(rate),
+            outstanding_allocs: self.outstanding_allocs.saturating_mul(rate),
+            total_allocs: self.total_allocs.saturating_mul(rate),
+            total_frees: self.total_frees.saturating_mul(rate),
+            total_bytes: self.total_bytes.saturating_mul(rate),
+        }
+    }
+}
+
 /// Live allocations of one stack and their bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Held {
@@ -54,6 +67,14 @@ impl Held {
     pub fn add(&mut self, bytes: u64) {
         self.allocs += 1;
         self.bytes += bytes;
+    }
+
+    /// What a sample taken at one allocation in `rate` stands for.
+    pub fn scaled(self, rate: u64) -> Held {
+        Held {
+            allocs: self.allocs.saturating_mul(rate),
+            bytes: self.bytes.saturating_mul(rate),
+        }
     }
 }
 
@@ -290,6 +311,10 @@ pub struct Report {
     /// "attach" or "run".
     pub mode: String,
     pub duration_s: f64,
+    /// One heap allocation in this many was tracked; heap counts and bytes are scaled by it
+    /// (absent before this field existed: every allocation).
+    #[serde(default = "every_allocation")]
+    pub sample_rate: u32,
     /// Set when the target ended while traced.
     pub exited: Option<Exit>,
     /// Events lost, by reason (every reason is present, zero or not).
@@ -305,6 +330,10 @@ pub struct Report {
     /// Leaking stacks first, then growing, stable, transient; within each, by the sort key
     /// (at most --top of them).
     pub stacks: Vec<StackReport>,
+}
+
+fn every_allocation() -> u32 {
+    1
 }
 
 impl Report {

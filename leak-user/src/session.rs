@@ -49,6 +49,8 @@ pub struct Options {
     /// Track only allocations of at least / at most this many bytes.
     pub min_size: u64,
     pub max_size: u64,
+    /// Track one allocation in this many; what is read is scaled by it.
+    pub sample_rate: u32,
     /// OTLP export, when on.
     pub otlp: Option<OtlpOptions>,
     /// Serve Prometheus metrics here.
@@ -83,6 +85,7 @@ impl Default for Options {
             min_age: None,
             min_size: 0,
             max_size: u64::MAX,
+            sample_rate: 1,
             otlp: None,
             prometheus: None,
             export_top: 20,
@@ -203,6 +206,7 @@ impl Session {
                 max_allocs: options.max_allocs,
                 min_size: options.min_size,
                 max_size: options.max_size,
+                sample_rate: options.sample_rate,
             },
         )?;
         let maps = KernelMaps::take(&mut probes.ebpf)?;
@@ -225,6 +229,7 @@ impl Session {
                 started_ns,
                 procfs::page_size(),
                 options.min_size..=options.max_size,
+                options.sample_rate,
             ),
             probes,
             modules,
@@ -610,6 +615,7 @@ impl Session {
             target: self.target.clone(),
             mode: self.mode.to_string(),
             duration_s: span_s,
+            sample_rate: self.options.sample_rate,
             exited,
             dropped,
             events,

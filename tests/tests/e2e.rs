@@ -574,3 +574,66 @@ fn attach_tells_each_memory_pattern_apart() {
     assert!(u64_of(&last["rss_bytes"]) > 8 << 20, "{last}");
     assert!(u64_of(&last["heap_bytes"]) >= 8 << 20, "{last}");
 }
+
+/// --sample-rate tracks one allocation in N and scales what it reports: the estimate of a
+/// known leak lands near the truth, balanced and realloc'd memory still reads as freed.
+#[test]
+fn run_mode_scales_sampled_allocations() {
+    if !bpf_available("run_mode_scales_sampled_allocations") {
+        return;
+    }
+    let target = build_c("sampled.c", &[]);
+    let traced = run_to_exit(
+        "sampled",
+        &target,
+        &["--sample-rate", "10", "--top", "0"],
+        0,
+    );
+    assert_eq!(traced.report["sample_rate"], 10);
+    let leak = traced.expect_stack_at("leak_sampled");
+    let (allocs, bytes) = (
+        u64_of(&leak["outstanding_allocs"]),
+        u64_of(&leak["outstanding_bytes"]),
+    );
+    // About 2000 of 20000 sampled: the standard deviation is 42, so ±15% is 7 of them.
+    assert!(
+        (17_000..=23_000).contains(&allocs),
+        "{allocs} estimated of 20000 leaked\n{}",
+        traced.describe()
+    );
+    assert_eq!(bytes, allocs * 100, "each stands for 100 bytes");
+    assert_eq!(allocs % 10, 0, "scaled by the rate");
+    assert_ne!(leak["verdict"], "transient", "still held at exit");
+    for freed in ["churn", "resized"] {
+        for stack in traced.stacks_through(freed) {
+            assert_eq!(
+                u64_of(&stack["outstanding_bytes"]),
+                0,
+                "{freed} freed everything\n{}",
+                traced.describe()
+            );
+        }
+    }
+    let churn: u64 = traced
+        .stacks_through("churn")
+        .iter()
+        .map(|s| u64_of(&s["total_allocs"]))
+        .sum();
+    assert!(
+        (170_000..=230_000).contains(&churn),
+        "{churn} estimated of 200000 churned"
+    );
+    let unsampled = u64_of(&traced.report["events"]["unsampled"]);
+    let seen = u64_of(&traced.report["events"]["allocations"]);
+    assert!(
+        unsampled * 10 >= seen * 8 && unsampled < seen,
+        "{unsampled} of {seen} calls left out at 1 in 10"
+    );
+    let dropped: u64 = traced.report["dropped"]
+        .as_object()
+        .expect("dropped")
+        .values()
+        .map(u64_of)
+        .sum();
+    assert_eq!(dropped, 0, "nothing dropped");
+}

@@ -211,6 +211,7 @@ mod tests {
             },
             mode: "attach".into(),
             duration_s: 10.0,
+            sample_rate: 1,
             exited: None,
             dropped: BTreeMap::new(),
             events: BTreeMap::new(),

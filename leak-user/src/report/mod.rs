@@ -216,6 +216,7 @@ pub mod fixtures {
             },
             mode: "attach".into(),
             duration_s: 10.0,
+            sample_rate: 1,
             exited: None,
             dropped: BTreeMap::from([("stack_id_collision".to_string(), 0)]),
             events: BTreeMap::from([("allocations".to_string(), 160)]),

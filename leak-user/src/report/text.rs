@@ -75,6 +75,13 @@ pub fn render(report: &Report, color: bool) -> String {
         plural(others, "other stack"),
         human_bytes(held as f64),
     );
+    if report.sample_rate > 1 {
+        let _ = writeln!(
+            out,
+            "sampled one heap allocation in {}: heap counts and bytes are estimates, scaled by {}",
+            report.sample_rate, report.sample_rate
+        );
+    }
     if let Some(process) = &report.process {
         let _ = writeln!(out, "{}", process_line(process));
     }
