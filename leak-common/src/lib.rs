@@ -13,7 +13,7 @@
 pub mod map_names {
     pub const ALLOCS: &str = "ALLOCS";
     pub const STACK_TOTALS: &str = "STACK_TOTALS";
-    pub const STACK_TRACES: &str = "STACK_TRACES";
+    pub const STACKS: &str = "STACKS";
     pub const PENDING_CALLS: &str = "PENDING_CALLS";
     pub const PENDING_SYSCALLS: &str = "PENDING_SYSCALLS";
     pub const MMAP_EVENTS: &str = "MMAP_EVENTS";
@@ -42,6 +42,29 @@ pub const MAX_PENDING_CALLS: u32 = 1 << 15;
 pub const MMAP_EVENTS_BYTES: u32 = 1 << 22;
 /// Frames kept per stack (the kernel's PERF_MAX_STACK_DEPTH).
 pub const MAX_STACK_DEPTH: usize = 127;
+
+/// Slots tried after a stack's hash before giving up on it as a collision (open addressing).
+pub const STACK_ID_PROBES: u32 = 4;
+
+/// One user stack as recorded by the kernel: `len` return addresses, innermost first (the
+/// rest of `ips` is unspecified). Keyed in `STACKS` by an id folded from `hash`, a 64-bit
+/// hash of the addresses; the kernel compares the full hash before reusing an id, so stacks
+/// share one only if their 64-bit hashes collide (about 10⁻¹¹ for 32k stacks).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StackFrames {
+    pub len: u64,
+    pub hash: u64,
+    pub ips: [u64; MAX_STACK_DEPTH],
+}
+
+impl StackFrames {
+    /// The recorded addresses.
+    pub fn frames(&self) -> &[u64] {
+        let len = (self.len as usize).min(MAX_STACK_DEPTH);
+        &self.ips[..len]
+    }
+}
 
 /// Stack id used when the kernel could not record the stack (collision or error): the bytes
 /// are still counted, under a stack shown as "unknown".
@@ -277,9 +300,9 @@ pub struct MmapEvent {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
-    /// Stack id hash collision (-EEXIST): the allocation is counted under the unknown stack.
+    /// Every slot for this stack's hash held another stack: counted under the unknown stack.
     StackIdCollision = 0,
-    /// Other bpf_get_stackid failures (map full, fault): counted under the unknown stack.
+    /// Other failures to record a stack (map full, fault): counted under the unknown stack.
     StackIdError = 1,
     /// The live-allocation map was full: the allocation is not tracked.
     AllocMapFull = 2,
@@ -372,4 +395,5 @@ mod pod {
     unsafe impl aya::Pod for super::PendingCall {}
     unsafe impl aya::Pod for super::PendingSyscall {}
     unsafe impl aya::Pod for super::MmapEvent {}
+    unsafe impl aya::Pod for super::StackFrames {}
 }

@@ -1,17 +1,18 @@
 //! Maps shared by the allocator probes and the mmap tracepoints, and small helpers on them.
 use aya_ebpf::{
-    bindings::BPF_F_USER_STACK,
-    helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32},
+    EbpfContext,
+    bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_stack},
     macros::map,
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
-    programs::tracing::StackIdContext,
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use leak_common::{
-    AllocRecord, Counter, DEFAULT_MAX_ALLOCS, MAX_PENDING_CALLS, MAX_STACKS, MMAP_EVENTS_BYTES,
-    PendingCall, PendingSyscall, StackTotals, UNKNOWN_STACK_ID,
+    AllocRecord, Counter, DEFAULT_MAX_ALLOCS, MAX_PENDING_CALLS, MAX_STACK_DEPTH, MAX_STACKS,
+    MMAP_EVENTS_BYTES, PendingCall, PendingSyscall, STACK_ID_PROBES, StackFrames, StackTotals,
+    UNKNOWN_STACK_ID,
 };
 
-const EEXIST: i32 = 17;
+const BPF_NOEXIST: u64 = 1;
 
 /// The traced process (tgid). Set by user space before load; 0 never matches.
 #[unsafe(no_mangle)]
@@ -58,8 +59,14 @@ pub static ALLOCS: HashMap<u64, AllocRecord> = HashMap::with_max_entries(DEFAULT
 pub static STACK_TOTALS: PerCpuHashMap<u32, StackTotals> =
     PerCpuHashMap::with_max_entries(MAX_STACKS + 1, 0);
 
-#[map(name = "STACK_TRACES")]
-pub static STACK_TRACES: StackTrace = StackTrace::with_max_entries(MAX_STACKS, 0);
+/// Recorded stacks by id. Not preallocated: a target with few stacks costs little.
+#[map(name = "STACKS")]
+pub static STACKS: HashMap<u32, StackFrames> =
+    HashMap::with_max_entries(MAX_STACKS, BPF_F_NO_PREALLOC);
+
+/// Per-CPU room to capture a stack (too big for the BPF stack).
+#[map(name = "STACK_SCRATCH")]
+static STACK_SCRATCH: PerCpuArray<StackFrames> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "PENDING_CALLS")]
 pub static PENDING_CALLS: HashMap<u32, PendingCall> =
@@ -89,21 +96,74 @@ pub fn target_tid() -> Option<u32> {
     }
 }
 
-/// Records the current user stack and returns its id. A stack that cannot be recorded (hash
-/// collision, full map) is counted as dropped and its memory kept under the unknown stack.
+/// Records the current user stack and returns its id: a hash of its addresses folded to 32
+/// bits, or one of the next `STACK_ID_PROBES - 1` ids when that one holds another stack (the
+/// full 64-bit hash is compared; bpf_get_stackid would give up at the first collision). A stack that cannot be recorded (every slot taken,
+/// map full) is counted as dropped and its memory kept under the unknown stack.
 #[inline(always)]
-pub fn user_stack_id<C: StackIdContext>(ctx: &C) -> u32 {
-    match ctx.get_stackid(&STACK_TRACES, BPF_F_USER_STACK as u64) {
-        Ok(id) => id as u32,
-        Err(err) => {
-            count(if err == -EEXIST {
-                Counter::StackIdCollision
-            } else {
-                Counter::StackIdError
-            });
-            UNKNOWN_STACK_ID
+pub fn user_stack_id<C: EbpfContext>(ctx: &C) -> u32 {
+    let Some(scratch) = STACK_SCRATCH.get_ptr_mut(0) else {
+        count(Counter::StackIdError);
+        return UNKNOWN_STACK_ID;
+    };
+    // SAFETY: this CPU's scratch slot; the program runs to completion without migrating.
+    let stack = unsafe { &mut *scratch };
+    // SAFETY: the buffer is the scratch slot's `ips`, of the size given.
+    let copied = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            stack.ips.as_mut_ptr().cast(),
+            (MAX_STACK_DEPTH * 8) as u32,
+            BPF_F_USER_STACK as u64,
+        )
+    };
+    if copied < 0 {
+        count(Counter::StackIdError);
+        return UNKNOWN_STACK_ID;
+    }
+    let len = (copied as usize / 8).min(MAX_STACK_DEPTH);
+    stack.len = len as u64;
+    // FNV-1a over the addresses.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for i in 0..MAX_STACK_DEPTH {
+        if i >= len {
+            break;
+        }
+        hash = (hash ^ stack.ips[i]).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    stack.hash = hash;
+    let first = (hash ^ (hash >> 32)) as u32;
+    for probe in 0..STACK_ID_PROBES {
+        let mut id = first.wrapping_add(probe);
+        if id == UNKNOWN_STACK_ID {
+            id = 0;
+        }
+        // SAFETY: read-only use of a map value that is never changed once inserted.
+        if let Some(existing) = unsafe { STACKS.get(id) } {
+            if existing.hash == hash {
+                return id;
+            }
+            continue;
+        }
+        match STACKS.insert(id, &*stack, BPF_NOEXIST) {
+            Ok(()) => return id,
+            Err(_) => {
+                // Another CPU took the slot meanwhile (with this stack, or another), or the
+                // map is full.
+                // SAFETY: as above.
+                match unsafe { STACKS.get(id) } {
+                    Some(existing) if existing.hash == hash => return id,
+                    Some(_) => continue,
+                    None => {
+                        count(Counter::StackIdError);
+                        return UNKNOWN_STACK_ID;
+                    }
+                }
+            }
         }
     }
+    count(Counter::StackIdCollision);
+    UNKNOWN_STACK_ID
 }
 
 #[inline(always)]

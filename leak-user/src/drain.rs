@@ -4,10 +4,11 @@ use std::{collections::HashMap, ops::RangeInclusive};
 
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use leak_common::{
-    AllocRecord, Counter, MmapEvent, MmapEventKind, StackTotals, UNKNOWN_STACK_ID, map_names,
+    AllocRecord, Counter, MmapEvent, MmapEventKind, StackFrames, StackTotals, UNKNOWN_STACK_ID,
+    map_names,
 };
 
 use crate::{
@@ -41,7 +42,7 @@ fn map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> DrainError {
 pub struct KernelMaps {
     allocs: BpfHashMap<MapData, u64, AllocRecord>,
     stack_totals: PerCpuHashMap<MapData, u32, StackTotals>,
-    stack_traces: StackTraceMap<MapData>,
+    stacks: BpfHashMap<MapData, u32, StackFrames>,
     counters: PerCpuArray<MapData, u64>,
     mmap_events: RingBuf<MapData>,
 }
@@ -61,7 +62,7 @@ impl KernelMaps {
         Ok(KernelMaps {
             allocs: take(ebpf, map_names::ALLOCS)?,
             stack_totals: take(ebpf, map_names::STACK_TOTALS)?,
-            stack_traces: take(ebpf, map_names::STACK_TRACES)?,
+            stacks: take(ebpf, map_names::STACKS)?,
             counters: take(ebpf, map_names::COUNTERS)?,
             mmap_events: take(ebpf, map_names::MMAP_EVENTS)?,
         })
@@ -310,13 +311,13 @@ impl Collector {
         }
         let maps = &self.maps;
         self.stack_ips.entry(stack_id).or_insert_with(|| {
-            maps.stack_traces
+            maps.stacks
                 .get(&stack_id, 0)
-                .map(|trace| {
-                    trace
+                .map(|stack| {
+                    stack
                         .frames()
                         .iter()
-                        .map(|frame| frame.ip)
+                        .copied()
                         .filter(|ip| *ip != 0)
                         .collect()
                 })

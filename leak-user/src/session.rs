@@ -505,6 +505,20 @@ impl Session {
             })
             .cloned()
             .collect();
+        // One symbolizer call per module for every address not seen before, not one per stack.
+        let symbolizing = std::time::Instant::now();
+        let addresses: Vec<u64> = active
+            .iter()
+            .flat_map(|history| self.collector.stack_ips(history.key.stack_id).to_vec())
+            .collect();
+        let new_addresses = self.symbolizer.prefetch(&self.modules, &addresses);
+        if new_addresses > 0 {
+            log::info!(
+                "symbolized {new_addresses} new addresses of {} stacks in {:.0} ms",
+                active.len(),
+                symbolizing.elapsed().as_secs_f64() * 1e3
+            );
+        }
         let mut groups: Vec<(Vec<Frame>, Vec<StackHistory>)> = Vec::new();
         let mut group_of: HashMap<(Origin, Vec<FrameIdentity>), usize> = HashMap::new();
         for history in active {

@@ -103,7 +103,7 @@ impl Symbolizer {
     /// Frames for each return address of a stack, innermost first; an address inside
     /// inlined code expands into several frames.
     pub fn symbolize_stack(&mut self, modules: &Modules, addresses: &[u64]) -> Vec<Frame> {
-        self.prefetch(modules, addresses);
+        let _ = self.prefetch(modules, addresses);
         let mut frames = Vec::new();
         for &address in addresses {
             match modules.find(address) {
@@ -131,8 +131,9 @@ impl Symbolizer {
         frames
     }
 
-    /// Symbolizes every not-yet-cached address, one blazesym call per module.
-    fn prefetch(&mut self, modules: &Modules, addresses: &[u64]) {
+    /// Symbolizes every not-yet-cached address, one blazesym call per module; returns how
+    /// many were new. Passing all stacks' addresses at once saves a call per stack.
+    pub fn prefetch(&mut self, modules: &Modules, addresses: &[u64]) -> usize {
         let mut by_module: HashMap<FileId, (Mapping, Vec<u64>)> = HashMap::new();
         for &address in addresses {
             let Some(mapping) = modules.find(address) else {
@@ -149,9 +150,11 @@ impl Symbolizer {
                 .1
                 .push(file_offset);
         }
+        let mut new = 0;
         for (id, (mapping, mut offsets)) in by_module {
             offsets.sort_unstable();
             offsets.dedup();
+            new += offsets.len();
             let module_name = mapping.file_path().to_string();
             let Some(path) = modules.open_path(&mapping) else {
                 for offset in offsets {
@@ -209,6 +212,7 @@ impl Symbolizer {
                 self.cache.insert((id.clone(), *offset), frames);
             }
         }
+        new
     }
 }
 

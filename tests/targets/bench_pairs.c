@@ -8,6 +8,10 @@
 //   bench_pairs hold N SECONDS [DELAY]
 //                                 waits DELAY seconds (for a tracer to attach), keeps N
 //                                 malloc(32) blocks live for SECONDS, then exits
+//
+// With BENCH_WAIT_FOR_PROBES=S set, the workload starts only once libc's malloc and free begin
+// with a breakpoint (a tracer attached with -p has placed its uprobes), S seconds later.
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,6 +57,24 @@ static void reallocs(long n) {
     }
 }
 
+static void wait_for_probes(void) {
+    const char *settle = getenv("BENCH_WAIT_FOR_PROBES");
+    if (!settle) return;
+    void *libc = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
+    volatile unsigned char *m = libc ? dlsym(libc, "malloc") : NULL;
+    volatile unsigned char *f = libc ? dlsym(libc, "free") : NULL;
+    if (!m || !f) {
+        fprintf(stderr, "cannot find libc's malloc and free\n");
+        exit(2);
+    }
+    for (int i = 0; i < 1800 && (m[0] != 0xcc || f[0] != 0xcc); i++) usleep(100000);
+    if (m[0] != 0xcc || f[0] != 0xcc) {
+        fprintf(stderr, "no breakpoint on malloc and free after 180 s\n");
+        exit(2);
+    }
+    sleep(atoi(settle));
+}
+
 int main(int argc, char **argv) {
     const char *mode = "pairs";
     int first = 1;
@@ -74,6 +96,7 @@ int main(int argc, char **argv) {
         free(blocks);
         return 0;
     }
+    wait_for_probes();
     double start = now_ns();
     if (strcmp(mode, "pairs") == 0) {
         pairs(&n);

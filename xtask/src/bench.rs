@@ -118,7 +118,9 @@ pub fn run(pairs: u64, runs: usize) -> Result<()> {
         println!("{mode}: untraced {base:.0} ns, traced {with:.0} ns");
     }
     let peers = peers(&bench_bin, pairs, runs)?;
+    let redis = redis(runs)?;
     let agent = agent_cost(&bench_bin)?;
+    let agent = agent + &symbolization()?;
     println!("{agent}");
     let document = format!(
         "# Benchmarks\n\n\
@@ -129,6 +131,9 @@ pub fn run(pairs: u64, runs: usize) -> Result<()> {
          call traced, with its stack).\n\n\
          ## Cost to the target\n\n{table}\nRuns:\n{raw}\n\
          ## Against the peers (malloc(64)+free, one thread, same run)\n\n{peers}\n\
+         ## A real service\n\nredis-server 7.0 from Debian (jemalloc) on loopback, \
+         `redis-benchmark -n {REDIS_REQUESTS} -c 50 -t set,get`, median of {runs}; leaktrace \
+         attached with `attach --pid`, traced runs alternating with untraced ones.\n\n{redis}\n\
          ## The agent's own cost\n\n{agent}\n{WHERE_THE_TIME_GOES}"
     );
     std::fs::write(root().join("BENCHMARKS.md"), document)?;
@@ -136,9 +141,8 @@ pub fn run(pairs: u64, runs: usize) -> Result<()> {
     Ok(())
 }
 
-/// The same pairs workload under the peers that are installed (`cargo xtask bench` installs
-/// heaptrack and valgrind when it can). bcc's memleak is not run: Debian's bcc 0.26 needs
-/// kernel headers this kernel lacks (see ../shared/notes).
+/// The same pairs workload under leaktrace (precise and sampled) and the peers that are
+/// installed (`cargo xtask bench` installs bcc, heaptrack and valgrind when it can).
 fn peers(bench_bin: &std::path::Path, pairs: u64, runs: usize) -> Result<String> {
     let count = pairs.to_string();
     let out_dir = root().join("target/xtask");
@@ -160,6 +164,26 @@ fn peers(bench_bin: &std::path::Path, pairs: u64, runs: usize) -> Result<String>
         )?);
     }
     rows.push(("leaktrace run (eBPF, every call with its stack)", traced));
+    let mut sampled = Vec::new();
+    for _ in 0..runs {
+        sampled.push(measure(
+            Command::new(leaktrace_bin())
+                .args(["run", "--sample-rate", "100", "--format", "json"])
+                .args(["--output", "/dev/null", "--"])
+                .arg(bench_bin)
+                .args(["pairs", &count]),
+        )?);
+    }
+    rows.push((
+        "leaktrace run --sample-rate 100 (one call in 100 recorded)",
+        sampled,
+    ));
+    if let Some(times) = bcc_pairs(bench_bin, &count, runs)? {
+        rows.push((
+            "bcc memleak-bpfcc -p (eBPF, every call with its stack)",
+            times,
+        ));
+    }
     if which::which("heaptrack").is_ok() {
         let mut times = Vec::new();
         for _ in 0..runs {
@@ -295,5 +319,281 @@ fn agent_cost(bench_bin: &std::path::Path) -> Result<String> {
          | peak RSS of leaktrace meanwhile | {:.1} MiB | ≤ 64 MiB |\n\
          | `attach --duration 1s` to a live process: time beyond the 1 s traced (load, attach, final report) | {attach_s:.2} s | |\n",
         peak_rss as f64 / (1024.0 * 1024.0)
+    ))
+}
+
+/// A child we started: SIGINT first (so a tracer detaches and reports), then SIGKILL if it
+/// has not ended within `grace`.
+fn stop(child: &mut std::process::Child, grace: std::time::Duration) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: signalling a process this program started and has not yet reaped.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+    }
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// bcc's memleak (Debian bpfcc-tools 0.26, made to run by `setup::bcc_memleak`) attached with
+/// -p to the pairs workload, which starts once memleak's probes are in place. None when bcc
+/// is not available or fails here; the reason is printed.
+fn bcc_pairs(bench_bin: &std::path::Path, count: &str, runs: usize) -> Result<Option<Vec<f64>>> {
+    let Some((memleak, headers)) = crate::setup::bcc_memleak() else {
+        return Ok(None);
+    };
+    let log_path = root().join("target/xtask/memleak-bpfcc.log");
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let mut target = Command::new(bench_bin)
+            .args(["pairs", count])
+            .env("BENCH_WAIT_FOR_PROBES", "2")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting the pairs workload for bcc")?;
+        let mut tracer = Command::new(&memleak[0])
+            .args(&memleak[1..])
+            .args(["-p", &target.id().to_string()])
+            .env("BCC_KERNEL_SOURCE", &headers)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log_path)?)
+            .spawn()
+            .context("starting memleak-bpfcc")?;
+        let finished = loop {
+            if target.try_wait()?.is_some() {
+                break true;
+            }
+            if tracer.try_wait()?.is_some() {
+                break false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        };
+        if !finished {
+            let _ = target.kill();
+            let _ = target.wait();
+            eprintln!(
+                "xtask bench: memleak-bpfcc ended before the workload ({}); its row is left out",
+                log_path.display()
+            );
+            return Ok(None);
+        }
+        stop(&mut tracer, std::time::Duration::from_secs(10));
+        let out = target.wait_with_output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        match stdout
+            .lines()
+            .find_map(|line| line.strip_prefix("ns_per_pair="))
+            .and_then(|value| value.trim().parse().ok())
+        {
+            Some(ns) => times.push(ns),
+            None => {
+                eprintln!(
+                    "xtask bench: the workload under memleak-bpfcc failed ({}); its row is left out",
+                    out.status
+                );
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(times))
+}
+
+/// Requests per second of SET and GET from redis-benchmark against a redis-server on
+/// loopback.
+fn redis_rps(port: u16) -> Result<(f64, f64)> {
+    let out = Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args([
+            "-n",
+            &REDIS_REQUESTS.to_string(),
+            "-c",
+            "50",
+            "-t",
+            "set,get",
+            "--csv",
+            "-q",
+        ])
+        .output()
+        .context("running redis-benchmark")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = |test: &str| {
+        text.lines()
+            .find(|line| line.starts_with(&format!("\"{test}\"")))
+            .and_then(|line| line.split(',').nth(1))
+            .and_then(|value| value.trim_matches('"').parse::<f64>().ok())
+    };
+    match (rps("SET"), rps("GET")) {
+        (Some(set), Some(get)) => Ok((set, get)),
+        _ => bail!("no SET/GET rates in redis-benchmark's output: {text}"),
+    }
+}
+
+const REDIS_REQUESTS: u64 = 200_000;
+
+/// redis-server (Debian, jemalloc) under redis-benchmark, untraced and with leaktrace
+/// attached (every call, and one in 100), alternating, median of `runs`.
+fn redis(runs: usize) -> Result<String> {
+    use std::io::BufRead;
+
+    if which::which("redis-server").is_err() || which::which("redis-benchmark").is_err() {
+        return Ok("redis-server or redis-benchmark is not installed: row left out.\n".into());
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut server = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("starting redis-server")?;
+    let result = (|| -> Result<String> {
+        let ready = (0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        if !ready {
+            bail!("redis-server did not start listening on port {port}");
+        }
+        redis_rps(port)?; // warm-up
+        let configurations: [(&str, &[&str]); 3] = [
+            ("untraced", &[]),
+            (
+                "leaktrace attach (every call, with its stack)",
+                &["--sample-rate", "1"],
+            ),
+            (
+                "leaktrace attach --sample-rate 100",
+                &["--sample-rate", "100"],
+            ),
+        ];
+        let mut results: Vec<Vec<(f64, f64)>> = vec![Vec::new(); configurations.len()];
+        for _ in 0..runs {
+            for (index, (name, flags)) in configurations.iter().enumerate() {
+                if index == 0 {
+                    results[index].push(redis_rps(port)?);
+                    continue;
+                }
+                let mut tracer = Command::new(leaktrace_bin())
+                    .args(["attach", "--pid", &server.id().to_string()])
+                    .args(*flags)
+                    .args(["--format", "json", "--output", "/dev/null"])
+                    .env("RUST_LOG", "info")
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .with_context(|| format!("starting {name}"))?;
+                let stderr = tracer.stderr.take().context("piped stderr")?;
+                let mut lines = std::io::BufReader::new(stderr).lines();
+                let attached =
+                    lines.any(|line| line.is_ok_and(|line| line.contains("attached to")));
+                // Keep draining stderr so leaktrace never blocks on a full pipe.
+                let drain = std::thread::spawn(move || lines.for_each(drop));
+                if !attached {
+                    let _ = tracer.wait();
+                    bail!("{name} did not attach to redis-server");
+                }
+                let measured = redis_rps(port);
+                stop(&mut tracer, std::time::Duration::from_secs(60));
+                let _ = drain.join();
+                results[index].push(measured?);
+            }
+        }
+        let (base_set, base_get) = (
+            median(results[0].iter().map(|r| r.0).collect()),
+            median(results[0].iter().map(|r| r.1).collect()),
+        );
+        let mut table = String::from(
+            "| redis-server | SET requests/s | GET requests/s | throughput vs untraced |\n|---|---|---|---|\n",
+        );
+        for ((name, _), runs) in configurations.iter().zip(&results) {
+            let set = median(runs.iter().map(|r| r.0).collect());
+            let get = median(runs.iter().map(|r| r.1).collect());
+            let _ = writeln!(
+                table,
+                "| {name} | {set:.0} | {get:.0} | {:.0}% / {:.0}% |",
+                100.0 * set / base_set,
+                100.0 * get / base_get
+            );
+        }
+        Ok(table)
+    })();
+    stop(&mut server, std::time::Duration::from_secs(5));
+    let table = result?;
+    println!("{table}");
+    Ok(table)
+}
+
+/// The symbolization row's target: `FANOUT`² distinct stacks, leaf_J ← mid_I (one call site
+/// per J) ← main (one per I): about as many distinct return addresses as stacks.
+const FANOUT: usize = 100;
+
+fn stacks_source() -> String {
+    let mut c = String::from(
+        "// Generated by `cargo xtask bench`: many distinct allocation stacks.\n\
+         #include <stdlib.h>\n\
+         static void *volatile kept[FANOUT_SQUARED];\nstatic int next;\n",
+    )
+    .replace("FANOUT_SQUARED", &(FANOUT * FANOUT).to_string());
+    for j in 0..FANOUT {
+        let _ = writeln!(
+            c,
+            "__attribute__((noinline)) void leaf_{j}(void) {{ kept[next++] = malloc({}); __asm__ volatile(\"\"); }}",
+            16 + j
+        );
+    }
+    for i in 0..FANOUT {
+        let _ = writeln!(
+            c,
+            "__attribute__((noinline)) void mid_{i}(int j) {{\n  switch (j) {{"
+        );
+        for j in 0..FANOUT {
+            let _ = writeln!(c, "  case {j}: leaf_{j}(); break;");
+        }
+        let _ = writeln!(c, "  }}\n  __asm__ volatile(\"\");\n}}");
+    }
+    c.push_str("int main(void) {\n  for (int j = 0; j < ");
+    let _ = writeln!(c, "{FANOUT}; j++) {{");
+    for i in 0..FANOUT {
+        let _ = writeln!(c, "    mid_{i}(j);");
+    }
+    c.push_str("  }\n  return 0;\n}\n");
+    c
+}
+
+/// Time leaktrace takes to symbolize 10k distinct stacks (from its own log line).
+fn symbolization() -> Result<String> {
+    let out_dir = root().join("target/xtask");
+    let source = out_dir.join("bench_stacks.c");
+    std::fs::write(&source, stacks_source())?;
+    let bin = out_dir.join("bench_stacks");
+    compile_c(source.to_str().context("UTF-8 path")?, &bin)?;
+    let out = Command::new(leaktrace_bin())
+        .args(["run", "--format", "json", "--output", "/dev/null", "--"])
+        .arg(&bin)
+        .env("RUST_LOG", "info")
+        .output()
+        .context("running leaktrace on bench_stacks")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // "symbolized A new addresses of S stacks in T ms"
+    let (addresses, stacks, ms) = stderr
+        .lines()
+        .filter_map(|line| {
+            let rest = &line[line.find("symbolized ")? + "symbolized ".len()..];
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            Some((
+                words.first()?.parse::<u64>().ok()?,
+                words.get(4)?.parse::<u64>().ok()?,
+                words.get(7)?.parse::<f64>().ok()?,
+            ))
+        })
+        .max_by_key(|(_, stacks, _)| *stacks)
+        .with_context(|| format!("no symbolization line in leaktrace's log: {stderr}"))?;
+    Ok(format!(
+        "| symbolize {stacks} distinct stacks ({addresses} distinct return addresses, DWARF line info) in the final report | {ms:.0} ms | |\n"
     ))
 }

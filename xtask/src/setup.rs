@@ -142,16 +142,110 @@ fn debian_packages() -> Result<()> {
     install_debian(&missing)
 }
 
-/// The peers `cargo xtask bench` compares with, when the package manager can install them.
-/// A peer that cannot be installed is left out of the table, not an error.
+/// The peers `cargo xtask bench` compares with, and the real service it measures, when the
+/// package manager can install them. What cannot be installed is left out of the tables, not
+/// an error.
 pub fn bench_peers() {
-    let missing: Vec<&str> = ["heaptrack", "valgrind"]
-        .into_iter()
-        .filter(|binary| which::which(binary).is_err())
-        .collect();
+    let missing: Vec<&str> = [
+        ("heaptrack", "heaptrack"),
+        ("valgrind", "valgrind"),
+        ("redis-server", "redis-server"),
+        ("redis-benchmark", "redis-tools"),
+    ]
+    .into_iter()
+    .filter(|(binary, _)| which::which(binary).is_err())
+    .map(|(_, package)| package)
+    .collect();
     if let Err(err) = install_debian(&missing) {
         eprintln!("xtask bench: peers not installed ({err:#}); their rows are left out");
     }
+}
+
+/// Debian's bcc 0.26 memleak, made runnable on this kernel: it needs kernel headers (there
+/// are none for 6.18; the 6.12 ones compile its program) and a fix for its Python binding,
+/// which passes a garbage ref_ctr_offset to bpf_attach_uprobe (iovisor/bcc#5236), so its
+/// probes would block every other tool's on the same functions. Returns the command that
+/// runs memleak and the headers folder for BCC_KERNEL_SOURCE, or None when bcc cannot be
+/// installed.
+pub fn bcc_memleak() -> Option<(Vec<String>, std::path::PathBuf)> {
+    const MEMLEAK: &str = "/usr/sbin/memleak-bpfcc";
+    let headers_package = "linux-headers-6.12-amd64";
+    let mut missing = Vec::new();
+    if !Path::new(MEMLEAK).exists() {
+        missing.push("bpfcc-tools");
+    }
+    if headers_dirs().is_none() {
+        missing.push(headers_package);
+    }
+    if let Err(err) = install_debian(&missing) {
+        eprintln!("xtask bench: bcc's memleak not installed ({err:#}); its row is left out");
+        return None;
+    }
+    let (common, arch) = headers_dirs()?;
+    // The two halves of Debian's headers merged into one tree, as bcc expects.
+    let merged = crate::root().join("target/tools/kernel-headers");
+    if !merged.join("Makefile").exists() {
+        let _ = std::fs::remove_dir_all(&merged);
+        std::fs::create_dir_all(&merged).ok()?;
+        for (from, extra) in [(&common, None), (&arch, Some("--remove-destination"))] {
+            let mut copy = Command::new("cp");
+            copy.arg("-as");
+            if let Some(extra) = extra {
+                copy.arg(extra);
+            }
+            copy.arg(format!("{}/.", from.display())).arg(&merged);
+            if run_checked(&mut copy).is_err() {
+                eprintln!("xtask bench: could not merge the kernel headers; bcc's row is left out");
+                return None;
+            }
+        }
+    }
+    let wrapper = crate::root().join("target/tools/bcc_ref_ctr_fix.py");
+    std::fs::write(&wrapper, BCC_REF_CTR_FIX).ok()?;
+    Some((
+        vec![
+            "/usr/bin/python3".into(),
+            wrapper.display().to_string(),
+            MEMLEAK.into(),
+        ],
+        merged,
+    ))
+}
+
+/// Runs a bcc tool (argv[1]) with bpf_attach_uprobe given its 7th argument, ref_ctr_offset = 0.
+const BCC_REF_CTR_FIX: &str = r#"import ctypes, runpy, sys
+from bcc import libbcc
+
+attach = libbcc.lib.bpf_attach_uprobe
+attach.restype = ctypes.c_int
+attach.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p,
+                   ctypes.c_uint64, ctypes.c_int, ctypes.c_uint32]
+
+def attach_with_ref_ctr(fd, kind, name, path, offset, pid, ref_ctr_offset=0):
+    return attach(fd, kind, name, path, offset, pid, ref_ctr_offset)
+
+libbcc.lib.bpf_attach_uprobe = attach_with_ref_ctr
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"#;
+
+/// The newest installed 6.12 kernel headers: (common, amd64) folders.
+fn headers_dirs() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    let mut arch: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/src")
+        .ok()?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| {
+                    name.starts_with("linux-headers-6.12") && name.ends_with("-amd64")
+                })
+        })
+        .collect();
+    arch.sort();
+    let arch = arch.pop()?;
+    let common = std::path::PathBuf::from(arch.display().to_string().replace("-amd64", "-common"));
+    common.is_dir().then_some((common, arch))
 }
 
 fn install_debian(missing: &[&str]) -> Result<()> {
