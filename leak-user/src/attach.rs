@@ -14,7 +14,10 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{TracePoint, UProbe, uprobe::UProbeScope},
+    programs::{
+        TracePoint, UProbe,
+        uprobe::{UProbeLink, UProbeScope},
+    },
 };
 use leak_common::{
     ALLOC_RETURN_PROGRAM, AllocFn, CXX_DELETE_SYMBOLS, CXX_NEW_SYMBOLS, MAX_SIZE_GLOBAL,
@@ -302,6 +305,8 @@ pub fn parse_ld_list(text: &str) -> Vec<PathBuf> {
 /// The loaded eBPF object with its probes in place. Dropping it detaches everything.
 pub struct Probes {
     pub ebpf: Ebpf,
+    /// The uprobe links, owned here so they can be detached in parallel.
+    links: Vec<UProbeLink>,
     /// "malloc in /usr/lib/x86_64-linux-gnu/libc.so.6", … for the report.
     pub attached: Vec<String>,
 }
@@ -354,13 +359,17 @@ pub fn attach(
         NonZeroU32::new(pid).ok_or(AttachError::Load("process id 0 cannot be traced".into()))?,
     );
     let mut attached = Vec::new();
+    let mut links = Vec::new();
     for module in modules {
         for function in &module.functions {
             let mut attach_one = |program: &str| -> Result<(), AttachError> {
-                uprobe(&mut ebpf, program)?
+                let probe = uprobe(&mut ebpf, program)?;
+                let link = probe
                     .attach(function.probe_offset, &module.probe_path, scope)
-                    .map(|_| ())
-                    .map_err(|err| probe_error(&function.symbol, &module.display_path, err))
+                    .and_then(|id| probe.take_link(id))
+                    .map_err(|err| probe_error(&function.symbol, &module.display_path, err))?;
+                links.push(link);
+                Ok(())
             };
             // Return probe first: an entry that fires is then always matched by its return.
             if function.func.has_return_probe() {
@@ -394,7 +403,37 @@ pub fn attach(
             })?;
         attached.push(format!("{category}:{tracepoint}"));
     }
-    Ok(Probes { ebpf, attached })
+    Ok(Probes {
+        ebpf,
+        links,
+        attached,
+    })
+}
+
+impl Drop for Probes {
+    /// Detaching a uprobe waits for RCU grace periods, about 90 ms each here, and the kernel
+    /// does most of it under one mutex (event_mutex), so 17 probes take about 1.5 s. From
+    /// parallel threads the parts outside the mutex overlap: about 15% less.
+    fn drop(&mut self) {
+        let links = std::mem::take(&mut self.links);
+        let started = std::time::Instant::now();
+        let count = links.len();
+        std::thread::scope(|scope| {
+            for link in links {
+                if std::thread::Builder::new()
+                    .spawn_scoped(scope, move || drop(link))
+                    .is_err()
+                {
+                    // No thread to spare: this one detaches the rest in turn.
+                    break;
+                }
+            }
+        });
+        log::debug!(
+            "{count} uprobes detached in {:.0} ms",
+            started.elapsed().as_secs_f64() * 1e3
+        );
+    }
 }
 
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, AttachError> {

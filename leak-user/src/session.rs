@@ -149,9 +149,14 @@ pub async fn attach(pid: u32, options: Options) -> Result<Outcome, SessionError>
     if !procfs::is_alive(pid) {
         return Err(SessionError::NoSuchProcess(pid));
     }
+    let attaching = std::time::Instant::now();
     let allocators = attach::allocators_in_process(pid)?;
     let mut session = Session::start(pid, "attach", &allocators, options)?;
     session.start_exports()?;
+    log::debug!(
+        "probes in place in {:.0} ms",
+        attaching.elapsed().as_secs_f64() * 1e3
+    );
     log::info!("attached to {}", session.probes.attached.join(", "));
     let exited = session.trace_attached().await?;
     session.finish(exited)
@@ -446,7 +451,12 @@ impl Session {
     }
 
     fn finish(mut self, exited: Option<Exit>) -> Result<Outcome, SessionError> {
+        let analysing = std::time::Instant::now();
         let report = self.analyse(exited, true)?;
+        log::debug!(
+            "final report built in {:.0} ms",
+            analysing.elapsed().as_secs_f64() * 1e3
+        );
         if let Some(telemetry) = self.telemetry.take() {
             telemetry.shutdown();
         }
@@ -466,7 +476,12 @@ impl Session {
                 let _ = out.flush();
             }
         }
+        let detaching = std::time::Instant::now();
         drop(self.probes);
+        log::debug!(
+            "probes detached in {:.0} ms",
+            detaching.elapsed().as_secs_f64() * 1e3
+        );
         Ok(Outcome { report, exit: None })
     }
 

@@ -32,21 +32,35 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// What the numbers are made of (measured on these machines; ../shared/notes).
 const WHERE_THE_TIME_GOES: &str = "\
-Where the time goes: every traced call traps into the kernel. `malloc` costs an entry trap on
-an instruction the kernel emulates (`push %r12`), a uretprobe and a user stack capture (about
-3.1 µs together); `free` costs one trap. glibc's `free` starts with `test %rdi,%rdi`, which the
-kernel would single-step (about 5.3 µs); leaktrace puts the probe on the `je` after it, which it
-emulates (about 1.15 µs), because the `test` changes nothing the probe reads
-(leak-user/src/probe_site.rs). Before that move this benchmark measured 8,492 ns per pair.
-The shared notes measured bcc's memleak at about 11 µs per pair on this benchmark (it is not
-run here: Debian's bcc 0.26 needs kernel headers this kernel lacks).
+## Where the time goes
 
-The floor of this design is three traps per pair (malloc's entry, its return, free's entry)
-plus a stack capture: about 4.5 µs, which is what the table shows. The 2.5 µs target needs
-one trap fewer, for example no return probe on calls the kernel can be told to skip (session
-uprobes) or sampling. heaptrack and valgrind are cheaper per call because they run inside
-the target (LD_PRELOAD, a JIT), which needs it started under them; leaktrace attaches to a
-running process without changing it.
+Every traced call traps into the kernel. A `malloc` costs an entry trap on an instruction the
+kernel emulates (`push %r12`, about 1.5 µs), a return probe (about 1.5 µs) and the recording
+(user stack copy, its hash, the live-map insert and the per-stack totals: about 1 µs); a
+`free` costs one trap and a map delete. glibc's `free` starts with `test %rdi,%rdi`, which the
+kernel would single-step (about 5.3 µs); leaktrace puts the probe on the `je` after it, which
+it emulates (about 1.15 µs), because the `test` changes nothing the probe reads
+(leak-user/src/probe_site.rs). Before that move this benchmark measured 8,492 ns per pair;
+bcc's memleak, which probes `free` at its entry, pays the single-step on every free.
+
+The floor of this design is three traps per pair (malloc's entry, its return, free's entry),
+about 4.2 µs before any work; the table is within a few hundred ns of it. The 2.5 µs target
+needs one trap fewer, and neither way to remove one is open here:
+- uprobe sessions (`BPF_TRACE_UPROBE_SESSION`, kernel 6.13+) let the entry program tell the
+  kernel to skip the return probe of a call it does not sample, so an unsampled call would
+  cost one trap; aya 0.14 cannot load such a program (it needs an expected attach type at
+  load and a uprobe_multi link) and newer aya needs a newer rustc than these machines have;
+- optimized uprobes (kernel 6.17+) replace the trap by a call, but only on a 5-byte nop,
+  which glibc's allocator functions do not start with.
+With `--sample-rate`, an unsampled call skips the stack copy and the map writes but still pays
+its traps: that is the difference between the two leaktrace rows of the peers table.
+Most of an attach's wall time is the detach at the end (the report is written before it):
+the kernel waits for RCU grace periods for each uprobe it removes, mostly under one mutex,
+about 90 ms per probe here; removing them from parallel threads saves about 15%. A
+uprobe_multi link would remove them all in one wait, and aya 0.14 cannot create one.
+heaptrack and valgrind are cheaper per call because they run inside the target (LD_PRELOAD, a
+JIT), which needs it started under them; leaktrace attaches to a running process without
+changing it.
 ";
 
 /// The workloads of tests/targets/bench_pairs.c: mode, what a row measures, share of the
@@ -306,18 +320,35 @@ fn agent_cost(bench_bin: &std::path::Path) -> Result<String> {
             "1s",
         ])
         .args(["--format", "json", "--output", "/dev/null"])
-        .status()?;
+        .env("RUST_LOG", "leaktrace=debug")
+        .output()?;
     let attach_s = attach_started.elapsed().as_secs_f64() - 1.0;
     let _ = idle.kill();
     let _ = idle.wait();
-    if !attach.success() {
-        bail!("the attach timing run failed: {attach}");
+    if !attach.status.success() {
+        bail!("the attach timing run failed: {}", attach.status);
     }
+    // "probes in place in N ms", "final report built in N ms", "probes detached in N ms"
+    let log = String::from_utf8_lossy(&attach.stderr);
+    let phase_ms = |phase: &str| -> String {
+        log.lines()
+            .find_map(|line| {
+                let rest = &line[line.find(phase)? + phase.len()..];
+                rest.trim().strip_suffix("ms")?.trim().parse::<f64>().ok()
+            })
+            .map_or_else(|| "?".to_string(), |ms| format!("{ms:.0} ms"))
+    };
+    let phases = format!(
+        "probes in place {}, final report {}, detach {}",
+        phase_ms("probes in place in"),
+        phase_ms("final report built in"),
+        phase_ms("probes detached in")
+    );
     Ok(format!(
         "| measure | value | target |\n|---|---|---|\n\
          | CPU while attached to a process holding {HELD_ALLOCATIONS} traced live allocations, over {MEASURE_SECONDS} s after the first report (reports every 5 s, samples every 200 ms, the live map walked within a 0.5% budget) | {cpu_share:.2}% of a core | ≤ 1% |\n\
          | peak RSS of leaktrace meanwhile | {:.1} MiB | ≤ 64 MiB |\n\
-         | `attach --duration 1s` to a live process: time beyond the 1 s traced (load, attach, final report) | {attach_s:.2} s | |\n",
+         | `attach --duration 1s` to a live process: time beyond the 1 s traced ({phases}) | {attach_s:.2} s | |\n",
         peak_rss as f64 / (1024.0 * 1024.0)
     ))
 }
