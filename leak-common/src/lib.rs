@@ -79,7 +79,9 @@ pub const NESTED_CALL_MAX_DEPTH_BYTES: u64 = 1 << 16;
 /// an older pending entry is stale (e.g. the call began before the return probe was placed).
 pub const NESTED_CALL_MAX_AGE_NS: u64 = 100_000_000;
 
-/// The allocator functions leaktrace probes.
+/// What an allocator function does, as far as tracking goes. The return probe acts on it:
+/// realloc-like calls release the old block, posix_memalign-like calls return the block
+/// through a pointer, the rest return it.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AllocFn {
@@ -88,58 +90,18 @@ pub enum AllocFn {
     Realloc = 2,
     Reallocarray = 3,
     PosixMemalign = 4,
-    AlignedAlloc = 5,
-    Memalign = 6,
-    Valloc = 7,
-    Pvalloc = 8,
-    Free = 9,
+    Free = 5,
 }
 
 impl AllocFn {
-    pub const ALL: [AllocFn; 10] = [
+    pub const ALL: [AllocFn; 6] = [
         AllocFn::Malloc,
         AllocFn::Calloc,
         AllocFn::Realloc,
         AllocFn::Reallocarray,
         AllocFn::PosixMemalign,
-        AllocFn::AlignedAlloc,
-        AllocFn::Memalign,
-        AllocFn::Valloc,
-        AllocFn::Pvalloc,
         AllocFn::Free,
     ];
-
-    /// The C symbol name.
-    pub const fn symbol(self) -> &'static str {
-        match self {
-            AllocFn::Malloc => "malloc",
-            AllocFn::Calloc => "calloc",
-            AllocFn::Realloc => "realloc",
-            AllocFn::Reallocarray => "reallocarray",
-            AllocFn::PosixMemalign => "posix_memalign",
-            AllocFn::AlignedAlloc => "aligned_alloc",
-            AllocFn::Memalign => "memalign",
-            AllocFn::Valloc => "valloc",
-            AllocFn::Pvalloc => "pvalloc",
-            AllocFn::Free => "free",
-        }
-    }
-
-    /// Name of the kernel program that handles this function's entry.
-    pub const fn entry_program(self) -> &'static str {
-        match self {
-            AllocFn::Malloc => "malloc_enter",
-            AllocFn::Calloc => "calloc_enter",
-            AllocFn::Realloc => "realloc_enter",
-            AllocFn::Reallocarray => "reallocarray_enter",
-            AllocFn::PosixMemalign => "posix_memalign_enter",
-            // Same signature (alignment, size): one program serves both.
-            AllocFn::AlignedAlloc | AllocFn::Memalign => "memalign_enter",
-            AllocFn::Valloc => "valloc_enter",
-            AllocFn::Pvalloc => "pvalloc_enter",
-            AllocFn::Free => "free_enter",
-        }
-    }
 
     /// Whether the function has a return probe (everything but free).
     pub const fn has_return_probe(self) -> bool {
@@ -155,34 +117,102 @@ impl AllocFn {
     }
 }
 
-/// C++ allocation operators: `operator new` and `new[]` in every variant take the size first
-/// and behave like malloc; every `operator delete` takes the pointer first and behaves like
-/// free. Probing them (not only the malloc they call) keeps the C++ caller in the stack,
-/// because libstdc++ is built without frame pointers.
-pub const CXX_NEW_SYMBOLS: [&str; 8] = [
-    "_Znwm",
-    "_Znam",
-    "_ZnwmRKSt9nothrow_t",
-    "_ZnamRKSt9nothrow_t",
-    "_ZnwmSt11align_val_t",
-    "_ZnamSt11align_val_t",
-    "_ZnwmSt11align_val_tRKSt9nothrow_t",
-    "_ZnamSt11align_val_tRKSt9nothrow_t",
-];
-pub const CXX_DELETE_SYMBOLS: [&str; 12] = [
-    "_ZdlPv",
-    "_ZdaPv",
-    "_ZdlPvm",
-    "_ZdaPvm",
-    "_ZdlPvRKSt9nothrow_t",
-    "_ZdaPvRKSt9nothrow_t",
-    "_ZdlPvSt11align_val_t",
-    "_ZdaPvSt11align_val_t",
-    "_ZdlPvmSt11align_val_t",
-    "_ZdaPvmSt11align_val_t",
-    "_ZdlPvSt11align_val_tRKSt9nothrow_t",
-    "_ZdaPvSt11align_val_tRKSt9nothrow_t",
-];
+/// "No such argument" in a [`CallShape`].
+pub const NO_ARG: u8 = 0xF;
+
+/// One probed allocator function: what it does and where its arguments are (0-based, in
+/// the C calling convention), plus an id telling it apart from other functions of the same
+/// kind. Given to the entry program as the uprobe's cookie, so one program serves every
+/// allocator API (glibc, jemalloc's mallocx/sdallocx, mimalloc's mi_heap_*, a pool API
+/// named with --alloc-fn…).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallShape {
+    pub func: AllocFn,
+    /// Requested bytes (multiplied by `count` when there is one).
+    pub size: u8,
+    pub count: u8,
+    /// The block freed, or resized by a realloc-like call.
+    pub ptr: u8,
+    /// Where a posix_memalign-like call writes the new block's address.
+    pub out: u8,
+    /// Tells two functions of the same kind apart (a tail call from one into the other is
+    /// one call); 0 to 0xFFFF.
+    pub id: u16,
+}
+
+impl CallShape {
+    pub const fn malloc(size: u8) -> CallShape {
+        CallShape::new(AllocFn::Malloc, size, NO_ARG, NO_ARG, NO_ARG)
+    }
+    pub const fn calloc(count: u8, size: u8) -> CallShape {
+        CallShape::new(AllocFn::Calloc, size, count, NO_ARG, NO_ARG)
+    }
+    pub const fn realloc(ptr: u8, size: u8) -> CallShape {
+        CallShape::new(AllocFn::Realloc, size, NO_ARG, ptr, NO_ARG)
+    }
+    pub const fn reallocarray(ptr: u8, count: u8, size: u8) -> CallShape {
+        CallShape::new(AllocFn::Reallocarray, size, count, ptr, NO_ARG)
+    }
+    pub const fn posix_memalign(out: u8, size: u8) -> CallShape {
+        CallShape::new(AllocFn::PosixMemalign, size, NO_ARG, NO_ARG, out)
+    }
+    pub const fn free(ptr: u8) -> CallShape {
+        CallShape::new(AllocFn::Free, NO_ARG, NO_ARG, ptr, NO_ARG)
+    }
+
+    const fn new(func: AllocFn, size: u8, count: u8, ptr: u8, out: u8) -> CallShape {
+        CallShape {
+            func,
+            size,
+            count,
+            ptr,
+            out,
+            id: 0,
+        }
+    }
+
+    pub const fn with_id(self, id: u16) -> CallShape {
+        CallShape { id, ..self }
+    }
+
+    /// Bits 0-7 the kind, 8-11 size, 12-15 count, 16-19 ptr, 20-23 out, 32-47 the id.
+    pub const fn cookie(self) -> u64 {
+        (self.func as u64)
+            | ((self.size as u64 & 0xF) << 8)
+            | ((self.count as u64 & 0xF) << 12)
+            | ((self.ptr as u64 & 0xF) << 16)
+            | ((self.out as u64 & 0xF) << 20)
+            | ((self.id as u64) << 32)
+    }
+
+    pub const fn from_cookie(cookie: u64) -> Option<CallShape> {
+        let Some(func) = AllocFn::from_u32((cookie & 0xFF) as u32) else {
+            return None;
+        };
+        Some(CallShape {
+            func,
+            size: ((cookie >> 8) & 0xF) as u8,
+            count: ((cookie >> 12) & 0xF) as u8,
+            ptr: ((cookie >> 16) & 0xF) as u8,
+            out: ((cookie >> 20) & 0xF) as u8,
+            id: ((cookie >> 32) & 0xFFFF) as u16,
+        })
+    }
+
+    /// What a pending call records as its function: kind and id, so that two probed
+    /// functions of the same kind are told apart.
+    pub const fn tag(self) -> u32 {
+        (self.func as u32) | ((self.id as u32) << 8)
+    }
+}
+
+/// The kind part of a [`CallShape::tag`].
+pub const fn tag_kind(tag: u32) -> Option<AllocFn> {
+    AllocFn::from_u32(tag & 0xFF)
+}
+
+/// The entry program shared by every probed function (its cookie says how to read it).
+pub const ENTRY_PROGRAM: &str = "alloc_enter";
 
 /// Name of the return program shared by every allocating function.
 pub const ALLOC_RETURN_PROGRAM: &str = "alloc_return";
@@ -225,7 +255,7 @@ pub struct StackTotals {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PendingCall {
-    /// `AllocFn` as u32.
+    /// [`CallShape::tag`]: the kind of call and which function.
     pub func: u32,
     /// Allocator functions this call reached by a tail call (realloc(NULL, n) jumping to
     /// malloc): each adds a return probe firing at the same return, all but the last ignored.
@@ -384,6 +414,27 @@ impl Counter {
                 | Counter::MissingEntry
                 | Counter::MmapEventsLost
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_shapes_round_trip_through_the_cookie() {
+        for shape in [
+            CallShape::malloc(0),
+            CallShape::calloc(1, 2).with_id(7),
+            CallShape::realloc(0, 3).with_id(0xFFFF),
+            CallShape::reallocarray(1, 2, 3),
+            CallShape::posix_memalign(0, 2),
+            CallShape::free(1).with_id(42),
+        ] {
+            assert_eq!(CallShape::from_cookie(shape.cookie()), Some(shape));
+            assert_eq!(tag_kind(shape.tag()), Some(shape.func));
+        }
+        assert_eq!(CallShape::from_cookie(0xFF), None);
     }
 }
 

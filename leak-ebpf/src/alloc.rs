@@ -1,16 +1,20 @@
 //! Uprobes on the malloc family.
 //!
-//! Entry probes save the arguments per thread; the shared return probe records the result
+//! One entry program serves every probed function (the uprobe's cookie, a `CallShape`, says
+//! what the function does and where its arguments are). Entries save the arguments per
+//! thread; the shared return probe records the result
 //! (address → size, time, stack) and credits the caller's stack; free's entry probe removes
 //! the record and debits the stack. The user stack is captured in the return probe, where the
 //! frame chain still starts at the direct caller.
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    EbpfContext,
+    helpers::{bpf_get_attach_cookie, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
 use leak_common::{
-    AllocFn, AllocRecord, Counter, NESTED_CALL_MAX_AGE_NS, NESTED_CALL_MAX_DEPTH_BYTES, PendingCall,
+    AllocFn, AllocRecord, CallShape, Counter, NESTED_CALL_MAX_AGE_NS, NESTED_CALL_MAX_DEPTH_BYTES,
+    NO_ARG, PendingCall, tag_kind,
 };
 
 use crate::maps::{
@@ -18,16 +22,11 @@ use crate::maps::{
 };
 const BPF_NOEXIST: u64 = 1;
 
-#[inline(always)]
-fn arg(ctx: &ProbeContext, n: usize) -> u64 {
-    ctx.arg::<u64>(n).unwrap_or(0)
-}
-
 /// Saves an allocator call's arguments unless the call is nested inside another allocator
 /// call of the same thread (realloc(NULL, n) calling malloc, reallocarray calling realloc):
 /// the outer call is the one the program made, so it alone is recorded.
 #[inline(always)]
-fn enter(ctx: &ProbeContext, func: AllocFn, size: u64, old_ptr: u64, out_ptr: u64) -> u32 {
+fn enter(ctx: &ProbeContext, func: u32, size: u64, old_ptr: u64, out_ptr: u64) -> u32 {
     let Some(tid) = target_tid() else { return 0 };
     // SAFETY: uprobe context is the user pt_regs.
     let sp = unsafe { (*ctx.regs).rsp };
@@ -37,7 +36,7 @@ fn enter(ctx: &ProbeContext, func: AllocFn, size: u64, old_ptr: u64, out_ptr: u6
         // SAFETY: a live map value of this thread; only this thread touches its entry.
         let outer = unsafe { &mut *outer };
         let recent = now.wrapping_sub(outer.entry_ns) < NESTED_CALL_MAX_AGE_NS;
-        if recent && outer.sp == sp && outer.func != func as u32 {
+        if recent && outer.sp == sp && outer.func != func {
             // A tail call from the outer allocator function: same frame, same return.
             outer.tail_calls += 1;
             count(Counter::NestedCall);
@@ -50,7 +49,7 @@ fn enter(ctx: &ProbeContext, func: AllocFn, size: u64, old_ptr: u64, out_ptr: u6
         // Otherwise the entry is stale: replaced below.
     }
     let pending = PendingCall {
-        func: func as u32,
+        func,
         tail_calls: 0,
         sp,
         size,
@@ -64,48 +63,37 @@ fn enter(ctx: &ProbeContext, func: AllocFn, size: u64, old_ptr: u64, out_ptr: u6
     0
 }
 
+/// Entry of every probed function; the cookie says what it is and where its arguments are.
 #[uprobe]
-pub fn malloc_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, AllocFn::Malloc, arg(&ctx, 0), 0, 0)
-}
-
-#[uprobe]
-pub fn calloc_enter(ctx: ProbeContext) -> u32 {
-    // An overflowing product makes calloc fail, and failures are not recorded.
-    let size = arg(&ctx, 0).wrapping_mul(arg(&ctx, 1));
-    enter(&ctx, AllocFn::Calloc, size, 0, 0)
-}
-
-#[uprobe]
-pub fn realloc_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, AllocFn::Realloc, arg(&ctx, 1), arg(&ctx, 0), 0)
-}
-
-#[uprobe]
-pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
-    let size = arg(&ctx, 1).wrapping_mul(arg(&ctx, 2));
-    enter(&ctx, AllocFn::Reallocarray, size, arg(&ctx, 0), 0)
-}
-
-#[uprobe]
-pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, AllocFn::PosixMemalign, arg(&ctx, 2), 0, arg(&ctx, 0))
-}
-
-/// memalign(alignment, size) and aligned_alloc(alignment, size).
-#[uprobe]
-pub fn memalign_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, AllocFn::Memalign, arg(&ctx, 1), 0, 0)
-}
-
-#[uprobe]
-pub fn valloc_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, AllocFn::Valloc, arg(&ctx, 0), 0, 0)
-}
-
-#[uprobe]
-pub fn pvalloc_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, AllocFn::Pvalloc, arg(&ctx, 0), 0, 0)
+pub fn alloc_enter(ctx: ProbeContext) -> u32 {
+    // SAFETY: reads this attachment's cookie; the context is the program's own.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let Some(shape) = CallShape::from_cookie(cookie) else {
+        return 0;
+    };
+    // All six argument registers are read at fixed offsets, then one is picked: the
+    // verifier refuses a context read at a computed offset.
+    // SAFETY: uprobe context is the user pt_regs.
+    let regs = unsafe { &*ctx.regs };
+    let args = [regs.rdi, regs.rsi, regs.rdx, regs.rcx, regs.r8, regs.r9];
+    let at = |index: u8| match index {
+        0 => args[0],
+        1 => args[1],
+        2 => args[2],
+        3 => args[3],
+        4 => args[4],
+        5 => args[5],
+        _ => 0,
+    };
+    if shape.func == AllocFn::Free {
+        return free_block(at(shape.ptr));
+    }
+    let mut size = at(shape.size);
+    if shape.count != NO_ARG {
+        // An overflowing product makes the call fail, and failures are not recorded.
+        size = size.wrapping_mul(at(shape.count));
+    }
+    enter(&ctx, shape.tag(), size, at(shape.ptr), at(shape.out))
 }
 
 #[uretprobe]
@@ -133,7 +121,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     let _ = PENDING_CALLS.remove(tid);
     let ret: u64 = ctx.ret();
 
-    match AllocFn::from_u32(pending.func) {
+    match tag_kind(pending.func) {
         Some(AllocFn::Realloc | AllocFn::Reallocarray) => {
             // Success moves the block; realloc(p, 0) returning NULL frees p; any other NULL
             // is a failure that leaves p allocated.
@@ -220,9 +208,9 @@ fn release(addr: u64) {
     }
 }
 
-#[uprobe]
-pub fn free_enter(ctx: ProbeContext) -> u32 {
-    let addr = arg(&ctx, 0);
+/// free and its kin: forget the block and debit its stack.
+#[inline(always)]
+fn free_block(addr: u64) -> u32 {
     if addr == 0 {
         return 0;
     }

@@ -16,16 +16,17 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{
         TracePoint, UProbe,
-        uprobe::{UProbeLink, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
     },
 };
 use leak_common::{
-    ALLOC_RETURN_PROGRAM, AllocFn, CXX_DELETE_SYMBOLS, CXX_NEW_SYMBOLS, MAX_SIZE_GLOBAL,
-    MIN_SIZE_GLOBAL, SAMPLE_RATE_GLOBAL, SYSCALL_PROGRAMS, TARGET_TGID_GLOBAL, map_names,
+    ALLOC_RETURN_PROGRAM, AllocFn, CallShape, ENTRY_PROGRAM, MAX_SIZE_GLOBAL, MIN_SIZE_GLOBAL,
+    SAMPLE_RATE_GLOBAL, SYSCALL_PROGRAMS, TARGET_TGID_GLOBAL, map_names,
 };
 use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
 use crate::{
+    allocators::{self, KnownFn},
     probe_site,
     procfs::{self, Mapping},
 };
@@ -49,6 +50,10 @@ pub enum AttachError {
         "could not probe {function} in {module}: the kernel refused (EINVAL); another tracer (bcc's memleak, bpftrace with USDT…) probably holds a uprobe on the same function with a different ref_ctr_offset (dmesg says \"ref_ctr_offset mismatch\"): stop that tool, or run the target against a private copy of the library"
     )]
     ProbeConflict { function: String, module: String },
+    #[error(
+        "--alloc-fn {symbol}: no module of the target defines a function of that name (it must be in the dynamic or static symbol table; `nm -D FILE` lists them)"
+    )]
+    NoSuchFunction { symbol: String },
     #[error("could not load the eBPF programs: {0}")]
     Load(String),
     #[error("could not probe {function} in {module}: {reason}")]
@@ -64,8 +69,8 @@ pub enum AttachError {
 /// One allocator function found in a module: where to put the probe.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AllocatorFn {
-    /// What the function does (C++ operators act as malloc or free).
-    pub func: AllocFn,
+    /// What the function does and where its arguments are.
+    pub shape: CallShape,
     /// The symbol probed.
     pub symbol: String,
     /// Offset of the function in the module's file.
@@ -75,39 +80,28 @@ pub struct AllocatorFn {
     pub probe_offset: u64,
 }
 
-/// Every symbol leaktrace probes, with the behaviour it has.
-fn probed_symbols() -> impl Iterator<Item = (&'static str, AllocFn)> {
-    AllocFn::ALL
-        .iter()
-        .map(|func| (func.symbol(), *func))
-        .chain(
-            CXX_NEW_SYMBOLS
-                .iter()
-                .map(|symbol| (*symbol, AllocFn::Malloc)),
-        )
-        .chain(
-            CXX_DELETE_SYMBOLS
-                .iter()
-                .map(|symbol| (*symbol, AllocFn::Free)),
-        )
-}
-
-/// A module that defines the allocator.
+/// A module with allocator functions to probe.
 #[derive(Clone, Debug)]
 pub struct AllocatorModule {
     /// Path to open and probe (through /proc/PID/root for attach mode).
     pub probe_path: PathBuf,
     /// The path as the target sees it.
     pub display_path: String,
+    /// Which allocator it is ("glibc", "jemalloc", … see `allocators::identify`).
+    pub allocator: &'static str,
     pub functions: Vec<AllocatorFn>,
 }
 
-/// Finds the allocator family and the C++ operators in an ELF image. Aliases at the same
-/// address (memalign and aligned_alloc in glibc) are listed once.
-pub fn find_allocator_functions(elf: &[u8]) -> Result<Vec<AllocatorFn>, object::Error> {
+/// Finds the allocator functions leaktrace knows, and the user-named `extra` ones, in an
+/// ELF image; returns them with the allocator the module is. Aliases at the same address
+/// (memalign and aligned_alloc in glibc, malloc and tc_malloc) are listed once.
+pub fn find_allocator_functions(
+    elf: &[u8],
+    path: &str,
+    extra: &[KnownFn],
+) -> Result<(Vec<AllocatorFn>, &'static str), object::Error> {
     let file = object::File::parse(elf)?;
-    let wanted: Vec<(&'static str, AllocFn)> = probed_symbols().collect();
-    let mut addresses: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut addresses: BTreeMap<String, u64> = BTreeMap::new();
     for symbol in file.dynamic_symbols().chain(file.symbols()) {
         if symbol.kind() != SymbolKind::Text || !symbol.is_definition() || symbol.address() == 0 {
             continue;
@@ -115,13 +109,27 @@ pub fn find_allocator_functions(elf: &[u8]) -> Result<Vec<AllocatorFn>, object::
         let Ok(name) = symbol.name() else { continue };
         // Versioned names in .symtab look like "malloc@@GLIBC_2.2.5".
         let name = name.split('@').next().unwrap_or(name);
-        if let Some((known, _)) = wanted.iter().find(|(known, _)| *known == name) {
-            addresses.entry(known).or_insert(symbol.address());
-        }
+        addresses
+            .entry(name.to_string())
+            .or_insert(symbol.address());
     }
+    let names: Vec<&str> = addresses.keys().map(String::as_str).collect();
+    let allocator = allocators::identify(&names, path);
+    let mut wanted: Vec<KnownFn> = allocators::known_functions();
+    // The Rust shims matter when a #[global_allocator] replaces malloc; with the default
+    // one they only add a probe layer above malloc.
+    if custom_rust_allocator(&file, elf, &addresses) {
+        wanted.extend(names.iter().filter_map(|name| {
+            allocators::rust_shim(name).map(|shape| KnownFn {
+                symbol: name.to_string(),
+                shape,
+            })
+        }));
+    }
+    wanted.extend(extra.iter().cloned());
     let mut found: Vec<AllocatorFn> = Vec::new();
-    for (symbol, func) in wanted {
-        let Some(&address) = addresses.get(symbol) else {
+    for known in wanted {
+        let Some(&address) = addresses.get(&known.symbol) else {
             continue;
         };
         let Some(file_offset) = virtual_to_file_offset(&file, address) else {
@@ -138,13 +146,52 @@ pub fn find_allocator_functions(elf: &[u8]) -> Result<Vec<AllocatorFn>, object::
             .get(start..start.saturating_add(64).min(elf.len()))
             .unwrap_or(&[]);
         found.push(AllocatorFn {
-            func,
-            symbol: symbol.to_string(),
+            shape: known.shape,
+            symbol: known.symbol,
             file_offset,
             probe_offset: file_offset + probe_site::probe_offset(code),
         });
     }
-    Ok(found)
+    Ok((found, allocator))
+}
+
+/// Whether a Rust program has its own #[global_allocator]: its shims then call `__rg_alloc`
+/// (or inline it), where the default System allocator's `__rust_alloc` is a thin wrapper
+/// jumping to `__rdl_alloc`, which is malloc.
+fn custom_rust_allocator(
+    file: &object::File<'_>,
+    elf: &[u8],
+    addresses: &BTreeMap<String, u64>,
+) -> bool {
+    let find = |wanted: &dyn Fn(&str) -> bool| {
+        addresses
+            .iter()
+            .find(|(name, _)| wanted(name))
+            .map(|(_, address)| *address)
+    };
+    let Some(shim) = find(&|name| {
+        allocators::rust_shim(name) == Some(CallShape::malloc(0)) && !name.contains("zeroed")
+    }) else {
+        return false;
+    };
+    if addresses
+        .keys()
+        .any(|name| allocators::is_rust_global_allocator(name))
+    {
+        return true;
+    }
+    let Some(default) = find(&|name| name == "__rdl_alloc" || name.ends_with("11___rdl_alloc"))
+    else {
+        return true;
+    };
+    let Some(offset) = virtual_to_file_offset(file, shim) else {
+        return false;
+    };
+    let start = usize::try_from(offset).unwrap_or(usize::MAX);
+    let code = elf
+        .get(start..start.saturating_add(64).min(elf.len()))
+        .unwrap_or(&[]);
+    !probe_site::branches_to(code, shim, default, 8)
 }
 
 fn virtual_to_file_offset(file: &object::File<'_>, address: u64) -> Option<u64> {
@@ -155,30 +202,37 @@ fn virtual_to_file_offset(file: &object::File<'_>, address: u64) -> Option<u64> 
     })
 }
 
-/// A module is an allocator if it defines both malloc and free.
-fn is_allocator(functions: &[AllocatorFn]) -> bool {
-    let has = |wanted: &str| functions.iter().any(|f| f.symbol == wanted);
-    has("malloc") && has("free")
+fn is_cxx_operator(symbol: &str) -> bool {
+    allocators::CXX_NEW_SYMBOLS.contains(&symbol)
+        || allocators::CXX_DELETE_SYMBOLS.contains(&symbol)
 }
 
-/// The probes a module gets: the whole family if it is an allocator, and its C++ operators
-/// in any case (libstdc++, or a program that defines its own).
-fn probes_for_module(functions: Vec<AllocatorFn>) -> Vec<AllocatorFn> {
+/// A module is an allocator if, besides C++ operators, it both allocates and frees.
+fn is_allocator(functions: &[AllocatorFn]) -> bool {
+    let own = || functions.iter().filter(|f| !is_cxx_operator(&f.symbol));
+    own().any(|f| f.shape.func == AllocFn::Free) && own().any(|f| f.shape.func != AllocFn::Free)
+}
+
+/// The probes a module gets: all it has if it is an allocator; otherwise its C++ operators
+/// (libstdc++, or a program that defines its own) and the user-named functions.
+fn probes_for_module(functions: Vec<AllocatorFn>, extra: &[KnownFn]) -> Vec<AllocatorFn> {
     if is_allocator(&functions) {
         functions
     } else {
         functions
             .into_iter()
             .filter(|f| {
-                CXX_NEW_SYMBOLS.contains(&f.symbol.as_str())
-                    || CXX_DELETE_SYMBOLS.contains(&f.symbol.as_str())
+                is_cxx_operator(&f.symbol) || extra.iter().any(|known| known.symbol == f.symbol)
             })
             .collect()
     }
 }
 
 /// Allocator modules among a running process's mappings.
-pub fn allocators_in_process(pid: u32) -> Result<Vec<AllocatorModule>, AttachError> {
+pub fn allocators_in_process(
+    pid: u32,
+    extra: &[KnownFn],
+) -> Result<Vec<AllocatorModule>, AttachError> {
     let maps = procfs::read_maps(pid).map_err(|err| AttachError::Read {
         path: format!("/proc/{pid}/maps"),
         reason: err.to_string(),
@@ -199,26 +253,54 @@ pub fn allocators_in_process(pid: u32) -> Result<Vec<AllocatorModule>, AttachErr
             &data,
             probe_path,
             mapping.file_path().to_string(),
+            extra,
         ));
     }
-    require_allocator(modules, pid)
+    require_allocator(modules, pid, extra)
+}
+
+/// Whether everything probed in a module was named with --alloc-fn.
+pub fn only_user_named(module: &AllocatorModule, extra: &[KnownFn]) -> bool {
+    module
+        .functions
+        .iter()
+        .all(|f| extra.iter().any(|known| known.symbol == f.symbol))
 }
 
 /// The probes one ELF file gets, if any.
-fn module_probes(elf: &[u8], probe_path: PathBuf, display_path: String) -> Option<AllocatorModule> {
-    let functions = probes_for_module(find_allocator_functions(elf).ok()?);
+fn module_probes(
+    elf: &[u8],
+    probe_path: PathBuf,
+    display_path: String,
+    extra: &[KnownFn],
+) -> Option<AllocatorModule> {
+    let (functions, allocator) = find_allocator_functions(elf, &display_path, extra).ok()?;
+    let functions = probes_for_module(functions, extra);
     (!functions.is_empty()).then_some(AllocatorModule {
         probe_path,
         display_path,
+        allocator,
         functions,
     })
 }
 
-/// Probing C++ operators alone is not enough: some module must define malloc and free.
+/// Probing C++ operators alone is not enough: some module must allocate and free; and every
+/// user-named function must exist somewhere.
 fn require_allocator(
     modules: Vec<AllocatorModule>,
     pid: u32,
+    extra: &[KnownFn],
 ) -> Result<Vec<AllocatorModule>, AttachError> {
+    if let Some(missing) = extra.iter().find(|known| {
+        !modules
+            .iter()
+            .flat_map(|module| &module.functions)
+            .any(|f| f.symbol == known.symbol)
+    }) {
+        return Err(AttachError::NoSuchFunction {
+            symbol: missing.symbol.clone(),
+        });
+    }
     if modules.iter().any(|module| is_allocator(&module.functions)) {
         Ok(modules)
     } else {
@@ -241,16 +323,21 @@ fn probe_path_for(pid: u32, mapping: &Mapping) -> PathBuf {
 pub fn allocators_for_program(
     program: &Path,
     env: &[(String, String)],
+    extra: &[KnownFn],
 ) -> Result<Vec<AllocatorModule>, AttachError> {
     let read_error = |err: io::Error| AttachError::Read {
         path: program.display().to_string(),
         reason: err.to_string(),
     };
     let data = fs::read(program).map_err(read_error)?;
-    let mut modules: Vec<AllocatorModule> =
-        module_probes(&data, program.to_path_buf(), program.display().to_string())
-            .into_iter()
-            .collect();
+    let mut modules: Vec<AllocatorModule> = module_probes(
+        &data,
+        program.to_path_buf(),
+        program.display().to_string(),
+        extra,
+    )
+    .into_iter()
+    .collect();
     if let Some(interpreter) = elf_interpreter(&data) {
         let output = std::process::Command::new(&interpreter)
             .arg("--list")
@@ -267,10 +354,10 @@ pub fn allocators_for_program(
                 continue;
             };
             let display_path = library.display().to_string();
-            modules.extend(module_probes(&data, library, display_path));
+            modules.extend(module_probes(&data, library, display_path, extra));
         }
     }
-    require_allocator(modules, 0)
+    require_allocator(modules, 0, extra)
 }
 
 /// The PT_INTERP of an ELF executable, if it is dynamically linked.
@@ -345,12 +432,7 @@ pub fn attach(
             }
         })?;
 
-    let mut program_names: Vec<&'static str> =
-        AllocFn::ALL.iter().map(|f| f.entry_program()).collect();
-    program_names.push(ALLOC_RETURN_PROGRAM);
-    program_names.sort_unstable();
-    program_names.dedup();
-    for name in &program_names {
+    for name in [ENTRY_PROGRAM, ALLOC_RETURN_PROGRAM] {
         uprobe(&mut ebpf, name)?
             .load()
             .map_err(|err| load_error(name, err))?;
@@ -360,26 +442,35 @@ pub fn attach(
     );
     let mut attached = Vec::new();
     let mut links = Vec::new();
+    // Ids tell probed functions apart in the kernel (see CallShape::id).
+    let mut next_id: u16 = 0;
     for module in modules {
         for function in &module.functions {
+            let shape = function.shape.with_id(next_id);
+            next_id = next_id.wrapping_add(1);
             let mut attach_one = |program: &str| -> Result<(), AttachError> {
                 let probe = uprobe(&mut ebpf, program)?;
+                let point = UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(function.probe_offset),
+                    cookie: Some(shape.cookie()),
+                };
                 let link = probe
-                    .attach(function.probe_offset, &module.probe_path, scope)
+                    .attach(point, &module.probe_path, scope)
                     .and_then(|id| probe.take_link(id))
                     .map_err(|err| probe_error(&function.symbol, &module.display_path, err))?;
                 links.push(link);
                 Ok(())
             };
             // Return probe first: an entry that fires is then always matched by its return.
-            if function.func.has_return_probe() {
+            if shape.func.has_return_probe() {
                 attach_one(ALLOC_RETURN_PROGRAM)?;
             }
-            attach_one(function.func.entry_program())?;
+            attach_one(ENTRY_PROGRAM)?;
             log::debug!(
-                "{} in {}: probe at +{:#x}",
+                "{} in {} ({}): probe at +{:#x}",
                 function.symbol,
                 module.display_path,
+                module.allocator,
                 function.probe_offset - function.file_offset
             );
             attached.push(format!("{} in {}", function.symbol, module.display_path));
@@ -546,7 +637,10 @@ mod tests {
         let Some(libc) = libc else {
             return; // not a glibc x86_64 machine
         };
-        let functions = find_allocator_functions(&libc).expect("parse libc");
+        let (functions, allocator) =
+            find_allocator_functions(&libc, "/usr/lib/x86_64-linux-gnu/libc.so.6", &[])
+                .expect("parse libc");
+        assert_eq!(allocator, "glibc");
         assert!(is_allocator(&functions));
         for wanted in [
             "malloc",
@@ -576,6 +670,6 @@ mod tests {
 
     #[test]
     fn a_non_elf_has_no_allocator() {
-        assert!(find_allocator_functions(b"not an elf").is_err());
+        assert!(find_allocator_functions(b"not an elf", "x", &[]).is_err());
     }
 }

@@ -108,6 +108,11 @@ pub struct Common {
     /// map entries and less work per call (every call still costs its probe traps).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub sample_rate: u32,
+    /// Also probe a custom allocator function: NAME:KIND[:ARGS], KIND malloc, calloc,
+    /// realloc or free, ARGS the 1-based argument positions when they differ from the C
+    /// function's (e.g. pool_alloc:malloc:size=2, pool_free:free:ptr=2). Repeatable.
+    #[arg(long = "alloc-fn", value_name = "NAME:KIND[:ARGS]", value_parser = crate::allocators::parse_alloc_fn)]
+    pub alloc_fns: Vec<crate::allocators::KnownFn>,
     /// Report format.
     #[arg(long, short, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -225,6 +230,7 @@ impl Common {
             min_size: self.min_size,
             max_size: self.max_size.unwrap_or(u64::MAX),
             sample_rate: self.sample_rate,
+            alloc_fns: self.alloc_fns.clone(),
             otlp: self.export.otlp(self.interval),
             prometheus: self.export.prometheus,
             export_top: self.export.export_top as usize,

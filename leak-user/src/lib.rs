@@ -1,11 +1,12 @@
 //! leaktrace: find leaking call stacks in a live Linux process with eBPF.
 //!
 //! Data path, one module per stage:
-//! `attach` (find the allocator, place probes) → kernel maps → `drain` (read them, track
+//! `attach` (find the allocators, see `allocators`, and place probes) → kernel maps → `drain` (read them, track
 //! mmap `regions`) → `symbolize` → `analysis` (growth, verdicts) → `report` (text, JSON,
 //! folded stacks, SVG flame graph, pprof).
 //! `session` runs the stages; `launch` starts a command for `leaktrace run`; `cli` holds the
 //! flags. `model` is the vocabulary they share; `procfs` reads /proc.
+pub mod allocators;
 pub mod analysis;
 pub mod attach;
 pub mod cli;

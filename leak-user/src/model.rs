@@ -277,6 +277,19 @@ pub struct StackReport {
     pub series: Vec<Sample>,
 }
 
+/// An allocator found in the target and what of it was probed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AllocatorInfo {
+    /// "glibc", "jemalloc", "tcmalloc", "mimalloc", "musl", "Rust global allocator",
+    /// "malloc" (an unknown one), "C++ operators" (a module with only those), "custom"
+    /// (only --alloc-fn functions).
+    pub allocator: String,
+    /// The module as the target sees it.
+    pub module: String,
+    /// The functions probed in it.
+    pub functions: Vec<String>,
+}
+
 /// The traced process.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Target {
@@ -315,6 +328,9 @@ pub struct Report {
     /// (absent before this field existed: every allocation).
     #[serde(default = "every_allocation")]
     pub sample_rate: u32,
+    /// The allocators probed (absent in reports written before this field).
+    #[serde(default)]
+    pub allocators: Vec<AllocatorInfo>,
     /// Set when the target ended while traced.
     pub exited: Option<Exit>,
     /// Events lost, by reason (every reason is present, zero or not).

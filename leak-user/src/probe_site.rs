@@ -49,6 +49,33 @@ pub fn probe_offset(code: &[u8]) -> u64 {
     0
 }
 
+/// Whether the function whose first bytes are `code`, at virtual address `address`, jumps
+/// to or calls `target` within its first `max` instructions (a thin wrapper: Rust's
+/// `__rust_alloc` tail-calling `__rdl_alloc`, the default System allocator).
+pub fn branches_to(code: &[u8], address: u64, target: u64, max: usize) -> bool {
+    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
+    let mut instruction = Instruction::default();
+    for _ in 0..max {
+        if !decoder.can_decode() {
+            break;
+        }
+        decoder.decode_out(&mut instruction);
+        if instruction.is_invalid() {
+            break;
+        }
+        if matches!(instruction.mnemonic(), Mnemonic::Jmp | Mnemonic::Call)
+            && instruction.op0_kind() == OpKind::NearBranch64
+            && instruction.near_branch_target() == target
+        {
+            return true;
+        }
+        if instruction.flow_control() == FlowControl::Return {
+            break;
+        }
+    }
+    false
+}
+
 /// The instructions x86 uprobes emulate instead of single-stepping (arch/x86/kernel/uprobes.c:
 /// branch_setup_xol_ops and push_setup_xol_ops).
 fn kernel_emulates(instruction: &Instruction) -> bool {
@@ -88,7 +115,20 @@ fn changes_nothing_probes_read(
 
 #[cfg(test)]
 mod tests {
-    use super::probe_offset;
+    use super::{branches_to, probe_offset};
+
+    #[test]
+    fn sees_a_thin_wrapper_jump() {
+        // At 0x14010: push %rbp; mov %rsp,%rbp; pop %rbp; jmp 0x29d80 (rustc's __rust_alloc
+        // with the System allocator).
+        let code = [0x55, 0x48, 0x89, 0xe5, 0x5d, 0xe9, 0x66, 0x5d, 0x01, 0x00];
+        assert!(branches_to(&code, 0x14010, 0x29d80, 8));
+        assert!(!branches_to(&code, 0x14010, 0x29d90, 8));
+        assert!(
+            !branches_to(&code, 0x14010, 0x29d80, 3),
+            "beyond the first 3"
+        );
+    }
 
     #[test]
     fn glibc_free_moves_past_its_test_onto_the_branch() {

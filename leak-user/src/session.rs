@@ -12,6 +12,7 @@ use leak_common::{Counter, DEFAULT_MAX_ALLOCS};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::{
+    allocators::KnownFn,
     analysis::{self, Context, Thresholds},
     attach::{self, AllocatorModule, LoadOptions, Probes},
     drain::push_thinned,
@@ -19,8 +20,8 @@ use crate::{
     launch::{self, ChildEvent},
     metrics,
     model::{
-        Exit, Frame, Held, Origin, ProcessReport, ProcessSample, REPORT_VERSION, Report,
-        StackHistory, StackReport, Target, Trend, Verdict,
+        AllocatorInfo, Exit, Frame, Held, Origin, ProcessReport, ProcessSample, REPORT_VERSION,
+        Report, StackHistory, StackReport, Target, Trend, Verdict,
     },
     otel::{OtlpOptions, Telemetry},
     procfs, prometheus,
@@ -51,6 +52,8 @@ pub struct Options {
     pub max_size: u64,
     /// Track one allocation in this many; what is read is scaled by it.
     pub sample_rate: u32,
+    /// User-named allocator functions (--alloc-fn).
+    pub alloc_fns: Vec<KnownFn>,
     /// OTLP export, when on.
     pub otlp: Option<OtlpOptions>,
     /// Serve Prometheus metrics here.
@@ -86,6 +89,7 @@ impl Default for Options {
             min_size: 0,
             max_size: u64::MAX,
             sample_rate: 1,
+            alloc_fns: Vec::new(),
             otlp: None,
             prometheus: None,
             export_top: 20,
@@ -123,6 +127,8 @@ struct Session {
     pid: u32,
     mode: &'static str,
     target: Target,
+    /// What was probed, for the report.
+    allocators: Vec<AllocatorInfo>,
     options: Options,
     probes: Probes,
     collector: Collector,
@@ -150,7 +156,7 @@ pub async fn attach(pid: u32, options: Options) -> Result<Outcome, SessionError>
         return Err(SessionError::NoSuchProcess(pid));
     }
     let attaching = std::time::Instant::now();
-    let allocators = attach::allocators_in_process(pid)?;
+    let allocators = attach::allocators_in_process(pid, &options.alloc_fns)?;
     let mut session = Session::start(pid, "attach", &allocators, options)?;
     session.start_exports()?;
     log::debug!(
@@ -173,13 +179,15 @@ pub async fn run(command: &[String], options: Options) -> Result<Outcome, Sessio
         ))
     })?;
     let env: Vec<(String, String)> = std::env::vars().collect();
-    let allocators = attach::allocators_for_program(&program, &env).map_err(|err| match err {
-        attach::AttachError::NoAllocator { .. } => SessionError::Launch(format!(
-            "no allocator found for {}: neither it nor its libraries define malloc and free",
-            program.display()
-        )),
-        other => SessionError::Attach(other),
-    })?;
+    let allocators = attach::allocators_for_program(&program, &env, &options.alloc_fns).map_err(
+        |err| match err {
+            attach::AttachError::NoAllocator { .. } => SessionError::Launch(format!(
+                "no allocator found for {}: neither it nor its libraries define malloc and free",
+                program.display()
+            )),
+            other => SessionError::Attach(other),
+        },
+    )?;
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
     let launched = launch::launch(&program, command, events_tx)
         .map_err(|err| SessionError::Launch(format!("could not start {name}: {err}")))?;
@@ -229,6 +237,18 @@ impl Session {
             pid,
             mode,
             target,
+            allocators: allocators
+                .iter()
+                .map(|module| AllocatorInfo {
+                    allocator: if attach::only_user_named(module, &options.alloc_fns) {
+                        "custom".to_string()
+                    } else {
+                        module.allocator.to_string()
+                    },
+                    module: module.display_path.clone(),
+                    functions: module.functions.iter().map(|f| f.symbol.clone()).collect(),
+                })
+                .collect(),
             collector: Collector::new(
                 maps,
                 started_ns,
@@ -645,6 +665,7 @@ impl Session {
             mode: self.mode.to_string(),
             duration_s: span_s,
             sample_rate: self.options.sample_rate,
+            allocators: self.allocators.clone(),
             exited,
             dropped,
             events,

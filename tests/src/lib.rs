@@ -50,11 +50,13 @@ pub fn scratch_dir() -> PathBuf {
     dir
 }
 
-fn targets_dir() -> PathBuf {
+/// Sources of the test targets.
+pub fn targets_dir() -> PathBuf {
     workspace_root().join("tests/targets")
 }
 
-fn run_ok(command: &mut Command) {
+/// Runs a command (a compiler) and fails the test with its stderr if it fails.
+pub fn run_ok(command: &mut Command) {
     let out = command
         .output()
         .unwrap_or_else(|err| panic!("{command:?}: {err}"));
@@ -104,6 +106,27 @@ pub fn build_c(source: &str, extra: &[&str]) -> PathBuf {
             .args(C_FLAGS)
             .args(extra)
             .arg(targets_dir().join(source)),
+    );
+    output
+}
+
+/// Compiles tests/targets/SOURCE into the scratch dir as NAME with COMPILER (gcc, g++,
+/// musl-gcc…), `flags` before the source and `libs` after it (link order matters).
+pub fn build_c_variant(
+    source: &str,
+    name: &str,
+    compiler: &str,
+    flags: &[&str],
+    libs: &[&str],
+) -> PathBuf {
+    let output = scratch_dir().join(name);
+    compile_to(
+        &output,
+        Command::new(compiler)
+            .args(C_FLAGS)
+            .args(flags)
+            .arg(targets_dir().join(source))
+            .args(libs),
     );
     output
 }
@@ -170,6 +193,14 @@ pub fn private_libc_dir() -> &'static Path {
 }
 
 /// The result of one leaktrace run.
+/// Whether a symbolized frame name is `function`: itself, with C++ parameters
+/// (`leak(int)`), or with a Rust path (`crate::leak`).
+fn names(name: &str, function: &str) -> bool {
+    name == function
+        || name.starts_with(&format!("{function}("))
+        || name.ends_with(&format!("::{function}"))
+}
+
 pub struct Traced {
     pub output: Output,
     pub report: Value,
@@ -186,7 +217,7 @@ impl Traced {
         self.stacks().iter().find(|stack| {
             stack["frames"][0]["function"]
                 .as_str()
-                .is_some_and(|name| name == function || name.starts_with(&format!("{function}(")))
+                .is_some_and(|name| names(name, function))
         })
     }
 
@@ -196,9 +227,11 @@ impl Traced {
             .iter()
             .filter(|stack| {
                 stack["frames"].as_array().is_some_and(|frames| {
-                    frames
-                        .iter()
-                        .any(|frame| frame["function"].as_str() == Some(function))
+                    frames.iter().any(|frame| {
+                        frame["function"]
+                            .as_str()
+                            .is_some_and(|name| names(name, function))
+                    })
                 })
             })
             .collect()

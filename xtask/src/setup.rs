@@ -126,6 +126,13 @@ fn debian_packages() -> Result<()> {
         ("libc6-dbg", ""),
         ("protobuf-compiler", "protoc"),
         ("prometheus", "promtool"),
+        // Allocators the end-to-end tests build targets against, and a real jemalloc service.
+        ("libjemalloc-dev", ""),
+        ("libgoogle-perftools-dev", ""),
+        ("libmimalloc-dev", ""),
+        ("musl-tools", "musl-gcc"),
+        ("redis-server", "redis-server"),
+        ("redis-tools", "redis-benchmark"),
     ];
     let missing: Vec<&str> = wanted
         .iter()

@@ -59,8 +59,8 @@ pub mod fixtures {
     use std::collections::BTreeMap;
 
     use crate::model::{
-        Frame, Origin, ProcessReport, ProcessSample, REPORT_VERSION, Report, Sample, StackReport,
-        Target, Verdict,
+        AllocatorInfo, Frame, Origin, ProcessReport, ProcessSample, REPORT_VERSION, Report, Sample,
+        StackReport, Target, Verdict,
     };
 
     const DEMO: &str = "/usr/bin/demo";
@@ -217,6 +217,11 @@ pub mod fixtures {
             mode: "attach".into(),
             duration_s: 10.0,
             sample_rate: 1,
+            allocators: vec![AllocatorInfo {
+                allocator: "glibc".into(),
+                module: "/usr/lib/x86_64-linux-gnu/libc.so.6".into(),
+                functions: vec!["malloc".into(), "free".into()],
+            }],
             exited: None,
             dropped: BTreeMap::from([("stack_id_collision".to_string(), 0)]),
             events: BTreeMap::from([("allocations".to_string(), 160)]),

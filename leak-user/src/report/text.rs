@@ -75,6 +75,21 @@ pub fn render(report: &Report, color: bool) -> String {
         plural(others, "other stack"),
         human_bytes(held as f64),
     );
+    if !report.allocators.is_empty() {
+        let found: Vec<String> = report
+            .allocators
+            .iter()
+            .map(|found| {
+                let file = found.module.rsplit('/').next().unwrap_or(&found.module);
+                format!(
+                    "{} in {file} ({})",
+                    found.allocator,
+                    plural(found.functions.len() as u64, "function")
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "allocators: {}", found.join(", "));
+    }
     if report.sample_rate > 1 {
         let _ = writeln!(
             out,

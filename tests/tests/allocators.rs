@@ -1,0 +1,362 @@
+//! End-to-end: targets built against each allocator leaktrace knows (jemalloc, tcmalloc,
+//! mimalloc, static glibc, static musl, a Rust #[global_allocator], a pool named with
+//! --alloc-fn) each leak known blocks from named functions; leaktrace must find each with
+//! its count and bytes, see the balanced calls as freed, and say which allocator it probed.
+use std::path::Path;
+
+use leaktrace_tests::{
+    Background, Traced, bpf_available, build_c_variant, free_port, leaktrace, leaktrace_bin,
+    run_to_exit, scratch_dir, tool_available, u64_of,
+};
+
+/// Leaks of 20 blocks each: (function, bytes per block).
+fn assert_leaks(traced: &Traced, leaks: &[(&str, u64)]) {
+    for (function, size) in leaks {
+        let held: Vec<(u64, u64)> = traced
+            .stacks_through(function)
+            .iter()
+            .map(|stack| {
+                (
+                    u64_of(&stack["outstanding_allocs"]),
+                    u64_of(&stack["outstanding_bytes"]),
+                )
+            })
+            .collect();
+        let allocs: u64 = held.iter().map(|h| h.0).sum();
+        let bytes: u64 = held.iter().map(|h| h.1).sum();
+        assert_eq!(
+            (allocs, bytes),
+            (20, 20 * size),
+            "{function}: 20 blocks of {size} bytes\n{}",
+            traced.describe()
+        );
+    }
+}
+
+/// Balanced functions hold nothing; nothing was dropped or freed behind leaktrace's back.
+fn assert_clean(traced: &Traced, balanced: &str) {
+    let through = traced.stacks_through(balanced);
+    assert!(
+        !through.is_empty(),
+        "{balanced} seen\n{}",
+        traced.describe()
+    );
+    for stack in through {
+        assert_eq!(
+            u64_of(&stack["outstanding_bytes"]),
+            0,
+            "{balanced} frees what it takes\n{}",
+            traced.describe()
+        );
+    }
+    let dropped: u64 = traced.report["dropped"]
+        .as_object()
+        .expect("dropped")
+        .values()
+        .map(u64_of)
+        .sum();
+    assert_eq!(dropped, 0, "nothing dropped\n{}", traced.describe());
+    assert_eq!(
+        u64_of(&traced.report["events"]["replaced_live"]),
+        0,
+        "no free was missed"
+    );
+}
+
+/// The allocator leaktrace says it probed, and the functions it probed in it.
+fn probed(traced: &Traced, allocator: &str) -> Vec<String> {
+    traced.report["allocators"]
+        .as_array()
+        .expect("allocators")
+        .iter()
+        .filter(|found| found["allocator"] == allocator)
+        .flat_map(|found| found["functions"].as_array().cloned().unwrap_or_default())
+        .filter_map(|name| name.as_str().map(str::to_string))
+        .collect()
+}
+
+fn header_present(test: &str, header: &str) -> bool {
+    tool_available(test, Path::new(header))
+}
+
+#[test]
+fn jemalloc_api_and_sized_frees() {
+    let test = "jemalloc_api_and_sized_frees";
+    if !bpf_available(test) || !header_present(test, "/usr/include/jemalloc/jemalloc.h") {
+        return;
+    }
+    let target = build_c_variant(
+        "alloc_jemalloc.c",
+        "alloc_jemalloc",
+        "gcc",
+        &[],
+        &["-ljemalloc"],
+    );
+    let traced = run_to_exit("alloc_jemalloc", &target, &["--top", "0"], 0);
+    assert_leaks(
+        &traced,
+        &[
+            ("leak_je_malloc", 1000),
+            ("leak_mallocx", 2000),
+            ("leak_rallocx", 3000),
+        ],
+    );
+    assert_clean(&traced, "balanced_sized");
+    let functions = probed(&traced, "jemalloc");
+    for wanted in [
+        "malloc", "mallocx", "rallocx", "sdallocx", "dallocx", "free",
+    ] {
+        assert!(
+            functions.iter().any(|f| f == wanted),
+            "{wanted} probed in jemalloc: {functions:?}"
+        );
+    }
+}
+
+#[test]
+fn tcmalloc_malloc_tc_malloc_and_its_operator_new() {
+    let test = "tcmalloc_malloc_tc_malloc_and_its_operator_new";
+    if !bpf_available(test) || !header_present(test, "/usr/include/gperftools/tcmalloc.h") {
+        return;
+    }
+    let target = build_c_variant(
+        "alloc_tcmalloc.cpp",
+        "alloc_tcmalloc",
+        "g++",
+        &[],
+        &["-ltcmalloc"],
+    );
+    let traced = run_to_exit("alloc_tcmalloc", &target, &["--top", "0"], 0);
+    assert_leaks(
+        &traced,
+        &[
+            ("leak_tc_plain", 1000),
+            ("leak_tc_direct", 2000),
+            ("leak_tc_new", 3000),
+        ],
+    );
+    assert_clean(&traced, "balanced_tc");
+    assert!(
+        !probed(&traced, "tcmalloc").is_empty(),
+        "{}",
+        traced.describe()
+    );
+}
+
+#[test]
+fn mimalloc_api_with_heaps() {
+    let test = "mimalloc_api_with_heaps";
+    if !bpf_available(test) || !header_present(test, "/usr/include/mimalloc.h") {
+        return;
+    }
+    let target = build_c_variant(
+        "alloc_mimalloc.c",
+        "alloc_mimalloc",
+        "gcc",
+        &[],
+        &["-lmimalloc"],
+    );
+    let traced = run_to_exit("alloc_mimalloc", &target, &["--top", "0"], 0);
+    assert_leaks(
+        &traced,
+        &[
+            ("leak_mi_malloc", 1000),
+            ("leak_mi_calloc", 2000),
+            ("leak_mi_heap", 3000),
+        ],
+    );
+    assert_clean(&traced, "balanced_mi");
+    // mi_malloc and mi_free are aliases of the malloc and free mimalloc exports: probed once,
+    // under the first name.
+    let functions = probed(&traced, "mimalloc");
+    for wanted in ["malloc", "free", "mi_heap_malloc", "mi_free_size"] {
+        assert!(
+            functions.iter().any(|f| f == wanted),
+            "{wanted} probed in mimalloc: {functions:?}"
+        );
+    }
+}
+
+/// A static executable carries its allocator: glibc's and musl's are found in it.
+#[test]
+fn static_glibc_and_static_musl() {
+    let test = "static_glibc_and_static_musl";
+    if !bpf_available(test) || !tool_available(test, Path::new("/usr/bin/musl-gcc")) {
+        return;
+    }
+    for (compiler, name, allocator) in [
+        ("gcc", "alloc_static_glibc", "glibc"),
+        ("musl-gcc", "alloc_static_musl", "musl"),
+    ] {
+        let target = build_c_variant("alloc_plain.c", name, compiler, &["-static"], &[]);
+        let traced = run_to_exit(name, &target, &["--top", "0"], 0);
+        assert_leaks(
+            &traced,
+            &[
+                ("leak_plain_malloc", 1000),
+                ("leak_plain_calloc", 2000),
+                ("leak_plain_realloc", 3000),
+            ],
+        );
+        assert_clean(&traced, "balanced_plain");
+        let functions = probed(&traced, allocator);
+        assert!(
+            functions.iter().any(|f| f == "malloc") && functions.iter().any(|f| f == "free"),
+            "{name}: malloc and free probed in the executable as {allocator}\n{}",
+            traced.describe()
+        );
+        let leak = traced.stacks_through("leak_plain_malloc")[0];
+        assert!(
+            leak["frames"]
+                .as_array()
+                .expect("frames")
+                .iter()
+                .any(|frame| frame["function"] == "main"),
+            "{name}: the stack reaches main\n{}",
+            traced.describe()
+        );
+    }
+}
+
+/// A Rust #[global_allocator] is traced at Rust's allocator shims.
+#[test]
+fn rust_global_allocator() {
+    if !bpf_available("rust_global_allocator") {
+        return;
+    }
+    let source = leaktrace_tests::targets_dir().join("rust_global_alloc.rs");
+    let target = scratch_dir().join("rust_global_alloc");
+    leaktrace_tests::run_ok(
+        std::process::Command::new("rustc")
+            .args([
+                "-O",
+                "-g",
+                "-C",
+                "force-frame-pointers=yes",
+                "--edition",
+                "2021",
+            ])
+            .arg(&source)
+            .arg("-o")
+            .arg(&target),
+    );
+    let traced = run_to_exit("rust_global_alloc", &target, &["--top", "0"], 0);
+    assert_leaks(&traced, &[("leak_boxes", 1000)]);
+    assert_clean(&traced, "churn");
+    let functions = probed(&traced, "Rust global allocator");
+    assert!(
+        functions.iter().any(|f| f.ends_with("__rust_alloc")),
+        "Rust's shims probed: {functions:?}\n{}",
+        traced.describe()
+    );
+}
+
+/// A pool API that never calls malloc, named with --alloc-fn.
+#[test]
+fn user_named_pool_allocator() {
+    if !bpf_available("user_named_pool_allocator") {
+        return;
+    }
+    let target = build_c_variant("pool.c", "pool", "gcc", &[], &[]);
+    let traced = run_to_exit(
+        "pool",
+        &target,
+        &[
+            "--top",
+            "0",
+            "--alloc-fn",
+            "pool_alloc:malloc:size=2",
+            "--alloc-fn",
+            "pool_free:free:ptr=2",
+        ],
+        0,
+    );
+    assert_leaks(&traced, &[("leak_from_pool", 128)]);
+    assert_clean(&traced, "churn_pool");
+    assert_eq!(probed(&traced, "custom"), vec!["pool_alloc", "pool_free"]);
+
+    let missing = std::process::Command::new(leaktrace_bin())
+        .args(["run", "--alloc-fn", "no_such_fn:malloc", "--"])
+        .arg(&target)
+        .output()
+        .expect("run leaktrace");
+    assert_ne!(missing.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("no_such_fn"), "{stderr}");
+}
+
+/// Debian's redis-server (jemalloc, no frame pointers) under a balanced redis-benchmark load
+/// for a while: jemalloc is found and probed, and nothing is called leaking.
+#[test]
+fn redis_server_under_a_balanced_load_does_not_leak() {
+    let test = "redis_server_under_a_balanced_load_does_not_leak";
+    if !bpf_available(test)
+        || !tool_available(test, Path::new("/usr/bin/redis-server"))
+        || !tool_available(test, Path::new("/usr/bin/redis-benchmark"))
+    {
+        return;
+    }
+    let port = free_port().to_string();
+    let _server = Background::spawn(
+        std::process::Command::new("/usr/bin/redis-server")
+            .args(["--port", &port, "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null()),
+    );
+    let server_pid = _server.child.id().to_string();
+    let listening = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap_or(0))).is_ok()
+    });
+    assert!(listening, "redis-server listens on {port}");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, port) = (stop.clone(), port.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::process::Command::new("/usr/bin/redis-benchmark")
+                    .args(["-h", "127.0.0.1", "-p", &port, "-q"])
+                    .args(["-n", "5000", "-c", "10", "-t", "set,get,lpush,lpop,incr"])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+        })
+    };
+    let traced = leaktrace(
+        "redis_balanced",
+        &[
+            "attach",
+            "--pid",
+            &server_pid,
+            "--duration",
+            "12s",
+            "--top",
+            "0",
+        ],
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = load.join();
+    assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
+    assert!(
+        !probed(&traced, "jemalloc").is_empty(),
+        "jemalloc found\n{}",
+        traced.describe()
+    );
+    let total: u64 = traced
+        .stacks()
+        .iter()
+        .map(|stack| u64_of(&stack["total_allocs"]))
+        .sum();
+    assert!(total > 10_000, "{total} allocations seen under load");
+    let leaking: Vec<&serde_json::Value> = traced
+        .stacks()
+        .iter()
+        .filter(|stack| stack["verdict"] == "leaking")
+        .collect();
+    assert!(
+        leaking.is_empty(),
+        "nothing leaks in a balanced redis: {leaking:#?}"
+    );
+}
