@@ -5,7 +5,7 @@
 //! and, except free, a return uprobe, scoped to the target process. The anonymous mmap
 //! family is traced through syscall tracepoints, filtered to the target in the kernel.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     error::Error as StdError,
     fs, io,
     num::NonZeroU32,
@@ -394,6 +394,11 @@ pub struct Probes {
     pub ebpf: Ebpf,
     /// The uprobe links, owned here so they can be detached in parallel.
     links: Vec<UProbeLink>,
+    pid: u32,
+    /// Id of the next function probed (see CallShape::id).
+    next_id: u16,
+    /// Files already looked at for allocator functions, probed or not.
+    probed_files: HashSet<(u64, u64)>,
     /// "malloc in /usr/lib/x86_64-linux-gnu/libc.so.6", … for the report.
     pub attached: Vec<String>,
 }
@@ -437,19 +442,56 @@ pub fn attach(
             .load()
             .map_err(|err| load_error(name, err))?;
     }
-    let scope = UProbeScope::OneProcess(
-        NonZeroU32::new(pid).ok_or(AttachError::Load("process id 0 cannot be traced".into()))?,
-    );
-    let mut attached = Vec::new();
-    let mut links = Vec::new();
-    // Ids tell probed functions apart in the kernel (see CallShape::id).
-    let mut next_id: u16 = 0;
+    let mut probes = Probes {
+        ebpf,
+        links: Vec::new(),
+        attached: Vec::new(),
+        pid,
+        next_id: 0,
+        probed_files: HashSet::new(),
+    };
     for module in modules {
+        probes.attach_module(module)?;
+    }
+
+    ensure_tracefs();
+    for (name, category, tracepoint) in SYSCALL_PROGRAMS {
+        let program: &mut TracePoint = probes
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| AttachError::Load(format!("program {name} missing from the object")))?
+            .try_into()
+            .map_err(|err: aya::programs::ProgramError| AttachError::Load(err.to_string()))?;
+        program.load().map_err(|err| load_error(name, err))?;
+        program
+            .attach(category, tracepoint)
+            .map_err(|err| AttachError::Probe {
+                function: tracepoint.to_string(),
+                module: "the kernel".to_string(),
+                reason: format!("{:#}", anyhow::Error::from(err)),
+            })?;
+        probes.attached.push(format!("{category}:{tracepoint}"));
+    }
+    Ok(probes)
+}
+
+impl Probes {
+    /// Probes a module's allocator functions (one found after the start: a dlopen'd
+    /// library with its own allocator).
+    pub fn attach_module(&mut self, module: &AllocatorModule) -> Result<(), AttachError> {
+        let scope = UProbeScope::OneProcess(
+            NonZeroU32::new(self.pid)
+                .ok_or(AttachError::Load("process id 0 cannot be traced".into()))?,
+        );
+        if let Some(id) = file_id(&module.probe_path) {
+            self.probed_files.insert(id);
+        }
         for function in &module.functions {
-            let shape = function.shape.with_id(next_id);
-            next_id = next_id.wrapping_add(1);
+            // Ids tell probed functions apart in the kernel (see CallShape::id).
+            let shape = function.shape.with_id(self.next_id);
+            self.next_id = self.next_id.wrapping_add(1);
             let mut attach_one = |program: &str| -> Result<(), AttachError> {
-                let probe = uprobe(&mut ebpf, program)?;
+                let probe = uprobe(&mut self.ebpf, program)?;
                 let point = UProbeAttachPoint {
                     location: UProbeAttachLocation::AbsoluteOffset(function.probe_offset),
                     cookie: Some(shape.cookie()),
@@ -458,7 +500,7 @@ pub fn attach(
                     .attach(point, &module.probe_path, scope)
                     .and_then(|id| probe.take_link(id))
                     .map_err(|err| probe_error(&function.symbol, &module.display_path, err))?;
-                links.push(link);
+                self.links.push(link);
                 Ok(())
             };
             // Return probe first: an entry that fires is then always matched by its return.
@@ -473,32 +515,43 @@ pub fn attach(
                 module.allocator,
                 function.probe_offset - function.file_offset
             );
-            attached.push(format!("{} in {}", function.symbol, module.display_path));
+            self.attached
+                .push(format!("{} in {}", function.symbol, module.display_path));
         }
+        Ok(())
     }
 
-    ensure_tracefs();
-    for (name, category, tracepoint) in SYSCALL_PROGRAMS {
-        let program: &mut TracePoint = ebpf
-            .program_mut(name)
-            .ok_or_else(|| AttachError::Load(format!("program {name} missing from the object")))?
-            .try_into()
-            .map_err(|err: aya::programs::ProgramError| AttachError::Load(err.to_string()))?;
-        program.load().map_err(|err| load_error(name, err))?;
-        program
-            .attach(category, tracepoint)
-            .map_err(|err| AttachError::Probe {
-                function: tracepoint.to_string(),
-                module: "the kernel".to_string(),
-                reason: format!("{:#}", anyhow::Error::from(err)),
-            })?;
-        attached.push(format!("{category}:{tracepoint}"));
+    /// Allocator modules the process mapped since the probes were placed (or since the last
+    /// call), not yet probed: say, a plugin linked with its own allocator.
+    pub fn new_allocator_modules(&mut self, extra: &[KnownFn]) -> Vec<AllocatorModule> {
+        let Ok(maps) = procfs::read_maps(self.pid) else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        for mapping in maps.iter().filter(|m| m.executable && m.is_file()) {
+            let probe_path = probe_path_for(self.pid, mapping);
+            let Some(id) = file_id(&probe_path) else {
+                continue;
+            };
+            if !self.probed_files.insert(id) {
+                continue;
+            }
+            let Ok(data) = fs::read(&probe_path) else {
+                continue;
+            };
+            let module = module_probes(&data, probe_path, mapping.file_path().to_string(), extra);
+            // A library of C++ operators alone (libstdc++ loaded late) is worth probing too.
+            found.extend(module);
+        }
+        found
     }
-    Ok(Probes {
-        ebpf,
-        links,
-        attached,
-    })
+}
+
+/// Device and inode of a file: the same library reached by different paths is one.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = fs::metadata(path).ok()?;
+    Some((metadata.dev(), metadata.ino()))
 }
 
 impl Drop for Probes {

@@ -23,6 +23,21 @@ use crate::{
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Say more on stderr: -v the allocators found and probes placed, -vv each probe's
+    /// place and timings. (RUST_LOG overrides.)
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+impl Cli {
+    /// The log filter for --verbose.
+    pub fn log_filter(&self) -> &'static str {
+        match self.verbose {
+            0 => "warn",
+            1 => "warn,leaktrace=info",
+            _ => "warn,leaktrace=debug",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,10 +11,10 @@ use leaktrace::{
 const EXIT_TARGET_EXITED: u8 = 3;
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(cli.log_filter()))
         .format_timestamp(None)
         .init();
-    let cli = Cli::parse();
     if let Command::Attach { common, .. } | Command::Run { common, .. } = &cli.command
         && let Err(message) = common.check()
     {

@@ -143,6 +143,19 @@ struct Session {
     endpoint: Option<prometheus::Endpoint>,
 }
 
+/// What the report says about one probed module.
+fn allocator_info(module: &AllocatorModule, alloc_fns: &[KnownFn]) -> AllocatorInfo {
+    AllocatorInfo {
+        allocator: if attach::only_user_named(module, alloc_fns) {
+            "custom".to_string()
+        } else {
+            module.allocator.to_string()
+        },
+        module: module.display_path.clone(),
+        functions: module.functions.iter().map(|f| f.symbol.clone()).collect(),
+    }
+}
+
 /// Time between reads of the process's /proc memory figures.
 const PROCESS_SAMPLE_NS: u64 = 1_000_000_000;
 /// Most points of a stack's series a report carries.
@@ -163,7 +176,7 @@ pub async fn attach(pid: u32, options: Options) -> Result<Outcome, SessionError>
         "probes in place in {:.0} ms",
         attaching.elapsed().as_secs_f64() * 1e3
     );
-    log::info!("attached to {}", session.probes.attached.join(", "));
+    session.log_probes();
     let exited = session.trace_attached().await?;
     session.finish(exited)
 }
@@ -198,6 +211,7 @@ pub async fn run(command: &[String], options: Options) -> Result<Outcome, Sessio
     session.launched_program = std::fs::canonicalize(&program).ok();
     session.start_exports()?;
     session.target.command_line = command.join(" ");
+    session.log_probes();
     launched.release();
     let exit = session.trace_launched(events_rx).await?;
     let mut outcome = session.finish(Some(exit.clone()))?;
@@ -239,15 +253,7 @@ impl Session {
             target,
             allocators: allocators
                 .iter()
-                .map(|module| AllocatorInfo {
-                    allocator: if attach::only_user_named(module, &options.alloc_fns) {
-                        "custom".to_string()
-                    } else {
-                        module.allocator.to_string()
-                    },
-                    module: module.display_path.clone(),
-                    functions: module.functions.iter().map(|f| f.symbol.clone()).collect(),
-                })
+                .map(|module| allocator_info(module, &options.alloc_fns))
                 .collect(),
             collector: Collector::new(
                 maps,
@@ -341,6 +347,47 @@ impl Session {
         Ok(())
     }
 
+    /// For --verbose: each allocator and what was probed in it.
+    fn log_probes(&self) {
+        for found in &self.allocators {
+            log::info!(
+                "{} in {}: {}",
+                found.allocator,
+                found.module,
+                found.functions.join(", ")
+            );
+        }
+        log::info!(
+            "attached to pid {}: {} probe points",
+            self.pid,
+            self.probes.attached.len()
+        );
+    }
+
+    /// Probes allocators the process loaded since the start (a plugin with its own).
+    fn follow_new_allocators(&mut self) {
+        for module in self.probes.new_allocator_modules(&self.options.alloc_fns) {
+            match self.probes.attach_module(&module) {
+                Ok(()) => {
+                    log::info!(
+                        "probing {} in {}, loaded after the start: {}",
+                        module.allocator,
+                        module.display_path,
+                        module
+                            .functions
+                            .iter()
+                            .map(|f| f.symbol.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    self.allocators
+                        .push(allocator_info(&module, &self.options.alloc_fns));
+                }
+                Err(err) => log::warn!("could not probe {}: {err}", module.display_path),
+            }
+        }
+    }
+
     /// Reads the process's memory figures, at most once a second (smaps_rollup walks every
     /// mapping of the target).
     fn sample_process(&mut self, now_ns: u64) {
@@ -357,6 +404,7 @@ impl Session {
             }
             self.launched_program = None;
         }
+        self.follow_new_allocators();
         let Some(usage) = procfs::memory_usage(self.pid, true) else {
             return;
         };

@@ -360,3 +360,46 @@ fn redis_server_under_a_balanced_load_does_not_leak() {
         "nothing leaks in a balanced redis: {leaking:#?}"
     );
 }
+
+/// Two allocators in one process: the host's glibc and a dlopen'd plugin's mimalloc, probed
+/// once it is loaded.
+#[test]
+fn a_plugin_with_its_own_allocator() {
+    let test = "a_plugin_with_its_own_allocator";
+    if !bpf_available(test) || !header_present(test, "/usr/include/mimalloc.h") {
+        return;
+    }
+    let plugin = build_c_variant(
+        "plugin_mimalloc.c",
+        "libplugin_mimalloc.so",
+        "gcc",
+        &["-shared", "-fPIC"],
+        &["-lmimalloc"],
+    );
+    let host = build_c_variant(
+        "two_allocators_host.c",
+        "two_allocators_host",
+        "gcc",
+        &[],
+        &["-ldl"],
+    );
+    let traced = leaktrace(
+        "two_allocators",
+        &[
+            "run",
+            "--top",
+            "0",
+            "--",
+            host.to_str().expect("path"),
+            plugin.to_str().expect("path"),
+        ],
+    );
+    assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
+    assert_leaks(&traced, &[("host_leak", 1000), ("plugin_mi_leak", 2000)]);
+    assert!(!probed(&traced, "glibc").is_empty());
+    assert!(
+        !probed(&traced, "mimalloc").is_empty(),
+        "the plugin's mimalloc was probed\n{}",
+        traced.describe()
+    );
+}
