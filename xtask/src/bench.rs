@@ -135,6 +135,7 @@ pub fn run(pairs: u64, runs: usize) -> Result<()> {
     let redis = redis(runs)?;
     let agent = agent_cost(&bench_bin)?;
     let agent = agent + &symbolization()?;
+    let quality = stack_quality()?;
     println!("{agent}");
     let document = format!(
         "# Benchmarks\n\n\
@@ -148,7 +149,12 @@ pub fn run(pairs: u64, runs: usize) -> Result<()> {
          ## A real service\n\nredis-server 7.0 from Debian (jemalloc) on loopback, \
          `redis-benchmark -n {REDIS_REQUESTS} -c 50 -t set,get`, median of {runs}; leaktrace \
          attached with `attach --pid`, traced runs alternating with untraced ones.\n\n{redis}\n\
-         ## The agent's own cost\n\n{agent}\n{WHERE_THE_TIME_GOES}"
+         ## The agent's own cost\n\n{agent}\n\
+         ## Stack quality\n\n`tests/targets/stack_chain.{{c,cpp,rs}}` keep allocations made \
+         three calls below main; each built with and without frame pointers and run under \
+         `leaktrace run`. Frames are walked with frame pointers; the allocating function is \
+         always there (the stack is captured on return into it), the callers above it only \
+         while the frame-pointer chain holds.\n\n{quality}\n{WHERE_THE_TIME_GOES}"
     );
     std::fs::write(root().join("BENCHMARKS.md"), document)?;
     println!("xtask: wrote BENCHMARKS.md");
@@ -627,4 +633,123 @@ fn symbolization() -> Result<String> {
     Ok(format!(
         "| symbolize {stacks} distinct stacks ({addresses} distinct return addresses, DWARF line info) in the final report | {ms:.0} ms | |\n"
     ))
+}
+
+/// The allocation-site functions of the stack_chain targets, and how many of their
+/// allocations each target keeps.
+const CHAIN_FUNCTIONS: [&str; 3] = ["store_record", "parse_body", "log_line"];
+
+/// Whether a symbolized frame name is `function` (plain, C++ with parameters, Rust path).
+fn frame_is(name: &str, function: &str) -> bool {
+    name == function
+        || name.starts_with(&format!("{function}("))
+        || name.ends_with(&format!("::{function}"))
+}
+
+/// Stack quality with and without frame pointers: of the allocations the stack_chain
+/// targets keep, the share whose stack contains the program function that made them, and
+/// the share whose stack also has every caller up to main.
+pub fn stack_quality() -> Result<String> {
+    let out_dir = root().join("target/xtask");
+    let targets = root().join("tests/targets");
+    let builds: [(&str, &str, u64, Vec<String>); 6] = [
+        (
+            "C, gcc -O2",
+            "with frame pointers",
+            100,
+            vec!["gcc".into(), "-fno-omit-frame-pointer".into()],
+        ),
+        (
+            "C, gcc -O2",
+            "without (gcc's default)",
+            100,
+            vec!["gcc".into(), "-fomit-frame-pointer".into()],
+        ),
+        (
+            "C++, g++ -O2",
+            "with frame pointers",
+            200,
+            vec!["g++".into(), "-fno-omit-frame-pointer".into()],
+        ),
+        (
+            "C++, g++ -O2",
+            "without (g++'s default)",
+            200,
+            vec!["g++".into(), "-fomit-frame-pointer".into()],
+        ),
+        (
+            "Rust, rustc -C opt-level=3",
+            "with frame pointers",
+            100,
+            vec!["rustc".into(), "-Cforce-frame-pointers=yes".into()],
+        ),
+        (
+            "Rust, rustc -C opt-level=3",
+            "without (rustc's default)",
+            100,
+            vec!["rustc".into()],
+        ),
+    ];
+    let mut table = String::from(
+        "| target | build | allocations kept | stack has the program function that allocated | … and every caller up to main |\n|---|---|---|---|---|\n",
+    );
+    for (index, (what, build, expected, command)) in builds.iter().enumerate() {
+        let binary = out_dir.join(format!("stack_chain_{index}"));
+        let mut compile = Command::new(&command[0]);
+        match command[0].as_str() {
+            "rustc" => {
+                compile
+                    .args(["-C", "opt-level=3", "-g", "--edition", "2021"])
+                    .args(&command[1..])
+                    .arg(targets.join("stack_chain.rs"));
+            }
+            compiler => {
+                compile
+                    .args(["-O2", "-g"])
+                    .args(&command[1..])
+                    .arg(targets.join(if compiler == "g++" {
+                        "stack_chain.cpp"
+                    } else {
+                        "stack_chain.c"
+                    }));
+            }
+        }
+        crate::run_checked(compile.arg("-o").arg(&binary))?;
+        let report_path = out_dir.join(format!("stack_chain_{index}.json"));
+        crate::run_checked(
+            Command::new(leaktrace_bin())
+                .args(["run", "--top", "0", "--format", "json", "--output"])
+                .arg(&report_path)
+                .arg("--")
+                .arg(&binary),
+        )?;
+        let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_path)?)?;
+        let (mut with_caller, mut with_main) = (0u64, 0u64);
+        for stack in report["stacks"].as_array().into_iter().flatten() {
+            let allocs = stack["outstanding_allocs"].as_u64().unwrap_or(0);
+            let names: Vec<&str> = stack["frames"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|frame| frame["function"].as_str())
+                .collect();
+            let has = |function: &str| names.iter().any(|name| frame_is(name, function));
+            if CHAIN_FUNCTIONS.iter().any(|function| has(function)) {
+                with_caller += allocs;
+                // The true chain: main → handle_request → parse_body or log_line.
+                if has("main") && has("handle_request") && (has("parse_body") || has("log_line")) {
+                    with_main += allocs;
+                }
+            }
+        }
+        let share = |n: u64| format!("{:.0}%", 100.0 * n as f64 / *expected as f64);
+        let _ = writeln!(
+            table,
+            "| {what} | {build} | {expected} | {} | {} |",
+            share(with_caller),
+            share(with_main)
+        );
+    }
+    println!("{table}");
+    Ok(table)
 }

@@ -48,6 +48,9 @@ enum Task {
         /// Runs per configuration (the median is reported).
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Only the stack-quality table, printed (BENCHMARKS.md is left as it is).
+        #[arg(long)]
+        stack_quality_only: bool,
     },
 }
 
@@ -68,8 +71,16 @@ fn main() -> Result<()> {
             build()?;
             test(&args)
         }
-        Task::Bench { pairs, runs } => {
+        Task::Bench {
+            pairs,
+            runs,
+            stack_quality_only,
+        } => {
             setup::run()?;
+            if stack_quality_only {
+                build()?;
+                return bench::stack_quality().map(drop);
+            }
             setup::bench_peers();
             build()?;
             bench::run(pairs, runs)
