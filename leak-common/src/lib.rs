@@ -14,6 +14,9 @@ pub mod map_names {
     pub const ALLOCS: &str = "ALLOCS";
     pub const STACK_TOTALS: &str = "STACK_TOTALS";
     pub const STACKS: &str = "STACKS";
+    pub const UNWIND_ROWS: &str = "UNWIND_ROWS";
+    pub const UNWIND_MAPPINGS: &str = "UNWIND_MAPPINGS";
+    pub const UNWIND_INDEX: &str = "UNWIND_INDEX";
     pub const PENDING_CALLS: &str = "PENDING_CALLS";
     pub const PENDING_SYSCALLS: &str = "PENDING_SYSCALLS";
     pub const MMAP_EVENTS: &str = "MMAP_EVENTS";
@@ -42,6 +45,68 @@ pub const MAX_PENDING_CALLS: u32 = 1 << 15;
 pub const MMAP_EVENTS_BYTES: u32 = 1 << 22;
 /// Frames kept per stack (the kernel's PERF_MAX_STACK_DEPTH).
 pub const MAX_STACK_DEPTH: usize = 127;
+
+/// Name of the global selecting how user stacks are walked (u32): [`UNWIND_FRAME_POINTERS`]
+/// or [`UNWIND_DWARF`].
+pub const UNWIND_MODE_GLOBAL: &str = "UNWIND_MODE";
+/// Follow the frame-pointer chain (bpf_get_stack): cheap, but callers of code built without
+/// frame pointers are lost.
+pub const UNWIND_FRAME_POINTERS: u32 = 0;
+/// Follow the modules' .eh_frame unwind tables, loaded into `UNWIND_ROWS` by user space,
+/// with the frame-pointer chain where a module has none.
+pub const UNWIND_DWARF: u32 = 1;
+
+/// Rows of unwind tables the kernel can hold (8 bytes each), all modules together.
+pub const MAX_UNWIND_ROWS: u32 = 1 << 21;
+/// Modules with unwind tables (executable mappings) per process.
+pub const MAX_UNWIND_MAPPINGS: u32 = 256;
+/// Frames the DWARF unwinder walks at most.
+pub const MAX_DWARF_FRAMES: u32 = 64;
+
+/// How to find the caller's frame from `pc` on, until the next row: the canonical frame
+/// address (CFA, the stack pointer before the call) is `rsp` or `rbp` plus `cfa_offset`;
+/// the return address is at CFA - 8; the caller's rbp was saved at CFA + 8 ×
+/// `rbp_offset_words`, or is unchanged when that is 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindRow {
+    /// Module virtual address (the ELF's own addresses, below 4 GiB).
+    pub pc: u32,
+    pub cfa_offset: i16,
+    /// One of the `CFA_*` kinds.
+    pub kind: u8,
+    pub rbp_offset_words: i8,
+}
+
+/// CFA = rsp + offset.
+pub const CFA_RSP: u8 = 0;
+/// CFA = rbp + offset.
+pub const CFA_RBP: u8 = 1;
+/// No rule here (an expression, or a gap between functions): fall back to frame pointers.
+pub const CFA_UNKNOWN: u8 = 2;
+/// The outermost frame (its return address is undefined, as in `_start`): stop.
+pub const CFA_END: u8 = 3;
+
+/// An executable mapping whose unwind rows are `rows` rows from `first_row` of `UNWIND_ROWS`.
+/// An address `ip` in [start, end) is module address `ip - bias`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindMapping {
+    pub start: u64,
+    pub end: u64,
+    pub bias: u64,
+    pub first_row: u32,
+    pub rows: u32,
+}
+
+/// Which half of `UNWIND_MAPPINGS` is live and how many mappings it holds (sorted by
+/// start): user space fills the other half, then switches.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindIndex {
+    pub half: u32,
+    pub count: u32,
+}
 
 /// Slots tried after a stack's hash before giving up on it as a collision (open addressing).
 pub const STACK_ID_PROBES: u32 = 4;
@@ -447,4 +512,7 @@ mod pod {
     unsafe impl aya::Pod for super::PendingSyscall {}
     unsafe impl aya::Pod for super::MmapEvent {}
     unsafe impl aya::Pod for super::StackFrames {}
+    unsafe impl aya::Pod for super::UnwindRow {}
+    unsafe impl aya::Pod for super::UnwindMapping {}
+    unsafe impl aya::Pod for super::UnwindIndex {}
 }

@@ -165,7 +165,8 @@ fn record(ctx: &RetProbeContext, addr: u64, size: u64, tid: u32) {
         count(Counter::Unsampled);
         return;
     }
-    let stack_id = user_stack_id(ctx);
+    // SAFETY: uretprobe context is the user pt_regs.
+    let stack_id = user_stack_id(ctx, Some(unsafe { &*ctx.regs }));
     let record = AllocRecord {
         size,
         // SAFETY: helper without arguments.

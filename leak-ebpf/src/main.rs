@@ -2,6 +2,7 @@
 //! - `alloc`: entry uprobes of the allocating functions, the shared return uprobe, and free.
 //! - `mmap`: sys_enter/sys_exit tracepoints of mmap, munmap and mremap.
 //! - `maps`: every map and the counters, shared by both.
+//! - `unwind`: user stacks walked with .eh_frame tables (--unwind dwarf).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -11,6 +12,8 @@ mod alloc;
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod mmap;
+#[cfg(target_arch = "bpf")]
+mod unwind;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -1,7 +1,8 @@
 //! Maps shared by the allocator probes and the mmap tracepoints, and small helpers on them.
+use crate::unwind::unwind;
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK},
+    bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, pt_regs},
     helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_stack},
     macros::map,
     maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -9,7 +10,7 @@ use aya_ebpf::{
 use leak_common::{
     AllocRecord, Counter, DEFAULT_MAX_ALLOCS, MAX_PENDING_CALLS, MAX_STACK_DEPTH, MAX_STACKS,
     MMAP_EVENTS_BYTES, PendingCall, PendingSyscall, STACK_ID_PROBES, StackFrames, StackTotals,
-    UNKNOWN_STACK_ID,
+    UNKNOWN_STACK_ID, UNWIND_DWARF, UNWIND_FRAME_POINTERS,
 };
 
 const BPF_NOEXIST: u64 = 1;
@@ -23,6 +24,10 @@ static TARGET_TGID: u32 = 0;
 static MIN_ALLOC_SIZE: u64 = 0;
 #[unsafe(no_mangle)]
 static MAX_ALLOC_SIZE: u64 = u64::MAX;
+
+/// How stacks are walked (UNWIND_FRAME_POINTERS or UNWIND_DWARF). Set before load.
+#[unsafe(no_mangle)]
+static UNWIND_MODE: u32 = UNWIND_FRAME_POINTERS;
 
 /// Track one allocation in this many (--sample-rate). Set before load.
 #[unsafe(no_mangle)]
@@ -66,7 +71,7 @@ pub static STACKS: HashMap<u32, StackFrames> =
 
 /// Per-CPU room to capture a stack (too big for the BPF stack).
 #[map(name = "STACK_SCRATCH")]
-static STACK_SCRATCH: PerCpuArray<StackFrames> = PerCpuArray::with_max_entries(1, 0);
+pub static STACK_SCRATCH: PerCpuArray<StackFrames> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "PENDING_CALLS")]
 pub static PENDING_CALLS: HashMap<u32, PendingCall> =
@@ -101,28 +106,38 @@ pub fn target_tid() -> Option<u32> {
 /// full 64-bit hash is compared; bpf_get_stackid would give up at the first collision). A stack that cannot be recorded (every slot taken,
 /// map full) is counted as dropped and its memory kept under the unknown stack.
 #[inline(always)]
-pub fn user_stack_id<C: EbpfContext>(ctx: &C) -> u32 {
+///
+/// `regs` are the user registers when the program has them (uprobes): then, with
+/// --unwind dwarf, the stack is walked with the modules' unwind tables.
+pub fn user_stack_id<C: EbpfContext>(ctx: &C, regs: Option<&pt_regs>) -> u32 {
     let Some(scratch) = STACK_SCRATCH.get_ptr_mut(0) else {
         count(Counter::StackIdError);
         return UNKNOWN_STACK_ID;
     };
     // SAFETY: this CPU's scratch slot; the program runs to completion without migrating.
     let stack = unsafe { &mut *scratch };
-    // SAFETY: the buffer is the scratch slot's `ips`, of the size given.
-    let copied = unsafe {
-        bpf_get_stack(
-            ctx.as_ptr(),
-            stack.ips.as_mut_ptr().cast(),
-            (MAX_STACK_DEPTH * 8) as u32,
-            BPF_F_USER_STACK as u64,
-        )
-    };
-    if copied < 0 {
-        count(Counter::StackIdError);
-        return UNKNOWN_STACK_ID;
+    // SAFETY: a plain read of a global that user space sets once before load.
+    let mode = unsafe { core::ptr::read_volatile(&UNWIND_MODE) };
+    match regs {
+        Some(regs) if mode == UNWIND_DWARF => unwind(stack, regs.rip, regs.rsp, regs.rbp),
+        _ => {
+            // SAFETY: the buffer is the scratch slot's `ips`, of the size given.
+            let copied = unsafe {
+                bpf_get_stack(
+                    ctx.as_ptr(),
+                    stack.ips.as_mut_ptr().cast(),
+                    (MAX_STACK_DEPTH * 8) as u32,
+                    BPF_F_USER_STACK as u64,
+                )
+            };
+            if copied < 0 {
+                count(Counter::StackIdError);
+                return UNKNOWN_STACK_ID;
+            }
+            stack.len = (copied as usize / 8).min(MAX_STACK_DEPTH) as u64;
+        }
     }
-    let len = (copied as usize / 8).min(MAX_STACK_DEPTH);
-    stack.len = len as u64;
+    let len = (stack.len as usize).min(MAX_STACK_DEPTH);
     // FNV-1a over the addresses.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for i in 0..MAX_STACK_DEPTH {

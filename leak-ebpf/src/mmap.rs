@@ -117,7 +117,7 @@ pub fn mmap_exit(ctx: TracePointContext) -> u32 {
     if failed(ret) {
         return 0;
     }
-    let stack_id = user_stack_id(&ctx);
+    let stack_id = user_stack_id(&ctx, None);
     emit(MmapEvent {
         kind: MmapEventKind::Map as u32,
         tid,

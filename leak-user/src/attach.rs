@@ -20,8 +20,9 @@ use aya::{
     },
 };
 use leak_common::{
-    ALLOC_RETURN_PROGRAM, AllocFn, CallShape, ENTRY_PROGRAM, MAX_SIZE_GLOBAL, MIN_SIZE_GLOBAL,
-    SAMPLE_RATE_GLOBAL, SYSCALL_PROGRAMS, TARGET_TGID_GLOBAL, map_names,
+    ALLOC_RETURN_PROGRAM, AllocFn, CallShape, ENTRY_PROGRAM, MAX_SIZE_GLOBAL, MAX_UNWIND_ROWS,
+    MIN_SIZE_GLOBAL, SAMPLE_RATE_GLOBAL, SYSCALL_PROGRAMS, TARGET_TGID_GLOBAL, UNWIND_DWARF,
+    UNWIND_FRAME_POINTERS, UNWIND_MODE_GLOBAL, map_names,
 };
 use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
@@ -412,6 +413,8 @@ pub struct LoadOptions {
     pub max_size: u64,
     /// Track one allocation in this many.
     pub sample_rate: u32,
+    /// How stacks are walked.
+    pub unwind: crate::cli::Unwind,
 }
 
 /// Loads the programs for `pid` and attaches them to `modules` and the mmap tracepoints.
@@ -421,13 +424,20 @@ pub fn attach(
     options: LoadOptions,
 ) -> Result<Probes, AttachError> {
     check_kernel()?;
+    let (unwind_mode, unwind_rows) = match options.unwind {
+        crate::cli::Unwind::Dwarf => (UNWIND_DWARF, MAX_UNWIND_ROWS),
+        crate::cli::Unwind::Fp => (UNWIND_FRAME_POINTERS, 1),
+    };
     let object = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leak-ebpf"));
     let mut ebpf = EbpfLoader::new()
         .override_global(TARGET_TGID_GLOBAL, &pid, true)
         .override_global(MIN_SIZE_GLOBAL, &options.min_size, true)
         .override_global(MAX_SIZE_GLOBAL, &options.max_size, true)
         .override_global(SAMPLE_RATE_GLOBAL, &options.sample_rate, true)
+        .override_global(UNWIND_MODE_GLOBAL, &unwind_mode, true)
         .map_max_entries(map_names::ALLOCS, options.max_allocs)
+        // The row map is large (16 MiB): only with --unwind dwarf.
+        .map_max_entries(map_names::UNWIND_ROWS, unwind_rows)
         .load(object)
         .map_err(|err| {
             if os_error(&err) == Some(libc::EPERM) {

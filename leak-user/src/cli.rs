@@ -98,6 +98,16 @@ pub enum DiffFormat {
     Json,
 }
 
+/// How user stacks are walked in the kernel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Unwind {
+    /// The frame-pointer chain.
+    #[default]
+    Fp,
+    /// .eh_frame unwind tables, frame pointers where a module has none.
+    Dwarf,
+}
+
 #[derive(Debug, Args)]
 pub struct Common {
     /// Time between reports (attach mode), e.g. 5s.
@@ -128,6 +138,11 @@ pub struct Common {
     /// function's (e.g. pool_alloc:malloc:size=2, pool_free:free:ptr=2). Repeatable.
     #[arg(long = "alloc-fn", value_name = "NAME:KIND[:ARGS]", value_parser = crate::allocators::parse_alloc_fn)]
     pub alloc_fns: Vec<crate::allocators::KnownFn>,
+    /// How call stacks are walked: fp follows frame pointers (cheapest; callers of code
+    /// built without them are lost), dwarf follows the modules' .eh_frame unwind tables
+    /// (complete stacks in any build, more work per allocation).
+    #[arg(long, value_enum, default_value_t = Unwind::Fp)]
+    pub unwind: Unwind,
     /// Report format.
     #[arg(long, short, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -245,6 +260,7 @@ impl Common {
             min_size: self.min_size,
             max_size: self.max_size.unwrap_or(u64::MAX),
             sample_rate: self.sample_rate,
+            unwind: self.unwind,
             alloc_fns: self.alloc_fns.clone(),
             otlp: self.export.otlp(self.interval),
             prometheus: self.export.prometheus,

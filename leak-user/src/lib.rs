@@ -22,3 +22,4 @@ pub mod regions;
 pub mod report;
 pub mod session;
 pub mod symbolize;
+pub mod unwind_tables;

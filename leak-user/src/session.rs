@@ -15,6 +15,7 @@ use crate::{
     allocators::KnownFn,
     analysis::{self, Context, Thresholds},
     attach::{self, AllocatorModule, LoadOptions, Probes},
+    cli::Unwind,
     drain::push_thinned,
     drain::{Collector, KernelMaps},
     launch::{self, ChildEvent},
@@ -27,6 +28,7 @@ use crate::{
     procfs, prometheus,
     report::{self, Format},
     symbolize::{Modules, Symbolizer},
+    unwind_tables::UnwindTables,
 };
 
 /// How a session runs and reports.
@@ -52,6 +54,8 @@ pub struct Options {
     pub max_size: u64,
     /// Track one allocation in this many; what is read is scaled by it.
     pub sample_rate: u32,
+    /// How stacks are walked.
+    pub unwind: Unwind,
     /// User-named allocator functions (--alloc-fn).
     pub alloc_fns: Vec<KnownFn>,
     /// OTLP export, when on.
@@ -89,6 +93,7 @@ impl Default for Options {
             min_size: 0,
             max_size: u64::MAX,
             sample_rate: 1,
+            unwind: Unwind::Fp,
             alloc_fns: Vec::new(),
             otlp: None,
             prometheus: None,
@@ -104,6 +109,8 @@ pub enum SessionError {
     NoSuchProcess(u32),
     #[error(transparent)]
     Attach(#[from] attach::AttachError),
+    #[error("could not set up --unwind dwarf: {0}")]
+    Unwind(String),
     #[error("{0}")]
     Launch(String),
     #[error("could not read the kernel maps: {0}")]
@@ -141,6 +148,8 @@ struct Session {
     launched_program: Option<PathBuf>,
     telemetry: Option<Telemetry>,
     endpoint: Option<prometheus::Endpoint>,
+    /// The kernel's unwind tables (--unwind dwarf).
+    unwind: Option<UnwindTables>,
 }
 
 /// What the report says about one probed module.
@@ -234,9 +243,19 @@ impl Session {
                 min_size: options.min_size,
                 max_size: options.max_size,
                 sample_rate: options.sample_rate,
+                unwind: options.unwind,
             },
         )?;
         let maps = KernelMaps::take(&mut probes.ebpf)?;
+        let unwind = match options.unwind {
+            Unwind::Dwarf => {
+                let mut tables =
+                    UnwindTables::take(&mut probes.ebpf).map_err(SessionError::Unwind)?;
+                tables.refresh(pid);
+                Some(tables)
+            }
+            Unwind::Fp => None,
+        };
         let started_ns = procfs::monotonic_ns();
         let target = Target {
             pid,
@@ -272,6 +291,7 @@ impl Session {
             launched_program: None,
             telemetry: None,
             endpoint: None,
+            unwind,
         })
     }
 
@@ -339,6 +359,12 @@ impl Session {
     /// One sample; re-reads the module list when new stacks appeared (a dlopen'd library).
     fn tick(&mut self) -> Result<(), SessionError> {
         let now_ns = procfs::monotonic_ns();
+        // New modules get unwind tables (a launched command: once it runs its own program).
+        if let Some(tables) = &mut self.unwind
+            && self.launched_program.is_none()
+        {
+            tables.refresh(self.pid);
+        }
         self.collector.sample(now_ns)?;
         if self.collector.take_new_stacks() {
             let _ = self.modules.refresh(self.pid);

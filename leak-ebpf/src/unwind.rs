@@ -1,0 +1,181 @@
+//! User stacks walked with the modules' .eh_frame unwind tables (loaded by user space into
+//! `UNWIND_ROWS`), so callers of code built without frame pointers are kept. Where a module
+//! has no table, a frame is stepped with the frame-pointer chain instead.
+use core::ffi::c_void;
+
+use crate::maps::STACK_SCRATCH;
+use aya_ebpf::{
+    helpers::{bpf_loop, bpf_probe_read_user},
+    macros::map,
+    maps::Array,
+};
+use leak_common::{
+    CFA_END, CFA_RBP, CFA_RSP, MAX_DWARF_FRAMES, MAX_STACK_DEPTH, MAX_UNWIND_MAPPINGS, StackFrames,
+    UnwindIndex, UnwindMapping, UnwindRow,
+};
+
+#[map(name = "UNWIND_ROWS")]
+static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(1, 0);
+
+#[map(name = "UNWIND_MAPPINGS")]
+static UNWIND_MAPPINGS: Array<UnwindMapping> = Array::with_max_entries(2 * MAX_UNWIND_MAPPINGS, 0);
+
+#[map(name = "UNWIND_INDEX")]
+static UNWIND_INDEX: Array<UnwindIndex> = Array::with_max_entries(1, 0);
+
+/// Binary-search steps: enough for MAX_UNWIND_MAPPINGS and for MAX_UNWIND_ROWS.
+const MAPPING_STEPS: u32 = 9;
+const ROW_STEPS: u32 = 22;
+
+/// The walk so far; lives on the caller's stack while bpf_loop calls `step`.
+#[repr(C)]
+struct Walk {
+    ip: u64,
+    sp: u64,
+    bp: u64,
+    half: u32,
+    mappings: u32,
+}
+
+/// Fills this CPU's scratch stack with the user stack whose innermost frame is at `ip` with
+/// registers `sp` and `bp` (a return probe's: `ip` is the return address into the caller).
+#[inline(always)]
+pub fn unwind(stack: &mut StackFrames, ip: u64, sp: u64, bp: u64) {
+    stack.len = 0;
+    let index = UNWIND_INDEX.get(0).copied().unwrap_or_default();
+    let mut walk = Walk {
+        ip,
+        sp,
+        bp,
+        half: index.half & 1,
+        mappings: index.count.min(MAX_UNWIND_MAPPINGS),
+    };
+    // SAFETY: `step` has the callback signature bpf_loop expects and only reads `walk`
+    // through the context pointer it is given.
+    unsafe {
+        bpf_loop(
+            MAX_DWARF_FRAMES,
+            step as *mut c_void,
+            (&mut walk as *mut Walk).cast(),
+            0,
+        );
+    }
+}
+
+/// One frame: record `ip`, then find the caller's ip, sp and bp. Returns 1 to stop.
+#[inline(never)]
+extern "C" fn step(_index: u64, context: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer `unwind` gave it, to its live `Walk`.
+    let walk = unsafe { &mut *context.cast::<Walk>() };
+    let Some(stack) = STACK_SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's scratch slot, which `unwind`'s caller fills for this program run.
+    let stack = unsafe { &mut *stack };
+    let len = stack.len as usize;
+    if len >= MAX_STACK_DEPTH || walk.ip == 0 {
+        return 1;
+    }
+    stack.ips[len] = walk.ip;
+    stack.len = len as u64 + 1;
+    // A return address points after the call: look up the call itself.
+    let lookup = walk.ip - 1;
+    match find_row(walk, lookup) {
+        Some(row) if row.kind == CFA_END => return 1,
+        Some(row) if row.kind == CFA_RSP || row.kind == CFA_RBP => {
+            let base = if row.kind == CFA_RSP {
+                walk.sp
+            } else {
+                walk.bp
+            };
+            let cfa = base.wrapping_add(row.cfa_offset as i64 as u64);
+            // SAFETY: bpf_probe_read_user checks the user address.
+            let Ok(ra) = (unsafe { bpf_probe_read_user((cfa - 8) as *const u64) }) else {
+                return 1;
+            };
+            if row.rbp_offset_words != 0 {
+                let at = cfa.wrapping_add((row.rbp_offset_words as i64 * 8) as u64);
+                // SAFETY: as above.
+                match unsafe { bpf_probe_read_user(at as *const u64) } {
+                    Ok(bp) => walk.bp = bp,
+                    Err(_) => return 1,
+                }
+            }
+            if cfa <= walk.sp {
+                // The stack grows down: a caller's frame is always above. Anything else is
+                // a broken table or stack.
+                return 1;
+            }
+            walk.sp = cfa;
+            walk.ip = ra;
+        }
+        _ => {
+            // No table here: the frame-pointer chain.
+            let bp = walk.bp;
+            if bp == 0 || bp < walk.sp {
+                return 1;
+            }
+            // SAFETY: as above.
+            let (Ok(ra), Ok(next_bp)) = (
+                unsafe { bpf_probe_read_user((bp + 8) as *const u64) },
+                unsafe { bpf_probe_read_user(bp as *const u64) },
+            ) else {
+                return 1;
+            };
+            walk.sp = bp + 16;
+            walk.bp = next_bp;
+            walk.ip = ra;
+        }
+    }
+    0
+}
+
+/// The unwind row covering `address`, if its mapping has a table.
+#[inline(always)]
+fn find_row(walk: &Walk, address: u64) -> Option<UnwindRow> {
+    let base = walk.half * MAX_UNWIND_MAPPINGS;
+    // The last mapping starting at or below the address.
+    let (mut low, mut high) = (0u32, walk.mappings);
+    for _ in 0..MAPPING_STEPS {
+        if low >= high {
+            break;
+        }
+        let middle = (low + high) / 2;
+        let mapping = UNWIND_MAPPINGS.get(base + middle)?;
+        if mapping.start <= address {
+            low = middle + 1;
+        } else {
+            high = middle;
+        }
+    }
+    if low == 0 {
+        return None;
+    }
+    let mapping = UNWIND_MAPPINGS.get(base + low - 1)?;
+    if address >= mapping.end || mapping.rows == 0 {
+        return None;
+    }
+    let relative = address.wrapping_sub(mapping.bias);
+    if relative > u32::MAX as u64 {
+        return None;
+    }
+    let pc = relative as u32;
+    // The last row at or below pc.
+    let (mut low, mut high) = (0u32, mapping.rows);
+    for _ in 0..ROW_STEPS {
+        if low >= high {
+            break;
+        }
+        let middle = (low + high) / 2;
+        let row = UNWIND_ROWS.get(mapping.first_row + middle)?;
+        if row.pc <= pc {
+            low = middle + 1;
+        } else {
+            high = middle;
+        }
+    }
+    if low == 0 {
+        return None;
+    }
+    UNWIND_ROWS.get(mapping.first_row + low - 1).copied()
+}

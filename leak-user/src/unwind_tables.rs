@@ -1,0 +1,332 @@
+//! Unwind tables for the kernel's DWARF stack walker (`--unwind dwarf`): each executable
+//! module's `.eh_frame` call-frame information reduced to rows the kernel can follow (CFA =
+//! rsp or rbp plus an offset; the caller's rbp unchanged or saved at CFA plus an offset),
+//! and the target's executable mappings pointing at them.
+use std::collections::HashMap;
+
+use aya::maps::{Array, MapData};
+use gimli::{
+    BaseAddresses, CfaRule, CieOrFde, EhFrame, LittleEndian, RegisterRule, UnwindContext,
+    UnwindSection, X86_64,
+};
+use leak_common::{
+    CFA_END, CFA_RBP, CFA_RSP, CFA_UNKNOWN, MAX_UNWIND_MAPPINGS, MAX_UNWIND_ROWS, UnwindIndex,
+    UnwindMapping, UnwindRow, map_names,
+};
+use object::{Object, ObjectSection, ObjectSegment};
+
+use crate::procfs::{self, Mapping};
+
+/// A module's rows, sorted by pc, with runs of equal rules merged. Empty when it has no
+/// usable `.eh_frame`.
+pub fn module_rows(elf: &[u8]) -> Vec<UnwindRow> {
+    let Ok(file) = object::File::parse(elf) else {
+        return Vec::new();
+    };
+    let Some(section) = file.section_by_name(".eh_frame") else {
+        return Vec::new();
+    };
+    let Ok(data) = section.data() else {
+        return Vec::new();
+    };
+    let eh_frame = EhFrame::new(data, LittleEndian);
+    let mut bases = BaseAddresses::default().set_eh_frame(section.address());
+    if let Some(text) = file.section_by_name(".text") {
+        bases = bases.set_text(text.address());
+    }
+    let mut context = Box::new(UnwindContext::new());
+    let mut rows: Vec<UnwindRow> = Vec::new();
+    let mut entries = eh_frame.entries(&bases);
+    while let Ok(Some(entry)) = entries.next() {
+        let CieOrFde::Fde(partial) = entry else {
+            continue;
+        };
+        let Ok(fde) = partial.parse(EhFrame::cie_from_offset) else {
+            continue;
+        };
+        let Ok(mut table) = fde.rows(&eh_frame, &bases, &mut context) else {
+            continue;
+        };
+        let mut end = None;
+        while let Ok(Some(row)) = table.next_row() {
+            let Ok(pc) = u32::try_from(row.start_address()) else {
+                break;
+            };
+            let outermost = matches!(row.register(X86_64::RA), Some(RegisterRule::Undefined));
+            rows.push(if outermost {
+                UnwindRow {
+                    pc,
+                    kind: CFA_END,
+                    ..UnwindRow::default()
+                }
+            } else {
+                row_for(pc, row.cfa(), row.register(X86_64::RBP))
+            });
+            end = u32::try_from(row.end_address()).ok();
+        }
+        // Past the function: nothing is known until the next one starts.
+        if let Some(end) = end {
+            rows.push(UnwindRow {
+                pc: end,
+                kind: CFA_UNKNOWN,
+                ..UnwindRow::default()
+            });
+        }
+    }
+    compact(rows)
+}
+
+fn row_for<T: gimli::ReaderOffset>(
+    pc: u32,
+    cfa: &CfaRule<T>,
+    rbp: Option<RegisterRule<T>>,
+) -> UnwindRow {
+    let unknown = UnwindRow {
+        pc,
+        kind: CFA_UNKNOWN,
+        ..UnwindRow::default()
+    };
+    let CfaRule::RegisterAndOffset { register, offset } = cfa else {
+        return unknown;
+    };
+    let kind = match *register {
+        X86_64::RSP => CFA_RSP,
+        X86_64::RBP => CFA_RBP,
+        _ => return unknown,
+    };
+    let Ok(cfa_offset) = i16::try_from(*offset) else {
+        return unknown;
+    };
+    let rbp_offset_words = match rbp {
+        Some(RegisterRule::Offset(at)) if at % 8 == 0 => match i8::try_from(at / 8) {
+            Ok(words) => words,
+            Err(_) => return unknown,
+        },
+        // Undefined, same value, or a rule the kernel does not follow: rbp as it is.
+        _ => 0,
+    };
+    UnwindRow {
+        pc,
+        cfa_offset,
+        kind,
+        rbp_offset_words,
+    }
+}
+
+/// Sorts rows by pc; at equal pcs a function's own rule wins over the previous function's
+/// end marker; consecutive rows with the same rule are merged.
+fn compact(mut rows: Vec<UnwindRow>) -> Vec<UnwindRow> {
+    rows.sort_by_key(|row| (row.pc, row.kind != CFA_UNKNOWN));
+    let mut out: Vec<UnwindRow> = Vec::with_capacity(rows.len());
+    for row in rows {
+        if let Some(last) = out.last_mut() {
+            if last.pc == row.pc {
+                *last = row;
+                continue;
+            }
+            let same_rule = last.kind == row.kind
+                && last.cfa_offset == row.cfa_offset
+                && last.rbp_offset_words == row.rbp_offset_words;
+            if same_rule {
+                continue;
+            }
+        }
+        out.push(row);
+    }
+    out
+}
+
+/// Where an executable mapping's addresses are in the module: `address - bias` is the
+/// module's virtual address.
+fn mapping_bias(elf: &[u8], mapping: &Mapping) -> Option<u64> {
+    let file = object::File::parse(elf).ok()?;
+    file.segments().find_map(|segment| {
+        let (file_start, file_size) = segment.file_range();
+        (file_start <= mapping.offset && mapping.offset < file_start + file_size).then(|| {
+            let address_at_start = segment.address() + (mapping.offset - file_start);
+            mapping.start.wrapping_sub(address_at_start)
+        })
+    })
+}
+
+/// The kernel's unwind maps and what has been loaded into them.
+pub struct UnwindTables {
+    rows: Array<MapData, UnwindRow>,
+    mappings: Array<MapData, UnwindMapping>,
+    index: Array<MapData, UnwindIndex>,
+    /// Rows already written, per file (device, inode): (first row, row count).
+    files: HashMap<(String, u64), (u32, u32)>,
+    next_row: u32,
+    /// The mappings in the live half, as last written.
+    live: Vec<UnwindMapping>,
+    half: u32,
+    /// Modules left without tables because the row map was full.
+    pub modules_without_room: u64,
+}
+
+impl UnwindTables {
+    pub fn take(ebpf: &mut aya::Ebpf) -> Result<UnwindTables, String> {
+        fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+            ebpf: &mut aya::Ebpf,
+            name: &str,
+        ) -> Result<T, String> {
+            let map = ebpf
+                .take_map(name)
+                .ok_or_else(|| format!("map {name} missing from the object"))?;
+            T::try_from(map).map_err(|err| format!("map {name}: {err}"))
+        }
+        Ok(UnwindTables {
+            rows: take(ebpf, map_names::UNWIND_ROWS)?,
+            mappings: take(ebpf, map_names::UNWIND_MAPPINGS)?,
+            index: take(ebpf, map_names::UNWIND_INDEX)?,
+            files: HashMap::new(),
+            next_row: 0,
+            live: Vec::new(),
+            half: 0,
+            modules_without_room: 0,
+        })
+    }
+
+    /// Loads the tables of every executable file mapping of `pid` not loaded yet, and
+    /// publishes the mapping list when it changed. Returns whether it did.
+    pub fn refresh(&mut self, pid: u32) -> bool {
+        let Ok(maps) = procfs::read_maps(pid) else {
+            return false;
+        };
+        let mut wanted: Vec<UnwindMapping> = Vec::new();
+        for mapping in maps.iter().filter(|m| m.executable && m.is_file()) {
+            if let Some(known) = self
+                .live
+                .iter()
+                .find(|known| known.start == mapping.start && known.end == mapping.end)
+            {
+                wanted.push(*known);
+                continue;
+            }
+            let id = (mapping.dev.clone(), mapping.inode);
+            let path = procfs::map_file_path(pid, mapping);
+            let Ok(elf) = std::fs::read(&path)
+                .or_else(|_| std::fs::read(procfs::path_in_root(pid, mapping.file_path())))
+            else {
+                continue;
+            };
+            let Some(bias) = mapping_bias(&elf, mapping) else {
+                continue;
+            };
+            let (first_row, rows) = match self.files.get(&id) {
+                Some(loaded) => *loaded,
+                None => {
+                    let loaded = self.load_rows(&module_rows(&elf));
+                    self.files.insert(id, loaded);
+                    loaded
+                }
+            };
+            wanted.push(UnwindMapping {
+                start: mapping.start,
+                end: mapping.end,
+                bias,
+                first_row,
+                rows,
+            });
+        }
+        wanted.sort_by_key(|mapping| mapping.start);
+        wanted.truncate(MAX_UNWIND_MAPPINGS as usize);
+        if wanted == self.live {
+            return false;
+        }
+        // Fill the other half, then switch to it: the kernel never sees a half-written list.
+        let half = self.half ^ 1;
+        for (slot, mapping) in wanted.iter().enumerate() {
+            let _ = self
+                .mappings
+                .set(half * MAX_UNWIND_MAPPINGS + slot as u32, mapping, 0);
+        }
+        let index = UnwindIndex {
+            half,
+            count: wanted.len() as u32,
+        };
+        if self.index.set(0, index, 0).is_ok() {
+            self.half = half;
+            self.live = wanted;
+        }
+        true
+    }
+
+    /// Writes rows after those already loaded; (first row, count), or (0, 0) when they do
+    /// not fit.
+    fn load_rows(&mut self, rows: &[UnwindRow]) -> (u32, u32) {
+        let count = u32::try_from(rows.len()).unwrap_or(u32::MAX);
+        if count == 0 {
+            return (0, 0);
+        }
+        if self.next_row.saturating_add(count) > MAX_UNWIND_ROWS {
+            self.modules_without_room += 1;
+            return (0, 0);
+        }
+        let first = self.next_row;
+        for (offset, row) in rows.iter().enumerate() {
+            if self.rows.set(first + offset as u32, row, 0).is_err() {
+                return (0, 0);
+            }
+        }
+        self.next_row += count;
+        (first, count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_merges_equal_rules_and_prefers_a_function_over_a_gap() {
+        let rsp = |pc, offset| UnwindRow {
+            pc,
+            cfa_offset: offset,
+            kind: CFA_RSP,
+            rbp_offset_words: 0,
+        };
+        let gap = |pc| UnwindRow {
+            pc,
+            kind: CFA_UNKNOWN,
+            ..UnwindRow::default()
+        };
+        let rows = compact(vec![
+            rsp(0x20, 8),
+            gap(0x10),
+            rsp(0x10, 8),
+            rsp(0x11, 16),
+            rsp(0x18, 16),
+            gap(0x30),
+        ]);
+        assert_eq!(
+            rows,
+            vec![rsp(0x10, 8), rsp(0x11, 16), rsp(0x20, 8), gap(0x30)]
+        );
+    }
+
+    #[test]
+    fn libc_malloc_starts_with_the_return_address_at_rsp() {
+        let Ok(libc) = std::fs::read("/usr/lib/x86_64-linux-gnu/libc.so.6") else {
+            return; // not a glibc x86_64 machine
+        };
+        let rows = module_rows(&libc);
+        assert!(rows.len() > 1000, "{} rows", rows.len());
+        assert!(
+            rows.windows(2).all(|pair| pair[0].pc < pair[1].pc),
+            "sorted"
+        );
+        let file = object::File::parse(&*libc).expect("parse libc");
+        let malloc = object::Object::dynamic_symbols(&file)
+            .find(|symbol| object::ObjectSymbol::name(symbol) == Ok("malloc"))
+            .map(|symbol| object::ObjectSymbol::address(&symbol))
+            .expect("malloc");
+        let at = |pc: u64| {
+            let index = rows.partition_point(|row| u64::from(row.pc) <= pc);
+            rows[index - 1]
+        };
+        // At a function's first instruction the CFA is rsp + 8 (the return address).
+        let entry = at(malloc);
+        assert_eq!((entry.kind, entry.cfa_offset), (CFA_RSP, 8));
+    }
+}
