@@ -16,6 +16,9 @@ use std::{
 /// What the launcher thread reports.
 #[derive(Debug)]
 pub enum ChildEvent {
+    /// The program is about to run its first instruction (its entry point, after the
+    /// dynamic loader mapped its libraries), held there until the ack is sent.
+    Started { ack: mpsc::Sender<()> },
     /// The child stopped at exit; its memory is intact until the ack is sent.
     Exiting { ack: mpsc::Sender<()> },
     /// The child is gone.
@@ -59,10 +62,14 @@ fn is_executable(path: &Path) -> bool {
 }
 
 /// Forks `program` (stopped before exec) on a launcher thread.
+///
+/// With `hold_at_entry`, the child also stops at its program's entry point (a breakpoint the
+/// launcher places after exec and removes when it is hit) and reports `Started`.
 pub fn launch(
     program: &Path,
     args: &[String],
     events: tokio::sync::mpsc::UnboundedSender<ChildEvent>,
+    hold_at_entry: bool,
 ) -> io::Result<Launched> {
     let to_c = |bytes: &[u8]| {
         CString::new(bytes)
@@ -129,7 +136,8 @@ pub fn launch(
                     libc::PTRACE_SEIZE,
                     pid,
                     std::ptr::null_mut::<libc::c_void>(),
-                    libc::PTRACE_O_TRACEEXIT as usize as *mut libc::c_void,
+                    (libc::PTRACE_O_TRACEEXIT | libc::PTRACE_O_TRACEEXEC) as usize
+                        as *mut libc::c_void,
                 );
                 if seized != 0 {
                     let error = io::Error::last_os_error();
@@ -160,7 +168,7 @@ pub fn launch(
                     )));
                     return;
                 }
-                wait_loop(pid, &events);
+                wait_loop(pid, &events, hold_at_entry);
             }
         })?;
     let pid = pid_rx
@@ -169,9 +177,92 @@ pub fn launch(
     Ok(Launched { pid, go: go_tx })
 }
 
-/// Passes signals through, honours group stops, and holds the child at its exit.
-unsafe fn wait_loop(pid: libc::pid_t, events: &tokio::sync::mpsc::UnboundedSender<ChildEvent>) {
+/// The program's entry point, from the auxiliary vector the kernel gave it (AT_ENTRY).
+fn entry_point(pid: libc::pid_t) -> Option<u64> {
+    let auxv = std::fs::read(format!("/proc/{pid}/auxv")).ok()?;
+    auxv.chunks_exact(16).find_map(|pair| {
+        let key = u64::from_ne_bytes(pair[..8].try_into().ok()?);
+        let value = u64::from_ne_bytes(pair[8..].try_into().ok()?);
+        (key == libc::AT_ENTRY).then_some(value)
+    })
+}
+
+/// A breakpoint at the program's entry: its address and the word it replaced.
+struct EntryBreakpoint {
+    address: u64,
+    original: libc::c_long,
+}
+
+/// Places an int3 at the entry point of the program the child just exec'd.
+///
+/// # Safety
+/// `pid` is our seized child, in its exec stop; called from the seizing thread.
+unsafe fn break_at_entry(pid: libc::pid_t) -> Option<EntryBreakpoint> {
+    let address = entry_point(pid)?;
+    // SAFETY: peek and poke of the stopped child's text, from the seizing thread.
+    unsafe {
+        *libc::__errno_location() = 0;
+        let original = libc::ptrace(libc::PTRACE_PEEKTEXT, pid, address as *mut libc::c_void, 0);
+        if original == -1 && *libc::__errno_location() != 0 {
+            return None;
+        }
+        let trapped = (original & !0xff) | 0xcc;
+        let poked = libc::ptrace(
+            libc::PTRACE_POKETEXT,
+            pid,
+            address as *mut libc::c_void,
+            trapped as *mut libc::c_void,
+        );
+        (poked == 0).then_some(EntryBreakpoint { address, original })
+    }
+}
+
+/// If the child stopped on the entry breakpoint, puts the instruction back and rewinds to
+/// it. Returns whether it was that breakpoint.
+///
+/// # Safety
+/// As for `break_at_entry`, in a SIGTRAP signal-delivery stop.
+unsafe fn leave_entry_breakpoint(pid: libc::pid_t, breakpoint: &EntryBreakpoint) -> bool {
+    // SAFETY: register and text access on the stopped child, from the seizing thread.
+    unsafe {
+        let mut regs: libc::user_regs_struct = std::mem::zeroed();
+        if libc::ptrace(
+            libc::PTRACE_GETREGS,
+            pid,
+            std::ptr::null_mut::<libc::c_void>(),
+            (&raw mut regs).cast::<libc::c_void>(),
+        ) != 0
+            || regs.rip != breakpoint.address + 1
+        {
+            return false;
+        }
+        libc::ptrace(
+            libc::PTRACE_POKETEXT,
+            pid,
+            breakpoint.address as *mut libc::c_void,
+            breakpoint.original as *mut libc::c_void,
+        );
+        regs.rip = breakpoint.address;
+        libc::ptrace(
+            libc::PTRACE_SETREGS,
+            pid,
+            std::ptr::null_mut::<libc::c_void>(),
+            (&raw const regs).cast::<libc::c_void>().cast_mut(),
+        );
+        true
+    }
+}
+
+/// Passes signals through, honours group stops, holds the child at its exit (and, when
+/// asked, at its program's entry).
+unsafe fn wait_loop(
+    pid: libc::pid_t,
+    events: &tokio::sync::mpsc::UnboundedSender<ChildEvent>,
+    hold_at_entry: bool,
+) {
     let null = std::ptr::null_mut::<libc::c_void>();
+    let mut first_exec = true;
+    let mut entry: Option<EntryBreakpoint> = None;
     loop {
         let mut status = 0;
         // SAFETY: waiting on our own child.
@@ -212,9 +303,25 @@ unsafe fn wait_loop(pid: libc::pid_t, events: &tokio::sync::mpsc::UnboundedSende
                     let _ = ack_rx.recv();
                 }
                 libc::ptrace(libc::PTRACE_CONT, pid, null, null);
+            } else if event == libc::PTRACE_EVENT_EXEC {
+                if std::mem::take(&mut first_exec) && hold_at_entry {
+                    entry = break_at_entry(pid);
+                }
+                libc::ptrace(libc::PTRACE_CONT, pid, null, null);
             } else if event == libc::PTRACE_EVENT_STOP {
                 // Group stop (SIGSTOP, SIGTSTP…): stay stopped until SIGCONT, as untraced.
                 libc::ptrace(libc::PTRACE_LISTEN, pid, null, null);
+            } else if libc::WSTOPSIG(status) == libc::SIGTRAP
+                && entry
+                    .as_ref()
+                    .is_some_and(|breakpoint| leave_entry_breakpoint(pid, breakpoint))
+            {
+                entry = None;
+                let (ack_tx, ack_rx) = mpsc::channel();
+                if events.send(ChildEvent::Started { ack: ack_tx }).is_ok() {
+                    let _ = ack_rx.recv();
+                }
+                libc::ptrace(libc::PTRACE_CONT, pid, null, null);
             } else {
                 // Signal-delivery stop: deliver the signal unchanged.
                 let signal = libc::WSTOPSIG(status) as usize;

@@ -6,7 +6,7 @@ use std::{
 };
 
 /// One line of /proc/PID/maps.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Mapping {
     pub start: u64,
     pub end: u64,

@@ -211,7 +211,8 @@ pub async fn run(command: &[String], options: Options) -> Result<Outcome, Sessio
         },
     )?;
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
-    let launched = launch::launch(&program, command, events_tx)
+    let hold_at_entry = options.unwind == Unwind::Dwarf;
+    let launched = launch::launch(&program, command, events_tx, hold_at_entry)
         .map_err(|err| SessionError::Launch(format!("could not start {name}: {err}")))?;
     let pid = launched.pid;
     // Dropping `launched` without release makes the child exit without running.
@@ -501,6 +502,14 @@ impl Session {
                 }
                 _ = ctrl_c.recv() => {}
                 event = events.recv() => match event {
+                    Some(ChildEvent::Started { ack }) => {
+                        // Its libraries are mapped and nothing of the program has run:
+                        // their unwind tables go in before its first allocation.
+                        if let Some(tables) = &mut self.unwind {
+                            tables.refresh(self.pid);
+                        }
+                        let _ = ack.send(());
+                    }
                     Some(ChildEvent::Exiting { ack }) => {
                         // Its memory is still mapped: read what it loaded before it goes,
                         // and its memory figures at the end.

@@ -646,9 +646,42 @@ fn frame_is(name: &str, function: &str) -> bool {
         || name.ends_with(&format!("::{function}"))
 }
 
-/// Stack quality with and without frame pointers: of the allocations the stack_chain
-/// targets keep, the share whose stack contains the program function that made them, and
-/// the share whose stack also has every caller up to main.
+/// Of the allocations a stack_chain target keeps, how many have a stack with the program
+/// function that made them, and how many also every caller up to main.
+fn chain_shares(binary: &std::path::Path, index: usize, unwind: &str) -> Result<(u64, u64)> {
+    let report_path = root().join(format!("target/xtask/stack_chain_{index}_{unwind}.json"));
+    crate::run_checked(
+        Command::new(leaktrace_bin())
+            .args([
+                "run", "--unwind", unwind, "--top", "0", "--format", "json", "--output",
+            ])
+            .arg(&report_path)
+            .arg("--")
+            .arg(binary),
+    )?;
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_path)?)?;
+    let (mut with_caller, mut complete) = (0u64, 0u64);
+    for stack in report["stacks"].as_array().into_iter().flatten() {
+        let allocs = stack["outstanding_allocs"].as_u64().unwrap_or(0);
+        let names: Vec<&str> = stack["frames"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|frame| frame["function"].as_str())
+            .collect();
+        let has = |function: &str| names.iter().any(|name| frame_is(name, function));
+        if CHAIN_FUNCTIONS.iter().any(|function| has(function)) {
+            with_caller += allocs;
+            // The true chain: main → handle_request → parse_body or log_line.
+            if has("main") && has("handle_request") && (has("parse_body") || has("log_line")) {
+                complete += allocs;
+            }
+        }
+    }
+    Ok((with_caller, complete))
+}
+
+/// Stack quality with and without frame pointers, walked both ways: see `chain_shares`.
 pub fn stack_quality() -> Result<String> {
     let out_dir = root().join("target/xtask");
     let targets = root().join("tests/targets");
@@ -691,7 +724,7 @@ pub fn stack_quality() -> Result<String> {
         ),
     ];
     let mut table = String::from(
-        "| target | build | allocations kept | stack has the program function that allocated | … and every caller up to main |\n|---|---|---|---|---|\n",
+        "| target | build | allocations kept | `--unwind fp`: stack has the allocating function / every caller up to main | `--unwind dwarf`: the same |\n|---|---|---|---|---|\n",
     );
     for (index, (what, build, expected, command)) in builds.iter().enumerate() {
         let binary = out_dir.join(format!("stack_chain_{index}"));
@@ -715,39 +748,16 @@ pub fn stack_quality() -> Result<String> {
             }
         }
         crate::run_checked(compile.arg("-o").arg(&binary))?;
-        let report_path = out_dir.join(format!("stack_chain_{index}.json"));
-        crate::run_checked(
-            Command::new(leaktrace_bin())
-                .args(["run", "--top", "0", "--format", "json", "--output"])
-                .arg(&report_path)
-                .arg("--")
-                .arg(&binary),
-        )?;
-        let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_path)?)?;
-        let (mut with_caller, mut with_main) = (0u64, 0u64);
-        for stack in report["stacks"].as_array().into_iter().flatten() {
-            let allocs = stack["outstanding_allocs"].as_u64().unwrap_or(0);
-            let names: Vec<&str> = stack["frames"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|frame| frame["function"].as_str())
-                .collect();
-            let has = |function: &str| names.iter().any(|name| frame_is(name, function));
-            if CHAIN_FUNCTIONS.iter().any(|function| has(function)) {
-                with_caller += allocs;
-                // The true chain: main → handle_request → parse_body or log_line.
-                if has("main") && has("handle_request") && (has("parse_body") || has("log_line")) {
-                    with_main += allocs;
-                }
-            }
+        let mut cells = Vec::new();
+        for unwind in ["fp", "dwarf"] {
+            let (with_caller, complete) = chain_shares(&binary, index, unwind)?;
+            let share = |n: u64| format!("{:.0}%", 100.0 * n as f64 / *expected as f64);
+            cells.push(format!("{} / {}", share(with_caller), share(complete)));
         }
-        let share = |n: u64| format!("{:.0}%", 100.0 * n as f64 / *expected as f64);
         let _ = writeln!(
             table,
             "| {what} | {build} | {expected} | {} | {} |",
-            share(with_caller),
-            share(with_main)
+            cells[0], cells[1]
         );
     }
     println!("{table}");
