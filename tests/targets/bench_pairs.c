@@ -5,6 +5,7 @@
 //   bench_pairs threads N         the same on two threads, N pairs in all
 //   bench_pairs mixed N           sizes from 16 B to 64 KiB, one thread
 //   bench_pairs realloc N         malloc(16), realloc to 64, to 256, free
+//   bench_pairs deep N            malloc(64)+free 32 calls below main (a deep stack to walk)
 //   bench_pairs hold N SECONDS [DELAY]
 //                                 waits DELAY seconds (for a tracer to attach), keeps N
 //                                 malloc(32) blocks live for SECONDS, then exits
@@ -35,6 +36,15 @@ static void *pairs(void *arg) {
         free(block);
     }
     return NULL;
+}
+
+__attribute__((noinline)) static void descend(int depth, long n) {
+    if (depth == 0) {
+        pairs(&n);
+    } else {
+        descend(depth - 1, n);
+    }
+    __asm__ volatile("");
 }
 
 static void mixed(long n) {
@@ -105,6 +115,8 @@ int main(int argc, char **argv) {
         pthread_t threads[2];
         for (int t = 0; t < 2; t++) pthread_create(&threads[t], NULL, pairs, &half);
         for (int t = 0; t < 2; t++) pthread_join(threads[t], NULL);
+    } else if (strcmp(mode, "deep") == 0) {
+        descend(32, n);
     } else if (strcmp(mode, "mixed") == 0) {
         mixed(n);
     } else if (strcmp(mode, "realloc") == 0) {

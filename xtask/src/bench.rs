@@ -131,6 +131,7 @@ pub fn run(pairs: u64, runs: usize) -> Result<()> {
         );
         println!("{mode}: untraced {base:.0} ns, traced {with:.0} ns");
     }
+    let walking = stack_walking(&bench_bin, pairs, runs)?;
     let peers = peers(&bench_bin, pairs, runs)?;
     let redis = redis(runs)?;
     let agent = agent_cost(&bench_bin)?;
@@ -145,6 +146,7 @@ pub fn run(pairs: u64, runs: usize) -> Result<()> {
          CLOCK_MONOTONIC; the traced column runs it under `leaktrace run` (precise mode: every \
          call traced, with its stack).\n\n\
          ## Cost to the target\n\n{table}\nRuns:\n{raw}\n\
+         ## Stack walking: frame pointers or .eh_frame (`--unwind`)\n\n{walking}\n\
          ## Against the peers (malloc(64)+free, one thread, same run)\n\n{peers}\n\
          ## A real service\n\nredis-server 7.0 from Debian (jemalloc) on loopback, \
          `redis-benchmark -n {REDIS_REQUESTS} -c 50 -t set,get`, median of {runs}; leaktrace \
@@ -159,6 +161,47 @@ pub fn run(pairs: u64, runs: usize) -> Result<()> {
     std::fs::write(root().join("BENCHMARKS.md"), document)?;
     println!("xtask: wrote BENCHMARKS.md");
     Ok(())
+}
+
+/// The cost of each way to walk stacks, on a shallow stack (pairs: 4 frames) and a deep one
+/// (deep: 37 frames).
+fn stack_walking(bench_bin: &std::path::Path, pairs: u64, runs: usize) -> Result<String> {
+    let count = pairs.to_string();
+    let mut table = String::from(
+        "| workload | untraced ns | `--unwind fp` ns | `--unwind dwarf` ns | dwarf − fp |\n|---|---|---|---|---|\n",
+    );
+    for (mode, what) in [
+        ("pairs", "malloc(64)+free, 4 frames deep"),
+        ("deep", "malloc(64)+free, 37 frames deep"),
+    ] {
+        let mut columns = Vec::new();
+        for unwind in [None, Some("fp"), Some("dwarf")] {
+            let mut times = Vec::new();
+            for _ in 0..runs {
+                times.push(match unwind {
+                    None => measure(Command::new(bench_bin).args([mode, &count]))?,
+                    Some(unwind) => measure(
+                        Command::new(leaktrace_bin())
+                            .args(["run", "--unwind", unwind, "--format", "json"])
+                            .args(["--output", "/dev/null", "--"])
+                            .arg(bench_bin)
+                            .args([mode, &count]),
+                    )?,
+                });
+            }
+            columns.push(median(times));
+        }
+        let _ = writeln!(
+            table,
+            "| {what} | {:.0} | {:.0} | {:.0} | {:+.0} |",
+            columns[0],
+            columns[1],
+            columns[2],
+            columns[2] - columns[1]
+        );
+    }
+    println!("{table}");
+    Ok(table)
 }
 
 /// The same pairs workload under leaktrace (precise and sampled) and the peers that are
