@@ -426,7 +426,7 @@ pub fn attach(
     check_kernel()?;
     let (unwind_mode, unwind_rows) = match options.unwind {
         crate::cli::Unwind::Dwarf => (UNWIND_DWARF, MAX_UNWIND_ROWS),
-        crate::cli::Unwind::Fp => (UNWIND_FRAME_POINTERS, 1),
+        crate::cli::Unwind::Fp | crate::cli::Unwind::Auto => (UNWIND_FRAME_POINTERS, 1),
     };
     let object = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leak-ebpf"));
     let mut ebpf = EbpfLoader::new()

@@ -101,11 +101,34 @@ pub enum DiffFormat {
 /// How user stacks are walked in the kernel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Unwind {
-    /// The frame-pointer chain.
+    /// dwarf if the executable has no frame pointers, else fp.
     #[default]
+    Auto,
+    /// The frame-pointer chain.
     Fp,
     /// .eh_frame unwind tables, frame pointers where a module has none.
     Dwarf,
+}
+
+impl Unwind {
+    /// Auto decided for an executable (its ELF bytes).
+    pub fn resolve(self, executable: Option<&[u8]>) -> Unwind {
+        match self {
+            Unwind::Auto => match executable.and_then(crate::unwind_tables::keeps_frame_pointers) {
+                Some(false) => Unwind::Dwarf,
+                _ => Unwind::Fp,
+            },
+            chosen => chosen,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Unwind::Auto => "auto",
+            Unwind::Fp => "frame pointers",
+            Unwind::Dwarf => "dwarf",
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -140,8 +163,9 @@ pub struct Common {
     pub alloc_fns: Vec<crate::allocators::KnownFn>,
     /// How call stacks are walked: fp follows frame pointers (cheapest; callers of code
     /// built without them are lost), dwarf follows the modules' .eh_frame unwind tables
-    /// (complete stacks in any build, more work per allocation).
-    #[arg(long, value_enum, default_value_t = Unwind::Fp)]
+    /// (complete stacks in any build, about 0.1 µs more per frame), auto picks dwarf when
+    /// the target's executable was built without frame pointers.
+    #[arg(long, value_enum, default_value_t = Unwind::Auto)]
     pub unwind: Unwind,
     /// Report format.
     #[arg(long, short, value_enum, default_value_t = Format::Text)]

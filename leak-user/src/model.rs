@@ -328,6 +328,9 @@ pub struct Report {
     /// (absent before this field existed: every allocation).
     #[serde(default = "every_allocation")]
     pub sample_rate: u32,
+    /// How stacks were walked: "fp" (frame pointers) or "dwarf" (.eh_frame tables).
+    #[serde(default = "frame_pointers")]
+    pub unwind: String,
     /// The allocators probed (absent in reports written before this field).
     #[serde(default)]
     pub allocators: Vec<AllocatorInfo>,
@@ -350,6 +353,10 @@ pub struct Report {
 
 fn every_allocation() -> u32 {
     1
+}
+
+fn frame_pointers() -> String {
+    "fp".to_string()
 }
 
 impl Report {

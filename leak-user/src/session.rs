@@ -178,6 +178,10 @@ pub async fn attach(pid: u32, options: Options) -> Result<Outcome, SessionError>
         return Err(SessionError::NoSuchProcess(pid));
     }
     let attaching = std::time::Instant::now();
+    let mut options = options;
+    options.unwind = options
+        .unwind
+        .resolve(std::fs::read(format!("/proc/{pid}/exe")).ok().as_deref());
     let allocators = attach::allocators_in_process(pid, &options.alloc_fns)?;
     let mut session = Session::start(pid, "attach", &allocators, options)?;
     session.start_exports()?;
@@ -211,6 +215,10 @@ pub async fn run(command: &[String], options: Options) -> Result<Outcome, Sessio
         },
     )?;
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut options = options;
+    options.unwind = options
+        .unwind
+        .resolve(std::fs::read(&program).ok().as_deref());
     let hold_at_entry = options.unwind == Unwind::Dwarf;
     let launched = launch::launch(&program, command, events_tx, hold_at_entry)
         .map_err(|err| SessionError::Launch(format!("could not start {name}: {err}")))?;
@@ -255,7 +263,7 @@ impl Session {
                 tables.refresh(pid);
                 Some(tables)
             }
-            Unwind::Fp => None,
+            Unwind::Fp | Unwind::Auto => None,
         };
         let started_ns = procfs::monotonic_ns();
         let target = Target {
@@ -385,9 +393,10 @@ impl Session {
             );
         }
         log::info!(
-            "attached to pid {}: {} probe points",
+            "attached to pid {}: {} probe points; stacks walked with {}",
             self.pid,
-            self.probes.attached.len()
+            self.probes.attached.len(),
+            self.options.unwind.name()
         );
     }
 
@@ -748,6 +757,11 @@ impl Session {
             mode: self.mode.to_string(),
             duration_s: span_s,
             sample_rate: self.options.sample_rate,
+            unwind: match self.options.unwind {
+                Unwind::Dwarf => "dwarf",
+                _ => "fp",
+            }
+            .to_string(),
             allocators: self.allocators.clone(),
             exited,
             dropped,

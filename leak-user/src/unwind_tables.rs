@@ -76,6 +76,39 @@ pub fn module_rows(elf: &[u8]) -> Vec<UnwindRow> {
     compact(rows)
 }
 
+/// Whether a module's own code keeps frame pointers: most of its functions define the CFA
+/// from rbp somewhere. None when it has no usable `.eh_frame`.
+pub fn keeps_frame_pointers(elf: &[u8]) -> Option<bool> {
+    let file = object::File::parse(elf).ok()?;
+    let section = file.section_by_name(".eh_frame")?;
+    let data = section.data().ok()?;
+    let eh_frame = EhFrame::new(data, LittleEndian);
+    let bases = BaseAddresses::default().set_eh_frame(section.address());
+    let mut context = Box::new(UnwindContext::new());
+    let (mut functions, mut with_rbp) = (0u64, 0u64);
+    let mut entries = eh_frame.entries(&bases);
+    while let Ok(Some(entry)) = entries.next() {
+        let CieOrFde::Fde(partial) = entry else {
+            continue;
+        };
+        let Ok(fde) = partial.parse(EhFrame::cie_from_offset) else {
+            continue;
+        };
+        let Ok(mut table) = fde.rows(&eh_frame, &bases, &mut context) else {
+            continue;
+        };
+        functions += 1;
+        while let Ok(Some(row)) = table.next_row() {
+            if matches!(row.cfa(), CfaRule::RegisterAndOffset { register, .. } if *register == X86_64::RBP)
+            {
+                with_rbp += 1;
+                break;
+            }
+        }
+    }
+    (functions > 0).then(|| with_rbp * 2 >= functions)
+}
+
 fn row_for<T: gimli::ReaderOffset>(
     pc: u32,
     cfa: &CfaRule<T>,
@@ -340,6 +373,15 @@ mod tests {
             ..Mapping::default()
         };
         assert_eq!(mapping_bias(&this, &mapping), Some(0x5555_0000_0000));
+    }
+
+    #[test]
+    fn tells_builds_with_frame_pointers_apart() {
+        // glibc is built without them.
+        if let Ok(libc) = std::fs::read("/usr/lib/x86_64-linux-gnu/libc.so.6") {
+            assert_eq!(keeps_frame_pointers(&libc), Some(false));
+        }
+        assert_eq!(keeps_frame_pointers(b"not an elf"), None);
     }
 
     #[test]

@@ -212,6 +212,7 @@ mod tests {
             mode: "attach".into(),
             duration_s: 10.0,
             sample_rate: 1,
+            unwind: "fp".into(),
             allocators: Vec::new(),
             exited: None,
             dropped: BTreeMap::new(),

@@ -217,6 +217,7 @@ pub mod fixtures {
             mode: "attach".into(),
             duration_s: 10.0,
             sample_rate: 1,
+            unwind: "fp".into(),
             allocators: vec![AllocatorInfo {
                 allocator: "glibc".into(),
                 module: "/usr/lib/x86_64-linux-gnu/libc.so.6".into(),

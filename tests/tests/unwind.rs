@@ -1,0 +1,169 @@
+//! End-to-end: stacks through code built without frame pointers, walked with the modules'
+//! .eh_frame tables (`--unwind dwarf`): the allocating function and every caller up to main.
+use leaktrace_tests::{
+    Target, Traced, bpf_available, build_c_variant, leaktrace, run_ok, run_to_exit, scratch_dir,
+    targets_dir, u64_of,
+};
+
+/// The function names of a stack, innermost first, without inlined frames.
+fn callers(stack: &serde_json::Value) -> Vec<String> {
+    stack["frames"]
+        .as_array()
+        .expect("frames")
+        .iter()
+        .filter(|frame| frame["inlined"] != true)
+        .filter_map(|frame| frame["function"].as_str())
+        .map(|name| {
+            // "crate::function" and "function(int)" read as "function".
+            let name = name.split('(').next().unwrap_or(name);
+            name.rsplit("::").next().unwrap_or(name).to_string()
+        })
+        .collect()
+}
+
+/// Every kept allocation of `function` comes with the whole chain above it, in order.
+fn assert_chain(traced: &Traced, function: &str, chain: &[&str], blocks: u64) {
+    let stacks = traced.stacks_through(function);
+    let held: u64 = stacks
+        .iter()
+        .map(|stack| u64_of(&stack["outstanding_allocs"]))
+        .sum();
+    assert_eq!(
+        held,
+        blocks,
+        "{function}: {blocks} blocks\n{}",
+        traced.describe()
+    );
+    for stack in stacks {
+        let names = callers(stack);
+        let mut at = names
+            .iter()
+            .position(|name| name == function)
+            .expect("the function is in its stack");
+        for caller in chain {
+            let found = names[at + 1..].iter().position(|name| name == caller);
+            assert!(
+                found.is_some(),
+                "{function}: {caller} above it in {names:?}\n{}",
+                traced.describe()
+            );
+            at += 1 + found.unwrap_or(0);
+        }
+    }
+}
+
+/// C and C++ at -O2 without frame pointers, and Rust at opt-level 3 (which omits them),
+/// each under `leaktrace run --unwind dwarf`.
+#[test]
+fn run_mode_walks_code_without_frame_pointers() {
+    if !bpf_available("run_mode_walks_code_without_frame_pointers") {
+        return;
+    }
+    let c = build_c_variant(
+        "stack_chain.c",
+        "stack_chain_nofp",
+        "gcc",
+        &["-O2", "-fomit-frame-pointer"],
+        &[],
+    );
+    let traced = run_to_exit(
+        "stack_chain_nofp",
+        &c,
+        &["--unwind", "dwarf", "--top", "0"],
+        0,
+    );
+    assert_chain(
+        &traced,
+        "store_record",
+        &["parse_body", "handle_request", "main"],
+        50,
+    );
+    assert_chain(&traced, "log_line", &["handle_request", "main"], 50);
+    // The default (auto) sees the executable has no frame pointers and walks with dwarf.
+    let traced = run_to_exit("stack_chain_nofp_auto", &c, &["--top", "0"], 0);
+    assert_eq!(traced.report["unwind"], "dwarf");
+    assert_chain(
+        &traced,
+        "store_record",
+        &["parse_body", "handle_request", "main"],
+        50,
+    );
+
+    let cxx = build_c_variant(
+        "stack_chain.cpp",
+        "stack_chain_cxx_nofp",
+        "g++",
+        &["-O2", "-fomit-frame-pointer"],
+        &[],
+    );
+    let traced = run_to_exit(
+        "stack_chain_cxx_nofp",
+        &cxx,
+        &["--unwind", "dwarf", "--top", "0"],
+        0,
+    );
+    // Each string is two blocks (the object, and its buffer allocated inside libstdc++).
+    assert_chain(
+        &traced,
+        "store_record",
+        &["parse_body", "handle_request", "main"],
+        100,
+    );
+
+    let rust = scratch_dir().join("stack_chain_rust_nofp");
+    run_ok(
+        std::process::Command::new("rustc")
+            .args(["-C", "opt-level=3", "-g", "--edition", "2021"])
+            .arg(targets_dir().join("stack_chain.rs"))
+            .arg("-o")
+            .arg(&rust),
+    );
+    let traced = run_to_exit(
+        "stack_chain_rust_nofp",
+        &rust,
+        &["--unwind", "dwarf", "--top", "0"],
+        0,
+    );
+    assert_chain(
+        &traced,
+        "store_record",
+        &["parse_body", "handle_request", "main"],
+        50,
+    );
+}
+
+/// Attached to a running service built without frame pointers.
+#[test]
+fn attach_walks_code_without_frame_pointers() {
+    if !bpf_available("attach_walks_code_without_frame_pointers") {
+        return;
+    }
+    let service = build_c_variant(
+        "leaky_service.c",
+        "leaky_service_nofp",
+        "gcc",
+        &["-O2", "-fomit-frame-pointer"],
+        &[],
+    );
+    let target = Target::start(&service, &[]);
+    let traced = leaktrace(
+        "leaky_service_nofp",
+        &[
+            "attach",
+            "--pid",
+            &target.pid(),
+            "--duration",
+            "3s",
+            "--unwind",
+            "dwarf",
+        ],
+    );
+    assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
+    let leak = traced.expect_stack_at("cache_insert");
+    assert_eq!(leak["verdict"], "leaking");
+    let names = callers(leak);
+    assert!(
+        names.iter().any(|name| name == "main"),
+        "the stack reaches main: {names:?}"
+    );
+}
