@@ -76,12 +76,20 @@ pub fn module_rows(elf: &[u8]) -> Vec<UnwindRow> {
     compact(rows)
 }
 
-/// Whether a module's own code keeps frame pointers: most of its functions define the CFA
-/// from rbp somewhere. None when it has no usable `.eh_frame`.
+/// Whether a program's own code keeps frame pointers: `main` defines the CFA from rbp
+/// somewhere (or, without a `main`, most functions do). None when it has no usable
+/// `.eh_frame`. A small program's few functions are outnumbered by the C runtime's, so
+/// `main`, compiled with the program's flags, decides when there is one.
 pub fn keeps_frame_pointers(elf: &[u8]) -> Option<bool> {
+    use object::ObjectSymbol;
     let file = object::File::parse(elf).ok()?;
     let section = file.section_by_name(".eh_frame")?;
     let data = section.data().ok()?;
+    let main = file
+        .symbols()
+        .chain(file.dynamic_symbols())
+        .find(|symbol| symbol.name() == Ok("main") && symbol.is_definition())
+        .map(|symbol| symbol.address());
     let eh_frame = EhFrame::new(data, LittleEndian);
     let bases = BaseAddresses::default().set_eh_frame(section.address());
     let mut context = Box::new(UnwindContext::new());
@@ -97,14 +105,19 @@ pub fn keeps_frame_pointers(elf: &[u8]) -> Option<bool> {
         let Ok(mut table) = fde.rows(&eh_frame, &bases, &mut context) else {
             continue;
         };
-        functions += 1;
+        let mut uses_rbp = false;
         while let Ok(Some(row)) = table.next_row() {
             if matches!(row.cfa(), CfaRule::RegisterAndOffset { register, .. } if *register == X86_64::RBP)
             {
-                with_rbp += 1;
+                uses_rbp = true;
                 break;
             }
         }
+        if main.is_some_and(|main| fde.contains(main)) {
+            return Some(uses_rbp);
+        }
+        functions += 1;
+        with_rbp += u64::from(uses_rbp);
     }
     (functions > 0).then(|| with_rbp * 2 >= functions)
 }
