@@ -9,6 +9,7 @@ use std::{
     error::Error as StdError,
     fs, io,
     num::NonZeroU32,
+    os::fd::AsFd,
     path::{Path, PathBuf},
 };
 
@@ -555,6 +556,50 @@ impl Probes {
         }
         found
     }
+}
+
+impl Probes {
+    /// Runs of leaktrace's programs the kernel skipped because another BPF program was
+    /// running on the same CPU (`recursion_misses` in the kernel's program info): events
+    /// lost before any of leaktrace's own counters could see them.
+    pub fn missed_runs(&self) -> u64 {
+        [ENTRY_PROGRAM, ALLOC_RETURN_PROGRAM]
+            .into_iter()
+            .chain(SYSCALL_PROGRAMS.iter().map(|(name, _, _)| *name))
+            .filter_map(|name| self.ebpf.program(name)?.fd().ok())
+            .filter_map(|fd| recursion_misses(fd.as_fd()))
+            .sum()
+    }
+}
+
+/// A program's `recursion_misses` (BPF_OBJ_GET_INFO_BY_FD), which aya 0.14 does not expose.
+fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    /// The `info` member of `union bpf_attr`.
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // SAFETY: a plain C struct of integers; all zeros is a valid value.
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let attr = InfoAttr {
+        bpf_fd: u32::try_from(fd.as_raw_fd()).ok()?,
+        info_len: u32::try_from(std::mem::size_of_val(&info)).ok()?,
+        info: (&raw mut info) as u64,
+    };
+    // SAFETY: the bpf syscall reads `attr` and writes at most `info_len` bytes into `info`,
+    // both alive for the call.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            aya_obj::generated::bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
+            &raw const attr,
+            std::mem::size_of::<InfoAttr>(),
+        )
+    };
+    (result == 0).then_some(info.recursion_misses)
 }
 
 /// Device and inode of a file: the same library reached by different paths is one.

@@ -746,6 +746,9 @@ impl Session {
                 events.insert(counter.name().to_string(), value);
             }
         }
+        // Runs of our programs the kernel skipped (another BPF program was running on the
+        // CPU): the events are gone before any of our counters could see them.
+        dropped.insert("missed_program_runs".to_string(), self.probes.missed_runs());
         events.insert(
             "symbolization_failures".to_string(),
             self.symbolizer.failures,

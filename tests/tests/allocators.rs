@@ -85,31 +85,55 @@ fn jemalloc_api_and_sized_frees() {
     if !bpf_available(test) || !header_present(test, "/usr/include/jemalloc/jemalloc.h") {
         return;
     }
-    let target = build_c_variant(
-        "alloc_jemalloc.c",
-        "alloc_jemalloc",
-        "gcc",
-        &[],
-        &["-ljemalloc"],
-    );
-    let traced = run_to_exit("alloc_jemalloc", &target, &["--top", "0"], 0);
-    assert_leaks(
-        &traced,
-        &[
-            ("leak_je_malloc", 1000),
-            ("leak_mallocx", 2000),
-            ("leak_rallocx", 3000),
-        ],
-    );
-    assert_clean(&traced, "balanced_sized");
-    let functions = probed(&traced, "jemalloc");
-    for wanted in [
-        "malloc", "mallocx", "rallocx", "sdallocx", "dallocx", "free",
-    ] {
-        assert!(
-            functions.iter().any(|f| f == wanted),
-            "{wanted} probed in jemalloc: {functions:?}"
+    // Shared, and linked into the executable (as Redis links its own).
+    let variants: [(&str, &[&str]); 2] = [
+        ("alloc_jemalloc", &["-ljemalloc"]),
+        (
+            "alloc_jemalloc_static",
+            &[
+                "-Wl,-Bstatic",
+                "-ljemalloc",
+                "-Wl,-Bdynamic",
+                "-lstdc++",
+                "-lm",
+                "-ldl",
+            ],
+        ),
+    ];
+    for (name, libs) in variants {
+        let target = build_c_variant("alloc_jemalloc.c", name, "gcc", &[], libs);
+        let traced = run_to_exit(name, &target, &["--top", "0"], 0);
+        assert_leaks(
+            &traced,
+            &[
+                ("leak_je_malloc", 1000),
+                ("leak_mallocx", 2000),
+                ("leak_rallocx", 3000),
+            ],
         );
+        assert_clean(&traced, "balanced_sized");
+        let found: Vec<&str> = traced.report["allocators"]
+            .as_array()
+            .expect("allocators")
+            .iter()
+            .filter(|found| found["allocator"] == "jemalloc")
+            .filter_map(|found| found["module"].as_str())
+            .collect();
+        if name.ends_with("static") {
+            assert!(
+                found.iter().any(|module| module.ends_with(name)),
+                "{name}: jemalloc found in the executable: {found:?}"
+            );
+        }
+        let functions = probed(&traced, "jemalloc");
+        for wanted in [
+            "malloc", "mallocx", "rallocx", "sdallocx", "dallocx", "free",
+        ] {
+            assert!(
+                functions.iter().any(|f| f == wanted),
+                "{name}: {wanted} probed in jemalloc: {functions:?}"
+            );
+        }
     }
 }
 
@@ -350,6 +374,22 @@ fn redis_server_under_a_balanced_load_does_not_leak() {
         .map(|stack| u64_of(&stack["total_allocs"]))
         .sum();
     assert!(total > 10_000, "{total} allocations seen under load");
+    // Debian builds redis without frame pointers: auto walks its stacks with .eh_frame.
+    assert_eq!(traced.report["unwind"], "dwarf");
+    let deep = traced
+        .stacks()
+        .iter()
+        .filter(|stack| {
+            stack["frames"]
+                .as_array()
+                .is_some_and(|frames| frames.len() >= 5)
+        })
+        .count();
+    assert!(
+        deep * 2 >= traced.stacks().len(),
+        "most redis stacks are deeper than the allocating function: {deep} of {}",
+        traced.stacks().len()
+    );
     let leaking: Vec<&serde_json::Value> = traced
         .stacks()
         .iter()
