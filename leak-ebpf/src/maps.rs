@@ -103,8 +103,9 @@ pub fn target_tid() -> Option<u32> {
 
 /// Records the current user stack and returns its id: a hash of its addresses folded to 32
 /// bits, or one of the next `STACK_ID_PROBES - 1` ids when that one holds another stack (the
-/// full 64-bit hash is compared; bpf_get_stackid would give up at the first collision). A stack that cannot be recorded (every slot taken,
-/// map full) is counted as dropped and its memory kept under the unknown stack.
+/// full 64-bit hash is compared; bpf_get_stackid would give up at the first collision). A
+/// stack that cannot be recorded (every slot taken, map full) is counted as dropped and its
+/// memory kept under the unknown stack.
 #[inline(always)]
 ///
 /// `regs` are the user registers when the program has them (uprobes): then, with
@@ -114,7 +115,8 @@ pub fn user_stack_id<C: EbpfContext>(ctx: &C, regs: Option<&pt_regs>) -> u32 {
         count(Counter::StackIdError);
         return UNKNOWN_STACK_ID;
     };
-    // SAFETY: this CPU's scratch slot; the program runs to completion without migrating.
+    // SAFETY: this CPU's scratch slot. The program does not migrate, and the kernel runs no
+    // other of these programs on this CPU until it ends (it skips them: recursion misses).
     let stack = unsafe { &mut *scratch };
     // SAFETY: a plain read of a global that user space sets once before load.
     let mode = unsafe { core::ptr::read_volatile(&UNWIND_MODE) };
