@@ -49,6 +49,25 @@ fn caller_hint() -> u64 {
     }
 }
 
+/// The user registers of the current task (for walking its stack with unwind tables), or
+/// None when they cannot be read.
+#[inline(always)]
+fn user_regs() -> Option<pt_regs> {
+    // SAFETY: helpers check their pointers.
+    unsafe {
+        let task = bpf_get_current_task_btf();
+        let regs = bpf_task_pt_regs(task) as *const pt_regs;
+        if regs.is_null() {
+            return None;
+        }
+        let mut user: pt_regs = core::mem::zeroed();
+        user.rip = bpf_probe_read_kernel(&raw const (*regs).rip).ok()?;
+        user.rsp = bpf_probe_read_kernel(&raw const (*regs).rsp).ok()?;
+        user.rbp = bpf_probe_read_kernel(&raw const (*regs).rbp).ok()?;
+        Some(user)
+    }
+}
+
 #[inline(always)]
 fn inside_allocator(tid: u32) -> bool {
     // SAFETY: only presence is checked.
@@ -117,7 +136,8 @@ pub fn mmap_exit(ctx: TracePointContext) -> u32 {
     if failed(ret) {
         return 0;
     }
-    let stack_id = user_stack_id(&ctx, None);
+    let regs = user_regs();
+    let stack_id = user_stack_id(&ctx, regs.as_ref());
     emit(MmapEvent {
         kind: MmapEventKind::Map as u32,
         tid,

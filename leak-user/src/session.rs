@@ -783,9 +783,10 @@ impl Session {
         })
     }
 
-    /// Symbolized frames of a stack. For mmap stacks the frame-pointer walk starts inside the
-    /// frameless syscall wrapper and skips its caller; the caller read from the stack pointer
-    /// takes the wrapper's place.
+    /// Symbolized frames of a stack. For mmap stacks the walk starts inside the frameless
+    /// syscall wrapper: with frame pointers it skips the wrapper's caller, which the caller
+    /// read from the stack pointer replaces; with unwind tables the caller follows, and the
+    /// wrapper is dropped.
     fn frames_of(&mut self, history: &StackHistory) -> Vec<Frame> {
         let mut ips = self.collector.stack_ips(history.key.stack_id).to_vec();
         if history.key.origin == Origin::Mmap && history.key.caller_hint != 0 && !ips.is_empty() {
@@ -795,7 +796,12 @@ impl Session {
                 .and_then(|frame| frame.function.as_deref())
                 .is_some_and(is_syscall_wrapper);
             if in_wrapper {
-                ips[0] = history.key.caller_hint;
+                if ips.get(1) == Some(&history.key.caller_hint) {
+                    // Walked with unwind tables: the caller is there already.
+                    ips.remove(0);
+                } else {
+                    ips[0] = history.key.caller_hint;
+                }
             }
         }
         self.symbolizer.symbolize_stack(&self.modules, &ips)

@@ -89,6 +89,27 @@ fn run_mode_walks_code_without_frame_pointers() {
         50,
     );
 
+    // mmap stacks start inside libc's frameless syscall wrapper: walked with its unwind rows,
+    // the caller and main follow, the wrapper is dropped.
+    let family = build_c_variant(
+        "family.c",
+        "family_nofp",
+        "gcc",
+        &["-O2", "-fomit-frame-pointer"],
+        &[],
+    );
+    let traced = run_to_exit("family_nofp", &family, &["--top", "0"], 3);
+    assert_eq!(traced.report["unwind"], "dwarf");
+    let mapped = traced.expect_stack_at("leak_mmap");
+    assert_eq!(mapped["origin"], "mmap");
+    assert_eq!(u64_of(&mapped["outstanding_bytes"]), 3 * 16384);
+    assert_eq!(
+        callers(mapped)[..2],
+        ["leak_mmap".to_string(), "main".to_string()],
+        "{}",
+        traced.describe()
+    );
+
     let cxx = build_c_variant(
         "stack_chain.cpp",
         "stack_chain_cxx_nofp",
