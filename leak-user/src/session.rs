@@ -16,8 +16,8 @@ use crate::{
     analysis::{self, Context, Thresholds},
     attach::{self, AllocatorModule, LoadOptions, Probes},
     cli::Unwind,
-    drain::push_thinned,
     drain::{Collector, KernelMaps},
+    drain::{MAX_SERIES_LEN, push_thinned},
     launch::{self, ChildEvent},
     metrics,
     model::{
@@ -456,6 +456,7 @@ impl Session {
                 pss_bytes: usage.pss_bytes,
                 heap_bytes: self.collector.heap_outstanding_bytes(),
             },
+            MAX_SERIES_LEN,
         );
     }
 
