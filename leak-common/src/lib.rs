@@ -60,8 +60,8 @@ pub const UNWIND_DWARF: u32 = 1;
 pub const MAX_UNWIND_ROWS: u32 = 1 << 21;
 /// Modules with unwind tables (executable mappings) per process.
 pub const MAX_UNWIND_MAPPINGS: u32 = 256;
-/// Frames the DWARF unwinder walks at most.
-pub const MAX_DWARF_FRAMES: u32 = 64;
+/// Frames the DWARF unwinder walks at most: as many as a stack holds.
+pub const MAX_DWARF_FRAMES: u32 = MAX_STACK_DEPTH as u32;
 
 /// How to find the caller's frame from `pc` on, until the next row: the canonical frame
 /// address (CFA, the stack pointer before the call) is `rsp` or `rbp` plus `cfa_offset`;

@@ -188,3 +188,24 @@ fn attach_walks_code_without_frame_pointers() {
         "the stack reaches main: {names:?}"
     );
 }
+
+/// A stack 100 calls deep is walked whole (up to 127 frames, as with frame pointers).
+#[test]
+fn deep_stacks_are_walked_whole() {
+    if !bpf_available("deep_stacks_are_walked_whole") {
+        return;
+    }
+    let target = build_c_variant(
+        "deep_recursion.c",
+        "deep_recursion_nofp",
+        "gcc",
+        &["-O2", "-fomit-frame-pointer"],
+        &[],
+    );
+    let traced = run_to_exit("deep_recursion_nofp", &target, &["--unwind", "dwarf"], 0);
+    let leak = traced.expect_stack_at("descend");
+    let names = callers(leak);
+    let depth = names.iter().filter(|name| *name == "descend").count();
+    assert_eq!(depth, 101, "every level of the recursion: {names:?}");
+    assert!(names.iter().any(|name| name == "main"), "{names:?}");
+}
