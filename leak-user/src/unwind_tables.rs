@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use aya::maps::{Array, MapData};
 use gimli::{
-    BaseAddresses, CfaRule, CieOrFde, EhFrame, LittleEndian, RegisterRule, UnwindContext,
-    UnwindSection, X86_64,
+    BaseAddresses, CfaRule, CieOrFde, EhFrame, EndianSlice, FrameDescriptionEntry, LittleEndian,
+    RegisterRule, UnwindContext, UnwindSection, UnwindTable, X86_64,
 };
 use leak_common::{
     CFA_END, CFA_RBP, CFA_RSP, CFA_UNKNOWN, MAX_UNWIND_MAPPINGS, MAX_UNWIND_ROWS, UnwindIndex,
@@ -17,17 +17,22 @@ use object::{Object, ObjectSection, ObjectSegment};
 
 use crate::procfs::{self, Mapping};
 
-/// A module's rows, sorted by pc, with runs of equal rules merged. Empty when it has no
-/// usable `.eh_frame`.
-pub fn module_rows(elf: &[u8]) -> Vec<UnwindRow> {
-    let Ok(file) = object::File::parse(elf) else {
-        return Vec::new();
-    };
+type Reader<'data> = EndianSlice<'data, LittleEndian>;
+
+/// Calls `visit` with each function's (FDE's) start, end and unwind table from a module's
+/// `.eh_frame`, until it returns false. False when the module has no usable `.eh_frame`.
+fn for_each_function<'data>(
+    file: &object::File<'data>,
+    mut visit: impl FnMut(
+        &FrameDescriptionEntry<Reader<'data>>,
+        &mut UnwindTable<'_, '_, Reader<'data>>,
+    ) -> bool,
+) -> bool {
     let Some(section) = file.section_by_name(".eh_frame") else {
-        return Vec::new();
+        return false;
     };
     let Ok(data) = section.data() else {
-        return Vec::new();
+        return false;
     };
     let eh_frame = EhFrame::new(data, LittleEndian);
     let mut bases = BaseAddresses::default().set_eh_frame(section.address());
@@ -35,7 +40,6 @@ pub fn module_rows(elf: &[u8]) -> Vec<UnwindRow> {
         bases = bases.set_text(text.address());
     }
     let mut context = Box::new(UnwindContext::new());
-    let mut rows: Vec<UnwindRow> = Vec::new();
     let mut entries = eh_frame.entries(&bases);
     while let Ok(Some(entry)) = entries.next() {
         let CieOrFde::Fde(partial) = entry else {
@@ -47,6 +51,21 @@ pub fn module_rows(elf: &[u8]) -> Vec<UnwindRow> {
         let Ok(mut table) = fde.rows(&eh_frame, &bases, &mut context) else {
             continue;
         };
+        if !visit(&fde, &mut table) {
+            break;
+        }
+    }
+    true
+}
+
+/// A module's rows, sorted by pc, with runs of equal rules merged. Empty when it has no
+/// usable `.eh_frame`.
+pub fn module_rows(elf: &[u8]) -> Vec<UnwindRow> {
+    let Ok(file) = object::File::parse(elf) else {
+        return Vec::new();
+    };
+    let mut rows: Vec<UnwindRow> = Vec::new();
+    for_each_function(&file, |_, table| {
         let mut end = None;
         while let Ok(Some(row)) = table.next_row() {
             let Ok(pc) = u32::try_from(row.start_address()) else {
@@ -72,7 +91,8 @@ pub fn module_rows(elf: &[u8]) -> Vec<UnwindRow> {
                 ..UnwindRow::default()
             });
         }
-    }
+        true
+    });
     compact(rows)
 }
 
@@ -83,28 +103,14 @@ pub fn module_rows(elf: &[u8]) -> Vec<UnwindRow> {
 pub fn keeps_frame_pointers(elf: &[u8]) -> Option<bool> {
     use object::ObjectSymbol;
     let file = object::File::parse(elf).ok()?;
-    let section = file.section_by_name(".eh_frame")?;
-    let data = section.data().ok()?;
     let main = file
         .symbols()
         .chain(file.dynamic_symbols())
         .find(|symbol| symbol.name() == Ok("main") && symbol.is_definition())
         .map(|symbol| symbol.address());
-    let eh_frame = EhFrame::new(data, LittleEndian);
-    let bases = BaseAddresses::default().set_eh_frame(section.address());
-    let mut context = Box::new(UnwindContext::new());
     let (mut functions, mut with_rbp) = (0u64, 0u64);
-    let mut entries = eh_frame.entries(&bases);
-    while let Ok(Some(entry)) = entries.next() {
-        let CieOrFde::Fde(partial) = entry else {
-            continue;
-        };
-        let Ok(fde) = partial.parse(EhFrame::cie_from_offset) else {
-            continue;
-        };
-        let Ok(mut table) = fde.rows(&eh_frame, &bases, &mut context) else {
-            continue;
-        };
+    let mut main_uses_rbp = None;
+    let usable = for_each_function(&file, |fde, table| {
         let mut uses_rbp = false;
         while let Ok(Some(row)) = table.next_row() {
             if matches!(row.cfa(), CfaRule::RegisterAndOffset { register, .. } if *register == X86_64::RBP)
@@ -114,12 +120,17 @@ pub fn keeps_frame_pointers(elf: &[u8]) -> Option<bool> {
             }
         }
         if main.is_some_and(|main| fde.contains(main)) {
-            return Some(uses_rbp);
+            main_uses_rbp = Some(uses_rbp);
+            return false;
         }
         functions += 1;
         with_rbp += u64::from(uses_rbp);
+        true
+    });
+    if !usable {
+        return None;
     }
-    (functions > 0).then(|| with_rbp * 2 >= functions)
+    main_uses_rbp.or_else(|| (functions > 0).then(|| with_rbp * 2 >= functions))
 }
 
 fn row_for<T: gimli::ReaderOffset>(
