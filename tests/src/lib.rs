@@ -150,18 +150,18 @@ pub fn build_rust(source: &str) -> PathBuf {
         .file_stem()
         .and_then(|s| s.to_str())
         .unwrap_or(source);
-    let output = scratch_dir().join(stem);
+    build_rust_variant(source, stem, &["-O", "-C", "force-frame-pointers=yes"])
+}
+
+/// Compiles tests/targets/SOURCE with rustc (debug info, edition 2021) and `flags` into the
+/// scratch dir as NAME.
+pub fn build_rust_variant(source: &str, name: &str, flags: &[&str]) -> PathBuf {
+    let output = scratch_dir().join(name);
     compile_to(
         &output,
         Command::new("rustc")
-            .args([
-                "-O",
-                "-g",
-                "-C",
-                "force-frame-pointers=yes",
-                "--edition",
-                "2021",
-            ])
+            .args(["-g", "--edition", "2021"])
+            .args(flags)
             .arg(targets_dir().join(source)),
     );
     output
@@ -244,6 +244,16 @@ impl Traced {
                 self.describe()
             )
         })
+    }
+
+    /// Events lost, all reasons together.
+    pub fn dropped_total(&self) -> u64 {
+        self.report["dropped"]
+            .as_object()
+            .expect("dropped")
+            .values()
+            .map(u64_of)
+            .sum()
     }
 
     pub fn describe(&self) -> String {

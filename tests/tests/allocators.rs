@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use leaktrace_tests::{
-    Background, Traced, bpf_available, build_c_variant, free_port, leaktrace, leaktrace_bin,
-    run_to_exit, scratch_dir, tool_available, u64_of,
+    Background, Traced, bpf_available, build_c_variant, build_rust_variant, free_port, leaktrace,
+    leaktrace_bin, run_to_exit, tool_available, u64_of,
 };
 
 /// Leaks of 20 blocks each: (function, bytes per block).
@@ -49,12 +49,7 @@ fn assert_clean(traced: &Traced, balanced: &str) {
             traced.describe()
         );
     }
-    let dropped: u64 = traced.report["dropped"]
-        .as_object()
-        .expect("dropped")
-        .values()
-        .map(u64_of)
-        .sum();
+    let dropped = traced.dropped_total();
     assert_eq!(dropped, 0, "nothing dropped\n{}", traced.describe());
     assert_eq!(
         u64_of(&traced.report["events"]["replaced_live"]),
@@ -248,21 +243,10 @@ fn rust_global_allocator() {
     if !bpf_available("rust_global_allocator") {
         return;
     }
-    let source = leaktrace_tests::targets_dir().join("rust_global_alloc.rs");
-    let target = scratch_dir().join("rust_global_alloc");
-    leaktrace_tests::run_ok(
-        std::process::Command::new("rustc")
-            .args([
-                "-O",
-                "-g",
-                "-C",
-                "force-frame-pointers=yes",
-                "--edition",
-                "2021",
-            ])
-            .arg(&source)
-            .arg("-o")
-            .arg(&target),
+    let target = build_rust_variant(
+        "rust_global_alloc.rs",
+        "rust_global_alloc",
+        &["-O", "-C", "force-frame-pointers=yes"],
     );
     let traced = run_to_exit("rust_global_alloc", &target, &["--top", "0"], 0);
     assert_leaks(&traced, &[("leak_boxes", 1000)]);

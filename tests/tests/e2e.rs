@@ -93,12 +93,7 @@ fn run_mode_counts_every_family_member_exactly() {
         3 * 16384 + 6 * 4096,
         "only the program's own mmaps"
     );
-    let dropped: u64 = traced.report["dropped"]
-        .as_object()
-        .expect("dropped")
-        .values()
-        .map(u64_of)
-        .sum();
+    let dropped = traced.dropped_total();
     assert_eq!(dropped, 0, "nothing dropped");
 }
 
@@ -629,11 +624,6 @@ fn run_mode_scales_sampled_allocations() {
         unsampled * 10 >= seen * 8 && unsampled < seen,
         "{unsampled} of {seen} calls left out at 1 in 10"
     );
-    let dropped: u64 = traced.report["dropped"]
-        .as_object()
-        .expect("dropped")
-        .values()
-        .map(u64_of)
-        .sum();
+    let dropped = traced.dropped_total();
     assert_eq!(dropped, 0, "nothing dropped");
 }

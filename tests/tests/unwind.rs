@@ -1,8 +1,8 @@
 //! End-to-end: stacks through code built without frame pointers, walked with the modules'
 //! .eh_frame tables (`--unwind dwarf`): the allocating function and every caller up to main.
 use leaktrace_tests::{
-    Target, Traced, bpf_available, build_c_variant, leaktrace, run_ok, run_to_exit, scratch_dir,
-    targets_dir, u64_of,
+    Target, Traced, bpf_available, build_c_variant, build_rust_variant, leaktrace, run_to_exit,
+    u64_of,
 };
 
 /// The function names of a stack, innermost first, without inlined frames.
@@ -19,6 +19,17 @@ fn callers(stack: &serde_json::Value) -> Vec<String> {
             name.rsplit("::").next().unwrap_or(name).to_string()
         })
         .collect()
+}
+
+/// Compiles a C or C++ target at -O2 without frame pointers (the compilers' default).
+fn without_frame_pointers(source: &str, name: &str, compiler: &str) -> std::path::PathBuf {
+    build_c_variant(
+        source,
+        name,
+        compiler,
+        &["-O2", "-fomit-frame-pointer"],
+        &[],
+    )
 }
 
 /// Every kept allocation of `function` comes with the whole chain above it, in order.
@@ -59,13 +70,7 @@ fn run_mode_walks_code_without_frame_pointers() {
     if !bpf_available("run_mode_walks_code_without_frame_pointers") {
         return;
     }
-    let c = build_c_variant(
-        "stack_chain.c",
-        "stack_chain_nofp",
-        "gcc",
-        &["-O2", "-fomit-frame-pointer"],
-        &[],
-    );
+    let c = without_frame_pointers("stack_chain.c", "stack_chain_nofp", "gcc");
     let traced = run_to_exit(
         "stack_chain_nofp",
         &c,
@@ -91,13 +96,7 @@ fn run_mode_walks_code_without_frame_pointers() {
 
     // mmap stacks start inside libc's frameless syscall wrapper: walked with its unwind rows,
     // the caller and main follow, the wrapper is dropped.
-    let family = build_c_variant(
-        "family.c",
-        "family_nofp",
-        "gcc",
-        &["-O2", "-fomit-frame-pointer"],
-        &[],
-    );
+    let family = without_frame_pointers("family.c", "family_nofp", "gcc");
     let traced = run_to_exit("family_nofp", &family, &["--top", "0"], 3);
     assert_eq!(traced.report["unwind"], "dwarf");
     let mapped = traced.expect_stack_at("leak_mmap");
@@ -110,13 +109,7 @@ fn run_mode_walks_code_without_frame_pointers() {
         traced.describe()
     );
 
-    let cxx = build_c_variant(
-        "stack_chain.cpp",
-        "stack_chain_cxx_nofp",
-        "g++",
-        &["-O2", "-fomit-frame-pointer"],
-        &[],
-    );
+    let cxx = without_frame_pointers("stack_chain.cpp", "stack_chain_cxx_nofp", "g++");
     let traced = run_to_exit(
         "stack_chain_cxx_nofp",
         &cxx,
@@ -131,13 +124,10 @@ fn run_mode_walks_code_without_frame_pointers() {
         100,
     );
 
-    let rust = scratch_dir().join("stack_chain_rust_nofp");
-    run_ok(
-        std::process::Command::new("rustc")
-            .args(["-C", "opt-level=3", "-g", "--edition", "2021"])
-            .arg(targets_dir().join("stack_chain.rs"))
-            .arg("-o")
-            .arg(&rust),
+    let rust = build_rust_variant(
+        "stack_chain.rs",
+        "stack_chain_rust_nofp",
+        &["-C", "opt-level=3"],
     );
     let traced = run_to_exit(
         "stack_chain_rust_nofp",
@@ -159,13 +149,7 @@ fn attach_walks_code_without_frame_pointers() {
     if !bpf_available("attach_walks_code_without_frame_pointers") {
         return;
     }
-    let service = build_c_variant(
-        "leaky_service.c",
-        "leaky_service_nofp",
-        "gcc",
-        &["-O2", "-fomit-frame-pointer"],
-        &[],
-    );
+    let service = without_frame_pointers("leaky_service.c", "leaky_service_nofp", "gcc");
     let target = Target::start(&service, &[]);
     let traced = leaktrace(
         "leaky_service_nofp",
@@ -195,13 +179,7 @@ fn deep_stacks_are_walked_whole() {
     if !bpf_available("deep_stacks_are_walked_whole") {
         return;
     }
-    let target = build_c_variant(
-        "deep_recursion.c",
-        "deep_recursion_nofp",
-        "gcc",
-        &["-O2", "-fomit-frame-pointer"],
-        &[],
-    );
+    let target = without_frame_pointers("deep_recursion.c", "deep_recursion_nofp", "gcc");
     let traced = run_to_exit("deep_recursion_nofp", &target, &["--unwind", "dwarf"], 0);
     let leak = traced.expect_stack_at("descend");
     let names = callers(leak);
