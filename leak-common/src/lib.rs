@@ -21,6 +21,7 @@ pub mod map_names {
     pub const PENDING_SYSCALLS: &str = "PENDING_SYSCALLS";
     pub const MMAP_EVENTS: &str = "MMAP_EVENTS";
     pub const COUNTERS: &str = "COUNTERS";
+    pub const FAULT_SAMPLES: &str = "FAULT_SAMPLES";
 }
 
 /// Name of the global holding the traced process id (tgid); set by user space at load time.
@@ -34,6 +35,9 @@ pub const MAX_SIZE_GLOBAL: &str = "MAX_ALLOC_SIZE";
 /// Name of the global holding the sampling rate N (u32): each allocation is tracked with
 /// probability 1/N, and user space multiplies what it reads by N. 1 tracks every one.
 pub const SAMPLE_RATE_GLOBAL: &str = "SAMPLE_RATE";
+
+/// Program names of `leaktrace watch`'s always-on gear: sampled page faults with stacks.
+pub const PAGE_FAULT_PROGRAM: &str = "page_fault";
 
 /// Default capacity of the live-allocation map; user space may resize it at load time.
 pub const DEFAULT_MAX_ALLOCS: u32 = 1 << 20;

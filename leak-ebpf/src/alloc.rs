@@ -166,7 +166,7 @@ fn record(ctx: &RetProbeContext, addr: u64, size: u64, tid: u32) {
         return;
     }
     // SAFETY: uretprobe context is the user pt_regs.
-    let stack_id = user_stack_id(ctx, Some(unsafe { &*ctx.regs }));
+    let stack_id = user_stack_id(ctx, Some(unsafe { &*ctx.regs }), false);
     let record = AllocRecord {
         size,
         // SAFETY: helper without arguments.

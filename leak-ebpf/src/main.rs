@@ -1,6 +1,7 @@
 //! leaktrace's kernel programs. The list of programs, in data-path order:
 //! - `alloc`: entry uprobes of the allocating functions, the shared return uprobe, and free.
 //! - `mmap`: sys_enter/sys_exit tracepoints of mmap, munmap and mremap.
+//! - `faults`: sampled page faults with stacks (`leaktrace watch` between precise windows).
 //! - `maps`: every map and the counters, shared by both.
 //! - `unwind`: user stacks walked with .eh_frame tables (--unwind dwarf).
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -8,6 +9,8 @@
 
 #[cfg(target_arch = "bpf")]
 mod alloc;
+#[cfg(target_arch = "bpf")]
+mod faults;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]

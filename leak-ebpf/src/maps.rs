@@ -3,7 +3,10 @@ use crate::unwind::unwind;
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, pt_regs},
-    helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_stack},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_stack, bpf_probe_read_kernel,
+        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    },
     macros::map,
     maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
@@ -109,8 +112,9 @@ pub fn target_tid() -> Option<u32> {
 #[inline(always)]
 ///
 /// `regs` are the user registers when the program has them (uprobes): then, with
-/// --unwind dwarf, the stack is walked with the modules' unwind tables.
-pub fn user_stack_id<C: EbpfContext>(ctx: &C, regs: Option<&pt_regs>) -> u32 {
+/// --unwind dwarf, the stack is walked with the modules' unwind tables. `exact` says their
+/// ip is the running instruction (a page fault), not a return address.
+pub fn user_stack_id<C: EbpfContext>(ctx: &C, regs: Option<&pt_regs>, exact: bool) -> u32 {
     let Some(scratch) = STACK_SCRATCH.get_ptr_mut(0) else {
         count(Counter::StackIdError);
         return UNKNOWN_STACK_ID;
@@ -121,7 +125,7 @@ pub fn user_stack_id<C: EbpfContext>(ctx: &C, regs: Option<&pt_regs>) -> u32 {
     // SAFETY: a plain read of a global that user space sets once before load.
     let mode = unsafe { core::ptr::read_volatile(&UNWIND_MODE) };
     match regs {
-        Some(regs) if mode == UNWIND_DWARF => unwind(stack, regs.rip, regs.rsp, regs.rbp),
+        Some(regs) if mode == UNWIND_DWARF => unwind(stack, regs.rip, regs.rsp, regs.rbp, exact),
         _ => {
             // SAFETY: the buffer is the scratch slot's `ips`, of the size given.
             let copied = unsafe {
@@ -181,6 +185,26 @@ pub fn user_stack_id<C: EbpfContext>(ctx: &C, regs: Option<&pt_regs>) -> u32 {
     }
     count(Counter::StackIdCollision);
     UNKNOWN_STACK_ID
+}
+
+/// The user registers of the current task (for walking its stack with unwind tables), or
+/// None when they cannot be read. In a syscall or a fault taken in the kernel, ip is the
+/// return address into user code.
+#[inline(always)]
+pub fn user_regs() -> Option<pt_regs> {
+    // SAFETY: helpers check their pointers.
+    unsafe {
+        let task = bpf_get_current_task_btf();
+        let regs = bpf_task_pt_regs(task) as *const pt_regs;
+        if regs.is_null() {
+            return None;
+        }
+        let mut user: pt_regs = core::mem::zeroed();
+        user.rip = bpf_probe_read_kernel(&raw const (*regs).rip).ok()?;
+        user.rsp = bpf_probe_read_kernel(&raw const (*regs).rsp).ok()?;
+        user.rbp = bpf_probe_read_kernel(&raw const (*regs).rbp).ok()?;
+        Some(user)
+    }
 }
 
 #[inline(always)]

@@ -14,7 +14,9 @@ use aya_ebpf::{
 };
 use leak_common::{Counter, MmapEvent, MmapEventKind, PendingSyscall, UNKNOWN_STACK_ID};
 
-use crate::maps::{MMAP_EVENTS, PENDING_CALLS, PENDING_SYSCALLS, count, target_tid, user_stack_id};
+use crate::maps::{
+    MMAP_EVENTS, PENDING_CALLS, PENDING_SYSCALLS, count, target_tid, user_regs, user_stack_id,
+};
 
 const MAP_ANONYMOUS: u64 = 0x20;
 // Offsets of the fields in the syscalls:sys_enter_* / sys_exit_* records (see the
@@ -46,25 +48,6 @@ fn caller_hint() -> u64 {
             return 0;
         };
         bpf_probe_read_user(sp as *const u64).unwrap_or(0)
-    }
-}
-
-/// The user registers of the current task (for walking its stack with unwind tables), or
-/// None when they cannot be read.
-#[inline(always)]
-fn user_regs() -> Option<pt_regs> {
-    // SAFETY: helpers check their pointers.
-    unsafe {
-        let task = bpf_get_current_task_btf();
-        let regs = bpf_task_pt_regs(task) as *const pt_regs;
-        if regs.is_null() {
-            return None;
-        }
-        let mut user: pt_regs = core::mem::zeroed();
-        user.rip = bpf_probe_read_kernel(&raw const (*regs).rip).ok()?;
-        user.rsp = bpf_probe_read_kernel(&raw const (*regs).rsp).ok()?;
-        user.rbp = bpf_probe_read_kernel(&raw const (*regs).rbp).ok()?;
-        Some(user)
     }
 }
 
@@ -137,7 +120,7 @@ pub fn mmap_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let regs = user_regs();
-    let stack_id = user_stack_id(&ctx, regs.as_ref());
+    let stack_id = user_stack_id(&ctx, regs.as_ref(), false);
     emit(MmapEvent {
         kind: MmapEventKind::Map as u32,
         tid,

@@ -35,12 +35,16 @@ struct Walk {
     bp: u64,
     half: u32,
     mappings: u32,
+    /// 1 when the first `ip` is the instruction that was running (a page fault), not a
+    /// return address.
+    exact_first: u32,
 }
 
 /// Fills this CPU's scratch stack with the user stack whose innermost frame is at `ip` with
-/// registers `sp` and `bp` (a return probe's: `ip` is the return address into the caller).
+/// registers `sp` and `bp`: a return probe's, where `ip` is the return address into the
+/// caller, or with `exact` the instruction that was running (a page fault).
 #[inline(always)]
-pub fn unwind(stack: &mut StackFrames, ip: u64, sp: u64, bp: u64) {
+pub fn unwind(stack: &mut StackFrames, ip: u64, sp: u64, bp: u64, exact: bool) {
     stack.len = 0;
     let index = UNWIND_INDEX.get(0).copied().unwrap_or_default();
     let mut walk = Walk {
@@ -49,6 +53,7 @@ pub fn unwind(stack: &mut StackFrames, ip: u64, sp: u64, bp: u64) {
         bp,
         half: index.half & 1,
         mappings: index.count.min(MAX_UNWIND_MAPPINGS),
+        exact_first: exact as u32,
     };
     // SAFETY: `step` has the callback signature bpf_loop expects and only reads `walk`
     // through the context pointer it is given.
@@ -79,7 +84,11 @@ extern "C" fn step(_index: u64, context: *mut c_void) -> i64 {
     stack.ips[len] = walk.ip;
     stack.len = len as u64 + 1;
     // A return address points after the call: look up the call itself.
-    let lookup = walk.ip - 1;
+    let lookup = if len == 0 && walk.exact_first != 0 {
+        walk.ip
+    } else {
+        walk.ip - 1
+    };
     match find_row(walk, lookup) {
         Some(row) if row.kind == CFA_END => return 1,
         Some(row) if row.kind == CFA_RSP || row.kind == CFA_RBP => {

@@ -16,14 +16,15 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        TracePoint, UProbe,
+        PerfEvent, TracePoint, UProbe,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
     },
 };
 use leak_common::{
     ALLOC_RETURN_PROGRAM, AllocFn, CallShape, ENTRY_PROGRAM, MAX_SIZE_GLOBAL, MAX_UNWIND_ROWS,
-    MIN_SIZE_GLOBAL, SAMPLE_RATE_GLOBAL, SYSCALL_PROGRAMS, TARGET_TGID_GLOBAL, UNWIND_DWARF,
-    UNWIND_FRAME_POINTERS, UNWIND_MODE_GLOBAL, map_names,
+    MIN_SIZE_GLOBAL, PAGE_FAULT_PROGRAM, SAMPLE_RATE_GLOBAL, SYSCALL_PROGRAMS, TARGET_TGID_GLOBAL,
+    UNWIND_DWARF, UNWIND_FRAME_POINTERS, UNWIND_MODE_GLOBAL, map_names,
 };
 use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
@@ -484,6 +485,84 @@ pub fn attach(
         probes.attached.push(format!("{category}:{tracepoint}"));
     }
     Ok(probes)
+}
+
+/// `leaktrace watch`'s always-on gear for one process: its page faults, one in `period`,
+/// credited to the user stacks that took them. No allocator is probed. Dropping it stops
+/// the sampling.
+pub struct FaultSampler {
+    pub ebpf: Ebpf,
+    /// The sampling period: each sample stands for this many minor faults.
+    pub period: u64,
+}
+
+/// Loads the page-fault sampler for `pid` and starts it on every CPU.
+pub fn attach_fault_sampler(
+    pid: u32,
+    unwind: crate::cli::Unwind,
+    period: u64,
+) -> Result<FaultSampler, AttachError> {
+    check_kernel()?;
+    let (unwind_mode, unwind_rows) = match unwind {
+        crate::cli::Unwind::Dwarf => (UNWIND_DWARF, MAX_UNWIND_ROWS),
+        crate::cli::Unwind::Fp | crate::cli::Unwind::Auto => (UNWIND_FRAME_POINTERS, 1),
+    };
+    let object = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leak-ebpf"));
+    // The allocation and mmap maps stay unused here: the smallest the kernel accepts.
+    let mut ebpf = EbpfLoader::new()
+        .override_global(TARGET_TGID_GLOBAL, &pid, true)
+        .override_global(UNWIND_MODE_GLOBAL, &unwind_mode, true)
+        .map_max_entries(map_names::ALLOCS, 1)
+        .map_max_entries(map_names::STACK_TOTALS, 1)
+        .map_max_entries(map_names::PENDING_CALLS, 1)
+        .map_max_entries(map_names::PENDING_SYSCALLS, 1)
+        .map_max_entries(map_names::MMAP_EVENTS, procfs::page_size() as u32)
+        .map_max_entries(map_names::UNWIND_ROWS, unwind_rows)
+        .load(object)
+        .map_err(|err| {
+            if os_error(&err) == Some(libc::EPERM) {
+                AttachError::NotPermitted
+            } else {
+                AttachError::Load(format!("{:#}", anyhow::Error::from(err)))
+            }
+        })?;
+    let program: &mut PerfEvent = ebpf
+        .program_mut(PAGE_FAULT_PROGRAM)
+        .ok_or_else(|| {
+            AttachError::Load(format!(
+                "program {PAGE_FAULT_PROGRAM} missing from the object"
+            ))
+        })?
+        .try_into()
+        .map_err(|err: aya::programs::ProgramError| AttachError::Load(err.to_string()))?;
+    program
+        .load()
+        .map_err(|err| load_error(PAGE_FAULT_PROGRAM, err))?;
+    let cpus = aya::util::online_cpus()
+        .map_err(|(_, err)| AttachError::Load(format!("could not list the CPUs: {err}")))?;
+    // Every process's faults are counted on each CPU; the program keeps the target's. A
+    // per-thread event would miss threads that existed before it was opened.
+    for cpu in cpus {
+        program
+            .attach(
+                PerfEventConfig::Software(SoftwareEvent::PageFaultsMin),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                SamplePolicy::Period(period.max(1)),
+                false,
+            )
+            .map_err(|err| match os_error(&err) {
+                Some(libc::EPERM) | Some(libc::EACCES) => AttachError::NotPermitted,
+                _ => AttachError::Probe {
+                    function: "the page-fault event".to_string(),
+                    module: format!("CPU {cpu}"),
+                    reason: format!("{:#}", anyhow::Error::from(err)),
+                },
+            })?;
+    }
+    Ok(FaultSampler {
+        ebpf,
+        period: period.max(1),
+    })
 }
 
 impl Probes {

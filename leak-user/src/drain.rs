@@ -42,6 +42,15 @@ pub struct DrainError {
     reason: String,
 }
 
+impl DrainError {
+    pub fn new(name: &'static str, reason: impl Into<String>) -> DrainError {
+        DrainError {
+            name,
+            reason: reason.into(),
+        }
+    }
+}
+
 fn map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> DrainError {
     move |err| DrainError {
         name,

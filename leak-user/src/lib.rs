@@ -11,6 +11,7 @@ pub mod analysis;
 pub mod attach;
 pub mod cli;
 pub mod drain;
+pub mod growth;
 pub mod launch;
 pub mod metrics;
 pub mod model;

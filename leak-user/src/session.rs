@@ -174,16 +174,8 @@ const REPORT_PROCESS_POINTS: usize = 256;
 
 /// `leaktrace attach --pid PID`.
 pub async fn attach(pid: u32, options: Options) -> Result<Outcome, SessionError> {
-    if !procfs::is_alive(pid) {
-        return Err(SessionError::NoSuchProcess(pid));
-    }
     let attaching = std::time::Instant::now();
-    let mut options = options;
-    options.unwind = options
-        .unwind
-        .resolve(std::fs::read(format!("/proc/{pid}/exe")).ok().as_deref());
-    let allocators = attach::allocators_in_process(pid, &options.alloc_fns)?;
-    let mut session = Session::start(pid, "attach", &allocators, options)?;
+    let mut session = Session::attach(pid, "attach", options)?;
     session.start_exports()?;
     log::debug!(
         "probes in place in {:.0} ms",
@@ -237,7 +229,58 @@ pub async fn run(command: &[String], options: Options) -> Result<Outcome, Sessio
     Ok(outcome)
 }
 
+/// A precise window of `leaktrace watch`: the allocation probes on one running process for
+/// a while. The watcher drives it (`tick` every sample interval) and exports what it ends
+/// with; the window itself writes and exports nothing.
+pub struct Window {
+    session: Session,
+}
+
+impl Window {
+    /// Places the probes; `options.unwind` should already be resolved.
+    pub fn open(pid: u32, options: Options) -> Result<Window, SessionError> {
+        let session = Session::attach(pid, "watch", options)?;
+        session.log_probes();
+        Ok(Window { session })
+    }
+
+    /// One sample of the kernel maps (and, once a second, of /proc).
+    pub fn tick(&mut self) -> Result<(), SessionError> {
+        self.session.tick()
+    }
+
+    /// The window's report, after which the probes are removed. `exited`: the process
+    /// ended during the window.
+    pub fn close(mut self, exited: bool) -> Result<Report, SessionError> {
+        if !exited {
+            self.session.tick()?;
+        }
+        let report = self.session.analyse(
+            exited.then_some(Exit {
+                code: None,
+                signal: None,
+            }),
+            true,
+        )?;
+        drop(self.session);
+        Ok(report)
+    }
+}
+
 impl Session {
+    /// Attaches to a running process: finds its allocators and places the probes.
+    fn attach(pid: u32, mode: &'static str, options: Options) -> Result<Session, SessionError> {
+        if !procfs::is_alive(pid) {
+            return Err(SessionError::NoSuchProcess(pid));
+        }
+        let mut options = options;
+        options.unwind = options
+            .unwind
+            .resolve(std::fs::read(format!("/proc/{pid}/exe")).ok().as_deref());
+        let allocators = attach::allocators_in_process(pid, &options.alloc_fns)?;
+        Session::start(pid, mode, &allocators, options)
+    }
+
     fn start(
         pid: u32,
         mode: &'static str,
