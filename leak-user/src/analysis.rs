@@ -419,10 +419,124 @@ pub fn process_trend(samples: &[ProcessSample], thresholds: &Thresholds) -> Proc
     }
 }
 
+/// When `leaktrace watch` opens a precise window on its own: the process's anonymous memory
+/// (resident plus swapped) has a baseline that rose in every recent window, fast enough.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EscalationRule {
+    /// How far back the rule looks, seconds.
+    pub lookback_s: f64,
+    /// Windows the lookback is cut into (one low point each). A sawtooth whose period is
+    /// shorter than one window has a flat baseline.
+    pub windows: usize,
+    /// Least growth of the baseline, bytes per second.
+    pub min_growth_bytes_per_s: f64,
+    /// Least r² of a straight line through the baseline.
+    pub min_r_squared: f64,
+}
+
+impl Default for EscalationRule {
+    fn default() -> Self {
+        EscalationRule {
+            lookback_s: 20.0,
+            windows: 5,
+            min_growth_bytes_per_s: 32.0 * 1024.0,
+            min_r_squared: 0.8,
+        }
+    }
+}
+
+/// Why the rule fired.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Escalation {
+    pub growth_bytes_per_s: f64,
+    pub r_squared: f64,
+}
+
+/// Applies the rule to (seconds, bytes) samples, oldest first. None until the samples cover
+/// the lookback, and whenever the baseline fell, stayed flat in a window, or rose too slowly:
+/// a start-up allocation is one step, a healthy sawtooth has a flat baseline.
+pub fn escalation(samples: &[(f64, f64)], rule: &EscalationRule) -> Option<Escalation> {
+    let last = samples.last()?.0;
+    let recent: Vec<(f64, f64)> = samples
+        .iter()
+        .copied()
+        .filter(|(at, _)| *at >= last - rule.lookback_s)
+        .collect();
+    let covered = recent.last()?.0 - recent.first()?.0;
+    let windows = rule.windows.max(3);
+    if covered < rule.lookback_s * 0.9 || recent.len() < 2 * windows {
+        return None;
+    }
+    let points = baseline(&recent, windows);
+    let every_window_rose = points.windows(2).all(|pair| pair[1].1 > pair[0].1);
+    let slope = theil_sen_slope(&points);
+    let r_squared = r_squared(&points);
+    (points.len() == windows
+        && every_window_rose
+        && slope >= rule.min_growth_bytes_per_s
+        && r_squared >= rule.min_r_squared)
+        .then_some(Escalation {
+            growth_bytes_per_s: slope,
+            r_squared,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::{Origin, StackKey};
+
+    /// One sample a second for `seconds`, of `bytes(t)`.
+    fn every_second(seconds: usize, bytes: impl Fn(f64) -> f64) -> Vec<(f64, f64)> {
+        (0..seconds).map(|i| (i as f64, bytes(i as f64))).collect()
+    }
+
+    #[test]
+    fn a_steady_leak_escalates_within_the_lookback() {
+        let rule = EscalationRule::default();
+        // 100 KiB/s on 50 MiB, RSS in whole pages with some noise.
+        let leak = |t: f64| {
+            let noise = if (t as u64).is_multiple_of(3) {
+                8192.0
+            } else {
+                0.0
+            };
+            (50 << 20) as f64 + (t * 102_400.0 / 4096.0).floor() * 4096.0 + noise
+        };
+        assert!(
+            escalation(&every_second(15, leak), &rule).is_none(),
+            "too soon"
+        );
+        let fired = escalation(&every_second(22, leak), &rule).expect("escalates");
+        assert!(
+            (fired.growth_bytes_per_s - 102_400.0).abs() < 10_000.0,
+            "{fired:?}"
+        );
+        // A slower leak, under the threshold, does not.
+        assert!(escalation(&every_second(60, |t| 1e7 + t * 8_000.0), &rule).is_none());
+    }
+
+    #[test]
+    fn sawtooth_start_up_and_flat_never_escalate() {
+        let rule = EscalationRule::default();
+        // Fills 2 MiB a second for 3 s, then frees it all.
+        let sawtooth = |t: f64| 1e7 + ((t as u64 % 4) as f64) * 2.0 * 1048576.0;
+        let start_up = |t: f64| {
+            if t < 3.0 {
+                1e6 * (t + 1.0) * 8.0
+            } else {
+                3.2e7
+            }
+        };
+        for seconds in 10..300 {
+            assert!(escalation(&every_second(seconds, sawtooth), &rule).is_none());
+            assert!(escalation(&every_second(seconds, start_up), &rule).is_none());
+            assert!(escalation(&every_second(seconds, |_| 5e7), &rule).is_none());
+        }
+        // A gap in the samples (the process was stopped) is not a covered lookback.
+        let sparse: Vec<(f64, f64)> = (0..6).map(|i| (i as f64 * 10.0, 1e6 * i as f64)).collect();
+        assert!(escalation(&sparse, &rule).is_none());
+    }
 
     const SEC: u64 = 1_000_000_000;
 

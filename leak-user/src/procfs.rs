@@ -99,6 +99,59 @@ pub fn parse_stat_state(stat: &str) -> Option<char> {
     after.trim_start().chars().next()
 }
 
+/// The start time of a process (clock ticks after boot, field 22 of /proc/PID/stat): with
+/// the pid, it names one process even after the pid is reused.
+pub fn parse_stat_start_time(stat: &str) -> Option<u64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    // Fields after the command start at the state, field 3.
+    after.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// The process's start time (see `parse_stat_start_time`).
+pub fn start_time(pid: u32) -> Option<u64> {
+    parse_stat_start_time(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Every process id in /proc (threads are not listed there).
+pub fn pids() -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// The process's command name (at most 15 bytes, as the kernel keeps it).
+pub fn comm(pid: u32) -> Option<String> {
+    Some(
+        fs::read_to_string(format!("/proc/{pid}/comm"))
+            .ok()?
+            .trim_end()
+            .to_string(),
+    )
+}
+
+/// The cgroup (v2) path of a process, e.g. "/kubepods/pod…/…".
+pub fn cgroup(pid: u32) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    parse_cgroup_v2_path(&text).map(str::to_string)
+}
+
+/// The effective capability set from the text of /proc/PID/status (a bit per capability).
+pub fn parse_effective_capabilities(status: &str) -> Option<u64> {
+    let hex = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))?
+        .trim();
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// leaktrace's own effective capabilities.
+pub fn own_capabilities() -> Option<u64> {
+    parse_effective_capabilities(&fs::read_to_string("/proc/self/status").ok()?)
+}
+
 /// The target's executable path, as the target sees it.
 pub fn exe_path(pid: u32) -> io::Result<PathBuf> {
     fs::read_link(format!("/proc/{pid}/exe"))
@@ -163,7 +216,7 @@ pub fn memory_usage(pid: u32, with_pss: bool) -> Option<MemoryUsage> {
     Some(usage)
 }
 
-/// The cgroup (v2) path of a process from the text of /proc/PID/cgroup.
+/// The cgroup (v2) path from the text of /proc/PID/cgroup.
 pub fn parse_cgroup_v2_path(cgroup: &str) -> Option<&str> {
     cgroup.lines().find_map(|line| line.strip_prefix("0::"))
 }
@@ -205,6 +258,16 @@ pub fn monotonic_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_start_time_and_capabilities() {
+        let stat = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 106 0 0 0 0 0 0 0 20 0 1 0 987654 9658368 256 18446744073709551615";
+        assert_eq!(parse_stat_start_time(stat), Some(987654));
+        assert_eq!(parse_stat_start_time("garbage"), None);
+        let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
+        assert_eq!(parse_effective_capabilities(status), Some(0x1ff_ffff_ffff));
+        assert_eq!(parse_effective_capabilities("Name: x"), None);
+    }
 
     const MAPS: &str = "\
 55d0c2a00000-55d0c2a01000 r--p 00000000 fe:01 1312 /usr/bin/demo
