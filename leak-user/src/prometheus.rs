@@ -70,31 +70,53 @@ fn labels(attributes: &[(&'static str, Value)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// What scrapes see: the last points of each target. With several targets (`watch`), every
+/// point also carries its target's `process_pid`, so their series stay apart.
+#[derive(Debug, Default)]
+pub struct Published {
+    targets: std::collections::BTreeMap<u32, (Target, Vec<Point>)>,
+    label_with_pid: bool,
+}
+
+impl Published {
+    /// One target's points, replacing its last ones.
+    pub fn set(&mut self, target: &Target, points: Vec<Point>) {
+        self.targets.insert(target.pid, (target.clone(), points));
+    }
+}
+
 /// Encodes the current points at each scrape.
 #[derive(Debug)]
 struct PointsCollector {
-    points: Arc<Mutex<Vec<Point>>>,
-    target: Vec<(String, String)>,
+    published: Arc<Mutex<Published>>,
 }
 
 impl Collector for PointsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let info = ConstGauge::new(1i64);
-        let mut family = encoder.encode_descriptor(
-            "leaktrace_target_info",
-            "The traced process: 1, with its identity as labels.",
-            None,
-            MetricType::Gauge,
-        )?;
-        info.encode(family.encode_family(&self.target)?)?;
-        let points = match self.points.lock() {
-            Ok(points) => points.clone(),
-            Err(_) => return Ok(()),
-        };
+        let (targets, label_with_pid): (Vec<(Target, Vec<Point>)>, bool) =
+            match self.published.lock() {
+                Ok(published) => (
+                    published.targets.values().cloned().collect(),
+                    published.label_with_pid,
+                ),
+                Err(_) => return Ok(()),
+            };
+        if !targets.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "leaktrace_target_info",
+                "The traced process: 1, with its identity as labels.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (target, _) in &targets {
+                ConstGauge::new(1i64).encode(family.encode_family(&target_labels(target))?)?;
+            }
+        }
         for instrument in INSTRUMENTS {
-            let mine: Vec<&Point> = points
+            let mine: Vec<(u32, &Point)> = targets
                 .iter()
-                .filter(|point| point.instrument == instrument)
+                .flat_map(|(target, points)| points.iter().map(move |point| (target.pid, point)))
+                .filter(|(_, point)| point.instrument == instrument)
                 .collect();
             if mine.is_empty() {
                 continue;
@@ -111,8 +133,11 @@ impl Collector for PointsCollector {
                 unit.as_ref(),
                 metric_type,
             )?;
-            for point in mine {
-                let labels = labels(&point.attributes);
+            for (pid, point) in mine {
+                let mut labels = labels(&point.attributes);
+                if label_with_pid {
+                    labels.insert(0, ("process_pid".to_string(), pid.to_string()));
+                }
                 let metric = family.encode_family(&labels)?;
                 match instrument.kind {
                     Kind::Gauge => ConstGauge::new(point.value).encode(metric)?,
@@ -124,13 +149,10 @@ impl Collector for PointsCollector {
     }
 }
 
-/// The text a scrape returns for these points.
-pub fn render(points: Arc<Mutex<Vec<Point>>>, target: &Target) -> String {
+/// The text a scrape returns.
+pub fn render(published: Arc<Mutex<Published>>) -> String {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(PointsCollector {
-        points,
-        target: target_labels(target),
-    }));
+    registry.register_collector(Box::new(PointsCollector { published }));
     let mut text = String::new();
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
@@ -149,13 +171,27 @@ fn target_labels(target: &Target) -> Vec<(String, String)> {
 
 /// A running /metrics endpoint.
 pub struct Endpoint {
-    points: Arc<Mutex<Vec<Point>>>,
+    published: Arc<Mutex<Published>>,
+    /// The one target of `attach` and `run`; None for `watch`, which publishes per target.
+    target: Option<Target>,
     pub local_addr: SocketAddr,
     runtime: tokio::runtime::Runtime,
 }
 
 impl Endpoint {
+    /// An endpoint for one target (`attach`, `run`).
     pub fn start(addr: SocketAddr, target: &Target) -> Result<Endpoint, PrometheusError> {
+        let mut endpoint = Endpoint::serve(addr, false)?;
+        endpoint.target = Some(target.clone());
+        Ok(endpoint)
+    }
+
+    /// An endpoint for the targets of `watch`: see `publish_target` and `forget`.
+    pub fn start_for_many(addr: SocketAddr) -> Result<Endpoint, PrometheusError> {
+        Endpoint::serve(addr, true)
+    }
+
+    fn serve(addr: SocketAddr, label_with_pid: bool) -> Result<Endpoint, PrometheusError> {
         let error = |reason: String| PrometheusError {
             addr: addr.to_string(),
             reason,
@@ -175,9 +211,11 @@ impl Endpoint {
         let local_addr = listener
             .local_addr()
             .map_err(|err| error(err.to_string()))?;
-        let points: Arc<Mutex<Vec<Point>>> = Arc::default();
-        let shared = points.clone();
-        let target = target.clone();
+        let published = Arc::new(Mutex::new(Published {
+            targets: Default::default(),
+            label_with_pid,
+        }));
+        let shared = published.clone();
         runtime.spawn(async move {
             let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
                 log::warn!("cannot serve Prometheus metrics on {local_addr}");
@@ -187,28 +225,39 @@ impl Endpoint {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let points = shared.clone();
-                let target = target.clone();
+                let published = shared.clone();
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(10),
-                        serve(stream, points, &target),
-                    )
-                    .await;
+                    let _ = tokio::time::timeout(Duration::from_secs(10), serve(stream, published))
+                        .await;
                 });
             }
         });
         Ok(Endpoint {
-            points,
+            published,
+            target: None,
             local_addr,
             runtime,
         })
     }
 
-    /// Replaces what scrapes see.
+    /// Replaces what scrapes see (the one target of `attach` or `run`).
     pub fn publish(&self, points: Vec<Point>) {
-        if let Ok(mut shared) = self.points.lock() {
-            *shared = points;
+        if let Some(target) = &self.target {
+            self.publish_target(target, points);
+        }
+    }
+
+    /// Replaces one target's points.
+    pub fn publish_target(&self, target: &Target, points: Vec<Point>) {
+        if let Ok(mut published) = self.published.lock() {
+            published.set(target, points);
+        }
+    }
+
+    /// Drops a target that is no longer watched.
+    pub fn forget(&self, pid: u32) {
+        if let Ok(mut published) = self.published.lock() {
+            published.targets.remove(&pid);
         }
     }
 
@@ -224,8 +273,7 @@ impl Endpoint {
 /// Answers one HTTP/1.x request: GET /metrics, or 404.
 async fn serve(
     mut stream: tokio::net::TcpStream,
-    points: Arc<Mutex<Vec<Point>>>,
-    target: &Target,
+    published: Arc<Mutex<Published>>,
 ) -> std::io::Result<()> {
     let mut request = Vec::with_capacity(1024);
     let mut buffer = [0u8; 1024];
@@ -243,7 +291,7 @@ async fn serve(
             "200 OK",
             // What prometheus-client writes: OpenMetrics text (Prometheus asks for it).
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            render(points, target),
+            render(published),
         )
     } else {
         (
@@ -286,8 +334,9 @@ mod tests {
     #[test]
     fn text_format_names_units_and_labels() {
         let report = sample_report();
-        let points = Arc::new(Mutex::new(metrics::points(&report, 3, 4, 0)));
-        let text = render(points, &report.target);
+        let mut published = Published::default();
+        published.set(&report.target, metrics::points(&report, 3, 4, 0));
+        let text = render(Arc::new(Mutex::new(published)));
         insta::assert_snapshot!(text);
         assert!(
             text.contains("# TYPE process_memory_usage_bytes gauge"),
@@ -311,5 +360,32 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn several_targets_keep_their_series_apart() {
+        let report = sample_report();
+        let mut other = report.target.clone();
+        other.pid = 43;
+        let mut published = Published {
+            label_with_pid: true,
+            ..Published::default()
+        };
+        published.set(&report.target, metrics::points(&report, 3, 4, 0));
+        published.set(&other, metrics::points(&report, 3, 4, 0));
+        let text = render(Arc::new(Mutex::new(published)));
+        for pid in [42, 43] {
+            assert!(
+                text.contains(&format!(
+                    "process_memory_usage_bytes{{process_pid=\"{pid}\"}}"
+                )),
+                "{text}"
+            );
+            assert!(
+                text.contains(&format!("leaktrace_target_info{{process_pid=\"{pid}\"")),
+                "{text}"
+            );
+        }
+        assert_eq!(text.matches("# TYPE process_memory_usage_bytes").count(), 1);
     }
 }
