@@ -4,10 +4,11 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    analysis::Thresholds,
+    analysis::{EscalationRule, Thresholds},
     otel::OtlpOptions,
     report::Format,
     session::{Options, SortKey},
+    watch::{TargetSpec, WatchOptions},
 };
 
 #[derive(Debug, Parser)]
@@ -62,6 +63,18 @@ pub enum Command {
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
+    /// Watch processes for as long as leaktrace runs (a sidecar or a service): their memory
+    /// and sampled page faults all the time, the allocation probes only for a window when
+    /// memory keeps rising (or on SIGUSR1). Each window's report goes to --report-dir.
+    /// Settings also come from LEAKTRACE_* variables and a TOML file (--config); flags win
+    /// over variables, variables over the file.
+    #[command(args_override_self = true)]
+    Watch {
+        #[command(flatten)]
+        watch: WatchFlags,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Convert a saved JSON report (from --format json) to another format.
     Report {
         /// The report written by `leaktrace … --format json`.
@@ -89,6 +102,211 @@ pub enum Command {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+}
+
+/// What `leaktrace watch` watches and when it escalates.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Watch")]
+pub struct WatchFlags {
+    /// A TOML file of settings: each key a long flag of `watch` (report-dir = "/var/…",
+    /// exe = ["redis-server"], escalate-for = "60s"). See deploy/leaktrace.toml.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Process id to watch (repeatable, or comma-separated).
+    #[arg(
+        long = "pid",
+        short = 'p',
+        value_name = "PID",
+        env = "LEAKTRACE_PID",
+        value_delimiter = ','
+    )]
+    pub pids: Vec<u32>,
+    /// Watch every process running this executable, by file name or path, including ones
+    /// started later (repeatable).
+    #[arg(
+        long = "exe",
+        value_name = "NAME|PATH",
+        env = "LEAKTRACE_EXE",
+        value_delimiter = ','
+    )]
+    pub exes: Vec<String>,
+    /// Watch every process in this cgroup (v2) or below it: a container, a pod, a systemd
+    /// unit ("/system.slice/redis.service" or a path under /sys/fs/cgroup) (repeatable).
+    #[arg(
+        long = "cgroup",
+        value_name = "PATH",
+        env = "LEAKTRACE_CGROUP",
+        value_delimiter = ','
+    )]
+    pub cgroups: Vec<String>,
+    /// Where each precise window writes its reports (JSON, text, and the page-fault growth
+    /// as text, folded stacks and a flame graph).
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "LEAKTRACE_REPORT_DIR",
+        default_value = "/var/lib/leaktrace/reports"
+    )]
+    pub report_dir: PathBuf,
+    /// How long a precise window traces allocations.
+    #[arg(long, env = "LEAKTRACE_ESCALATE_FOR", default_value = "60s", value_parser = parse_duration)]
+    pub escalate_for: Duration,
+    /// Least time from the end of one window to the next automatic one on the same target.
+    #[arg(long, env = "LEAKTRACE_COOLDOWN", default_value = "5m", value_parser = parse_duration)]
+    pub cooldown: Duration,
+    /// Escalate when anonymous memory grows at least this much per second (e.g. 32K)…
+    #[arg(long, env = "LEAKTRACE_ESCALATE_GROWTH", value_name = "BYTES", default_value = "32K", value_parser = parse_size)]
+    pub escalate_growth: u64,
+    /// …with its baseline rising in every fifth of this long…
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub escalate_lookback: Duration,
+    /// …and a straight line fitting the baseline at least this well (r²).
+    #[arg(long, default_value_t = EscalationRule::default().min_r_squared, value_parser = fraction)]
+    pub escalate_min_r2: f64,
+    /// Open a window on each target as soon as it is found.
+    #[arg(long, env = "LEAKTRACE_ESCALATE_AT_START")]
+    pub escalate_at_start: bool,
+    /// Take one page-fault sample (with its stack) per this many minor faults.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub fault_period: u64,
+    /// Most processes watched at once (each costs a small eBPF object; with dwarf
+    /// unwinding 16 MiB of kernel memory for its tables).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_targets: u64,
+    /// Stop after this long (default: until SIGTERM or SIGINT).
+    #[arg(long, short, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+}
+
+impl WatchFlags {
+    /// The watch settings, with the precise windows traced as `common` says.
+    pub fn options(&self, common: &Common) -> Result<WatchOptions, String> {
+        if common.output.is_some() || common.format != Format::Text {
+            return Err(
+                "watch writes JSON and text reports to --report-dir; --output and --format do not apply"
+                    .into(),
+            );
+        }
+        let targets = TargetSpec {
+            pids: self.pids.clone(),
+            exes: self.exes.clone(),
+            cgroups: self.cgroups.clone(),
+        };
+        if targets.is_empty() {
+            return Err(
+                "nothing to watch: give --pid, --exe or --cgroup (or set them in --config)".into(),
+            );
+        }
+        let mut precise = common.options(Some(self.escalate_for));
+        precise.otlp = None;
+        precise.prometheus = None;
+        Ok(WatchOptions {
+            targets,
+            report_dir: self.report_dir.clone(),
+            escalate_for: self.escalate_for,
+            cooldown: self.cooldown,
+            rule: EscalationRule {
+                lookback_s: self.escalate_lookback.as_secs_f64(),
+                min_growth_bytes_per_s: self.escalate_growth as f64,
+                min_r_squared: self.escalate_min_r2,
+                ..EscalationRule::default()
+            },
+            escalate_at_start: self.escalate_at_start,
+            fault_period: self.fault_period,
+            max_targets: self.max_targets as usize,
+            duration: self.duration,
+            interval: common.interval,
+            precise,
+            otlp: common.export.otlp(common.interval),
+            prometheus: common.export.prometheus,
+            export_top: common.export.export_top as usize,
+        })
+    }
+}
+
+/// The command line with `watch --config FILE`'s settings put in as flags, right after
+/// `watch`: flags given on the command line come later and win; a setting whose LEAKTRACE_*
+/// variable is set is left out, so the variable wins over the file.
+pub fn with_config_file(args: Vec<String>) -> Result<Vec<String>, String> {
+    let Some(watch_at) = args.iter().position(|arg| arg == "watch") else {
+        return Ok(args);
+    };
+    let mut path = None;
+    for (i, arg) in args.iter().enumerate().skip(watch_at + 1) {
+        if arg == "--config" {
+            path = args.get(i + 1).cloned();
+        } else if let Some(value) = arg.strip_prefix("--config=") {
+            path = Some(value.to_string());
+        }
+    }
+    let Some(path) = path else {
+        return Ok(args);
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|err| format!("cannot read the config file {path}: {err}"))?;
+    let command = <Cli as clap::CommandFactory>::command();
+    let watch = command
+        .find_subcommand("watch")
+        .ok_or("the watch command is missing")?;
+    let settings = config_flags(&text, watch, |name| std::env::var_os(name).is_some())
+        .map_err(|err| format!("config file {path}: {err}"))?;
+    let mut merged = args[..=watch_at].to_vec();
+    merged.extend(settings);
+    merged.extend_from_slice(&args[watch_at + 1..]);
+    Ok(merged)
+}
+
+/// A TOML file's settings as flags of `command`. `env_set` says whether an environment
+/// variable is set (such settings are left out).
+pub fn config_flags(
+    text: &str,
+    command: &clap::Command,
+    env_set: impl Fn(&str) -> bool,
+) -> Result<Vec<String>, String> {
+    let table: toml::Table = text
+        .parse()
+        .map_err(|err: toml::de::Error| format!("not valid TOML: {}", err.message()))?;
+    let mut flags = Vec::new();
+    for (key, value) in table {
+        let name = key.replace('_', "-");
+        let arg = command
+            .get_arguments()
+            .find(|arg| arg.get_long() == Some(name.as_str()) && name != "config")
+            .ok_or_else(|| {
+                format!(
+                    "unknown setting '{key}': settings are the long flags of `leaktrace watch` (see `leaktrace watch --help`)"
+                )
+            })?;
+        if arg
+            .get_env()
+            .and_then(|env| env.to_str())
+            .is_some_and(&env_set)
+        {
+            continue;
+        }
+        let takes_value = arg.get_num_args().is_none_or(|range| range.takes_values());
+        let scalar = |value: &toml::Value| -> Result<String, String> {
+            match value {
+                toml::Value::String(text) => Ok(text.clone()),
+                toml::Value::Integer(number) => Ok(number.to_string()),
+                toml::Value::Float(number) => Ok(number.to_string()),
+                toml::Value::Boolean(flag) => Ok(flag.to_string()),
+                _ => Err(format!("'{key}' must be a string, number or list of them")),
+            }
+        };
+        match (&value, takes_value) {
+            (toml::Value::Boolean(true), false) => flags.push(format!("--{name}")),
+            (toml::Value::Boolean(false), false) => {}
+            (_, false) => return Err(format!("'{key}' is a switch: use true or false")),
+            (toml::Value::Array(items), true) => {
+                for item in items {
+                    flags.push(format!("--{name}={}", scalar(item)?));
+                }
+            }
+            (value, true) => flags.push(format!("--{name}={}", scalar(value)?)),
+        }
+    }
+    Ok(flags)
 }
 
 /// Formats of `leaktrace diff`.

@@ -24,3 +24,4 @@ pub mod report;
 pub mod session;
 pub mod symbolize;
 pub mod unwind_tables;
+pub mod watch;

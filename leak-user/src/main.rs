@@ -2,7 +2,7 @@ use std::{io::Write, path::Path, process::ExitCode};
 
 use clap::Parser;
 use leaktrace::{
-    cli::{Cli, Command, DiffFormat},
+    cli::{self, Cli, Command, DiffFormat},
     report::{self, Format},
     session,
 };
@@ -11,11 +11,23 @@ use leaktrace::{
 const EXIT_TARGET_EXITED: u8 = 3;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<String> = std::env::args_os()
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect();
+    let args = match cli::with_config_file(args) {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("leaktrace: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(cli.log_filter()))
         .format_timestamp(None)
         .init();
-    if let Command::Attach { common, .. } | Command::Run { common, .. } = &cli.command
+    if let Command::Attach { common, .. }
+    | Command::Run { common, .. }
+    | Command::Watch { common, .. } = &cli.command
         && let Err(message) = common.check()
     {
         eprintln!("leaktrace: {message}");
@@ -26,7 +38,7 @@ fn main() -> ExitCode {
             common.format == Format::Pprof && common.output.is_none()
         }
         Command::Report { format, output, .. } => *format == Format::Pprof && output.is_none(),
-        Command::Diff { .. } => false,
+        Command::Diff { .. } | Command::Watch { .. } => false,
     };
     if binary_to_terminal && stdout_is_tty() {
         eprintln!("leaktrace: --format pprof is binary: write it to a file with -o FILE.pb.gz");
@@ -73,6 +85,22 @@ fn main() -> ExitCode {
                     },
                     None => ExitCode::SUCCESS,
                 },
+                Err(err) => {
+                    eprintln!("leaktrace: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Watch { watch, common } => {
+            let options = match watch.options(&common) {
+                Ok(options) => options,
+                Err(message) => {
+                    eprintln!("leaktrace: {message}");
+                    return ExitCode::from(2);
+                }
+            };
+            match runtime.block_on(leaktrace::watch::watch(options)) {
+                Ok(_) => ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("leaktrace: {err}");
                     ExitCode::FAILURE
