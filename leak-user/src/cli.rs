@@ -284,7 +284,7 @@ pub fn config_flags(
         {
             continue;
         }
-        let takes_value = arg.get_num_args().is_none_or(|range| range.takes_values());
+        let takes_value = arg.get_action().takes_values();
         let scalar = |value: &toml::Value| -> Result<String, String> {
             match value {
                 toml::Value::String(text) => Ok(text.clone()),
@@ -653,6 +653,91 @@ mod tests {
         assert!(matches!(cli.command, Command::Report { .. }));
         let cli = Cli::try_parse_from(["leaktrace", "diff", "a.json", "b.json"]).expect("parse");
         assert!(matches!(cli.command, Command::Diff { .. }));
+    }
+
+    fn watch_command() -> clap::Command {
+        <Cli as clap::CommandFactory>::command()
+            .find_subcommand("watch")
+            .expect("watch")
+            .clone()
+    }
+
+    #[test]
+    fn config_file_settings_become_flags() {
+        let text = r#"
+            exe = ["redis-server", "/usr/bin/memcached"]
+            report_dir = "/var/tmp/reports"
+            escalate-for = "30s"
+            escalate-at-start = true
+            fault-period = 8
+            escalate-min-r2 = 0.9
+        "#;
+        let flags = config_flags(text, &watch_command(), |_| false).expect("valid");
+        for expected in [
+            "--exe=redis-server",
+            "--exe=/usr/bin/memcached",
+            "--report-dir=/var/tmp/reports",
+            "--escalate-for=30s",
+            "--escalate-at-start",
+            "--fault-period=8",
+            "--escalate-min-r2=0.9",
+        ] {
+            assert!(
+                flags.contains(&expected.to_string()),
+                "{expected} in {flags:?}"
+            );
+        }
+        // A setting whose variable is set is left to the variable.
+        let flags = config_flags(text, &watch_command(), |name| {
+            name == "LEAKTRACE_REPORT_DIR"
+        })
+        .expect("valid");
+        assert!(!flags.iter().any(|flag| flag.starts_with("--report-dir")));
+    }
+
+    #[test]
+    fn bad_config_files_say_what_is_wrong() {
+        let command = watch_command();
+        let err = config_flags("reportdir = 1", &command, |_| false).expect_err("unknown");
+        assert!(err.contains("unknown setting 'reportdir'"), "{err}");
+        let err = config_flags("escalate-at-start = 1", &command, |_| false).expect_err("switch");
+        assert!(err.contains("switch"), "{err}");
+        let err = config_flags("exe = ", &command, |_| false).expect_err("toml");
+        assert!(err.contains("not valid TOML"), "{err}");
+        let err = config_flags("config = \"x\"", &command, |_| false).expect_err("nested");
+        assert!(err.contains("unknown setting"), "{err}");
+    }
+
+    #[test]
+    fn command_line_flags_win_over_the_config_file() {
+        let dir = std::env::temp_dir().join(format!("leaktrace-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("watch.toml");
+        std::fs::write(
+            &file,
+            "exe = \"a\"\nescalate-for = \"30s\"\ncooldown = \"1m\"\n",
+        )
+        .expect("write");
+        let args: Vec<String> = [
+            "leaktrace",
+            "watch",
+            "--config",
+            file.to_str().expect("utf-8"),
+            "--escalate-for",
+            "10s",
+        ]
+        .iter()
+        .map(|arg| arg.to_string())
+        .collect();
+        let merged = with_config_file(args).expect("merged");
+        let cli = Cli::try_parse_from(merged).expect("parse");
+        let Command::Watch { watch, .. } = cli.command else {
+            panic!("watch expected")
+        };
+        assert_eq!(watch.escalate_for, Duration::from_secs(10));
+        assert_eq!(watch.cooldown, Duration::from_secs(60));
+        assert_eq!(watch.exes, vec!["a".to_string()]);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
