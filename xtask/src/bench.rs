@@ -150,7 +150,8 @@ pub fn run(pairs: u64, runs: usize) -> Result<()> {
          ## Against the peers (malloc(64)+free, one thread, same run)\n\n{peers}\n\
          ## A real service\n\nredis-server 7.0 from Debian (jemalloc) on loopback, \
          `redis-benchmark -n {REDIS_REQUESTS} -c 50 -t set,get`, median of {runs}; leaktrace \
-         attached with `attach --pid`, traced runs alternating with untraced ones.\n\n{redis}\n\
+         attached with `attach --pid` or watching with `watch --pid` (gear 1 only: no \
+         allocator probes), traced runs alternating with untraced ones.\n\n{redis}\n\
          ## The agent's own cost\n\n{agent}\n\
          ## Stack quality\n\n`tests/targets/stack_chain.{{c,cpp,rs}}` keep allocations made \
          three calls below main; each built with and without frame pointers and run under \
@@ -517,7 +518,7 @@ const REDIS_REQUESTS: u64 = 200_000;
 
 /// redis-server (Debian, jemalloc) under redis-benchmark, untraced and with leaktrace
 /// attached (every call, and one in 100), alternating, median of `runs`.
-fn redis(runs: usize) -> Result<String> {
+pub fn redis(runs: usize) -> Result<String> {
     use std::io::BufRead;
 
     if which::which("redis-server").is_err() || which::which("redis-benchmark").is_err() {
@@ -541,43 +542,74 @@ fn redis(runs: usize) -> Result<String> {
             bail!("redis-server did not start listening on port {port}");
         }
         redis_rps(port)?; // warm-up
-        let configurations: [(&str, &[&str]); 3] = [
-            ("untraced", &[]),
+        let report_dir = root().join("target/xtask/watch-reports");
+        let report_dir = report_dir.to_string_lossy().into_owned();
+        let pid = server.id().to_string();
+        // (name, leaktrace's arguments, the stderr line that says it is in place)
+        let configurations: Vec<(&str, Vec<&str>, &str)> = vec![
+            ("untraced", Vec::new(), ""),
             (
                 "leaktrace attach (every call, with its stack)",
-                &["--sample-rate", "1"],
+                vec!["attach", "--pid", &pid, "--sample-rate", "1"],
+                "attached to",
             ),
             (
                 "leaktrace attach --sample-rate 100",
-                &["--sample-rate", "100"],
+                vec!["attach", "--pid", &pid, "--sample-rate", "100"],
+                "attached to",
+            ),
+            (
+                "leaktrace watch, gear 1 (/proc + page faults 1 in 16, dwarf stacks)",
+                // A growth threshold no run reaches: the row measures gear 1 alone.
+                vec![
+                    "watch",
+                    "--pid",
+                    &pid,
+                    "--report-dir",
+                    &report_dir,
+                    "--escalate-growth",
+                    "1G",
+                ],
+                "event=watching",
             ),
         ];
         let mut results: Vec<Vec<(f64, f64)>> = vec![Vec::new(); configurations.len()];
+        let mut watch_cost: Vec<(f64, u64)> = Vec::new();
         for _ in 0..runs {
-            for (index, (name, flags)) in configurations.iter().enumerate() {
+            for (index, (name, args, ready)) in configurations.iter().enumerate() {
                 if index == 0 {
                     results[index].push(redis_rps(port)?);
                     continue;
                 }
                 let mut tracer = Command::new(leaktrace_bin())
-                    .args(["attach", "--pid", &server.id().to_string()])
-                    .args(*flags)
-                    .args(["--format", "json", "--output", "/dev/null"])
+                    .args(args)
+                    .args(if args[0] == "attach" {
+                        &["--format", "json", "--output", "/dev/null"][..]
+                    } else {
+                        &[][..]
+                    })
                     .env("RUST_LOG", "info")
                     .stderr(std::process::Stdio::piped())
                     .spawn()
                     .with_context(|| format!("starting {name}"))?;
                 let stderr = tracer.stderr.take().context("piped stderr")?;
                 let mut lines = std::io::BufReader::new(stderr).lines();
-                let attached =
-                    lines.any(|line| line.is_ok_and(|line| line.contains("attached to")));
+                let attached = lines.any(|line| line.is_ok_and(|line| line.contains(*ready)));
                 // Keep draining stderr so leaktrace never blocks on a full pipe.
                 let drain = std::thread::spawn(move || lines.for_each(drop));
                 if !attached {
                     let _ = tracer.wait();
                     bail!("{name} did not attach to redis-server");
                 }
+                let cpu_before = cpu_and_peak_rss(tracer.id());
+                let started = std::time::Instant::now();
                 let measured = redis_rps(port);
+                if args[0] == "watch"
+                    && let (Some((before, _)), Some((after, peak))) =
+                        (cpu_before, cpu_and_peak_rss(tracer.id()))
+                {
+                    watch_cost.push(((after - before) / started.elapsed().as_secs_f64(), peak));
+                }
                 stop(&mut tracer, std::time::Duration::from_secs(60));
                 let _ = drain.join();
                 results[index].push(measured?);
@@ -590,7 +622,7 @@ fn redis(runs: usize) -> Result<String> {
         let mut table = String::from(
             "| redis-server | SET requests/s | GET requests/s | throughput vs untraced |\n|---|---|---|---|\n",
         );
-        for ((name, _), runs) in configurations.iter().zip(&results) {
+        for ((name, _, _), runs) in configurations.iter().zip(&results) {
             let set = median(runs.iter().map(|r| r.0).collect());
             let get = median(runs.iter().map(|r| r.1).collect());
             let _ = writeln!(
@@ -598,6 +630,16 @@ fn redis(runs: usize) -> Result<String> {
                 "| {name} | {set:.0} | {get:.0} | {:.0}% / {:.0}% |",
                 100.0 * set / base_set,
                 100.0 * get / base_get
+            );
+        }
+        if !watch_cost.is_empty() {
+            let cpu = median(watch_cost.iter().map(|c| c.0).collect());
+            let peak = watch_cost.iter().map(|c| c.1).max().unwrap_or(0);
+            let _ = writeln!(
+                table,
+                "\nThe watcher itself during those runs: {:.2}% of a core, {:.1} MiB peak RSS.",
+                100.0 * cpu,
+                peak as f64 / 1048576.0
             );
         }
         Ok(table)

@@ -51,6 +51,10 @@ enum Task {
         /// Only the stack-quality table, printed (BENCHMARKS.md is left as it is).
         #[arg(long)]
         stack_quality_only: bool,
+        /// Only the redis-server table (precise, sampled, watch gear 1), printed
+        /// (BENCHMARKS.md is left as it is).
+        #[arg(long)]
+        redis_only: bool,
     },
 }
 
@@ -75,11 +79,16 @@ fn main() -> Result<()> {
             pairs,
             runs,
             stack_quality_only,
+            redis_only,
         } => {
             setup::run()?;
             if stack_quality_only {
                 build()?;
                 return bench::stack_quality().map(drop);
+            }
+            if redis_only {
+                build()?;
+                return bench::redis(runs).map(drop);
             }
             setup::bench_peers();
             build()?;
