@@ -287,13 +287,14 @@ pub const ENTRY_PROGRAM: &str = "alloc_enter";
 pub const ALLOC_RETURN_PROGRAM: &str = "alloc_return";
 
 /// Names of the syscall tracepoint programs, as (program, category, tracepoint).
-pub const SYSCALL_PROGRAMS: [(&str, &str, &str); 6] = [
+pub const SYSCALL_PROGRAMS: [(&str, &str, &str); 7] = [
     ("mmap_enter", "syscalls", "sys_enter_mmap"),
     ("mmap_exit", "syscalls", "sys_exit_mmap"),
     ("munmap_enter", "syscalls", "sys_enter_munmap"),
     ("munmap_exit", "syscalls", "sys_exit_munmap"),
     ("mremap_enter", "syscalls", "sys_enter_mremap"),
     ("mremap_exit", "syscalls", "sys_exit_mremap"),
+    ("brk_exit", "syscalls", "sys_exit_brk"),
 ];
 
 /// One live allocation, keyed by its address in `ALLOCS`.
@@ -363,6 +364,8 @@ pub enum MmapEventKind {
     Map = 1,
     Unmap = 2,
     Remap = 3,
+    /// The program break moved (brk/sbrk): `addr` is the new break.
+    Brk = 4,
 }
 
 impl MmapEventKind {
@@ -371,12 +374,14 @@ impl MmapEventKind {
             1 => Some(MmapEventKind::Map),
             2 => Some(MmapEventKind::Unmap),
             3 => Some(MmapEventKind::Remap),
+            4 => Some(MmapEventKind::Brk),
             _ => None,
         }
     }
 }
 
-/// A completed anonymous mmap, munmap or mremap of the target, sent through `MMAP_EVENTS`.
+/// A completed anonymous mmap, munmap or mremap, or a brk, of the target, sent through
+/// `MMAP_EVENTS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MmapEvent {

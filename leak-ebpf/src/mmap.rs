@@ -1,4 +1,4 @@
-//! Syscall tracepoints for anonymous mmap, munmap and mremap of the target.
+//! Syscall tracepoints for anonymous mmap, munmap and mremap, and brk, of the target.
 //!
 //! Each completed call becomes an [`MmapEvent`] for user space, which tracks regions by range.
 //! Calls made from inside an allocator call (malloc's own arenas, realloc's mremap) belong to
@@ -220,6 +220,37 @@ pub fn mremap_exit(ctx: TracePointContext) -> u32 {
         len: pending.len,
         new_addr: ret,
         new_len: pending.new_len,
+        caller_hint: 0,
+    });
+    0
+}
+
+/// The program break after brk(2): user space turns the change since the last one into a
+/// region mapped (or unmapped) by this stack. Calls made inside an allocator call (malloc
+/// growing its heap) belong to the allocation, as with mmap.
+#[tracepoint]
+pub fn brk_exit(ctx: TracePointContext) -> u32 {
+    let Some(tid) = target_tid() else { return 0 };
+    if inside_allocator(tid) {
+        return 0;
+    }
+    let program_break = field(&ctx, RET);
+    if program_break == 0 || failed(program_break) {
+        return 0;
+    }
+    let regs = user_regs();
+    let stack_id = user_stack_id(&ctx, regs.as_ref(), false);
+    emit(MmapEvent {
+        kind: MmapEventKind::Brk as u32,
+        tid,
+        stack_id,
+        _pad: 0,
+        // SAFETY: helper without arguments.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        addr: program_break,
+        len: 0,
+        new_addr: 0,
+        new_len: 0,
         caller_hint: 0,
     });
     0

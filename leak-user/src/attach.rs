@@ -466,10 +466,18 @@ pub fn attach(
         probes.attach_module(module)?;
     }
 
+    probes
+        .attached
+        .extend(attach_syscall_tracepoints(&mut probes.ebpf)?);
+    Ok(probes)
+}
+
+/// Loads and attaches the mmap-family and brk syscall tracepoints; returns their names.
+fn attach_syscall_tracepoints(ebpf: &mut Ebpf) -> Result<Vec<String>, AttachError> {
     ensure_tracefs();
+    let mut attached = Vec::new();
     for (name, category, tracepoint) in SYSCALL_PROGRAMS {
-        let program: &mut TracePoint = probes
-            .ebpf
+        let program: &mut TracePoint = ebpf
             .program_mut(name)
             .ok_or_else(|| AttachError::Load(format!("program {name} missing from the object")))?
             .try_into()
@@ -482,14 +490,14 @@ pub fn attach(
                 module: "the kernel".to_string(),
                 reason: format!("{:#}", anyhow::Error::from(err)),
             })?;
-        probes.attached.push(format!("{category}:{tracepoint}"));
+        attached.push(format!("{category}:{tracepoint}"));
     }
-    Ok(probes)
+    Ok(attached)
 }
 
 /// `leaktrace watch`'s always-on gear for one process: its page faults, one in `period`,
-/// credited to the user stacks that took them. No allocator is probed. Dropping it stops
-/// the sampling.
+/// credited to the user stacks that took them, and its anonymous mmap, munmap, mremap and
+/// brk calls with their stacks. No allocator is probed. Dropping it stops everything.
 pub struct FaultSampler {
     pub ebpf: Ebpf,
     /// The sampling period: each sample stands for this many minor faults.
@@ -508,15 +516,17 @@ pub fn attach_fault_sampler(
         crate::cli::Unwind::Fp | crate::cli::Unwind::Auto => (UNWIND_FRAME_POINTERS, 1),
     };
     let object = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leak-ebpf"));
-    // The allocation and mmap maps stay unused here: the smallest the kernel accepts.
+    // The allocation maps stay unused here: the smallest the kernel accepts. mmap and brk
+    // events are few (no allocator call is probed, so these are every caller's, the
+    // allocator's own included).
     let mut ebpf = EbpfLoader::new()
         .override_global(TARGET_TGID_GLOBAL, &pid, true)
         .override_global(UNWIND_MODE_GLOBAL, &unwind_mode, true)
         .map_max_entries(map_names::ALLOCS, 1)
         .map_max_entries(map_names::STACK_TOTALS, 1)
         .map_max_entries(map_names::PENDING_CALLS, 1)
-        .map_max_entries(map_names::PENDING_SYSCALLS, 1)
-        .map_max_entries(map_names::MMAP_EVENTS, procfs::page_size() as u32)
+        .map_max_entries(map_names::PENDING_SYSCALLS, 1024)
+        .map_max_entries(map_names::MMAP_EVENTS, FAULT_SAMPLER_EVENTS_BYTES)
         .map_max_entries(map_names::UNWIND_ROWS, unwind_rows)
         .load(object)
         .map_err(|err| {
@@ -559,11 +569,15 @@ pub fn attach_fault_sampler(
                 },
             })?;
     }
+    attach_syscall_tracepoints(&mut ebpf)?;
     Ok(FaultSampler {
         ebpf,
         period: period.max(1),
     })
 }
+
+/// Ring buffer for the fault sampler's mmap and brk events (read every second).
+const FAULT_SAMPLER_EVENTS_BYTES: u32 = 256 << 10;
 
 impl Probes {
     /// Probes a module's allocator functions (one found after the start: a dlopen'd

@@ -709,6 +709,27 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/leaktrace.toml");
+        let text = std::fs::read_to_string(path).expect("deploy/leaktrace.toml");
+        let flags = config_flags(&text, &watch_command(), |_| false).expect("valid settings");
+        let cli = Cli::try_parse_from(
+            ["leaktrace", "watch"]
+                .iter()
+                .map(|arg| arg.to_string())
+                .chain(flags),
+        )
+        .expect("parses");
+        let Command::Watch { watch, common } = cli.command else {
+            panic!("watch expected")
+        };
+        let options = watch.options(&common).expect("consistent");
+        assert_eq!(options.targets.exes, vec!["redis-server".to_string()]);
+        assert_eq!(options.escalate_for, Duration::from_secs(60));
+        assert_eq!(options.rule, EscalationRule::default());
+    }
+
+    #[test]
     fn command_line_flags_win_over_the_config_file() {
         let dir = std::env::temp_dir().join(format!("leaktrace-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");

@@ -110,6 +110,8 @@ pub struct Collector {
     scan_ns_per_entry: u64,
     /// What that walk found old enough for --min-age.
     scanned_held: HashMap<StackKey, Held>,
+    /// The program break as last seen (brk events move it).
+    program_break: Option<u64>,
 }
 
 impl Collector {
@@ -134,7 +136,14 @@ impl Collector {
             last_scan: None,
             scan_ns_per_entry: DEFAULT_SCAN_NS_PER_ENTRY,
             scanned_held: HashMap::new(),
+            program_break: None,
         }
+    }
+
+    /// The program break when tracing began (see `procfs::program_break`): the first brk
+    /// seen is measured from it.
+    pub fn set_program_break(&mut self, program_break: Option<u64>) {
+        self.program_break = program_break;
     }
 
     /// Consumes pending mmap-family events.
@@ -172,6 +181,26 @@ impl Collector {
                     event.new_addr,
                     round(event.new_len, self.page_size),
                 ),
+                Some(MmapEventKind::Brk) => {
+                    let stack = StackKey {
+                        origin: Origin::Brk,
+                        stack_id: event.stack_id,
+                        caller_hint: 0,
+                    };
+                    match self.program_break {
+                        Some(last)
+                            if event.addr > last && self.sizes.contains(&(event.addr - last)) =>
+                        {
+                            self.regions
+                                .map(last, event.addr - last, stack, event.timestamp_ns)
+                        }
+                        Some(last) if event.addr < last => {
+                            self.regions.unmap(event.addr, last - event.addr)
+                        }
+                        _ => {}
+                    }
+                    self.program_break = Some(event.addr);
+                }
                 None => {}
             }
         }
@@ -211,7 +240,7 @@ impl Collector {
                 }
             });
             history.totals = totals;
-            if key.origin == Origin::Mmap {
+            if key.origin != Origin::Heap {
                 history.oldest_live_ns = oldest;
             }
             push_thinned(

@@ -12,6 +12,9 @@ pub enum Origin {
     Heap,
     /// Anonymous mmap/mremap made by the program itself (not by its allocator).
     Mmap,
+    /// The program break moved by brk/sbrk called by the program itself (not by its
+    /// allocator; in `watch`'s gear 1, where no allocator is probed, by anyone).
+    Brk,
 }
 
 impl Origin {
@@ -19,6 +22,7 @@ impl Origin {
         match self {
             Origin::Heap => "heap",
             Origin::Mmap => "mmap",
+            Origin::Brk => "brk",
         }
     }
 }

@@ -122,6 +122,25 @@ pub fn pids() -> Vec<u32> {
         .collect()
 }
 
+/// The program break from a process's maps and stat: the end of its "[heap]" mapping, or,
+/// before it has one, its `start_brk` (field 47 of /proc/PID/stat).
+pub fn parse_program_break(maps: &[Mapping], stat: &str) -> Option<u64> {
+    if let Some(heap) = maps.iter().find(|mapping| mapping.path == "[heap]") {
+        return Some(heap.end);
+    }
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(47 - 3)?.parse().ok()
+}
+
+/// The process's program break now.
+pub fn program_break(pid: u32) -> Option<u64> {
+    let maps = read_maps(pid).ok()?;
+    parse_program_break(
+        &maps,
+        &fs::read_to_string(format!("/proc/{pid}/stat")).ok()?,
+    )
+}
+
 /// The process's command name (at most 15 bytes, as the kernel keeps it).
 pub fn comm(pid: u32) -> Option<String> {
     Some(
@@ -264,6 +283,10 @@ mod tests {
         let stat = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 106 0 0 0 0 0 0 0 20 0 1 0 987654 9658368 256 18446744073709551615";
         assert_eq!(parse_stat_start_time(stat), Some(987654));
         assert_eq!(parse_stat_start_time("garbage"), None);
+        let full = "13933 (cat) R 13931 13931 10969 0 -1 4194304 101 0 0 0 0 0 0 0 20 0 1 0 2355772 3133440 364 18446744073709551615 94605402243072 94605402262953 140720633008816 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0 94605402278960 94605402280576 94606472126464 140720633010905";
+        assert_eq!(parse_program_break(&[], full), Some(94606472126464));
+        let maps = parse_maps("5600aa000000-5600aa021000 rw-p 00000000 00:00 0 [heap]\n");
+        assert_eq!(parse_program_break(&maps, full), Some(0x5600aa021000));
         let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
         assert_eq!(parse_effective_capabilities(status), Some(0x1ff_ffff_ffff));
         assert_eq!(parse_effective_capabilities("Name: x"), None);

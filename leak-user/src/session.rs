@@ -278,7 +278,12 @@ impl Session {
             .unwind
             .resolve(std::fs::read(format!("/proc/{pid}/exe")).ok().as_deref());
         let allocators = attach::allocators_in_process(pid, &options.alloc_fns)?;
-        Session::start(pid, mode, &allocators, options)
+        let mut session = Session::start(pid, mode, &allocators, options)?;
+        // A launched command's first brk (the loader's) sets the break it starts from.
+        session
+            .collector
+            .set_program_break(procfs::program_break(pid));
+        Ok(session)
     }
 
     fn start(
@@ -694,7 +699,7 @@ impl Session {
         let mut group_of: HashMap<(Origin, Vec<FrameIdentity>), usize> = HashMap::new();
         for history in active {
             let frames = self.frames_of(&history);
-            if history.key.origin == Origin::Mmap && mapped_by_loader(&frames) {
+            if history.key.origin != Origin::Heap && mapped_by_loader(&frames) {
                 continue;
             }
             if frames.is_empty() {

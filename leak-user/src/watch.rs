@@ -1,8 +1,9 @@
 //! `leaktrace watch`: the long-running (sidecar) mode, in two gears per target.
 //!
-//! - Gear 1, always on: the process's memory from /proc once a second, and its minor page
-//!   faults sampled with their user stacks (`attach::FaultSampler`, read by `growth`): no
-//!   allocator is probed.
+//! - Gear 1, always on: the process's memory from /proc once a second, its minor page
+//!   faults sampled with their user stacks (`attach::FaultSampler`, read by `growth`), and
+//!   its anonymous mmap/munmap/mremap and brk calls with their stacks (`drain::Collector`):
+//!   no allocator is probed.
 //! - Gear 2, a precise window (`session::Window`): the allocation probes for
 //!   `--escalate-for`, opened when the anonymous-memory baseline keeps rising
 //!   (`analysis::escalation`), on SIGUSR1, or at start with `--escalate-at-start`. Its report
@@ -24,7 +25,7 @@ use crate::{
     analysis::{self, EscalationRule},
     attach::{self, FaultSampler},
     cli::Unwind,
-    drain::{MAX_SERIES_LEN, push_thinned},
+    drain::{Collector, KernelMaps, MAX_SERIES_LEN, push_thinned},
     growth::{FaultCounts, FaultGrowth, TouchedStack},
     metrics,
     model::{
@@ -295,6 +296,8 @@ pub fn file_stamp(at: SystemTime) -> String {
 
 /// The always-on gear of one target.
 struct Gear1 {
+    /// The mmap and brk regions by stack, and the stacks of every sample.
+    collector: Collector,
     growth: FaultGrowth,
     tables: Option<UnwindTables>,
     modules: Modules,
@@ -307,8 +310,12 @@ impl Gear1 {
     fn start(pid: u32, unwind: Unwind, period: u64) -> Result<Gear1, String> {
         let mut sampler =
             attach::attach_fault_sampler(pid, unwind, period).map_err(|err| err.to_string())?;
-        let growth =
-            FaultGrowth::take(&mut sampler, procfs::page_size()).map_err(|err| err.to_string())?;
+        let page_size = procfs::page_size();
+        let growth = FaultGrowth::take(&mut sampler, page_size).map_err(|err| err.to_string())?;
+        let maps = KernelMaps::take(&mut sampler.ebpf).map_err(|err| err.to_string())?;
+        let mut collector =
+            Collector::new(maps, procfs::monotonic_ns(), page_size, 0..=u64::MAX, 1);
+        collector.set_program_break(procfs::program_break(pid));
         let tables = match unwind {
             Unwind::Dwarf => {
                 let mut tables = UnwindTables::take(&mut sampler.ebpf)?;
@@ -320,6 +327,7 @@ impl Gear1 {
         let mut modules = Modules::default();
         let _ = modules.refresh(pid);
         Ok(Gear1 {
+            collector,
             growth,
             tables,
             modules,
@@ -328,11 +336,12 @@ impl Gear1 {
         })
     }
 
-    /// Symbolized frames of a sampled stack. While a precise window's return probes are in
-    /// place, the allocator's return address on the stack is the kernel's uretprobe
+    /// Symbolized frames of a recorded stack. While a precise window's return probes are
+    /// in place, the allocator's return address on the stack is the kernel's uretprobe
     /// trampoline (in the "[uprobes]" mapping); the walk goes on by frame pointers there.
-    fn frames(&mut self, pid: u32, ips: &[u64]) -> Vec<crate::model::Frame> {
-        let mut frames = self.symbolizer.symbolize_stack(&self.modules, ips);
+    fn frames(&mut self, pid: u32, stack_id: u32) -> Vec<crate::model::Frame> {
+        let ips = self.collector.stack_ips(stack_id).to_vec();
+        let mut frames = self.symbolizer.symbolize_stack(&self.modules, &ips);
         let trampolines: Vec<procfs::Mapping> = procfs::read_maps(pid)
             .unwrap_or_default()
             .into_iter()
@@ -350,15 +359,34 @@ impl Gear1 {
         frames
     }
 
-    /// Reads the samples; new modules get unwind tables and symbols.
+    /// Reads the samples and the mmap and brk events; new modules get unwind tables and
+    /// symbols.
     fn refresh(&mut self, pid: u32) {
+        if let Err(err) = self.collector.sample(procfs::monotonic_ns()) {
+            log::warn!("pid {pid}: could not read gear 1's maps: {err}");
+        }
         if let Err(err) = self.growth.read() {
             log::warn!("pid {pid}: could not read the page-fault samples: {err}");
         }
         if let Some(tables) = &mut self.tables {
             tables.refresh(pid);
         }
-        let _ = self.modules.refresh(pid);
+        if self.collector.take_new_stacks() {
+            let _ = self.modules.refresh(pid);
+        }
+    }
+
+    /// Anonymous memory mapped now (mmap and brk), by the stack that mapped it, most first.
+    fn mapped(&self) -> Vec<(u32, u64)> {
+        let mut mapped: Vec<(u32, u64)> = self
+            .collector
+            .histories()
+            .filter(|history| history.key.origin != Origin::Heap)
+            .filter(|history| history.totals.outstanding_bytes > 0)
+            .map(|history| (history.key.stack_id, history.totals.outstanding_bytes))
+            .collect();
+        mapped.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        mapped
     }
 }
 
@@ -410,6 +438,9 @@ struct Watcher {
     targets: BTreeMap<u32, Watched>,
     /// Processes that matched but were not watched (over --max-targets), by (pid, start).
     refused: std::collections::HashSet<(u32, u64)>,
+    /// `--pid`s watched or said to be missing: a missing one is logged once, one that was
+    /// watched and exited is not "missing".
+    pids_accounted: std::collections::HashSet<u32>,
     endpoint: Option<prometheus::Endpoint>,
     summary: WatchSummary,
 }
@@ -436,6 +467,7 @@ pub async fn watch(options: WatchOptions) -> Result<WatchSummary, WatchError> {
     let mut watcher = Watcher {
         targets: BTreeMap::new(),
         refused: Default::default(),
+        pids_accounted: Default::default(),
         endpoint,
         summary: WatchSummary::default(),
         options,
@@ -507,6 +539,21 @@ impl Watcher {
         let mut alive = std::collections::HashSet::new();
         for pid in candidates {
             if pid == own || !procfs::is_alive(pid) {
+                if self.options.targets.pids.contains(&pid)
+                    && !self.targets.contains_key(&pid)
+                    && self.pids_accounted.insert(pid)
+                {
+                    log_event(
+                        "target_missing",
+                        &[
+                            ("pid", pid.to_string()),
+                            (
+                                "reason",
+                                "no such process (or a zombie); not watched".into(),
+                            ),
+                        ],
+                    );
+                }
                 continue;
             }
             let Some(start_time) = procfs::start_time(pid) else {
@@ -564,6 +611,7 @@ impl Watcher {
     }
 
     fn add(&mut self, pid: u32, start_time: u64, facts: ProcessFacts) {
+        self.pids_accounted.insert(pid);
         let target = Target {
             pid,
             exe: facts
@@ -1040,7 +1088,7 @@ fn touched_report(
             growth_onset: None,
             r_squared: 0.0,
             survival_fraction: 0.0,
-            frames: gear1.frames(target.pid, &stack.ips),
+            frames: gear1.frames(target.pid, stack.stack_id),
             series: Vec::new(),
         })
         .collect();
@@ -1103,6 +1151,23 @@ fn growth_text(
             frame_summary(&stack.frames)
         );
     }
+    let mapped = gear1.mapped();
+    let _ = writeln!(
+        out,
+        "\nAnonymous memory mapped now (mmap and brk since watching began, allocator's own \
+         included), by the stack that mapped it: {} in {} stacks",
+        report::human_bytes(mapped.iter().map(|m| m.1).sum::<u64>() as f64),
+        mapped.len()
+    );
+    for (stack_id, bytes) in mapped.iter().take(GROWTH_TEXT_STACKS) {
+        let frames = gear1.frames(since_start.target.pid, *stack_id);
+        let _ = writeln!(
+            out,
+            "  {:>10}  {}",
+            report::human_bytes(*bytes as f64),
+            frame_summary(&frames)
+        );
+    }
     let window_total: u64 = in_window.iter().map(|s| s.bytes).sum();
     let _ = writeln!(
         out,
@@ -1111,7 +1176,7 @@ fn growth_text(
         in_window.len()
     );
     for stack in in_window.iter().take(GROWTH_TEXT_STACKS) {
-        let frames = gear1.frames(since_start.target.pid, &stack.ips);
+        let frames = gear1.frames(since_start.target.pid, stack.stack_id);
         let _ = writeln!(
             out,
             "  {:>10}  {}",
@@ -1122,14 +1187,15 @@ fn growth_text(
     out
 }
 
-/// "leak_slowly ← handle ← main", innermost first, at most 8 frames.
+/// "leak_slowly ← handle ← main", innermost first, at most 12 frames (allocator frames come
+/// first in gear 1 stacks).
 fn frame_summary(frames: &[crate::model::Frame]) -> String {
     if frames.is_empty() {
         return report::folded::UNKNOWN_STACK.to_string();
     }
     frames
         .iter()
-        .take(8)
+        .take(12)
         .map(|frame| frame.identity())
         .collect::<Vec<_>>()
         .join(" ← ")

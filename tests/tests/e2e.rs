@@ -114,6 +114,32 @@ fn run_mode_counts_leaks_in_threads() {
 }
 
 #[test]
+fn run_mode_tracks_a_heap_grown_with_sbrk() {
+    if !bpf_available("run_mode_tracks_a_heap_grown_with_sbrk") {
+        return;
+    }
+    let target = build_c("sbrk_user.c", &[]);
+    // glibc's brk wrapper keeps no frame pointer: the unwind tables reach the caller.
+    let traced = run_to_exit("sbrk_user", &target, &["--unwind", "dwarf"], 0);
+    let through = traced.stacks_through("grow_arena");
+    let brk: Vec<&&serde_json::Value> = through
+        .iter()
+        .filter(|stack| stack["origin"] == "brk")
+        .collect();
+    assert_eq!(brk.len(), 1, "{}", traced.describe());
+    assert_eq!(u64_of(&brk[0]["outstanding_bytes"]), 10 * (64 << 10));
+    assert_eq!(u64_of(&brk[0]["outstanding_allocs"]), 10);
+    // The loader's own brk at start-up is the program image, not the program's memory.
+    let brk_total: u64 = traced
+        .stacks()
+        .iter()
+        .filter(|stack| stack["origin"] == "brk")
+        .map(|stack| u64_of(&stack["outstanding_bytes"]))
+        .sum();
+    assert_eq!(brk_total, 10 * (64 << 10), "{}", traced.describe());
+}
+
+#[test]
 fn run_mode_names_cxx_new_callers() {
     if !bpf_available("run_mode_names_cxx_new_callers") {
         return;

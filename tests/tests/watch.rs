@@ -7,7 +7,8 @@ use std::{
 };
 
 use leaktrace_tests::{
-    Background, Target, bpf_available, build_c_variant, leaktrace_bin, scratch_dir, u64_of,
+    Background, Target, bpf_available, build_c_variant, free_port, http_get, leaktrace_bin,
+    scratch_dir, u64_of,
 };
 use serde_json::Value;
 
@@ -277,12 +278,14 @@ fn sigterm_mid_window_writes_the_report_and_leaves_the_target_running() {
     let reports = dir.join("reports");
     let target = Target::start(&leaker, &[]);
     let pid = target.child.id();
+    let port = free_port();
     // Settings from a config file, as a sidecar would have them.
     let config = dir.join("leaktrace.toml");
     std::fs::write(
         &config,
         format!(
-            "pid = [{pid}]\nreport-dir = \"{}\"\nescalate-at-start = true\nescalate-for = \"5m\"\n",
+            "pid = [{pid}]\nreport-dir = \"{}\"\nescalate-at-start = true\nescalate-for = \"5m\"\n\
+             interval = \"1s\"\nprometheus = \"{port}\"\n",
             reports.display()
         ),
     )
@@ -294,6 +297,14 @@ fn sigterm_mid_window_writes_the_report_and_leaves_the_target_running() {
         Duration::from_secs(15),
     );
     std::thread::sleep(Duration::from_secs(3));
+    // The memory of each watched process is exported all along, labelled by its pid.
+    let metrics = http_get(port, "/metrics").expect("scrape /metrics");
+    assert!(
+        metrics.contains(&format!(
+            "process_memory_usage_bytes{{process_pid=\"{pid}\"}}"
+        )),
+        "{metrics}"
+    );
     watcher.signal(libc::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {

@@ -281,6 +281,25 @@ fn peers(bench_bin: &std::path::Path, pairs: u64, runs: usize) -> Result<String>
     Ok(table)
 }
 
+/// CPU time of all of a process's threads so far, in nanoseconds (schedstat: finer than the
+/// clock ticks of /proc/PID/stat).
+fn cpu_ns(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    Some(
+        tasks
+            .filter_map(|task| {
+                let path = task.ok()?.path().join("schedstat");
+                std::fs::read_to_string(path)
+                    .ok()?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum(),
+    )
+}
+
 /// CPU time (user+system) of a process so far, in seconds, and its peak RSS in bytes.
 fn cpu_and_peak_rss(pid: u32) -> Option<(f64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -559,7 +578,7 @@ pub fn redis(runs: usize) -> Result<String> {
                 "attached to",
             ),
             (
-                "leaktrace watch, gear 1 (/proc + page faults 1 in 16, dwarf stacks)",
+                "leaktrace watch, gear 1 (/proc, page faults 1 in 16, mmap/brk; dwarf stacks)",
                 // A growth threshold no run reaches: the row measures gear 1 alone.
                 vec![
                     "watch",
@@ -601,14 +620,18 @@ pub fn redis(runs: usize) -> Result<String> {
                     let _ = tracer.wait();
                     bail!("{name} did not attach to redis-server");
                 }
-                let cpu_before = cpu_and_peak_rss(tracer.id());
+                let cpu_before = cpu_ns(tracer.id());
                 let started = std::time::Instant::now();
                 let measured = redis_rps(port);
                 if args[0] == "watch"
-                    && let (Some((before, _)), Some((after, peak))) =
-                        (cpu_before, cpu_and_peak_rss(tracer.id()))
+                    && let (Some(before), Some(after), Some((_, peak))) = (
+                        cpu_before,
+                        cpu_ns(tracer.id()),
+                        cpu_and_peak_rss(tracer.id()),
+                    )
                 {
-                    watch_cost.push(((after - before) / started.elapsed().as_secs_f64(), peak));
+                    let seconds = (after - before) as f64 / 1e9;
+                    watch_cost.push((seconds / started.elapsed().as_secs_f64(), peak));
                 }
                 stop(&mut tracer, std::time::Duration::from_secs(60));
                 let _ = drain.join();
@@ -637,7 +660,7 @@ pub fn redis(runs: usize) -> Result<String> {
             let peak = watch_cost.iter().map(|c| c.1).max().unwrap_or(0);
             let _ = writeln!(
                 table,
-                "\nThe watcher itself during those runs: {:.2}% of a core, {:.1} MiB peak RSS.",
+                "\nThe watcher itself during those runs: {:.3}% of a core, {:.1} MiB peak RSS.",
                 100.0 * cpu,
                 peak as f64 / 1048576.0
             );
