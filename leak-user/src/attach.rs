@@ -38,7 +38,7 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
     #[error(
-        "leaktrace needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE) to load eBPF programs: run it with sudo"
+        "leaktrace needs root (or CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, and CAP_SYS_ADMIN for uprobes) to load eBPF programs and place probes: run it with sudo"
     )]
     NotPermitted,
     #[error(

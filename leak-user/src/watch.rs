@@ -185,7 +185,7 @@ const NEEDED_CAPABILITIES: [(u32, &str, &str); 3] = [
     (
         38,
         "CAP_PERFMON",
-        "the page-fault sampler and the uprobes cannot be attached",
+        "the page-fault sampler and the tracing programs cannot be attached",
     ),
     (
         19,
@@ -209,13 +209,29 @@ pub fn missing_capabilities(effective: u64) -> Vec<(&'static str, &'static str)>
         .collect()
 }
 
-/// Refuses to start without the capabilities, naming each one missing.
+/// Whether precise windows can place uprobes: the kernel's uprobe perf events ask for
+/// CAP_SYS_ADMIN itself (CAP_PERFMON is not enough), so without it only gear 1 runs.
+pub fn can_place_uprobes(effective: u64) -> bool {
+    effective & (1u64 << CAP_SYS_ADMIN) != 0
+}
+
+/// Refuses to start without the capabilities, naming each one missing; says at start when
+/// windows will not be possible.
 fn check_privileges() -> Result<(), WatchError> {
     let Some(effective) = procfs::own_capabilities() else {
         return Ok(());
     };
     let missing = missing_capabilities(effective);
     if missing.is_empty() {
+        if !can_place_uprobes(effective) {
+            log_event(
+                "windows_unavailable",
+                &[(
+                    "reason",
+                    "no CAP_SYS_ADMIN: the kernel requires it for uprobes, so precise windows will fail; gear 1 (memory, page faults, mmap/brk) works".into(),
+                )],
+            );
+        }
         return Ok(());
     }
     let list: Vec<String> = missing
@@ -1287,6 +1303,8 @@ mod tests {
             vec!["CAP_SYS_PTRACE"]
         );
         assert_eq!(missing_capabilities(0).len(), 3);
+        assert!(can_place_uprobes(all));
+        assert!(!can_place_uprobes(all & !(1 << CAP_SYS_ADMIN)));
     }
 
     #[test]

@@ -363,6 +363,34 @@ fn missing_capabilities_are_named_before_anything_starts() {
         "{stderr}"
     );
     assert!(!stderr.contains("CAP_SYS_PTRACE"), "{stderr}");
+
+    // With the three but not CAP_SYS_ADMIN, gear 1 runs and leaktrace says windows cannot.
+    let out = Command::new("setpriv")
+        .args([
+            "--bounding-set",
+            "-all,+bpf,+perfmon,+sys_ptrace",
+            "--inh-caps",
+            "-all,+bpf,+perfmon,+sys_ptrace",
+        ])
+        .arg(leaktrace_bin())
+        .args([
+            "watch",
+            "--exe",
+            "nothing-at-all",
+            "-d",
+            "2s",
+            "--report-dir",
+        ])
+        .arg(dir.join("reports"))
+        .output()
+        .expect("run setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("event=windows_unavailable") && stderr.contains("CAP_SYS_ADMIN"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("event=stopped"), "{stderr}");
 }
 
 #[test]
