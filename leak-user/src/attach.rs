@@ -419,6 +419,28 @@ pub struct LoadOptions {
     pub unwind: crate::cli::Unwind,
 }
 
+/// The compiled kernel programs (leak-ebpf), built by build.rs.
+static LEAK_EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leak-ebpf"));
+
+/// The UNWIND_MODE global and the size of the row map for `unwind`: the row map is large
+/// (16 MiB), so only with dwarf.
+fn unwind_settings(unwind: crate::cli::Unwind) -> (u32, u32) {
+    match unwind {
+        crate::cli::Unwind::Dwarf => (UNWIND_DWARF, MAX_UNWIND_ROWS),
+        crate::cli::Unwind::Fp | crate::cli::Unwind::Auto => (UNWIND_FRAME_POINTERS, 1),
+    }
+}
+
+/// Why the object did not load, for the user.
+fn object_error(err: aya::EbpfError) -> AttachError {
+    if os_error(&err) == Some(libc::EPERM) {
+        AttachError::NotPermitted
+    } else {
+        AttachError::Load(format!("{:#}", anyhow::Error::from(err)))
+    }
+}
+
 /// Loads the programs for `pid` and attaches them to `modules` and the mmap tracepoints.
 pub fn attach(
     pid: u32,
@@ -426,11 +448,7 @@ pub fn attach(
     options: LoadOptions,
 ) -> Result<Probes, AttachError> {
     check_kernel()?;
-    let (unwind_mode, unwind_rows) = match options.unwind {
-        crate::cli::Unwind::Dwarf => (UNWIND_DWARF, MAX_UNWIND_ROWS),
-        crate::cli::Unwind::Fp | crate::cli::Unwind::Auto => (UNWIND_FRAME_POINTERS, 1),
-    };
-    let object = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leak-ebpf"));
+    let (unwind_mode, unwind_rows) = unwind_settings(options.unwind);
     let mut ebpf = EbpfLoader::new()
         .override_global(TARGET_TGID_GLOBAL, &pid, true)
         .override_global(MIN_SIZE_GLOBAL, &options.min_size, true)
@@ -438,16 +456,9 @@ pub fn attach(
         .override_global(SAMPLE_RATE_GLOBAL, &options.sample_rate, true)
         .override_global(UNWIND_MODE_GLOBAL, &unwind_mode, true)
         .map_max_entries(map_names::ALLOCS, options.max_allocs)
-        // The row map is large (16 MiB): only with --unwind dwarf.
         .map_max_entries(map_names::UNWIND_ROWS, unwind_rows)
-        .load(object)
-        .map_err(|err| {
-            if os_error(&err) == Some(libc::EPERM) {
-                AttachError::NotPermitted
-            } else {
-                AttachError::Load(format!("{:#}", anyhow::Error::from(err)))
-            }
-        })?;
+        .load(LEAK_EBPF_OBJECT)
+        .map_err(object_error)?;
 
     for name in [ENTRY_PROGRAM, ALLOC_RETURN_PROGRAM] {
         uprobe(&mut ebpf, name)?
@@ -496,26 +507,27 @@ fn attach_syscall_tracepoints(ebpf: &mut Ebpf) -> Result<Vec<String>, AttachErro
 }
 
 /// `leaktrace watch`'s always-on gear for one process: its page faults, one in `period`,
-/// credited to the user stacks that took them, and its anonymous mmap, munmap, mremap and
-/// brk calls with their stacks. No allocator is probed. Dropping it stops everything.
+/// credited to the user stacks that took them, and (with `syscalls`) its anonymous mmap,
+/// munmap, mremap and brk calls with their stacks. No allocator is probed. Dropping it
+/// stops everything.
 pub struct FaultSampler {
     pub ebpf: Ebpf,
     /// The sampling period: each sample stands for this many minor faults.
     pub period: u64,
 }
 
-/// Loads the page-fault sampler for `pid` and starts it on every CPU.
+/// Loads the page-fault sampler for `pid` and starts it on every CPU. `syscalls` adds the
+/// mmap-family and brk tracepoints: while any syscall tracepoint is attached, every syscall
+/// of every process takes the kernel's slower path (about 5% of redis-benchmark's
+/// throughput here), so gear 1 leaves them off unless asked.
 pub fn attach_fault_sampler(
     pid: u32,
     unwind: crate::cli::Unwind,
     period: u64,
+    syscalls: bool,
 ) -> Result<FaultSampler, AttachError> {
     check_kernel()?;
-    let (unwind_mode, unwind_rows) = match unwind {
-        crate::cli::Unwind::Dwarf => (UNWIND_DWARF, MAX_UNWIND_ROWS),
-        crate::cli::Unwind::Fp | crate::cli::Unwind::Auto => (UNWIND_FRAME_POINTERS, 1),
-    };
-    let object = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leak-ebpf"));
+    let (unwind_mode, unwind_rows) = unwind_settings(unwind);
     // The allocation maps stay unused here: the smallest the kernel accepts. mmap and brk
     // events are few (no allocator call is probed, so these are every caller's, the
     // allocator's own included).
@@ -528,14 +540,8 @@ pub fn attach_fault_sampler(
         .map_max_entries(map_names::PENDING_SYSCALLS, 1024)
         .map_max_entries(map_names::MMAP_EVENTS, FAULT_SAMPLER_EVENTS_BYTES)
         .map_max_entries(map_names::UNWIND_ROWS, unwind_rows)
-        .load(object)
-        .map_err(|err| {
-            if os_error(&err) == Some(libc::EPERM) {
-                AttachError::NotPermitted
-            } else {
-                AttachError::Load(format!("{:#}", anyhow::Error::from(err)))
-            }
-        })?;
+        .load(LEAK_EBPF_OBJECT)
+        .map_err(object_error)?;
     let program: &mut PerfEvent = ebpf
         .program_mut(PAGE_FAULT_PROGRAM)
         .ok_or_else(|| {
@@ -569,7 +575,9 @@ pub fn attach_fault_sampler(
                 },
             })?;
     }
-    attach_syscall_tracepoints(&mut ebpf)?;
+    if syscalls {
+        attach_syscall_tracepoints(&mut ebpf)?;
+    }
     Ok(FaultSampler {
         ebpf,
         period: period.max(1),

@@ -169,6 +169,12 @@ pub struct WatchFlags {
     /// Take one page-fault sample (with its stack) per this many minor faults.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub fault_period: u64,
+    /// Between windows, also trace anonymous mmap, munmap, mremap and brk with their stacks
+    /// (which code maps memory that stays mapped). Uses syscall tracepoints, which put every
+    /// syscall of every process on the kernel's slower path: about 5% of redis-benchmark's
+    /// throughput here, against under 1% for gear 1 without them.
+    #[arg(long, env = "LEAKTRACE_WATCH_MMAP")]
+    pub watch_mmap: bool,
     /// Most processes watched at once (each costs a small eBPF object; with dwarf
     /// unwinding 16 MiB of kernel memory for its tables).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
@@ -213,6 +219,7 @@ impl WatchFlags {
             },
             escalate_at_start: self.escalate_at_start,
             fault_period: self.fault_period,
+            watch_mmap: self.watch_mmap,
             max_targets: self.max_targets as usize,
             duration: self.duration,
             interval: common.interval,

@@ -364,6 +364,26 @@ fn frame_pointers() -> String {
 }
 
 impl Report {
+    /// A report of `target` in `mode` with nothing in it yet.
+    pub fn empty(target: Target, mode: &str) -> Report {
+        Report {
+            version: REPORT_VERSION,
+            target,
+            mode: mode.to_string(),
+            duration_s: 0.0,
+            sample_rate: 1,
+            unwind: String::new(),
+            allocators: Vec::new(),
+            exited: None,
+            dropped: BTreeMap::new(),
+            events: BTreeMap::new(),
+            omitted_stacks: 0,
+            omitted_outstanding_bytes: 0,
+            process: None,
+            stacks: Vec::new(),
+        }
+    }
+
     /// Listed stacks with this verdict.
     pub fn count(&self, verdict: Verdict) -> usize {
         self.stacks

@@ -2,8 +2,8 @@
 //!
 //! - Gear 1, always on: the process's memory from /proc once a second, its minor page
 //!   faults sampled with their user stacks (`attach::FaultSampler`, read by `growth`), and
-//!   its anonymous mmap/munmap/mremap and brk calls with their stacks (`drain::Collector`):
-//!   no allocator is probed.
+//!   with `--watch-mmap` its anonymous mmap/munmap/mremap and brk calls with their stacks
+//!   (`drain::Collector`): no allocator is probed.
 //! - Gear 2, a precise window (`session::Window`): the allocation probes for
 //!   `--escalate-for`, opened when the anonymous-memory baseline keeps rising
 //!   (`analysis::escalation`), on SIGUSR1, or at start with `--escalate-at-start`. Its report
@@ -28,9 +28,7 @@ use crate::{
     drain::{Collector, KernelMaps, MAX_SERIES_LEN, push_thinned},
     growth::{FaultCounts, FaultGrowth, TouchedStack},
     metrics,
-    model::{
-        Origin, ProcessReport, ProcessSample, REPORT_VERSION, Report, StackReport, Target, Verdict,
-    },
+    model::{Origin, ProcessReport, ProcessSample, Report, StackReport, Target, Verdict},
     otel::{OtlpOptions, Telemetry},
     procfs, prometheus,
     report::{self, Format},
@@ -145,6 +143,8 @@ pub struct WatchOptions {
     pub escalate_at_start: bool,
     /// Page faults per gear-1 sample.
     pub fault_period: u64,
+    /// Gear 1 also traces mmap-family and brk calls (syscall tracepoints).
+    pub watch_mmap: bool,
     /// Most processes watched at once; more are counted and logged, not watched.
     pub max_targets: usize,
     /// Stop after this long (None: until SIGTERM or SIGINT).
@@ -314,6 +314,8 @@ pub fn file_stamp(at: SystemTime) -> String {
 struct Gear1 {
     /// The mmap and brk regions by stack, and the stacks of every sample.
     collector: Collector,
+    /// Whether mmap and brk calls are traced (--watch-mmap).
+    mmap_traced: bool,
     growth: FaultGrowth,
     tables: Option<UnwindTables>,
     modules: Modules,
@@ -323,9 +325,9 @@ struct Gear1 {
 }
 
 impl Gear1 {
-    fn start(pid: u32, unwind: Unwind, period: u64) -> Result<Gear1, String> {
-        let mut sampler =
-            attach::attach_fault_sampler(pid, unwind, period).map_err(|err| err.to_string())?;
+    fn start(pid: u32, unwind: Unwind, period: u64, syscalls: bool) -> Result<Gear1, String> {
+        let mut sampler = attach::attach_fault_sampler(pid, unwind, period, syscalls)
+            .map_err(|err| err.to_string())?;
         let page_size = procfs::page_size();
         let growth = FaultGrowth::take(&mut sampler, page_size).map_err(|err| err.to_string())?;
         let maps = KernelMaps::take(&mut sampler.ebpf).map_err(|err| err.to_string())?;
@@ -344,6 +346,7 @@ impl Gear1 {
         let _ = modules.refresh(pid);
         Ok(Gear1 {
             collector,
+            mmap_traced: syscalls,
             growth,
             tables,
             modules,
@@ -643,7 +646,12 @@ impl Watcher {
             Unwind::Fp => Unwind::Fp,
             Unwind::Auto | Unwind::Dwarf => Unwind::Dwarf,
         };
-        let gear1 = match Gear1::start(pid, unwind, self.options.fault_period) {
+        let gear1 = match Gear1::start(
+            pid,
+            unwind,
+            self.options.fault_period,
+            self.options.watch_mmap,
+        ) {
             Ok(gear1) => Some(gear1),
             Err(err) => {
                 log_event(
@@ -1056,18 +1064,8 @@ fn gear1_report(watched: &Watched) -> Report {
         events.insert("page_fault_samples".into(), gear1.growth.total_samples());
     }
     Report {
-        version: REPORT_VERSION,
-        target: watched.target.clone(),
-        mode: "watch".into(),
         duration_s: watched.since.elapsed().as_secs_f64(),
-        sample_rate: 1,
-        unwind: String::new(),
-        allocators: Vec::new(),
-        exited: None,
-        dropped: BTreeMap::new(),
         events,
-        omitted_stacks: 0,
-        omitted_outstanding_bytes: 0,
         process: (!watched.samples.is_empty()).then(|| ProcessReport {
             rss_growth_bytes_per_s: trend.rss.slope,
             rss_rising: trend.rss.steady,
@@ -1077,6 +1075,7 @@ fn gear1_report(watched: &Watched) -> Report {
             samples: watched.samples.iter().rev().take(1).copied().collect(),
         }),
         stacks: watched.last_stacks.clone(),
+        ..Report::empty(watched.target.clone(), "watch")
     }
 }
 
@@ -1109,20 +1108,9 @@ fn touched_report(
         })
         .collect();
     Report {
-        version: REPORT_VERSION,
-        target: target.clone(),
-        mode: "watch-growth".into(),
         duration_s: span_s,
-        sample_rate: 1,
-        unwind: String::new(),
-        allocators: Vec::new(),
-        exited: None,
-        dropped: BTreeMap::new(),
-        events: BTreeMap::new(),
-        omitted_stacks: 0,
-        omitted_outstanding_bytes: 0,
-        process: None,
         stacks,
+        ..Report::empty(target.clone(), "watch-growth")
     }
 }
 
@@ -1160,29 +1148,27 @@ fn growth_text(
         since_start.stacks.len()
     );
     for stack in since_start.stacks.iter().take(GROWTH_TEXT_STACKS) {
+        stack_line(&mut out, stack.outstanding_bytes, &stack.frames);
+    }
+    if !gear1.mmap_traced {
         let _ = writeln!(
             out,
-            "  {:>10}  {}",
-            report::human_bytes(stack.outstanding_bytes as f64),
-            frame_summary(&stack.frames)
+            "\nmmap and brk calls are not traced between windows (--watch-mmap traces them)."
         );
     }
     let mapped = gear1.mapped();
-    let _ = writeln!(
-        out,
-        "\nAnonymous memory mapped now (mmap and brk since watching began, allocator's own \
-         included), by the stack that mapped it: {} in {} stacks",
-        report::human_bytes(mapped.iter().map(|m| m.1).sum::<u64>() as f64),
-        mapped.len()
-    );
-    for (stack_id, bytes) in mapped.iter().take(GROWTH_TEXT_STACKS) {
-        let frames = gear1.frames(since_start.target.pid, *stack_id);
+    if gear1.mmap_traced {
         let _ = writeln!(
             out,
-            "  {:>10}  {}",
-            report::human_bytes(*bytes as f64),
-            frame_summary(&frames)
+            "\nAnonymous memory mapped now (mmap and brk since watching began, allocator's own \
+         included), by the stack that mapped it: {} in {} stacks",
+            report::human_bytes(mapped.iter().map(|m| m.1).sum::<u64>() as f64),
+            mapped.len()
         );
+    }
+    for (stack_id, bytes) in mapped.iter().take(GROWTH_TEXT_STACKS) {
+        let frames = gear1.frames(since_start.target.pid, *stack_id);
+        stack_line(&mut out, *bytes, &frames);
     }
     let window_total: u64 = in_window.iter().map(|s| s.bytes).sum();
     let _ = writeln!(
@@ -1193,14 +1179,19 @@ fn growth_text(
     );
     for stack in in_window.iter().take(GROWTH_TEXT_STACKS) {
         let frames = gear1.frames(since_start.target.pid, stack.stack_id);
-        let _ = writeln!(
-            out,
-            "  {:>10}  {}",
-            report::human_bytes(stack.bytes as f64),
-            frame_summary(&frames)
-        );
+        stack_line(&mut out, stack.bytes, &frames);
     }
     out
+}
+
+/// One line of the growth text: the bytes, then the frames.
+fn stack_line(out: &mut String, bytes: u64, frames: &[crate::model::Frame]) {
+    let _ = writeln!(
+        out,
+        "  {:>10}  {}",
+        report::human_bytes(bytes as f64),
+        frame_summary(frames)
+    );
 }
 
 /// "leak_slowly ← handle ← main", innermost first, at most 12 frames (allocator frames come

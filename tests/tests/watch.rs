@@ -155,6 +155,7 @@ fn a_leak_found_by_name_escalates_is_reported_and_followed_across_a_restart() {
             "8s",
             "--cooldown",
             "1h",
+            "--watch-mmap",
         ],
         &dir,
     );
@@ -207,6 +208,16 @@ fn a_leak_found_by_name_escalates_is_reported_and_followed_across_a_restart() {
     // Gear 1 (page faults, walked with unwind tables through glibc) names the same place.
     let growth = std::fs::read_to_string(format!("{stem}.growth.txt")).expect("growth text");
     assert!(growth.contains("remember_session"), "{growth}");
+    // With --watch-mmap gear 1 also sees malloc growing the heap with brk, on its behalf.
+    let mapped = growth
+        .split("Anonymous memory mapped now")
+        .nth(1)
+        .expect("a mapped-memory section");
+    let mapped = mapped.split("\n\n").next().unwrap_or("");
+    assert!(
+        mapped.contains("__GI___sbrk") && mapped.contains("remember_session"),
+        "{growth}"
+    );
     let svg = std::fs::read_to_string(format!("{stem}.growth.svg")).expect("growth svg");
     assert!(
         svg.contains("remember_session"),
