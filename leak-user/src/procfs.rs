@@ -11,6 +11,7 @@ pub struct Mapping {
     pub start: u64,
     pub end: u64,
     pub readable: bool,
+    pub writable: bool,
     pub executable: bool,
     /// File offset of `start`.
     pub offset: u64,
@@ -55,6 +56,7 @@ fn parse_maps_line(line: &str) -> Option<Mapping> {
         start: u64::from_str_radix(start, 16).ok()?,
         end: u64::from_str_radix(end, 16).ok()?,
         readable: perms.first() == Some(&b'r'),
+        writable: perms.get(1) == Some(&b'w'),
         executable: perms.get(2) == Some(&b'x'),
         offset: u64::from_str_radix(offset, 16).ok()?,
         dev: dev.to_string(),
