@@ -402,6 +402,19 @@ pub struct Common {
     /// memory); allocations beyond it are counted as dropped.
     #[arg(long, default_value_t = leak_common::DEFAULT_MAX_ALLOCS)]
     pub max_allocs: u32,
+    /// For the final report, stop the target briefly and find which live blocks nothing
+    /// points to any more (lost), only lost blocks point to (indirectly lost), only
+    /// pointers into their middle reach (interior), or are still reachable, as valgrind
+    /// does. On by default in `run` (at exit; --no-reachability turns it off).
+    #[arg(long)]
+    pub reachability: bool,
+    /// Do not classify live blocks by reachability (`run` does by default).
+    #[arg(long, conflicts_with = "reachability")]
+    pub no_reachability: bool,
+    /// Most bytes of the target's memory the reachability scan reads (e.g. 512M, 4G);
+    /// beyond it, blocks not reached count as lost and the report says the scan was cut.
+    #[arg(long, value_parser = parse_size, default_value = "4G")]
+    pub scan_limit: u64,
     /// Time between samples of the per-stack totals (resolution of growth trends).
     #[arg(long, default_value = "200ms", value_parser = parse_duration)]
     pub sample_interval: Duration,
@@ -514,7 +527,17 @@ impl Common {
             otlp: self.export.otlp(self.interval),
             prometheus: self.export.prometheus,
             export_top: self.export.export_top as usize,
+            // Set per command: see `with_reachability`.
+            reachability: false,
+            scan_limit: self.scan_limit,
         }
+    }
+
+    /// Whether the final report classifies blocks by reachability: asked for, or by
+    /// default at the exit of a `run`; never with --sample-rate (untracked blocks would
+    /// hide pointers).
+    pub fn reachability(&self, run_mode: bool) -> bool {
+        (self.reachability || (run_mode && !self.no_reachability)) && self.sample_rate == 1
     }
 
     /// Flags that contradict each other, as one line for the user.
@@ -529,6 +552,12 @@ impl Common {
         }
         if self.max_allocs == 0 {
             return Err("--max-allocs must be at least 1".into());
+        }
+        if self.reachability && self.sample_rate > 1 {
+            return Err(
+                "--reachability needs every allocation tracked: drop --sample-rate (or --reachability)"
+                    .into(),
+            );
         }
         Ok(())
     }

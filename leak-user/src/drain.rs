@@ -13,6 +13,7 @@ use leak_common::{
 
 use crate::{
     model::{Held, Origin, Sample, StackHistory, StackKey, Totals},
+    reachability::Block,
     regions::Regions,
 };
 
@@ -298,6 +299,32 @@ impl Collector {
 
     /// One walk of the live-allocation map: each heap stack's oldest allocation and what
     /// it holds born by `born_by_ns`, and what the walk cost per entry.
+    /// Every live traced allocation (address and size) with its stack, for the reachability
+    /// scan.
+    pub fn live_blocks(&self) -> Result<Vec<(Block, StackKey)>, DrainError> {
+        let mut blocks = Vec::new();
+        for entry in self.maps.allocs.iter() {
+            let (address, record) = match entry {
+                Ok(entry) => entry,
+                // Freed between listing and lookup.
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(err) => return Err(map_error(map_names::ALLOCS)(err)),
+            };
+            blocks.push((
+                Block {
+                    start: address,
+                    size: record.size,
+                },
+                StackKey {
+                    origin: Origin::Heap,
+                    stack_id: record.stack_id,
+                    caller_hint: 0,
+                },
+            ));
+        }
+        Ok(blocks)
+    }
+
     fn walk_live_allocations(&mut self, born_by_ns: u64, now_ns: u64) -> Result<(), DrainError> {
         let started = std::time::Instant::now();
         let mut oldest: HashMap<u32, u64> = HashMap::new();

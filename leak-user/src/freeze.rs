@@ -142,10 +142,11 @@ impl Frozen {
         }
     }
 
-    /// Every general-purpose register and the TLS bases of every thread: values that may
-    /// hold pointers.
-    pub fn registers(&self) -> Vec<u64> {
+    /// Every general-purpose register and the TLS bases of every thread (values that may
+    /// hold pointers), and each thread's stack pointer.
+    pub fn registers(&self) -> (Vec<u64>, Vec<u64>) {
         let mut values = Vec::new();
+        let mut stack_pointers = Vec::new();
         for &tid in &self.threads {
             // SAFETY: zeroed is a valid user_regs_struct (plain integers).
             let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
@@ -181,8 +182,9 @@ impl Frozen {
                 regs.fs_base,
                 regs.gs_base,
             ]);
+            stack_pointers.push(regs.rsp);
         }
-        values
+        (values, stack_pointers)
     }
 
     /// How long the process has been stopped.

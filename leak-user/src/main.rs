@@ -59,7 +59,13 @@ fn main() -> ExitCode {
             pid,
             duration,
             common,
-        } => match runtime.block_on(session::attach(pid, common.options(duration))) {
+        } => match runtime.block_on(session::attach(
+            pid,
+            session::Options {
+                reachability: common.reachability(false),
+                ..common.options(duration)
+            },
+        )) {
             Ok(outcome) => {
                 if outcome.report.exited.is_some() {
                     eprintln!(
@@ -76,7 +82,11 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { common, command } => {
-            match runtime.block_on(session::run(&command, common.options(None))) {
+            let options = session::Options {
+                reachability: common.reachability(true),
+                ..common.options(None)
+            };
+            match runtime.block_on(session::run(&command, options)) {
                 Ok(outcome) => match outcome.exit {
                     Some(exit) => match (exit.code, exit.signal) {
                         (Some(code), _) => ExitCode::from(code as u8),

@@ -249,6 +249,55 @@ mod hex_address {
     }
 }
 
+/// Bytes and blocks of one reachability class.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClassTotals {
+    pub bytes: u64,
+    pub blocks: u64,
+}
+
+/// A stack's live blocks by what still points to them (see `reachability`), as valgrind
+/// names them: lost (definitely), indirectly lost, interior (possibly lost), reachable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reachability {
+    pub lost: ClassTotals,
+    pub indirectly_lost: ClassTotals,
+    pub interior: ClassTotals,
+    pub reachable: ClassTotals,
+}
+
+impl Reachability {
+    pub fn add(&mut self, other: &Reachability) {
+        for (mine, theirs) in [
+            (&mut self.lost, &other.lost),
+            (&mut self.indirectly_lost, &other.indirectly_lost),
+            (&mut self.interior, &other.interior),
+            (&mut self.reachable, &other.reachable),
+        ] {
+            mine.bytes += theirs.bytes;
+            mine.blocks += theirs.blocks;
+        }
+    }
+
+    /// Bytes nothing outside lost memory points to.
+    pub fn lost_bytes(&self) -> u64 {
+        self.lost.bytes + self.indirectly_lost.bytes
+    }
+}
+
+/// How the reachability scan went.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReachabilityScan {
+    /// How long the target was stopped for it (0 when it was already held at exit).
+    pub paused_ms: f64,
+    /// Bytes of the target's memory read.
+    pub scanned_bytes: u64,
+    /// Tracked blocks classified.
+    pub blocks: u64,
+    /// --scan-limit was reached: blocks not reached by then count as lost, and may not be.
+    pub truncated: bool,
+}
+
 /// One stack as reported.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StackReport {
@@ -276,6 +325,9 @@ pub struct StackReport {
     #[serde(default)]
     pub survival_fraction: f64,
     pub frames: Vec<Frame>,
+    /// What still points to its live blocks, when a reachability scan ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reachability: Option<Reachability>,
     /// Outstanding memory over the session, at most a few dozen evenly spread points.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub series: Vec<Sample>,
@@ -350,6 +402,9 @@ pub struct Report {
     /// The process's memory trend (absent in version 1 reports).
     #[serde(default)]
     pub process: Option<ProcessReport>,
+    /// The reachability scan, when one ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reachability_scan: Option<ReachabilityScan>,
     /// Leaking stacks first, then growing, stable, transient; within each, by the sort key
     /// (at most --top of them).
     pub stacks: Vec<StackReport>,
@@ -380,6 +435,7 @@ impl Report {
             omitted_stacks: 0,
             omitted_outstanding_bytes: 0,
             process: None,
+            reachability_scan: None,
             stacks: Vec::new(),
         }
     }

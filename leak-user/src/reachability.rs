@@ -244,6 +244,47 @@ pub fn classify(
     }
 }
 
+/// Bytes below a thread's stack pointer that may still be live (the x86-64 red zone).
+const RED_ZONE: u64 = 128;
+
+/// The memory that may hold pointers into the heap: every writable mapping; a thread's
+/// stack only from its stack pointer up (what lies below is dead frames, as valgrind sees
+/// it). With `allocator_owned_excluded` (the whole process was traced, so the memory around
+/// tracked blocks is the allocator's own: free lists, freed data), mappings holding a
+/// tracked block are left out; otherwise untracked memory there may be blocks allocated
+/// before tracing began and counts as a root.
+pub fn roots(
+    maps: &[crate::procfs::Mapping],
+    blocks: &[Block],
+    stack_pointers: &[u64],
+    allocator_owned_excluded: bool,
+) -> Vec<Range<u64>> {
+    let mut sorted: Vec<Block> = blocks.to_vec();
+    sorted.sort_by_key(|block| block.start);
+    maps.iter()
+        .filter(|mapping| mapping.writable && mapping.readable)
+        .filter(|mapping| !matches!(mapping.path.as_str(), "[vvar]" | "[vsyscall]" | "[vdso]"))
+        .filter(|mapping| {
+            if !allocator_owned_excluded {
+                return true;
+            }
+            let first = sorted.partition_point(|block| block.start < mapping.start);
+            sorted
+                .get(first)
+                .is_none_or(|block| block.start >= mapping.end)
+        })
+        .map(|mapping| {
+            let live_from = stack_pointers
+                .iter()
+                .filter(|&&sp| sp >= mapping.start && sp < mapping.end)
+                .map(|&sp| sp.saturating_sub(RED_ZONE).max(mapping.start))
+                .min()
+                .unwrap_or(mapping.start);
+            live_from..mapping.end
+        })
+        .collect()
+}
+
 /// The parts of `roots` outside every block (blocks sorted by start).
 fn outside_blocks(roots: &[Range<u64>], blocks: &[Block]) -> Vec<Range<u64>> {
     let mut parts = Vec::new();
@@ -387,6 +428,32 @@ mod tests {
             outside_blocks(std::slice::from_ref(&heap), &[block(0x1100), block(0x1800)]),
             vec![0x1000..0x1100, 0x1140..0x1800, 0x1840..0x2000]
         );
+    }
+
+    #[test]
+    fn roots_are_writable_memory_with_live_stacks_only() {
+        let maps = crate::procfs::parse_maps(
+            "555500000000-555500001000 r-xp 00000000 08:01 1 /bin/prog\n\
+             555500001000-555500002000 rw-p 00001000 08:01 1 /bin/prog\n\
+             555500100000-555500200000 rw-p 00000000 00:00 0 [heap]\n\
+             7f0000000000-7f0000100000 rw-p 00000000 00:00 0\n\
+             7ffc00000000-7ffc00021000 rw-p 00000000 00:00 0 [stack]\n\
+             7ffc00100000-7ffc00102000 r--p 00000000 00:00 0 [vvar]\n",
+        );
+        let blocks = [block(0x5555_0010_0010)];
+        let sp = [0x7ffc_0002_0000];
+        // Attach mode: the heap around tracked blocks may hold untracked live blocks.
+        assert_eq!(
+            roots(&maps, &blocks, &sp, false),
+            vec![
+                0x5555_0000_1000..0x5555_0000_2000,
+                0x5555_0010_0000..0x5555_0020_0000,
+                0x7f00_0000_0000..0x7f00_0010_0000,
+                0x7ffc_0002_0000 - RED_ZONE..0x7ffc_0002_1000,
+            ]
+        );
+        // Run mode: the mapping that holds tracked blocks is the allocator's.
+        assert_eq!(roots(&maps, &blocks, &sp, true).len(), 3);
     }
 
     #[test]

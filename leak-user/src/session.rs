@@ -18,14 +18,17 @@ use crate::{
     cli::Unwind,
     drain::{Collector, KernelMaps},
     drain::{MAX_SERIES_LEN, push_thinned},
+    freeze::{Frozen, ProcessMemory},
     launch::{self, ChildEvent},
     metrics,
     model::{
         AllocatorInfo, Exit, Frame, Held, Origin, ProcessReport, ProcessSample, REPORT_VERSION,
-        Report, StackHistory, StackReport, Target, Trend, Verdict,
+        Reachability, ReachabilityScan, Report, StackHistory, StackKey, StackReport, Target, Trend,
+        Verdict,
     },
     otel::{OtlpOptions, Telemetry},
     procfs, prometheus,
+    reachability::{self, Block, Class},
     report::{self, Format},
     symbolize::{Modules, Symbolizer},
     unwind_tables::UnwindTables,
@@ -64,6 +67,11 @@ pub struct Options {
     pub prometheus: Option<SocketAddr>,
     /// Stacks exported with their own series.
     pub export_top: usize,
+    /// Classify live blocks by what still points to them (see `reachability`) for the
+    /// final report.
+    pub reachability: bool,
+    /// Most bytes of the target's memory the reachability scan reads.
+    pub scan_limit: u64,
 }
 
 /// What orders the stacks within a verdict.
@@ -98,9 +106,14 @@ impl Default for Options {
             otlp: None,
             prometheus: None,
             export_top: 20,
+            reachability: false,
+            scan_limit: DEFAULT_SCAN_LIMIT,
         }
     }
 }
+
+/// Default --scan-limit: 4 GiB.
+pub const DEFAULT_SCAN_LIMIT: u64 = 4 << 30;
 
 /// Errors that end a session, each one line for the user.
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +163,8 @@ struct Session {
     endpoint: Option<prometheus::Endpoint>,
     /// The kernel's unwind tables (--unwind dwarf).
     unwind: Option<UnwindTables>,
+    /// The reachability scan's classes by stack, once it ran.
+    reachability: Option<(HashMap<StackKey, Reachability>, ReachabilityScan)>,
 }
 
 /// What the report says about one probed module.
@@ -349,6 +364,7 @@ impl Session {
             telemetry: None,
             endpoint: None,
             unwind,
+            reachability: None,
         })
     }
 
@@ -574,6 +590,9 @@ impl Session {
                         let _ = self.modules.refresh(self.pid);
                         self.last_process_sample_ns = None;
                         self.tick()?;
+                        if self.options.reachability {
+                            self.scan_reachability(true);
+                        }
                         let _ = ack.send(());
                     }
                     Some(ChildEvent::Exited { code, signal }) => {
@@ -611,7 +630,76 @@ impl Session {
         Ok(())
     }
 
+    /// Classifies every live traced block by what still points to it. A running target is
+    /// stopped for it (every thread, released on return whatever happens); one `held` at
+    /// exit is already stopped, its threads' registers gone. Problems are said, not fatal:
+    /// the report goes on without reachability.
+    fn scan_reachability(&mut self, held: bool) {
+        let blocks = match self.collector.live_blocks() {
+            Ok(blocks) => blocks,
+            Err(err) => {
+                eprintln!("leaktrace: reachability not scanned: {err}");
+                return;
+            }
+        };
+        let frozen = if held {
+            None
+        } else {
+            match Frozen::freeze(self.pid) {
+                Ok(frozen) => Some(frozen),
+                Err(err) => {
+                    eprintln!("leaktrace: reachability not scanned: {err}");
+                    return;
+                }
+            }
+        };
+        let (registers, stack_pointers) =
+            frozen.as_ref().map(Frozen::registers).unwrap_or_default();
+        let maps = procfs::read_maps(self.pid).unwrap_or_default();
+        let tracked: Vec<Block> = blocks.iter().map(|(block, _)| *block).collect();
+        // `run` traced the program from its first instruction: memory around the tracked
+        // blocks is the allocator's own.
+        let roots = reachability::roots(&maps, &tracked, &stack_pointers, self.mode == "run");
+        let mut memory = ProcessMemory { pid: self.pid };
+        let classification = reachability::classify(
+            &tracked,
+            &roots,
+            &registers,
+            &mut memory,
+            self.options.scan_limit,
+        );
+        let paused = frozen.map(|frozen| frozen.stopped_for());
+        let mut by_stack: HashMap<StackKey, Reachability> = HashMap::new();
+        for ((block, key), class) in blocks.iter().zip(&classification.classes) {
+            let reachability = by_stack.entry(*key).or_default();
+            let totals = match class {
+                Class::Lost => &mut reachability.lost,
+                Class::IndirectlyLost => &mut reachability.indirectly_lost,
+                Class::Interior => &mut reachability.interior,
+                Class::Reachable => &mut reachability.reachable,
+            };
+            totals.bytes += block.size;
+            totals.blocks += 1;
+        }
+        let scan = ReachabilityScan {
+            paused_ms: paused.map_or(0.0, |paused| paused.as_secs_f64() * 1e3),
+            scanned_bytes: classification.scanned_bytes,
+            blocks: tracked.len() as u64,
+            truncated: classification.truncated,
+        };
+        log::info!(
+            "reachability: {} blocks, {} bytes read, target stopped {:.1} ms",
+            scan.blocks,
+            scan.scanned_bytes,
+            scan.paused_ms
+        );
+        self.reachability = Some((by_stack, scan));
+    }
+
     fn finish(mut self, exited: Option<Exit>) -> Result<Outcome, SessionError> {
+        if self.options.reachability && self.reachability.is_none() && exited.is_none() {
+            self.scan_reachability(false);
+        }
         let analysing = std::time::Instant::now();
         let report = self.analyse(exited, true)?;
         log::debug!(
@@ -715,7 +803,7 @@ impl Session {
                 }
             }
         }
-        let mut judged: Vec<(StackHistory, Trend, Vec<Frame>)> = Vec::new();
+        let mut judged: Vec<(StackHistory, Trend, Vec<Frame>, Option<Reachability>)> = Vec::new();
         let mut omitted = (0u64, 0u64);
         for (frames, members) in groups {
             let refs: Vec<&StackHistory> = members.iter().collect();
@@ -742,10 +830,27 @@ impl Session {
                 history.totals.outstanding_allocs = held.allocs;
                 history.totals.outstanding_bytes = held.bytes;
             }
-            judged.push((history, trend, frames));
+            let reachability = self.reachability.as_ref().map(|(by_stack, _)| {
+                let mut sum = Reachability::default();
+                for member in &members {
+                    if let Some(found) = by_stack.get(&member.key) {
+                        sum.add(found);
+                    }
+                }
+                sum
+            });
+            let mut trend = trend;
+            // Rising memory that the program can still reach is a growing cache or
+            // queue, not a leak.
+            if trend.verdict == Verdict::Leaking
+                && reachability.is_some_and(|r| r.lost_bytes() == 0 && r.reachable.bytes > 0)
+            {
+                trend.verdict = Verdict::Growing;
+            }
+            judged.push((history, trend, frames, reachability));
         }
         let sort = self.options.sort;
-        judged.sort_by(|(a, a_trend, _), (b, b_trend, _)| {
+        judged.sort_by(|(a, a_trend, _, _), (b, b_trend, _, _)| {
             let key = |history: &StackHistory, trend: &Trend| match sort {
                 SortKey::Bytes => history.totals.outstanding_bytes as f64,
                 SortKey::Count => history.totals.outstanding_allocs as f64,
@@ -761,12 +866,12 @@ impl Session {
         });
         let mut kept = judged;
         let top = if top == 0 { usize::MAX } else { top };
-        for (history, _, _) in kept.split_off(kept.len().min(top)) {
+        for (history, _, _, _) in kept.split_off(kept.len().min(top)) {
             omitted.0 += 1;
             omitted.1 += history.totals.outstanding_bytes;
         }
         let mut stacks = Vec::with_capacity(kept.len());
-        for (history, trend, frames) in kept {
+        for (history, trend, frames, reachability) in kept {
             stacks.push(StackReport {
                 verdict: trend.verdict,
                 origin: history.key.origin,
@@ -782,6 +887,7 @@ impl Session {
                 r_squared: trend.r_squared,
                 survival_fraction: trend.survival_fraction,
                 frames,
+                reachability,
                 series: evenly_spread(&history.series, REPORT_SERIES_POINTS),
             });
         }
@@ -828,6 +934,7 @@ impl Session {
                 memory_limit_bytes: procfs::memory_limit(self.pid),
                 samples: evenly_spread(&self.process_samples, REPORT_PROCESS_POINTS),
             }),
+            reachability_scan: self.reachability.as_ref().map(|(_, scan)| *scan),
             stacks,
         })
     }

@@ -1103,6 +1103,7 @@ fn touched_report(
             growth_onset: None,
             r_squared: 0.0,
             survival_fraction: 0.0,
+            reachability: None,
             frames: gear1.frames(target.pid, stack.stack_id),
             series: Vec::new(),
         })

@@ -401,6 +401,21 @@ impl Drop for Target {
     }
 }
 
+/// The verdict a stack held at a run's exit gets: leaking, unless the reachability scan
+/// found every byte still reachable (then growing: a cache, not a leak).
+pub fn held_at_exit_verdict(stack: &Value) -> &'static str {
+    let reachability = &stack["reachability"];
+    let bytes = |class: &str| reachability[class]["bytes"].as_u64().unwrap_or(0);
+    if reachability.is_object()
+        && bytes("lost") + bytes("indirectly_lost") == 0
+        && bytes("reachable") > 0
+    {
+        "growing"
+    } else {
+        "leaking"
+    }
+}
+
 pub fn u64_of(value: &Value) -> u64 {
     value
         .as_u64()

@@ -185,6 +185,7 @@ mod tests {
             growth_onset: None,
             r_squared: 0.0,
             survival_fraction: 1.0,
+            reachability: None,
             frames: vec![
                 Frame {
                     function: Some(function.into()),
@@ -220,6 +221,7 @@ mod tests {
             omitted_stacks: 0,
             omitted_outstanding_bytes: 0,
             process: None,
+            reachability_scan: None,
             stacks,
         }
     }

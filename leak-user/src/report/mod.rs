@@ -107,6 +107,7 @@ pub mod fixtures {
                 0.98
             },
             survival_fraction: outstanding_allocs as f64 / (outstanding_allocs + 40) as f64,
+            reachability: None,
             frames,
             series: (0..4)
                 .map(|i| Sample {
@@ -246,6 +247,7 @@ pub mod fixtures {
                     })
                     .collect(),
             }),
+            reachability_scan: None,
             stacks,
         }
     }
@@ -255,6 +257,7 @@ pub mod fixtures {
         Report {
             stacks: Vec::new(),
             process: None,
+            reachability_scan: None,
             omitted_stacks: 0,
             omitted_outstanding_bytes: 0,
             ..sample_report()

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::{
-    model::{Frame, ProcessReport, Report, StackReport, Verdict},
+    model::{Frame, ProcessReport, Reachability, Report, StackReport, Verdict},
     report::human_bytes,
 };
 
@@ -100,6 +100,20 @@ pub fn render(report: &Report, color: bool) -> String {
     if let Some(process) = &report.process {
         let _ = writeln!(out, "{}", process_line(process));
     }
+    if let Some(scan) = &report.reachability_scan {
+        let _ = writeln!(
+            out,
+            "reachability: {} live blocks classified, {} read, target stopped {:.1} ms{}",
+            scan.blocks,
+            human_bytes(scan.scanned_bytes as f64),
+            scan.paused_ms,
+            if scan.truncated {
+                " (cut at --scan-limit: blocks not reached by then count as lost)"
+            } else {
+                ""
+            }
+        );
+    }
     if let Some(exit) = &report.exited {
         let how = match (exit.code, exit.signal) {
             (Some(code), _) => format!("exited with status {code}"),
@@ -190,6 +204,32 @@ pub fn render(report: &Report, color: bool) -> String {
     out
 }
 
+/// "reachability: 200 B lost (1 block), 300 B indirectly lost (1 block)": the classes that
+/// hold something, worst first.
+fn reachability_line(reachability: &Reachability) -> String {
+    let parts: Vec<String> = [
+        ("lost", reachability.lost),
+        ("indirectly lost", reachability.indirectly_lost),
+        ("interior pointers only", reachability.interior),
+        ("still reachable", reachability.reachable),
+    ]
+    .iter()
+    .filter(|(_, totals)| totals.blocks > 0)
+    .map(|(name, totals)| {
+        format!(
+            "{} {name} ({})",
+            human_bytes(totals.bytes as f64),
+            plural(totals.blocks, "block")
+        )
+    })
+    .collect();
+    if parts.is_empty() {
+        "reachability: no live blocks".to_string()
+    } else {
+        format!("reachability: {}", parts.join(", "))
+    }
+}
+
 /// "process: RSS 10.00 MiB → 14.00 MiB, rising +400.00 KiB/s since 3.0s; anonymous …"
 fn process_line(process: &ProcessReport) -> String {
     let (Some(first), Some(last)) = (process.samples.first(), process.samples.last()) else {
@@ -245,6 +285,9 @@ fn render_detailed(out: &mut String, rank: usize, stack: &StackReport, painter: 
         plural(stack.total_allocs, "allocation"),
         stack.confidence,
     );
+    if let Some(reachability) = &stack.reachability {
+        let _ = writeln!(out, "    {}", reachability_line(reachability));
+    }
     if stack.frames.is_empty() {
         let _ = writeln!(
             out,
