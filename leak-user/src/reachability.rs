@@ -81,6 +81,8 @@ const CHUNK: usize = 64 << 10;
 struct Scanner<'a, M: Memory> {
     /// Sorted by start, not overlapping.
     blocks: &'a [Block],
+    /// From the first block's start to past the last block's end.
+    span: Range<u64>,
     order: Vec<usize>,
     states: Vec<State>,
     memory: &'a mut M,
@@ -94,6 +96,10 @@ impl<M: Memory> Scanner<'_, M> {
     /// The block (index into the sorted blocks) `value` points into, and whether it points
     /// at its start. A zero-sized block is pointed to only at its start.
     fn target(&self, value: u64) -> Option<(usize, bool)> {
+        // Most words are not heap addresses at all: one comparison rules them out.
+        if !self.span.contains(&value) {
+            return None;
+        }
         let after = self.blocks.partition_point(|block| block.start <= value);
         let index = after.checked_sub(1)?;
         let block = self.blocks[index];
@@ -201,8 +207,19 @@ pub fn classify(
     let mut order: Vec<usize> = (0..blocks.len()).collect();
     order.sort_by_key(|&index| blocks[index].start);
     let sorted: Vec<Block> = order.iter().map(|&index| blocks[index]).collect();
+    let span = match (
+        sorted.first(),
+        sorted
+            .iter()
+            .map(|b| b.start.saturating_add(b.size.max(1)))
+            .max(),
+    ) {
+        (Some(first), Some(end)) => first.start..end,
+        _ => 0..0,
+    };
     let mut scanner = Scanner {
         blocks: &sorted,
+        span,
         order,
         states: vec![State::Unreached; sorted.len()],
         memory,
