@@ -320,6 +320,8 @@ struct Gear1 {
     tables: Option<UnwindTables>,
     modules: Modules,
     symbolizer: Symbolizer,
+    /// The process's "[uprobes]" mappings, found once per report (see `frames`).
+    trampolines: Vec<procfs::Mapping>,
     /// Kept last: dropping it detaches the sampler.
     _sampler: FaultSampler,
 }
@@ -351,24 +353,31 @@ impl Gear1 {
             tables,
             modules,
             symbolizer: Symbolizer::new(),
+            trampolines: Vec::new(),
             _sampler: sampler,
         })
     }
 
-    /// Symbolized frames of a recorded stack. While a precise window's return probes are
-    /// in place, the allocator's return address on the stack is the kernel's uretprobe
-    /// trampoline (in the "[uprobes]" mapping); the walk goes on by frame pointers there.
-    fn frames(&mut self, pid: u32, stack_id: u32) -> Vec<crate::model::Frame> {
-        let ips = self.collector.stack_ips(stack_id).to_vec();
-        let mut frames = self.symbolizer.symbolize_stack(&self.modules, &ips);
-        let trampolines: Vec<procfs::Mapping> = procfs::read_maps(pid)
+    /// Finds the "[uprobes]" mapping (see `frames`): once per report, not once per stack.
+    fn find_trampolines(&mut self, pid: u32) {
+        self.trampolines = procfs::read_maps(pid)
             .unwrap_or_default()
             .into_iter()
             .filter(|mapping| mapping.path == "[uprobes]")
             .collect();
+    }
+
+    /// Symbolized frames of a recorded stack. While a precise window's return probes are
+    /// in place, the allocator's return address on the stack is the kernel's uretprobe
+    /// trampoline (in the "[uprobes]" mapping, as `find_trampolines` last saw it); the walk
+    /// goes on by frame pointers there.
+    fn frames(&mut self, stack_id: u32) -> Vec<crate::model::Frame> {
+        let ips = self.collector.stack_ips(stack_id).to_vec();
+        let mut frames = self.symbolizer.symbolize_stack(&self.modules, &ips);
         for frame in &mut frames {
             if frame.function.is_none()
-                && trampolines
+                && self
+                    .trampolines
                     .iter()
                     .any(|mapping| mapping.contains(frame.address))
             {
@@ -924,6 +933,7 @@ impl Watcher {
         );
         if let Some(gear1) = &mut watched.gear1 {
             gear1.refresh(pid);
+            gear1.find_trampolines(pid);
             let since_start = gear1.growth.since(&FaultCounts::new());
             let in_window = gear1.growth.since(&open.faults_at_open);
             let growth_report = touched_report(
@@ -1104,7 +1114,7 @@ fn touched_report(
             r_squared: 0.0,
             survival_fraction: 0.0,
             reachability: None,
-            frames: gear1.frames(target.pid, stack.stack_id),
+            frames: gear1.frames(stack.stack_id),
             series: Vec::new(),
         })
         .collect();
@@ -1168,7 +1178,7 @@ fn growth_text(
         );
     }
     for (stack_id, bytes) in mapped.iter().take(GROWTH_TEXT_STACKS) {
-        let frames = gear1.frames(since_start.target.pid, *stack_id);
+        let frames = gear1.frames(*stack_id);
         stack_line(&mut out, *bytes, &frames);
     }
     let window_total: u64 = in_window.iter().map(|s| s.bytes).sum();
@@ -1179,7 +1189,7 @@ fn growth_text(
         in_window.len()
     );
     for stack in in_window.iter().take(GROWTH_TEXT_STACKS) {
-        let frames = gear1.frames(since_start.target.pid, stack.stack_id);
+        let frames = gear1.frames(stack.stack_id);
         stack_line(&mut out, stack.bytes, &frames);
     }
     out
