@@ -4,7 +4,7 @@
 //!
 //! Cardinality is bounded: only the first `max_stacks` stacks of a report (leaking first) get
 //! their own series; the rest are summed under `leaktrace.stack.id="other"`.
-use crate::model::{Report, StackReport, Verdict};
+use crate::model::{Reachability, Report, StackReport, Verdict};
 
 /// Whether a value only goes up (a total) or goes up and down.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,6 +102,21 @@ pub const STACK_LEAKING: Instrument = gauge(
     "1",
     "1 when the call stack's verdict is leaking, else 0.",
 );
+pub const STACK_REACHABILITY: Instrument = gauge(
+    "leaktrace.stack.reachability",
+    "By",
+    "Bytes of a call stack's live blocks by what still points to them (leaktrace.reachability.class: lost, indirectly_lost, interior, reachable), as of the last reachability scan.",
+);
+pub const STACK_REACHABILITY_BLOCKS: Instrument = gauge(
+    "leaktrace.stack.reachability.blocks",
+    "{block}",
+    "A call stack's live blocks by what still points to them, as of the last reachability scan.",
+);
+pub const REACHABILITY_PAUSE: Instrument = gauge(
+    "leaktrace.reachability.pause",
+    "s",
+    "How long the target was stopped for the last reachability scan.",
+);
 pub const EVENTS_DROPPED: Instrument = counter(
     "leaktrace.events.dropped",
     "{event}",
@@ -124,7 +139,7 @@ pub const EXPORT_FAILURES: Instrument = counter(
 );
 
 /// Every instrument, in the order they are published.
-pub const INSTRUMENTS: [Instrument; 16] = [
+pub const INSTRUMENTS: [Instrument; 19] = [
     PROCESS_MEMORY_USAGE,
     PROCESS_MEMORY_VIRTUAL,
     PROCESS_MEMORY_LIMIT,
@@ -137,6 +152,9 @@ pub const INSTRUMENTS: [Instrument; 16] = [
     STACK_FREES,
     STACK_GROWTH,
     STACK_LEAKING,
+    STACK_REACHABILITY,
+    STACK_REACHABILITY_BLOCKS,
+    REACHABILITY_PAUSE,
     EVENTS_DROPPED,
     PROBES_ATTACHED,
     SYMBOLIZATION_FAILURES,
@@ -269,7 +287,10 @@ pub fn points(
         } else {
             0.0
         };
-        push(STACK_LEAKING, attributes, leaking);
+        push(STACK_LEAKING, attributes.clone(), leaking);
+        if let Some(reachability) = &stack.reachability {
+            push_reachability(&mut push, &attributes, reachability);
+        }
     }
     if !rest.is_empty() || report.omitted_stacks > 0 {
         let other = || vec![("leaktrace.stack.id", Value::Text(OTHER_STACKS.into()))];
@@ -286,6 +307,16 @@ pub fn points(
         );
         push(STACK_ALLOCATIONS, other(), sum(|s| s.total_allocs));
         push(STACK_FREES, other(), sum(|s| s.total_frees));
+        if report.reachability_scan.is_some() {
+            let mut reachability = Reachability::default();
+            for stack in rest {
+                reachability.add(&stack.reachability.unwrap_or_default());
+            }
+            push_reachability(&mut push, &other(), &reachability);
+        }
+    }
+    if let Some(scan) = &report.reachability_scan {
+        push(REACHABILITY_PAUSE, Vec::new(), scan.paused_ms / 1e3);
     }
     for (reason, count) in &report.dropped {
         push(
@@ -303,6 +334,21 @@ pub fn points(
     push(SYMBOLIZATION_FAILURES, Vec::new(), failures as f64);
     push(EXPORT_FAILURES, Vec::new(), export_failures as f64);
     points
+}
+
+/// A stack's bytes and blocks of each reachability class: four series each, whatever the
+/// classes hold, so a class that empties reads 0 rather than vanishing.
+fn push_reachability(
+    push: &mut impl FnMut(Instrument, Vec<(&'static str, Value)>, f64),
+    attributes: &[(&'static str, Value)],
+    reachability: &Reachability,
+) {
+    for (class, _, totals) in reachability.classes() {
+        let mut attributes = attributes.to_vec();
+        attributes.push(("leaktrace.reachability.class", Value::Text(class.into())));
+        push(STACK_REACHABILITY, attributes.clone(), totals.bytes as f64);
+        push(STACK_REACHABILITY_BLOCKS, attributes, totals.blocks as f64);
+    }
 }
 
 /// Whether a stack is worth a span event: leaking or growing.
@@ -334,7 +380,7 @@ pub fn frame_lines(stack: &StackReport) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::fixtures::sample_report;
+    use crate::report::fixtures::{sample_report, scanned_report};
 
     fn values_of(points: &[Point], instrument: Instrument) -> Vec<&Point> {
         points
@@ -389,6 +435,39 @@ mod tests {
         );
         let rss = values_of(&points, PROCESS_MEMORY_USAGE);
         assert_eq!(rss[0].value, ((4 << 20) + 14000) as f64);
+    }
+
+    #[test]
+    fn reachability_is_a_series_per_class_and_the_pause_in_seconds() {
+        let points = points(&scanned_report(), 2, 5, 0);
+        let class_of = |point: &Point| {
+            point
+                .attributes
+                .iter()
+                .find(|(key, _)| *key == "leaktrace.reachability.class")
+                .map(|(_, value)| value.clone())
+        };
+        let bytes = values_of(&points, STACK_REACHABILITY);
+        // Two stacks of their own and "other", four classes each.
+        assert_eq!(bytes.len(), 12);
+        assert_eq!(class_of(bytes[0]), Some(Value::Text("lost".into())));
+        assert_eq!(bytes[0].value, 9600.0);
+        assert_eq!(bytes[1].value, 640.0);
+        assert_eq!(bytes[7].value, 4096.0);
+        let other: Vec<f64> = bytes[8..].iter().map(|point| point.value).collect();
+        // Stacks 3..: interior 1024, reachable 1024 + 2000, lost 1536.
+        assert_eq!(other, [1536.0, 0.0, 1024.0, 3024.0]);
+        assert_eq!(
+            bytes[8].attributes[0],
+            ("leaktrace.stack.id", Value::Text(OTHER_STACKS.into()))
+        );
+        let blocks = values_of(&points, STACK_REACHABILITY_BLOCKS);
+        assert_eq!(blocks[0].value, 150.0);
+        assert_eq!(values_of(&points, REACHABILITY_PAUSE)[0].value, 0.0125);
+        // Without a scan, no reachability series at all.
+        let unscanned = super::points(&sample_report(), 2, 5, 0);
+        assert!(values_of(&unscanned, STACK_REACHABILITY).is_empty());
+        assert!(values_of(&unscanned, REACHABILITY_PAUSE).is_empty());
     }
 
     #[test]

@@ -279,6 +279,27 @@ impl Reachability {
         }
     }
 
+    /// Each class as (name in JSON and metrics, name people read, totals), in the order
+    /// reports list them.
+    pub fn classes(&self) -> [(&'static str, &'static str, ClassTotals); 4] {
+        [
+            ("lost", "lost", self.lost),
+            ("indirectly_lost", "indirectly lost", self.indirectly_lost),
+            ("interior", "interior pointers only", self.interior),
+            ("reachable", "still reachable", self.reachable),
+        ]
+    }
+
+    /// Bytes and blocks classified, whatever the class.
+    pub fn classified(&self) -> ClassTotals {
+        self.classes()
+            .iter()
+            .fold(ClassTotals::default(), |sum, (_, _, totals)| ClassTotals {
+                bytes: sum.bytes + totals.bytes,
+                blocks: sum.blocks + totals.blocks,
+            })
+    }
+
     /// Bytes nothing outside lost memory points to.
     pub fn lost_bytes(&self) -> u64 {
         self.lost.bytes + self.indirectly_lost.bytes

@@ -456,6 +456,14 @@ fn suspect_attributes(stack: &StackReport) -> Vec<KeyValue> {
     if let Some(age) = stack.oldest_age_s {
         attributes.push(KeyValue::new("leaktrace.oldest_age_s", age));
     }
+    if let Some(reachability) = &stack.reachability {
+        for (class, _, totals) in reachability.classes() {
+            attributes.push(KeyValue::new(
+                format!("leaktrace.reachability.{class}_bytes"),
+                totals.bytes as i64,
+            ));
+        }
+    }
     let frames: Vec<opentelemetry::StringValue> = metrics::frame_lines(stack)
         .into_iter()
         .map(Into::into)

@@ -3,7 +3,8 @@
 use std::{collections::BTreeMap, path::Path, process::Command};
 
 use leaktrace_tests::{
-    Target, bpf_available, build_c, leaktrace_then, scratch_dir, tool_available, u64_of,
+    Target, bpf_available, build_c, leaktrace_bin, leaktrace_then, scratch_dir, tool_available,
+    u64_of,
 };
 use serde_json::Value;
 
@@ -186,6 +187,32 @@ fn classes_match_valgrind_on_every_case() {
     );
     assert!(u64_of(&scan["scanned_bytes"]) > 0, "{scan}");
     assert_eq!(scan["truncated"], false);
+    // The flame graph's input splits each stack by class, as the JSON does.
+    let saved = scratch_dir().join("reach_cases.json");
+    let out = Command::new(leaktrace_bin())
+        .args([
+            "report",
+            saved.to_str().expect("utf-8"),
+            "--format",
+            "folded",
+        ])
+        .output()
+        .expect("run leaktrace report");
+    assert!(out.status.success(), "{out:?}");
+    let folded = String::from_utf8_lossy(&out.stdout);
+    let lost = expected["lose_plainly"]["lost"];
+    assert!(
+        folded
+            .lines()
+            .any(|line| line.ends_with(&format!("lose_plainly;[lost] {lost}"))),
+        "{folded}"
+    );
+    assert!(
+        folded
+            .lines()
+            .any(|line| line.contains("keep_in_global;[still reachable] ")),
+        "{folded}"
+    );
     // The target runs on after the scan.
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("target alive");
     assert!(!stat.contains(") Z ") && !stat.contains(") T "), "{stat}");

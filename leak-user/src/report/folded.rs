@@ -1,5 +1,7 @@
 //! Folded stacks, the input of flamegraph.pl and inferno: one line per stack, frames from
 //! the outermost call to the allocation joined by `;`, then the stack's outstanding bytes.
+//! After a reachability scan, a stack's bytes are split by class under leaf frames such as
+//! `[lost]` and `[still reachable]`, so a flame graph shows what is leaked and what is held.
 use std::fmt::Write as _;
 
 use crate::model::{Frame, Report, StackReport};
@@ -10,14 +12,38 @@ pub const UNKNOWN_STACK: &str = "[unknown stack]";
 pub fn render(report: &Report) -> String {
     let mut out = String::new();
     for stack in holding_memory(report) {
-        let _ = writeln!(
-            out,
-            "{} {}",
-            frame_names(stack).join(";"),
-            stack.outstanding_bytes
-        );
+        let frames = frame_names(stack).join(";");
+        for (leaf, bytes) in leaves(stack) {
+            let _ = match leaf {
+                Some(class) => writeln!(out, "{frames};{class} {bytes}"),
+                None => writeln!(out, "{frames} {bytes}"),
+            };
+        }
     }
     out
+}
+
+/// A stack's outstanding bytes as flame-graph leaves. Without a reachability scan, one leaf:
+/// the stack itself. With one, a `[class]` leaf per class holding memory, and the bytes
+/// allocated after the scan (when there are any) on the stack itself. The classes are as of
+/// the scan, so blocks freed since it still count there.
+pub(super) fn leaves(stack: &StackReport) -> Vec<(Option<String>, u64)> {
+    let Some(reachability) = &stack.reachability else {
+        return vec![(None, stack.outstanding_bytes)];
+    };
+    let mut leaves: Vec<(Option<String>, u64)> = reachability
+        .classes()
+        .iter()
+        .filter(|(_, _, totals)| totals.bytes > 0)
+        .map(|(_, label, totals)| (Some(format!("[{label}]")), totals.bytes))
+        .collect();
+    let unclassified = stack
+        .outstanding_bytes
+        .saturating_sub(reachability.classified().bytes);
+    if unclassified > 0 {
+        leaves.push((None, unclassified));
+    }
+    leaves
 }
 
 /// Stacks that still hold memory: a stack holding nothing would be a zero-width frame.
@@ -67,7 +93,7 @@ fn sanitize(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::fixtures::{empty_report, sample_report};
+    use crate::report::fixtures::{empty_report, sample_report, scanned_report};
 
     #[test]
     fn one_line_per_stack_outermost_first() {
@@ -87,6 +113,28 @@ mod tests {
         // The transient stack holds nothing and is left out.
         assert_eq!(lines[4], "main;enqueue_job 3000");
         assert_eq!(lines.len(), 5);
+    }
+
+    #[test]
+    fn a_scan_splits_each_stack_by_class() {
+        let folded = render(&scanned_report());
+        let lines: Vec<&str> = folded.lines().collect();
+        assert_eq!(
+            lines[..2],
+            [
+                "__libc_start_call_main;main;leak_slowly;[lost] 9600",
+                "__libc_start_call_main;main;leak_slowly;[indirectly lost] 640",
+            ],
+            "{folded}"
+        );
+        assert!(lines[2].ends_with("push_back(Entry&&);[still reachable] 4096"));
+        assert_eq!(lines[3], "[unknown stack];[interior pointers only] 1024");
+        assert_eq!(lines[4], "[unknown stack];[still reachable] 1024");
+        assert_eq!(lines[5], "main;0x7ffd1000;libplugin.so+0x4f2a;[lost] 1536");
+        // 2000 bytes were classified; the other 1000 came after the scan.
+        assert_eq!(lines[6], "main;enqueue_job;[still reachable] 2000");
+        assert_eq!(lines[7], "main;enqueue_job 1000");
+        assert_eq!(lines.len(), 8);
     }
 
     #[test]

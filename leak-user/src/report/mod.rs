@@ -59,8 +59,8 @@ pub mod fixtures {
     use std::collections::BTreeMap;
 
     use crate::model::{
-        AllocatorInfo, Frame, Origin, ProcessReport, ProcessSample, REPORT_VERSION, Report, Sample,
-        StackReport, Target, Verdict,
+        AllocatorInfo, ClassTotals, Frame, Origin, ProcessReport, ProcessSample, REPORT_VERSION,
+        Reachability, ReachabilityScan, Report, Sample, StackReport, Target, Verdict,
     };
 
     const DEMO: &str = "/usr/bin/demo";
@@ -250,6 +250,42 @@ pub mod fixtures {
             reachability_scan: None,
             stacks,
         }
+    }
+
+    /// The sample report after a reachability scan: the leaking heap stack is lost (some
+    /// of it indirectly), the stable ones still reachable or only pointed into, the leaking
+    /// mmap stack lost, and the growing stack reachable, with 1000 bytes allocated after the
+    /// scan.
+    pub fn scanned_report() -> Report {
+        let classes = |lost: (u64, u64), indirect: (u64, u64), interior, reachable| {
+            let totals = |(bytes, blocks)| ClassTotals { bytes, blocks };
+            Reachability {
+                lost: totals(lost),
+                indirectly_lost: totals(indirect),
+                interior: totals(interior),
+                reachable: totals(reachable),
+            }
+        };
+        let mut report = sample_report();
+        let none = (0, 0);
+        let scanned = [
+            classes((9600, 150), (640, 10), none, none),
+            classes(none, none, none, (4096, 1)),
+            classes(none, none, (1024, 1), (1024, 1)),
+            classes((1536, 3), none, none, none),
+            classes(none, none, none, none),
+            classes(none, none, none, (2000, 10)),
+        ];
+        for (stack, reachability) in report.stacks.iter_mut().zip(scanned) {
+            stack.reachability = Some(reachability);
+        }
+        report.reachability_scan = Some(ReachabilityScan {
+            paused_ms: 12.5,
+            scanned_bytes: 8 << 20,
+            blocks: 177,
+            truncated: false,
+        });
+        report
     }
 
     /// The same target with nothing allocated.

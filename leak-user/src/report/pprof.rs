@@ -24,6 +24,20 @@ pub const SAMPLE_TYPES: [(&str, &str); 4] = [
     ("alloc_objects", "count"),
 ];
 
+/// After a reachability scan, each class's bytes and blocks as of the scan (see
+/// `model::Reachability`), after the types above, in this order. Pick one with
+/// `go tool pprof -sample_index=lost_space`.
+pub const REACHABILITY_SAMPLE_TYPES: [(&str, &str); 8] = [
+    ("lost_space", "bytes"),
+    ("lost_objects", "count"),
+    ("indirectly_lost_space", "bytes"),
+    ("indirectly_lost_objects", "count"),
+    ("interior_space", "bytes"),
+    ("interior_objects", "count"),
+    ("reachable_space", "bytes"),
+    ("reachable_objects", "count"),
+];
+
 /// What pprof opens on: the memory still held.
 pub const DEFAULT_SAMPLE_TYPE: &str = "inuse_space";
 
@@ -34,8 +48,15 @@ pub fn render(report: &Report) -> Vec<u8> {
 /// The report as a pprof profile, before encoding.
 pub fn profile(report: &Report) -> Profile {
     let mut builder = Builder::default();
+    let scanned = report.reachability_scan.is_some();
+    let reachability_types: &[(&str, &str)] = if scanned {
+        &REACHABILITY_SAMPLE_TYPES
+    } else {
+        &[]
+    };
     let sample_type = SAMPLE_TYPES
         .iter()
+        .chain(reachability_types)
         .map(|(kind, unit)| builder.value_type(kind, unit))
         .collect();
     // leaktrace records every allocation rather than sampling them: a period of one byte.
@@ -51,12 +72,25 @@ pub fn profile(report: &Report) -> Profile {
             report.omitted_stacks, report.omitted_outstanding_bytes
         ));
     }
+    if let Some(scan) = &report.reachability_scan {
+        comments.push(format!(
+            "reachability: {} blocks classified, {} bytes read, target stopped {:.1} ms{}",
+            scan.blocks,
+            scan.scanned_bytes,
+            scan.paused_ms,
+            if scan.truncated {
+                " (--scan-limit reached: some lost blocks may not be)"
+            } else {
+                ""
+            }
+        ));
+    }
     let comment = comments
         .iter()
         .map(|comment| builder.strings.intern(comment))
         .collect();
     for stack in &report.stacks {
-        builder.add_stack(stack);
+        builder.add_stack(stack, scanned);
     }
     Profile {
         sample_type,
@@ -140,7 +174,8 @@ impl Builder {
         }
     }
 
-    fn add_stack(&mut self, stack: &StackReport) {
+    /// One sample: the stack's values, and when the report was `scanned`, its classes'.
+    fn add_stack(&mut self, stack: &StackReport, scanned: bool) {
         let location_id = if stack.frames.is_empty() {
             vec![self.unknown_stack_location()]
         } else {
@@ -161,16 +196,26 @@ impl Builder {
             str: self.strings.intern(value),
         })
         .collect();
+        let mut values = vec![
+            stack.outstanding_bytes,
+            stack.outstanding_allocs,
+            stack.total_bytes,
+            stack.total_allocs,
+        ];
+        if scanned {
+            let classes = stack.reachability.unwrap_or_default().classes();
+            values.extend(
+                classes
+                    .iter()
+                    .flat_map(|(_, _, totals)| [totals.bytes, totals.blocks]),
+            );
+        }
         self.samples.push(Sample {
             location_id,
-            value: [
-                stack.outstanding_bytes,
-                stack.outstanding_allocs,
-                stack.total_bytes,
-                stack.total_allocs,
-            ]
-            .map(|value| i64::try_from(value).unwrap_or(i64::MAX))
-            .to_vec(),
+            value: values
+                .into_iter()
+                .map(|value| i64::try_from(value).unwrap_or(i64::MAX))
+                .collect(),
             label,
         });
     }

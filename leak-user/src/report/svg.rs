@@ -20,18 +20,24 @@ pub fn render(report: &Report) -> Vec<u8> {
     let mut lines = Vec::new();
     for stack in folded::holding_memory(report) {
         let highlight = Highlight::of(stack.verdict);
-        let names = std::iter::once(stack.verdict.as_str().to_string())
+        let names: Vec<String> = std::iter::once(stack.verdict.as_str().to_string())
             .chain(folded::frame_names(stack))
             .map(|name| {
                 let tagged = format!("{name}{}", highlight.tag());
                 colors.insert(&tagged, highlight.color(&name));
                 tagged
-            });
-        lines.push(format!(
-            "{} {}",
-            names.collect::<Vec<_>>().join(";"),
-            stack.outstanding_bytes
-        ));
+            })
+            .collect();
+        let names = names.join(";");
+        for (leaf, bytes) in folded::leaves(stack) {
+            match leaf {
+                Some(class) => {
+                    colors.insert(&class, class_color(&class));
+                    lines.push(format!("{names};{class} {bytes}"));
+                }
+                None => lines.push(format!("{names} {bytes}")),
+            }
+        }
     }
     // inferno refuses to draw nothing; say so in a picture of the same kind instead.
     if lines.is_empty() {
@@ -92,6 +98,19 @@ fn subtitle(report: &Report) -> String {
     if drawn.iter().any(|stack| stack.verdict == Verdict::Growing) {
         subtitle += "; orange: growing";
     }
+    if report.reachability_scan.is_some() {
+        let mut lost = 0;
+        let mut reachable = 0;
+        for reachability in drawn.iter().filter_map(|stack| stack.reachability) {
+            lost += reachability.lost_bytes();
+            reachable += reachability.reachable.bytes;
+        }
+        subtitle += &format!(
+            "; top frames by reachability: {} lost (dark red, pink), {} still reachable (green)",
+            human_bytes(lost as f64),
+            human_bytes(reachable as f64)
+        );
+    }
     if report.omitted_stacks > 0 {
         subtitle += &format!(
             "; beyond --top, not drawn: {} holding {}",
@@ -148,6 +167,18 @@ impl Highlight {
     }
 }
 
+/// The colour of a reachability leaf (see `folded::leaves`): lost memory dark red, memory
+/// only lost memory points to pink, memory only pointed into purple, reachable memory green.
+fn class_color(leaf: &str) -> Color {
+    let (r, g, b) = match leaf {
+        "[lost]" => (150, 0, 20),
+        "[indirectly lost]" => (215, 90, 140),
+        "[interior pointers only]" => (160, 110, 210),
+        _ => (90, 185, 90),
+    };
+    Color { r, g, b }
+}
+
 /// A hash that is the same on every machine and run, so colours are too.
 fn fnv1a(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
@@ -189,7 +220,7 @@ fn xml_escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::fixtures::{empty_report, sample_report};
+    use crate::report::fixtures::{empty_report, sample_report, scanned_report};
 
     fn parse(svg: &str) -> roxmltree::Document<'_> {
         // inferno declares the SVG 1.1 DTD, which roxmltree only reads when asked to.
@@ -256,6 +287,22 @@ mod tests {
         }
         // The transient stack holds nothing, so it has no frame.
         assert!(!svg.contains("parse_request"));
+    }
+
+    #[test]
+    fn reachability_classes_are_leaves_of_their_own_colour() {
+        let svg = String::from_utf8(render(&scanned_report())).expect("UTF-8");
+        let document = parse(&svg);
+        assert_eq!(fill_of(&document, "[lost]"), (150, 0, 20));
+        assert_eq!(fill_of(&document, "[still reachable]"), (90, 185, 90));
+        assert_eq!(
+            fill_of(&document, "[interior pointers only]"),
+            (160, 110, 210)
+        );
+        // The leaking stack is still red above its classes.
+        assert!(is_red(fill_of(&document, "leak_slowly")));
+        assert!(svg.contains("11.50 KiB lost"), "subtitle: {svg}");
+        assert!(svg.contains("6.95 KiB still reachable"));
     }
 
     #[test]

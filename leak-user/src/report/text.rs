@@ -207,22 +207,18 @@ pub fn render(report: &Report, color: bool) -> String {
 /// "reachability: 200 B lost (1 block), 300 B indirectly lost (1 block)": the classes that
 /// hold something, worst first.
 fn reachability_line(reachability: &Reachability) -> String {
-    let parts: Vec<String> = [
-        ("lost", reachability.lost),
-        ("indirectly lost", reachability.indirectly_lost),
-        ("interior pointers only", reachability.interior),
-        ("still reachable", reachability.reachable),
-    ]
-    .iter()
-    .filter(|(_, totals)| totals.blocks > 0)
-    .map(|(name, totals)| {
-        format!(
-            "{} {name} ({})",
-            human_bytes(totals.bytes as f64),
-            plural(totals.blocks, "block")
-        )
-    })
-    .collect();
+    let parts: Vec<String> = reachability
+        .classes()
+        .iter()
+        .filter(|(_, _, totals)| totals.blocks > 0)
+        .map(|(_, name, totals)| {
+            format!(
+                "{} {name} ({})",
+                human_bytes(totals.bytes as f64),
+                plural(totals.blocks, "block")
+            )
+        })
+        .collect();
     if parts.is_empty() {
         "reachability: no live blocks".to_string()
     } else {

@@ -8,7 +8,7 @@ use flate2::read::GzDecoder;
 use prost::Message;
 
 use super::*;
-use crate::report::fixtures::{empty_report, sample_report};
+use crate::report::fixtures::{empty_report, sample_report, scanned_report};
 
 fn gunzip(bytes: &[u8]) -> Vec<u8> {
     let mut plain = Vec::new();
@@ -111,6 +111,31 @@ fn decodes_to_values_stacks_labels_and_mappings() {
     let plugin = mapping("/opt/plugins/libplugin.so");
     assert!(!plugin.has_functions && !plugin.has_filenames && !plugin.has_line_numbers);
     assert_eq!(profile.mapping.len(), 3);
+}
+
+#[test]
+fn a_scan_adds_a_sample_type_per_class() {
+    let profile = decode(&render(&scanned_report()));
+    let text = |index: i64| profile.string_table[index as usize].as_str();
+    let types: Vec<(&str, &str)> = profile
+        .sample_type
+        .iter()
+        .map(|t| (text(t.r#type), text(t.unit)))
+        .collect();
+    assert_eq!(types[..4], SAMPLE_TYPES);
+    assert_eq!(types[4..], REACHABILITY_SAMPLE_TYPES);
+    // lost, indirectly lost, interior, reachable: bytes and blocks of each.
+    let classes: Vec<&[i64]> = profile.sample.iter().map(|s| &s.value[4..]).collect();
+    assert_eq!(classes[0], [9600, 150, 640, 10, 0, 0, 0, 0]);
+    assert_eq!(classes[1], [0, 0, 0, 0, 0, 0, 4096, 1]);
+    assert_eq!(classes[2], [0, 0, 0, 0, 1024, 1, 1024, 1]);
+    assert_eq!(classes[5], [0, 0, 0, 0, 0, 0, 2000, 10]);
+    assert!(
+        profile
+            .comment
+            .iter()
+            .any(|&c| text(c).starts_with("reachability: 177 blocks classified")),
+    );
 }
 
 #[test]
