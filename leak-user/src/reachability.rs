@@ -249,7 +249,7 @@ impl<M: Memory> Scanner<'_, M> {
             let size = (range.end - range.start) as usize;
             // Large or unaligned blocks, and the last bytes before the limit, go one by one.
             let alone = size > CHUNK
-                || range.start % 8 != 0
+                || !range.start.is_multiple_of(8)
                 || self.scanned + (batch_bytes + size) as u64 > self.limit;
             if alone {
                 self.words(range, visit);

@@ -413,7 +413,10 @@ fn a_server_under_load_keeps_serving_through_a_scan() {
     let classified: u64 = totals.values().sum();
     let lost = totals["lost"] + totals["indirectly_lost"];
     assert!(classified > 0, "{totals:?}");
-    assert!(lost * 100 <= classified, "a healthy redis loses nothing: {totals:?}");
+    assert!(
+        lost * 100 <= classified,
+        "a healthy redis loses nothing: {totals:?}"
+    );
 
     // Nothing was lost or changed: every key is there with its value.
     let keys: u64 = admin

@@ -134,6 +134,7 @@ pub fn run(pairs: u64, runs: usize) -> Result<()> {
     let walking = stack_walking(&bench_bin, pairs, runs)?;
     let peers = peers(&bench_bin, pairs, runs)?;
     let redis = redis(runs)?;
+    let reachability = reachability(runs)?;
     let agent = agent_cost(&bench_bin)?;
     let agent = agent + &symbolization()?;
     let quality = stack_quality()?;
@@ -152,6 +153,11 @@ pub fn run(pairs: u64, runs: usize) -> Result<()> {
          `redis-benchmark -n {REDIS_REQUESTS} -c 50 -t set,get`, median of {runs}; leaktrace \
          attached with `attach --pid` or watching with `watch --pid` (gear 1 only: no \
          allocator probes), traced runs alternating with untraced ones.\n\n{redis}\n\
+         ## The reachability scan's pause\n\n`attach --reachability` stops the target (every \
+         thread, with ptrace) while it reads its memory. redis-server filled with \
+         {REACHABILITY_KEYS} keys (`DEBUG POPULATE`, 200-byte values) before the attach, then \
+         kept busy by `redis-benchmark -c 10 -t set,get -r 1000000` during a 3 s attach; the \
+         pause and bytes read are the report's `reachability_scan`.\n\n{reachability}\n\
          ## The agent's own cost\n\n{agent}\n\
          ## Stack quality\n\n`tests/targets/stack_chain.{{c,cpp,rs}}` keep allocations made \
          three calls below main; each built with and without frame pointers and run under \
@@ -543,23 +549,8 @@ pub fn redis(runs: usize) -> Result<String> {
     if which::which("redis-server").is_err() || which::which("redis-benchmark").is_err() {
         return Ok("redis-server or redis-benchmark is not installed: row left out.\n".into());
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let mut server = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .context("starting redis-server")?;
+    let (mut server, port) = start_redis(&[])?;
     let result = (|| -> Result<String> {
-        let ready = (0..100).any(|_| {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        if !ready {
-            bail!("redis-server did not start listening on port {port}");
-        }
         redis_rps(port)?; // warm-up
         let report_dir = root().join("target/xtask/watch-reports");
         let report_dir = report_dir.to_string_lossy().into_owned();
@@ -680,6 +671,138 @@ pub fn redis(runs: usize) -> Result<String> {
                 peak as f64 / 1048576.0
             );
         }
+        Ok(table)
+    })();
+    stop(&mut server, std::time::Duration::from_secs(5));
+    let table = result?;
+    println!("{table}");
+    Ok(table)
+}
+
+/// A redis-server of our own on a free loopback port, listening; stop it with `stop`.
+fn start_redis(extra: &[&str]) -> Result<(std::process::Child, u16)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut server = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("starting redis-server")?;
+    let ready = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    if !ready {
+        stop(&mut server, std::time::Duration::from_secs(5));
+        bail!("redis-server did not start listening on port {port}");
+    }
+    Ok((server, port))
+}
+
+/// Keys redis holds before the reachability scan: about 1 GiB of resident memory.
+const REACHABILITY_KEYS: u64 = 3_000_000;
+
+/// How long `attach --reachability` stops a real service: redis-server holding about 1 GiB
+/// (filled before the attach, so untracked and scanned as roots) while redis-benchmark keeps
+/// setting and getting keys; the pause and bytes read come from the report. Median of `runs`.
+pub fn reachability(runs: usize) -> Result<String> {
+    if which::which("redis-server").is_err()
+        || which::which("redis-benchmark").is_err()
+        || which::which("redis-cli").is_err()
+    {
+        return Ok(
+            "redis-server, redis-benchmark or redis-cli is not installed: left out.\n".into(),
+        );
+    }
+    let (mut server, port) = start_redis(&["--enable-debug-command", "yes"])?;
+    let result = (|| -> Result<String> {
+        let filled = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "DEBUG", "POPULATE"])
+            .args([&REACHABILITY_KEYS.to_string(), "old", "200"])
+            .output()
+            .context("running redis-cli")?;
+        if !String::from_utf8_lossy(&filled.stdout).contains("OK") {
+            bail!("DEBUG POPULATE failed: {filled:?}");
+        }
+        let pid = server.id();
+        let report = root().join("target/xtask/reachability.json");
+        let mut scans = Vec::new();
+        for _ in 0..runs {
+            let mut load = Command::new("redis-benchmark")
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
+                .args([
+                    "-n",
+                    "100000000",
+                    "-c",
+                    "10",
+                    "-t",
+                    "set,get",
+                    "-r",
+                    "1000000",
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .context("starting redis-benchmark")?;
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            let traced = Command::new(leaktrace_bin())
+                .args(["attach", "--pid", &pid.to_string(), "--reachability"])
+                .args(["--duration", "3s", "--format", "json", "--output"])
+                .arg(&report)
+                .output()
+                .context("running leaktrace attach --reachability")?;
+            let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|status| {
+                    let line = status
+                        .lines()
+                        .find(|l| l.starts_with("VmRSS:"))?
+                        .to_string();
+                    line.split_whitespace().nth(1)?.parse::<u64>().ok()
+                })
+                .unwrap_or(0)
+                * 1024;
+            stop(&mut load, std::time::Duration::from_secs(5));
+            if !traced.status.success() {
+                bail!(
+                    "leaktrace attach --reachability failed: {}",
+                    String::from_utf8_lossy(&traced.stderr)
+                );
+            }
+            let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report)?)?;
+            let scan = &json["reachability_scan"];
+            let paused_ms = scan["paused_ms"]
+                .as_f64()
+                .context("paused_ms in the report")?;
+            let scanned = scan["scanned_bytes"].as_u64().unwrap_or(0);
+            let blocks = scan["blocks"].as_u64().unwrap_or(0);
+            println!("reachability: paused {paused_ms:.0} ms, {scanned} bytes, {blocks} blocks");
+            scans.push((paused_ms, scanned, blocks, rss));
+        }
+        let mib = |bytes: u64| bytes as f64 / 1048576.0;
+        let mut table = String::from(
+            "| redis-server RSS | bytes scanned | tracked blocks classified | target stopped | per GiB scanned |\n|---|---|---|---|---|\n",
+        );
+        let mut per_gib = Vec::new();
+        for (paused_ms, scanned, blocks, rss) in &scans {
+            let gib = *scanned as f64 / f64::from(1 << 30);
+            per_gib.push(paused_ms / gib);
+            let _ = writeln!(
+                table,
+                "| {:.0} MiB | {:.0} MiB | {blocks} | {paused_ms:.0} ms | {:.0} ms |",
+                mib(*rss),
+                mib(*scanned),
+                paused_ms / gib
+            );
+        }
+        let _ = writeln!(
+            table,
+            "\nMedian: **{:.0} ms of pause per GiB scanned.**",
+            median(per_gib)
+        );
         Ok(table)
     })();
     stop(&mut server, std::time::Duration::from_secs(5));

@@ -55,6 +55,10 @@ enum Task {
         /// (BENCHMARKS.md is left as it is).
         #[arg(long)]
         redis_only: bool,
+        /// Only the reachability scan's pause on redis-server, printed (BENCHMARKS.md is
+        /// left as it is).
+        #[arg(long)]
+        reachability_only: bool,
     },
 }
 
@@ -80,6 +84,7 @@ fn main() -> Result<()> {
             runs,
             stack_quality_only,
             redis_only,
+            reachability_only,
         } => {
             setup::run()?;
             if stack_quality_only {
@@ -89,6 +94,10 @@ fn main() -> Result<()> {
             if redis_only {
                 build()?;
                 return bench::redis(runs).map(drop);
+            }
+            if reachability_only {
+                build()?;
+                return bench::reachability(runs).map(drop);
             }
             setup::bench_peers();
             build()?;
