@@ -22,6 +22,12 @@ pub mod map_names {
     pub const MMAP_EVENTS: &str = "MMAP_EVENTS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const FAULT_SAMPLES: &str = "FAULT_SAMPLES";
+    pub const SCOPE_STACKS: &str = "SCOPE_STACKS";
+    pub const SCOPE_TAGS: &str = "SCOPE_TAGS";
+    pub const SCOPE_TAG_OWNERS: &str = "SCOPE_TAG_OWNERS";
+    pub const SCOPE_TOTALS: &str = "SCOPE_TOTALS";
+    pub const SCOPE_CALLS: &str = "SCOPE_CALLS";
+    pub const SCOPE_NEXT: &str = "SCOPE_NEXT";
 }
 
 /// Name of the global holding the traced process id (tgid); set by user space at load time.
@@ -306,7 +312,151 @@ pub struct AllocRecord {
     pub timestamp_ns: u64,
     pub stack_id: u32,
     pub tid: u32,
+    /// The scope call it was made in ([`scope_of`]), 0 outside every scope.
+    pub scope: u64,
 }
+
+// ---- Request scopes (--scope) ----
+//
+// An entry uprobe on a scope function pushes a frame on the thread's `SCOPE_STACKS` entry:
+// the call's tag (which scope function, and which label its argument gave) and a call id.
+// Allocations made while the frame is the innermost are attributed to it: the record keeps
+// `scope_of(call, tag)`, and the tag's `SCOPE_TOTALS` and the call's `SCOPE_CALLS` entry count
+// the bytes, debited again when the block is freed. The return uprobe pops the frame and notes
+// what the call still held. User space reads each call again `--scope-retain-after` later.
+
+/// Scope functions at most (`--scope`, repeatable).
+pub const MAX_SCOPES: u32 = 16;
+/// Tags: 0 is "no scope"; 1..=MAX_SCOPES are the scopes' calls without a label (or with a
+/// label beyond the cap); higher ones, below this, are claimed by the kernel for each
+/// (scope, label) seen, picked by the label's hash.
+pub const MAX_SCOPE_TAGS: u32 = 1024;
+/// Nested scope calls one thread can be inside at once; deeper ones are not scopes.
+pub const MAX_SCOPE_DEPTH: usize = 8;
+/// Scope calls followed one by one at once (from entry until user space has read them after
+/// `--scope-retain-after`). Calls beyond it count in their tag's totals only.
+pub const MAX_SCOPE_CALLS: u32 = 1 << 17;
+/// Bytes of a string label kept (NUL-padded).
+pub const SCOPE_LABEL_BYTES: usize = 32;
+/// Bits of the tag in a record's `scope`; the call id is above them.
+pub const SCOPE_TAG_BITS: u32 = 16;
+
+/// A record's `scope` for an allocation made in call `call` of tag `tag`.
+pub const fn scope_of(call: u64, tag: u32) -> u64 {
+    (call << SCOPE_TAG_BITS) | tag as u64
+}
+
+/// The (call, tag) of a record's `scope`.
+pub const fn scope_parts(scope: u64) -> (u64, u32) {
+    (
+        scope >> SCOPE_TAG_BITS,
+        (scope & ((1 << SCOPE_TAG_BITS) - 1)) as u32,
+    )
+}
+
+/// No label argument.
+pub const SCOPE_NO_LABEL: u8 = 0xF;
+/// The label argument is an integer (u64), shown in decimal.
+pub const SCOPE_LABEL_INT: u8 = 0;
+/// The label argument points to a NUL-terminated string.
+pub const SCOPE_LABEL_STR: u8 = 1;
+
+/// The uprobe cookie of a scope function: its index, which argument labels its calls
+/// (0-based register argument, or [`SCOPE_NO_LABEL`]) and how to read it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScopeShape {
+    pub index: u8,
+    pub label_arg: u8,
+    pub label_kind: u8,
+}
+
+impl ScopeShape {
+    pub const fn cookie(self) -> u64 {
+        self.index as u64 | (self.label_arg as u64) << 8 | (self.label_kind as u64) << 16
+    }
+
+    pub const fn from_cookie(cookie: u64) -> ScopeShape {
+        ScopeShape {
+            index: cookie as u8,
+            label_arg: (cookie >> 8) as u8,
+            label_kind: (cookie >> 16) as u8,
+        }
+    }
+
+    /// The tag of this scope's calls without a label of their own.
+    pub const fn unlabelled_tag(self) -> u32 {
+        self.index as u32 + 1
+    }
+}
+
+/// One (scope, label) in `SCOPE_TAGS`: the key the kernel looks its tag up by.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ScopeLabel {
+    pub index: u32,
+    /// [`SCOPE_LABEL_INT`] (the value in the first 8 bytes, little-endian) or
+    /// [`SCOPE_LABEL_STR`] (the text, NUL-padded).
+    pub kind: u32,
+    pub text: [u8; SCOPE_LABEL_BYTES],
+}
+
+/// A scope call a thread is inside, innermost last in its [`ScopeStack`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ScopeFrame {
+    pub tag: u32,
+    pub _pad: u32,
+    pub call: u64,
+    /// Stack pointer at entry: the matching return sees `sp + 8`.
+    pub sp: u64,
+}
+
+/// The scope calls one thread is inside, in `SCOPE_STACKS` by thread id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ScopeStack {
+    pub depth: u64,
+    pub frames: [ScopeFrame; MAX_SCOPE_DEPTH],
+}
+
+/// Per tag and CPU in `SCOPE_TOTALS` (user space sums the CPUs; the held fields wrap, read
+/// them as two's complement).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScopeTotals {
+    pub calls: u64,
+    pub returns: u64,
+    pub allocated_bytes: u64,
+    pub allocs: u64,
+    pub held_bytes: u64,
+    pub held_blocks: u64,
+    /// Summed over returned calls: what each still held when it returned.
+    pub held_at_return_bytes: u64,
+    /// Returned calls that held nothing then (so nothing later either): not followed on.
+    pub returned_empty: u64,
+}
+
+/// One followed scope call in `SCOPE_CALLS` by call id. The held fields are updated with
+/// atomic adds from any CPU (a block may be freed by another thread).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScopeCall {
+    pub tag: u32,
+    pub tid: u32,
+    pub start_ns: u64,
+    /// 0 while the call runs.
+    pub end_ns: u64,
+    pub allocated_bytes: u64,
+    pub held_bytes: u64,
+    pub held_at_return: u64,
+}
+
+/// Name of the global holding how many --scope functions are probed (u32).
+pub const SCOPE_COUNT_GLOBAL: &str = "SCOPE_COUNT";
+
+/// Program names of the scope probes.
+pub const SCOPE_ENTRY_PROGRAM: &str = "scope_enter";
+pub const SCOPE_RETURN_PROGRAM: &str = "scope_return";
 
 /// Running totals for one stack id, kept in `STACK_TOTALS`. The outstanding fields are
 /// updated with wrapping adds of negated values, so read them as two's complement.
@@ -434,10 +584,18 @@ pub enum Counter {
     /// Informational: allocations left out by --sample-rate (not tracked; the tracked ones
     /// are scaled up to stand for them).
     Unsampled = 13,
+    /// A scope call could not be followed one by one (`SCOPE_CALLS` full): it counts in its
+    /// scope's totals, but not in the per-call figures.
+    ScopeCallsFull = 14,
+    /// A scope call nested deeper than [`MAX_SCOPE_DEPTH`]: its allocations go to the outer
+    /// scope call.
+    ScopeTooDeep = 15,
+    /// A label beyond [`MAX_SCOPE_TAGS`]: the call counts under its scope without a label.
+    ScopeLabelsFull = 16,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 17;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::StackIdCollision,
@@ -454,6 +612,9 @@ impl Counter {
         Counter::Frees,
         Counter::OutsideSizeRange,
         Counter::Unsampled,
+        Counter::ScopeCallsFull,
+        Counter::ScopeTooDeep,
+        Counter::ScopeLabelsFull,
     ];
 
     /// Stable name used in reports and JSON.
@@ -473,6 +634,9 @@ impl Counter {
             Counter::Frees => "frees",
             Counter::OutsideSizeRange => "outside_size_range",
             Counter::Unsampled => "unsampled",
+            Counter::ScopeCallsFull => "scope_calls_full",
+            Counter::ScopeTooDeep => "scope_too_deep",
+            Counter::ScopeLabelsFull => "scope_labels_full",
         }
     }
 
@@ -487,6 +651,9 @@ impl Counter {
                 | Counter::PendingMapFull
                 | Counter::MissingEntry
                 | Counter::MmapEventsLost
+                | Counter::ScopeCallsFull
+                | Counter::ScopeTooDeep
+                | Counter::ScopeLabelsFull
         )
     }
 }
@@ -510,6 +677,20 @@ mod tests {
         }
         assert_eq!(CallShape::from_cookie(0xFF), None);
     }
+
+    #[test]
+    fn scope_cookies_and_record_scopes_round_trip() {
+        let shape = ScopeShape {
+            index: 15,
+            label_arg: 2,
+            label_kind: SCOPE_LABEL_STR,
+        };
+        assert_eq!(ScopeShape::from_cookie(shape.cookie()), shape);
+        assert_eq!(shape.unlabelled_tag(), 16);
+        let call = (1 << 47) - 3;
+        assert_eq!(scope_parts(scope_of(call, 1023)), (call, 1023));
+        assert_eq!(scope_parts(0), (0, 0));
+    }
 }
 
 #[cfg(feature = "user")]
@@ -524,4 +705,8 @@ mod pod {
     unsafe impl aya::Pod for super::UnwindRow {}
     unsafe impl aya::Pod for super::UnwindMapping {}
     unsafe impl aya::Pod for super::UnwindIndex {}
+    unsafe impl aya::Pod for super::ScopeLabel {}
+    unsafe impl aya::Pod for super::ScopeStack {}
+    unsafe impl aya::Pod for super::ScopeTotals {}
+    unsafe impl aya::Pod for super::ScopeCall {}
 }

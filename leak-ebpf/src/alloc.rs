@@ -17,8 +17,11 @@ use leak_common::{
     NO_ARG, PendingCall, tag_kind,
 };
 
-use crate::maps::{
-    ALLOCS, PENDING_CALLS, add_to_stack, count, sampled, size_wanted, target_tid, user_stack_id,
+use crate::{
+    maps::{
+        ALLOCS, PENDING_CALLS, add_to_stack, count, sampled, size_wanted, target_tid, user_stack_id,
+    },
+    scope::{add_to_scope, current_scope},
 };
 const BPF_NOEXIST: u64 = 1;
 
@@ -173,6 +176,7 @@ fn record(ctx: &RetProbeContext, addr: u64, size: u64, tid: u32) {
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
         stack_id,
         tid,
+        scope: current_scope(tid),
     };
     if ALLOCS.insert(addr, record, BPF_NOEXIST).is_err() {
         // SAFETY: copied out before the overwrite.
@@ -181,6 +185,7 @@ fn record(ctx: &RetProbeContext, addr: u64, size: u64, tid: u32) {
                 // Its free was missed (e.g. freed through a path we do not probe).
                 count(Counter::ReplacedLive);
                 add_to_stack(stale.stack_id, stale.size, false);
+                add_to_scope(stale.scope, stale.size, false);
                 if ALLOCS.insert(addr, record, 0).is_err() {
                     count(Counter::AllocMapFull);
                     return;
@@ -193,6 +198,7 @@ fn record(ctx: &RetProbeContext, addr: u64, size: u64, tid: u32) {
         }
     }
     add_to_stack(stack_id, size, true);
+    add_to_scope(record.scope, size, true);
 }
 
 #[inline(always)]
@@ -203,6 +209,7 @@ fn release(addr: u64) {
             // Only the CPU whose delete succeeds debits the stack.
             if ALLOCS.remove(addr).is_ok() {
                 add_to_stack(record.stack_id, record.size, false);
+                add_to_scope(record.scope, record.size, false);
             }
         }
         None => count(Counter::FreeUntracked),

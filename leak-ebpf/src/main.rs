@@ -1,11 +1,17 @@
 //! leaktrace's kernel programs. The list of programs, in data-path order:
 //! - `alloc`: entry uprobes of the allocating functions, the shared return uprobe, and free.
 //! - `mmap`: sys_enter/sys_exit tracepoints of mmap, munmap and mremap.
+//! - `scope`: entry and return uprobes of --scope functions, which attribute the
+//!   allocations made inside a call to it.
 //! - `faults`: sampled page faults with stacks (`leaktrace watch` between precise windows).
 //! - `maps`: every map and the counters, shared by both.
 //! - `unwind`: user stacks walked with .eh_frame tables (--unwind dwarf).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Atomic adds to map values (`scope`): core's atomic types offer no read-modify-write on
+// this target, the intrinsic compiles to the BPF atomic add.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
 mod alloc;
@@ -15,6 +21,8 @@ mod faults;
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod mmap;
+#[cfg(target_arch = "bpf")]
+mod scope;
 #[cfg(target_arch = "bpf")]
 mod unwind;
 

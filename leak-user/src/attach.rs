@@ -22,9 +22,10 @@ use aya::{
     },
 };
 use leak_common::{
-    ALLOC_RETURN_PROGRAM, AllocFn, CallShape, ENTRY_PROGRAM, MAX_SIZE_GLOBAL, MAX_UNWIND_ROWS,
-    MIN_SIZE_GLOBAL, PAGE_FAULT_PROGRAM, SAMPLE_RATE_GLOBAL, SYSCALL_PROGRAMS, TARGET_TGID_GLOBAL,
-    UNWIND_DWARF, UNWIND_FRAME_POINTERS, UNWIND_MODE_GLOBAL, map_names,
+    ALLOC_RETURN_PROGRAM, AllocFn, CallShape, ENTRY_PROGRAM, MAX_SCOPE_TAGS, MAX_SIZE_GLOBAL,
+    MAX_UNWIND_ROWS, MIN_SIZE_GLOBAL, PAGE_FAULT_PROGRAM, SAMPLE_RATE_GLOBAL, SCOPE_COUNT_GLOBAL,
+    SCOPE_ENTRY_PROGRAM, SCOPE_RETURN_PROGRAM, SYSCALL_PROGRAMS, TARGET_TGID_GLOBAL, UNWIND_DWARF,
+    UNWIND_FRAME_POINTERS, UNWIND_MODE_GLOBAL, map_names,
 };
 use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
@@ -32,6 +33,7 @@ use crate::{
     allocators::{self, KnownFn},
     probe_site,
     procfs::{self, Mapping},
+    scope::ScopeSpec,
 };
 
 /// What went wrong while attaching, phrased for the user.
@@ -57,6 +59,10 @@ pub enum AttachError {
         "--alloc-fn {symbol}: no module of the target defines a function of that name (it must be in the dynamic or static symbol table; `nm -D FILE` lists them)"
     )]
     NoSuchFunction { symbol: String },
+    #[error(
+        "--scope {function}: no module of the target defines a function of that name (it must be in the dynamic or static symbol table, as `nm` lists it; C++ names are the mangled ones)"
+    )]
+    NoSuchScope { function: String },
     #[error("could not load the eBPF programs: {0}")]
     Load(String),
     #[error("could not probe {function} in {module}: {reason}")]
@@ -104,18 +110,7 @@ pub fn find_allocator_functions(
     extra: &[KnownFn],
 ) -> Result<(Vec<AllocatorFn>, &'static str), object::Error> {
     let file = object::File::parse(elf)?;
-    let mut addresses: BTreeMap<String, u64> = BTreeMap::new();
-    for symbol in file.dynamic_symbols().chain(file.symbols()) {
-        if symbol.kind() != SymbolKind::Text || !symbol.is_definition() || symbol.address() == 0 {
-            continue;
-        }
-        let Ok(name) = symbol.name() else { continue };
-        // Versioned names in .symtab look like "malloc@@GLIBC_2.2.5".
-        let name = name.split('@').next().unwrap_or(name);
-        addresses
-            .entry(name.to_string())
-            .or_insert(symbol.address());
-    }
+    let addresses = function_addresses(&file);
     let names: Vec<&str> = addresses.keys().map(String::as_str).collect();
     let allocator = allocators::identify(&names, path);
     let mut wanted: Vec<KnownFn> = allocators::known_functions();
@@ -135,7 +130,7 @@ pub fn find_allocator_functions(
         let Some(&address) = addresses.get(&known.symbol) else {
             continue;
         };
-        let Some(file_offset) = virtual_to_file_offset(&file, address) else {
+        let Some((file_offset, probe_offset)) = probe_point(elf, &file, address) else {
             continue;
         };
         if found
@@ -144,15 +139,11 @@ pub fn find_allocator_functions(
         {
             continue;
         }
-        let start = usize::try_from(file_offset).unwrap_or(usize::MAX);
-        let code = elf
-            .get(start..start.saturating_add(64).min(elf.len()))
-            .unwrap_or(&[]);
         found.push(AllocatorFn {
             shape: known.shape,
             symbol: known.symbol,
             file_offset,
-            probe_offset: file_offset + probe_site::probe_offset(code),
+            probe_offset,
         });
     }
     Ok((found, allocator))
@@ -197,6 +188,34 @@ fn custom_rust_allocator(
     !probe_site::branches_to(code, shim, default, 8)
 }
 
+/// Every function an ELF file defines, by name (versioned names in .symtab, like
+/// "malloc@@GLIBC_2.2.5", without their version), at its virtual address.
+fn function_addresses(file: &object::File<'_>) -> BTreeMap<String, u64> {
+    let mut addresses: BTreeMap<String, u64> = BTreeMap::new();
+    for symbol in file.dynamic_symbols().chain(file.symbols()) {
+        if symbol.kind() != SymbolKind::Text || !symbol.is_definition() || symbol.address() == 0 {
+            continue;
+        }
+        let Ok(name) = symbol.name() else { continue };
+        let name = name.split('@').next().unwrap_or(name);
+        addresses
+            .entry(name.to_string())
+            .or_insert(symbol.address());
+    }
+    addresses
+}
+
+/// The file offset of the function at `address`, and where its probe goes (see
+/// `probe_site`).
+fn probe_point(elf: &[u8], file: &object::File<'_>, address: u64) -> Option<(u64, u64)> {
+    let file_offset = virtual_to_file_offset(file, address)?;
+    let start = usize::try_from(file_offset).unwrap_or(usize::MAX);
+    let code = elf
+        .get(start..start.saturating_add(64).min(elf.len()))
+        .unwrap_or(&[]);
+    Some((file_offset, file_offset + probe_site::probe_offset(code)))
+}
+
 fn virtual_to_file_offset(file: &object::File<'_>, address: u64) -> Option<u64> {
     file.segments().find_map(|segment| {
         let (file_start, file_size) = segment.file_range();
@@ -231,16 +250,14 @@ fn probes_for_module(functions: Vec<AllocatorFn>, extra: &[KnownFn]) -> Vec<Allo
     }
 }
 
-/// Allocator modules among a running process's mappings.
-pub fn allocators_in_process(
-    pid: u32,
-    extra: &[KnownFn],
-) -> Result<Vec<AllocatorModule>, AttachError> {
+/// The ELF files a running process has mapped executable, once each: (where to read and
+/// probe it, the path to show).
+pub fn process_files(pid: u32) -> Result<Vec<(PathBuf, String)>, AttachError> {
     let maps = procfs::read_maps(pid).map_err(|err| AttachError::Read {
         path: format!("/proc/{pid}/maps"),
         reason: err.to_string(),
     })?;
-    let mut modules: Vec<AllocatorModule> = Vec::new();
+    let mut files = Vec::new();
     let mut seen: Vec<(String, u64)> = Vec::new();
     for mapping in maps.iter().filter(|m| m.executable && m.is_file()) {
         let id = (mapping.dev.clone(), mapping.inode);
@@ -248,18 +265,97 @@ pub fn allocators_in_process(
             continue;
         }
         seen.push(id);
-        let probe_path = probe_path_for(pid, mapping);
+        files.push((
+            probe_path_for(pid, mapping),
+            mapping.file_path().to_string(),
+        ));
+    }
+    Ok(files)
+}
+
+/// Allocator modules among a running process's mappings.
+pub fn allocators_in_process(
+    pid: u32,
+    extra: &[KnownFn],
+) -> Result<Vec<AllocatorModule>, AttachError> {
+    let mut modules: Vec<AllocatorModule> = Vec::new();
+    for (probe_path, display_path) in process_files(pid)? {
         let Ok(data) = fs::read(&probe_path) else {
             continue;
         };
-        modules.extend(module_probes(
-            &data,
-            probe_path,
-            mapping.file_path().to_string(),
-            extra,
-        ));
+        modules.extend(module_probes(&data, probe_path, display_path, extra));
     }
     require_allocator(modules, pid, extra)
+}
+
+/// A --scope function found in one of the target's files.
+#[derive(Clone, Debug)]
+pub struct ScopeProbe {
+    pub spec: ScopeSpec,
+    pub probe_path: PathBuf,
+    pub display_path: String,
+    /// File offset of the probe (past leading instructions that change nothing it reads).
+    pub probe_offset: u64,
+}
+
+/// Finds each --scope function in `files` (the first file defining it wins: the executable
+/// comes first).
+pub fn find_scopes(
+    specs: &[ScopeSpec],
+    files: &[(PathBuf, String)],
+) -> Result<Vec<ScopeProbe>, AttachError> {
+    let mut found: Vec<ScopeProbe> = Vec::new();
+    for (probe_path, display_path) in files {
+        if found.len() == specs.len() {
+            break;
+        }
+        let Ok(data) = fs::read(probe_path) else {
+            continue;
+        };
+        let Ok(file) = object::File::parse(&*data) else {
+            continue;
+        };
+        let addresses = function_addresses(&file);
+        for spec in specs {
+            if found
+                .iter()
+                .any(|probe| probe.spec.function == spec.function)
+            {
+                continue;
+            }
+            let Some(&address) = addresses.get(&spec.function) else {
+                continue;
+            };
+            let Some((_, probe_offset)) = probe_point(&data, &file, address) else {
+                continue;
+            };
+            found.push(ScopeProbe {
+                spec: spec.clone(),
+                probe_path: probe_path.clone(),
+                display_path: display_path.clone(),
+                probe_offset,
+            });
+        }
+    }
+    match specs.iter().find(|spec| {
+        !found
+            .iter()
+            .any(|probe| probe.spec.function == spec.function)
+    }) {
+        Some(missing) => Err(AttachError::NoSuchScope {
+            function: missing.function.clone(),
+        }),
+        // In the order given: scope numbers follow the flags.
+        None => Ok(specs
+            .iter()
+            .filter_map(|spec| {
+                found
+                    .iter()
+                    .find(|probe| probe.spec.function == spec.function)
+                    .cloned()
+            })
+            .collect()),
+    }
 }
 
 /// Whether everything probed in a module was named with --alloc-fn.
@@ -320,27 +416,18 @@ fn probe_path_for(pid: u32, mapping: &Mapping) -> PathBuf {
     }
 }
 
-/// Allocator modules a program will load, found before it runs: the executable itself and
+/// The ELF files a program will load, found before it runs: the executable itself, then
 /// the libraries its dynamic loader resolves (`ld.so --list`, with the environment the
 /// program will get, so LD_LIBRARY_PATH and LD_PRELOAD count).
-pub fn allocators_for_program(
+pub fn program_files(
     program: &Path,
     env: &[(String, String)],
-    extra: &[KnownFn],
-) -> Result<Vec<AllocatorModule>, AttachError> {
-    let read_error = |err: io::Error| AttachError::Read {
+) -> Result<Vec<(PathBuf, String)>, AttachError> {
+    let data = fs::read(program).map_err(|err| AttachError::Read {
         path: program.display().to_string(),
         reason: err.to_string(),
-    };
-    let data = fs::read(program).map_err(read_error)?;
-    let mut modules: Vec<AllocatorModule> = module_probes(
-        &data,
-        program.to_path_buf(),
-        program.display().to_string(),
-        extra,
-    )
-    .into_iter()
-    .collect();
+    })?;
+    let mut files = vec![(program.to_path_buf(), program.display().to_string())];
     if let Some(interpreter) = elf_interpreter(&data) {
         let output = std::process::Command::new(&interpreter)
             .arg("--list")
@@ -353,12 +440,25 @@ pub fn allocators_for_program(
                 reason: err.to_string(),
             })?;
         for library in parse_ld_list(&String::from_utf8_lossy(&output.stdout)) {
-            let Ok(data) = fs::read(&library) else {
-                continue;
-            };
             let display_path = library.display().to_string();
-            modules.extend(module_probes(&data, library, display_path, extra));
+            files.push((library, display_path));
         }
+    }
+    Ok(files)
+}
+
+/// Allocator modules a program will load (see `program_files`).
+pub fn allocators_for_program(
+    program: &Path,
+    env: &[(String, String)],
+    extra: &[KnownFn],
+) -> Result<Vec<AllocatorModule>, AttachError> {
+    let mut modules = Vec::new();
+    for (path, display_path) in program_files(program, env)? {
+        let Ok(data) = fs::read(&path) else {
+            continue;
+        };
+        modules.extend(module_probes(&data, path, display_path, extra));
     }
     require_allocator(modules, 0, extra)
 }
@@ -445,11 +545,19 @@ fn object_error(err: aya::EbpfError) -> AttachError {
 pub fn attach(
     pid: u32,
     modules: &[AllocatorModule],
+    scopes: &[ScopeProbe],
     options: LoadOptions,
 ) -> Result<Probes, AttachError> {
     check_kernel()?;
     let (unwind_mode, unwind_rows) = unwind_settings(options.unwind);
+    let scope_count = scopes.len() as u32;
     let mut ebpf = EbpfLoader::new()
+        .override_global(SCOPE_COUNT_GLOBAL, &scope_count, true)
+        // Scope tags index an array; without scopes, one slot is all it needs.
+        .map_max_entries(
+            map_names::SCOPE_TOTALS,
+            if scopes.is_empty() { 1 } else { MAX_SCOPE_TAGS },
+        )
         .override_global(TARGET_TGID_GLOBAL, &pid, true)
         .override_global(MIN_SIZE_GLOBAL, &options.min_size, true)
         .override_global(MAX_SIZE_GLOBAL, &options.max_size, true)
@@ -476,6 +584,7 @@ pub fn attach(
     for module in modules {
         probes.attach_module(module)?;
     }
+    probes.attach_scopes(scopes)?;
 
     probes
         .attached
@@ -540,6 +649,11 @@ pub fn attach_fault_sampler(
         .map_max_entries(map_names::PENDING_SYSCALLS, 1024)
         .map_max_entries(map_names::MMAP_EVENTS, FAULT_SAMPLER_EVENTS_BYTES)
         .map_max_entries(map_names::UNWIND_ROWS, unwind_rows)
+        .map_max_entries(map_names::SCOPE_TOTALS, 1)
+        .map_max_entries(map_names::SCOPE_STACKS, 1)
+        .map_max_entries(map_names::SCOPE_TAGS, 1)
+        .map_max_entries(map_names::SCOPE_TAG_OWNERS, 1)
+        .map_max_entries(map_names::SCOPE_CALLS, 1)
         .load(LEAK_EBPF_OBJECT)
         .map_err(object_error)?;
     let program: &mut PerfEvent = ebpf
@@ -633,6 +747,44 @@ impl Probes {
         Ok(())
     }
 
+    /// Probes each --scope function's entry and return; scope numbers follow the order.
+    fn attach_scopes(&mut self, scopes: &[ScopeProbe]) -> Result<(), AttachError> {
+        if scopes.is_empty() {
+            return Ok(());
+        }
+        for name in [SCOPE_ENTRY_PROGRAM, SCOPE_RETURN_PROGRAM] {
+            uprobe(&mut self.ebpf, name)?
+                .load()
+                .map_err(|err| load_error(name, err))?;
+        }
+        let target = UProbeScope::OneProcess(
+            NonZeroU32::new(self.pid)
+                .ok_or(AttachError::Load("process id 0 cannot be traced".into()))?,
+        );
+        for (index, scope) in scopes.iter().enumerate() {
+            let shape = scope.spec.shape(index as u8);
+            // Return probe first: an entry that fires is then always matched by its return.
+            for program in [SCOPE_RETURN_PROGRAM, SCOPE_ENTRY_PROGRAM] {
+                let probe = uprobe(&mut self.ebpf, program)?;
+                let point = UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(scope.probe_offset),
+                    cookie: Some(shape.cookie()),
+                };
+                let link = probe
+                    .attach(point, &scope.probe_path, target)
+                    .and_then(|id| probe.take_link(id))
+                    .map_err(|err| probe_error(&scope.spec.function, &scope.display_path, err))?;
+                self.links.push(link);
+            }
+            self.attached.push(format!(
+                "scope {} in {}",
+                scope.spec.describe(),
+                scope.display_path
+            ));
+        }
+        Ok(())
+    }
+
     /// Allocator modules the process mapped since the probes were placed (or since the last
     /// call), not yet probed: say, a plugin linked with its own allocator.
     pub fn new_allocator_modules(&mut self, extra: &[KnownFn]) -> Vec<AllocatorModule> {
@@ -664,12 +816,17 @@ impl Probes {
     /// running on the same CPU (`recursion_misses` in the kernel's program info): events
     /// lost before any of leaktrace's own counters could see them.
     pub fn missed_runs(&self) -> u64 {
-        [ENTRY_PROGRAM, ALLOC_RETURN_PROGRAM]
-            .into_iter()
-            .chain(SYSCALL_PROGRAMS.iter().map(|(name, _, _)| *name))
-            .filter_map(|name| self.ebpf.program(name)?.fd().ok())
-            .filter_map(|fd| recursion_misses(fd.as_fd()))
-            .sum()
+        [
+            ENTRY_PROGRAM,
+            ALLOC_RETURN_PROGRAM,
+            SCOPE_ENTRY_PROGRAM,
+            SCOPE_RETURN_PROGRAM,
+        ]
+        .into_iter()
+        .chain(SYSCALL_PROGRAMS.iter().map(|(name, _, _)| *name))
+        .filter_map(|name| self.ebpf.program(name)?.fd().ok())
+        .filter_map(|fd| recursion_misses(fd.as_fd()))
+        .sum()
     }
 }
 

@@ -422,6 +422,32 @@ pub struct Common {
     pub verdict: VerdictFlags,
     #[command(flatten)]
     pub export: ExportFlags,
+    #[command(flatten)]
+    pub scope: ScopeFlags,
+}
+
+/// Request scopes: which calls of which function keep memory.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Request scopes")]
+pub struct ScopeFlags {
+    /// Attribute the allocations made during each call of FUNCTION (a request handler, say)
+    /// to that call: per function, calls, bytes allocated and still held per call, and the
+    /// stacks of what its calls keep. FUNCTION:argN=str (or =int) also groups the calls by
+    /// their argument N, from arg0 (the first); e.g. handle_request:arg1=str. Repeatable,
+    /// up to 16 functions.
+    #[arg(long = "scope", value_name = "FUNCTION[:argN=str|int]", value_parser = crate::scope::parse_scope)]
+    pub scopes: Vec<crate::scope::ScopeSpec>,
+    /// How long after a scope call returned to look again at what it still holds.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub scope_retain_after: Duration,
+    /// Labels per scope function listed with their own figures; the rest are summed as
+    /// "(other)". The kernel tells at most 1008 labels apart in all.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub scope_max_labels: u64,
+    /// With --otlp, a scope call still holding at least this much when it returns gets a
+    /// span of its own (e.g. 64K).
+    #[arg(long, default_value = "64K", value_parser = parse_size)]
+    pub scope_span_threshold: u64,
 }
 
 /// Where the findings go besides the report.
@@ -530,6 +556,10 @@ impl Common {
             // Set per command: see `with_reachability`.
             reachability: false,
             scan_limit: self.scan_limit,
+            scopes: self.scope.scopes.clone(),
+            scope_retain_after: self.scope.scope_retain_after,
+            scope_max_labels: self.scope.scope_max_labels as usize,
+            scope_span_threshold: self.scope.scope_span_threshold,
         }
     }
 
@@ -553,6 +583,7 @@ impl Common {
         if self.max_allocs == 0 {
             return Err("--max-allocs must be at least 1".into());
         }
+        crate::scope::check_scopes(&self.scope.scopes)?;
         if self.reachability && self.sample_rate > 1 {
             return Err(
                 "--reachability needs every allocation tracked: drop --sample-rate (or --reachability)"

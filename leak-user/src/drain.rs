@@ -113,6 +113,8 @@ pub struct Collector {
     scanned_held: HashMap<StackKey, Held>,
     /// The program break as last seen (brk events move it).
     program_break: Option<u64>,
+    /// What the last walk found made inside scope calls: by scope tag and stack, unscaled.
+    scope_held: HashMap<u32, HashMap<StackKey, Held>>,
 }
 
 impl Collector {
@@ -138,7 +140,14 @@ impl Collector {
             scan_ns_per_entry: DEFAULT_SCAN_NS_PER_ENTRY,
             scanned_held: HashMap::new(),
             program_break: None,
+            scope_held: HashMap::new(),
         }
+    }
+
+    /// What the last walk of the live map found made inside scope calls, by scope tag and
+    /// stack (sampled counts, not scaled by the sample rate).
+    pub fn scope_held(&self) -> &HashMap<u32, HashMap<StackKey, Held>> {
+        &self.scope_held
     }
 
     /// The program break when tracing began (see `procfs::program_break`): the first brk
@@ -329,6 +338,7 @@ impl Collector {
         let started = std::time::Instant::now();
         let mut oldest: HashMap<u32, u64> = HashMap::new();
         let mut held: HashMap<StackKey, Held> = HashMap::new();
+        let mut scope_held: HashMap<u32, HashMap<StackKey, Held>> = HashMap::new();
         let mut walked: u64 = 0;
         for entry in self.maps.allocs.iter() {
             walked += 1;
@@ -342,6 +352,20 @@ impl Collector {
                 .entry(record.stack_id)
                 .and_modify(|t| *t = (*t).min(record.timestamp_ns))
                 .or_insert(record.timestamp_ns);
+            if record.scope != 0 {
+                let (_, tag) = leak_common::scope_parts(record.scope);
+                let key = StackKey {
+                    origin: Origin::Heap,
+                    stack_id: record.stack_id,
+                    caller_hint: 0,
+                };
+                scope_held
+                    .entry(tag)
+                    .or_default()
+                    .entry(key)
+                    .or_default()
+                    .add(record.size);
+            }
             if record.timestamp_ns <= born_by_ns {
                 let key = StackKey {
                     origin: Origin::Heap,
@@ -361,6 +385,7 @@ impl Collector {
         if walked >= 1000 {
             self.scan_ns_per_entry = cost / walked;
         }
+        self.scope_held = scope_held;
         let rate = self.sample_rate;
         self.scanned_held = held
             .into_iter()

@@ -5,7 +5,9 @@
 //! mmap `regions`) → `symbolize` → `analysis` (growth, verdicts) → `report` (text, JSON,
 //! folded stacks, SVG flame graph, pprof).
 //! `session` runs the stages; `launch` starts a command for `leaktrace run`; `cli` holds the
-//! flags. `model` is the vocabulary they share; `procfs` reads /proc.
+//! flags. `model` is the vocabulary they share; `procfs` reads /proc. Beside the main path:
+//! `scope` (--scope: what each call of a function keeps) and `suspects` (which scope calls
+//! go with the growth), `reachability` and `freeze` (--reachability), `watch` (the sidecar).
 pub mod allocators;
 pub mod analysis;
 pub mod attach;
@@ -23,7 +25,9 @@ pub mod prometheus;
 pub mod reachability;
 pub mod regions;
 pub mod report;
+pub mod scope;
 pub mod session;
+pub mod suspects;
 pub mod symbolize;
 pub mod unwind_tables;
 pub mod watch;

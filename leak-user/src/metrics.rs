@@ -4,7 +4,7 @@
 //!
 //! Cardinality is bounded: only the first `max_stacks` stacks of a report (leaking first) get
 //! their own series; the rest are summed under `leaktrace.stack.id="other"`.
-use crate::model::{Reachability, Report, StackReport, Verdict};
+use crate::model::{Frame, Origin, Reachability, Report, StackReport, Verdict};
 
 /// Whether a value only goes up (a total) or goes up and down.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +117,26 @@ pub const REACHABILITY_PAUSE: Instrument = gauge(
     "s",
     "How long the target was stopped for the last reachability scan.",
 );
+pub const SCOPE_CALLS: Instrument = counter(
+    "leaktrace.scope.calls",
+    "{call}",
+    "Calls of a --scope function (per label, when its calls are labelled).",
+);
+pub const SCOPE_ALLOCATED_PER_CALL: Instrument = gauge(
+    "leaktrace.scope.allocated_per_call",
+    "By",
+    "Bytes allocated inside a call of a --scope function, on average.",
+);
+pub const SCOPE_RETAINED_PER_CALL: Instrument = gauge(
+    "leaktrace.scope.retained_per_call",
+    "By",
+    "Bytes a call of a --scope function still held when it returned, on average.",
+);
+pub const SCOPE_RETAINED: Instrument = gauge(
+    "leaktrace.scope.retained",
+    "By",
+    "Bytes allocated inside calls of a --scope function and not freed.",
+);
 pub const EVENTS_DROPPED: Instrument = counter(
     "leaktrace.events.dropped",
     "{event}",
@@ -139,7 +159,7 @@ pub const EXPORT_FAILURES: Instrument = counter(
 );
 
 /// Every instrument, in the order they are published.
-pub const INSTRUMENTS: [Instrument; 19] = [
+pub const INSTRUMENTS: [Instrument; 23] = [
     PROCESS_MEMORY_USAGE,
     PROCESS_MEMORY_VIRTUAL,
     PROCESS_MEMORY_LIMIT,
@@ -155,6 +175,10 @@ pub const INSTRUMENTS: [Instrument; 19] = [
     STACK_REACHABILITY,
     STACK_REACHABILITY_BLOCKS,
     REACHABILITY_PAUSE,
+    SCOPE_CALLS,
+    SCOPE_ALLOCATED_PER_CALL,
+    SCOPE_RETAINED_PER_CALL,
+    SCOPE_RETAINED,
     EVENTS_DROPPED,
     PROBES_ATTACHED,
     SYMBOLIZATION_FAILURES,
@@ -182,6 +206,11 @@ pub const OTHER_STACKS: &str = "other";
 /// A short id for a stack that stays the same across runs and address layouts: a hash of
 /// its origin and its frames' identities (function names, or module+offset).
 pub fn stack_id(stack: &StackReport) -> String {
+    stack_id_of(stack.origin, &stack.frames)
+}
+
+/// [`stack_id`] of a stack not (yet) in a report.
+pub fn stack_id_of(origin: Origin, frames: &[Frame]) -> String {
     // FNV-1a, 64 bits: small, stable across Rust versions (unlike DefaultHasher).
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut feed = |bytes: &[u8]| {
@@ -190,8 +219,8 @@ pub fn stack_id(stack: &StackReport) -> String {
             hash = hash.wrapping_mul(0x0100_0000_01b3);
         }
     };
-    feed(stack.origin.as_str().as_bytes());
-    for frame in &stack.frames {
+    feed(origin.as_str().as_bytes());
+    for frame in frames {
         feed(b"\n");
         feed(frame.identity().as_bytes());
     }
@@ -317,6 +346,34 @@ pub fn points(
     }
     if let Some(scan) = &report.reachability_scan {
         push(REACHABILITY_PAUSE, Vec::new(), scan.paused_ms / 1e3);
+    }
+    for scope in &report.scopes {
+        let mut groups = vec![(None, &scope.figures)];
+        groups.extend(
+            scope
+                .labels
+                .iter()
+                .map(|label| (Some(&label.label), &label.figures)),
+        );
+        for (label, figures) in groups {
+            let mut attributes = vec![("code.function.name", Value::Text(scope.function.clone()))];
+            // The function's own series has no label; each label's has it.
+            if let Some(label) = label {
+                attributes.push(("leaktrace.scope.label", Value::Text(label.clone())));
+            }
+            push(SCOPE_CALLS, attributes.clone(), figures.calls as f64);
+            push(
+                SCOPE_ALLOCATED_PER_CALL,
+                attributes.clone(),
+                figures.allocated_bytes_per_call,
+            );
+            push(
+                SCOPE_RETAINED_PER_CALL,
+                attributes.clone(),
+                figures.retained_bytes_per_call,
+            );
+            push(SCOPE_RETAINED, attributes, figures.retained_bytes as f64);
+        }
     }
     for (reason, count) in &report.dropped {
         push(
@@ -468,6 +525,26 @@ mod tests {
         let unscanned = super::points(&sample_report(), 2, 5, 0);
         assert!(values_of(&unscanned, STACK_REACHABILITY).is_empty());
         assert!(values_of(&unscanned, REACHABILITY_PAUSE).is_empty());
+    }
+
+    #[test]
+    fn scopes_are_series_per_function_and_label() {
+        let points = points(&crate::report::fixtures::scoped_report(), 2, 5, 0);
+        let retained = values_of(&points, SCOPE_RETAINED);
+        // The function, and its two labels.
+        assert_eq!(retained.len(), 3);
+        assert_eq!(
+            retained[0].attributes,
+            vec![("code.function.name", Value::Text("handle_request".into()))]
+        );
+        assert_eq!(retained[1].value, 10240.0);
+        assert!(
+            retained[1]
+                .attributes
+                .contains(&("leaktrace.scope.label", Value::Text("/upload".into())))
+        );
+        assert_eq!(values_of(&points, SCOPE_CALLS)[2].value, 400.0);
+        assert!(values_of(&super::points(&sample_report(), 2, 5, 0), SCOPE_CALLS).is_empty());
     }
 
     #[test]

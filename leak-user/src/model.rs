@@ -429,6 +429,92 @@ pub struct Report {
     /// Leaking stacks first, then growing, stable, transient; within each, by the sort key
     /// (at most --top of them).
     pub stacks: Vec<StackReport>,
+    /// The --scope functions: what their calls allocated and kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<ScopeReport>,
+    /// Scopes whose calls may explain a leaking stack or the process's growth, with reasons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suspects: Vec<Suspect>,
+}
+
+/// What the calls of one --scope function allocated and kept; with a label argument, also
+/// per label.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScopeReport {
+    pub function: String,
+    /// The argument that labels its calls ("arg1=str"), when one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_argument: Option<String>,
+    #[serde(flatten)]
+    pub figures: ScopeFigures,
+    /// Per label, most retained first (at most --scope-max-labels; the rest as "(other)").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<LabelReport>,
+}
+
+/// One label's share of a scope function's calls.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LabelReport {
+    pub label: String,
+    #[serde(flatten)]
+    pub figures: ScopeFigures,
+}
+
+/// What a set of scope calls allocated and kept.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScopeFigures {
+    pub calls: u64,
+    /// Bytes allocated inside a call, on average.
+    pub allocated_bytes_per_call: f64,
+    /// Of those, still held when the call returned, on average over returned calls.
+    pub retained_bytes_per_call: f64,
+    /// Still held `retained_later_after_s` after the call returned, on average over the
+    /// calls that old (absent until a call is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retained_later_bytes_per_call: Option<f64>,
+    pub retained_later_after_s: f64,
+    /// Bytes allocated inside its calls and not freed, now.
+    pub retained_bytes: u64,
+    pub retained_blocks: u64,
+    /// Slope of the baseline of `retained_bytes`.
+    pub retained_growth_bytes_per_s: f64,
+    /// When its retained bytes began a steady rise, seconds since tracing began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retained_growth_onset: Option<f64>,
+    /// When its first call was seen, seconds since tracing began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_call_s: Option<f64>,
+    /// The stacks that allocated what its calls still hold, most first.
+    pub top_stacks: Vec<ScopeStackReport>,
+}
+
+/// One stack of what scope calls still hold.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScopeStackReport {
+    /// The stack's id, as in the metrics (`leaktrace.stack.id`).
+    pub stack_id: String,
+    pub retained_bytes: u64,
+    pub retained_blocks: u64,
+    /// Function names, innermost first.
+    pub frames: Vec<String>,
+}
+
+/// A scope (and label) whose calls may explain growth.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Suspect {
+    pub function: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// The leaking stack it is suspected for (its id and innermost function), or absent for
+    /// the process's memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_function: Option<String>,
+    /// Share of the growth its calls account for, 0–1.
+    pub share: f64,
+    /// Why, in words.
+    pub reasons: Vec<String>,
 }
 
 fn every_allocation() -> u32 {
@@ -458,6 +544,8 @@ impl Report {
             process: None,
             reachability_scan: None,
             stacks: Vec::new(),
+            scopes: Vec::new(),
+            suspects: Vec::new(),
         }
     }
 

@@ -32,7 +32,7 @@ use opentelemetry_sdk::{
 
 use crate::{
     metrics::{self, Instrument, Kind, Point, Value},
-    model::{Report, StackReport, Target, Verdict},
+    model::{Report, StackReport, Suspect, Target, Verdict},
 };
 
 /// Where and how often to export; everything else comes from the OTEL_* variables.
@@ -263,6 +263,12 @@ impl Telemetry {
                 newly_leaking.push(stack);
             }
         }
+        for suspect in &report.suspects {
+            span.add_event(
+                "memory.leak.scope_suspect",
+                scope_suspect_attributes(suspect),
+            );
+        }
         span.end_with_timestamp(now);
         self.window_start = now;
         if newly_leaking.is_empty() {
@@ -282,6 +288,40 @@ impl Telemetry {
         self.runtime.spawn_blocking(move || {
             let _ = provider.force_flush();
         });
+    }
+
+    /// A span per scope call that still held at least --scope-span-threshold when it
+    /// returned, with what its scope's calls keep as events.
+    pub fn publish_scope_calls(&self, calls: &[ScopeCallSpan]) {
+        let tracer = self.tracer_provider.tracer("leaktrace");
+        for call in calls {
+            let mut attributes = vec![
+                KeyValue::new("code.function.name", call.function.clone()),
+                KeyValue::new("thread.id", i64::from(call.tid)),
+                KeyValue::new("memory.allocated_bytes", call.allocated_bytes as i64),
+                KeyValue::new("memory.retained_bytes", call.retained_bytes as i64),
+            ];
+            if let Some(label) = &call.label {
+                attributes.push(KeyValue::new("leaktrace.scope.label", label.clone()));
+            }
+            let mut span = tracer
+                .span_builder("memory.scope.call")
+                .with_start_time(call.start)
+                .with_attributes(attributes)
+                .start(&tracer);
+            for (bytes, frames) in &call.retaining_stacks {
+                let frames: Vec<opentelemetry::StringValue> =
+                    frames.iter().cloned().map(Into::into).collect();
+                span.add_event(
+                    "memory.scope.retaining_stack",
+                    vec![
+                        KeyValue::new("memory.retained_bytes", *bytes as i64),
+                        KeyValue::new("leaktrace.frames", OtelValue::Array(frames.into())),
+                    ],
+                );
+            }
+            span.end_with_timestamp(call.end);
+        }
     }
 
     /// Exports what is pending and stops (bounded by the exporters' timeouts). Runs on a
@@ -429,6 +469,41 @@ fn window_attributes(report: &Report) -> Vec<KeyValue> {
             process.rss_growth_bytes_per_s,
         ));
     }
+    attributes
+}
+
+/// One scope call that kept memory, for its span.
+#[derive(Clone, Debug)]
+pub struct ScopeCallSpan {
+    pub function: String,
+    pub label: Option<String>,
+    pub tid: u32,
+    pub start: SystemTime,
+    pub end: SystemTime,
+    pub allocated_bytes: u64,
+    pub retained_bytes: u64,
+    /// What its scope (and label) keeps, by stack: (bytes, frames innermost first).
+    pub retaining_stacks: Vec<(u64, Vec<String>)>,
+}
+
+/// What a scope suspect's span event carries.
+fn scope_suspect_attributes(suspect: &Suspect) -> Vec<KeyValue> {
+    let mut attributes = vec![
+        KeyValue::new("code.function.name", suspect.function.clone()),
+        KeyValue::new("leaktrace.suspect.share", suspect.share),
+    ];
+    if let Some(label) = &suspect.label {
+        attributes.push(KeyValue::new("leaktrace.scope.label", label.clone()));
+    }
+    if let Some(id) = &suspect.stack_id {
+        attributes.push(KeyValue::new("leaktrace.stack.id", id.clone()));
+    }
+    let reasons: Vec<opentelemetry::StringValue> =
+        suspect.reasons.iter().cloned().map(Into::into).collect();
+    attributes.push(KeyValue::new(
+        "leaktrace.suspect.reasons",
+        OtelValue::Array(reasons.into()),
+    ));
     attributes
 }
 

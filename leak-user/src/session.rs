@@ -14,7 +14,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::{
     allocators::KnownFn,
     analysis::{self, Context, Thresholds},
-    attach::{self, AllocatorModule, LoadOptions, Probes},
+    attach::{self, AllocatorModule, LoadOptions, Probes, ScopeProbe},
     cli::Unwind,
     drain::{Collector, KernelMaps},
     drain::{MAX_SERIES_LEN, push_thinned},
@@ -30,6 +30,8 @@ use crate::{
     procfs, prometheus,
     reachability::{self, Block, Class},
     report::{self, Format},
+    scope::{self, NamedStack, ScopeCollector, ScopeSpec},
+    suspects,
     symbolize::{Modules, Symbolizer},
     unwind_tables::UnwindTables,
 };
@@ -72,6 +74,14 @@ pub struct Options {
     pub reachability: bool,
     /// Most bytes of the target's memory the reachability scan reads.
     pub scan_limit: u64,
+    /// --scope functions.
+    pub scopes: Vec<ScopeSpec>,
+    /// How long after a scope call returned to read what it still holds.
+    pub scope_retain_after: Duration,
+    /// Labels per scope listed with their own figures.
+    pub scope_max_labels: usize,
+    /// A scope call holding at least this much when it returns gets a span of its own.
+    pub scope_span_threshold: u64,
 }
 
 /// What orders the stacks within a verdict.
@@ -108,6 +118,10 @@ impl Default for Options {
             export_top: 20,
             reachability: false,
             scan_limit: DEFAULT_SCAN_LIMIT,
+            scopes: Vec::new(),
+            scope_retain_after: Duration::from_secs(5),
+            scope_max_labels: 32,
+            scope_span_threshold: 64 << 10,
         }
     }
 }
@@ -165,6 +179,52 @@ struct Session {
     unwind: Option<UnwindTables>,
     /// The reachability scan's classes by stack, once it ran.
     reachability: Option<(HashMap<StackKey, Reachability>, ReachabilityScan)>,
+    /// The --scope maps and figures, when there are scopes.
+    scopes: Option<ScopeCollector>,
+}
+
+/// Spans for the scope calls that kept at least --scope-span-threshold, with what their
+/// scope (and label) keeps by stack, from `report`.
+fn scope_call_spans(
+    scopes: &mut ScopeCollector,
+    specs: &[ScopeSpec],
+    report: &Report,
+) -> Vec<crate::otel::ScopeCallSpan> {
+    let now_ns = procfs::monotonic_ns();
+    let now = std::time::SystemTime::now();
+    let at = |ns: u64| now - Duration::from_nanos(now_ns.saturating_sub(ns));
+    let calls = scopes.take_retaining_calls();
+    calls
+        .into_iter()
+        .filter_map(|call| {
+            let (index, label) = scopes.describe_tag(call.tag)?;
+            let function = specs.get(index as usize)?.function.clone();
+            let scope = report.scopes.iter().find(|s| s.function == function);
+            let figures = scope.map(|scope| {
+                label
+                    .and_then(|label| scope.labels.iter().find(|l| l.label == label))
+                    .map_or(&scope.figures, |label| &label.figures)
+            });
+            Some(crate::otel::ScopeCallSpan {
+                function,
+                label: label.map(str::to_string),
+                tid: call.tid,
+                start: at(call.start_ns),
+                end: at(call.end_ns),
+                allocated_bytes: call.allocated_bytes,
+                retained_bytes: call.held_at_return,
+                retaining_stacks: figures
+                    .map(|figures| {
+                        figures
+                            .top_stacks
+                            .iter()
+                            .map(|stack| (stack.retained_bytes, stack.frames.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            })
+        })
+        .collect()
 }
 
 /// What the report says about one probed module.
@@ -221,6 +281,11 @@ pub async fn run(command: &[String], options: Options) -> Result<Outcome, Sessio
             other => SessionError::Attach(other),
         },
     )?;
+    let scopes = if options.scopes.is_empty() {
+        Vec::new()
+    } else {
+        attach::find_scopes(&options.scopes, &attach::program_files(&program, &env)?)?
+    };
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut options = options;
     options.unwind = options
@@ -231,7 +296,7 @@ pub async fn run(command: &[String], options: Options) -> Result<Outcome, Sessio
         .map_err(|err| SessionError::Launch(format!("could not start {name}: {err}")))?;
     let pid = launched.pid;
     // Dropping `launched` without release makes the child exit without running.
-    let mut session = Session::start(pid, "run", &allocators, options)?;
+    let mut session = Session::start(pid, "run", &allocators, &scopes, options)?;
     session.target.exe = program.display().to_string();
     session.launched_program = std::fs::canonicalize(&program).ok();
     session.start_exports()?;
@@ -293,7 +358,12 @@ impl Session {
             .unwind
             .resolve(std::fs::read(format!("/proc/{pid}/exe")).ok().as_deref());
         let allocators = attach::allocators_in_process(pid, &options.alloc_fns)?;
-        let mut session = Session::start(pid, mode, &allocators, options)?;
+        let scopes = if options.scopes.is_empty() {
+            Vec::new()
+        } else {
+            attach::find_scopes(&options.scopes, &attach::process_files(pid)?)?
+        };
+        let mut session = Session::start(pid, mode, &allocators, &scopes, options)?;
         // A launched command's first brk (the loader's) sets the break it starts from.
         session
             .collector
@@ -305,11 +375,13 @@ impl Session {
         pid: u32,
         mode: &'static str,
         allocators: &[AllocatorModule],
+        scopes: &[ScopeProbe],
         options: Options,
     ) -> Result<Session, SessionError> {
         let mut probes = attach::attach(
             pid,
             allocators,
+            scopes,
             LoadOptions {
                 max_allocs: options.max_allocs,
                 min_size: options.min_size,
@@ -319,6 +391,17 @@ impl Session {
             },
         )?;
         let maps = KernelMaps::take(&mut probes.ebpf)?;
+        let scope_collector = if scopes.is_empty() {
+            None
+        } else {
+            Some(ScopeCollector::take(
+                &mut probes.ebpf,
+                scopes.len() as u32,
+                options.scope_retain_after,
+                options.scope_span_threshold,
+                MAX_SERIES_LEN,
+            )?)
+        };
         let unwind = match options.unwind {
             Unwind::Dwarf => {
                 let mut tables =
@@ -365,6 +448,7 @@ impl Session {
             endpoint: None,
             unwind,
             reachability: None,
+            scopes: scope_collector,
         })
     }
 
@@ -393,6 +477,10 @@ impl Session {
         let probes = self.probes.attached.len() as u64;
         if let Some(telemetry) = &mut self.telemetry {
             telemetry.publish(report, probes);
+            if let Some(scopes) = &mut self.scopes {
+                let calls = scope_call_spans(scopes, &self.options.scopes, report);
+                telemetry.publish_scope_calls(&calls);
+            }
         }
         if let Some(endpoint) = &self.endpoint {
             let failures = self.telemetry.as_ref().map_or(0, Telemetry::failures);
@@ -439,6 +527,9 @@ impl Session {
             tables.refresh(self.pid);
         }
         self.collector.sample(now_ns)?;
+        if let Some(scopes) = &mut self.scopes {
+            scopes.sample(now_ns)?;
+        }
         if self.collector.take_new_stacks() {
             let _ = self.modules.refresh(self.pid);
         }
@@ -785,8 +876,13 @@ impl Session {
         }
         let mut groups: Vec<(Vec<Frame>, Vec<StackHistory>)> = Vec::new();
         let mut group_of: HashMap<(Origin, Vec<FrameIdentity>), usize> = HashMap::new();
+        // Scope calls' stacks are named from these.
+        let mut frames_by_key: HashMap<StackKey, Vec<Frame>> = HashMap::new();
         for history in active {
             let frames = self.frames_of(&history);
+            if self.scopes.is_some() && history.key.origin == Origin::Heap {
+                frames_by_key.insert(history.key, frames.clone());
+            }
             if history.key.origin != Origin::Heap && mapped_by_loader(&frames) {
                 continue;
             }
@@ -909,6 +1005,37 @@ impl Session {
             self.symbolizer.failures,
         );
         let process = analysis::process_trend(&self.process_samples, &self.options.thresholds);
+        let process = (!self.process_samples.is_empty()).then(|| ProcessReport {
+            rss_growth_bytes_per_s: process.rss.slope,
+            rss_rising: process.rss.steady,
+            rss_growth_onset: process.rss.onset,
+            heap_growth_bytes_per_s: process.heap_growth_bytes_per_s,
+            memory_limit_bytes: procfs::memory_limit(self.pid),
+            samples: evenly_spread(&self.process_samples, REPORT_PROCESS_POINTS),
+        });
+        let (scopes, suspects) = match &self.scopes {
+            Some(collector) => {
+                let settings = scope::ReportSettings {
+                    specs: &self.options.scopes,
+                    started_ns: self.started_ns,
+                    span_s,
+                    retain_after_s: self.options.scope_retain_after.as_secs_f64(),
+                    max_labels: self.options.scope_max_labels,
+                    sample_rate: u64::from(self.options.sample_rate),
+                    thresholds: &self.options.thresholds,
+                };
+                let mut name = |key: &StackKey| {
+                    frames_by_key.get(key).map(|frames| NamedStack {
+                        id: metrics::stack_id_of(key.origin, frames),
+                        frames: frames.iter().map(Frame::identity).collect(),
+                    })
+                };
+                let found = collector.analyse(&settings, self.collector.scope_held(), &mut name);
+                let named = suspects::suspects(&stacks, process.as_ref(), &found.groups, span_s);
+                (found.reports, named)
+            }
+            None => (Vec::new(), Vec::new()),
+        };
         Ok(Report {
             version: REPORT_VERSION,
             target: self.target.clone(),
@@ -926,16 +1053,11 @@ impl Session {
             events,
             omitted_stacks: omitted.0,
             omitted_outstanding_bytes: omitted.1,
-            process: (!self.process_samples.is_empty()).then(|| ProcessReport {
-                rss_growth_bytes_per_s: process.rss.slope,
-                rss_rising: process.rss.steady,
-                rss_growth_onset: process.rss.onset,
-                heap_growth_bytes_per_s: process.heap_growth_bytes_per_s,
-                memory_limit_bytes: procfs::memory_limit(self.pid),
-                samples: evenly_spread(&self.process_samples, REPORT_PROCESS_POINTS),
-            }),
+            process,
             reachability_scan: self.reachability.as_ref().map(|(_, scan)| *scan),
             stacks,
+            scopes,
+            suspects,
         })
     }
 

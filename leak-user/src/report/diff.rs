@@ -165,10 +165,9 @@ pub fn render_json(diff: &Diff) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use super::*;
-    use crate::model::{REPORT_VERSION, Target};
+    use crate::model::Target;
 
     fn stack(function: &str, address: u64, bytes: u64, verdict: Verdict) -> StackReport {
         StackReport {
@@ -203,26 +202,16 @@ mod tests {
     }
 
     fn report(stacks: Vec<StackReport>) -> Report {
+        let target = Target {
+            pid: 1,
+            exe: "/bin/demo".into(),
+            command_line: String::new(),
+        };
         Report {
-            version: REPORT_VERSION,
-            target: Target {
-                pid: 1,
-                exe: "/bin/demo".into(),
-                command_line: String::new(),
-            },
-            mode: "attach".into(),
             duration_s: 10.0,
-            sample_rate: 1,
             unwind: "fp".into(),
-            allocators: Vec::new(),
-            exited: None,
-            dropped: BTreeMap::new(),
-            events: BTreeMap::new(),
-            omitted_stacks: 0,
-            omitted_outstanding_bytes: 0,
-            process: None,
-            reachability_scan: None,
             stacks,
+            ..Report::empty(target, "attach")
         }
     }
 

@@ -37,7 +37,7 @@ pub fn read(path: &Path) -> Result<Report, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::fixtures::sample_report;
+    use crate::report::fixtures::{sample_report, scoped_report};
 
     #[test]
     fn round_trips_and_uses_documented_names() {
@@ -74,5 +74,22 @@ mod tests {
         check(&value, &schema);
         check(&value["stacks"][0], &schema["$defs"]["stack"]);
         check(&value["stacks"][0]["frames"][0], &schema["$defs"]["frame"]);
+
+        let scoped: serde_json::Value =
+            serde_json::from_str(&render(&scoped_report())).expect("json");
+        let scope = &scoped["scopes"][0];
+        check(scope, &schema["$defs"]["scope"]);
+        check(&scope["labels"][0], &schema["$defs"]["scope_label"]);
+        check(&scope["top_stacks"][0], &schema["$defs"]["scope_stack"]);
+        check(&scoped["suspects"][0], &schema["$defs"]["suspect"]);
+        // Documented as arrays of those definitions.
+        for field in ["scopes", "suspects"] {
+            assert!(
+                schema["properties"][field]["items"]["$ref"].is_string(),
+                "{field}"
+            );
+        }
+        let back: Report = serde_json::from_value(scoped).expect("reads back");
+        assert_eq!(back, scoped_report());
     }
 }

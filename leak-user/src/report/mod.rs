@@ -59,8 +59,9 @@ pub mod fixtures {
     use std::collections::BTreeMap;
 
     use crate::model::{
-        AllocatorInfo, ClassTotals, Frame, Origin, ProcessReport, ProcessSample, REPORT_VERSION,
-        Reachability, ReachabilityScan, Report, Sample, StackReport, Target, Verdict,
+        AllocatorInfo, ClassTotals, Frame, LabelReport, Origin, ProcessReport, ProcessSample,
+        REPORT_VERSION, Reachability, ReachabilityScan, Report, Sample, ScopeFigures, ScopeReport,
+        ScopeStackReport, StackReport, Suspect, Target, Verdict,
     };
 
     const DEMO: &str = "/usr/bin/demo";
@@ -249,6 +250,8 @@ pub mod fixtures {
             }),
             reachability_scan: None,
             stacks,
+            scopes: Vec::new(),
+            suspects: Vec::new(),
         }
     }
 
@@ -285,6 +288,67 @@ pub mod fixtures {
             blocks: 177,
             truncated: false,
         });
+        report
+    }
+
+    /// The sample report traced with --scope handle_request:arg0=str: its /upload calls
+    /// keep what the leaking stack holds, and are its suspect.
+    pub fn scoped_report() -> Report {
+        let mut report = sample_report();
+        let leak = &report.stacks[0];
+        let leak_id = crate::metrics::stack_id(leak);
+        let figures = |calls, retained: u64, first| ScopeFigures {
+            calls,
+            allocated_bytes_per_call: 768.0,
+            retained_bytes_per_call: retained as f64 / calls as f64,
+            retained_later_bytes_per_call: Some(retained as f64 / calls as f64),
+            retained_later_after_s: 5.0,
+            retained_bytes: retained,
+            retained_blocks: retained / 512,
+            retained_growth_bytes_per_s: retained as f64 / 10.0,
+            retained_growth_onset: (retained > 0).then_some(0.5),
+            first_call_s: Some(first),
+            top_stacks: if retained > 0 {
+                vec![ScopeStackReport {
+                    stack_id: leak_id.clone(),
+                    retained_bytes: retained,
+                    retained_blocks: retained / 512,
+                    frames: vec!["leak_slowly".into(), "handle_request".into(), "main".into()],
+                }]
+            } else {
+                Vec::new()
+            },
+        };
+        let upload = figures(20, 10240, 0.4);
+        let get = figures(400, 0, 0.1);
+        let mut all = figures(420, 10240, 0.1);
+        all.allocated_bytes_per_call = 768.0;
+        report.scopes = vec![ScopeReport {
+            function: "handle_request".into(),
+            label_argument: Some("arg0=str".into()),
+            figures: all,
+            labels: vec![
+                LabelReport {
+                    label: "/upload".into(),
+                    figures: upload,
+                },
+                LabelReport {
+                    label: "/get".into(),
+                    figures: get,
+                },
+            ],
+        }];
+        report.suspects = vec![Suspect {
+            function: "handle_request".into(),
+            label: Some("/upload".into()),
+            stack_id: Some(leak_id),
+            stack_function: Some("leak_slowly".into()),
+            share: 1.0,
+            reasons: vec![
+                "its calls hold 100% of this stack's live memory (10.00 KiB)".into(),
+                "first called at 0.4s: new since the growth began (0.4s)".into(),
+            ],
+        }];
         report
     }
 

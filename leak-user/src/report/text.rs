@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::{
-    model::{Frame, ProcessReport, Reachability, Report, StackReport, Verdict},
+    model::{Frame, ProcessReport, Reachability, Report, ScopeFigures, StackReport, Verdict},
     report::human_bytes,
 };
 
@@ -201,7 +201,110 @@ pub fn render(report: &Report, color: bool) -> String {
             human_bytes(report.omitted_outstanding_bytes as f64)
         );
     }
+    render_scopes(&mut out, report, &painter);
     out
+}
+
+/// The --scope functions, and the suspects for the growth.
+fn render_scopes(out: &mut String, report: &Report, painter: &Painter) {
+    if !report.suspects.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{}",
+            painter.paint(BOLD, "SUSPECTS: scope calls that go with the growth")
+        );
+        for suspect in &report.suspects {
+            let label = suspect
+                .label
+                .as_ref()
+                .map(|label| format!(" [{label}]"))
+                .unwrap_or_default();
+            let what = match &suspect.stack_function {
+                Some(function) => format!("leaking stack at {function}"),
+                None => "the process's memory".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "{}{label}: {:.0}% of {what}",
+                painter.paint(RED, &suspect.function),
+                suspect.share * 100.0
+            );
+            for reason in &suspect.reasons {
+                let _ = writeln!(out, "    - {reason}");
+            }
+        }
+    }
+    if report.scopes.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n{}",
+        painter.paint(BOLD, "SCOPES: what each call keeps")
+    );
+    for scope in &report.scopes {
+        let argument = scope
+            .label_argument
+            .as_ref()
+            .map(|argument| format!(" (by {argument})"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{}{argument}: {}",
+            scope.function,
+            scope_line(&scope.figures)
+        );
+        for stack in &scope.figures.top_stacks {
+            let _ = writeln!(
+                out,
+                "    keeps {} from {}",
+                human_bytes(stack.retained_bytes as f64),
+                stack.frames.join(" ← ")
+            );
+        }
+        for label in &scope.labels {
+            let _ = writeln!(out, "  [{}] {}", label.label, scope_line(&label.figures));
+            if let Some(stack) = label.figures.top_stacks.first() {
+                let _ = writeln!(
+                    out,
+                    "      keeps {} from {}",
+                    human_bytes(stack.retained_bytes as f64),
+                    stack.frames.join(" ← ")
+                );
+            }
+        }
+    }
+}
+
+/// "120 calls, 4.00 KiB allocated per call, 1.00 KiB held at return, 1.00 KiB 5s later;
+/// holds 120.00 KiB (+1.00 KiB/s since 3.0s)".
+fn scope_line(figures: &ScopeFigures) -> String {
+    let later = figures
+        .retained_later_bytes_per_call
+        .map(|later| {
+            format!(
+                ", {} {:.0}s later",
+                human_bytes(later),
+                figures.retained_later_after_s
+            )
+        })
+        .unwrap_or_default();
+    let growth = if figures.retained_growth_bytes_per_s > 0.0 {
+        format!(
+            " ({}{})",
+            rate(figures.retained_growth_bytes_per_s),
+            since(figures.retained_growth_onset)
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "{}, {} allocated per call, {} held at return{later}; holds {}{growth}",
+        plural(figures.calls, "call"),
+        human_bytes(figures.allocated_bytes_per_call),
+        human_bytes(figures.retained_bytes_per_call),
+        human_bytes(figures.retained_bytes as f64),
+    )
 }
 
 /// "reachability: 200 B lost (1 block), 300 B indirectly lost (1 block)": the classes that
@@ -341,5 +444,37 @@ mod tests {
     #[test]
     fn snapshot() {
         insta::assert_snapshot!(render(&crate::report::fixtures::sample_report(), false));
+    }
+
+    #[test]
+    fn scopes_and_suspects_are_listed() {
+        let text = render(&crate::report::fixtures::scoped_report(), false);
+        let suspects = text
+            .split("SUSPECTS: scope calls that go with the growth\n")
+            .nth(1)
+            .expect("a suspects section");
+        assert!(
+            suspects
+                .starts_with("handle_request [/upload]: 100% of leaking stack at leak_slowly\n"),
+            "{text}"
+        );
+        assert!(suspects.contains("    - its calls hold 100% of this stack's live memory"));
+        let scopes = text
+            .split("SCOPES: what each call keeps\n")
+            .nth(1)
+            .expect("a scopes section");
+        let lines: Vec<&str> = scopes.lines().collect();
+        assert_eq!(
+            lines[0],
+            "handle_request (by arg0=str): 420 calls, 768 B allocated per call, \
+             24 B held at return, 24 B 5s later; holds 10.00 KiB (+1.00 KiB/s since 0.5s)"
+        );
+        assert_eq!(
+            lines[1],
+            "    keeps 10.00 KiB from leak_slowly ← handle_request ← main"
+        );
+        assert!(lines[2].starts_with("  [/upload] 20 calls"), "{scopes}");
+        assert!(lines[4].starts_with("  [/get] 400 calls"), "{scopes}");
+        assert!(lines[4].ends_with("holds 0 B"), "{scopes}");
     }
 }
