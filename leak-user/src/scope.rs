@@ -205,7 +205,13 @@ pub struct ScopeCollector {
     spanned: HashSet<u64>,
     /// Retaining calls not yet taken (see `take_retaining_calls`).
     retaining: Vec<RetainingCall>,
+    /// Retaining calls left out because `MAX_RETAINING_CALLS` were waiting.
+    pub retaining_skipped: u64,
 }
+
+/// Retaining calls kept between two takes (one span each): a flood of them is counted, not
+/// kept.
+const MAX_RETAINING_CALLS: usize = 256;
 
 impl ScopeCollector {
     pub fn take(
@@ -237,6 +243,7 @@ impl ScopeCollector {
             scope_series: BTreeMap::new(),
             spanned: HashSet::new(),
             retaining: Vec::new(),
+            retaining_skipped: 0,
         })
     }
 
@@ -335,14 +342,18 @@ impl ScopeCollector {
                 continue;
             }
             if followed.held_at_return >= self.span_threshold && self.spanned.insert(call) {
-                self.retaining.push(RetainingCall {
-                    tag: followed.tag,
-                    tid: followed.tid,
-                    start_ns: followed.start_ns,
-                    end_ns: followed.end_ns,
-                    allocated_bytes: followed.allocated_bytes,
-                    held_at_return: followed.held_at_return,
-                });
+                if self.retaining.len() < MAX_RETAINING_CALLS {
+                    self.retaining.push(RetainingCall {
+                        tag: followed.tag,
+                        tid: followed.tid,
+                        start_ns: followed.start_ns,
+                        end_ns: followed.end_ns,
+                        allocated_bytes: followed.allocated_bytes,
+                        held_at_return: followed.held_at_return,
+                    });
+                } else {
+                    self.retaining_skipped += 1;
+                }
             }
             if now_ns.saturating_sub(followed.end_ns) >= self.retain_after_ns {
                 let figures = self.figures.entry(followed.tag).or_default();

@@ -1004,6 +1004,12 @@ impl Session {
             "symbolization_failures".to_string(),
             self.symbolizer.failures,
         );
+        if let Some(scopes) = &self.scopes {
+            events.insert(
+                "scope_call_spans_skipped".to_string(),
+                scopes.retaining_skipped,
+            );
+        }
         let process = analysis::process_trend(&self.process_samples, &self.options.thresholds);
         let process = (!self.process_samples.is_empty()).then(|| ProcessReport {
             rss_growth_bytes_per_s: process.rss.slope,

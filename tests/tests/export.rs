@@ -491,3 +491,122 @@ fn bad_export_flags_get_one_clear_line() {
     let first = stderr.lines().next().unwrap_or("");
     assert!(first.contains("not an address to listen on"), "{stderr}");
 }
+
+/// --scope over OTLP: per-scope metrics by function and label, a span for each call that
+/// kept at least --scope-span-threshold, and the suspect as an event of the analysis span.
+#[test]
+fn scope_metrics_spans_and_suspects_reach_otelsink() {
+    let test = "scope_metrics_spans_and_suspects_reach_otelsink";
+    if !bpf_available(test) || !tool_available(test, &otel_python()) {
+        return;
+    }
+    let (grpc_port, http_port) = (free_port(), free_port());
+    let received_path = scratch_dir().join("otlp-scope-sink.jsonl");
+    let _ = std::fs::remove_file(&received_path);
+    let mut sink = Background::spawn(
+        Command::new(otel_python())
+            .arg(workspace_root().join("tests/otel/sink.py"))
+            .arg(&received_path)
+            .arg(grpc_port.to_string())
+            .arg(http_port.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    {
+        use std::io::BufRead;
+        let stdout = sink.child.stdout.take().expect("piped");
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        assert_eq!(line.trim(), "ready", "the sink did not start");
+    }
+    let handlers = build_c("scope_handlers.c", &["-fno-omit-frame-pointer"]);
+    let target = Target::start(&handlers, &["routes"]);
+    let endpoint = format!("http://127.0.0.1:{http_port}");
+    let traced = leaktrace_with(
+        "scope-otlp",
+        &[
+            "attach",
+            "--pid",
+            &target.pid(),
+            "--scope",
+            "handle_put:arg0=str",
+            "--scope-span-threshold",
+            "150",
+            "--duration",
+            "4s",
+            "--interval",
+            "1s",
+        ],
+        &[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
+            ("OTEL_SERVICE_NAME", "scope-otlp"),
+        ],
+        || {},
+    );
+    assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
+    std::thread::sleep(Duration::from_millis(500));
+    drop(sink);
+    let by_service = read_sink(&received_path);
+    let received = by_service
+        .get("scope-otlp")
+        .unwrap_or_else(|| panic!("nothing from scope-otlp: {:?}", by_service.keys()));
+
+    let (unit, retained) = &received.metrics["leaktrace.scope.retained"];
+    assert_eq!(unit, "By");
+    let latest = |label: &str| {
+        retained
+            .iter()
+            .rev()
+            .find(|point| {
+                let attributes = attributes(&point["attributes"]);
+                text(attributes.get("code.function.name")) == "handle_put"
+                    && text(attributes.get("leaktrace.scope.label")) == label
+            })
+            .and_then(|point| point["asDouble"].as_f64())
+            .unwrap_or_else(|| panic!("no {label} series: {retained:?}"))
+    };
+    assert!(latest("/cache") >= 200.0, "{retained:?}");
+    assert_eq!(latest("/session"), 0.0);
+    assert!(received.metrics.contains_key("leaktrace.scope.calls"));
+
+    // Each /cache call keeps 200 bytes, above the threshold; /session calls keep nothing.
+    let calls: Vec<BTreeMap<String, Value>> = received
+        .spans
+        .iter()
+        .filter(|span| span["name"] == "memory.scope.call")
+        .map(|span| attributes(&span["attributes"]))
+        .collect();
+    assert!(!calls.is_empty(), "no memory.scope.call spans");
+    for call in &calls {
+        assert_eq!(
+            text(call.get("leaktrace.scope.label")),
+            "/cache",
+            "{call:?}"
+        );
+        assert_eq!(text(call.get("code.function.name")), "handle_put");
+        assert_eq!(text(call.get("memory.retained_bytes")), "200", "{call:?}");
+        assert_eq!(text(call.get("memory.allocated_bytes")), "712", "{call:?}");
+    }
+    let with_stack = received.spans.iter().any(|span| {
+        span["name"] == "memory.scope.call"
+            && span["events"].as_array().is_some_and(|events| {
+                events
+                    .iter()
+                    .any(|event| event["name"] == "memory.scope.retaining_stack")
+            })
+    });
+    assert!(with_stack, "no retaining stack on any call span");
+    let suspect = received
+        .spans
+        .iter()
+        .filter(|span| span["name"] == "memory.leak.analysis")
+        .flat_map(|span| span["events"].as_array().cloned().unwrap_or_default())
+        .filter(|event| event["name"] == "memory.leak.scope_suspect")
+        .map(|event| attributes(&event["attributes"]))
+        .next_back()
+        .expect("a scope suspect event");
+    assert_eq!(text(suspect.get("leaktrace.scope.label")), "/cache");
+    assert_eq!(text(suspect.get("code.function.name")), "handle_put");
+}
