@@ -6,6 +6,8 @@
 //   bench_pairs mixed N           sizes from 16 B to 64 KiB, one thread
 //   bench_pairs realloc N         malloc(16), realloc to 64, to 256, free
 //   bench_pairs deep N            malloc(64)+free 32 calls below main (a deep stack to walk)
+//   bench_pairs handled N         malloc(64)+free inside handle_one(route, i), a function to
+//                                 put a --scope on (a request handler doing one pair)
 //   bench_pairs hold N SECONDS [DELAY]
 //                                 waits DELAY seconds (for a tracer to attach), keeps N
 //                                 malloc(32) blocks live for SECONDS, then exits
@@ -67,6 +69,19 @@ static void reallocs(long n) {
     }
 }
 
+// Not static: --scope finds it in the symbol table either way, but an exported name is what
+// a real handler usually has.
+__attribute__((noinline)) void handle_one(const char *route, long i) {
+    void *volatile block = malloc(64);
+    __asm__ volatile("" : : "r"(route), "r"(i) : "memory");
+    free(block);
+}
+
+static void handled(long n) {
+    static const char *routes[] = {"/users", "/orders", "/cart", "/search"};
+    for (long i = 0; i < n; i++) handle_one(routes[i % 4], i);
+}
+
 static void wait_for_probes(void) {
     const char *settle = getenv("BENCH_WAIT_FOR_PROBES");
     if (!settle) return;
@@ -121,6 +136,8 @@ int main(int argc, char **argv) {
         mixed(n);
     } else if (strcmp(mode, "realloc") == 0) {
         reallocs(n);
+    } else if (strcmp(mode, "handled") == 0) {
+        handled(n);
     } else {
         fprintf(stderr, "unknown mode %s\n", mode);
         return 2;

@@ -211,3 +211,54 @@ fn a_leak_that_starts_with_a_new_request_kind_names_it() {
         assert_eq!(number(&entry["retained_bytes"]), 0.0, "{entry:#}");
     }
 }
+
+/// A scope that names no function of the target, a bad label, too many scopes: one clear
+/// line each, and no target started.
+#[test]
+fn bad_scopes_get_one_clear_line() {
+    let program = build_c("scope_handlers.c", &["-fno-omit-frame-pointer"]);
+    let program = program.to_str().expect("utf-8");
+    let many: Vec<String> = (0..17)
+        .flat_map(|i| ["--scope".into(), format!("f{i}")])
+        .collect();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--scope".into(), "no_such_handler".into()],
+            "--scope no_such_handler: no module of the target defines a function of that name",
+        ),
+        (
+            vec!["--scope".into(), "handle_get:arg7=str".into()],
+            "the label is argN=str or argN=int",
+        ),
+        (
+            vec!["--scope".into(), "handle_get:arg1=float".into()],
+            "the label is argN=str or argN=int",
+        ),
+        (many, "at most 16 functions can be scopes"),
+        (
+            vec![
+                "--scope".into(),
+                "handle_get".into(),
+                "--scope".into(),
+                "handle_get:arg0=str".into(),
+            ],
+            "--scope handle_get is given twice",
+        ),
+    ];
+    for (flags, expected) in cases {
+        let out = std::process::Command::new(leaktrace_tests::leaktrace_bin())
+            .arg("run")
+            .args(&flags)
+            .args(["--", program, "routes"])
+            .output()
+            .expect("run leaktrace");
+        assert_ne!(out.status.code(), Some(0), "{flags:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{flags:?}: {stderr}");
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|line| !line.trim().is_empty() && !line.starts_with("For more information"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{flags:?}: {stderr}");
+    }
+}

@@ -88,14 +88,28 @@ const HOLD_SECONDS: u64 = 40;
 const MEASURE_SECONDS: u64 = 20;
 const WARM_UP_SECONDS: u64 = 8;
 
-pub fn run(pairs: u64, runs: usize) -> Result<()> {
-    if runs == 0 {
-        bail!("--runs must be at least 1");
-    }
+/// The pairs benchmark's program, compiled into target/xtask.
+fn bench_program() -> Result<std::path::PathBuf> {
     let out_dir = root().join("target/xtask");
     std::fs::create_dir_all(&out_dir)?;
     let bench_bin = out_dir.join("bench_pairs");
     compile_c("bench_pairs.c", &bench_bin)?;
+    Ok(bench_bin)
+}
+
+/// `--scope-only`: the scope cost table alone.
+pub fn scope_cost_only(pairs: u64, runs: usize) -> Result<()> {
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    scope_cost(&bench_program()?, pairs, runs).map(drop)
+}
+
+pub fn run(pairs: u64, runs: usize) -> Result<()> {
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let bench_bin = bench_program()?;
 
     let mut table = String::new();
     let _ = writeln!(
@@ -132,6 +146,7 @@ pub fn run(pairs: u64, runs: usize) -> Result<()> {
         println!("{mode}: untraced {base:.0} ns, traced {with:.0} ns");
     }
     let walking = stack_walking(&bench_bin, pairs, runs)?;
+    let scopes = scope_cost(&bench_bin, pairs, runs)?;
     let peers = peers(&bench_bin, pairs, runs)?;
     let redis = redis(runs)?;
     let reachability = reachability(runs)?;
@@ -148,6 +163,10 @@ pub fn run(pairs: u64, runs: usize) -> Result<()> {
          call traced, with its stack).\n\n\
          ## Cost to the target\n\n{table}\nRuns:\n{raw}\n\
          ## Stack walking: frame pointers or .eh_frame (`--unwind`)\n\n{walking}\n\
+         ## Request scopes (`--scope`)\n\nEach call of a scope function adds an entry and a \
+         return uprobe; the allocations inside it also update the scope's counters. \
+         `bench_pairs handled` calls handle_one(route, i), which does one malloc(64)+free, \
+         {} times.\n\n{scopes}\n\
          ## Against the peers (malloc(64)+free, one thread, same run)\n\n{peers}\n\
          ## A real service\n\nredis-server 7.0 from Debian (jemalloc) on loopback, \
          `redis-benchmark -n {REDIS_REQUESTS} -c 50 -t set,get`, median of {runs}; leaktrace \
@@ -163,7 +182,8 @@ pub fn run(pairs: u64, runs: usize) -> Result<()> {
          three calls below main; each built with and without frame pointers and run under \
          `leaktrace run`. Frames are walked with frame pointers; the allocating function is \
          always there (the stack is captured on return into it), the callers above it only \
-         while the frame-pointer chain holds.\n\n{quality}\n{WHERE_THE_TIME_GOES}"
+         while the frame-pointer chain holds.\n\n{quality}\n{WHERE_THE_TIME_GOES}",
+        pairs / 5
     );
     std::fs::write(root().join("BENCHMARKS.md"), document)?;
     println!("xtask: wrote BENCHMARKS.md");
@@ -675,6 +695,56 @@ pub fn redis(runs: usize) -> Result<String> {
     })();
     stop(&mut server, std::time::Duration::from_secs(5));
     let table = result?;
+    println!("{table}");
+    Ok(table)
+}
+
+/// What --scope adds per call of the scope function: `handled` runs malloc(64)+free inside
+/// handle_one(route, i), traced by `leaktrace run` without a scope, with one, and with one
+/// labelled by its string argument. Median of `runs`.
+fn scope_cost(bench_bin: &std::path::Path, pairs: u64, runs: usize) -> Result<String> {
+    let count = (pairs / 5).to_string();
+    let configurations: [(&str, &[&str]); 4] = [
+        ("untraced", &[]),
+        ("leaktrace run (no scope)", &["run"]),
+        (
+            "leaktrace run --scope handle_one",
+            &["run", "--scope", "handle_one"],
+        ),
+        (
+            "leaktrace run --scope handle_one:arg0=str (4 labels)",
+            &["run", "--scope", "handle_one:arg0=str"],
+        ),
+    ];
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); configurations.len()];
+    for _ in 0..runs {
+        for (index, (_, args)) in configurations.iter().enumerate() {
+            let time = if args.is_empty() {
+                measure(Command::new(bench_bin).args(["handled", &count]))?
+            } else {
+                measure(
+                    Command::new(leaktrace_bin())
+                        .args(*args)
+                        .args(["--format", "json", "--output", "/dev/null", "--"])
+                        .arg(bench_bin)
+                        .args(["handled", &count]),
+                )?
+            };
+            times[index].push(time);
+        }
+    }
+    let medians: Vec<f64> = times.into_iter().map(median).collect();
+    let mut table = String::from(
+        "| configuration | ns per handled call (one malloc+free) | added by the scope |\n|---|---|---|\n",
+    );
+    for ((name, args), ns) in configurations.iter().zip(&medians) {
+        let added = if args.len() > 1 {
+            format!("{:.0} ns", ns - medians[1])
+        } else {
+            String::new()
+        };
+        let _ = writeln!(table, "| {name} | {ns:.0} | {added} |");
+    }
     println!("{table}");
     Ok(table)
 }

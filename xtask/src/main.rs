@@ -59,6 +59,9 @@ enum Task {
         /// left as it is).
         #[arg(long)]
         reachability_only: bool,
+        /// Only the --scope cost table, printed (BENCHMARKS.md is left as it is).
+        #[arg(long)]
+        scope_only: bool,
     },
 }
 
@@ -85,6 +88,7 @@ fn main() -> Result<()> {
             stack_quality_only,
             redis_only,
             reachability_only,
+            scope_only,
         } => {
             setup::run()?;
             if stack_quality_only {
@@ -98,6 +102,10 @@ fn main() -> Result<()> {
             if reachability_only {
                 build()?;
                 return bench::reachability(runs).map(drop);
+            }
+            if scope_only {
+                build()?;
+                return bench::scope_cost_only(pairs, runs);
             }
             setup::bench_peers();
             build()?;
