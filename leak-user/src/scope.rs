@@ -455,13 +455,15 @@ impl ScopeCollector {
                 }
                 (sum, by_stack, series.map(<[_]>::to_vec))
             };
+            // Bytes and blocks by stack id, scaled by the sample rate like the stacks'.
+            let rate = settings.sample_rate.max(1);
             let mut named = |by_stack: &HashMap<StackKey, Held>| {
                 let mut by_id: HashMap<String, (u64, u64, Vec<String>)> = HashMap::new();
                 for (key, held) in by_stack {
                     let Some(stack) = name(key) else { continue };
                     let entry = by_id.entry(stack.id).or_insert((0, 0, stack.frames));
-                    entry.0 += held.bytes;
-                    entry.1 += held.allocs;
+                    entry.0 += held.bytes.saturating_mul(rate);
+                    entry.1 += held.allocs.saturating_mul(rate);
                 }
                 by_id
             };
@@ -544,6 +546,7 @@ impl ScopeCollector {
         settings: &ReportSettings<'_>,
         sum: &TagFigures,
         series: Option<&[(u64, u64)]>,
+        // Already scaled by the sample rate.
         by_id: &HashMap<String, (u64, u64, Vec<String>)>,
     ) -> ScopeFigures {
         let rate = settings.sample_rate.max(1);
@@ -578,8 +581,8 @@ impl ScopeCollector {
             .iter()
             .map(|(id, (bytes, blocks, frames))| ScopeStackReport {
                 stack_id: id.clone(),
-                retained_bytes: bytes.saturating_mul(rate),
-                retained_blocks: blocks.saturating_mul(rate),
+                retained_bytes: *bytes,
+                retained_blocks: *blocks,
                 frames: frames.clone(),
             })
             .collect();
