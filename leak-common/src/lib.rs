@@ -28,6 +28,7 @@ pub mod map_names {
     pub const SCOPE_TOTALS: &str = "SCOPE_TOTALS";
     pub const SCOPE_CALLS: &str = "SCOPE_CALLS";
     pub const SCOPE_NEXT: &str = "SCOPE_NEXT";
+    pub const SCOPE_EVENTS: &str = "SCOPE_EVENTS";
 }
 
 /// Name of the global holding the traced process id (tgid); set by user space at load time.
@@ -323,7 +324,8 @@ pub struct AllocRecord {
 // Allocations made while the frame is the innermost are attributed to it: the record keeps
 // `scope_of(call, tag)`, and the tag's `SCOPE_TOTALS` and the call's `SCOPE_CALLS` entry count
 // the bytes, debited again when the block is freed. The return uprobe pops the frame and notes
-// what the call still held. User space reads each call again `--scope-retain-after` later.
+// what the call still held; a call holding something is announced on `SCOPE_EVENTS`, and user
+// space reads its entry again `--scope-retain-after` later, then removes it.
 
 /// Scope functions at most (`--scope`, repeatable).
 pub const MAX_SCOPES: u32 = 16;
@@ -450,6 +452,23 @@ pub struct ScopeCall {
     pub held_bytes: u64,
     pub held_at_return: u64,
 }
+
+/// A scope call that returned still holding memory, sent through `SCOPE_EVENTS`: user space
+/// reads its `SCOPE_CALLS` entry again `--scope-retain-after` later, then removes it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScopeReturn {
+    pub call: u64,
+    pub tag: u32,
+    pub tid: u32,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub allocated_bytes: u64,
+    pub held_at_return: u64,
+}
+
+/// Bytes of ring buffer for scope returns (48 bytes each, plus an 8-byte header).
+pub const SCOPE_EVENTS_BYTES: u32 = 1 << 20;
 
 /// Name of the global holding how many --scope functions are probed (u32).
 pub const SCOPE_COUNT_GLOBAL: &str = "SCOPE_COUNT";
@@ -592,10 +611,13 @@ pub enum Counter {
     ScopeTooDeep = 15,
     /// A label beyond [`MAX_SCOPE_TAGS`]: the call counts under its scope without a label.
     ScopeLabelsFull = 16,
+    /// The scope return ring buffer was full: the call is not read again later (it counts
+    /// in its scope's totals only).
+    ScopeEventsLost = 17,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 18;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::StackIdCollision,
@@ -615,6 +637,7 @@ impl Counter {
         Counter::ScopeCallsFull,
         Counter::ScopeTooDeep,
         Counter::ScopeLabelsFull,
+        Counter::ScopeEventsLost,
     ];
 
     /// Stable name used in reports and JSON.
@@ -637,6 +660,7 @@ impl Counter {
             Counter::ScopeCallsFull => "scope_calls_full",
             Counter::ScopeTooDeep => "scope_too_deep",
             Counter::ScopeLabelsFull => "scope_labels_full",
+            Counter::ScopeEventsLost => "scope_events_lost",
         }
     }
 
@@ -654,6 +678,7 @@ impl Counter {
                 | Counter::ScopeCallsFull
                 | Counter::ScopeTooDeep
                 | Counter::ScopeLabelsFull
+                | Counter::ScopeEventsLost
         )
     }
 }
@@ -709,4 +734,5 @@ mod pod {
     unsafe impl aya::Pod for super::ScopeStack {}
     unsafe impl aya::Pod for super::ScopeTotals {}
     unsafe impl aya::Pod for super::ScopeCall {}
+    unsafe impl aya::Pod for super::ScopeReturn {}
 }

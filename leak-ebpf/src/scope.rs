@@ -10,13 +10,13 @@ use aya_ebpf::{
         bpf_probe_read_user_str_bytes,
     },
     macros::{map, uprobe, uretprobe},
-    maps::{HashMap, PerCpuArray},
+    maps::{HashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext},
 };
 use leak_common::{
     Counter, MAX_PENDING_CALLS, MAX_SCOPE_CALLS, MAX_SCOPE_DEPTH, MAX_SCOPE_TAGS, MAX_SCOPES,
-    SCOPE_LABEL_BYTES, SCOPE_LABEL_INT, SCOPE_LABEL_STR, ScopeCall, ScopeFrame, ScopeLabel,
-    ScopeShape, ScopeStack, ScopeTotals, scope_of, scope_parts,
+    SCOPE_EVENTS_BYTES, SCOPE_LABEL_BYTES, SCOPE_LABEL_INT, SCOPE_LABEL_STR, ScopeCall, ScopeFrame,
+    ScopeLabel, ScopeReturn, ScopeShape, ScopeStack, ScopeTotals, scope_of, scope_parts,
 };
 
 use crate::maps::{count, target_tid};
@@ -53,6 +53,10 @@ static SCOPE_TOTALS: PerCpuArray<ScopeTotals> = PerCpuArray::with_max_entries(MA
 #[map(name = "SCOPE_CALLS")]
 static SCOPE_CALLS: HashMap<u64, ScopeCall> =
     HashMap::with_max_entries(MAX_SCOPE_CALLS, BPF_F_NO_PREALLOC);
+
+/// Calls that returned holding memory, for user space to read again later.
+#[map(name = "SCOPE_EVENTS")]
+static SCOPE_EVENTS: RingBuf = RingBuf::with_byte_size(SCOPE_EVENTS_BYTES, 0);
 
 /// Per CPU: calls begun on it, for call ids.
 #[map(name = "SCOPE_NEXT")]
@@ -290,10 +294,26 @@ pub fn scope_return(ctx: RetProbeContext) -> u32 {
         let _ = SCOPE_CALLS.remove(&frame.call);
         return 0;
     }
+    // SAFETY: helper without arguments.
+    let end_ns = unsafe { bpf_ktime_get_ns() };
     // SAFETY: a live map value of a call this thread ran.
-    unsafe {
+    let event = unsafe {
         (*call).held_at_return = held;
-        (*call).end_ns = bpf_ktime_get_ns();
+        (*call).end_ns = end_ns;
+        ScopeReturn {
+            call: frame.call,
+            tag: frame.tag,
+            tid,
+            start_ns: (*call).start_ns,
+            end_ns,
+            allocated_bytes: (*call).allocated_bytes,
+            held_at_return: held,
+        }
+    };
+    if SCOPE_EVENTS.output::<ScopeReturn>(&event, 0).is_err() {
+        // Nobody would read it again: not followed.
+        count(Counter::ScopeEventsLost);
+        let _ = SCOPE_CALLS.remove(&frame.call);
     }
     0
 }

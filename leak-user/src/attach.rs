@@ -24,8 +24,8 @@ use aya::{
 use leak_common::{
     ALLOC_RETURN_PROGRAM, AllocFn, CallShape, ENTRY_PROGRAM, MAX_SCOPE_TAGS, MAX_SIZE_GLOBAL,
     MAX_UNWIND_ROWS, MIN_SIZE_GLOBAL, PAGE_FAULT_PROGRAM, SAMPLE_RATE_GLOBAL, SCOPE_COUNT_GLOBAL,
-    SCOPE_ENTRY_PROGRAM, SCOPE_RETURN_PROGRAM, SYSCALL_PROGRAMS, TARGET_TGID_GLOBAL, UNWIND_DWARF,
-    UNWIND_FRAME_POINTERS, UNWIND_MODE_GLOBAL, map_names,
+    SCOPE_ENTRY_PROGRAM, SCOPE_EVENTS_BYTES, SCOPE_RETURN_PROGRAM, SYSCALL_PROGRAMS,
+    TARGET_TGID_GLOBAL, UNWIND_DWARF, UNWIND_FRAME_POINTERS, UNWIND_MODE_GLOBAL, map_names,
 };
 use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
@@ -553,10 +553,18 @@ pub fn attach(
     let scope_count = scopes.len() as u32;
     let mut ebpf = EbpfLoader::new()
         .override_global(SCOPE_COUNT_GLOBAL, &scope_count, true)
-        // Scope tags index an array; without scopes, one slot is all it needs.
+        // Without scopes, the scope maps that take memory up front take the least.
         .map_max_entries(
             map_names::SCOPE_TOTALS,
             if scopes.is_empty() { 1 } else { MAX_SCOPE_TAGS },
+        )
+        .map_max_entries(
+            map_names::SCOPE_EVENTS,
+            if scopes.is_empty() {
+                4096
+            } else {
+                SCOPE_EVENTS_BYTES
+            },
         )
         .override_global(TARGET_TGID_GLOBAL, &pid, true)
         .override_global(MIN_SIZE_GLOBAL, &options.min_size, true)
@@ -654,6 +662,7 @@ pub fn attach_fault_sampler(
         .map_max_entries(map_names::SCOPE_TAGS, 1)
         .map_max_entries(map_names::SCOPE_TAG_OWNERS, 1)
         .map_max_entries(map_names::SCOPE_CALLS, 1)
+        .map_max_entries(map_names::SCOPE_EVENTS, 4096)
         .load(LEAK_EBPF_OBJECT)
         .map_err(object_error)?;
     let program: &mut PerfEvent = ebpf

@@ -8,10 +8,10 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use leak_common::{
     MAX_SCOPES, SCOPE_LABEL_INT, SCOPE_LABEL_STR, SCOPE_NO_LABEL, ScopeCall, ScopeLabel,
-    ScopeShape, ScopeTotals, map_names,
+    ScopeReturn, ScopeShape, ScopeTotals, map_names,
 };
 
 use crate::{
@@ -190,6 +190,7 @@ pub struct ScopeCollector {
     totals: PerCpuArray<MapData, ScopeTotals>,
     tags: BpfHashMap<MapData, ScopeLabel, u32>,
     calls: BpfHashMap<MapData, u64, ScopeCall>,
+    events: RingBuf<MapData>,
     /// How many --scope functions there are (tags 1..=scope_count are theirs).
     scope_count: u32,
     retain_after_ns: u64,
@@ -201,8 +202,8 @@ pub struct ScopeCollector {
     pub labels: HashMap<u32, (u32, String)>,
     /// By scope index: (ns, bytes its calls hold, all labels together) at each sample.
     scope_series: BTreeMap<u32, Vec<(u64, u64)>>,
-    /// Calls already handed out as retaining.
-    spanned: HashSet<u64>,
+    /// Calls that returned holding memory, by when to read them again: (due ns, call, tag).
+    due: VecDeque<(u64, u64, u32)>,
     /// Retaining calls not yet taken (see `take_retaining_calls`).
     retaining: Vec<RetainingCall>,
     /// Retaining calls left out because `MAX_RETAINING_CALLS` were waiting.
@@ -234,6 +235,7 @@ impl ScopeCollector {
             totals: take(ebpf, map_names::SCOPE_TOTALS)?,
             tags: take(ebpf, map_names::SCOPE_TAGS)?,
             calls: take(ebpf, map_names::SCOPE_CALLS)?,
+            events: take(ebpf, map_names::SCOPE_EVENTS)?,
             scope_count,
             retain_after_ns: u64::try_from(retain_after.as_nanos()).unwrap_or(u64::MAX),
             span_threshold,
@@ -241,7 +243,7 @@ impl ScopeCollector {
             figures: BTreeMap::new(),
             labels: HashMap::new(),
             scope_series: BTreeMap::new(),
-            spanned: HashSet::new(),
+            due: VecDeque::new(),
             retaining: Vec::new(),
             retaining_skipped: 0,
         })
@@ -330,41 +332,51 @@ impl ScopeCollector {
         Ok(())
     }
 
-    /// Reads ended calls: a retaining one is noted once; one returned `retain_after` ago
-    /// gives what it still holds, and is forgotten.
+    /// Takes the calls that returned holding memory (a retaining one above the span
+    /// threshold is noted for its span), and reads again those that returned
+    /// `retain_after` ago: what they still hold. Two map operations per such call in all,
+    /// however many are followed at once.
     fn follow_calls(&mut self, now_ns: u64) {
-        let mut done = Vec::new();
-        for entry in self.calls.iter() {
-            let Ok((call, followed)) = entry else {
-                continue;
-            };
-            if followed.end_ns == 0 {
+        while let Some(item) = self.events.next() {
+            if item.len() < size_of::<ScopeReturn>() {
                 continue;
             }
-            if followed.held_at_return >= self.span_threshold && self.spanned.insert(call) {
+            // SAFETY: the kernel wrote a whole ScopeReturn; read_unaligned copes with alignment.
+            let returned: ScopeReturn = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            if returned.held_at_return >= self.span_threshold {
                 if self.retaining.len() < MAX_RETAINING_CALLS {
                     self.retaining.push(RetainingCall {
-                        tag: followed.tag,
-                        tid: followed.tid,
-                        start_ns: followed.start_ns,
-                        end_ns: followed.end_ns,
-                        allocated_bytes: followed.allocated_bytes,
-                        held_at_return: followed.held_at_return,
+                        tag: returned.tag,
+                        tid: returned.tid,
+                        start_ns: returned.start_ns,
+                        end_ns: returned.end_ns,
+                        allocated_bytes: returned.allocated_bytes,
+                        held_at_return: returned.held_at_return,
                     });
                 } else {
                     self.retaining_skipped += 1;
                 }
             }
-            if now_ns.saturating_sub(followed.end_ns) >= self.retain_after_ns {
-                let figures = self.figures.entry(followed.tag).or_default();
-                figures.followed_calls += 1;
-                figures.held_later_bytes += signed_floor(followed.held_bytes);
-                done.push(call);
-            }
+            self.due.push_back((
+                returned.end_ns.saturating_add(self.retain_after_ns),
+                returned.call,
+                returned.tag,
+            ));
         }
-        for call in done {
+        // Events come in about the order calls ended (per CPU exactly): a call a little out
+        // of order is read a sample late.
+        while let Some(&(due, call, tag)) = self.due.front() {
+            if due > now_ns {
+                break;
+            }
+            self.due.pop_front();
+            let Ok(followed) = self.calls.get(&call, 0) else {
+                continue;
+            };
             let _ = self.calls.remove(&call);
-            self.spanned.remove(&call);
+            let figures = self.figures.entry(tag).or_default();
+            figures.followed_calls += 1;
+            figures.held_later_bytes += signed_floor(followed.held_bytes);
         }
     }
 
