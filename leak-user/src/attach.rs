@@ -36,6 +36,24 @@ use crate::{
     scope::ScopeSpec,
 };
 
+impl AttachError {
+    /// The exit status this failure ends leaktrace with.
+    pub fn status(&self) -> crate::exit::Status {
+        use crate::exit::Status;
+        match self {
+            AttachError::NotPermitted => Status::NotPermitted,
+            AttachError::KernelLacks(_) => Status::KernelLacks,
+            AttachError::NoAllocator { .. }
+            | AttachError::NoSuchFunction { .. }
+            | AttachError::NoSuchScope { .. } => Status::NotInTarget,
+            AttachError::ProbeConflict { .. } => Status::ProbeConflict,
+            AttachError::Load(_) | AttachError::Probe { .. } | AttachError::Read { .. } => {
+                Status::Internal
+            }
+        }
+    }
+}
+
 /// What went wrong while attaching, phrased for the user.
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {

@@ -13,6 +13,7 @@ pub mod analysis;
 pub mod attach;
 pub mod cli;
 pub mod drain;
+pub mod exit;
 pub mod freeze;
 pub mod growth;
 pub mod launch;

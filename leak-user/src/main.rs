@@ -3,12 +3,14 @@ use std::{io::Write, path::Path, process::ExitCode};
 use clap::Parser;
 use leaktrace::{
     cli::{self, Cli, Command, DiffFormat},
+    exit::Status,
     report::{self, Format},
     session,
 };
 
-/// Exit status when the attached target ended during tracing (the report is still written).
-const EXIT_TARGET_EXITED: u8 = 3;
+fn status(status: Status) -> ExitCode {
+    ExitCode::from(status.code())
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args_os()
@@ -18,7 +20,7 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(message) => {
             eprintln!("leaktrace: {message}");
-            return ExitCode::from(2);
+            return status(Status::Usage);
         }
     };
     let cli = Cli::parse_from(args);
@@ -31,7 +33,7 @@ fn main() -> ExitCode {
         && let Err(message) = common.check()
     {
         eprintln!("leaktrace: {message}");
-        return ExitCode::from(2);
+        return status(Status::Usage);
     }
     let binary_to_terminal = match &cli.command {
         Command::Attach { common, .. } | Command::Run { common, .. } => {
@@ -42,7 +44,7 @@ fn main() -> ExitCode {
     };
     if binary_to_terminal && stdout_is_tty() {
         eprintln!("leaktrace: --format pprof is binary: write it to a file with -o FILE.pb.gz");
-        return ExitCode::from(2);
+        return status(Status::Usage);
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -51,7 +53,7 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("leaktrace: could not start: {err}");
-            return ExitCode::FAILURE;
+            return status(Status::Internal);
         }
     };
     match cli.command {
@@ -71,14 +73,14 @@ fn main() -> ExitCode {
                     eprintln!(
                         "leaktrace: process {pid} exited during tracing; the report shows what was seen until then"
                     );
-                    ExitCode::from(EXIT_TARGET_EXITED)
+                    status(Status::TargetExited)
                 } else {
                     ExitCode::SUCCESS
                 }
             }
             Err(err) => {
                 eprintln!("leaktrace: {err}");
-                ExitCode::FAILURE
+                status(err.status())
             }
         },
         Command::Run { common, command } => {
@@ -91,13 +93,13 @@ fn main() -> ExitCode {
                     Some(exit) => match (exit.code, exit.signal) {
                         (Some(code), _) => ExitCode::from(code as u8),
                         (_, Some(signal)) => ExitCode::from(128u8.wrapping_add(signal as u8)),
-                        _ => ExitCode::FAILURE,
+                        _ => status(Status::Internal),
                     },
                     None => ExitCode::SUCCESS,
                 },
                 Err(err) => {
                     eprintln!("leaktrace: {err}");
-                    ExitCode::FAILURE
+                    status(err.status())
                 }
             }
         }
@@ -106,14 +108,14 @@ fn main() -> ExitCode {
                 Ok(options) => options,
                 Err(message) => {
                     eprintln!("leaktrace: {message}");
-                    return ExitCode::from(2);
+                    return status(Status::Usage);
                 }
             };
             match runtime.block_on(leaktrace::watch::watch(options)) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("leaktrace: {err}");
-                    ExitCode::FAILURE
+                    status(err.status())
                 }
             }
         }
@@ -158,7 +160,7 @@ fn finish_offline(rendered: Result<Vec<u8>, String>, output: Option<&Path>) -> E
         Ok(text) => text,
         Err(message) => {
             eprintln!("leaktrace: {message}");
-            return ExitCode::FAILURE;
+            return status(Status::BadReport);
         }
     };
     let written = match output {
@@ -173,7 +175,7 @@ fn finish_offline(rendered: Result<Vec<u8>, String>, output: Option<&Path>) -> E
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("leaktrace: {message}");
-            ExitCode::FAILURE
+            status(Status::CannotWrite)
         }
     }
 }

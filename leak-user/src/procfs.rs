@@ -94,6 +94,50 @@ pub fn is_alive(pid: u32) -> bool {
     }
 }
 
+/// What a pid is, for tracing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcessKind {
+    /// No such process (or it is gone entirely).
+    Missing,
+    /// Exited, not yet reaped.
+    Zombie,
+    /// A kernel thread: no user space.
+    KernelThread,
+    /// A user-space process.
+    User,
+}
+
+/// PF_KTHREAD in the flags field of /proc/PID/stat (linux/sched.h).
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// What /proc/PID/stat says the process is.
+pub fn parse_process_kind(stat: &str) -> ProcessKind {
+    let Some(close) = stat.rfind(')') else {
+        return ProcessKind::Missing;
+    };
+    // After the command: state, ppid, pgrp, session, tty_nr, tpgid, flags, …
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    match fields.first().and_then(|state| state.chars().next()) {
+        None | Some('X') => ProcessKind::Missing,
+        Some('Z') => ProcessKind::Zombie,
+        Some(_) => {
+            let flags: u64 = fields.get(6).and_then(|f| f.parse().ok()).unwrap_or(0);
+            if flags & PF_KTHREAD != 0 {
+                ProcessKind::KernelThread
+            } else {
+                ProcessKind::User
+            }
+        }
+    }
+}
+
+pub fn process_kind(pid: u32) -> ProcessKind {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => parse_process_kind(&stat),
+        Err(_) => ProcessKind::Missing,
+    }
+}
+
 /// The state letter of /proc/PID/stat (after the parenthesised command, which may itself
 /// contain spaces and parentheses).
 pub fn parse_stat_state(stat: &str) -> Option<char> {
@@ -323,6 +367,18 @@ mod tests {
     #[test]
     fn skips_malformed_lines() {
         assert!(parse_maps("garbage\n\nzz-yy r-xp 0 0 0\n").is_empty());
+    }
+
+    #[test]
+    fn tells_zombies_and_kernel_threads_apart() {
+        let kthreadd = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 4 0 0 20 0 1 0 10 0";
+        assert_eq!(parse_process_kind(kthreadd), ProcessKind::KernelThread);
+        let zombie = "4242 (sh (old)) Z 1 4242 4242 0 -1 4228164 99 0 0 0 0 0 0 0 20 0 1 0 5 0";
+        assert_eq!(parse_process_kind(zombie), ProcessKind::Zombie);
+        let user = "77 (redis-server) S 1 77 77 0 -1 4194560 512 0 0 0 3 1 0 0 20 0 4 0 99 0";
+        assert_eq!(parse_process_kind(user), ProcessKind::User);
+        assert_eq!(parse_process_kind(""), ProcessKind::Missing);
+        assert_eq!(process_kind(std::process::id()), ProcessKind::User);
     }
 
     #[test]

@@ -134,6 +134,22 @@ pub const DEFAULT_SCAN_LIMIT: u64 = 4 << 30;
 pub enum SessionError {
     #[error("no process with pid {0}: check the pid (`pgrep NAME`) and try again")]
     NoSuchProcess(u32),
+    #[error(
+        "process {0} is a zombie: it has exited and only waits for its parent to reap it; there is nothing left to trace"
+    )]
+    Zombie(u32),
+    #[error(
+        "process {0} is a kernel thread: it has no user-space memory or allocator; give the pid of a user-space process"
+    )]
+    KernelThread(u32),
+    #[error("command not found: {0} (give a path or put it on PATH)")]
+    CommandNotFound(String),
+    #[error("no allocator found for {0}: neither it nor its libraries define malloc and free")]
+    ProgramWithoutAllocator(String),
+    #[error("could not handle signals: {0}")]
+    Signals(String),
+    #[error("{0}")]
+    Privileges(String),
     #[error(transparent)]
     Attach(#[from] attach::AttachError),
     #[error("could not set up --unwind dwarf: {0}")]
@@ -148,6 +164,28 @@ pub enum SessionError {
     Prometheus(#[from] crate::prometheus::PrometheusError),
     #[error("could not write the report to {path}: {reason}")]
     Output { path: String, reason: String },
+}
+
+impl SessionError {
+    /// The exit status this failure ends leaktrace with.
+    pub fn status(&self) -> crate::exit::Status {
+        use crate::exit::Status;
+        match self {
+            SessionError::NoSuchProcess(_)
+            | SessionError::Zombie(_)
+            | SessionError::KernelThread(_) => Status::NoTarget,
+            SessionError::CommandNotFound(_) => Status::CommandNotFound,
+            SessionError::Launch(_) => Status::CommandNotRunnable,
+            SessionError::ProgramWithoutAllocator(_) => Status::NotInTarget,
+            SessionError::Attach(err) => err.status(),
+            SessionError::Otel(_) | SessionError::Prometheus(_) => Status::Usage,
+            SessionError::Output { .. } => Status::CannotWrite,
+            SessionError::Privileges(_) => Status::NotPermitted,
+            SessionError::Unwind(_) | SessionError::Drain(_) | SessionError::Signals(_) => {
+                Status::Internal
+            }
+        }
+    }
 }
 
 /// What a finished session produced.
@@ -247,8 +285,33 @@ const REPORT_SERIES_POINTS: usize = 32;
 /// Most process samples a report carries.
 const REPORT_PROCESS_POINTS: usize = 256;
 
+/// Fails early, before anything is traced, without the capabilities to trace, or if the
+/// report could not be written: the file must be writable (it is opened without being
+/// changed, or created and removed again).
+fn check_start(options: &Options) -> Result<(), SessionError> {
+    if let Some(missing) = crate::watch::missing_for_probes() {
+        return Err(SessionError::Privileges(missing));
+    }
+    if let Some(path) = &options.output {
+        let existed = path.exists();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(|err| SessionError::Output {
+                path: path.display().to_string(),
+                reason: format!("{err} (give a writable file with --output)"),
+            })?;
+        if !existed {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    Ok(())
+}
+
 /// `leaktrace attach --pid PID`.
 pub async fn attach(pid: u32, options: Options) -> Result<Outcome, SessionError> {
+    check_start(&options)?;
     let attaching = std::time::Instant::now();
     let mut session = Session::attach(pid, "attach", options)?;
     session.start_exports()?;
@@ -263,21 +326,24 @@ pub async fn attach(pid: u32, options: Options) -> Result<Outcome, SessionError>
 
 /// `leaktrace run -- CMD ARGS…`.
 pub async fn run(command: &[String], options: Options) -> Result<Outcome, SessionError> {
+    check_start(&options)?;
     let name = command
         .first()
         .ok_or_else(|| SessionError::Launch("no command given after --".into()))?;
-    let program = launch::resolve_program(name).ok_or_else(|| {
-        SessionError::Launch(format!(
-            "command not found: {name} (give a path or put it on PATH)"
-        ))
-    })?;
+    let program =
+        launch::resolve_program(name).ok_or_else(|| SessionError::CommandNotFound(name.clone()))?;
+    if !launch::is_executable(&program) {
+        return Err(SessionError::Launch(format!(
+            "{} is not an executable file (check its path and mode)",
+            program.display()
+        )));
+    }
     let env: Vec<(String, String)> = std::env::vars().collect();
     let allocators = attach::allocators_for_program(&program, &env, &options.alloc_fns).map_err(
         |err| match err {
-            attach::AttachError::NoAllocator { .. } => SessionError::Launch(format!(
-                "no allocator found for {}: neither it nor its libraries define malloc and free",
-                program.display()
-            )),
+            attach::AttachError::NoAllocator { .. } => {
+                SessionError::ProgramWithoutAllocator(program.display().to_string())
+            }
             other => SessionError::Attach(other),
         },
     )?;
@@ -350,8 +416,11 @@ impl Window {
 impl Session {
     /// Attaches to a running process: finds its allocators and places the probes.
     fn attach(pid: u32, mode: &'static str, options: Options) -> Result<Session, SessionError> {
-        if !procfs::is_alive(pid) {
-            return Err(SessionError::NoSuchProcess(pid));
+        match procfs::process_kind(pid) {
+            procfs::ProcessKind::Missing => return Err(SessionError::NoSuchProcess(pid)),
+            procfs::ProcessKind::Zombie => return Err(SessionError::Zombie(pid)),
+            procfs::ProcessKind::KernelThread => return Err(SessionError::KernelThread(pid)),
+            procfs::ProcessKind::User => {}
         }
         let mut options = options;
         options.unwind = options
@@ -655,7 +724,7 @@ impl Session {
         let mut sample = tokio::time::interval(self.options.sample_interval);
         // Ctrl-C goes to the command (same process group); leaktrace waits for its exit.
         let mut ctrl_c = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-            .map_err(|err| SessionError::Launch(format!("could not handle Ctrl-C: {err}")))?;
+            .map_err(|err| SessionError::Signals(format!("Ctrl-C: {err}")))?;
         // The report comes at exit; exporters still get an analysis every interval.
         let mut publish_every = tokio::time::interval(self.options.interval);
         publish_every.tick().await;
@@ -806,10 +875,30 @@ impl Session {
         let color = self.options.output.is_none() && std::io::stdout().is_terminal();
         let rendered = report::render(&report, self.options.format, color);
         match &self.options.output {
-            Some(path) => std::fs::write(path, rendered).map_err(|err| SessionError::Output {
-                path: path.display().to_string(),
-                reason: err.to_string(),
-            })?,
+            Some(path) => {
+                if let Err(err) = std::fs::write(path, &rendered) {
+                    // The disk filled up, or the file went away: the report is kept elsewhere.
+                    let fallback = std::env::temp_dir().join(format!(
+                        "leaktrace-{}-{}.{}",
+                        self.pid,
+                        procfs::monotonic_ns() / 1_000_000_000,
+                        self.options.format.extension()
+                    ));
+                    let kept = match std::fs::write(&fallback, &rendered) {
+                        Ok(()) => {
+                            format!("the report was written to {} instead", fallback.display())
+                        }
+                        Err(_) => {
+                            let _ = std::io::stdout().lock().write_all(&rendered);
+                            "the report was written to standard output instead".to_string()
+                        }
+                    };
+                    return Err(SessionError::Output {
+                        path: path.display().to_string(),
+                        reason: format!("{err}; {kept}"),
+                    });
+                }
+            }
             None => {
                 let mut out = std::io::stdout().lock();
                 let _ = out.write_all(&rendered);

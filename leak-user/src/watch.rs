@@ -171,6 +171,19 @@ pub enum WatchError {
     Signals(io::Error),
 }
 
+impl WatchError {
+    /// The exit status this failure ends leaktrace with.
+    pub fn status(&self) -> crate::exit::Status {
+        use crate::exit::Status;
+        match self {
+            WatchError::Privileges(_) => Status::NotPermitted,
+            WatchError::ReportDir { .. } => Status::CannotWrite,
+            WatchError::Prometheus(_) => Status::Usage,
+            WatchError::Signals(_) => Status::Internal,
+        }
+    }
+}
+
 /// What `watch` did, for its exit.
 #[derive(Debug, Default)]
 pub struct WatchSummary {
@@ -207,6 +220,26 @@ pub fn missing_capabilities(effective: u64) -> Vec<(&'static str, &'static str)>
         })
         .map(|(_, name, effect)| (*name, *effect))
         .collect()
+}
+
+/// The capabilities `attach` and `run` need and do not have (they place uprobes, so
+/// CAP_SYS_ADMIN too), as one line for the user; None when nothing is missing (or the
+/// capabilities cannot be read: the kernel will say).
+pub fn missing_for_probes() -> Option<String> {
+    let effective = procfs::own_capabilities()?;
+    let mut missing: Vec<String> = missing_capabilities(effective)
+        .iter()
+        .map(|(name, effect)| format!("{name} ({effect})"))
+        .collect();
+    if !can_place_uprobes(effective) {
+        missing.push("CAP_SYS_ADMIN (the kernel requires it for uprobes)".into());
+    }
+    (!missing.is_empty()).then(|| {
+        format!(
+            "missing capabilities: {}; run leaktrace with sudo, or grant them (see deploy/README.md)",
+            missing.join("; ")
+        )
+    })
 }
 
 /// Whether precise windows can place uprobes: the kernel's uprobe perf events ask for

@@ -362,7 +362,7 @@ fn bad_input_gets_one_clear_line() {
             .args(&args)
             .output()
             .expect("run");
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(out.status.code(), Some(66), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
         assert!(

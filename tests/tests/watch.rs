@@ -367,7 +367,7 @@ fn missing_capabilities_are_named_before_anything_starts() {
         .output()
         .expect("run setpriv (util-linux)");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(77), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     assert!(
         stderr.contains("CAP_BPF") && stderr.contains("CAP_PERFMON"),

@@ -26,6 +26,19 @@ pub enum Format {
     Pprof,
 }
 
+impl Format {
+    /// The usual file name extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Text => "txt",
+            Format::Json => "json",
+            Format::Folded => "folded",
+            Format::Svg => "svg",
+            Format::Pprof => "pb.gz",
+        }
+    }
+}
+
 /// Renders a report in a format, as the bytes to write. `color` applies to text only.
 pub fn render(report: &Report, format: Format, color: bool) -> Vec<u8> {
     match format {
