@@ -1,0 +1,97 @@
+//! End-to-end fault injection: leaktrace killed with SIGKILL at random moments (placing
+//! probes, tracing, scanning for reachability with the target stopped, reporting, detaching)
+//! while the target allocates at full speed. The target must finish with the output and exit
+//! status of an untraced run, with no probe left in malloc or free.
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use leaktrace_tests::{bpf_available, build_c, leaktrace_bin, private_libc_dir};
+
+/// Rounds of 10,000 allocations: about 2 s untraced.
+const ROUNDS: &str = "1500";
+
+fn start_worker(program: &std::path::Path) -> std::process::Child {
+    Command::new(program)
+        .arg(ROUNDS)
+        .env("LD_LIBRARY_PATH", private_libc_dir())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start steady_worker")
+}
+
+#[test]
+fn sigkill_at_random_moments_leaves_the_target_unharmed() {
+    if !bpf_available("sigkill_at_random_moments_leaves_the_target_unharmed") {
+        return;
+    }
+    let program = build_c("steady_worker.c", &["-ldl"]);
+    let untraced = start_worker(&program)
+        .wait_with_output()
+        .expect("untraced run");
+    assert_eq!(untraced.status.code(), Some(7));
+    let expected = String::from_utf8_lossy(&untraced.stdout).to_string();
+    assert!(
+        expected.contains("malloc_breakpoints=0 free_breakpoints=0"),
+        "{expected}"
+    );
+
+    // A different set of moments each run, printed so a failure can be replayed.
+    let mut seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        | 1;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let modes: [&[&str]; 3] = [
+        &["-i", "1s"],
+        // The scan stops the target: a kill then must still let it go.
+        &["--reachability", "-d", "1500ms"],
+        &["--unwind", "dwarf", "-i", "500ms"],
+    ];
+    for trial in 0..6 {
+        let mode = modes[trial % modes.len()];
+        let delay = Duration::from_millis(50 + next() % 2500);
+        eprintln!("trial {trial}: {mode:?}, SIGKILL after {delay:?}");
+        let mut worker = start_worker(&program);
+        let pid = worker.id().to_string();
+        let mut tracer = Command::new(leaktrace_bin())
+            .args(["attach", "--pid", &pid])
+            .args(mode)
+            .args(["--format", "json", "--output", "/dev/null"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start leaktrace");
+        std::thread::sleep(delay);
+        // SIGKILL: no chance to clean up.
+        let _ = tracer.kill();
+        let _ = tracer.wait();
+        let started = Instant::now();
+        let out = loop {
+            if let Ok(Some(_)) = worker.try_wait() {
+                break worker.wait_with_output().expect("worker output");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "trial {trial}: the target did not finish after leaktrace was killed"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(
+            out.status.code(),
+            Some(7),
+            "trial {trial}: {mode:?} after {delay:?}"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            expected,
+            "trial {trial}: {mode:?} after {delay:?}"
+        );
+    }
+}
