@@ -1,9 +1,10 @@
-//! Project tasks: `cargo xtask setup | build | demo | test | bench`.
+//! Project tasks: `cargo xtask setup | build | demo | test | bench | soak`.
 //!
 //! Everything a fresh machine needs is installed here (never by hand), and every step is
 //! idempotent and quick when nothing is missing.
 mod bench;
 mod setup;
+mod soak;
 
 use std::{
     path::{Path, PathBuf},
@@ -39,6 +40,13 @@ enum Task {
         /// Extra arguments for `cargo test` (after --).
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Attach leaktrace for a long run to a service leaking slowly under heavy traffic;
+    /// writes the soak section of BENCHMARKS.md.
+    Soak {
+        /// How long the service runs, in minutes.
+        #[arg(long, default_value_t = 60)]
+        minutes: u64,
     },
     /// Measure the cost leaktrace adds to a target; writes BENCHMARKS.md.
     Bench {
@@ -81,6 +89,11 @@ fn main() -> Result<()> {
             setup::run()?;
             build()?;
             test(&args)
+        }
+        Task::Soak { minutes } => {
+            setup::run()?;
+            build()?;
+            soak::run(std::time::Duration::from_secs(minutes * 60))
         }
         Task::Bench {
             pairs,

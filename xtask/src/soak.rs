@@ -1,0 +1,217 @@
+//! `cargo xtask soak [--minutes 60]`: leaktrace attached for a long run to a service that
+//! leaks slowly under heavy balanced traffic (tests/targets/soak_service.c). Measures
+//! leaktrace's resident memory and CPU over time, counts the interval reports, and checks that
+//! every leaked block is in the final report or counted as dropped. The results replace the
+//! soak section of BENCHMARKS.md (`cargo xtask bench` keeps it). tests/tests/soak.rs is the
+//! shortened version CI runs.
+use std::{
+    fmt::Write as _,
+    io::BufRead,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{compile_c, leaktrace_bin, root};
+
+/// Where the soak section starts and ends in BENCHMARKS.md.
+pub const SECTION_START: &str = "<!-- soak: written by cargo xtask soak -->";
+pub const SECTION_END: &str = "<!-- soak end -->";
+
+/// Seconds between interval reports.
+const INTERVAL_S: u64 = 10;
+
+/// Resident bytes and CPU seconds of a process, from /proc.
+fn usage(pid: u32) -> Option<(u64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some((rss_kib * 1024, ticks as f64 / per_second))
+}
+
+pub fn run(duration: Duration) -> Result<()> {
+    let seconds = duration.as_secs().max(60);
+    let out_dir = root().join("target/xtask");
+    std::fs::create_dir_all(&out_dir)?;
+    let service_bin = out_dir.join("soak_service");
+    compile_c("soak_service.c", &service_bin)?;
+    let go = out_dir.join("soak.go");
+    let report = out_dir.join("soak.json");
+    let _ = std::fs::remove_file(&go);
+    let _ = std::fs::remove_file(&report);
+    let service = Command::new(&service_bin)
+        .arg(seconds.to_string())
+        .arg(&go)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting soak_service")?;
+    let mut tracer = Command::new(leaktrace_bin())
+        .args(["attach", "--pid", &service.id().to_string()])
+        .args([
+            "-i",
+            &format!("{INTERVAL_S}s"),
+            "--format",
+            "json",
+            "--output",
+        ])
+        .arg(&report)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting leaktrace attach")?;
+    let pid = tracer.id();
+    let stderr = tracer.stderr.take().context("piped stderr")?;
+    let go_file = go.clone();
+    let reader = std::thread::spawn(move || {
+        let mut reports = 0u64;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("attached to") {
+                let _ = std::fs::write(&go_file, b"go");
+            }
+            if line.contains("stacks listed") {
+                reports += 1;
+            }
+        }
+        reports
+    });
+    let started = Instant::now();
+    // (seconds, resident bytes, CPU seconds) every 10 s.
+    let mut samples: Vec<(f64, u64, f64)> = Vec::new();
+    loop {
+        if tracer.try_wait()?.is_some() {
+            break;
+        }
+        if let Some((rss, cpu)) = usage(pid) {
+            samples.push((started.elapsed().as_secs_f64(), rss, cpu));
+        }
+        if started.elapsed() > Duration::from_secs(seconds * 3 + 300) {
+            let _ = tracer.kill();
+            bail!("leaktrace did not end after the service's {seconds} s");
+        }
+        std::thread::sleep(Duration::from_secs(10));
+    }
+    let status = tracer.wait()?;
+    let reports = reader.join().unwrap_or(0);
+    let out = service.wait_with_output()?;
+    let leaked: u64 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|line| line.strip_prefix("leaked="))
+        .and_then(|n| n.trim().parse().ok())
+        .context("the service's leaked count")?;
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report)?)?;
+    let dropped: u64 = json["dropped"]
+        .as_object()
+        .map(|d| d.values().filter_map(serde_json::Value::as_u64).sum())
+        .unwrap_or(0);
+    let seen = json["stacks"]
+        .as_array()
+        .and_then(|stacks| {
+            stacks
+                .iter()
+                .find(|stack| stack["frames"][0]["function"] == "leak_slowly")
+        })
+        .and_then(|stack| stack["outstanding_allocs"].as_u64())
+        .unwrap_or(0);
+    let verdict = json["stacks"]
+        .as_array()
+        .and_then(|stacks| {
+            stacks
+                .iter()
+                .find(|stack| stack["frames"][0]["function"] == "leak_slowly")
+        })
+        .and_then(|stack| stack["verdict"].as_str())
+        .unwrap_or("absent")
+        .to_string();
+    let events = json["events"]["allocations"].as_u64().unwrap_or(0);
+
+    // Ten slices of the run: leaktrace's RSS at the end of each, and its CPU share in each.
+    let mut table = String::from(
+        "| minutes | leaktrace RSS | leaktrace CPU (share of a core) |\n|---|---|---|\n",
+    );
+    let slices = 10.min(samples.len().saturating_sub(1)).max(1);
+    let step = (samples.len().saturating_sub(1) / slices).max(1);
+    let mut index = 0;
+    while index + step < samples.len() {
+        let (from, to) = (samples[index], samples[index + step]);
+        let _ = writeln!(
+            table,
+            "| {:.0}–{:.0} | {:.1} MiB | {:.2}% |",
+            from.0 / 60.0,
+            to.0 / 60.0,
+            to.1 as f64 / 1048576.0,
+            100.0 * (to.2 - from.2) / (to.0 - from.0)
+        );
+        index += step;
+    }
+    let expected_reports = seconds / INTERVAL_S;
+    let section = format!(
+        "{SECTION_START}\n## Soak: {minutes} minutes\n\n\
+         `cargo xtask soak --minutes {minutes}`: `tests/targets/soak_service.c` (two threads \
+         allocating and freeing 16 B–4 KiB at full speed, one 64-byte block leaked every 10 ms) \
+         with `leaktrace attach -i {INTERVAL_S}s` from before its first leak to its exit \
+         (leaktrace's exit status {status}: 3, the target exited).\n\n{table}\n\
+         - interval reports: {reports} of {expected_reports} expected\n\
+         - allocator calls traced: {events}\n\
+         - leaked blocks: {leaked}; in the final report under leak_slowly: {seen} ({verdict}); \
+         dropped events: {dropped}{gap}\n{SECTION_END}\n",
+        minutes = seconds / 60,
+        status = status.code().unwrap_or(-1),
+        gap = if seen + dropped >= leaked && seen <= leaked {
+            " (every leaked block accounted for)"
+        } else {
+            " (NOT every leaked block accounted for)"
+        },
+    );
+    println!("{section}");
+    let path = root().join("BENCHMARKS.md");
+    let current = std::fs::read_to_string(&path).unwrap_or_default();
+    std::fs::write(&path, with_section(&current, &section))?;
+    println!("xtask: wrote the soak section of BENCHMARKS.md");
+    Ok(())
+}
+
+/// The soak section of a BENCHMARKS.md text, markers included, if it has one.
+pub fn section_of(text: &str) -> Option<&str> {
+    let start = text.find(SECTION_START)?;
+    let end = text[start..].find(SECTION_END)? + start + SECTION_END.len();
+    Some(&text[start..end])
+}
+
+/// `text` with its soak section replaced by `section` (appended when it has none).
+pub fn with_section(text: &str, section: &str) -> String {
+    let section = section.trim_end();
+    match section_of(text) {
+        Some(old) => text.replacen(old, section, 1),
+        None => format!("{}\n\n{section}\n", text.trim_end()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_section_is_replaced_or_appended() {
+        let section = format!("{SECTION_START}\nnew\n{SECTION_END}");
+        let without = "# Benchmarks\n\ntext\n";
+        let appended = with_section(without, &section);
+        assert_eq!(section_of(&appended), Some(section.as_str()));
+        let old = format!("# B\n\n{SECTION_START}\nold\n{SECTION_END}\n\nafter\n");
+        let replaced = with_section(&old, &section);
+        assert_eq!(replaced, format!("# B\n\n{section}\n\nafter\n"));
+    }
+}
