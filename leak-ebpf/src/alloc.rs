@@ -19,7 +19,8 @@ use leak_common::{
 
 use crate::{
     maps::{
-        ALLOCS, PENDING_CALLS, add_to_stack, count, sampled, size_wanted, target_tid, user_stack_id,
+        ALLOCS, Arguments, PENDING_CALLS, add_to_stack, count, sampled, size_wanted, target_tid,
+        user_stack_id,
     },
     scope::{add_to_scope, current_scope},
 };
@@ -74,20 +75,9 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
     let Some(shape) = CallShape::from_cookie(cookie) else {
         return 0;
     };
-    // All six argument registers are read at fixed offsets, then one is picked: the
-    // verifier refuses a context read at a computed offset.
     // SAFETY: uprobe context is the user pt_regs.
-    let regs = unsafe { &*ctx.regs };
-    let args = [regs.rdi, regs.rsi, regs.rdx, regs.rcx, regs.r8, regs.r9];
-    let at = |index: u8| match index {
-        0 => args[0],
-        1 => args[1],
-        2 => args[2],
-        3 => args[3],
-        4 => args[4],
-        5 => args[5],
-        _ => 0,
-    };
+    let args = Arguments::of(unsafe { &*ctx.regs });
+    let at = |index: u8| args.at(index);
     if shape.func == AllocFn::Free {
         return free_block(at(shape.ptr));
     }

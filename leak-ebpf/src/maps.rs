@@ -207,6 +207,32 @@ pub fn user_regs() -> Option<pt_regs> {
     }
 }
 
+/// The six integer argument registers of a uprobe's user registers, in order. All six are
+/// read at fixed offsets and one is then picked by index: the verifier refuses a context read
+/// at a computed offset.
+pub struct Arguments([u64; 6]);
+
+impl Arguments {
+    #[inline(always)]
+    pub fn of(regs: &pt_regs) -> Arguments {
+        Arguments([regs.rdi, regs.rsi, regs.rdx, regs.rcx, regs.r8, regs.r9])
+    }
+
+    /// Argument `index` (0 is the first); 0 for an index past the sixth.
+    #[inline(always)]
+    pub fn at(&self, index: u8) -> u64 {
+        match index {
+            0 => self.0[0],
+            1 => self.0[1],
+            2 => self.0[2],
+            3 => self.0[3],
+            4 => self.0[4],
+            5 => self.0[5],
+            _ => 0,
+        }
+    }
+}
+
 #[inline(always)]
 pub fn count(counter: Counter) {
     if let Some(value) = COUNTERS.get_ptr_mut(counter as u32) {

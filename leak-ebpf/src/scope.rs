@@ -19,7 +19,7 @@ use leak_common::{
     ScopeLabel, ScopeReturn, ScopeShape, ScopeStack, ScopeTotals, scope_of, scope_parts,
 };
 
-use crate::maps::{count, target_tid};
+use crate::maps::{Arguments, count, target_tid};
 
 const BPF_NOEXIST: u64 = 1;
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -150,18 +150,7 @@ pub fn scope_enter(ctx: ProbeContext) -> u32 {
     // SAFETY: uprobe context is the user pt_regs.
     let regs = unsafe { &*ctx.regs };
     let sp = regs.rsp;
-    // All six argument registers are read at fixed offsets, then one is picked: the
-    // verifier refuses a context read at a computed offset.
-    let args = [regs.rdi, regs.rsi, regs.rdx, regs.rcx, regs.r8, regs.r9];
-    let argument = match shape.label_arg {
-        0 => args[0],
-        1 => args[1],
-        2 => args[2],
-        3 => args[3],
-        4 => args[4],
-        5 => args[5],
-        _ => 0,
-    };
+    let argument = Arguments::of(regs).at(shape.label_arg);
     let tag = if shape.label_arg as usize <= 5 {
         let mut label = ScopeLabel {
             index: u32::from(shape.index),

@@ -80,6 +80,29 @@ fn read_sink(path: &Path) -> BTreeMap<String, Received> {
     by_service
 }
 
+/// oteltest's otelsink writing what it receives to `received`, once it is ready; with its
+/// gRPC and HTTP ports.
+fn start_sink(received: &Path) -> (Background, u16, u16) {
+    let (grpc_port, http_port) = (free_port(), free_port());
+    let _ = std::fs::remove_file(received);
+    let mut sink = Background::spawn(
+        Command::new(otel_python())
+            .arg(workspace_root().join("tests/otel/sink.py"))
+            .arg(received)
+            .arg(grpc_port.to_string())
+            .arg(http_port.to_string())
+            .stdout(Stdio::piped())
+            // Its HTTP server logs every request.
+            .stderr(Stdio::null()),
+    );
+    use std::io::BufRead;
+    let stdout = sink.child.stdout.take().expect("piped");
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+    assert_eq!(line.trim(), "ready", "the sink did not start");
+    (sink, grpc_port, http_port)
+}
+
 /// The expected metric names and their units.
 const METRICS: [(&str, &str); 14] = [
     ("process.memory.usage", "By"),
@@ -201,26 +224,8 @@ fn otlp_over_grpc_and_http_reaches_otelsink() {
     if !bpf_available(test) || !tool_available(test, &otel_python()) {
         return;
     }
-    let (grpc_port, http_port) = (free_port(), free_port());
     let received_path = scratch_dir().join("otlp-sink.jsonl");
-    let _ = std::fs::remove_file(&received_path);
-    let mut sink = Background::spawn(
-        Command::new(otel_python())
-            .arg(workspace_root().join("tests/otel/sink.py"))
-            .arg(&received_path)
-            .arg(grpc_port.to_string())
-            .arg(http_port.to_string())
-            .stdout(Stdio::piped())
-            // Its HTTP server logs every request.
-            .stderr(Stdio::null()),
-    );
-    {
-        use std::io::BufRead;
-        let stdout = sink.child.stdout.take().expect("piped");
-        let mut line = String::new();
-        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-        assert_eq!(line.trim(), "ready", "the sink did not start");
-    }
+    let (sink, grpc_port, http_port) = start_sink(&received_path);
     let service = build_c("leaky_service.c", &[]);
     let target = Target::start(&service, &[]);
     let grpc_endpoint = format!("http://127.0.0.1:{grpc_port}");
@@ -500,25 +505,8 @@ fn scope_metrics_spans_and_suspects_reach_otelsink() {
     if !bpf_available(test) || !tool_available(test, &otel_python()) {
         return;
     }
-    let (grpc_port, http_port) = (free_port(), free_port());
     let received_path = scratch_dir().join("otlp-scope-sink.jsonl");
-    let _ = std::fs::remove_file(&received_path);
-    let mut sink = Background::spawn(
-        Command::new(otel_python())
-            .arg(workspace_root().join("tests/otel/sink.py"))
-            .arg(&received_path)
-            .arg(grpc_port.to_string())
-            .arg(http_port.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null()),
-    );
-    {
-        use std::io::BufRead;
-        let stdout = sink.child.stdout.take().expect("piped");
-        let mut line = String::new();
-        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-        assert_eq!(line.trim(), "ready", "the sink did not start");
-    }
+    let (sink, _, http_port) = start_sink(&received_path);
     let handlers = build_c("scope_handlers.c", &["-fno-omit-frame-pointer"]);
     let target = Target::start(&handlers, &["routes"]);
     let endpoint = format!("http://127.0.0.1:{http_port}");

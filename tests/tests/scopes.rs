@@ -113,13 +113,17 @@ fn names_the_handler_and_label_that_keep_memory() {
     assert!(delete["labels"].is_null(), "no label argument: {delete:#}");
     assert_eq!(number(&delete["allocated_bytes_per_call"]), 64.0);
     assert_eq!(number(&delete["retained_bytes"]), 0.0, "{delete:#}");
-    assert!(
-        report["dropped"]
-            .as_object()
-            .is_some_and(|dropped| dropped.iter().all(|(_, n)| n == 0)),
-        "{:#}",
-        report["dropped"]
-    );
+    // Nothing of the scopes was lost (calls in flight when the probes went in, or runs of
+    // another tracer's programs on the same CPU, may be: other tests run alongside).
+    for counter in [
+        "scope_calls_full",
+        "scope_too_deep",
+        "scope_labels_full",
+        "scope_events_lost",
+        "alloc_map_full",
+    ] {
+        assert_eq!(report["dropped"][counter], 0, "{:#}", report["dropped"]);
+    }
     // The text report says the same.
     let text = std::process::Command::new(leaktrace_tests::leaktrace_bin())
         .args([

@@ -4,7 +4,10 @@
 use std::fmt::Write as _;
 
 use crate::{
-    model::{Frame, ProcessReport, Reachability, Report, ScopeFigures, StackReport, Verdict},
+    model::{
+        Frame, ProcessReport, Reachability, Report, ScopeFigures, ScopeStackReport, StackReport,
+        Verdict,
+    },
     report::human_bytes,
 };
 
@@ -254,23 +257,21 @@ fn render_scopes(out: &mut String, report: &Report, painter: &Painter) {
             scope.function,
             scope_line(&scope.figures)
         );
-        for stack in &scope.figures.top_stacks {
+        let keeps = |out: &mut String, indent: &str, stack: &ScopeStackReport| {
             let _ = writeln!(
                 out,
-                "    keeps {} from {}",
+                "{indent}keeps {} from {}",
                 human_bytes(stack.retained_bytes as f64),
                 stack.frames.join(" ← ")
             );
+        };
+        for stack in &scope.figures.top_stacks {
+            keeps(out, "    ", stack);
         }
         for label in &scope.labels {
             let _ = writeln!(out, "  [{}] {}", label.label, scope_line(&label.figures));
             if let Some(stack) = label.figures.top_stacks.first() {
-                let _ = writeln!(
-                    out,
-                    "      keeps {} from {}",
-                    human_bytes(stack.retained_bytes as f64),
-                    stack.frames.join(" ← ")
-                );
+                keeps(out, "      ", stack);
             }
         }
     }
