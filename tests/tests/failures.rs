@@ -224,3 +224,55 @@ fn full_maps_are_counted_not_fatal() {
     let text = String::from_utf8_lossy(&traced.output.stderr);
     assert!(!text.contains("panicked"), "{text}");
 }
+
+/// A stripped executable and one deleted while it runs: leaktrace still attaches and finds
+/// the leak; frames without a symbol read as module+offset, and a deleted file is read
+/// through /proc/PID/map_files.
+#[test]
+fn stripped_and_deleted_executables() {
+    if !bpf_available("stripped_and_deleted_executables") {
+        return;
+    }
+    let service = build_c("leaky_service.c", &[]);
+    // Stripped: no .symtab, so cache_insert (static) has no name.
+    let stripped = scratch_dir().join("leaky_service_stripped");
+    std::fs::copy(&service, &stripped).expect("copy");
+    let status = Command::new("strip")
+        .arg(&stripped)
+        .status()
+        .expect("run strip");
+    assert!(status.success());
+    let target = Target::start(&stripped, &[]);
+    let traced = leaktrace_tests::leaktrace(
+        "stripped",
+        &["attach", "--pid", &target.pid(), "-d", "3s", "--top", "0"],
+    );
+    assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
+    let leak = traced
+        .stacks()
+        .iter()
+        .find(|stack| stack["verdict"] == "leaking")
+        .unwrap_or_else(|| panic!("no leaking stack: {}", traced.describe()));
+    let top = &leak["frames"][0];
+    assert!(top["function"].is_null(), "{top}");
+    assert!(
+        top["module"]
+            .as_str()
+            .is_some_and(|module| module.ends_with("leaky_service_stripped")),
+        "{top}"
+    );
+    drop(target);
+
+    // Deleted while running.
+    let doomed = scratch_dir().join("leaky_service_deleted");
+    std::fs::copy(&service, &doomed).expect("copy");
+    let target = Target::start(&doomed, &[]);
+    std::fs::remove_file(&doomed).expect("delete the executable");
+    let traced = leaktrace_tests::leaktrace(
+        "deleted",
+        &["attach", "--pid", &target.pid(), "-d", "3s", "--top", "0"],
+    );
+    assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
+    let leak = traced.expect_stack_at("cache_insert");
+    assert_eq!(leak["verdict"], "leaking", "{leak}");
+}

@@ -163,7 +163,7 @@ pub fn run(duration: Duration) -> Result<()> {
          `cargo xtask soak --minutes {minutes}`: `tests/targets/soak_service.c` (two threads \
          allocating and freeing 16 B–4 KiB at full speed, one 64-byte block leaked every 10 ms) \
          with `leaktrace attach -i {INTERVAL_S}s` from before its first leak to its exit \
-         (leaktrace's exit status {status}: 3, the target exited).\n\n{table}\n\
+         (leaktrace's exit status: {status}; 3 means the target exited, as expected).\n\n{table}\n\
          - interval reports: {reports} of {expected_reports} expected\n\
          - allocator calls traced: {events}\n\
          - leaked blocks: {leaked}; in the final report under leak_slowly: {seen} ({verdict}); \
