@@ -438,6 +438,24 @@ pub struct ScopeTotals {
     pub returned_empty: u64,
 }
 
+impl ScopeTotals {
+    /// Adds another CPU's (or tag's) totals, wrapping like the kernel's counters.
+    pub fn add(&mut self, other: &ScopeTotals) {
+        for (mine, theirs) in [
+            (&mut self.calls, other.calls),
+            (&mut self.returns, other.returns),
+            (&mut self.allocated_bytes, other.allocated_bytes),
+            (&mut self.allocs, other.allocs),
+            (&mut self.held_bytes, other.held_bytes),
+            (&mut self.held_blocks, other.held_blocks),
+            (&mut self.held_at_return_bytes, other.held_at_return_bytes),
+            (&mut self.returned_empty, other.returned_empty),
+        ] {
+            *mine = mine.wrapping_add(theirs);
+        }
+    }
+}
+
 /// One followed scope call in `SCOPE_CALLS` by call id. The held fields are updated with
 /// atomic adds from any CPU (a block may be freed by another thread).
 #[repr(C)]

@@ -149,21 +149,12 @@ pub fn label_text(label: &ScopeLabel) -> String {
 /// did, summed over the CPUs.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TagFigures {
-    pub calls: u64,
-    pub returns: u64,
-    pub allocated_bytes: u64,
-    pub allocs: u64,
-    /// Bytes of blocks made in its calls and not freed.
-    pub held_bytes: u64,
-    pub held_blocks: u64,
-    /// Summed over returned calls: what each held when it returned.
-    pub held_at_return_bytes: u64,
+    /// Calls, bytes allocated, held now (negative sums read as 0) and held at return.
+    pub totals: ScopeTotals,
     /// Calls followed to `retain_after` past their return, and what they then still held.
     pub followed_calls: u64,
     pub held_later_bytes: u64,
-    /// Returned calls that held nothing (and so nothing later).
-    pub returned_empty: u64,
-    /// Of those, the ones that returned at least `retain_after` ago (as of the last sample
+    /// Of the returned calls that held nothing, the ones that returned at least `retain_after` ago (as of the last sample
     /// that old): they count with the followed calls.
     pub returned_empty_aged: u64,
     /// (ns, returned_empty) at recent samples, back to `retain_after` ago.
@@ -268,17 +259,12 @@ impl ScopeCollector {
             let per_cpu = self.totals.get(&tag, 0).map_err(error)?;
             let mut sum = ScopeTotals::default();
             for cpu in per_cpu.iter() {
-                sum.calls += cpu.calls;
-                sum.returns += cpu.returns;
-                sum.allocated_bytes = sum.allocated_bytes.wrapping_add(cpu.allocated_bytes);
-                sum.allocs += cpu.allocs;
-                sum.held_bytes = sum.held_bytes.wrapping_add(cpu.held_bytes);
-                sum.held_blocks = sum.held_blocks.wrapping_add(cpu.held_blocks);
-                sum.held_at_return_bytes = sum
-                    .held_at_return_bytes
-                    .wrapping_add(cpu.held_at_return_bytes);
-                sum.returned_empty += cpu.returned_empty;
+                sum.add(cpu);
             }
+            // Frees on another CPU than the allocation can leave a CPU's share negative
+            // while the sum is exact; a sum read between the two is clamped.
+            sum.held_bytes = signed_floor(sum.held_bytes);
+            sum.held_blocks = signed_floor(sum.held_blocks);
             if sum.calls == 0 && sum.allocs == 0 && !self.figures.contains_key(&tag) {
                 continue;
             }
@@ -292,19 +278,9 @@ impl ScopeCollector {
                     None => continue,
                 }
             };
-            let held_now = signed_floor(sum.held_bytes);
-            *scope_held.entry(index).or_default() += held_now;
+            *scope_held.entry(index).or_default() += sum.held_bytes;
             let figures = self.figures.entry(tag).or_default();
-            figures.calls = sum.calls;
-            figures.returns = sum.returns;
-            figures.allocated_bytes = sum.allocated_bytes;
-            figures.allocs = sum.allocs;
-            // Frees on another CPU than the allocation can leave a CPU's share negative
-            // while the sum is exact; a sum read between the two is clamped.
-            figures.held_bytes = signed_floor(sum.held_bytes);
-            figures.held_blocks = signed_floor(sum.held_blocks);
-            figures.held_at_return_bytes = sum.held_at_return_bytes;
-            figures.returned_empty = sum.returned_empty;
+            figures.totals = sum;
             figures
                 .empty_history
                 .push_back((now_ns, sum.returned_empty));
@@ -321,8 +297,11 @@ impl ScopeCollector {
                 _ => 0,
             };
             figures.first_seen_ns.get_or_insert(now_ns);
-            let held = figures.held_bytes;
-            push_thinned(&mut figures.series, (now_ns, held), self.series_cap);
+            push_thinned(
+                &mut figures.series,
+                (now_ns, sum.held_bytes),
+                self.series_cap,
+            );
         }
         for (index, held) in scope_held {
             let series = self.scope_series.entry(index).or_default();
@@ -492,7 +471,7 @@ impl ScopeCollector {
                 let rank = |tag: &u32| {
                     self.figures
                         .get(tag)
-                        .map_or((0, 0), |f| (f.held_bytes, f.calls))
+                        .map_or((0, 0), |f| (f.totals.held_bytes, f.totals.calls))
                 };
                 labelled.sort_by(|a, b| rank(&b.1).cmp(&rank(&a.1)).then(a.0.cmp(&b.0)));
                 let cut = labelled.len().min(settings.max_labels);
@@ -518,7 +497,7 @@ impl ScopeCollector {
                     });
                 }
                 let (sum, by_stack, _) = figures_of(&other_tags, None);
-                if sum.calls > 0 || sum.held_bytes > 0 {
+                if sum.totals.calls > 0 || sum.totals.held_bytes > 0 {
                     let by_id = named(&by_stack);
                     let figures = self.figures_report(settings, &sum, None, &by_id);
                     labels.push(LabelReport {
@@ -605,13 +584,13 @@ impl ScopeCollector {
         });
         top.truncate(TOP_SCOPE_STACKS);
         ScopeFigures {
-            calls: sum.calls,
-            allocated_bytes_per_call: per(sum.allocated_bytes, sum.calls),
-            retained_bytes_per_call: per(sum.held_at_return_bytes, sum.returns),
+            calls: sum.totals.calls,
+            allocated_bytes_per_call: per(sum.totals.allocated_bytes, sum.totals.calls),
+            retained_bytes_per_call: per(sum.totals.held_at_return_bytes, sum.totals.returns),
             retained_later_bytes_per_call: retained_later,
             retained_later_after_s: settings.retain_after_s,
-            retained_bytes: sum.held_bytes.saturating_mul(rate),
-            retained_blocks: sum.held_blocks.saturating_mul(rate),
+            retained_bytes: sum.totals.held_bytes.saturating_mul(rate),
+            retained_blocks: sum.totals.held_blocks.saturating_mul(rate),
             retained_growth_bytes_per_s: growth,
             retained_growth_onset: onset,
             first_call_s: sum
@@ -624,16 +603,9 @@ impl ScopeCollector {
 
 /// Adds one tag's counts to a sum (the earliest first call wins; series are not summed).
 fn add_figures(sum: &mut TagFigures, figures: &TagFigures) {
-    sum.calls += figures.calls;
-    sum.returns += figures.returns;
-    sum.allocated_bytes += figures.allocated_bytes;
-    sum.allocs += figures.allocs;
-    sum.held_bytes += figures.held_bytes;
-    sum.held_blocks += figures.held_blocks;
-    sum.held_at_return_bytes += figures.held_at_return_bytes;
+    sum.totals.add(&figures.totals);
     sum.followed_calls += figures.followed_calls;
     sum.held_later_bytes += figures.held_later_bytes;
-    sum.returned_empty += figures.returned_empty;
     sum.returned_empty_aged += figures.returned_empty_aged;
     sum.first_seen_ns = match (sum.first_seen_ns, figures.first_seen_ns) {
         (Some(a), Some(b)) => Some(a.min(b)),

@@ -334,6 +334,12 @@ fn cpu_ns(pid: u32) -> Option<u64> {
 
 /// CPU time (user+system) of a process so far, in seconds, and its peak RSS in bytes.
 fn cpu_and_peak_rss(pid: u32) -> Option<(f64, u64)> {
+    cpu_and_memory(pid, "VmHWM:")
+}
+
+/// CPU time (user+system) of a process so far, in seconds, and one memory line of its
+/// /proc/PID/status (`VmRSS:`, `VmHWM:`, …) in bytes.
+pub fn cpu_and_memory(pid: u32, field: &str) -> Option<(f64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = after.split_whitespace().collect();
@@ -342,15 +348,15 @@ fn cpu_and_peak_rss(pid: u32) -> Option<(f64, u64)> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let peak_kib: u64 = status
+    let kib: u64 = status
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .find_map(|line| line.strip_prefix(field))?
         .trim()
         .trim_end_matches("kB")
         .trim()
         .parse()
         .ok()?;
-    Some((ticks as f64 / hz, peak_kib * 1024))
+    Some((ticks as f64 / hz, kib * 1024))
 }
 
 /// leaktrace's CPU share and peak RSS while attached to a process holding a million live

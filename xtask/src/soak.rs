@@ -22,24 +22,6 @@ pub const SECTION_END: &str = "<!-- soak end -->";
 /// Seconds between interval reports.
 const INTERVAL_S: u64 = 10;
 
-/// Resident bytes and CPU seconds of a process, from /proc.
-fn usage(pid: u32) -> Option<(u64, f64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Some((rss_kib * 1024, ticks as f64 / per_second))
-}
-
 pub fn run(duration: Duration) -> Result<()> {
     let seconds = duration.as_secs().max(60);
     let out_dir = root().join("target/xtask");
@@ -95,7 +77,7 @@ pub fn run(duration: Duration) -> Result<()> {
         if tracer.try_wait()?.is_some() {
             break;
         }
-        if let Some((rss, cpu)) = usage(pid) {
+        if let Some((cpu, rss)) = crate::bench::cpu_and_memory(pid, "VmRSS:") {
             samples.push((started.elapsed().as_secs_f64(), rss, cpu));
         }
         if started.elapsed() > Duration::from_secs(seconds * 3 + 300) {
