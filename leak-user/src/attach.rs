@@ -42,7 +42,7 @@ impl AttachError {
         use crate::exit::Status;
         match self {
             AttachError::NotPermitted => Status::NotPermitted,
-            AttachError::KernelLacks(_) => Status::KernelLacks,
+            AttachError::KernelLacks(_) | AttachError::NoTracefs(_) => Status::KernelLacks,
             AttachError::NoAllocator { .. }
             | AttachError::NoSuchFunction { .. }
             | AttachError::NoSuchScope { .. } => Status::NotInTarget,
@@ -65,6 +65,10 @@ pub enum AttachError {
         "this kernel has no {0}; leaktrace needs a kernel with uprobes, BTF and BPF (5.8 or later)"
     )]
     KernelLacks(&'static str),
+    #[error(
+        "tracefs is not mounted at /sys/kernel/tracing and mounting it failed ({0}); the mmap and brk tracepoints need it: mount it (mount -t tracefs nodev /sys/kernel/tracing), or in a container mount the host's"
+    )]
+    NoTracefs(String),
     #[error(
         "no allocator found in process {pid}: none of its mapped files defines malloc and free (is it a Go or statically linked program with a custom allocator?)"
     )]
@@ -552,7 +556,11 @@ fn unwind_settings(unwind: crate::cli::Unwind) -> (u32, u32) {
 
 /// Why the object did not load, for the user.
 fn object_error(err: aya::EbpfError) -> AttachError {
-    if os_error(&err) == Some(libc::EPERM) {
+    if LEAK_EBPF_OBJECT.is_empty() {
+        AttachError::Load(
+            "this leaktrace was built with AYA_BUILD_SKIP=1, without its eBPF programs: build it again without that variable".into(),
+        )
+    } else if os_error(&err) == Some(libc::EPERM) {
         AttachError::NotPermitted
     } else {
         AttachError::Load(format!("{:#}", anyhow::Error::from(err)))
@@ -566,7 +574,7 @@ pub fn attach(
     scopes: &[ScopeProbe],
     options: LoadOptions,
 ) -> Result<Probes, AttachError> {
-    check_kernel()?;
+    check_kernel(true)?;
     let (unwind_mode, unwind_rows) = unwind_settings(options.unwind);
     let scope_count = scopes.len() as u32;
     let mut ebpf = EbpfLoader::new()
@@ -620,7 +628,7 @@ pub fn attach(
 
 /// Loads and attaches the mmap-family and brk syscall tracepoints; returns their names.
 fn attach_syscall_tracepoints(ebpf: &mut Ebpf) -> Result<Vec<String>, AttachError> {
-    ensure_tracefs();
+    ensure_tracefs()?;
     let mut attached = Vec::new();
     for (name, category, tracepoint) in SYSCALL_PROGRAMS {
         let program: &mut TracePoint = ebpf
@@ -661,7 +669,7 @@ pub fn attach_fault_sampler(
     period: u64,
     syscalls: bool,
 ) -> Result<FaultSampler, AttachError> {
-    check_kernel()?;
+    check_kernel(syscalls)?;
     let (unwind_mode, unwind_rows) = unwind_settings(unwind);
     // The allocation maps stay unused here: the smallest the kernel accepts. mmap and brk
     // events are few (no allocator call is probed, so these are every caller's, the
@@ -964,7 +972,9 @@ fn os_error(err: &(dyn StdError + 'static)) -> Option<i32> {
     None
 }
 
-fn check_kernel() -> Result<(), AttachError> {
+/// What the kernel must offer before anything is loaded: BTF, the uprobe event source, and
+/// (`tracepoints`) tracefs, mounted here when it is not.
+pub fn check_kernel(tracepoints: bool) -> Result<(), AttachError> {
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
         return Err(AttachError::KernelLacks("BTF (/sys/kernel/btf/vmlinux)"));
     }
@@ -973,15 +983,19 @@ fn check_kernel() -> Result<(), AttachError> {
             "uprobes (/sys/bus/event_source/devices/uprobe)",
         ));
     }
+    if tracepoints {
+        ensure_tracefs()?;
+    }
     Ok(())
 }
 
-/// Syscall tracepoints are attached through tracefs, which is not always mounted.
-fn ensure_tracefs() {
+/// Syscall tracepoints are attached through tracefs, which is not always mounted: mounts it
+/// at /sys/kernel/tracing, or says why that cannot be done.
+fn ensure_tracefs() -> Result<(), AttachError> {
     if Path::new("/sys/kernel/tracing/events").exists()
         || Path::new("/sys/kernel/debug/tracing/events").exists()
     {
-        return;
+        return Ok(());
     }
     // SAFETY: constant NUL-terminated strings; mounting tracefs has no other effect.
     let result = unsafe {
@@ -993,9 +1007,13 @@ fn ensure_tracefs() {
             std::ptr::null(),
         )
     };
-    if result == 0 {
-        log::info!("mounted tracefs at /sys/kernel/tracing");
+    if result != 0 {
+        return Err(AttachError::NoTracefs(
+            io::Error::last_os_error().to_string(),
+        ));
     }
+    log::info!("mounted tracefs at /sys/kernel/tracing");
+    Ok(())
 }
 
 #[cfg(test)]

@@ -571,6 +571,11 @@ impl Common {
     }
 
     /// Flags that contradict each other, as one line for the user.
+    /// What `attach` and `run` need beyond tracing: the report file, the metrics port.
+    pub fn privilege_needs(&self) -> crate::privileges::Needs {
+        crate::privileges::Needs::new(self.output.clone(), self.export.prometheus)
+    }
+
     pub fn check(&self) -> Result<(), String> {
         if let Some(max) = self.max_size
             && max < self.min_size
@@ -636,7 +641,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if seconds <= 0.0 {
         return Err(format!("'{text}' must be longer than zero"));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| format!("'{text}' is too long: give at most a few years"))
 }
 
 #[cfg(test)]
@@ -653,6 +659,8 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5d").is_err());
         assert!(parse_duration("0s").is_err());
+        // A number too large for a Duration is an error, not a panic.
+        assert!(parse_duration(&format!("1{}h", "0".repeat(400))).is_err());
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod launch;
 pub mod metrics;
 pub mod model;
 pub mod otel;
+pub mod privileges;
 pub mod probe_site;
 pub mod procfs;
 pub mod prometheus;

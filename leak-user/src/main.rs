@@ -46,6 +46,20 @@ fn main() -> ExitCode {
         eprintln!("leaktrace: --format pprof is binary: write it to a file with -o FILE.pb.gz");
         return status(Status::Usage);
     }
+    // Least privilege, while leaktrace is one thread (see privileges.rs). `run` as another
+    // user keeps its sets until its command is started, which inherits them.
+    let needs = match &cli.command {
+        Command::Attach { common, .. } => Some(common.privilege_needs()),
+        Command::Run { common, .. } if is_root() => Some(common.privilege_needs()),
+        Command::Watch { watch, common } => Some(leaktrace::privileges::Needs::new(
+            [watch.report_dir.clone()],
+            common.export.prometheus,
+        )),
+        _ => None,
+    };
+    if let Some(needs) = needs {
+        leaktrace::privileges::drop_to(needs.at_start(), "at start");
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -178,4 +192,9 @@ fn finish_offline(rendered: Result<Vec<u8>, String>, output: Option<&Path>) -> E
             status(Status::CannotWrite)
         }
     }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }

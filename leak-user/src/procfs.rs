@@ -51,10 +51,18 @@ fn parse_maps_line(line: &str) -> Option<Mapping> {
     let inode = fields.next()?;
     let path = fields.next().unwrap_or("").trim_start().to_string();
     let (start, end) = range.split_once('-')?;
+    let (start, end) = (
+        u64::from_str_radix(start, 16).ok()?,
+        u64::from_str_radix(end, 16).ok()?,
+    );
+    // Sizes are end − start everywhere: a range that ends before it starts is malformed.
+    if end < start {
+        return None;
+    }
     let perms = perms.as_bytes();
     Some(Mapping {
-        start: u64::from_str_radix(start, 16).ok()?,
-        end: u64::from_str_radix(end, 16).ok()?,
+        start,
+        end,
         readable: perms.first() == Some(&b'r'),
         writable: perms.get(1) == Some(&b'w'),
         executable: perms.get(2) == Some(&b'x'),
@@ -66,9 +74,18 @@ fn parse_maps_line(line: &str) -> Option<Mapping> {
 }
 
 pub fn read_maps(pid: u32) -> io::Result<Vec<Mapping>> {
-    Ok(parse_maps(&fs::read_to_string(format!(
-        "/proc/{pid}/maps"
-    ))?))
+    Ok(parse_maps(&read_text(format!("/proc/{pid}/maps"))?))
+}
+
+/// A /proc file as text. Not `read_to_string`: a process's name and its mapped files' paths
+/// are bytes, not always UTF-8, and such a process must still be traceable. Bytes that are
+/// not UTF-8 become U+FFFD (a path with them is opened through map_files instead).
+pub fn read_text(path: impl AsRef<Path>) -> io::Result<String> {
+    let bytes = fs::read(path)?;
+    Ok(match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(err) => String::from_utf8_lossy(err.as_bytes()).into_owned(),
+    })
 }
 
 /// A path under the target's root, so files of processes in other mount namespaces
@@ -88,7 +105,7 @@ pub fn map_file_path(pid: u32, mapping: &Mapping) -> PathBuf {
 
 /// Whether the process exists and is not a zombie.
 pub fn is_alive(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+    match read_text(format!("/proc/{pid}/stat")) {
         Ok(stat) => parse_stat_state(&stat).is_some_and(|state| state != 'Z' && state != 'X'),
         Err(_) => false,
     }
@@ -132,7 +149,7 @@ pub fn parse_process_kind(stat: &str) -> ProcessKind {
 }
 
 pub fn process_kind(pid: u32) -> ProcessKind {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+    match read_text(format!("/proc/{pid}/stat")) {
         Ok(stat) => parse_process_kind(&stat),
         Err(_) => ProcessKind::Missing,
     }
@@ -155,7 +172,7 @@ pub fn parse_stat_start_time(stat: &str) -> Option<u64> {
 
 /// The process's start time (see `parse_stat_start_time`).
 pub fn start_time(pid: u32) -> Option<u64> {
-    parse_stat_start_time(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    parse_stat_start_time(&read_text(format!("/proc/{pid}/stat")).ok()?)
 }
 
 /// Every process id in /proc (threads are not listed there).
@@ -181,16 +198,13 @@ pub fn parse_program_break(maps: &[Mapping], stat: &str) -> Option<u64> {
 /// The process's program break now.
 pub fn program_break(pid: u32) -> Option<u64> {
     let maps = read_maps(pid).ok()?;
-    parse_program_break(
-        &maps,
-        &fs::read_to_string(format!("/proc/{pid}/stat")).ok()?,
-    )
+    parse_program_break(&maps, &read_text(format!("/proc/{pid}/stat")).ok()?)
 }
 
 /// The process's command name (at most 15 bytes, as the kernel keeps it).
 pub fn comm(pid: u32) -> Option<String> {
     Some(
-        fs::read_to_string(format!("/proc/{pid}/comm"))
+        read_text(format!("/proc/{pid}/comm"))
             .ok()?
             .trim_end()
             .to_string(),
@@ -199,7 +213,7 @@ pub fn comm(pid: u32) -> Option<String> {
 
 /// The cgroup (v2) path of a process, e.g. "/kubepods/pod…/…".
 pub fn cgroup(pid: u32) -> Option<String> {
-    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let text = read_text(format!("/proc/{pid}/cgroup")).ok()?;
     parse_cgroup_v2_path(&text).map(str::to_string)
 }
 
@@ -214,7 +228,7 @@ pub fn parse_effective_capabilities(status: &str) -> Option<u64> {
 
 /// leaktrace's own effective capabilities.
 pub fn own_capabilities() -> Option<u64> {
-    parse_effective_capabilities(&fs::read_to_string("/proc/self/status").ok()?)
+    parse_effective_capabilities(&read_text("/proc/self/status").ok()?)
 }
 
 /// The target's executable path, as the target sees it.
@@ -248,7 +262,7 @@ fn kib_field(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|line| {
         let value = line.strip_prefix(key)?.strip_prefix(':')?;
         let kib: u64 = value.trim().trim_end_matches("kB").trim().parse().ok()?;
-        Some(kib * 1024)
+        Some(kib.saturating_mul(1024))
     })
 }
 
@@ -272,9 +286,9 @@ pub fn parse_smaps_rollup_pss(rollup: &str) -> Option<u64> {
 /// Reads the process's memory. smaps_rollup walks every mapping, so the caller reads it
 /// only when asked (`with_pss`).
 pub fn memory_usage(pid: u32, with_pss: bool) -> Option<MemoryUsage> {
-    let mut usage = parse_status_memory(&fs::read_to_string(format!("/proc/{pid}/status")).ok()?)?;
+    let mut usage = parse_status_memory(&read_text(format!("/proc/{pid}/status")).ok()?)?;
     if with_pss {
-        usage.pss_bytes = fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        usage.pss_bytes = read_text(format!("/proc/{pid}/smaps_rollup"))
             .ok()
             .and_then(|text| parse_smaps_rollup_pss(&text));
     }
@@ -294,12 +308,12 @@ pub fn parse_memory_max(text: &str) -> Option<u64> {
 /// The memory limit of the process's cgroup (v2), read through its own view of
 /// /sys/fs/cgroup; None when it has none or it cannot be read.
 pub fn memory_limit(pid: u32) -> Option<u64> {
-    let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let cgroup = read_text(format!("/proc/{pid}/cgroup")).ok()?;
     let path = parse_cgroup_v2_path(&cgroup)?;
     let file = Path::new("/sys/fs/cgroup")
         .join(path.trim_start_matches('/'))
         .join("memory.max");
-    parse_memory_max(&fs::read_to_string(file).ok()?)
+    parse_memory_max(&read_text(file).ok()?)
 }
 
 /// Bytes in a page; mmap lengths are rounded up to it.
@@ -323,6 +337,37 @@ pub fn monotonic_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_that_is_not_utf8_is_read_lossily() {
+        let path = std::env::temp_dir().join(format!("leaktrace-read-text-{}", std::process::id()));
+        fs::write(&path, b"Name:\tcaf\xe9\nVmRSS:\t12 kB\n").expect("write");
+        let text = read_text(&path).expect("read");
+        let _ = fs::remove_file(&path);
+        assert_eq!(text, "Name:\tcaf\u{fffd}\nVmRSS:\t12 kB\n");
+        assert_eq!(
+            parse_status_memory(&text).map(|m| m.rss_bytes),
+            Some(12 * 1024)
+        );
+    }
+
+    #[test]
+    fn ranges_that_end_before_they_start_are_skipped() {
+        let maps = "7f0000002000-7f0000001000 r-xp 00000000 08:01 42 /lib/a.so\n\
+                    7f0000001000-7f0000002000 r-xp 00000000 08:01 42 /lib/b.so\n";
+        let parsed = parse_maps(maps);
+        assert_eq!(parsed.len(), 1);
+        assert_eq!(parsed[0].path, "/lib/b.so");
+    }
+
+    #[test]
+    fn huge_figures_saturate() {
+        let status = "VmRSS:\t18014398509481984 kB\n";
+        assert_eq!(
+            parse_status_memory(status).map(|m| m.rss_bytes),
+            Some(u64::MAX)
+        );
+    }
 
     #[test]
     fn reads_start_time_and_capabilities() {

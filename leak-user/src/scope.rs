@@ -199,7 +199,13 @@ pub struct ScopeCollector {
     retaining: Vec<RetainingCall>,
     /// Retaining calls left out because `MAX_RETAINING_CALLS` were waiting.
     pub retaining_skipped: u64,
+    /// When the label map was last listed.
+    labels_read_ns: Option<u64>,
 }
+
+/// How often the label map is listed: each listing costs two syscalls per label (up to
+/// 1008), and a new label's totals wait for its listing at most this long.
+const LABELS_EVERY_NS: u64 = 1_000_000_000;
 
 /// Retaining calls kept between two takes (one span each): a flood of them is counted, not
 /// kept.
@@ -237,18 +243,22 @@ impl ScopeCollector {
             due: VecDeque::new(),
             retaining: Vec::new(),
             retaining_skipped: 0,
+            labels_read_ns: None,
         })
     }
 
-    /// One sample: every tag's totals, new labels, and the calls due to be read again.
-    pub fn sample(&mut self, now_ns: u64) -> Result<(), DrainError> {
+    /// One sample: every tag's totals, new labels (once a second, or now with
+    /// `all_labels`: the final sample), and the calls due to be read again.
+    pub fn sample(&mut self, now_ns: u64, all_labels: bool) -> Result<(), DrainError> {
         let error =
             |err: aya::maps::MapError| DrainError::new(map_names::SCOPE_TOTALS, err.to_string());
-        for entry in self.tags.iter() {
-            let Ok((label, tag)) = entry else { continue };
-            self.labels
-                .entry(tag)
-                .or_insert_with(|| (label.index, label_text(&label)));
+        if all_labels
+            || self
+                .labels_read_ns
+                .is_none_or(|at| now_ns.saturating_sub(at) >= LABELS_EVERY_NS)
+        {
+            self.read_labels();
+            self.labels_read_ns = Some(now_ns);
         }
         let mut scope_held: BTreeMap<u32, u64> = BTreeMap::new();
         // Each scope's own tag, and the labelled ones handed out so far.
@@ -361,7 +371,26 @@ impl ScopeCollector {
 
     /// Calls that held at least the span threshold when they returned, since the last call.
     pub fn take_retaining_calls(&mut self) -> Vec<RetainingCall> {
+        // A call under a label newer than the last listing: list the labels now, so that
+        // `describe_tag` knows it.
+        if self
+            .retaining
+            .iter()
+            .any(|call| self.describe_tag(call.tag).is_none())
+        {
+            self.read_labels();
+        }
         std::mem::take(&mut self.retaining)
+    }
+
+    /// Lists the label map: the labels handed out since the last listing.
+    fn read_labels(&mut self) {
+        for entry in self.tags.iter() {
+            let Ok((label, tag)) = entry else { continue };
+            self.labels
+                .entry(tag)
+                .or_insert_with(|| (label.index, label_text(&label)));
+        }
     }
 
     /// The scope function (index into the --scope list) and label of a tag.

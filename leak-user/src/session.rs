@@ -285,13 +285,14 @@ const REPORT_SERIES_POINTS: usize = 32;
 /// Most process samples a report carries.
 const REPORT_PROCESS_POINTS: usize = 256;
 
-/// Fails early, before anything is traced, without the capabilities to trace, or if the
-/// report could not be written: the file must be writable (it is opened without being
-/// changed, or created and removed again).
+/// Fails early, before anything is traced, without the capabilities to trace, on a kernel
+/// that cannot do it, or if the report could not be written: the file must be writable (it
+/// is opened without being changed, or created and removed again).
 fn check_start(options: &Options) -> Result<(), SessionError> {
     if let Some(missing) = crate::watch::missing_for_probes() {
         return Err(SessionError::Privileges(missing));
     }
+    attach::check_kernel(true).map_err(SessionError::Attach)?;
     if let Some(path) = &options.output {
         let existed = path.exists();
         std::fs::OpenOptions::new()
@@ -314,6 +315,7 @@ pub async fn attach(pid: u32, options: Options) -> Result<Outcome, SessionError>
     check_start(&options)?;
     let attaching = std::time::Instant::now();
     let mut session = Session::attach(pid, "attach", options)?;
+    session.drop_privileges();
     session.start_exports()?;
     log::debug!(
         "probes in place in {:.0} ms",
@@ -365,6 +367,7 @@ pub async fn run(command: &[String], options: Options) -> Result<Outcome, Sessio
     let mut session = Session::start(pid, "run", &allocators, &scopes, options)?;
     session.target.exe = program.display().to_string();
     session.launched_program = std::fs::canonicalize(&program).ok();
+    session.drop_privileges();
     session.start_exports()?;
     session.target.command_line = command.join(" ");
     session.log_probes();
@@ -521,6 +524,14 @@ impl Session {
         })
     }
 
+    /// Once the probes are placed, before the exporters start threads: keeps only what the
+    /// rest of the session uses (see privileges.rs).
+    fn drop_privileges(&self) {
+        let needs =
+            crate::privileges::Needs::new(self.options.output.clone(), self.options.prometheus);
+        crate::privileges::drop_to(needs.after_attach(), "probes placed");
+    }
+
     /// Starts the OTLP exporters and the Prometheus endpoint the options ask for.
     fn start_exports(&mut self) -> Result<(), SessionError> {
         if let Some(otlp) = self.options.otlp.clone() {
@@ -574,6 +585,10 @@ impl Session {
         } else {
             self.options.top
         };
+        if final_report && let Some(scopes) = &mut self.scopes {
+            // Labels handed out since the last listing count in the final figures.
+            scopes.sample(procfs::monotonic_ns(), true)?;
+        }
         let mut report = self.build_report(exited, listed, final_report)?;
         if let Some(telemetry) = &self.telemetry {
             report
@@ -597,7 +612,7 @@ impl Session {
         }
         self.collector.sample(now_ns)?;
         if let Some(scopes) = &mut self.scopes {
-            scopes.sample(now_ns)?;
+            scopes.sample(now_ns, false)?;
         }
         if self.collector.take_new_stacks() {
             let _ = self.modules.refresh(self.pid);

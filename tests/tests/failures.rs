@@ -10,6 +10,8 @@ const NOT_IN_TARGET: i32 = 65;
 const BAD_REPORT: i32 = 66;
 const NO_TARGET: i32 = 67;
 const CANNOT_WRITE: i32 = 73;
+const KERNEL_LACKS: i32 = 69;
+const PROBE_CONFLICT: i32 = 76;
 const NOT_PERMITTED: i32 = 77;
 const NOT_RUNNABLE: i32 = 126;
 const NOT_FOUND: i32 = 127;
@@ -275,4 +277,198 @@ fn stripped_and_deleted_executables() {
     assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
     let leak = traced.expect_stack_at("cache_insert");
     assert_eq!(leak["verdict"], "leaking", "{leak}");
+}
+
+/// leaktrace run inside a private mount namespace where `setup` (shell) has changed what
+/// /sys shows, the way a kernel without the feature or a locked-down container shows it.
+/// The command would create `marker`; it must never run.
+fn run_in_changed_sys(setup: &str, marker: &std::path::Path) -> Output {
+    let _ = std::fs::remove_file(marker);
+    let script = format!("set -e\n{setup}\nexec \"$@\"");
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ])
+        .arg(leaktrace_bin())
+        .args(["run", "--", "touch"])
+        .arg(marker)
+        .output()
+        .expect("run unshare (util-linux)");
+    assert!(
+        !marker.exists(),
+        "the command ran although tracing could not start"
+    );
+    out
+}
+
+/// A kernel without BTF or uprobes, and tracefs neither mounted nor mountable: one line
+/// each, status 69, and the command is not started.
+#[test]
+fn kernels_that_cannot_trace() {
+    if !bpf_available("kernels_that_cannot_trace") {
+        return;
+    }
+    let marker = scratch_dir().join("kernel-lacks-marker");
+    let out = run_in_changed_sys("mount -t tmpfs none /sys/kernel/btf", &marker);
+    assert_fails(&out, KERNEL_LACKS, "this kernel has no BTF");
+    let out = run_in_changed_sys("mount -t tmpfs none /sys/bus/event_source/devices", &marker);
+    assert_fails(&out, KERNEL_LACKS, "this kernel has no uprobes");
+    // /sys/kernel replaced by a read-only directory holding only btf: no tracing or debug
+    // directory to mount tracefs on.
+    let keep = scratch_dir().join("btf-mountpoint");
+    std::fs::create_dir_all(&keep).expect("mkdir");
+    let setup = format!(
+        "mount --bind /sys/kernel/btf {keep}\n\
+         mount -t tmpfs -o mode=0755 none /sys/kernel\n\
+         mkdir /sys/kernel/btf\n\
+         mount --move {keep} /sys/kernel/btf\n\
+         mount -o remount,ro /sys/kernel",
+        keep = keep.display()
+    );
+    let out = run_in_changed_sys(&setup, &marker);
+    assert_fails(
+        &out,
+        KERNEL_LACKS,
+        "tracefs is not mounted at /sys/kernel/tracing and mounting it failed (No such file or directory",
+    );
+}
+
+/// The file offset of a symbol in an ELF file (what uprobes and reference counters take).
+fn file_offset(elf: &[u8], name: &str) -> u64 {
+    use object::{Object, ObjectSection, ObjectSymbol};
+    let file = object::File::parse(elf).expect("ELF");
+    let symbol = file
+        .symbols()
+        .find(|symbol| symbol.name() == Ok(name))
+        .unwrap_or_else(|| panic!("no symbol {name}"));
+    let section = symbol
+        .section_index()
+        .and_then(|index| file.section_by_index(index).ok())
+        .unwrap_or_else(|| panic!("{name} has no section"));
+    let (section_offset, _) = section.file_range().expect("a section with file contents");
+    symbol.address() - section.address() + section_offset
+}
+
+/// Another tracer's uprobe, held open: a perf event of the kernel's uprobe PMU on `offset`
+/// in `path` for process `pid`, with a reference counter (USDT semaphore) at `ref_ctr`.
+struct OtherTracer {
+    fd: i32,
+}
+
+impl OtherTracer {
+    fn open(path: &std::path::Path, offset: u64, ref_ctr: u64, pid: u32) -> OtherTracer {
+        let pmu: u32 = std::fs::read_to_string("/sys/bus/event_source/devices/uprobe/type")
+            .expect("uprobe PMU")
+            .trim()
+            .parse()
+            .expect("PMU type");
+        let path = std::ffi::CString::new(path.to_str().expect("utf-8")).expect("no NUL");
+        // struct perf_event_attr up to config2 (PERF_ATTR_SIZE_VER1, 72 bytes): type, size,
+        // config (the reference counter's offset in bits 32-63), …, config1 (the path),
+        // config2 (the probe's offset).
+        let mut attr = [0u64; 16];
+        attr[0] = u64::from(pmu) | (72u64 << 32);
+        attr[1] = ref_ctr << 32;
+        attr[7] = path.as_ptr() as u64;
+        attr[8] = offset;
+        const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
+        // SAFETY: attr outlives the call and is as large as the size it declares; path is
+        // NUL-terminated and outlives the call.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_perf_event_open,
+                attr.as_ptr(),
+                pid as libc::pid_t,
+                -1 as libc::c_int,
+                -1 as libc::c_int,
+                PERF_FLAG_FD_CLOEXEC,
+            )
+        };
+        assert!(
+            fd >= 0,
+            "perf_event_open: {}",
+            std::io::Error::last_os_error()
+        );
+        OtherTracer { fd: fd as i32 }
+    }
+}
+
+impl Drop for OtherTracer {
+    fn drop(&mut self) {
+        // SAFETY: the descriptor is ours and closed once.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
+/// Another tracer holds a uprobe with a reference counter on a function leaktrace probes
+/// (bcc's memleak does on libc, iovisor/bcc#5236): the kernel refuses a second uprobe there
+/// with another counter. leaktrace says so in one line (76), the target keeps running, and
+/// once the other tracer is gone the same command works.
+#[test]
+fn another_tracer_on_the_same_function() {
+    if !bpf_available("another_tracer_on_the_same_function") {
+        return;
+    }
+    let program = build_c("semaphore_alloc.c", &[]);
+    let elf = std::fs::read(&program).expect("read the target");
+    let entry = file_offset(&elf, "pool_alloc");
+    let semaphore = file_offset(&elf, "pool_semaphore");
+    let mut target = Target::start(&program, &[]);
+    let pid = target.pid();
+    let other = OtherTracer::open(&program, entry, semaphore, target.child.id());
+    let args = [
+        "attach",
+        "--pid",
+        &pid,
+        "--alloc-fn",
+        "pool_alloc:malloc",
+        "-d",
+        "2s",
+    ];
+    assert_fails(
+        &leaktrace(&args),
+        PROBE_CONFLICT,
+        "could not probe pool_alloc",
+    );
+    assert!(
+        target.child.try_wait().expect("wait").is_none(),
+        "the target died"
+    );
+    drop(other);
+    let mut args = args;
+    args[6] = "4s";
+    let traced = leaktrace_tests::leaktrace("after_the_other_tracer", &args);
+    assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
+    // pool_alloc is the allocator here: its blocks are charged to its caller.
+    let leak = traced.expect_stack_at("main");
+    assert_eq!(leak["verdict"], "leaking", "{leak}");
+    let bytes = leaktrace_tests::u64_of(&leak["outstanding_bytes"]);
+    assert!(bytes >= 128 && bytes % 128 == 0, "{leak}");
+}
+
+/// A process whose name and executable path are not UTF-8 (file names are bytes): its
+/// /proc files are read all the same, and its leak is found and named.
+#[test]
+fn a_process_named_in_bytes_that_are_not_utf8() {
+    use std::os::unix::ffi::OsStrExt;
+    if !bpf_available("a_process_named_in_bytes_that_are_not_utf8") {
+        return;
+    }
+    let service = build_c("leaky_service.c", &[]);
+    let odd = scratch_dir().join(std::ffi::OsStr::from_bytes(b"leaky-\xff\xfe"));
+    std::fs::copy(&service, &odd).expect("copy");
+    let target = Target::start(&odd, &[]);
+    let traced =
+        leaktrace_tests::leaktrace("not_utf8", &["attach", "--pid", &target.pid(), "-d", "3s"]);
+    assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
+    let leak = traced.expect_stack_at("cache_insert");
+    assert_eq!(leak["verdict"], "leaking", "{leak}");
+    drop(target);
+    let _ = std::fs::remove_file(&odd);
 }

@@ -17,10 +17,15 @@ pub fn parse(text: &str) -> Result<Report, serde_json::Error> {
 
 /// Reads a saved report file, with one line saying what is wrong when it cannot.
 pub fn read(path: &Path) -> Result<Report, String> {
-    let shown = path.display();
     let text =
-        std::fs::read_to_string(path).map_err(|err| format!("cannot read {shown}: {err}"))?;
-    let report = parse(&text).map_err(|err| {
+        std::fs::read(path).map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+    from_bytes(&text, &path.display().to_string())
+}
+
+/// A saved report's bytes (named `shown` in the message) as a report, or one line saying why
+/// they are not one.
+pub fn from_bytes(bytes: &[u8], shown: &str) -> Result<Report, String> {
+    let report = serde_json::from_slice::<Report>(bytes).map_err(|err| {
         format!(
             "{shown} is not a leaktrace JSON report ({err}); write one with `leaktrace attach … --format json -o FILE`"
         )

@@ -1,0 +1,364 @@
+//! Least privilege. leaktrace runs with sudo or with a handful of capabilities; it keeps only
+//! what it uses, in two steps:
+//!
+//! - at start, before any thread exists: everything but CAP_BPF, CAP_PERFMON,
+//!   CAP_SYS_PTRACE, CAP_SYS_ADMIN, CAP_DAC_READ_SEARCH (reading the target's files whatever
+//!   their mode), plus CAP_DAC_OVERRIDE only when the report's file or directory is not
+//!   writable by leaktrace's own ids, and CAP_NET_BIND_SERVICE only for a `--prometheus`
+//!   port below 1024;
+//! - in `attach` and `run`, once the probes are placed and before the exporters start their
+//!   threads: CAP_BPF and CAP_PERFMON too. What stays is CAP_SYS_PTRACE (reading the target's
+//!   memory and /proc files, the reachability scan) and CAP_SYS_ADMIN (uprobes on allocators
+//!   the target loads later, /proc/PID/map_files).
+//!
+//! Capabilities belong to each thread; both steps happen while leaktrace has one thread, and
+//! threads started later inherit the smaller sets. The permitted set shrinks with the
+//! effective one, so nothing can take them back. `run` drops nothing at start unless it is
+//! uid 0 (whose command gets its capabilities from the bounding set at exec, which is left
+//! alone), so the command starts with what it would have had without leaktrace.
+use std::{
+    io,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+pub const CAP_DAC_OVERRIDE: u32 = 1;
+pub const CAP_DAC_READ_SEARCH: u32 = 2;
+pub const CAP_NET_BIND_SERVICE: u32 = 10;
+pub const CAP_SYS_PTRACE: u32 = 19;
+pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_PERFMON: u32 = 38;
+pub const CAP_BPF: u32 = 39;
+
+/// A capability's bit in a set.
+pub const fn bit(capability: u32) -> u64 {
+    1u64 << capability
+}
+
+/// The names of the capabilities this module keeps or talks about.
+const NAMES: &[(u32, &str)] = &[
+    (CAP_DAC_OVERRIDE, "CAP_DAC_OVERRIDE"),
+    (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH"),
+    (CAP_NET_BIND_SERVICE, "CAP_NET_BIND_SERVICE"),
+    (CAP_SYS_PTRACE, "CAP_SYS_PTRACE"),
+    (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+    (CAP_PERFMON, "CAP_PERFMON"),
+    (CAP_BPF, "CAP_BPF"),
+];
+
+/// A set as names ("CAP_SYS_PTRACE, CAP_SYS_ADMIN"; others as "cap N").
+pub fn names(set: u64) -> String {
+    let names: Vec<String> = (0..64)
+        .filter(|cap| set & bit(*cap) != 0)
+        .map(|cap| {
+            NAMES
+                .iter()
+                .find(|(known, _)| *known == cap)
+                .map_or_else(|| format!("cap {cap}"), |(_, name)| (*name).to_string())
+        })
+        .collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// What a command will do that needs a capability beyond tracing.
+#[derive(Clone, Debug, Default)]
+pub struct Needs {
+    /// Files or directories it will write (the report, watch's report directory).
+    pub writes: Vec<PathBuf>,
+    /// The port `--prometheus` listens on.
+    pub listen_port: Option<u16>,
+}
+
+impl Needs {
+    /// A command writing `writes` and listening on `listen`.
+    pub fn new(
+        writes: impl IntoIterator<Item = PathBuf>,
+        listen: Option<std::net::SocketAddr>,
+    ) -> Needs {
+        Needs {
+            writes: writes.into_iter().collect(),
+            listen_port: listen.map(|addr| addr.port()),
+        }
+    }
+
+    /// What to keep at start.
+    pub fn at_start(&self) -> u64 {
+        bit(CAP_BPF) | bit(CAP_PERFMON) | self.after_attach()
+    }
+
+    /// What to keep once the probes are placed.
+    pub fn after_attach(&self) -> u64 {
+        let mut keep = bit(CAP_SYS_PTRACE) | bit(CAP_SYS_ADMIN) | bit(CAP_DAC_READ_SEARCH);
+        if !self.writes.iter().all(|path| writable_by_own_ids(path)) {
+            keep |= bit(CAP_DAC_OVERRIDE);
+        }
+        if self
+            .listen_port
+            .is_some_and(|port| port != 0 && port < 1024)
+        {
+            keep |= bit(CAP_NET_BIND_SERVICE);
+        }
+        keep
+    }
+}
+
+/// One thread's capability sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sets {
+    pub effective: u64,
+    pub permitted: u64,
+    pub inheritable: u64,
+}
+
+impl Sets {
+    /// These sets with everything outside `keep` removed.
+    pub fn only(self, keep: u64) -> Sets {
+        Sets {
+            effective: self.effective & keep,
+            permitted: self.permitted & keep,
+            inheritable: self.inheritable & keep,
+        }
+    }
+}
+
+/// linux/capability.h: _LINUX_CAPABILITY_VERSION_3 (two 32-bit words per set).
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct Header {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct Data {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// The calling thread's sets.
+pub fn current() -> io::Result<Sets> {
+    let mut header = Header {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget writes two Data structs for version 3, and data holds two.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut header as *mut Header,
+            data.as_mut_ptr(),
+        )
+    };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let join = |low: u32, high: u32| u64::from(low) | (u64::from(high) << 32);
+    Ok(Sets {
+        effective: join(data[0].effective, data[1].effective),
+        permitted: join(data[0].permitted, data[1].permitted),
+        inheritable: join(data[0].inheritable, data[1].inheritable),
+    })
+}
+
+fn set(sets: Sets) -> io::Result<()> {
+    let mut header = Header {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let split = |set: u64| (set as u32, (set >> 32) as u32);
+    let (effective, effective_high) = split(sets.effective);
+    let (permitted, permitted_high) = split(sets.permitted);
+    let (inheritable, inheritable_high) = split(sets.inheritable);
+    let data = [
+        Data {
+            effective,
+            permitted,
+            inheritable,
+        },
+        Data {
+            effective: effective_high,
+            permitted: permitted_high,
+            inheritable: inheritable_high,
+        },
+    ];
+    // SAFETY: capset reads two Data structs for version 3, and data holds two.
+    let result =
+        unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Removes every capability outside `keep` from this process's effective, permitted and
+/// inheritable sets (ambient ones go with them); returns what was dropped from the permitted
+/// set. Refuses when the process has more than one thread: the others would keep theirs.
+pub fn keep_only(keep: u64) -> Result<u64, String> {
+    let threads = std::fs::read_dir("/proc/self/task")
+        .map(|entries| entries.count())
+        .unwrap_or(1);
+    if threads > 1 {
+        return Err(format!(
+            "{threads} threads are running, and capabilities belong to each thread: none dropped"
+        ));
+    }
+    let sets = current().map_err(|err| format!("capget: {err}"))?;
+    let kept = sets.only(keep);
+    if kept == sets {
+        return Ok(0);
+    }
+    set(kept).map_err(|err| format!("capset: {err}"))?;
+    Ok(sets.permitted & !kept.permitted)
+}
+
+/// Drops to `keep`, saying what happened at info level (a failure is a warning: tracing
+/// goes on with the capabilities it has).
+pub fn drop_to(keep: u64, when: &str) {
+    match keep_only(keep) {
+        Ok(0) => log::debug!("{when}: no capabilities to drop"),
+        Ok(dropped) => log::info!(
+            "{when}: dropped {} capabilities; kept {}",
+            dropped.count_ones(),
+            names(current().map_or(0, |sets| sets.permitted))
+        ),
+        Err(reason) => log::warn!("{when}: could not drop capabilities: {reason}"),
+    }
+}
+
+/// Whether the process's own uid and gids may write `path` (the file, or when it does not
+/// exist the nearest directory above it that does), by its mode bits: without
+/// CAP_DAC_OVERRIDE, this is what the kernel checks.
+pub fn writable_by_own_ids(path: &Path) -> bool {
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(path)
+    };
+    let Some(metadata) = absolute
+        .ancestors()
+        .find_map(|candidate| std::fs::metadata(candidate).ok())
+    else {
+        return false;
+    };
+    // SAFETY: these calls have no preconditions.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    mode_allows_write(
+        metadata.mode(),
+        metadata.uid(),
+        metadata.gid(),
+        uid,
+        gid,
+        &groups(),
+    )
+}
+
+/// The write bit that applies to (uid, gid, groups) in a file's mode.
+pub fn mode_allows_write(
+    mode: u32,
+    owner: u32,
+    group: u32,
+    uid: u32,
+    gid: u32,
+    groups: &[u32],
+) -> bool {
+    if uid == owner {
+        mode & 0o200 != 0
+    } else if gid == group || groups.contains(&group) {
+        mode & 0o020 != 0
+    } else {
+        mode & 0o002 != 0
+    }
+}
+
+/// The supplementary groups.
+fn groups() -> Vec<u32> {
+    // SAFETY: with size 0, getgroups only returns the count.
+    let count = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+    if count <= 0 {
+        return Vec::new();
+    }
+    let mut groups = vec![0 as libc::gid_t; count as usize];
+    // SAFETY: the buffer holds `count` entries.
+    let filled = unsafe { libc::getgroups(count, groups.as_mut_ptr()) };
+    groups.truncate(filled.max(0) as usize);
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_write_bit_that_applies() {
+        // Owner, group and others, each with only its own bit.
+        assert!(mode_allows_write(0o200, 5, 6, 5, 9, &[]));
+        assert!(!mode_allows_write(0o022, 5, 6, 5, 6, &[]));
+        assert!(mode_allows_write(0o020, 5, 6, 7, 6, &[]));
+        assert!(mode_allows_write(0o020, 5, 6, 7, 9, &[6]));
+        assert!(!mode_allows_write(0o002 | 0o200, 5, 6, 7, 6, &[]));
+        assert!(mode_allows_write(0o002, 5, 6, 7, 8, &[]));
+        // Root is not special here: that is CAP_DAC_OVERRIDE's job.
+        assert!(!mode_allows_write(0o555, 0, 0, 0, 0, &[]));
+    }
+
+    #[test]
+    fn what_is_kept_when() {
+        let plain = Needs::default();
+        assert_eq!(
+            plain.at_start(),
+            bit(CAP_BPF)
+                | bit(CAP_PERFMON)
+                | bit(CAP_SYS_PTRACE)
+                | bit(CAP_SYS_ADMIN)
+                | bit(CAP_DAC_READ_SEARCH)
+        );
+        assert_eq!(plain.after_attach() & (bit(CAP_BPF) | bit(CAP_PERFMON)), 0);
+        let low_port = Needs {
+            listen_port: Some(443),
+            ..Needs::default()
+        };
+        assert_ne!(low_port.after_attach() & bit(CAP_NET_BIND_SERVICE), 0);
+        let high_port = Needs {
+            listen_port: Some(9464),
+            ..Needs::default()
+        };
+        assert_eq!(high_port.after_attach() & bit(CAP_NET_BIND_SERVICE), 0);
+    }
+
+    #[test]
+    fn sets_are_only_ever_narrowed() {
+        let sets = Sets {
+            effective: 0b1011,
+            permitted: 0b1111,
+            inheritable: 0b0001,
+        };
+        assert_eq!(
+            sets.only(0b0110),
+            Sets {
+                effective: 0b0010,
+                permitted: 0b0110,
+                inheritable: 0,
+            }
+        );
+    }
+
+    #[test]
+    fn own_sets_read_back() {
+        let sets = current().expect("capget");
+        assert_eq!(sets.effective & !sets.permitted, 0);
+        assert_eq!(
+            names(bit(CAP_SYS_PTRACE) | bit(CAP_BPF)),
+            "CAP_SYS_PTRACE, CAP_BPF"
+        );
+        assert_eq!(names(0), "none");
+        assert_eq!(names(bit(12)), "cap 12");
+    }
+}
