@@ -1,8 +1,9 @@
-//! Project tasks: `cargo xtask setup | build | demo | test | bench | soak`.
+//! Project tasks: `cargo xtask setup | build | demo | test | fuzz | bench | soak`.
 //!
 //! Everything a fresh machine needs is installed here (never by hand), and every step is
 //! idempotent and quick when nothing is missing.
 mod bench;
+mod fuzz;
 mod setup;
 mod soak;
 
@@ -34,12 +35,22 @@ enum Task {
         #[arg(long, default_value = "10s")]
         duration: String,
     },
-    /// Run the whole test suite: unit tests, end-to-end tests (as root), fmt and clippy are
-    /// run by .ci/run.
+    /// Run the whole test suite: unit tests, end-to-end tests (as root), and each fuzz
+    /// target for 30 s (not when arguments filter the tests); fmt and clippy are run by
+    /// .ci/run.
     Test {
         /// Extra arguments for `cargo test` (after --).
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Fuzz the parsers of outside input (cargo fuzz): replay fuzz/regressions, then fuzz
+    /// each target for a while.
+    Fuzz {
+        /// Seconds of fuzzing per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only these targets (default: all).
+        targets: Vec<String>,
     },
     /// Attach leaktrace for a long run to a service leaking slowly under heavy traffic;
     /// writes the soak section of BENCHMARKS.md.
@@ -89,6 +100,10 @@ fn main() -> Result<()> {
             setup::run()?;
             build()?;
             test(&args)
+        }
+        Task::Fuzz { seconds, targets } => {
+            setup::run()?;
+            fuzz::run(seconds, &targets)
         }
         Task::Soak { minutes } => {
             setup::run()?;
@@ -233,5 +248,10 @@ fn test(extra: &[String]) -> Result<()> {
     if !extra.is_empty() {
         command.arg("--").args(extra);
     }
-    run_checked(&mut command)
+    run_checked(&mut command)?;
+    // The whole suite includes a short fuzzing run of every parser; a filtered run does not.
+    if extra.is_empty() {
+        fuzz::run(fuzz::TEST_SECONDS, &[])?;
+    }
+    Ok(())
 }
