@@ -449,7 +449,7 @@ fn another_tracer_on_the_same_function() {
     let leak = traced.expect_stack_at("main");
     assert_eq!(leak["verdict"], "leaking", "{leak}");
     let bytes = leaktrace_tests::u64_of(&leak["outstanding_bytes"]);
-    assert!(bytes >= 128 && bytes % 128 == 0, "{leak}");
+    assert!(bytes >= 128 && bytes.is_multiple_of(128), "{leak}");
 }
 
 /// A process whose name and executable path are not UTF-8 (file names are bytes): its
