@@ -20,6 +20,7 @@ pub mod launch;
 pub mod metrics;
 pub mod model;
 pub mod otel;
+pub mod perf_map;
 pub mod privileges;
 pub mod probe_site;
 pub mod procfs;

@@ -435,6 +435,22 @@ pub struct Report {
     /// Scopes whose calls may explain a leaking stack or the process's growth, with reasons.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub suspects: Vec<Suspect>,
+    /// Language runtimes found in the target, and whether their code could be named.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runtimes: Vec<RuntimeInfo>,
+}
+
+/// A language runtime in the target (Node.js…) and how its JIT-compiled functions are named.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeInfo {
+    /// "node".
+    pub runtime: String,
+    /// The perf map its JIT code was named from (in the target's mount namespace), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perf_map: Option<String>,
+    /// What to do to see its functions in stacks, when they cannot be named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
 }
 
 /// What the calls of one --scope function allocated and kept; with a label argument, also
@@ -546,6 +562,7 @@ impl Report {
             stacks: Vec::new(),
             scopes: Vec::new(),
             suspects: Vec::new(),
+            runtimes: Vec::new(),
         }
     }
 

@@ -1168,6 +1168,7 @@ impl Session {
             stacks,
             scopes,
             suspects,
+            runtimes: self.modules.runtimes(),
         })
     }
 

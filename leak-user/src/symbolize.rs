@@ -11,28 +11,38 @@ use blazesym::symbolize::{
 };
 
 use crate::{
-    model::Frame,
+    model::{Frame, RuntimeInfo},
+    perf_map::{self, PerfMap},
     procfs::{self, Mapping},
 };
 
 /// Identity of a mapped file (device and inode), stable across renames and namespaces.
 type FileId = (String, u64);
 
-/// The target's executable file mappings.
+/// The target's executable file mappings, and its perf map for JIT-compiled code.
 #[derive(Default)]
 pub struct Modules {
     mappings: Vec<Mapping>,
     files: HashMap<FileId, File>,
+    perf_map: PerfMap,
+    /// A V8 runtime (node, or a program linking libnode) was seen among the mappings.
+    node: bool,
 }
 
 impl Modules {
     /// Re-reads /proc/PID/maps. Mappings that disappeared are kept (unless something new
     /// overlaps them) so stacks recorded earlier still resolve.
     pub fn refresh(&mut self, pid: u32) -> std::io::Result<()> {
-        let current: Vec<Mapping> = procfs::read_maps(pid)?
+        let executable: Vec<Mapping> = procfs::read_maps(pid)?
             .into_iter()
-            .filter(|mapping| mapping.executable && mapping.is_file())
+            .filter(|mapping| mapping.executable)
             .collect();
+        self.perf_map
+            .refresh(pid, perf_map::namespaced_pid(pid), |address| {
+                executable.iter().any(|mapping| mapping.contains(address))
+            });
+        let current: Vec<Mapping> = executable.into_iter().filter(Mapping::is_file).collect();
+        self.node |= current.iter().any(|mapping| is_node(mapping.file_path()));
         for mapping in &current {
             let id = (mapping.dev.clone(), mapping.inode);
             if self.files.contains_key(&id) {
@@ -68,6 +78,26 @@ impl Modules {
         mapping.contains(address).then_some(mapping)
     }
 
+    /// The runtimes seen, with how their JIT code is named.
+    pub fn runtimes(&self) -> Vec<RuntimeInfo> {
+        if !self.node {
+            return Vec::new();
+        }
+        let perf_map = self
+            .perf_map
+            .path
+            .as_ref()
+            .map(|path| path.display().to_string());
+        let hint = perf_map.is_none().then(|| {
+            "no perf map (/tmp/perf-PID.map): JavaScript functions show as unnamed [jit] frames; start node with --perf-basic-prof --interpreted-frames-native-stack".to_string()
+        });
+        vec![RuntimeInfo {
+            runtime: "node".into(),
+            perf_map,
+            hint,
+        }]
+    }
+
     fn open_path(&self, mapping: &Mapping) -> Option<PathBuf> {
         let file = self.files.get(&(mapping.dev.clone(), mapping.inode))?;
         Some(PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())))
@@ -78,6 +108,9 @@ impl Modules {
 pub struct Symbolizer {
     blazesym: Blazesym,
     cache: HashMap<(FileId, u64), Vec<Frame>>,
+    /// JIT frames, named when first seen: code addresses are reused once V8 collects code,
+    /// and a stack is named best by the perf map as it was when the stack was new.
+    jit: HashMap<u64, Frame>,
     /// Addresses that could not be symbolized (no module, no symbol).
     pub failures: u64,
 }
@@ -96,6 +129,7 @@ impl Symbolizer {
                 .enable_inlined_fns(true)
                 .build(),
             cache: HashMap::new(),
+            jit: HashMap::new(),
             failures: 0,
         }
     }
@@ -121,10 +155,16 @@ impl Symbolizer {
                     }
                 }
                 None => {
-                    frames.push(Frame {
+                    let named = match self.jit.get(&address) {
+                        Some(frame) => Some(frame.clone()),
+                        None => modules.perf_map.frame(address).inspect(|frame| {
+                            self.jit.insert(address, frame.clone());
+                        }),
+                    };
+                    frames.push(named.unwrap_or(Frame {
                         address,
                         ..Frame::default()
-                    });
+                    }));
                 }
             }
         }
@@ -214,6 +254,12 @@ impl Symbolizer {
         }
         new
     }
+}
+
+/// Whether a mapped file is a V8 runtime: the node executable, or libnode.
+fn is_node(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name == "node" || name == "nodejs" || name.starts_with("libnode.so")
 }
 
 fn code_location(

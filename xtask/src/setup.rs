@@ -135,6 +135,8 @@ fn debian_packages() -> Result<()> {
         ("redis-tools", "redis-benchmark"),
         // The reachability test compares leaktrace's classes with memcheck's.
         ("valgrind", "valgrind"),
+        // Language runtimes the end-to-end tests trace (tests/tests/runtimes.rs).
+        ("nodejs", "node"),
     ];
     let missing: Vec<&str> = wanted
         .iter()

@@ -265,6 +265,7 @@ pub mod fixtures {
             stacks,
             scopes: Vec::new(),
             suspects: Vec::new(),
+            runtimes: Vec::new(),
         }
     }
 

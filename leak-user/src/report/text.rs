@@ -93,6 +93,17 @@ pub fn render(report: &Report, color: bool) -> String {
             .collect();
         let _ = writeln!(out, "allocators: {}", found.join(", "));
     }
+    for runtime in &report.runtimes {
+        match (&runtime.perf_map, &runtime.hint) {
+            (Some(map), _) => {
+                let _ = writeln!(out, "{}: JIT code named from {map}", runtime.runtime);
+            }
+            (None, Some(hint)) => {
+                let _ = writeln!(out, "{}: {hint}", runtime.runtime);
+            }
+            (None, None) => {}
+        }
+    }
     if report.sample_rate > 1 {
         let _ = writeln!(
             out,
