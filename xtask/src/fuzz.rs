@@ -96,23 +96,11 @@ pub fn run(seconds: u64, only: &[String]) -> Result<()> {
 
 /// cargo-fuzz, installed with the stable toolchain when `cargo fuzz` is not there.
 fn install_cargo_fuzz() -> Result<()> {
-    let installed = Command::new("cargo")
-        .args(["fuzz", "--version"])
-        .output()
-        .is_ok_and(|out| {
-            out.status.success()
-                && String::from_utf8_lossy(&out.stdout).contains(CARGO_FUZZ_VERSION)
-        });
-    if installed {
-        return Ok(());
-    }
-    eprintln!("xtask fuzz: installing cargo-fuzz {CARGO_FUZZ_VERSION} (about 2 minutes)");
-    run_checked(Command::new("cargo").args([
-        "install",
-        &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
-        "--locked",
-        "--force",
-    ]))
+    crate::setup::cargo_install(
+        "cargo-fuzz",
+        CARGO_FUZZ_VERSION,
+        Command::new("cargo").args(["fuzz", "--version"]),
+    )
 }
 
 /// `cargo` of the nightly toolchain in the workspace root, without the variables `cargo

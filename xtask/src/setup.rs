@@ -103,14 +103,22 @@ fn nightly_with_rust_src() -> Result<()> {
 }
 
 fn bpf_linker() -> Result<()> {
-    let version = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
-    if version.contains(BPF_LINKER_VERSION) {
+    cargo_install(
+        "bpf-linker",
+        BPF_LINKER_VERSION,
+        Command::new("bpf-linker").arg("--version"),
+    )
+}
+
+/// `cargo install PACKAGE@VERSION` (stable toolchain, locked) unless `check` prints VERSION.
+pub fn cargo_install(package: &str, version: &str, check: &mut Command) -> Result<()> {
+    if output(check).unwrap_or_default().contains(version) {
         return Ok(());
     }
-    eprintln!("xtask setup: installing bpf-linker {BPF_LINKER_VERSION} (about 2 minutes)");
+    eprintln!("xtask setup: installing {package} {version} (about 2 minutes)");
     run_checked(Command::new("cargo").args([
         "install",
-        &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+        &format!("{package}@{version}"),
         "--locked",
         "--force",
     ]))
