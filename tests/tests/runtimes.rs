@@ -7,7 +7,7 @@ use std::{
     process::{Child, Command, Stdio},
 };
 
-use leaktrace_tests::{bpf_available, leaktrace, targets_dir, tool_available, u64_of};
+use leaktrace_tests::{bpf_available, leaktrace, scratch_dir, targets_dir, tool_available, u64_of};
 
 const NODE: &str = "/usr/bin/node";
 
@@ -22,6 +22,8 @@ impl Node {
             .args(flags)
             .arg(targets_dir().join("leaky_node.js"))
             .arg("120")
+            // --perf-basic-prof also makes V8 write isolate-…-PID-v8.log to its directory.
+            .current_dir(scratch_dir())
             .stdout(Stdio::piped())
             .spawn()
             .expect("start node");
@@ -45,7 +47,20 @@ impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_file(format!("/tmp/perf-{}.map", self.child.id()));
+        let pid = self.child.id();
+        let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
+        let log_suffix = format!("-{pid}-v8.log");
+        for entry in std::fs::read_dir(scratch_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("isolate-") && name.ends_with(&log_suffix) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 }
 
