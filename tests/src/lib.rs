@@ -284,18 +284,45 @@ pub fn leaktrace_with(
     envs: &[(&str, &str)],
     attached: impl FnOnce(),
 ) -> Traced {
+    leaktrace_as(
+        &[],
+        &scratch_dir().join(format!("{name}.json")),
+        args,
+        envs,
+        |_| attached(),
+    )
+}
+
+/// The core of the `leaktrace*` helpers: `[PREFIX…] leaktrace ARGS --format json --output
+/// REPORT` (PREFIX runs leaktrace, e.g. `setpriv …`), with LD_LIBRARY_PATH set to the
+/// private libc; calls `attached` with leaktrace's pid once it has printed its first
+/// interval line, and parses the report.
+pub fn leaktrace_as(
+    prefix: &[&str],
+    report_path: &Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+    attached: impl FnOnce(u32),
+) -> Traced {
     use std::io::BufRead;
 
-    let report_path = scratch_dir().join(format!("{name}.json"));
-    let _ = std::fs::remove_file(&report_path);
+    let _ = std::fs::remove_file(report_path);
     let (before, after) = match args.iter().position(|arg| *arg == "--") {
         Some(split) => args.split_at(split),
         None => (args, &[][..]),
     };
-    let mut child = Command::new(leaktrace_bin())
+    let mut command = match prefix.split_first() {
+        Some((program, rest)) => {
+            let mut command = Command::new(program);
+            command.args(rest).arg(leaktrace_bin());
+            command
+        }
+        None => Command::new(leaktrace_bin()),
+    };
+    let mut child = command
         .args(before)
         .args(["--format", "json", "--output"])
-        .arg(&report_path)
+        .arg(report_path)
         .args(after)
         .env("LD_LIBRARY_PATH", private_libc_dir())
         .envs(envs.iter().copied())
@@ -328,11 +355,11 @@ pub fn leaktrace_with(
         .recv_timeout(std::time::Duration::from_secs(60))
         .is_ok()
     {
-        attached();
+        attached(child.id());
     }
     let mut output = child.wait_with_output().expect("wait for leaktrace");
     output.stderr = reader.join().unwrap_or_default();
-    let text = std::fs::read_to_string(&report_path).unwrap_or_else(|err| {
+    let text = std::fs::read_to_string(report_path).unwrap_or_else(|err| {
         panic!(
             "leaktrace wrote no report ({err}); status {:?}, stderr:\n{}",
             output.status,

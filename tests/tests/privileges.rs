@@ -1,16 +1,10 @@
 //! End-to-end: least privilege. leaktrace works with exactly the capabilities
 //! deploy/README.md documents, keeps only what it still uses once its probes are placed (in
 //! every one of its threads), and a command started by `run` keeps its own capabilities.
-use std::{
-    io::BufRead,
-    path::Path,
-    process::{Command, Stdio},
-    sync::mpsc,
-    time::Duration,
-};
+use std::{path::Path, process::Command};
 
 use leaktrace_tests::{
-    Target, bpf_available, build_c, leaktrace_bin, private_libc_dir, scratch_dir, u64_of,
+    Target, Traced, bpf_available, build_c, leaktrace_as, leaktrace_bin, scratch_dir, u64_of,
 };
 
 const CAP_DAC_OVERRIDE: u64 = 1 << 1;
@@ -36,97 +30,38 @@ fn thread_capabilities(pid: u32) -> Vec<(u64, u64)> {
         .collect()
 }
 
-struct Observed {
-    status: Option<i32>,
-    stderr: String,
-    /// Every thread's (effective, permitted) sets once tracing is under way.
-    threads: Vec<(u64, u64)>,
-    report: serde_json::Value,
-}
-
-/// `[prefix…] leaktrace attach --pid PID -d 4s -i 1s --format json -o report`; reads its
-/// threads' capabilities after its first interval report (its exporters and every other
-/// thread have started by then).
-fn attach(prefix: &[&str], pid: &str, report: &Path) -> Observed {
-    let _ = std::fs::remove_file(report);
-    let (program, before) = match prefix.split_first() {
-        Some((program, rest)) => (program.to_string(), rest.to_vec()),
-        None => (leaktrace_bin().display().to_string(), Vec::new()),
-    };
-    let mut command = Command::new(program);
-    command.args(before);
-    if !prefix.is_empty() {
-        command.arg(leaktrace_bin());
-    }
-    let mut child = command
-        .args([
-            "attach", "--pid", pid, "-d", "4s", "-i", "1s", "--format", "json",
-        ])
-        .arg("-o")
-        .arg(report)
-        .env("LD_LIBRARY_PATH", private_libc_dir())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run leaktrace");
-    let stderr = child.stderr.take().expect("piped");
-    let (tx, rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let mut signal = Some(tx);
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if line.contains("stacks listed")
-                && let Some(tx) = signal.take()
-            {
-                let _ = tx.send(());
-            }
-            text.push_str(&line);
-            text.push('\n');
-        }
-        text
-    });
-    let threads = if rx.recv_timeout(Duration::from_secs(60)).is_ok() {
-        thread_capabilities(child.id())
-    } else {
-        Vec::new()
-    };
-    let status = child.wait().expect("wait").code();
-    let stderr = reader.join().unwrap_or_default();
-    let report = std::fs::read_to_string(report)
-        .ok()
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or(serde_json::Value::Null);
-    Observed {
-        status,
-        stderr,
-        threads,
+/// `[prefix…] leaktrace attach --pid PID -d 4s -i 1s` with its report at `report`; and
+/// every thread's (effective, permitted) sets, read after its first interval report (its
+/// exporters and every other thread have started by then).
+fn attach(prefix: &[&str], pid: &str, report: &Path) -> (Traced, Vec<(u64, u64)>) {
+    let mut threads = Vec::new();
+    let traced = leaktrace_as(
+        prefix,
         report,
-    }
+        &["attach", "--pid", pid, "-d", "4s", "-i", "1s"],
+        &[],
+        |leaktrace| threads = thread_capabilities(leaktrace),
+    );
+    (traced, threads)
 }
 
 /// The leak of leaky_service (cache_insert, 4 KiB per 100 ms) is in the report.
-fn assert_finds_the_leak(observed: &Observed) {
-    assert_eq!(observed.status, Some(0), "{}", observed.stderr);
-    let stacks = observed.report["stacks"].as_array().expect("stacks");
-    let leak = stacks
-        .iter()
-        .find(|stack| stack["frames"][0]["function"] == "cache_insert")
-        .unwrap_or_else(|| panic!("no cache_insert stack: {}", observed.report));
+fn assert_finds_the_leak(traced: &Traced) {
+    assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
+    let leak = traced.expect_stack_at("cache_insert");
     assert_eq!(leak["verdict"], "leaking", "{leak}");
     assert!(u64_of(&leak["outstanding_bytes"]) >= 10 * 4096, "{leak}");
 }
 
 /// Every thread has exactly `expected`, effective and permitted.
-fn assert_threads_hold(observed: &Observed, expected: u64) {
-    assert!(!observed.threads.is_empty(), "{}", observed.stderr);
-    for (effective, permitted) in &observed.threads {
+fn assert_threads_hold((traced, threads): &(Traced, Vec<(u64, u64)>), expected: u64) {
+    assert!(!threads.is_empty(), "{}", traced.stderr());
+    for (effective, permitted) in threads {
         assert_eq!(
             (*effective, *permitted),
             (expected, expected),
             "a thread holds {effective:#x}/{permitted:#x}, not {expected:#x}: {}",
-            observed.stderr
+            traced.stderr()
         );
     }
 }
@@ -152,7 +87,7 @@ fn the_documented_capabilities_are_enough() {
         &target.pid(),
         &scratch_dir().join("documented_capabilities.json"),
     );
-    assert_finds_the_leak(&observed);
+    assert_finds_the_leak(&observed.0);
     assert_threads_hold(&observed, CAP_SYS_PTRACE | CAP_SYS_ADMIN);
 }
 
@@ -169,7 +104,7 @@ fn root_keeps_only_what_it_uses() {
     let kept = CAP_SYS_PTRACE | CAP_SYS_ADMIN | CAP_DAC_READ_SEARCH;
 
     let observed = attach(&[], &target.pid(), &scratch_dir().join("root_kept.json"));
-    assert_finds_the_leak(&observed);
+    assert_finds_the_leak(&observed.0);
     assert_threads_hold(&observed, kept);
 
     // A directory of another user (nobody), mode 0755: root writes there only through
@@ -184,7 +119,7 @@ fn root_keeps_only_what_it_uses() {
         .expect("chown");
     assert!(status.success());
     let observed = attach(&[], &target.pid(), &theirs.join("report.json"));
-    assert_finds_the_leak(&observed);
+    assert_finds_the_leak(&observed.0);
     assert_threads_hold(&observed, kept | CAP_DAC_OVERRIDE);
     let _ = std::fs::remove_dir_all(&theirs);
 }
