@@ -29,6 +29,7 @@ pub mod map_names {
     pub const SCOPE_CALLS: &str = "SCOPE_CALLS";
     pub const SCOPE_NEXT: &str = "SCOPE_NEXT";
     pub const SCOPE_EVENTS: &str = "SCOPE_EVENTS";
+    pub const GOROUTINE_SITES: &str = "GOROUTINE_SITES";
 }
 
 /// Name of the global holding the traced process id (tgid); set by user space at load time.
@@ -316,6 +317,63 @@ pub struct AllocRecord {
     /// The scope call it was made in ([`scope_of`]), 0 outside every scope.
     pub scope: u64,
 }
+
+// ---- Go programs ----
+//
+// A Go program allocates from its own heap, not through malloc. Its memory is followed a span
+// at a time: when a goroutine's mcache span of one size class is full (`(*mcache).refill`), or
+// a large object gets a span of its own (`mallocgc` after its call to `(*mcache).allocLarge`),
+// the span is recorded in `ALLOCS` under the allocating stack, like a malloc'd block; when the
+// heap frees the span (`(*mheap).freeSpanLocked`), it is debited again. A span that is swept
+// and filled again is recorded again, under the stack that filled it last.
+//
+// Goroutines are counted per creation site (the `go` statement's return address, which the
+// runtime keeps as `g.gopc`): `runtime.newproc` adds one, `runtime.goexit0` takes one off.
+// Only entry probes are used: a return probe on Go code breaks the runtime's stack walks.
+
+/// Name of the global holding the target's [`GoLayout`]; set by user space at load time.
+pub const GO_LAYOUT_GLOBAL: &str = "GO_LAYOUT";
+
+/// Where the Go runtime keeps what the probes read, from the binary's DWARF (bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoLayout {
+    /// `runtime.g.gopc`: the creating `go` statement's return address.
+    pub g_gopc: u64,
+    /// `runtime.mcache.alloc`: the array of current spans, one per span class.
+    pub mcache_alloc: u64,
+    /// `runtime.mspan.startAddr` and `.npages`.
+    pub span_start: u64,
+    pub span_npages: u64,
+    /// The runtime's page (`_PageSize`, 8 KiB on every platform).
+    pub page_bytes: u64,
+}
+
+/// Span classes in a Go mcache's `alloc` array (68 size classes × scan/noscan in Go 1.19+;
+/// larger indexes are refused).
+pub const GO_SPAN_CLASSES: u64 = 136;
+
+/// Creation sites followed at once; goroutines of later sites are counted as dropped.
+pub const MAX_GOROUTINE_SITES: u32 = 4096;
+
+/// Goroutines created and ended at one creation site, in `GOROUTINE_SITES` by `gopc`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoroutineSite {
+    pub created: u64,
+    pub exited: u64,
+    /// The stack of the latest `go` statement seen at this site (its first frame is the
+    /// site itself).
+    pub stack_id: u32,
+    pub _pad: u32,
+}
+
+/// Program names of the Go probes.
+pub const GO_NEWPROC_PROGRAM: &str = "go_newproc";
+pub const GO_GOEXIT_PROGRAM: &str = "go_goexit";
+pub const GO_SPAN_FULL_PROGRAM: &str = "go_span_full";
+pub const GO_LARGE_SPAN_PROGRAM: &str = "go_large_span";
+pub const GO_SPAN_FREE_PROGRAM: &str = "go_span_free";
 
 // ---- Request scopes (--scope) ----
 //
@@ -632,10 +690,15 @@ pub enum Counter {
     /// The scope return ring buffer was full: the call is not read again later (it counts
     /// in its scope's totals only).
     ScopeEventsLost = 17,
+    /// A goroutine of a creation site beyond [`MAX_GOROUTINE_SITES`]: not counted.
+    GoroutineSitesFull = 18,
+    /// Informational: goroutines created and ended (Go programs).
+    GoroutinesCreated = 19,
+    GoroutinesExited = 20,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 21;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::StackIdCollision,
@@ -656,6 +719,9 @@ impl Counter {
         Counter::ScopeTooDeep,
         Counter::ScopeLabelsFull,
         Counter::ScopeEventsLost,
+        Counter::GoroutineSitesFull,
+        Counter::GoroutinesCreated,
+        Counter::GoroutinesExited,
     ];
 
     /// Stable name used in reports and JSON.
@@ -679,6 +745,9 @@ impl Counter {
             Counter::ScopeTooDeep => "scope_too_deep",
             Counter::ScopeLabelsFull => "scope_labels_full",
             Counter::ScopeEventsLost => "scope_events_lost",
+            Counter::GoroutineSitesFull => "goroutine_sites_full",
+            Counter::GoroutinesCreated => "goroutines_created",
+            Counter::GoroutinesExited => "goroutines_exited",
         }
     }
 
@@ -697,6 +766,7 @@ impl Counter {
                 | Counter::ScopeTooDeep
                 | Counter::ScopeLabelsFull
                 | Counter::ScopeEventsLost
+                | Counter::GoroutineSitesFull
         )
     }
 }
@@ -749,6 +819,8 @@ mod pod {
     unsafe impl aya::Pod for super::UnwindMapping {}
     unsafe impl aya::Pod for super::UnwindIndex {}
     unsafe impl aya::Pod for super::ScopeLabel {}
+    unsafe impl aya::Pod for super::GoLayout {}
+    unsafe impl aya::Pod for super::GoroutineSite {}
     unsafe impl aya::Pod for super::ScopeStack {}
     unsafe impl aya::Pod for super::ScopeTotals {}
     unsafe impl aya::Pod for super::ScopeCall {}

@@ -19,8 +19,8 @@ use leak_common::{
 
 use crate::{
     maps::{
-        ALLOCS, Arguments, PENDING_CALLS, add_to_stack, count, sampled, size_wanted, target_tid,
-        user_stack_id,
+        ALLOCS, Arguments, FirstFrame, PENDING_CALLS, add_to_stack, count, sampled, size_wanted,
+        target_tid, user_stack_id,
     },
     scope::{add_to_scope, current_scope},
 };
@@ -159,7 +159,7 @@ fn record(ctx: &RetProbeContext, addr: u64, size: u64, tid: u32) {
         return;
     }
     // SAFETY: uretprobe context is the user pt_regs.
-    let stack_id = user_stack_id(ctx, Some(unsafe { &*ctx.regs }), false);
+    let stack_id = user_stack_id(ctx, Some(unsafe { &*ctx.regs }), FirstFrame::ReturnAddress);
     let record = AllocRecord {
         size,
         // SAFETY: helper without arguments.

@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use leak_common::{Counter, MAX_STACKS};
 
-use crate::maps::{count, target_tid, user_regs, user_stack_id};
+use crate::maps::{FirstFrame, count, target_tid, user_regs, user_stack_id};
 
 /// Samples per stack id. Per CPU: no atomics; user space sums the CPUs.
 #[map(name = "FAULT_SAMPLES")]
@@ -26,12 +26,12 @@ pub fn page_fault(ctx: PerfEventContext) -> u32 {
     // the kernel (copying into a user buffer): the user registers are those of the syscall.
     // SAFETY: the context is the kernel's bpf_perf_event_data, whose first member is regs.
     let fault_regs: pt_regs = unsafe { *ctx.ctx.cast::<pt_regs>() };
-    let (regs, exact) = if fault_regs.cs & 3 == 3 {
-        (Some(fault_regs), true)
+    let (regs, first) = if fault_regs.cs & 3 == 3 {
+        (Some(fault_regs), FirstFrame::Running)
     } else {
-        (user_regs(), false)
+        (user_regs(), FirstFrame::ReturnAddress)
     };
-    let stack_id = user_stack_id(&ctx, regs.as_ref(), exact);
+    let stack_id = user_stack_id(&ctx, regs.as_ref(), first);
     match FAULT_SAMPLES.get_ptr_mut(stack_id) {
         // SAFETY: this CPU's copy of the value; nothing else writes it while we run.
         Some(samples) => unsafe { *samples += 1 },

@@ -3,6 +3,7 @@
 //! - `mmap`: sys_enter/sys_exit tracepoints of mmap, munmap and mremap.
 //! - `scope`: entry and return uprobes of --scope functions, which attribute the
 //!   allocations made inside a call to it.
+//! - `golang`: Go programs: goroutines per creation site, and the Go heap by span.
 //! - `faults`: sampled page faults with stacks (`leaktrace watch` between precise windows).
 //! - `maps`: every map and the counters, shared by both.
 //! - `unwind`: user stacks walked with .eh_frame tables (--unwind dwarf).
@@ -17,6 +18,8 @@
 mod alloc;
 #[cfg(target_arch = "bpf")]
 mod faults;
+#[cfg(target_arch = "bpf")]
+mod golang;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]

@@ -5,6 +5,7 @@ use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, pt_regs},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_stack, bpf_probe_read_kernel,
+        bpf_probe_read_user,
         generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
     macros::map,
@@ -104,17 +105,30 @@ pub fn target_tid() -> Option<u32> {
     }
 }
 
+/// Where the first frame of a stack is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum FirstFrame {
+    /// The ip is a return address into the caller (return probes, syscalls).
+    ReturnAddress,
+    /// The ip is the instruction that was running (a page fault).
+    Running,
+    /// The ip is the first instruction of a function that has not set up its frame: the
+    /// caller's return address is at the stack pointer. The kernel's frame-pointer walk
+    /// leaves that caller out (its frame pointer is still the caller's), so the stack starts
+    /// from that return address instead. Entry probes on Go code use this.
+    FunctionEntry,
+}
+
 /// Records the current user stack and returns its id: a hash of its addresses folded to 32
 /// bits, or one of the next `STACK_ID_PROBES - 1` ids when that one holds another stack (the
 /// full 64-bit hash is compared; bpf_get_stackid would give up at the first collision). A
 /// stack that cannot be recorded (every slot taken, map full) is counted as dropped and its
 /// memory kept under the unknown stack.
-#[inline(always)]
 ///
 /// `regs` are the user registers when the program has them (uprobes): then, with
-/// --unwind dwarf, the stack is walked with the modules' unwind tables. `exact` says their
-/// ip is the running instruction (a page fault), not a return address.
-pub fn user_stack_id<C: EbpfContext>(ctx: &C, regs: Option<&pt_regs>, exact: bool) -> u32 {
+/// --unwind dwarf, the stack is walked with the modules' unwind tables.
+#[inline(always)]
+pub fn user_stack_id<C: EbpfContext>(ctx: &C, regs: Option<&pt_regs>, first: FirstFrame) -> u32 {
     let Some(scratch) = STACK_SCRATCH.get_ptr_mut(0) else {
         count(Counter::StackIdError);
         return UNKNOWN_STACK_ID;
@@ -124,8 +138,30 @@ pub fn user_stack_id<C: EbpfContext>(ctx: &C, regs: Option<&pt_regs>, exact: boo
     let stack = unsafe { &mut *scratch };
     // SAFETY: a plain read of a global that user space sets once before load.
     let mode = unsafe { core::ptr::read_volatile(&UNWIND_MODE) };
+    let caller = match (first, regs) {
+        (FirstFrame::FunctionEntry, Some(regs)) => {
+            // SAFETY: bpf_probe_read_user checks the user address.
+            match unsafe { bpf_probe_read_user(regs.rsp as *const u64) } {
+                Ok(caller) => Some(caller),
+                Err(_) => {
+                    count(Counter::StackIdError);
+                    return UNKNOWN_STACK_ID;
+                }
+            }
+        }
+        _ => None,
+    };
     match regs {
-        Some(regs) if mode == UNWIND_DWARF => unwind(stack, regs.rip, regs.rsp, regs.rbp, exact),
+        Some(regs) if mode == UNWIND_DWARF => match caller {
+            Some(caller) => unwind(stack, caller, regs.rsp + 8, regs.rbp, false),
+            None => unwind(
+                stack,
+                regs.rip,
+                regs.rsp,
+                regs.rbp,
+                first == FirstFrame::Running,
+            ),
+        },
         _ => {
             // SAFETY: the buffer is the scratch slot's `ips`, of the size given.
             let copied = unsafe {
@@ -141,6 +177,11 @@ pub fn user_stack_id<C: EbpfContext>(ctx: &C, regs: Option<&pt_regs>, exact: boo
                 return UNKNOWN_STACK_ID;
             }
             stack.len = (copied as usize / 8).min(MAX_STACK_DEPTH) as u64;
+            if let Some(caller) = caller {
+                if stack.len > 0 {
+                    stack.ips[0] = caller;
+                }
+            }
         }
     }
     let len = (stack.len as usize).min(MAX_STACK_DEPTH);

@@ -15,7 +15,8 @@ use aya_ebpf::{
 use leak_common::{Counter, MmapEvent, MmapEventKind, PendingSyscall, UNKNOWN_STACK_ID};
 
 use crate::maps::{
-    MMAP_EVENTS, PENDING_CALLS, PENDING_SYSCALLS, count, target_tid, user_regs, user_stack_id,
+    FirstFrame, MMAP_EVENTS, PENDING_CALLS, PENDING_SYSCALLS, count, target_tid, user_regs,
+    user_stack_id,
 };
 
 const MAP_ANONYMOUS: u64 = 0x20;
@@ -120,7 +121,7 @@ pub fn mmap_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let regs = user_regs();
-    let stack_id = user_stack_id(&ctx, regs.as_ref(), false);
+    let stack_id = user_stack_id(&ctx, regs.as_ref(), FirstFrame::ReturnAddress);
     emit(MmapEvent {
         kind: MmapEventKind::Map as u32,
         tid,
@@ -239,7 +240,7 @@ pub fn brk_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let regs = user_regs();
-    let stack_id = user_stack_id(&ctx, regs.as_ref(), false);
+    let stack_id = user_stack_id(&ctx, regs.as_ref(), FirstFrame::ReturnAddress);
     emit(MmapEvent {
         kind: MmapEventKind::Brk as u32,
         tid,

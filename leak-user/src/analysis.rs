@@ -349,6 +349,39 @@ pub fn judge(history: &StackHistory, context: Context, thresholds: &Thresholds) 
     stable
 }
 
+/// The verdict on a count over time (goroutines alive at one creation site), with the
+/// baseline's slope in units per second. A count whose baseline rises steadily is leaking (the
+/// goroutine-leak rule, per site); one that keeps returning to zero is transient; any other
+/// non-zero count is stable. Counts carry no ages, so there is no "growing".
+pub fn judge_count(points: &[(f64, f64)], thresholds: &Thresholds) -> (Verdict, f64, f64) {
+    let last = points.last().map_or(0.0, |point| point.1);
+    if points.len() < thresholds.min_samples {
+        let verdict = if last > 0.0 {
+            Verdict::Stable
+        } else {
+            Verdict::Transient
+        };
+        return (verdict, 0.3, 0.0);
+    }
+    let rise = rise(points, thresholds);
+    let data = (rise.points.len() as f64 / thresholds.baseline_windows as f64).min(1.0);
+    if rise.steady {
+        let shape = (rise.r_squared + rise.rising_fraction) / 2.0;
+        return (Verdict::Leaking, (shape * data).clamp(0.0, 1.0), rise.slope);
+    }
+    let recent = &rise.points[rise.points.len() / 2..];
+    let empty_share =
+        recent.iter().filter(|point| point.1 == 0.0).count() as f64 / recent.len().max(1) as f64;
+    if last == 0.0 || empty_share > 0.0 {
+        return (
+            Verdict::Transient,
+            (empty_share.max(0.5) * data).min(1.0),
+            0.0,
+        );
+    }
+    (Verdict::Stable, data, rise.slope.max(0.0))
+}
+
 /// One history for stacks that symbolize to the same frames (the same source lines reached
 /// through different return addresses, e.g. an unrolled loop calling malloc five times).
 /// Totals add up; the series add up on the time grid of the shortest member, each member
@@ -967,5 +1000,25 @@ mod tests {
             })
             .collect();
         assert!(!process_trend(&flat, &Thresholds::default()).rss.steady);
+    }
+
+    #[test]
+    fn a_count_that_climbs_is_leaking_and_one_that_returns_to_zero_is_not() {
+        let thresholds = Thresholds::default();
+        let climbing: Vec<(f64, f64)> = (0..60).map(|i| (i as f64 * 0.1, i as f64 * 2.0)).collect();
+        let (verdict, confidence, slope) = judge_count(&climbing, &thresholds);
+        assert_eq!(verdict, Verdict::Leaking);
+        assert!(confidence > 0.5, "{confidence}");
+        assert!((slope - 20.0).abs() < 1.0, "{slope}");
+        let bursts: Vec<(f64, f64)> = (0..60)
+            .map(|i| (i as f64 * 0.1, if i % 3 == 0 { 0.0 } else { 4.0 }))
+            .collect();
+        assert_eq!(judge_count(&bursts, &thresholds).0, Verdict::Transient);
+        let pool: Vec<(f64, f64)> = (0..60).map(|i| (i as f64 * 0.1, 8.0)).collect();
+        assert_eq!(judge_count(&pool, &thresholds).0, Verdict::Stable);
+        assert_eq!(
+            judge_count(&[(0.0, 0.0)], &thresholds).0,
+            Verdict::Transient
+        );
     }
 }

@@ -22,8 +22,10 @@ use aya::{
     },
 };
 use leak_common::{
-    ALLOC_RETURN_PROGRAM, AllocFn, CallShape, ENTRY_PROGRAM, MAX_SCOPE_TAGS, MAX_SIZE_GLOBAL,
-    MAX_UNWIND_ROWS, MIN_SIZE_GLOBAL, PAGE_FAULT_PROGRAM, SAMPLE_RATE_GLOBAL, SCOPE_COUNT_GLOBAL,
+    ALLOC_RETURN_PROGRAM, AllocFn, CallShape, ENTRY_PROGRAM, GO_GOEXIT_PROGRAM,
+    GO_LARGE_SPAN_PROGRAM, GO_LAYOUT_GLOBAL, GO_NEWPROC_PROGRAM, GO_SPAN_FREE_PROGRAM,
+    GO_SPAN_FULL_PROGRAM, GoLayout, MAX_SCOPE_TAGS, MAX_SIZE_GLOBAL, MAX_UNWIND_ROWS,
+    MIN_SIZE_GLOBAL, PAGE_FAULT_PROGRAM, SAMPLE_RATE_GLOBAL, SCOPE_COUNT_GLOBAL,
     SCOPE_ENTRY_PROGRAM, SCOPE_EVENTS_BYTES, SCOPE_RETURN_PROGRAM, SYSCALL_PROGRAMS,
     TARGET_TGID_GLOBAL, UNWIND_DWARF, UNWIND_FRAME_POINTERS, UNWIND_MODE_GLOBAL, map_names,
 };
@@ -31,6 +33,7 @@ use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
 use crate::{
     allocators::{self, KnownFn},
+    golang::{GoProbe, GoTarget},
     probe_site,
     procfs::{self, Mapping},
     scope::ScopeSpec,
@@ -238,7 +241,7 @@ fn probe_point(elf: &[u8], file: &object::File<'_>, address: u64) -> Option<(u64
     Some((file_offset, file_offset + probe_site::probe_offset(code)))
 }
 
-fn virtual_to_file_offset(file: &object::File<'_>, address: u64) -> Option<u64> {
+pub(crate) fn virtual_to_file_offset(file: &object::File<'_>, address: u64) -> Option<u64> {
     file.segments().find_map(|segment| {
         let (file_start, file_size) = segment.file_range();
         let start = segment.address();
@@ -572,12 +575,17 @@ pub fn attach(
     pid: u32,
     modules: &[AllocatorModule],
     scopes: &[ScopeProbe],
+    go: Option<&GoTarget>,
     options: LoadOptions,
 ) -> Result<Probes, AttachError> {
     check_kernel(true)?;
     let (unwind_mode, unwind_rows) = unwind_settings(options.unwind);
     let scope_count = scopes.len() as u32;
+    let go_layout = go
+        .and_then(|go| go.program.layout)
+        .unwrap_or(GoLayout::default());
     let mut ebpf = EbpfLoader::new()
+        .override_global(GO_LAYOUT_GLOBAL, &go_layout, true)
         .override_global(SCOPE_COUNT_GLOBAL, &scope_count, true)
         // Without scopes, the scope maps that take memory up front take the least.
         .map_max_entries(
@@ -619,6 +627,9 @@ pub fn attach(
         probes.attach_module(module)?;
     }
     probes.attach_scopes(scopes)?;
+    if let Some(go) = go {
+        probes.attach_go(go)?;
+    }
 
     probes
         .attached
@@ -778,6 +789,50 @@ impl Probes {
             );
             self.attached
                 .push(format!("{} in {}", function.symbol, module.display_path));
+        }
+        Ok(())
+    }
+
+    /// Probes a Go executable's runtime: goroutine creation and exit, and its heap spans
+    /// (whichever of them the runtime's layout and functions were found for).
+    fn attach_go(&mut self, go: &GoTarget) -> Result<(), AttachError> {
+        let program = &go.program;
+        let mut points: Vec<(&str, &GoProbe)> = Vec::new();
+        if program.can_count_goroutines() {
+            points.extend(program.newproc.iter().map(|p| (GO_NEWPROC_PROGRAM, p)));
+            points.extend(program.goexit.iter().map(|p| (GO_GOEXIT_PROGRAM, p)));
+        }
+        if program.can_follow_heap() {
+            // Frees first: a span recorded is then always seen going back.
+            points.extend(program.span_free.iter().map(|p| (GO_SPAN_FREE_PROGRAM, p)));
+            points.extend(program.span_full.iter().map(|p| (GO_SPAN_FULL_PROGRAM, p)));
+            points.extend(
+                program
+                    .large_spans
+                    .iter()
+                    .map(|p| (GO_LARGE_SPAN_PROGRAM, p)),
+            );
+        }
+        let scope = UProbeScope::OneProcess(
+            NonZeroU32::new(self.pid)
+                .ok_or(AttachError::Load("process id 0 cannot be traced".into()))?,
+        );
+        for (name, point) in points {
+            let probe = uprobe(&mut self.ebpf, name)?;
+            if probe.fd().is_err() {
+                probe.load().map_err(|err| load_error(name, err))?;
+            }
+            let at = UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(point.file_offset),
+                cookie: None,
+            };
+            let link = probe
+                .attach(at, &go.probe_path, scope)
+                .and_then(|id| probe.take_link(id))
+                .map_err(|err| probe_error(&point.symbol, &go.display_path, err))?;
+            self.links.push(link);
+            self.attached
+                .push(format!("{} in {}", point.symbol, go.display_path));
         }
         Ok(())
     }

@@ -7,7 +7,8 @@
 //! `session` runs the stages; `launch` starts a command for `leaktrace run`; `cli` holds the
 //! flags. `model` is the vocabulary they share; `procfs` reads /proc. Beside the main path:
 //! `scope` (--scope: what each call of a function keeps) and `suspects` (which scope calls
-//! go with the growth), `reachability` and `freeze` (--reachability), `watch` (the sidecar).
+//! go with the growth), `reachability` and `freeze` (--reachability), `watch` (the sidecar), `golang` (Go
+//! programs: the runtime's probes, goroutines per creation site).
 pub mod allocators;
 pub mod analysis;
 pub mod attach;
@@ -15,6 +16,7 @@ pub mod cli;
 pub mod drain;
 pub mod exit;
 pub mod freeze;
+pub mod golang;
 pub mod growth;
 pub mod launch;
 pub mod metrics;

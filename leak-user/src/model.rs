@@ -438,13 +438,62 @@ pub struct Report {
     /// Language runtimes found in the target, and whether their code could be named.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub runtimes: Vec<RuntimeInfo>,
+    /// A Go program's goroutines per creation site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub goroutines: Option<GoroutineReport>,
+}
+
+/// A Go program's goroutines, per creation site (the `go` statement that started them).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GoroutineReport {
+    /// Goroutines alive at the end, of every site.
+    pub alive: u64,
+    /// Goroutines started and ended while traced.
+    pub created: u64,
+    pub exited: u64,
+    /// Sites not listed (beyond --top), and their goroutines alive.
+    pub omitted_sites: u64,
+    pub omitted_alive: u64,
+    /// Leaking sites first, then by goroutines alive.
+    pub sites: Vec<GoroutineSiteReport>,
+}
+
+/// The goroutines started at one `go` statement.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GoroutineSiteReport {
+    pub verdict: Verdict,
+    pub confidence: f64,
+    /// The `go` statement: the function that runs it, its file and line.
+    pub site: Frame,
+    /// The call stack of the latest `go` statement seen there, the site first (empty when
+    /// none ran while traced).
+    pub stack: Vec<Frame>,
+    pub alive: u64,
+    /// Alive when tracing began.
+    pub alive_at_start: u64,
+    pub created: u64,
+    pub exited: u64,
+    /// Robust slope of the alive count's baseline, goroutines per second.
+    pub growth_per_s: f64,
+    /// Alive goroutines over the session, evenly thinned.
+    pub series: Vec<GoroutineSample>,
+}
+
+/// Goroutines alive at one site at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GoroutineSample {
+    pub at_s: f64,
+    pub alive: u64,
 }
 
 /// A language runtime in the target (Node.js…) and how its JIT-compiled functions are named.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuntimeInfo {
-    /// "node".
+    /// "node", "go".
     pub runtime: String,
+    /// The runtime's version, when known ("go1.19.8").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// The perf map its JIT code was named from (in the target's mount namespace), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub perf_map: Option<String>,
@@ -563,6 +612,7 @@ impl Report {
             scopes: Vec::new(),
             suspects: Vec::new(),
             runtimes: Vec::new(),
+            goroutines: None,
         }
     }
 

@@ -19,12 +19,13 @@ use crate::{
     drain::{Collector, KernelMaps},
     drain::{MAX_SERIES_LEN, push_thinned},
     freeze::{Frozen, ProcessMemory},
+    golang::{GoTarget, Goroutines},
     launch::{self, ChildEvent},
     metrics,
     model::{
-        AllocatorInfo, Exit, Frame, Held, Origin, ProcessReport, ProcessSample, REPORT_VERSION,
-        Reachability, ReachabilityScan, Report, StackHistory, StackKey, StackReport, Target, Trend,
-        Verdict,
+        AllocatorInfo, Exit, Frame, GoroutineReport, GoroutineSiteReport, Held, Origin,
+        ProcessReport, ProcessSample, REPORT_VERSION, Reachability, ReachabilityScan, Report,
+        RuntimeInfo, StackHistory, StackKey, StackReport, Target, Trend, Verdict,
     },
     otel::{OtlpOptions, Telemetry},
     procfs, prometheus,
@@ -219,6 +220,35 @@ struct Session {
     reachability: Option<(HashMap<StackKey, Reachability>, ReachabilityScan)>,
     /// The --scope maps and figures, when there are scopes.
     scopes: Option<ScopeCollector>,
+    /// A Go program: what was found in it, and its goroutines when they are counted.
+    go: Option<(GoTarget, Option<Goroutines>)>,
+}
+
+/// What the report says about a Go runtime's probes.
+fn go_allocator_info(go: &GoTarget) -> Option<AllocatorInfo> {
+    let program = &go.program;
+    program.can_follow_heap().then(|| AllocatorInfo {
+        allocator: "Go runtime".to_string(),
+        module: go.display_path.clone(),
+        functions: program
+            .span_full
+            .iter()
+            .chain(program.large_spans.iter().take(1))
+            .chain(program.span_free.iter())
+            .map(|probe| probe.symbol.clone())
+            .collect(),
+    })
+}
+
+/// The target's executable, when it is a Go program.
+fn go_target_of_process(pid: u32) -> Option<GoTarget> {
+    let exe = procfs::exe_path(pid).ok()?;
+    let exe = exe.to_string_lossy();
+    let (probe_path, display_path) = attach::process_files(pid)
+        .ok()?
+        .into_iter()
+        .find(|(_, display)| *display == exe)?;
+    GoTarget::of_file(probe_path, display_path)
 }
 
 /// Spans for the scope calls that kept at least --scope-span-threshold, with what their
@@ -341,14 +371,19 @@ pub async fn run(command: &[String], options: Options) -> Result<Outcome, Sessio
         )));
     }
     let env: Vec<(String, String)> = std::env::vars().collect();
-    let allocators = attach::allocators_for_program(&program, &env, &options.alloc_fns).map_err(
-        |err| match err {
-            attach::AttachError::NoAllocator { .. } => {
-                SessionError::ProgramWithoutAllocator(program.display().to_string())
-            }
-            other => SessionError::Attach(other),
-        },
-    )?;
+    let go = GoTarget::of_file(program.clone(), program.display().to_string());
+    let go_heap = go.as_ref().is_some_and(|go| go.program.can_follow_heap());
+    let allocators = match attach::allocators_for_program(&program, &env, &options.alloc_fns) {
+        Ok(found) => found,
+        // A Go program without cgo: the Go heap is its only allocator.
+        Err(attach::AttachError::NoAllocator { .. }) if go_heap => Vec::new(),
+        Err(attach::AttachError::NoAllocator { .. }) => {
+            return Err(SessionError::ProgramWithoutAllocator(
+                program.display().to_string(),
+            ));
+        }
+        Err(other) => return Err(SessionError::Attach(other)),
+    };
     let scopes = if options.scopes.is_empty() {
         Vec::new()
     } else {
@@ -364,7 +399,8 @@ pub async fn run(command: &[String], options: Options) -> Result<Outcome, Sessio
         .map_err(|err| SessionError::Launch(format!("could not start {name}: {err}")))?;
     let pid = launched.pid;
     // Dropping `launched` without release makes the child exit without running.
-    let mut session = Session::start(pid, "run", &allocators, &scopes, options)?;
+    // The command has not run yet: it has no goroutine before the probes.
+    let mut session = Session::start(pid, "run", &allocators, &scopes, go, options)?;
     session.target.exe = program.display().to_string();
     session.launched_program = std::fs::canonicalize(&program).ok();
     session.drop_privileges();
@@ -429,13 +465,23 @@ impl Session {
         options.unwind = options
             .unwind
             .resolve(std::fs::read(format!("/proc/{pid}/exe")).ok().as_deref());
-        let allocators = attach::allocators_in_process(pid, &options.alloc_fns)?;
+        let go = go_target_of_process(pid);
+        let allocators = match attach::allocators_in_process(pid, &options.alloc_fns) {
+            // A Go program without cgo: the Go heap is its only allocator.
+            Err(attach::AttachError::NoAllocator { .. })
+                if go.as_ref().is_some_and(|go| go.program.can_follow_heap()) =>
+            {
+                Vec::new()
+            }
+            other => other?,
+        };
         let scopes = if options.scopes.is_empty() {
             Vec::new()
         } else {
             attach::find_scopes(&options.scopes, &attach::process_files(pid)?)?
         };
-        let mut session = Session::start(pid, mode, &allocators, &scopes, options)?;
+        let mut session = Session::start(pid, mode, &allocators, &scopes, go, options)?;
+        session.read_goroutine_baseline();
         // A launched command's first brk (the loader's) sets the break it starts from.
         session
             .collector
@@ -448,12 +494,14 @@ impl Session {
         mode: &'static str,
         allocators: &[AllocatorModule],
         scopes: &[ScopeProbe],
+        go: Option<GoTarget>,
         options: Options,
     ) -> Result<Session, SessionError> {
         let mut probes = attach::attach(
             pid,
             allocators,
             scopes,
+            go.as_ref(),
             LoadOptions {
                 max_allocs: options.max_allocs,
                 min_size: options.min_size,
@@ -493,14 +541,34 @@ impl Session {
         };
         let mut modules = Modules::default();
         let _ = modules.refresh(pid);
+        let go = match go {
+            Some(go) => {
+                let goroutines = if go.program.can_count_goroutines() {
+                    Some(
+                        Goroutines::take(&mut probes.ebpf, MAX_SERIES_LEN).map_err(|reason| {
+                            SessionError::Drain(crate::drain::DrainError::new(
+                                "GOROUTINE_SITES",
+                                reason,
+                            ))
+                        })?,
+                    )
+                } else {
+                    None
+                };
+                Some((go, goroutines))
+            }
+            None => None,
+        };
+        let mut allocators: Vec<AllocatorInfo> = allocators
+            .iter()
+            .map(|module| allocator_info(module, &options.alloc_fns))
+            .collect();
+        allocators.extend(go.as_ref().and_then(|(go, _)| go_allocator_info(go)));
         Ok(Session {
             pid,
             mode,
             target,
-            allocators: allocators
-                .iter()
-                .map(|module| allocator_info(module, &options.alloc_fns))
-                .collect(),
+            allocators,
             collector: Collector::new(
                 maps,
                 started_ns,
@@ -521,7 +589,25 @@ impl Session {
             unwind,
             reachability: None,
             scopes: scope_collector,
+            go,
         })
+    }
+
+    /// The goroutines alive before the probes went in, from the runtime's own list.
+    fn read_goroutine_baseline(&mut self) {
+        let Some((go, Some(goroutines))) = &mut self.go else {
+            return;
+        };
+        let bias = std::fs::read(&go.probe_path).ok().and_then(|elf| {
+            let maps = procfs::read_maps(self.pid).ok()?;
+            let first = maps
+                .iter()
+                .filter(|m| m.file_path() == go.display_path)
+                .map(|m| m.start)
+                .min()?;
+            crate::golang::load_bias(&elf, first)
+        });
+        goroutines.read_baseline(self.pid, &go.program, bias.unwrap_or(0));
     }
 
     /// Once the probes are placed, before the exporters start threads: keeps only what the
@@ -613,6 +699,9 @@ impl Session {
         self.collector.sample(now_ns)?;
         if let Some(scopes) = &mut self.scopes {
             scopes.sample(now_ns, false)?;
+        }
+        if let Some((_, Some(goroutines))) = &mut self.go {
+            goroutines.sample(now_ns.saturating_sub(self.started_ns) as f64 / 1e9);
         }
         if self.collector.take_new_stacks() {
             let _ = self.modules.refresh(self.pid);
@@ -1168,8 +1257,87 @@ impl Session {
             stacks,
             scopes,
             suspects,
-            runtimes: self.modules.runtimes(),
+            runtimes: self.runtimes(),
+            goroutines: self.goroutine_report(top, &context),
         })
+    }
+
+    fn runtimes(&self) -> Vec<RuntimeInfo> {
+        let mut runtimes = self.modules.runtimes();
+        if let Some((go, _)) = &self.go {
+            runtimes.push(RuntimeInfo {
+                runtime: "go".into(),
+                version: go.program.version.clone(),
+                perf_map: None,
+                hint: go.program.missing(),
+            });
+        }
+        runtimes
+    }
+
+    /// Goroutines per creation site, leaking sites first, then by goroutines alive.
+    fn goroutine_report(&mut self, top: usize, context: &Context) -> Option<GoroutineReport> {
+        let Some((_, Some(goroutines))) = &self.go else {
+            return None;
+        };
+        let histories: Vec<crate::golang::SiteHistory> = goroutines.sites().cloned().collect();
+        let mut sites = Vec::with_capacity(histories.len());
+        let mut report = GoroutineReport::default();
+        for history in histories {
+            report.alive += history.alive();
+            report.created += history.created;
+            report.exited += history.exited;
+            let points: Vec<(f64, f64)> = history
+                .series
+                .iter()
+                .map(|sample| (sample.at_s, sample.alive as f64))
+                .collect();
+            let (mut verdict, confidence, growth_per_s) =
+                analysis::judge_count(&points, &self.options.thresholds);
+            if context.exited && verdict == Verdict::Transient && history.alive() > 0 {
+                verdict = Verdict::Stable;
+            }
+            let stack = if history.stack_id == leak_common::UNKNOWN_STACK_ID {
+                Vec::new()
+            } else {
+                let ips = self.collector.stack_ips(history.stack_id).to_vec();
+                self.symbolizer.symbolize_stack(&self.modules, &ips)
+            };
+            // The site is the stack's first frame (inlined frames included, the innermost
+            // one is where the `go` statement is).
+            let site = self
+                .symbolizer
+                .symbolize_stack(&self.modules, &[history.gopc])
+                .into_iter()
+                .next()
+                .unwrap_or_default();
+            sites.push(GoroutineSiteReport {
+                verdict,
+                confidence,
+                site,
+                stack,
+                alive: history.alive(),
+                alive_at_start: history.alive_at_start,
+                created: history.created,
+                exited: history.exited,
+                growth_per_s,
+                series: evenly_spread(&history.series, REPORT_SERIES_POINTS),
+            });
+        }
+        sites.sort_by(|a, b| {
+            a.verdict
+                .cmp(&b.verdict)
+                .then(b.alive.cmp(&a.alive))
+                .then(b.created.cmp(&a.created))
+                .then(a.site.address.cmp(&b.site.address))
+        });
+        let top = if top == 0 { usize::MAX } else { top };
+        for omitted in sites.split_off(sites.len().min(top)) {
+            report.omitted_sites += 1;
+            report.omitted_alive += omitted.alive;
+        }
+        report.sites = sites;
+        Some(report)
     }
 
     /// Symbolized frames of a stack. For mmap stacks the walk starts inside the frameless

@@ -93,6 +93,7 @@ impl Modules {
         });
         vec![RuntimeInfo {
             runtime: "node".into(),
+            version: None,
             perf_map,
             hint,
         }]

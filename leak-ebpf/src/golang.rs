@@ -1,0 +1,217 @@
+//! Go programs: goroutines per creation site, and the Go heap a span at a time (see the Go
+//! section of leak-common). Every probe here is an entry probe, placed on a function's first
+//! instruction or, for large objects, on the instruction after a call: a return probe on Go
+//! code puts the kernel's trampoline address on the goroutine stack, and the runtime's stack
+//! walks (GC, stack growth, tracebacks) stop the program when they meet it.
+//!
+//! Registers follow Go's internal ABI: integer arguments and results in RAX, RBX, RCX, RDI,
+//! RSI, R8, …
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::{map, uprobe},
+    maps::HashMap,
+    programs::ProbeContext,
+};
+use leak_common::{
+    AllocRecord, Counter, GO_SPAN_CLASSES, GoLayout, GoroutineSite, MAX_GOROUTINE_SITES,
+    UNKNOWN_STACK_ID,
+};
+
+use crate::maps::{ALLOCS, FirstFrame, add_to_stack, count, target_tid, user_stack_id};
+
+/// The target's runtime layout. Set by user space before load (all zero for other programs,
+/// whose Go probes are never attached).
+#[unsafe(no_mangle)]
+static GO_LAYOUT: GoLayout = GoLayout {
+    g_gopc: 0,
+    mcache_alloc: 0,
+    span_start: 0,
+    span_npages: 0,
+    page_bytes: 0,
+};
+
+#[map(name = "GOROUTINE_SITES")]
+static GOROUTINE_SITES: HashMap<u64, GoroutineSite> =
+    HashMap::with_max_entries(MAX_GOROUTINE_SITES, 0);
+
+#[inline(always)]
+fn layout() -> GoLayout {
+    // SAFETY: a plain read of a global that user space sets once before load.
+    unsafe { core::ptr::read_volatile(&GO_LAYOUT) }
+}
+
+#[inline(always)]
+fn atomic_add(field: *mut u64, delta: u64) {
+    // SAFETY: `field` points into a live map value; every concurrent update is atomic.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, delta) };
+}
+
+#[inline(always)]
+fn read_u64(address: u64) -> Option<u64> {
+    // SAFETY: bpf_probe_read_user checks the user address.
+    unsafe { bpf_probe_read_user(address as *const u64) }.ok()
+}
+
+/// The site's entry, created empty when it is new; None when the map is full.
+#[inline(always)]
+fn site(gopc: u64) -> Option<*mut GoroutineSite> {
+    if let Some(site) = GOROUTINE_SITES.get_ptr_mut(gopc) {
+        return Some(site);
+    }
+    let fresh = GoroutineSite {
+        stack_id: UNKNOWN_STACK_ID,
+        ..GoroutineSite::default()
+    };
+    // BPF_NOEXIST: another CPU may have created it meanwhile; then use theirs.
+    let _ = GOROUTINE_SITES.insert(gopc, fresh, 1);
+    let site = GOROUTINE_SITES.get_ptr_mut(gopc);
+    if site.is_none() {
+        count(Counter::GoroutineSitesFull);
+    }
+    site
+}
+
+/// `runtime.newproc(fn)`, the `go` statement: its return address is the new goroutine's
+/// `gopc`.
+#[uprobe]
+pub fn go_newproc(ctx: ProbeContext) -> u32 {
+    if target_tid().is_none() {
+        return 0;
+    }
+    // SAFETY: uprobe context is the user pt_regs.
+    let regs = unsafe { &*ctx.regs };
+    let Some(gopc) = read_u64(regs.rsp) else {
+        return 0;
+    };
+    count(Counter::GoroutinesCreated);
+    let stack_id = user_stack_id(&ctx, Some(regs), FirstFrame::FunctionEntry);
+    if let Some(site) = site(gopc) {
+        // SAFETY: a live map value; the counters are updated atomically, the stack id is
+        // one word (any CPU's latest is right).
+        unsafe {
+            atomic_add(&raw mut (*site).created, 1);
+            (*site).stack_id = stack_id;
+        }
+    }
+    0
+}
+
+/// `runtime.goexit0(gp)`: goroutine `gp` has returned (or called Goexit).
+#[uprobe]
+pub fn go_goexit(ctx: ProbeContext) -> u32 {
+    if target_tid().is_none() {
+        return 0;
+    }
+    // SAFETY: uprobe context is the user pt_regs.
+    let gp = unsafe { (*ctx.regs).rax };
+    let Some(gopc) = read_u64(gp.wrapping_add(layout().g_gopc)) else {
+        return 0;
+    };
+    count(Counter::GoroutinesExited);
+    if let Some(site) = site(gopc) {
+        // SAFETY: a live map value, updated atomically.
+        unsafe { atomic_add(&raw mut (*site).exited, 1) };
+    }
+    0
+}
+
+/// The start address and size of span `span`, or None for the runtime's empty placeholder
+/// span (no pages) and unreadable ones.
+#[inline(always)]
+fn span_extent(span: u64, layout: &GoLayout) -> Option<(u64, u64)> {
+    if span == 0 {
+        return None;
+    }
+    let start = read_u64(span.wrapping_add(layout.span_start))?;
+    let pages = read_u64(span.wrapping_add(layout.span_npages))?;
+    if start == 0 || pages == 0 {
+        return None;
+    }
+    Some((start, pages.wrapping_mul(layout.page_bytes)))
+}
+
+/// Records a span in use under the current stack. A span already recorded (swept, then
+/// filled again) moves to the new stack.
+#[inline(always)]
+fn track_span(ctx: &ProbeContext, start: u64, bytes: u64, tid: u32, first: FirstFrame) {
+    count(Counter::Allocations);
+    // SAFETY: uprobe context is the user pt_regs.
+    let stack_id = user_stack_id(ctx, Some(unsafe { &*ctx.regs }), first);
+    let record = AllocRecord {
+        size: bytes,
+        // SAFETY: helper without arguments.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        stack_id,
+        tid,
+        scope: 0,
+    };
+    // SAFETY: copied out before the overwrite.
+    if let Some(previous) = unsafe { ALLOCS.get(start) }.copied() {
+        add_to_stack(previous.stack_id, previous.size, false);
+    }
+    if ALLOCS.insert(start, record, 0).is_err() {
+        count(Counter::AllocMapFull);
+        return;
+    }
+    add_to_stack(stack_id, bytes, true);
+}
+
+/// `(*mcache).refill(c, spc)`: the goroutine's current span of class `spc` is full. It is
+/// recorded under the stack whose allocation found it full: one sample per span's worth of
+/// small objects.
+#[uprobe]
+pub fn go_span_full(ctx: ProbeContext) -> u32 {
+    let Some(tid) = target_tid() else { return 0 };
+    let layout = layout();
+    // SAFETY: uprobe context is the user pt_regs.
+    let (cache, class) = unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx & 0xFF) };
+    if class >= GO_SPAN_CLASSES {
+        return 0;
+    }
+    let slot = cache
+        .wrapping_add(layout.mcache_alloc)
+        .wrapping_add(class * 8);
+    let Some(span) = read_u64(slot) else { return 0 };
+    if let Some((start, bytes)) = span_extent(span, &layout) {
+        track_span(&ctx, start, bytes, tid, FirstFrame::FunctionEntry);
+    }
+    0
+}
+
+/// In `mallocgc`, just after `(*mcache).allocLarge` returned the span of one large object
+/// (in RAX).
+#[uprobe]
+pub fn go_large_span(ctx: ProbeContext) -> u32 {
+    let Some(tid) = target_tid() else { return 0 };
+    // SAFETY: uprobe context is the user pt_regs.
+    let span = unsafe { (*ctx.regs).rax };
+    if let Some((start, bytes)) = span_extent(span, &layout()) {
+        track_span(&ctx, start, bytes, tid, FirstFrame::ReturnAddress);
+    }
+    0
+}
+
+/// `(*mheap).freeSpanLocked(h, s, typ)`: span `s` goes back to the heap. Spans the probes
+/// never saw (stacks, spans filled before tracing began) are not in `ALLOCS`.
+#[uprobe]
+pub fn go_span_free(ctx: ProbeContext) -> u32 {
+    if target_tid().is_none() {
+        return 0;
+    }
+    // SAFETY: uprobe context is the user pt_regs.
+    let span = unsafe { (*ctx.regs).rbx };
+    let Some(start) = read_u64(span.wrapping_add(layout().span_start)) else {
+        return 0;
+    };
+    // SAFETY: copied out before removal.
+    if let Some(record) = unsafe { ALLOCS.get(start) }.copied() {
+        // Only the CPU whose delete succeeds debits the stack.
+        if ALLOCS.remove(start).is_ok() {
+            count(Counter::Frees);
+            add_to_stack(record.stack_id, record.size, false);
+        }
+    }
+    0
+}

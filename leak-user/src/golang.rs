@@ -1,0 +1,578 @@
+//! Go programs: where the runtime's probes go, the runtime's struct layout, and goroutines per
+//! creation site.
+//!
+//! A Go program allocates from its own heap and runs goroutines the kernel never sees, so
+//! leaktrace probes the runtime itself (see the Go section of leak-common): the functions come
+//! from the binary's symbol table, the struct offsets the probes read from its DWARF, and the
+//! goroutines alive before tracing began from the runtime's list of every goroutine
+//! (`runtime.allgs`), read once at attach.
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use aya::maps::{HashMap as KernelHashMap, MapData};
+use gimli::{EndianSlice, LittleEndian};
+use iced_x86::{Decoder, DecoderOptions, FlowControl};
+use leak_common::{GoLayout, GoroutineSite, map_names};
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
+
+use crate::freeze::ProcessMemory;
+use crate::model::GoroutineSample;
+use crate::reachability::Memory;
+
+/// The runtime's page (`_PageSize`): 8 KiB on every platform Go supports.
+const GO_PAGE_BYTES: u64 = 8192;
+/// `_Gdead`: a goroutine that has exited, kept in `allgs` for reuse.
+const G_DEAD: u32 = 6;
+/// The most goroutines read from `allgs`; a list longer than this is cut (and says so).
+const MAX_GOROUTINES_READ: u64 = 1 << 22;
+
+/// Functions of the runtime leaktrace probes.
+pub const NEWPROC: &str = "runtime.newproc";
+pub const GOEXIT: &str = "runtime.goexit0";
+pub const SPAN_FULL: &str = "runtime.(*mcache).refill";
+pub const SPAN_FREE: &str = "runtime.(*mheap).freeSpanLocked";
+pub const ALLOC_LARGE: &str = "runtime.(*mcache).allocLarge";
+/// The functions that call `ALLOC_LARGE` (mallocgcLarge since Go 1.24).
+const LARGE_CALLERS: [&str; 2] = ["runtime.mallocgc", "runtime.mallocgcLarge"];
+
+/// A probe point in the executable: the symbol it stands for and its offset in the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GoProbe {
+    pub symbol: String,
+    pub file_offset: u64,
+}
+
+/// What leaktrace found in a Go executable.
+#[derive(Clone, Debug, Default)]
+pub struct GoProgram {
+    /// `runtime.buildVersion`, e.g. "go1.19.8".
+    pub version: Option<String>,
+    /// The offsets the probes read; None without DWARF (a binary built with `-ldflags=-w`).
+    pub layout: Option<GoLayout>,
+    /// `runtime.g.atomicstatus`, for reading `allgs`.
+    pub g_status: Option<u64>,
+    /// Virtual address of `runtime.allgs` (a slice of *g).
+    pub allgs: Option<u64>,
+    pub newproc: Option<GoProbe>,
+    pub goexit: Option<GoProbe>,
+    pub span_full: Option<GoProbe>,
+    pub span_free: Option<GoProbe>,
+    /// The instructions just after each call to `(*mcache).allocLarge`.
+    pub large_spans: Vec<GoProbe>,
+}
+
+impl GoProgram {
+    /// Reads a Go executable; None when the ELF image is not one.
+    pub fn inspect(elf: &[u8]) -> Option<GoProgram> {
+        let file = object::File::parse(elf).ok()?;
+        let is_go = file.section_by_name(".gopclntab").is_some()
+            || file.section_by_name(".go.buildinfo").is_some();
+        if !is_go {
+            return None;
+        }
+        let symbols: HashMap<&str, (u64, u64)> = file
+            .symbols()
+            .filter(|symbol| symbol.is_definition())
+            .filter_map(|symbol| Some((symbol.name().ok()?, (symbol.address(), symbol.size()))))
+            .collect();
+        let text = |name: &str| -> Option<GoProbe> {
+            let (address, _) = symbols.get(name)?;
+            Some(GoProbe {
+                symbol: name.to_string(),
+                file_offset: crate::attach::virtual_to_file_offset(&file, *address)?,
+            })
+        };
+        let mut program = GoProgram {
+            version: symbols
+                .get("runtime.buildVersion")
+                .and_then(|(address, _)| read_go_string(&file, elf, *address)),
+            allgs: symbols.get("runtime.allgs").map(|(address, _)| *address),
+            newproc: text(NEWPROC),
+            goexit: text(GOEXIT),
+            span_full: text(SPAN_FULL),
+            span_free: text(SPAN_FREE),
+            ..GoProgram::default()
+        };
+        if let Some((target, _)) = symbols.get(ALLOC_LARGE) {
+            for caller in LARGE_CALLERS {
+                let Some((address, size)) = symbols.get(caller) else {
+                    continue;
+                };
+                let Some(offset) = crate::attach::virtual_to_file_offset(&file, *address) else {
+                    continue;
+                };
+                let start = usize::try_from(offset).unwrap_or(usize::MAX);
+                let end = start.saturating_add(*size as usize).min(elf.len());
+                let code = elf.get(start..end).unwrap_or(&[]);
+                for after in returns_from_calls(code, *address, *target) {
+                    program.large_spans.push(GoProbe {
+                        symbol: format!("{caller} after {ALLOC_LARGE}"),
+                        file_offset: after - address + offset,
+                    });
+                }
+            }
+        }
+        let offsets = struct_offsets(
+            &file,
+            &[
+                ("runtime.g", &["gopc", "atomicstatus"]),
+                ("runtime.mcache", &["alloc"]),
+                ("runtime.mspan", &["startAddr", "npages"]),
+            ],
+        );
+        let field = |owner: &str, name: &str| offsets.get(&(owner.into(), name.into())).copied();
+        program.g_status = field("runtime.g", "atomicstatus");
+        if let (Some(g_gopc), Some(mcache_alloc), Some(span_start), Some(span_npages)) = (
+            field("runtime.g", "gopc"),
+            field("runtime.mcache", "alloc"),
+            field("runtime.mspan", "startAddr"),
+            field("runtime.mspan", "npages"),
+        ) {
+            program.layout = Some(GoLayout {
+                g_gopc,
+                mcache_alloc,
+                span_start,
+                span_npages,
+                page_bytes: GO_PAGE_BYTES,
+            });
+        }
+        Some(program)
+    }
+
+    /// Whether goroutines can be counted: both probes and the layout were found.
+    pub fn can_count_goroutines(&self) -> bool {
+        self.layout.is_some() && self.newproc.is_some() && self.goexit.is_some()
+    }
+
+    /// Whether the heap can be followed: spans filled, large spans and freed spans.
+    pub fn can_follow_heap(&self) -> bool {
+        self.layout.is_some()
+            && self.span_full.is_some()
+            && self.span_free.is_some()
+            && !self.large_spans.is_empty()
+    }
+
+    /// Why Go support is partial, for the report; None when it is complete.
+    pub fn missing(&self) -> Option<String> {
+        if self.layout.is_none() {
+            return Some(
+                "the executable has no DWARF (built with -ldflags=-w?), so the runtime's struct \
+                 layout is unknown: goroutines and the Go heap are not traced; rebuild without -w"
+                    .into(),
+            );
+        }
+        let mut absent: Vec<&str> = Vec::new();
+        if !self.can_count_goroutines() {
+            absent.push("goroutines");
+        }
+        if !self.can_follow_heap() {
+            absent.push("the Go heap");
+        }
+        (!absent.is_empty()).then(|| {
+            format!(
+                "this Go runtime ({}) lacks functions leaktrace probes: {} not traced",
+                self.version.as_deref().unwrap_or("unknown version"),
+                absent.join(" and ")
+            )
+        })
+    }
+}
+
+/// A Go executable being traced: where to probe it, and what it is.
+#[derive(Clone, Debug)]
+pub struct GoTarget {
+    /// The file to attach the probes to (through /proc/PID/root in attach mode).
+    pub probe_path: PathBuf,
+    /// The path as the target sees it.
+    pub display_path: String,
+    pub program: GoProgram,
+}
+
+impl GoTarget {
+    /// The executable at `probe_path`, when it is a Go program.
+    pub fn of_file(probe_path: PathBuf, display_path: String) -> Option<GoTarget> {
+        let elf = std::fs::read(&probe_path).ok()?;
+        let program = GoProgram::inspect(&elf)?;
+        Some(GoTarget {
+            probe_path,
+            display_path,
+            program,
+        })
+    }
+}
+
+/// How far the executable was moved when loaded: 0 for a fixed-address build (Go's
+/// default), the mapping of its first byte less its first segment's address for a PIE.
+pub fn load_bias(elf: &[u8], first_mapping_start: u64) -> Option<u64> {
+    let file = object::File::parse(elf).ok()?;
+    if file.kind() != object::ObjectKind::Dynamic {
+        return Some(0);
+    }
+    let lowest = file.segments().map(|segment| segment.address()).min()?;
+    Some(first_mapping_start.wrapping_sub(lowest & !0xFFF))
+}
+
+/// One creation site's figures over the session.
+#[derive(Clone, Debug, Default)]
+pub struct SiteHistory {
+    /// The `go` statement's return address (`g.gopc`).
+    pub gopc: u64,
+    /// Stack of the latest `go` statement seen there (`UNKNOWN_STACK_ID` if none).
+    pub stack_id: u32,
+    pub alive_at_start: u64,
+    pub created: u64,
+    pub exited: u64,
+    pub series: Vec<GoroutineSample>,
+}
+
+impl SiteHistory {
+    pub fn alive(&self) -> u64 {
+        self.series
+            .last()
+            .map_or(self.alive_at_start, |sample| sample.alive)
+    }
+}
+
+/// Goroutines per creation site: the kernel's counts since the probes went in, on top of
+/// what `allgs` held when tracing began.
+pub struct Goroutines {
+    map: KernelHashMap<MapData, u64, GoroutineSite>,
+    /// Per site, goroutines alive before tracing (see `baseline`).
+    baseline: HashMap<u64, i64>,
+    sites: HashMap<u64, SiteHistory>,
+    series_cap: usize,
+    /// The `allgs` read was cut at MAX_GOROUTINES_READ, or failed.
+    pub baseline_incomplete: bool,
+}
+
+impl Goroutines {
+    pub fn take(ebpf: &mut aya::Ebpf, series_cap: usize) -> Result<Goroutines, String> {
+        let map = ebpf
+            .take_map(map_names::GOROUTINE_SITES)
+            .ok_or_else(|| format!("map {} is missing", map_names::GOROUTINE_SITES))?;
+        Ok(Goroutines {
+            map: KernelHashMap::try_from(map).map_err(|err| err.to_string())?,
+            baseline: HashMap::new(),
+            sites: HashMap::new(),
+            series_cap,
+            baseline_incomplete: false,
+        })
+    }
+
+    fn counts(&self) -> HashMap<u64, GoroutineSite> {
+        self.map.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Reads the goroutines alive now from the target's `allgs` (after the probes are in
+    /// place, so that none is missed): what the probes have not counted yet is the baseline.
+    pub fn read_baseline(&mut self, pid: u32, program: &GoProgram, bias: u64) {
+        let (Some(allgs), Some(layout), Some(status)) =
+            (program.allgs, program.layout, program.g_status)
+        else {
+            self.baseline_incomplete = true;
+            return;
+        };
+        let mut memory = ProcessMemory { pid };
+        let before = self.counts();
+        let Some((alive, cut)) =
+            live_goroutines(&mut memory, allgs.wrapping_add(bias), layout.g_gopc, status)
+        else {
+            log::warn!(
+                "could not read the goroutine list of pid {pid}: goroutines started before tracing are not counted"
+            );
+            self.baseline_incomplete = true;
+            return;
+        };
+        self.baseline_incomplete = cut;
+        for (gopc, count) in alive {
+            let counted = before.get(&gopc).copied().unwrap_or_default();
+            self.baseline
+                .insert(gopc, baseline(count, counted.created, counted.exited));
+        }
+    }
+
+    /// One sample of every site's alive count.
+    pub fn sample(&mut self, at_s: f64) {
+        let counts = self.counts();
+        for (&gopc, &start) in &self.baseline {
+            self.sites.entry(gopc).or_insert_with(|| SiteHistory {
+                gopc,
+                stack_id: leak_common::UNKNOWN_STACK_ID,
+                alive_at_start: start.max(0) as u64,
+                ..SiteHistory::default()
+            });
+        }
+        for (gopc, site) in &counts {
+            let history = self.sites.entry(*gopc).or_insert_with(|| SiteHistory {
+                gopc: *gopc,
+                stack_id: leak_common::UNKNOWN_STACK_ID,
+                ..SiteHistory::default()
+            });
+            history.created = site.created;
+            history.exited = site.exited;
+            if site.stack_id != leak_common::UNKNOWN_STACK_ID {
+                history.stack_id = site.stack_id;
+            }
+        }
+        for history in self.sites.values_mut() {
+            let start = self.baseline.get(&history.gopc).copied().unwrap_or(0);
+            let alive = alive_now(start, history.created, history.exited);
+            crate::drain::push_thinned(
+                &mut history.series,
+                GoroutineSample { at_s, alive },
+                self.series_cap,
+            );
+        }
+    }
+
+    pub fn sites(&self) -> impl Iterator<Item = &SiteHistory> {
+        self.sites.values()
+    }
+}
+
+/// A Go string header (pointer, length) at `address` in the file, and the text it points to.
+fn read_go_string(file: &object::File<'_>, elf: &[u8], address: u64) -> Option<String> {
+    let at = |address: u64, len: usize| -> Option<&[u8]> {
+        let offset = usize::try_from(crate::attach::virtual_to_file_offset(file, address)?).ok()?;
+        elf.get(offset..offset.checked_add(len)?)
+    };
+    let header = at(address, 16)?;
+    let pointer = u64::from_le_bytes(header[..8].try_into().ok()?);
+    let len = u64::from_le_bytes(header[8..].try_into().ok()?);
+    if len == 0 || len > 256 {
+        return None;
+    }
+    String::from_utf8(at(pointer, len as usize)?.to_vec()).ok()
+}
+
+/// Addresses of the instructions just after each direct call to `target` in `code`, which
+/// starts at virtual address `address`.
+pub fn returns_from_calls(code: &[u8], address: u64, target: u64) -> Vec<u64> {
+    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
+    let mut after = Vec::new();
+    for instruction in &mut decoder {
+        if instruction.is_invalid() {
+            continue;
+        }
+        if instruction.flow_control() == FlowControl::Call
+            && instruction.near_branch_target() == target
+        {
+            after.push(instruction.next_ip());
+        }
+    }
+    after
+}
+
+/// Byte offsets of the named members of the named structs, from the file's DWARF (sections
+/// compressed or not). Missing ones are left out.
+fn struct_offsets(
+    file: &object::File<'_>,
+    wanted: &[(&str, &[&str])],
+) -> HashMap<(String, String), u64> {
+    let mut found = HashMap::new();
+    let load = |id: gimli::SectionId| -> Result<std::borrow::Cow<'_, [u8]>, ()> {
+        Ok(file
+            .section_by_name(id.name())
+            .and_then(|section| section.uncompressed_data().ok())
+            .unwrap_or_default())
+    };
+    let Ok(sections) = gimli::DwarfSections::load(load) else {
+        return found;
+    };
+    let dwarf = sections.borrow(|section| EndianSlice::new(section, LittleEndian));
+    let mut units = dwarf.units();
+    while let Ok(Some(header)) = units.next() {
+        let Ok(unit) = dwarf.unit(header) else {
+            continue;
+        };
+        let mut cursor = unit.entries();
+        // The wanted struct being read, and the depth of its members.
+        let mut inside: Option<(&str, isize)> = None;
+        while let Ok(Some(entry)) = cursor.next_dfs() {
+            let depth = entry.depth();
+            let tag = entry.tag();
+            let name = entry
+                .attr_value(gimli::DW_AT_name)
+                .and_then(|value| dwarf.attr_string(&unit, value).ok())
+                .and_then(|name| name.to_string().ok().map(str::to_owned));
+            if let Some((owner, member_depth)) = inside {
+                if depth == member_depth && tag == gimli::DW_TAG_member {
+                    let offset = entry
+                        .attr_value(gimli::DW_AT_data_member_location)
+                        .and_then(|value| value.udata_value());
+                    if let (Some(name), Some(offset)) = (name.as_deref(), offset) {
+                        if wanted.iter().any(|(struct_name, members)| {
+                            *struct_name == owner && members.contains(&name)
+                        }) {
+                            found.insert((owner.to_string(), name.to_string()), offset);
+                        }
+                    }
+                    continue;
+                }
+                if depth < member_depth {
+                    inside = None;
+                }
+            }
+            if tag == gimli::DW_TAG_structure_type {
+                if let Some((owner, _)) = wanted
+                    .iter()
+                    .find(|(struct_name, _)| Some(*struct_name) == name.as_deref())
+                {
+                    inside = Some((owner, depth + 1));
+                }
+            }
+        }
+        if wanted.iter().all(|(owner, members)| {
+            members
+                .iter()
+                .all(|m| found.contains_key(&(owner.to_string(), m.to_string())))
+        }) {
+            break;
+        }
+    }
+    found
+}
+
+/// Live goroutines per creation site (`gopc`), read from `allgs` (at `allgs`, already moved
+/// by the load bias); exited ones (kept for reuse) are left out. The second value says
+/// whether the list was cut at `MAX_GOROUTINES_READ`.
+pub fn live_goroutines(
+    memory: &mut dyn Memory,
+    allgs: u64,
+    gopc_offset: u64,
+    status_offset: u64,
+) -> Option<(HashMap<u64, u64>, bool)> {
+    let mut header = [0u8; 16];
+    if memory.read(allgs, &mut header) != header.len() {
+        return None;
+    }
+    let array = u64::from_le_bytes(header[..8].try_into().ok()?);
+    let len = u64::from_le_bytes(header[8..].try_into().ok()?);
+    let cut = len > MAX_GOROUTINES_READ;
+    let len = len.min(MAX_GOROUTINES_READ) as usize;
+    let mut pointers = vec![0u8; len * 8];
+    if memory.read(array, &mut pointers) != pointers.len() {
+        return None;
+    }
+    let goroutines: Vec<u64> = pointers
+        .chunks_exact(8)
+        .filter_map(|chunk| chunk.try_into().ok().map(u64::from_le_bytes))
+        .filter(|&g| g != 0)
+        .collect();
+    let mut fields = vec![[0u8; 12]; goroutines.len()];
+    let mut requests: Vec<(u64, &mut [u8])> = Vec::with_capacity(goroutines.len() * 2);
+    for (g, field) in goroutines.iter().zip(fields.iter_mut()) {
+        let (status, gopc) = field.split_at_mut(4);
+        requests.push((g + status_offset, status));
+        requests.push((g + gopc_offset, gopc));
+    }
+    let got = memory.read_each(&mut requests);
+    drop(requests);
+    let mut sites: HashMap<u64, u64> = HashMap::new();
+    for (index, field) in fields.iter().enumerate() {
+        if got.get(index * 2) != Some(&4) || got.get(index * 2 + 1) != Some(&8) {
+            continue;
+        }
+        let status = u32::from_le_bytes(field[..4].try_into().unwrap_or_default());
+        let gopc = u64::from_le_bytes(field[4..].try_into().unwrap_or_default());
+        // Statuses above 9 (with the scan bit, 0x1000) are still alive; dead is exactly 6.
+        if status != G_DEAD && gopc != 0 {
+            *sites.entry(gopc).or_default() += 1;
+        }
+    }
+    Some((sites, cut))
+}
+
+/// The goroutines a site had when tracing began: those alive at the `allgs` read, less
+/// those the probes had counted in (created, less exited) by then.
+pub fn baseline(alive_at_read: u64, created: u64, exited: u64) -> i64 {
+    alive_at_read as i64 - (created as i64 - exited as i64)
+}
+
+/// The site's goroutines alive now, from its baseline and the probes' counts.
+pub fn alive_now(baseline: i64, created: u64, exited: u64) -> u64 {
+    (baseline + created as i64 - exited as i64).max(0) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_instruction_after_each_call_to_a_function() {
+        // At 0x1000: call 0x2000; nop; call 0x3000; call 0x2000.
+        let mut code = Vec::new();
+        let call = |from: u64, to: u64| {
+            let mut bytes = vec![0xE8];
+            bytes.extend_from_slice(&((to as i64 - (from as i64 + 5)) as i32).to_le_bytes());
+            bytes
+        };
+        code.extend(call(0x1000, 0x2000));
+        code.push(0x90);
+        code.extend(call(0x1006, 0x3000));
+        code.extend(call(0x100B, 0x2000));
+        assert_eq!(
+            returns_from_calls(&code, 0x1000, 0x2000),
+            vec![0x1005, 0x1010]
+        );
+        assert_eq!(returns_from_calls(&code, 0x1000, 0x4000), Vec::<u64>::new());
+    }
+
+    /// A fake process memory: an allgs slice of four goroutines, one of them dead.
+    struct FakeMemory(HashMap<u64, Vec<u8>>);
+
+    impl Memory for FakeMemory {
+        fn read(&mut self, address: u64, buffer: &mut [u8]) -> usize {
+            for (start, bytes) in &self.0 {
+                if address >= *start && address + buffer.len() as u64 <= start + bytes.len() as u64
+                {
+                    let from = (address - start) as usize;
+                    buffer.copy_from_slice(&bytes[from..from + buffer.len()]);
+                    return buffer.len();
+                }
+            }
+            0
+        }
+    }
+
+    #[test]
+    fn counts_live_goroutines_per_creation_site() {
+        let (status_at, gopc_at) = (144u64, 296u64);
+        let mut memory = HashMap::new();
+        let gs = [0x10_000u64, 0x20_000, 0x30_000, 0x40_000];
+        let mut header = 0x9000u64.to_le_bytes().to_vec();
+        header.extend(5u64.to_le_bytes());
+        memory.insert(0x8000, header);
+        let mut array: Vec<u8> = gs.iter().flat_map(|g| g.to_le_bytes()).collect();
+        array.extend(0u64.to_le_bytes()); // a nil slot
+        memory.insert(0x9000, array);
+        for (g, (status, gopc)) in gs.iter().zip([
+            (2u32, 0x401000u64),
+            (4, 0x401000),
+            (G_DEAD, 0x401000),
+            (0x1004, 0x402000),
+        ]) {
+            let mut bytes = vec![0u8; 400];
+            bytes[status_at as usize..][..4].copy_from_slice(&status.to_le_bytes());
+            bytes[gopc_at as usize..][..8].copy_from_slice(&gopc.to_le_bytes());
+            memory.insert(*g, bytes);
+        }
+        let (sites, cut) =
+            live_goroutines(&mut FakeMemory(memory), 0x8000, gopc_at, status_at).unwrap();
+        assert!(!cut);
+        assert_eq!(sites.get(&0x401000), Some(&2));
+        assert_eq!(sites.get(&0x402000), Some(&1));
+        assert_eq!(sites.len(), 2);
+    }
+
+    #[test]
+    fn alive_counts_start_from_the_baseline() {
+        // 10 alive at the read; by then the probes had seen 3 start and 1 end: 8 were there
+        // when tracing began.
+        let start = baseline(10, 3, 1);
+        assert_eq!(start, 8);
+        assert_eq!(alive_now(start, 13, 6), 15);
+        // Exits of goroutines the read missed never go below zero.
+        assert_eq!(alive_now(0, 0, 4), 0);
+    }
+}
