@@ -24,10 +24,10 @@ use aya::{
 use leak_common::{
     ALLOC_RETURN_PROGRAM, AllocFn, CallShape, ENTRY_PROGRAM, GO_GOEXIT_PROGRAM,
     GO_LARGE_SPAN_PROGRAM, GO_LAYOUT_GLOBAL, GO_NEWPROC_PROGRAM, GO_SPAN_FREE_PROGRAM,
-    GO_SPAN_FULL_PROGRAM, GoLayout, MAX_SCOPE_TAGS, MAX_SIZE_GLOBAL, MAX_UNWIND_ROWS,
-    MIN_SIZE_GLOBAL, PAGE_FAULT_PROGRAM, SAMPLE_RATE_GLOBAL, SCOPE_COUNT_GLOBAL,
-    SCOPE_ENTRY_PROGRAM, SCOPE_EVENTS_BYTES, SCOPE_RETURN_PROGRAM, SYSCALL_PROGRAMS,
-    TARGET_TGID_GLOBAL, UNWIND_DWARF, UNWIND_FRAME_POINTERS, UNWIND_MODE_GLOBAL, map_names,
+    GO_SPAN_FULL_PROGRAM, MAX_SCOPE_TAGS, MAX_SIZE_GLOBAL, MAX_UNWIND_ROWS, MIN_SIZE_GLOBAL,
+    PAGE_FAULT_PROGRAM, SAMPLE_RATE_GLOBAL, SCOPE_COUNT_GLOBAL, SCOPE_ENTRY_PROGRAM,
+    SCOPE_EVENTS_BYTES, SCOPE_RETURN_PROGRAM, SYSCALL_PROGRAMS, TARGET_TGID_GLOBAL, UNWIND_DWARF,
+    UNWIND_FRAME_POINTERS, UNWIND_MODE_GLOBAL, map_names,
 };
 use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
@@ -581,9 +581,7 @@ pub fn attach(
     check_kernel(true)?;
     let (unwind_mode, unwind_rows) = unwind_settings(options.unwind);
     let scope_count = scopes.len() as u32;
-    let go_layout = go
-        .and_then(|go| go.program.layout)
-        .unwrap_or(GoLayout::default());
+    let go_layout = go.and_then(|go| go.program.layout).unwrap_or_default();
     let mut ebpf = EbpfLoader::new()
         .override_global(GO_LAYOUT_GLOBAL, &go_layout, true)
         .override_global(SCOPE_COUNT_GLOBAL, &scope_count, true)

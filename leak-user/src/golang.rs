@@ -400,12 +400,12 @@ fn struct_offsets(
                     let offset = entry
                         .attr_value(gimli::DW_AT_data_member_location)
                         .and_then(|value| value.udata_value());
-                    if let (Some(name), Some(offset)) = (name.as_deref(), offset) {
-                        if wanted.iter().any(|(struct_name, members)| {
+                    if let (Some(name), Some(offset)) = (name.as_deref(), offset)
+                        && wanted.iter().any(|(struct_name, members)| {
                             *struct_name == owner && members.contains(&name)
-                        }) {
-                            found.insert((owner.to_string(), name.to_string()), offset);
-                        }
+                        })
+                    {
+                        found.insert((owner.to_string(), name.to_string()), offset);
                     }
                     continue;
                 }
@@ -413,13 +413,12 @@ fn struct_offsets(
                     inside = None;
                 }
             }
-            if tag == gimli::DW_TAG_structure_type {
-                if let Some((owner, _)) = wanted
+            if tag == gimli::DW_TAG_structure_type
+                && let Some((owner, _)) = wanted
                     .iter()
                     .find(|(struct_name, _)| Some(*struct_name) == name.as_deref())
-                {
-                    inside = Some((owner, depth + 1));
-                }
+            {
+                inside = Some((owner, depth + 1));
             }
         }
         if wanted.iter().all(|(owner, members)| {
@@ -558,7 +557,7 @@ mod tests {
             memory.insert(*g, bytes);
         }
         let (sites, cut) =
-            live_goroutines(&mut FakeMemory(memory), 0x8000, gopc_at, status_at).unwrap();
+            live_goroutines(&mut FakeMemory(memory), 0x8000, gopc_at, status_at).expect("read");
         assert!(!cut);
         assert_eq!(sites.get(&0x401000), Some(&2));
         assert_eq!(sites.get(&0x402000), Some(&1));

@@ -137,6 +137,26 @@ pub const SCOPE_RETAINED: Instrument = gauge(
     "By",
     "Bytes allocated inside calls of a --scope function and not freed.",
 );
+pub const GO_GOROUTINE_COUNT: Instrument = gauge(
+    "go.goroutine.count",
+    "{goroutine}",
+    "Goroutines alive in the traced Go program.",
+);
+pub const GOROUTINE_SITE_ALIVE: Instrument = gauge(
+    "leaktrace.goroutine.site.count",
+    "{goroutine}",
+    "Goroutines alive that one go statement started.",
+);
+pub const GOROUTINE_SITE_GROWTH: Instrument = gauge(
+    "leaktrace.goroutine.site.growth_rate",
+    "{goroutine}/s",
+    "Robust slope of the baseline of a go statement's goroutines alive.",
+);
+pub const GOROUTINE_SITE_LEAKING: Instrument = gauge(
+    "leaktrace.goroutine.site.leaking",
+    "1",
+    "1 when a go statement's goroutines keep accumulating, else 0.",
+);
 pub const EVENTS_DROPPED: Instrument = counter(
     "leaktrace.events.dropped",
     "{event}",
@@ -159,7 +179,7 @@ pub const EXPORT_FAILURES: Instrument = counter(
 );
 
 /// Every instrument, in the order they are published.
-pub const INSTRUMENTS: [Instrument; 23] = [
+pub const INSTRUMENTS: [Instrument; 27] = [
     PROCESS_MEMORY_USAGE,
     PROCESS_MEMORY_VIRTUAL,
     PROCESS_MEMORY_LIMIT,
@@ -179,6 +199,10 @@ pub const INSTRUMENTS: [Instrument; 23] = [
     SCOPE_ALLOCATED_PER_CALL,
     SCOPE_RETAINED_PER_CALL,
     SCOPE_RETAINED,
+    GO_GOROUTINE_COUNT,
+    GOROUTINE_SITE_ALIVE,
+    GOROUTINE_SITE_GROWTH,
+    GOROUTINE_SITE_LEAKING,
     EVENTS_DROPPED,
     PROBES_ATTACHED,
     SYMBOLIZATION_FAILURES,
@@ -375,6 +399,43 @@ pub fn points(
             push(SCOPE_RETAINED, attributes, figures.retained_bytes as f64);
         }
     }
+    if let Some(goroutines) = &report.goroutines {
+        push(GO_GOROUTINE_COUNT, Vec::new(), goroutines.alive as f64);
+        let (own, rest) = goroutines
+            .sites
+            .split_at(goroutines.sites.len().min(max_stacks));
+        for site in own {
+            let frame = &site.site;
+            let mut attributes = vec![
+                (
+                    "leaktrace.verdict",
+                    Value::Text(site.verdict.as_str().into()),
+                ),
+                (
+                    "code.function.name",
+                    Value::Text(frame.function.clone().unwrap_or_else(|| frame.identity())),
+                ),
+            ];
+            if let Some(file) = &frame.file {
+                attributes.push(("code.file.path", Value::Text(file.clone())));
+            }
+            if let Some(line) = frame.line {
+                attributes.push(("code.line.number", Value::Int(i64::from(line))));
+            }
+            push(GOROUTINE_SITE_ALIVE, attributes.clone(), site.alive as f64);
+            push(GOROUTINE_SITE_GROWTH, attributes.clone(), site.growth_per_s);
+            let leaking = f64::from(u8::from(site.verdict == Verdict::Leaking));
+            push(GOROUTINE_SITE_LEAKING, attributes, leaking);
+        }
+        if !rest.is_empty() || goroutines.omitted_sites > 0 {
+            let alive = rest.iter().map(|site| site.alive).sum::<u64>() + goroutines.omitted_alive;
+            push(
+                GOROUTINE_SITE_ALIVE,
+                vec![("code.function.name", Value::Text(OTHER_STACKS.into()))],
+                alive as f64,
+            );
+        }
+    }
     for (reason, count) in &report.dropped {
         push(
             EVENTS_DROPPED,
@@ -568,5 +629,35 @@ mod tests {
             frame_lines(suspects[0])[0],
             "leak_slowly (/src/demo.c:42) in /usr/bin/demo"
         );
+    }
+
+    #[test]
+    fn goroutines_are_a_total_and_series_per_creation_site() {
+        let report = crate::report::fixtures::go_report();
+        let points = points(&report, 1, 0, 0);
+        let total = values_of(&points, GO_GOROUTINE_COUNT);
+        assert_eq!(total.len(), 1);
+        assert_eq!(total[0].value, 212.0);
+        assert!(total[0].attributes.is_empty());
+        let sites = values_of(&points, GOROUTINE_SITE_ALIVE);
+        assert_eq!(sites.len(), 2, "one site of its own, the other under other");
+        assert_eq!(sites[0].value, 200.0);
+        assert!(sites[0].attributes.contains(&(
+            "code.function.name",
+            Value::Text("main.handleSubscribe".into())
+        )));
+        assert!(
+            sites[0]
+                .attributes
+                .contains(&("code.line.number", Value::Int(23)))
+        );
+        assert_eq!(sites[1].value, 12.0);
+        assert_eq!(
+            sites[1].attributes,
+            vec![("code.function.name", Value::Text(OTHER_STACKS.into()))]
+        );
+        let leaking = values_of(&points, GOROUTINE_SITE_LEAKING);
+        assert_eq!(leaking.len(), 1);
+        assert_eq!(leaking[0].value, 1.0);
     }
 }

@@ -242,12 +242,17 @@ fn go_allocator_info(go: &GoTarget) -> Option<AllocatorInfo> {
 
 /// The target's executable, when it is a Go program.
 fn go_target_of_process(pid: u32) -> Option<GoTarget> {
-    let exe = procfs::exe_path(pid).ok()?;
-    let exe = exe.to_string_lossy();
-    let (probe_path, display_path) = attach::process_files(pid)
-        .ok()?
-        .into_iter()
-        .find(|(_, display)| *display == exe)?;
+    use std::os::unix::fs::MetadataExt;
+    // By file identity, not path: the executable may have been replaced or removed since.
+    let exe = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+    let (probe_path, display_path) =
+        attach::process_files(pid)
+            .ok()?
+            .into_iter()
+            .find(|(probe_path, _)| {
+                std::fs::metadata(probe_path)
+                    .is_ok_and(|file| file.ino() == exe.ino() && file.dev() == exe.dev())
+            })?;
     GoTarget::of_file(probe_path, display_path)
 }
 
@@ -497,6 +502,15 @@ impl Session {
         go: Option<GoTarget>,
         options: Options,
     ) -> Result<Session, SessionError> {
+        let mut options = options;
+        if options.reachability && go.as_ref().is_some_and(|go| go.program.can_follow_heap()) {
+            // Go memory is reachable or garbage the collector has yet to take back; the scan
+            // tells leaks from caches only in manually freed memory.
+            log::info!(
+                "no reachability scan: the target is a Go program (its heap is garbage collected)"
+            );
+            options.reachability = false;
+        }
         let mut probes = attach::attach(
             pid,
             allocators,
@@ -1079,6 +1093,15 @@ impl Session {
             if history.key.origin != Origin::Heap && mapped_by_loader(&frames) {
                 continue;
             }
+            // A Go runtime's own mappings hold its heap (followed by span, above), its
+            // goroutine stacks and reservations: counting them too would count the heap
+            // twice.
+            if self.go.is_some()
+                && history.key.origin != Origin::Heap
+                && mapped_by_go_runtime(&frames)
+            {
+                continue;
+            }
             if frames.is_empty() {
                 groups.push((frames, vec![history]));
                 continue;
@@ -1424,6 +1447,15 @@ fn mapped_by_loader(frames: &[Frame]) -> bool {
         .is_some_and(|name| {
             name.starts_with("ld-linux") || name.starts_with("ld-musl") || name == "ld.so"
         })
+}
+
+/// A mapping the Go runtime made for itself: the mmap syscall is in package runtime
+/// (`runtime.sysMmap`, `runtime.mmap`…). A program's own `syscall.Mmap` is not.
+fn mapped_by_go_runtime(frames: &[Frame]) -> bool {
+    frames
+        .first()
+        .and_then(|frame| frame.function.as_deref())
+        .is_some_and(|function| function.starts_with("runtime."))
 }
 
 /// libc's thin syscall wrappers, which keep no frame of their own.

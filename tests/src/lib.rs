@@ -80,12 +80,17 @@ const C_FLAGS: [&str; 5] = [
 /// run in parallel and several build the same target: writing `output` in place while
 /// another test executes it fails with "Text file busy" (ETXTBSY); a rename never does.
 fn compile_to(output: &Path, command: &mut Command) {
-    static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let build = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let temporary = output.with_extension(format!("{}-{build}.tmp", std::process::id()));
+    let temporary = temporary_beside(output);
     run_ok(command.arg("-o").arg(&temporary));
     std::fs::rename(&temporary, output)
         .unwrap_or_else(|err| panic!("rename {} into place: {err}", temporary.display()));
+}
+
+/// A name beside `output` that no other build of this test process uses.
+fn temporary_beside(output: &Path) -> PathBuf {
+    static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let build = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    output.with_extension(format!("{}-{build}.tmp", std::process::id()))
 }
 
 /// Compiles tests/targets/SOURCE with gcc or g++ (by extension) into the scratch dir.
@@ -164,6 +169,31 @@ pub fn build_rust_variant(source: &str, name: &str, flags: &[&str]) -> PathBuf {
             .args(flags)
             .arg(targets_dir().join(source)),
     );
+    output
+}
+
+/// Builds tests/targets/SOURCE (one Go file) with the go tool into the scratch dir, with
+/// DWARF and the symbol table (as `go build` leaves them by default).
+pub fn build_go(source: &str) -> PathBuf {
+    let stem = Path::new(source)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or(source);
+    let output = scratch_dir().join(stem);
+    // Built beside and renamed into place, like compile_to (whose `-o` would come after
+    // the file, where go build takes it for a package).
+    let temporary = temporary_beside(&output);
+    run_ok(
+        Command::new("go")
+            .arg("build")
+            .arg("-o")
+            .arg(&temporary)
+            .arg(targets_dir().join(source))
+            .env("GOCACHE", workspace_root().join("target/go-cache"))
+            .env("GOFLAGS", "-buildvcs=false"),
+    );
+    std::fs::rename(&temporary, &output)
+        .unwrap_or_else(|err| panic!("rename {} into place: {err}", temporary.display()));
     output
 }
 

@@ -1,5 +1,4 @@
-// Not used by a test yet: the target for issue 11's Go part (goroutine and heap leaks).
-// A Go service with two leaks, for leaktrace's Go support:
+// A Go service with two leaks, for leaktrace's Go support (tests/tests/runtimes.rs):
 //   - handleSubscribe starts a goroutine per request that waits forever on a channel
 //     nobody writes (a goroutine leak at one `go` statement);
 //   - handleUpload appends every request's payload to a package-level slice (heap growth
@@ -37,7 +36,7 @@ func handleEcho(id int) {
 
 //go:noinline
 func handleUpload(id int) {
-	payload := make([]byte, 16<<10)
+	payload := make([]byte, 16<<10) // leaks: kept in uploads
 	payload[0] = byte(id)
 	uploads = append(uploads, payload)
 }

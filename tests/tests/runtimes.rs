@@ -1,13 +1,19 @@
-//! End-to-end: language runtimes. A Node.js service leaking through a native path (Buffers,
-//! which Node allocates with malloc) is named by its JavaScript function, through the perf
-//! map `node --perf-basic-prof` writes; without the map, the report says how to get one.
+//! End-to-end: language runtimes.
+//! - Node.js: a service leaking through a native path (Buffers, which Node allocates with
+//!   malloc) is named by its JavaScript function, through the perf map
+//!   `node --perf-basic-prof` writes; without the map, the report says how to get one.
+//! - Go: a service that leaks goroutines at one `go` statement and keeps a growing slice in
+//!   another handler; both are named with file and line, attached and launched.
 use std::{
     io::{BufRead, BufReader},
     path::Path,
     process::{Child, Command, Stdio},
 };
 
-use leaktrace_tests::{bpf_available, leaktrace, scratch_dir, targets_dir, tool_available, u64_of};
+use leaktrace_tests::{
+    Target, Traced, bpf_available, build_go, leaktrace, scratch_dir, targets_dir, tool_available,
+    u64_of,
+};
 
 const NODE: &str = "/usr/bin/node";
 
@@ -157,4 +163,144 @@ fn node_without_a_perf_map_is_told_how() {
             .is_some_and(|hint| hint.contains("--perf-basic-prof")),
         "{runtime}"
     );
+}
+
+const GO: &str = "/usr/bin/go";
+
+/// The Go target, built once for the tests of this file (a rebuild would replace the file
+/// under a running one).
+fn go_target() -> &'static Path {
+    static PROGRAM: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    PROGRAM.get_or_init(|| build_go("goroutines.go"))
+}
+
+/// The line of tests/targets/SOURCE that holds `marker`.
+fn line_of(source: &str, marker: &str) -> u64 {
+    let text = std::fs::read_to_string(targets_dir().join(source)).expect("read the source");
+    text.lines()
+        .position(|line| line.contains(marker))
+        .map(|index| index as u64 + 1)
+        .unwrap_or_else(|| panic!("{marker} is not in {source}"))
+}
+
+/// The goroutine site started at FUNCTION, if listed.
+fn goroutine_site<'a>(traced: &'a Traced, function: &str) -> Option<&'a serde_json::Value> {
+    traced.report["goroutines"]["sites"]
+        .as_array()?
+        .iter()
+        .find(|site| site["site"]["function"] == function)
+}
+
+/// The Go target's two leaks, and its control, as any Go report must show them.
+fn assert_go_leaks_named(traced: &Traced, seconds: u64) {
+    assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
+    assert_eq!(traced.dropped_total(), 0, "{}", traced.report["dropped"]);
+    let runtime = &traced.report["runtimes"][0];
+    assert_eq!(runtime["runtime"], "go", "{}", traced.report["runtimes"]);
+    assert!(
+        runtime["version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("go1.")),
+        "{runtime}"
+    );
+    assert!(runtime["hint"].is_null(), "{runtime}");
+
+    // One goroutine per request (about 90 a second) is never released.
+    let leak = goroutine_site(traced, "main.handleSubscribe")
+        .unwrap_or_else(|| panic!("no handleSubscribe site: {}", traced.report["goroutines"]));
+    assert_eq!(leak["verdict"], "leaking", "{leak}");
+    assert!(
+        leak["site"]["file"]
+            .as_str()
+            .is_some_and(|file| file.ends_with("tests/targets/goroutines.go")),
+        "{leak}"
+    );
+    assert_eq!(
+        u64_of(&leak["site"]["line"]),
+        line_of("goroutines.go", "// leaks: nobody ever sends on wait"),
+        "{leak}"
+    );
+    assert_eq!(leak["stack"][1]["function"], "main.main", "{leak}");
+    assert!(u64_of(&leak["alive"]) >= 20 * seconds, "{leak}");
+    assert_eq!(u64_of(&leak["exited"]), 0, "{leak}");
+    assert!(
+        leak["growth_per_s"].as_f64().unwrap_or(0.0) > 20.0,
+        "{leak}"
+    );
+
+    // handleEcho's goroutines all end.
+    let echo = goroutine_site(traced, "main.handleEcho")
+        .unwrap_or_else(|| panic!("no handleEcho site: {}", traced.report["goroutines"]));
+    assert_ne!(echo["verdict"], "leaking", "{echo}");
+    assert!(u64_of(&echo["created"]) >= 40 * seconds, "{echo}");
+    assert!(u64_of(&echo["alive"]) <= 2, "{echo}");
+    let totals = &traced.report["goroutines"];
+    assert!(
+        u64_of(&totals["alive"]) >= u64_of(&leak["alive"]),
+        "{totals}"
+    );
+
+    // The Go heap: every request's 16 KiB payload is kept in a global slice.
+    let upload_line = line_of("goroutines.go", "// leaks: kept in uploads");
+    let heap = traced
+        .stacks()
+        .iter()
+        .find(|stack| {
+            stack["verdict"] == "leaking"
+                && stack["frames"].as_array().is_some_and(|frames| {
+                    frames.iter().any(|frame| {
+                        frame["function"] == "main.handleUpload"
+                            && frame["line"].as_u64() == Some(upload_line)
+                    })
+                })
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no leaking stack through handleUpload: {}",
+                traced.describe()
+            )
+        });
+    assert_eq!(heap["origin"], "heap", "{heap}");
+    assert!(
+        u64_of(&heap["outstanding_bytes"]) >= 30 * 16384 * seconds,
+        "{heap}"
+    );
+    let allocator = &traced.report["allocators"][0];
+    assert_eq!(allocator["allocator"], "Go runtime", "{allocator}");
+}
+
+#[test]
+fn go_goroutine_and_heap_leaks_are_named_when_attached() {
+    if !bpf_available("go_goroutine_and_heap_leaks_are_named_when_attached")
+        || !tool_available(
+            "go_goroutine_and_heap_leaks_are_named_when_attached",
+            Path::new(GO),
+        )
+    {
+        return;
+    }
+    let target = Target::start(go_target(), &["120"]);
+    // Goroutines started before the attach are counted too (from the runtime's list).
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let traced = leaktrace(
+        "go_attached",
+        &["attach", "--pid", &target.pid(), "-d", "6s", "--top", "0"],
+    );
+    assert_go_leaks_named(&traced, 6);
+    let leak = goroutine_site(&traced, "main.handleSubscribe").expect("listed");
+    assert!(u64_of(&leak["alive_at_start"]) >= 40, "{leak}");
+}
+
+#[test]
+fn go_leaks_are_named_in_a_launched_program() {
+    if !bpf_available("go_leaks_are_named_in_a_launched_program")
+        || !tool_available("go_leaks_are_named_in_a_launched_program", Path::new(GO))
+    {
+        return;
+    }
+    let program = go_target().display().to_string();
+    let traced = leaktrace("go_run", &["run", "--top", "0", "--", &program, "5"]);
+    assert_go_leaks_named(&traced, 4);
+    let leak = goroutine_site(&traced, "main.handleSubscribe").expect("listed");
+    assert_eq!(u64_of(&leak["alive_at_start"]), 0, "{leak}");
 }

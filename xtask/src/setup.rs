@@ -145,6 +145,7 @@ fn debian_packages() -> Result<()> {
         ("valgrind", "valgrind"),
         // Language runtimes the end-to-end tests trace (tests/tests/runtimes.rs).
         ("nodejs", "node"),
+        ("golang-go", "go"),
     ];
     let missing: Vec<&str> = wanted
         .iter()

@@ -96,5 +96,27 @@ mod tests {
         }
         let back: Report = serde_json::from_value(scoped).expect("reads back");
         assert_eq!(back, scoped_report());
+
+        let go: serde_json::Value =
+            serde_json::from_str(&render(&crate::report::fixtures::go_report())).expect("json");
+        check(&go["goroutines"], &schema["$defs"]["goroutines"]);
+        check(
+            &go["goroutines"]["sites"][0],
+            &schema["$defs"]["goroutine_site"],
+        );
+        check(
+            &go["goroutines"]["sites"][0]["site"],
+            &schema["$defs"]["frame"],
+        );
+        check(
+            &go["runtimes"][0],
+            &schema["properties"]["runtimes"]["items"],
+        );
+        assert_eq!(
+            schema["properties"]["goroutines"]["$ref"], "#/$defs/goroutines",
+            "goroutines documented"
+        );
+        let back: Report = serde_json::from_value(go).expect("reads back");
+        assert_eq!(back, crate::report::fixtures::go_report());
     }
 }

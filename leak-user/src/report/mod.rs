@@ -72,9 +72,10 @@ pub mod fixtures {
     use std::collections::BTreeMap;
 
     use crate::model::{
-        AllocatorInfo, ClassTotals, Frame, LabelReport, Origin, ProcessReport, ProcessSample,
-        REPORT_VERSION, Reachability, ReachabilityScan, Report, Sample, ScopeFigures, ScopeReport,
-        ScopeStackReport, StackReport, Suspect, Target, Verdict,
+        AllocatorInfo, ClassTotals, Frame, GoroutineReport, GoroutineSample, GoroutineSiteReport,
+        LabelReport, Origin, ProcessReport, ProcessSample, REPORT_VERSION, Reachability,
+        ReachabilityScan, Report, RuntimeInfo, Sample, ScopeFigures, ScopeReport, ScopeStackReport,
+        StackReport, Suspect, Target, Verdict,
     };
 
     const DEMO: &str = "/usr/bin/demo";
@@ -266,7 +267,77 @@ pub mod fixtures {
             scopes: Vec::new(),
             suspects: Vec::new(),
             runtimes: Vec::new(),
+            goroutines: None,
         }
+    }
+
+    /// A Go program's report: one goroutine site leaking, one stable.
+    pub fn go_report() -> Report {
+        let frame = |function: &str, line: u32, address: u64| Frame {
+            function: Some(function.into()),
+            file: Some("server.go".into()),
+            line: Some(line),
+            module: Some("/srv/server".into()),
+            address,
+            module_offset: Some(address - 0x400000),
+            inlined: false,
+        };
+        let mut report = sample_report();
+        report.runtimes = vec![RuntimeInfo {
+            runtime: "go".into(),
+            version: Some("go1.19.8".into()),
+            perf_map: None,
+            hint: None,
+        }];
+        report.goroutines = Some(GoroutineReport {
+            alive: 212,
+            created: 400,
+            exited: 200,
+            omitted_sites: 0,
+            omitted_alive: 0,
+            sites: vec![
+                GoroutineSiteReport {
+                    verdict: Verdict::Leaking,
+                    confidence: 0.9,
+                    site: frame("main.handleSubscribe", 23, 0x401000),
+                    stack: vec![
+                        frame("main.handleSubscribe", 23, 0x401000),
+                        frame("main.serve", 51, 0x402000),
+                    ],
+                    alive: 200,
+                    alive_at_start: 0,
+                    created: 200,
+                    exited: 0,
+                    growth_per_s: 19.5,
+                    series: vec![
+                        GoroutineSample {
+                            at_s: 0.0,
+                            alive: 0,
+                        },
+                        GoroutineSample {
+                            at_s: 10.0,
+                            alive: 200,
+                        },
+                    ],
+                },
+                GoroutineSiteReport {
+                    verdict: Verdict::Stable,
+                    confidence: 0.8,
+                    site: frame("main.startWorkers", 80, 0x403000),
+                    stack: Vec::new(),
+                    alive: 12,
+                    alive_at_start: 12,
+                    created: 200,
+                    exited: 200,
+                    growth_per_s: 0.0,
+                    series: vec![GoroutineSample {
+                        at_s: 0.0,
+                        alive: 12,
+                    }],
+                },
+            ],
+        });
+        report
     }
 
     /// The sample report after a reachability scan: the leaking heap stack is lost (some

@@ -215,8 +215,65 @@ pub fn render(report: &Report, color: bool) -> String {
             human_bytes(report.omitted_outstanding_bytes as f64)
         );
     }
+    render_goroutines(&mut out, report, &painter);
     render_scopes(&mut out, report, &painter);
     out
+}
+
+/// A Go program's goroutines per creation site: leaking sites with their stack, the rest a
+/// line each.
+fn render_goroutines(out: &mut String, report: &Report, painter: &Painter) {
+    let Some(goroutines) = &report.goroutines else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "\n{}",
+        painter.paint(
+            BOLD,
+            &format!(
+                "GOROUTINES: {} alive ({} started, {} ended while traced), by the go statement that started them",
+                goroutines.alive, goroutines.created, goroutines.exited
+            )
+        )
+    );
+    for (index, site) in goroutines.sites.iter().enumerate() {
+        let place = match (&site.site.function, &site.site.file, site.site.line) {
+            (Some(function), Some(file), Some(line)) => format!("{function} ({file}:{line})"),
+            _ => frame_line(&site.site),
+        };
+        let _ = writeln!(
+            out,
+            "#{:<3} {:<9} {:>6} alive, started at {place}",
+            index + 1,
+            painter.verdict(site.verdict),
+            site.alive,
+        );
+        if site.verdict != Verdict::Leaking {
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "    growth {:+.1} goroutines/s, confidence {:.2}; {} alive at the start, {} started and {} ended since",
+            site.growth_per_s, site.confidence, site.alive_at_start, site.created, site.exited
+        );
+        for frame in site.stack.iter().skip(1) {
+            let _ = writeln!(out, "      called from {}", frame_line(frame));
+        }
+    }
+    if goroutines.omitted_sites > 0 {
+        let _ = writeln!(
+            out,
+            "… {} more creation site{} with {} goroutines alive (raise --top to see them)",
+            goroutines.omitted_sites,
+            if goroutines.omitted_sites == 1 {
+                ""
+            } else {
+                "s"
+            },
+            goroutines.omitted_alive
+        );
+    }
 }
 
 /// The --scope functions, and the suspects for the growth.
@@ -456,6 +513,30 @@ mod tests {
     #[test]
     fn snapshot() {
         insta::assert_snapshot!(render(&crate::report::fixtures::sample_report(), false));
+    }
+
+    #[test]
+    fn goroutine_sites_are_listed_leaking_first_with_their_stack() {
+        let text = render(&crate::report::fixtures::go_report(), false);
+        let start = text.find("GOROUTINES: 212 alive").expect("section");
+        let section = &text[start..];
+        assert!(
+            section.contains(
+                "#1   leaking      200 alive, started at main.handleSubscribe (server.go:23)"
+            ),
+            "{section}"
+        );
+        assert!(section.contains("growth +19.5 goroutines/s"), "{section}");
+        assert!(
+            section.contains("      called from main.serve (server.go:51) in /srv/server"),
+            "{section}"
+        );
+        assert!(
+            section.contains(
+                "#2   stable        12 alive, started at main.startWorkers (server.go:80)"
+            ),
+            "{section}"
+        );
     }
 
     #[test]
