@@ -30,6 +30,7 @@ pub mod map_names {
     pub const SCOPE_NEXT: &str = "SCOPE_NEXT";
     pub const SCOPE_EVENTS: &str = "SCOPE_EVENTS";
     pub const GOROUTINE_SITES: &str = "GOROUTINE_SITES";
+    pub const PY_RUNTIME: &str = "PY_RUNTIME";
 }
 
 /// Name of the global holding the traced process id (tgid); set by user space at load time.
@@ -374,6 +375,77 @@ pub const GO_GOEXIT_PROGRAM: &str = "go_goexit";
 pub const GO_SPAN_FULL_PROGRAM: &str = "go_span_full";
 pub const GO_LARGE_SPAN_PROGRAM: &str = "go_large_span";
 pub const GO_SPAN_FREE_PROGRAM: &str = "go_span_free";
+
+// ---- CPython ----
+//
+// CPython runs Python functions inside one C function (`_PyEval_EvalFrameDefault`), so the
+// native stack names only the interpreter. Every recorded stack of a CPython target also gets
+// the thread's Python frames, read from the interpreter's own frame chain when the stack is
+// taken: they are appended after the native frames as tagged entries ([`python_entry`]), and
+// take part in the stack's hash, so two Python call paths are two stacks. User space names
+// the code objects and puts the Python frames in place of the interpreter's frames.
+
+/// Name of the global holding the target's [`PyLayout`] (zero: not a CPython target).
+pub const PY_LAYOUT_GLOBAL: &str = "PY_LAYOUT";
+
+/// Where CPython keeps what the kernel reads (bytes), for one CPython version.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyLayout {
+    /// `_PyRuntime.gilstate.tstate_current`: the thread state holding the GIL.
+    pub runtime_tstate_current: u64,
+    /// `PyThreadState.native_thread_id`: the kernel thread id of that state's thread.
+    pub tstate_native_thread_id: u64,
+    /// `PyThreadState.cframe`, then `_PyCFrame.current_frame`.
+    pub tstate_cframe: u64,
+    pub cframe_current_frame: u64,
+    /// `_PyInterpreterFrame.f_code`, `.previous`, `.prev_instr` and `.is_entry` (a byte).
+    pub frame_code: u64,
+    pub frame_previous: u64,
+    pub frame_prev_instr: u64,
+    pub frame_is_entry: u64,
+    /// Start of the bytecode inside a code object (`co_code_adaptive`).
+    pub code_bytecode: u64,
+}
+
+/// Python frames read per stack at most (the innermost ones).
+pub const MAX_PYTHON_FRAMES: usize = 32;
+
+/// Tag bit of a Python frame entry among a stack's addresses (user addresses never have it).
+pub const PYTHON_FRAME_TAG: u64 = 1 << 63;
+/// Set on a Python frame entered from C (the first of its `_PyEval_EvalFrameDefault` call).
+pub const PYTHON_FRAME_ENTRY: u64 = 1 << 62;
+/// Bits of the code object's address in an entry; the instruction index is above them.
+pub const PYTHON_CODE_BITS: u32 = 48;
+/// Largest instruction index an entry holds (larger ones are clamped to it).
+pub const PYTHON_MAX_INSTRUCTION: u64 = (1 << 14) - 1;
+
+/// A stack entry for a Python frame running instruction `instruction` (in 2-byte code
+/// units) of code object `code`.
+pub const fn python_entry(code: u64, instruction: u64, is_entry: bool) -> u64 {
+    let instruction = if instruction > PYTHON_MAX_INSTRUCTION {
+        PYTHON_MAX_INSTRUCTION
+    } else {
+        instruction
+    };
+    PYTHON_FRAME_TAG
+        | if is_entry { PYTHON_FRAME_ENTRY } else { 0 }
+        | instruction << PYTHON_CODE_BITS
+        | (code & ((1 << PYTHON_CODE_BITS) - 1))
+}
+
+/// The (code object, instruction index, entered from C) of a Python frame entry; None for a
+/// native address.
+pub const fn python_frame(entry: u64) -> Option<(u64, u64, bool)> {
+    if entry & PYTHON_FRAME_TAG == 0 {
+        return None;
+    }
+    Some((
+        entry & ((1 << PYTHON_CODE_BITS) - 1),
+        (entry >> PYTHON_CODE_BITS) & PYTHON_MAX_INSTRUCTION,
+        entry & PYTHON_FRAME_ENTRY != 0,
+    ))
+}
 
 // ---- Request scopes (--scope) ----
 //
@@ -792,6 +864,18 @@ mod tests {
     }
 
     #[test]
+    fn python_entries_round_trip_and_never_look_like_addresses() {
+        let code = 0x7f12_3456_7890;
+        let entry = python_entry(code, 42, true);
+        assert_eq!(python_frame(entry), Some((code, 42, true)));
+        assert_eq!(
+            python_frame(python_entry(code, 1 << 20, false)),
+            Some((code, PYTHON_MAX_INSTRUCTION, false))
+        );
+        assert_eq!(python_frame(0x7fff_ffff_f000), None);
+    }
+
+    #[test]
     fn scope_cookies_and_record_scopes_round_trip() {
         let shape = ScopeShape {
             index: 15,
@@ -821,6 +905,7 @@ mod pod {
     unsafe impl aya::Pod for super::ScopeLabel {}
     unsafe impl aya::Pod for super::GoLayout {}
     unsafe impl aya::Pod for super::GoroutineSite {}
+    unsafe impl aya::Pod for super::PyLayout {}
     unsafe impl aya::Pod for super::ScopeStack {}
     unsafe impl aya::Pod for super::ScopeTotals {}
     unsafe impl aya::Pod for super::ScopeCall {}

@@ -4,6 +4,7 @@
 //! - `scope`: entry and return uprobes of --scope functions, which attribute the
 //!   allocations made inside a call to it.
 //! - `golang`: Go programs: goroutines per creation site, and the Go heap by span.
+//! - `python`: CPython's frames, appended to the stacks of a Python target.
 //! - `faults`: sampled page faults with stacks (`leaktrace watch` between precise windows).
 //! - `maps`: every map and the counters, shared by both.
 //! - `unwind`: user stacks walked with .eh_frame tables (--unwind dwarf).
@@ -24,6 +25,8 @@ mod golang;
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod mmap;
+#[cfg(target_arch = "bpf")]
+mod python;
 #[cfg(target_arch = "bpf")]
 mod scope;
 #[cfg(target_arch = "bpf")]

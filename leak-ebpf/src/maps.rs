@@ -1,5 +1,5 @@
 //! Maps shared by the allocator probes and the mmap tracepoints, and small helpers on them.
-use crate::unwind::unwind;
+use crate::{python::append_python_frames, unwind::unwind};
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, pt_regs},
@@ -184,6 +184,7 @@ pub fn user_stack_id<C: EbpfContext>(ctx: &C, regs: Option<&pt_regs>, first: Fir
             }
         }
     }
+    append_python_frames();
     let len = (stack.len as usize).min(MAX_STACK_DEPTH);
     // FNV-1a over the addresses.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;

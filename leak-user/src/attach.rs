@@ -241,6 +241,17 @@ fn probe_point(elf: &[u8], file: &object::File<'_>, address: u64) -> Option<(u64
     Some((file_offset, file_offset + probe_site::probe_offset(code)))
 }
 
+/// How far an ELF file was moved when loaded, given where its first byte is mapped: 0 for a
+/// fixed-address executable, that address less its first segment's for a PIE or library.
+pub fn load_bias(elf: &[u8], first_mapping_start: u64) -> Option<u64> {
+    let file = object::File::parse(elf).ok()?;
+    if file.kind() != object::ObjectKind::Dynamic {
+        return Some(0);
+    }
+    let lowest = file.segments().map(|segment| segment.address()).min()?;
+    Some(first_mapping_start.wrapping_sub(lowest & !0xFFF))
+}
+
 pub(crate) fn virtual_to_file_offset(file: &object::File<'_>, address: u64) -> Option<u64> {
     file.segments().find_map(|segment| {
         let (file_start, file_size) = segment.file_range();
@@ -296,6 +307,18 @@ pub fn process_files(pid: u32) -> Result<Vec<(PathBuf, String)>, AttachError> {
         ));
     }
     Ok(files)
+}
+
+/// The CPython interpreter among `files` (the executable or a libpython), if any.
+pub fn python_interpreter(files: &[(PathBuf, String)]) -> Option<crate::python::PythonInterpreter> {
+    files.iter().find_map(|(probe_path, display_path)| {
+        let name = display_path.rsplit('/').next().unwrap_or(display_path);
+        if !(name.starts_with("python") || name.starts_with("libpython")) {
+            return None;
+        }
+        let elf = fs::read(probe_path).ok()?;
+        crate::python::PythonInterpreter::in_file(&elf, probe_path.clone(), display_path.clone())
+    })
 }
 
 /// Allocator modules among a running process's mappings.
@@ -542,6 +565,8 @@ pub struct LoadOptions {
     pub sample_rate: u32,
     /// How stacks are walked.
     pub unwind: crate::cli::Unwind,
+    /// The CPython layout the kernel reads Python frames with (zero: not CPython).
+    pub python: leak_common::PyLayout,
 }
 
 /// The compiled kernel programs (leak-ebpf), built by build.rs.
@@ -584,6 +609,7 @@ pub fn attach(
     let go_layout = go.and_then(|go| go.program.layout).unwrap_or_default();
     let mut ebpf = EbpfLoader::new()
         .override_global(GO_LAYOUT_GLOBAL, &go_layout, true)
+        .override_global(leak_common::PY_LAYOUT_GLOBAL, &options.python, true)
         .override_global(SCOPE_COUNT_GLOBAL, &scope_count, true)
         // Without scopes, the scope maps that take memory up front take the least.
         .map_max_entries(

@@ -13,7 +13,7 @@ use aya::maps::{HashMap as KernelHashMap, MapData};
 use gimli::{EndianSlice, LittleEndian};
 use iced_x86::{Decoder, DecoderOptions, FlowControl};
 use leak_common::{GoLayout, GoroutineSite, map_names};
-use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
+use object::{Object, ObjectSection, ObjectSymbol};
 
 use crate::freeze::ProcessMemory;
 use crate::model::GoroutineSample;
@@ -199,17 +199,6 @@ impl GoTarget {
             program,
         })
     }
-}
-
-/// How far the executable was moved when loaded: 0 for a fixed-address build (Go's
-/// default), the mapping of its first byte less its first segment's address for a PIE.
-pub fn load_bias(elf: &[u8], first_mapping_start: u64) -> Option<u64> {
-    let file = object::File::parse(elf).ok()?;
-    if file.kind() != object::ObjectKind::Dynamic {
-        return Some(0);
-    }
-    let lowest = file.segments().map(|segment| segment.address()).min()?;
-    Some(first_mapping_start.wrapping_sub(lowest & !0xFFF))
 }
 
 /// One creation site's figures over the session.

@@ -8,7 +8,8 @@
 //! flags. `model` is the vocabulary they share; `procfs` reads /proc. Beside the main path:
 //! `scope` (--scope: what each call of a function keeps) and `suspects` (which scope calls
 //! go with the growth), `reachability` and `freeze` (--reachability), `watch` (the sidecar), `golang` (Go
-//! programs: the runtime's probes, goroutines per creation site).
+//! programs: the runtime's probes, goroutines per creation site), `python` (CPython's
+//! frames in stacks).
 pub mod allocators;
 pub mod analysis;
 pub mod attach;
@@ -27,6 +28,7 @@ pub mod privileges;
 pub mod probe_site;
 pub mod procfs;
 pub mod prometheus;
+pub mod python;
 pub mod reachability;
 pub mod regions;
 pub mod report;

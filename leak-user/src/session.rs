@@ -29,6 +29,7 @@ use crate::{
     },
     otel::{OtlpOptions, Telemetry},
     procfs, prometheus,
+    python::{PythonInterpreter, PythonNames},
     reachability::{self, Block, Class},
     report::{self, Format},
     scope::{self, NamedStack, ScopeCollector, ScopeSpec},
@@ -222,6 +223,14 @@ struct Session {
     scopes: Option<ScopeCollector>,
     /// A Go program: what was found in it, and its goroutines when they are counted.
     go: Option<(GoTarget, Option<Goroutines>)>,
+    /// A CPython target: its interpreter, and the kernel's pointer to `_PyRuntime` until it
+    /// is written (the interpreter is mapped).
+    python: Option<(
+        PythonInterpreter,
+        Option<aya::maps::Array<aya::maps::MapData, u64>>,
+    )>,
+    /// Stacks whose Python code objects have been read.
+    python_stacks_read: std::collections::HashSet<u32>,
 }
 
 /// What the report says about a Go runtime's probes.
@@ -404,8 +413,12 @@ pub async fn run(command: &[String], options: Options) -> Result<Outcome, Sessio
         .map_err(|err| SessionError::Launch(format!("could not start {name}: {err}")))?;
     let pid = launched.pid;
     // Dropping `launched` without release makes the child exit without running.
-    // The command has not run yet: it has no goroutine before the probes.
-    let mut session = Session::start(pid, "run", &allocators, &scopes, go, options)?;
+    let python = attach::program_files(&program, &env)
+        .ok()
+        .and_then(|files| attach::python_interpreter(&files));
+    // The command has not run yet: it has no goroutine before the probes, and its
+    // interpreter is pointed at once it is mapped.
+    let mut session = Session::start(pid, "run", &allocators, &scopes, go, python, options)?;
     session.target.exe = program.display().to_string();
     session.launched_program = std::fs::canonicalize(&program).ok();
     session.drop_privileges();
@@ -485,8 +498,12 @@ impl Session {
         } else {
             attach::find_scopes(&options.scopes, &attach::process_files(pid)?)?
         };
-        let mut session = Session::start(pid, mode, &allocators, &scopes, go, options)?;
+        let python = attach::process_files(pid)
+            .ok()
+            .and_then(|files| attach::python_interpreter(&files));
+        let mut session = Session::start(pid, mode, &allocators, &scopes, go, python, options)?;
         session.read_goroutine_baseline();
+        session.point_python_runtime();
         // A launched command's first brk (the loader's) sets the break it starts from.
         session
             .collector
@@ -500,6 +517,7 @@ impl Session {
         allocators: &[AllocatorModule],
         scopes: &[ScopeProbe],
         go: Option<GoTarget>,
+        python: Option<PythonInterpreter>,
         options: Options,
     ) -> Result<Session, SessionError> {
         let mut options = options;
@@ -522,6 +540,10 @@ impl Session {
                 max_size: options.max_size,
                 sample_rate: options.sample_rate,
                 unwind: options.unwind,
+                python: python
+                    .as_ref()
+                    .and_then(PythonInterpreter::layout)
+                    .unwrap_or_default(),
             },
         )?;
         let maps = KernelMaps::take(&mut probes.ebpf)?;
@@ -573,6 +595,20 @@ impl Session {
             }
             None => None,
         };
+        let python = match python {
+            Some(interpreter) if interpreter.layout().is_some() => {
+                let map = probes
+                    .ebpf
+                    .take_map(leak_common::map_names::PY_RUNTIME)
+                    .and_then(|map| aya::maps::Array::try_from(map).ok());
+                Some((interpreter, map))
+            }
+            other => other.map(|interpreter| (interpreter, None)),
+        };
+        let mut symbolizer = Symbolizer::new();
+        if python.as_ref().is_some_and(|(_, map)| map.is_some()) {
+            symbolizer.python = Some(PythonNames::new(pid));
+        }
         let mut allocators: Vec<AllocatorInfo> = allocators
             .iter()
             .map(|module| allocator_info(module, &options.alloc_fns))
@@ -592,7 +628,7 @@ impl Session {
             ),
             probes,
             modules,
-            symbolizer: Symbolizer::new(),
+            symbolizer,
             options,
             started_ns,
             process_samples: Vec::new(),
@@ -604,7 +640,67 @@ impl Session {
             reachability: None,
             scopes: scope_collector,
             go,
+            python,
+            python_stacks_read: std::collections::HashSet::new(),
         })
+    }
+
+    /// Reads the code objects of new stacks' Python frames while the target has them.
+    fn read_python_codes(&mut self) {
+        let Some(names) = &mut self.symbolizer.python else {
+            return;
+        };
+        let new: Vec<u32> = self
+            .collector
+            .histories()
+            .map(|history| history.key.stack_id)
+            .filter(|id| self.python_stacks_read.insert(*id))
+            .collect();
+        for id in new {
+            names.read_codes(self.collector.stack_ips(id));
+        }
+    }
+
+    /// Tells the kernel where the interpreter's `_PyRuntime` is, once the interpreter is
+    /// mapped (at once when attaching; after the exec for a launched command).
+    fn point_python_runtime(&mut self) {
+        let Some((interpreter, slot)) = &mut self.python else {
+            return;
+        };
+        let Some(map) = slot else { return };
+        let Ok(maps) = procfs::read_maps(self.pid) else {
+            return;
+        };
+        // By inode: the path may have been given through a symbolic link (python3).
+        let Ok(file) = std::fs::metadata(&interpreter.probe_path) else {
+            return;
+        };
+        let Some(first) = maps
+            .iter()
+            .filter(|m| m.is_file() && m.inode == std::os::unix::fs::MetadataExt::ino(&file))
+            .map(|m| m.start)
+            .min()
+        else {
+            return;
+        };
+        let Some(bias) = std::fs::read(&interpreter.probe_path)
+            .ok()
+            .and_then(|elf| attach::load_bias(&elf, first))
+        else {
+            return;
+        };
+        let runtime = interpreter.runtime_symbol.wrapping_add(bias);
+        match map.set(0, runtime, 0) {
+            Ok(()) => {
+                log::info!(
+                    "Python {} in {}: frames read from _PyRuntime at {runtime:#x}",
+                    interpreter.version_text().unwrap_or_default(),
+                    interpreter.display_path
+                );
+                *slot = None;
+            }
+            Err(err) => log::warn!("could not point the kernel at _PyRuntime: {err}"),
+        }
     }
 
     /// The goroutines alive before the probes went in, from the runtime's own list.
@@ -619,7 +715,7 @@ impl Session {
                 .filter(|m| m.file_path() == go.display_path)
                 .map(|m| m.start)
                 .min()?;
-            crate::golang::load_bias(&elf, first)
+            attach::load_bias(&elf, first)
         });
         goroutines.read_baseline(self.pid, &go.program, bias.unwrap_or(0));
     }
@@ -717,8 +813,12 @@ impl Session {
         if let Some((_, Some(goroutines))) = &mut self.go {
             goroutines.sample(now_ns.saturating_sub(self.started_ns) as f64 / 1e9);
         }
+        if self.python.as_ref().is_some_and(|(_, slot)| slot.is_some()) {
+            self.point_python_runtime();
+        }
         if self.collector.take_new_stacks() {
             let _ = self.modules.refresh(self.pid);
+            self.read_python_codes();
         }
         self.sample_process(now_ns);
         Ok(())
@@ -1287,6 +1387,14 @@ impl Session {
 
     fn runtimes(&self) -> Vec<RuntimeInfo> {
         let mut runtimes = self.modules.runtimes();
+        if let Some((interpreter, _)) = &self.python {
+            runtimes.push(RuntimeInfo {
+                runtime: "python".into(),
+                version: interpreter.version_text(),
+                perf_map: None,
+                hint: interpreter.hint(),
+            });
+        }
         if let Some((go, _)) = &self.go {
             runtimes.push(RuntimeInfo {
                 runtime: "go".into(),

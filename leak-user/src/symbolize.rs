@@ -114,6 +114,8 @@ pub struct Symbolizer {
     jit: HashMap<u64, Frame>,
     /// Addresses that could not be symbolized (no module, no symbol).
     pub failures: u64,
+    /// Names Python frames, when the target runs CPython.
+    pub python: Option<crate::python::PythonNames>,
 }
 
 impl Default for Symbolizer {
@@ -132,12 +134,40 @@ impl Symbolizer {
             cache: HashMap::new(),
             jit: HashMap::new(),
             failures: 0,
+            python: None,
         }
     }
 
     /// Frames for each return address of a stack, innermost first; an address inside
-    /// inlined code expands into several frames.
+    /// inlined code expands into several frames. Python frames recorded with the stack take
+    /// the place of the interpreter's frames that ran them.
     pub fn symbolize_stack(&mut self, modules: &Modules, addresses: &[u64]) -> Vec<Frame> {
+        let (python, native): (Vec<u64>, Vec<u64>) = addresses
+            .iter()
+            .partition(|&&address| leak_common::python_frame(address).is_some());
+        let frames = self.symbolize_native(modules, &native);
+        if python.is_empty() {
+            return frames;
+        }
+        let named: Vec<(Frame, bool)> = python
+            .iter()
+            .filter_map(|&entry| leak_common::python_frame(entry))
+            .map(|(code, instruction, is_entry)| {
+                let frame = match &mut self.python {
+                    Some(names) => names.frame(code, instruction),
+                    None => Frame {
+                        module: Some(crate::python::PYTHON_MODULE.into()),
+                        address: code,
+                        ..Frame::default()
+                    },
+                };
+                (frame, is_entry)
+            })
+            .collect();
+        splice_python(frames, named)
+    }
+
+    fn symbolize_native(&mut self, modules: &Modules, addresses: &[u64]) -> Vec<Frame> {
         let _ = self.prefetch(modules, addresses);
         let mut frames = Vec::new();
         for &address in addresses {
@@ -257,6 +287,33 @@ impl Symbolizer {
     }
 }
 
+/// CPython's evaluator: one activation runs the Python frames from the innermost one up to
+/// the first entered from C.
+const PYTHON_EVALUATOR: &str = "_PyEval_EvalFrameDefault";
+
+/// Native frames with the Python frames (innermost first, each with "entered from C") put
+/// in place of the evaluator activations that ran them. Python frames left over (the native
+/// walk ended early, or the evaluator is not named) go at the end.
+pub fn splice_python(native: Vec<Frame>, python: Vec<(Frame, bool)>) -> Vec<Frame> {
+    let mut python = python.into_iter().peekable();
+    let mut frames = Vec::with_capacity(native.len() + python.len());
+    for frame in native {
+        let evaluator = !frame.inlined && frame.function.as_deref() == Some(PYTHON_EVALUATOR);
+        if evaluator && python.peek().is_some() {
+            for (python_frame, is_entry) in python.by_ref() {
+                frames.push(python_frame);
+                if is_entry {
+                    break;
+                }
+            }
+            continue;
+        }
+        frames.push(frame);
+    }
+    frames.extend(python.map(|(frame, _)| frame));
+    frames
+}
+
 /// Whether a mapped file is a V8 runtime: the node executable, or libnode.
 fn is_node(path: &str) -> bool {
     let name = path.rsplit('/').next().unwrap_or(path);
@@ -327,5 +384,56 @@ mod tests {
         assert_eq!(frames.len(), 1);
         assert_eq!(frames[0].address, 0x1234);
         assert!(frames[0].function.is_none() && frames[0].module.is_none());
+    }
+
+    #[test]
+    fn python_frames_replace_the_evaluator_that_ran_them() {
+        let native = |function: &str| Frame {
+            function: Some(function.into()),
+            ..Frame::default()
+        };
+        let python = |function: &str, is_entry| {
+            (
+                Frame {
+                    function: Some(function.into()),
+                    module: Some(crate::python::PYTHON_MODULE.into()),
+                    ..Frame::default()
+                },
+                is_entry,
+            )
+        };
+        let frames = splice_python(
+            vec![
+                native("malloc"),
+                native(PYTHON_EVALUATOR),
+                native("builtin_call"),
+                native(PYTHON_EVALUATOR),
+                native("main"),
+            ],
+            vec![
+                python("cache_request", false),
+                python("handle", true),
+                python("main", false),
+                python("<module>", true),
+                python("lost", false),
+            ],
+        );
+        let names: Vec<&str> = frames
+            .iter()
+            .map(|frame| frame.function.as_deref().unwrap_or("?"))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "malloc",
+                "cache_request",
+                "handle",
+                "builtin_call",
+                "main",
+                "<module>",
+                "main",
+                "lost"
+            ]
+        );
     }
 }
