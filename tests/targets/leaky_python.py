@@ -1,5 +1,4 @@
-# Not used by a test yet: the target for issue 11's CPython 3.11 part.
-# A Python service leaking through a native path: cache_request keeps every request's
+# A Python service leaking through a native path (tests/tests/runtimes.rs): cache_request keeps every request's
 # bytearray (its buffer comes from malloc: CPython hands blocks over 512 bytes to the
 # system allocator); handle_read's are freed at once.
 import sys
@@ -9,7 +8,7 @@ CACHE = []
 
 
 def cache_request(i):
-    CACHE.append(bytearray(16 * 1024))
+    CACHE.append(bytearray(16 * 1024))  # leaks: kept in CACHE
 
 
 def handle_read(i):

@@ -4,6 +4,8 @@
 //!   `node --perf-basic-prof` writes; without the map, the report says how to get one.
 //! - Go: a service that leaks goroutines at one `go` statement and keeps a growing slice in
 //!   another handler; both are named with file and line, attached and launched.
+//! - CPython 3.11: a service leaking bytearrays (malloc'd buffers) from one function is named
+//!   by its Python function, file and line, read from the interpreter's frames.
 use std::{
     io::{BufRead, BufReader},
     path::Path,
@@ -303,4 +305,101 @@ fn go_leaks_are_named_in_a_launched_program() {
     assert_go_leaks_named(&traced, 4);
     let leak = goroutine_site(&traced, "main.handleSubscribe").expect("listed");
     assert_eq!(u64_of(&leak["alive_at_start"]), 0, "{leak}");
+}
+
+const PYTHON: &str = "/usr/bin/python3";
+
+#[test]
+fn python_functions_name_the_leak() {
+    if !bpf_available("python_functions_name_the_leak")
+        || !tool_available("python_functions_name_the_leak", Path::new(PYTHON))
+    {
+        return;
+    }
+    let mut child = Command::new(PYTHON)
+        .arg(targets_dir().join("leaky_python.py"))
+        .arg("120")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start python");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .expect("python's first line");
+    assert_eq!(line.trim(), "ready");
+    let python = Target { child };
+    let traced = leaktrace(
+        "python_frames",
+        &["attach", "--pid", &python.pid(), "-d", "6s", "--top", "0"],
+    );
+    assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
+    let runtime = &traced.report["runtimes"][0];
+    assert_eq!(
+        runtime["runtime"], "python",
+        "{}",
+        traced.report["runtimes"]
+    );
+    let version = runtime["version"].as_str().unwrap_or_default();
+    assert!(version.starts_with("3.11."), "{runtime}");
+    assert!(runtime["hint"].is_null(), "{runtime}");
+
+    let python_frame = |stack: &serde_json::Value, function: &str| -> Option<serde_json::Value> {
+        stack["frames"]
+            .as_array()?
+            .iter()
+            .find(|frame| frame["function"] == function && frame["module"] == "[python]")
+            .cloned()
+    };
+    let leak = traced
+        .stacks()
+        .iter()
+        .find(|stack| {
+            stack["verdict"] == "leaking" && python_frame(stack, "cache_request").is_some()
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no leaking stack through cache_request: {}",
+                traced.describe()
+            )
+        });
+    // 10 bytearrays of 16 KiB every 100 ms, kept.
+    assert!(u64_of(&leak["outstanding_bytes"]) >= 40 * 16384, "{leak}");
+    let frame = python_frame(leak, "cache_request").expect("found above");
+    assert!(
+        frame["file"]
+            .as_str()
+            .is_some_and(|file| file.ends_with("tests/targets/leaky_python.py")),
+        "{frame}"
+    );
+    assert_eq!(
+        u64_of(&frame["line"]),
+        line_of("leaky_python.py", "# leaks: kept in CACHE"),
+        "{frame}"
+    );
+    // Its Python caller, at the line that calls it, and the module's code below that.
+    let caller = python_frame(leak, "main").expect("main in the stack");
+    assert_eq!(
+        u64_of(&caller["line"]),
+        line_of("leaky_python.py", "    cache_request(i)"),
+        "{caller}"
+    );
+    assert!(python_frame(leak, "<module>").is_some(), "{leak}");
+    // handle_read's bytearrays are freed at once.
+    assert!(
+        !traced
+            .stacks()
+            .iter()
+            .any(|stack| stack["verdict"] == "leaking"
+                && python_frame(stack, "handle_read").is_some()),
+        "{}",
+        traced.describe()
+    );
+    assert!(
+        traced
+            .stacks()
+            .iter()
+            .any(|stack| python_frame(stack, "handle_read").is_some()),
+        "handle_read's stack is listed: {}",
+        traced.describe()
+    );
 }
