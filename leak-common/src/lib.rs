@@ -697,6 +697,10 @@ impl MmapEventKind {
     }
 }
 
+/// A brk event's `len` when the break was moved inside an allocator call (malloc growing its
+/// heap): it belongs to that allocation, and only tells where the break now is.
+pub const BRK_BY_ALLOCATOR: u64 = 1;
+
 /// A completed anonymous mmap, munmap or mremap, or a brk, of the target, sent through
 /// `MMAP_EVENTS`.
 #[repr(C)]
@@ -708,7 +712,8 @@ pub struct MmapEvent {
     pub stack_id: u32,
     pub _pad: u32,
     pub timestamp_ns: u64,
-    /// Map: the new region; Unmap: the range removed; Remap: the old range.
+    /// Map: the new region; Unmap: the range removed; Remap: the old range; Brk: the new
+    /// break, and in `len` [`BRK_BY_ALLOCATOR`] when an allocator call moved it.
     pub addr: u64,
     pub len: u64,
     /// Remap only: where the region now lives and its new length.

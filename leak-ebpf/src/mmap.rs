@@ -12,7 +12,9 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use leak_common::{Counter, MmapEvent, MmapEventKind, PendingSyscall, UNKNOWN_STACK_ID};
+use leak_common::{
+    BRK_BY_ALLOCATOR, Counter, MmapEvent, MmapEventKind, PendingSyscall, UNKNOWN_STACK_ID,
+};
 
 use crate::maps::{
     FirstFrame, MMAP_EVENTS, PENDING_CALLS, PENDING_SYSCALLS, count, target_tid, user_regs,
@@ -228,19 +230,23 @@ pub fn mremap_exit(ctx: TracePointContext) -> u32 {
 
 /// The program break after brk(2): user space turns the change since the last one into a
 /// region mapped (or unmapped) by this stack. Calls made inside an allocator call (malloc
-/// growing its heap) belong to the allocation, as with mmap.
+/// growing its heap) belong to the allocation, as with mmap: they are sent without a stack,
+/// only so that user space knows where the break is (a later trim by free would otherwise
+/// look like growth from the last break it saw).
 #[tracepoint]
 pub fn brk_exit(ctx: TracePointContext) -> u32 {
     let Some(tid) = target_tid() else { return 0 };
-    if inside_allocator(tid) {
-        return 0;
-    }
     let program_break = field(&ctx, RET);
     if program_break == 0 || failed(program_break) {
         return 0;
     }
-    let regs = user_regs();
-    let stack_id = user_stack_id(&ctx, regs.as_ref(), FirstFrame::ReturnAddress);
+    let by_allocator = inside_allocator(tid);
+    let stack_id = if by_allocator {
+        UNKNOWN_STACK_ID
+    } else {
+        let regs = user_regs();
+        user_stack_id(&ctx, regs.as_ref(), FirstFrame::ReturnAddress)
+    };
     emit(MmapEvent {
         kind: MmapEventKind::Brk as u32,
         tid,
@@ -249,7 +255,7 @@ pub fn brk_exit(ctx: TracePointContext) -> u32 {
         // SAFETY: helper without arguments.
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
         addr: program_break,
-        len: 0,
+        len: if by_allocator { BRK_BY_ALLOCATOR } else { 0 },
         new_addr: 0,
         new_len: 0,
         caller_hint: 0,

@@ -197,7 +197,11 @@ impl Collector {
                         stack_id: event.stack_id,
                         caller_hint: 0,
                     };
+                    let by_allocator = event.len == leak_common::BRK_BY_ALLOCATOR;
                     match self.program_break {
+                        // The allocator's own growth belongs to its allocations; its shrinking
+                        // (free trimming the heap) unmaps nothing of the program's.
+                        _ if by_allocator => {}
                         Some(last)
                             if event.addr > last && self.sizes.contains(&(event.addr - last)) =>
                         {
