@@ -855,6 +855,12 @@ impl Probes {
                 .and_then(|id| probe.take_link(id))
                 .map_err(|err| probe_error(&point.symbol, &go.display_path, err))?;
             self.links.push(link);
+            log::debug!(
+                "{} in {}: probe at file offset {:#x}",
+                point.symbol,
+                go.display_path,
+                point.file_offset
+            );
             self.attached
                 .push(format!("{} in {}", point.symbol, go.display_path));
         }

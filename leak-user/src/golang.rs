@@ -70,11 +70,20 @@ impl GoProgram {
         if !is_go {
             return None;
         }
-        let symbols: HashMap<&str, (u64, u64)> = file
+        let mut symbols: HashMap<String, (u64, u64)> = file
             .symbols()
             .filter(|symbol| symbol.is_definition())
-            .filter_map(|symbol| Some((symbol.name().ok()?, (symbol.address(), symbol.size()))))
+            .filter_map(|symbol| {
+                Some((
+                    symbol.name().ok()?.to_string(),
+                    (symbol.address(), symbol.size()),
+                ))
+            })
             .collect();
+        if !symbols.contains_key(NEWPROC) {
+            // Stripped (-ldflags=-s): the functions are still in Go's own table.
+            symbols.extend(pclntab_functions(&file));
+        }
         let text = |name: &str| -> Option<GoProbe> {
             let (address, _) = symbols.get(name)?;
             Some(GoProbe {
@@ -85,7 +94,11 @@ impl GoProgram {
         let mut program = GoProgram {
             version: symbols
                 .get("runtime.buildVersion")
-                .and_then(|(address, _)| read_go_string(&file, elf, *address)),
+                .and_then(|(address, _)| read_go_string(&file, elf, *address))
+                .or_else(|| {
+                    let info = file.section_by_name(".go.buildinfo")?;
+                    build_info_version(info.data().ok()?)
+                }),
             allgs: symbols.get("runtime.allgs").map(|(address, _)| *address),
             newproc: text(NEWPROC),
             goexit: text(GOEXIT),
@@ -135,6 +148,10 @@ impl GoProgram {
                 span_npages,
                 page_bytes: GO_PAGE_BYTES,
             });
+        } else if let Some((layout, status)) = program.version.as_deref().and_then(known_layout) {
+            // No DWARF (-ldflags=-w): the layout of a release leaktrace was checked against.
+            program.layout = Some(layout);
+            program.g_status = Some(status);
         }
         Some(program)
     }
@@ -154,12 +171,13 @@ impl GoProgram {
 
     /// Why Go support is partial, for the report; None when it is complete.
     pub fn missing(&self) -> Option<String> {
+        let version = self.version.as_deref().unwrap_or("of unknown version");
         if self.layout.is_none() {
-            return Some(
-                "the executable has no DWARF (built with -ldflags=-w?), so the runtime's struct \
-                 layout is unknown: goroutines and the Go heap are not traced; rebuild without -w"
-                    .into(),
-            );
+            return Some(format!(
+                "the Go runtime's struct layout is unknown: the executable has no DWARF (built \
+                 with -ldflags=-w?) and Go {version} is not a release leaktrace knows the layout \
+                 of, so goroutines and the Go heap are not traced; rebuild without -w"
+            ));
         }
         let mut absent: Vec<&str> = Vec::new();
         if !self.can_count_goroutines() {
@@ -168,13 +186,21 @@ impl GoProgram {
         if !self.can_follow_heap() {
             absent.push("the Go heap");
         }
-        (!absent.is_empty()).then(|| {
-            format!(
-                "this Go runtime ({}) lacks functions leaktrace probes: {} not traced",
-                self.version.as_deref().unwrap_or("unknown version"),
+        let mut notes = Vec::new();
+        if !absent.is_empty() {
+            notes.push(format!(
+                "this Go runtime ({version}) lacks functions leaktrace probes: {} not traced",
                 absent.join(" and ")
-            )
-        })
+            ));
+        }
+        if self.can_count_goroutines() && (self.allgs.is_none() || self.g_status.is_none()) {
+            notes.push(
+                "no ELF symbol table (built with -ldflags=-s?): goroutines started before \
+                 leaktrace attached are not counted; rebuild without -s to count them"
+                    .to_string(),
+            );
+        }
+        (!notes.is_empty()).then(|| notes.join("; "))
     }
 }
 
@@ -316,6 +342,81 @@ impl Goroutines {
 
     pub fn sites(&self) -> impl Iterator<Item = &SiteHistory> {
         self.sites.values()
+    }
+}
+
+/// Every function of Go's own table, by name: (entry, size up to the next function). A name
+/// can appear twice: a function and its ABI wrapper (`runtime.newproc` and what the symbol
+/// table calls `runtime.newproc.abi0`, a small trampoline for assembly callers); the larger
+/// one is the function.
+fn pclntab_functions(file: &object::File<'_>) -> HashMap<String, (u64, u64)> {
+    let mut found: HashMap<String, (u64, u64)> = HashMap::new();
+    let Some(data) = file
+        .section_by_name(".gopclntab")
+        .and_then(|section| section.data().ok())
+    else {
+        return found;
+    };
+    let text = file
+        .section_by_name(".text")
+        .map_or(0, |text| text.address());
+    let Some(table) = crate::pclntab::Pclntab::parse(data, text) else {
+        return found;
+    };
+    let functions: Vec<(String, u64)> = table.functions().collect();
+    for (index, (name, entry)) in functions.iter().enumerate() {
+        let end = functions.get(index + 1).map_or(*entry, |next| next.1);
+        let size = end.saturating_sub(*entry);
+        let kept = found.entry(name.clone()).or_insert((*entry, size));
+        if size > kept.1 {
+            *kept = (*entry, size);
+        }
+    }
+    found
+}
+
+/// The Go version recorded in `.go.buildinfo` (Go 1.18+, where it is stored inline).
+pub fn build_info_version(info: &[u8]) -> Option<String> {
+    const MAGIC: &[u8] = b"\xff Go buildinf:";
+    if !info.starts_with(MAGIC) || info.get(15)? & 2 == 0 {
+        return None;
+    }
+    // After the 32-byte header: the version, as a varint length and the bytes.
+    let (mut len, mut shift, mut at) = (0usize, 0, 32usize);
+    loop {
+        let byte = *info.get(at)?;
+        at += 1;
+        len |= usize::from(byte & 0x7F) << shift;
+        if byte & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+        if shift > 28 {
+            return None;
+        }
+    }
+    let version = std::str::from_utf8(info.get(at..at.checked_add(len)?)?).ok()?;
+    version.starts_with("go").then(|| version.to_string())
+}
+
+/// The runtime layout, and `g.atomicstatus`, of Go releases checked against their DWARF, for
+/// binaries built without it. Go 1.19 (pahole on a go1.19.8 build): g.gopc +296,
+/// g.atomicstatus +144, mcache.alloc +40, mspan.startAddr +24, mspan.npages +32.
+pub fn known_layout(version: &str) -> Option<(GoLayout, u64)> {
+    let release = version.strip_prefix("go")?;
+    let minor: Vec<&str> = release.splitn(3, '.').collect();
+    match (minor.first()?, minor.get(1)?) {
+        (&"1", &"19") => Some((
+            GoLayout {
+                g_gopc: 296,
+                mcache_alloc: 40,
+                span_start: 24,
+                span_npages: 32,
+                page_bytes: GO_PAGE_BYTES,
+            },
+            144,
+        )),
+        _ => None,
     }
 }
 
@@ -562,5 +663,22 @@ mod tests {
         assert_eq!(alive_now(start, 13, 6), 15);
         // Exits of goroutines the read missed never go below zero.
         assert_eq!(alive_now(0, 0, 4), 0);
+    }
+
+    #[test]
+    fn reads_the_version_from_build_info_and_knows_1_19() {
+        let mut info = b"\xff Go buildinf:".to_vec();
+        info.push(8);
+        info.push(2);
+        info.resize(32, 0);
+        info.push(8);
+        info.extend(b"go1.19.8");
+        assert_eq!(build_info_version(&info).as_deref(), Some("go1.19.8"));
+        info[15] = 0;
+        assert_eq!(build_info_version(&info), None);
+        let (layout, status) = known_layout("go1.19.8").expect("1.19");
+        assert_eq!((layout.g_gopc, layout.mcache_alloc, status), (296, 40, 144));
+        assert!(known_layout("go1.22.1").is_none());
+        assert!(known_layout("devel").is_none());
     }
 }

@@ -8,7 +8,8 @@
 //! flags. `model` is the vocabulary they share; `procfs` reads /proc. Beside the main path:
 //! `scope` (--scope: what each call of a function keeps) and `suspects` (which scope calls
 //! go with the growth), `reachability` and `freeze` (--reachability), `watch` (the sidecar), `golang` (Go
-//! programs: the runtime's probes, goroutines per creation site), `python` (CPython's
+//! programs: the runtime's probes, goroutines per creation site; `pclntab` Go's own symbol
+//! table), `python` (CPython's
 //! frames in stacks).
 pub mod allocators;
 pub mod analysis;
@@ -23,6 +24,7 @@ pub mod launch;
 pub mod metrics;
 pub mod model;
 pub mod otel;
+pub mod pclntab;
 pub mod perf_map;
 pub mod privileges;
 pub mod probe_site;

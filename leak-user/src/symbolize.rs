@@ -116,6 +116,48 @@ pub struct Symbolizer {
     pub failures: u64,
     /// Names Python frames, when the target runs CPython.
     pub python: Option<crate::python::PythonNames>,
+    /// Go's own symbol tables, per file (None: the file has none).
+    go_tables: HashMap<FileId, Option<GoTable>>,
+}
+
+/// A Go binary's `.gopclntab`, and where its file offsets are in memory.
+struct GoTable {
+    section: Vec<u8>,
+    text: u64,
+    /// Loadable segments: (file offset, file size, virtual address).
+    segments: Vec<(u64, u64, u64)>,
+}
+
+impl GoTable {
+    fn read(path: &std::path::Path) -> Option<GoTable> {
+        use object::{Object, ObjectSection, ObjectSegment};
+        let data = std::fs::read(path).ok()?;
+        let file = object::File::parse(&*data).ok()?;
+        let section = file.section_by_name(".gopclntab")?.data().ok()?.to_vec();
+        Some(GoTable {
+            section,
+            text: file
+                .section_by_name(".text")
+                .map_or(0, |text| text.address()),
+            segments: file
+                .segments()
+                .map(|segment| {
+                    let (start, size) = segment.file_range();
+                    (start, size, segment.address())
+                })
+                .collect(),
+        })
+    }
+
+    /// The location of the instruction before return address `offset` (a file offset).
+    fn lookup(&self, offset: u64) -> Option<crate::pclntab::GoLocation> {
+        let &(start, _, address) = self
+            .segments
+            .iter()
+            .find(|(start, size, _)| (*start..start + size).contains(&offset))?;
+        let pc = offset - start + address;
+        crate::pclntab::Pclntab::parse(&self.section, self.text)?.lookup(pc.saturating_sub(1))
+    }
 }
 
 impl Default for Symbolizer {
@@ -135,6 +177,7 @@ impl Symbolizer {
             jit: HashMap::new(),
             failures: 0,
             python: None,
+            go_tables: HashMap::new(),
         }
     }
 
@@ -242,7 +285,7 @@ impl Symbolizer {
                 .iter()
                 .map(|offset| offset.saturating_sub(1))
                 .collect();
-            let source = Source::Elf(Elf::new(path));
+            let source = Source::Elf(Elf::new(path.clone()));
             let results = self
                 .blazesym
                 .symbolize(&source, Input::FileOffset(&lookups));
@@ -275,16 +318,42 @@ impl Symbolizer {
                         });
                         frames
                     }
-                    _ => {
-                        self.failures += 1;
-                        vec![unknown_frame(&module_name, *offset)]
-                    }
+                    _ => match go_location(&mut self.go_tables, &id, &path, *offset) {
+                        // A stripped Go binary: its own table still names it.
+                        Some(location) => vec![Frame {
+                            function: Some(location.function),
+                            file: location.file,
+                            line: location.line,
+                            module: Some(module_name.clone()),
+                            module_offset: Some(*offset),
+                            ..Frame::default()
+                        }],
+                        None => {
+                            self.failures += 1;
+                            vec![unknown_frame(&module_name, *offset)]
+                        }
+                    },
                 };
                 self.cache.insert((id.clone(), *offset), frames);
             }
         }
         new
     }
+}
+
+/// Where a return address of a Go binary without ELF symbols is, from its `.gopclntab`
+/// (read once per file into `tables`).
+fn go_location(
+    tables: &mut HashMap<FileId, Option<GoTable>>,
+    id: &FileId,
+    path: &std::path::Path,
+    offset: u64,
+) -> Option<crate::pclntab::GoLocation> {
+    tables
+        .entry(id.clone())
+        .or_insert_with(|| GoTable::read(path))
+        .as_ref()?
+        .lookup(offset)
 }
 
 /// CPython's evaluator: one activation runs the Python frames from the innermost one up to

@@ -13,8 +13,8 @@ use std::{
 };
 
 use leaktrace_tests::{
-    Target, Traced, bpf_available, build_go, leaktrace, scratch_dir, targets_dir, tool_available,
-    u64_of,
+    Target, Traced, bpf_available, build_go, build_go_variant, leaktrace, scratch_dir, targets_dir,
+    tool_available, u64_of,
 };
 
 const NODE: &str = "/usr/bin/node";
@@ -195,6 +195,11 @@ fn goroutine_site<'a>(traced: &'a Traced, function: &str) -> Option<&'a serde_js
 
 /// The Go target's two leaks, and its control, as any Go report must show them.
 fn assert_go_leaks_named(traced: &Traced, seconds: u64) {
+    assert_go_leaks_named_with(traced, seconds, true);
+}
+
+/// As above; `complete`: the runtime hint must be empty (a stripped binary gets one).
+fn assert_go_leaks_named_with(traced: &Traced, seconds: u64, complete: bool) {
     assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
     assert_eq!(traced.dropped_total(), 0, "{}", traced.report["dropped"]);
     let runtime = &traced.report["runtimes"][0];
@@ -205,7 +210,9 @@ fn assert_go_leaks_named(traced: &Traced, seconds: u64) {
             .is_some_and(|v| v.starts_with("go1.")),
         "{runtime}"
     );
-    assert!(runtime["hint"].is_null(), "{runtime}");
+    if complete {
+        assert!(runtime["hint"].is_null(), "{runtime}");
+    }
 
     // One goroutine per request (about 90 a second) is never released.
     let leak = goroutine_site(traced, "main.handleSubscribe")
@@ -291,6 +298,27 @@ fn go_goroutine_and_heap_leaks_are_named_when_attached() {
     assert_go_leaks_named(&traced, 6);
     let leak = goroutine_site(&traced, "main.handleSubscribe").expect("listed");
     assert!(u64_of(&leak["alive_at_start"]) >= 40, "{leak}");
+}
+
+#[test]
+fn a_stripped_go_binary_is_named_from_its_own_table() {
+    let test = "a_stripped_go_binary_is_named_from_its_own_table";
+    if !bpf_available(test) || !tool_available(test, Path::new(GO)) {
+        return;
+    }
+    // No ELF symbol table and no DWARF: names, files and lines from .gopclntab, probe
+    // points too, and the runtime layout from the release's known one.
+    let program = build_go_variant("goroutines.go", "goroutines_stripped", &["-ldflags=-s -w"]);
+    let target = Target::start(&program, &["120"]);
+    let traced = leaktrace(
+        "go_stripped",
+        &["attach", "--pid", &target.pid(), "-d", "6s", "--top", "0"],
+    );
+    assert_go_leaks_named_with(&traced, 6, false);
+    let hint = traced.report["runtimes"][0]["hint"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(hint.contains("-ldflags=-s"), "{hint}");
 }
 
 #[test]

@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{compile_c, leaktrace_bin, root};
 
-/// Runs the pairs benchmark once; returns ns per malloc+free pair.
+/// Runs a benchmark program once; returns the ns per pair (or per operation) it printed.
 fn measure(command: &mut Command) -> Result<f64> {
     let out = command
         .output()
@@ -14,7 +14,10 @@ fn measure(command: &mut Command) -> Result<f64> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     stdout
         .lines()
-        .find_map(|line| line.strip_prefix("ns_per_pair="))
+        .find_map(|line| {
+            line.strip_prefix("ns_per_pair=")
+                .or_else(|| line.strip_prefix("ns_per_op="))
+        })
         .and_then(|value| value.trim().parse().ok())
         .with_context(|| {
             format!(
@@ -97,6 +100,97 @@ fn bench_program() -> Result<std::path::PathBuf> {
     Ok(bench_bin)
 }
 
+/// The language-runtime workloads: program, workload, operations, what a row measures.
+const RUNTIME_WORKLOADS: [(&str, &str, u64, &str); 4] = [
+    (
+        "go",
+        "alloc",
+        20_000_000,
+        "Go: `make([]byte, 64)` kept in a global (one span probe per 128)",
+    ),
+    (
+        "go",
+        "goroutines",
+        500_000,
+        "Go: a goroutine started and ended (`go wg.Done()`)",
+    ),
+    (
+        "python",
+        "malloc",
+        1_000_000,
+        "CPython 3.11: `bytearray(1024)`, malloc'd and freed, stack with Python frames",
+    ),
+    (
+        "python",
+        "objects",
+        5_000_000,
+        "CPython 3.11: `[i]`, from CPython's own arenas (no probe)",
+    ),
+];
+
+/// The cost of the Go runtime probes and of reading CPython's frames: each workload of
+/// tests/targets/go_bench.go and py_bench.py untraced and under `leaktrace run`.
+pub fn runtimes(runs: usize) -> Result<String> {
+    let out_dir = root().join("target/xtask");
+    std::fs::create_dir_all(&out_dir)?;
+    let go_bench = out_dir.join("go_bench");
+    let status = Command::new("go")
+        .arg("build")
+        .arg("-o")
+        .arg(&go_bench)
+        .arg(root().join("tests/targets/go_bench.go"))
+        .env("GOCACHE", root().join("target/go-cache"))
+        .env("GOFLAGS", "-buildvcs=false")
+        .status()
+        .context("running go build (cargo xtask setup installs golang-go)")?;
+    if !status.success() {
+        bail!("go build of tests/targets/go_bench.go failed");
+    }
+    let py_bench = root().join("tests/targets/py_bench.py");
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "| workload | untraced ns/op (median of {runs}) | leaktrace ns/op | added ns | slowdown |"
+    );
+    let _ = writeln!(table, "|---|---|---|---|---|");
+    for (program, workload, count, what) in RUNTIME_WORKLOADS {
+        let mut target: Vec<std::ffi::OsString> = match program {
+            "go" => vec![go_bench.clone().into()],
+            _ => vec!["/usr/bin/python3".into(), py_bench.clone().into()],
+        };
+        target.extend([workload.into(), count.to_string().into()]);
+        let command = |traced: bool| {
+            let mut command = Command::new(if traced {
+                leaktrace_bin().into_os_string()
+            } else {
+                target[0].clone()
+            });
+            if traced {
+                command.args(["run", "--format", "json", "--output", "/dev/null", "--"]);
+                command.args(&target);
+            } else {
+                command.args(&target[1..]);
+            }
+            command
+        };
+        let (mut untraced, mut traced) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            untraced.push(measure(&mut command(false))?);
+            traced.push(measure(&mut command(true))?);
+        }
+        let (base, with) = (median(untraced), median(traced));
+        let _ = writeln!(
+            table,
+            "| {what} | {base:.0} | {with:.0} | {:.0} | {:.2}× |",
+            with - base,
+            with / base
+        );
+        println!("{program} {workload}: untraced {base:.0} ns, traced {with:.0} ns");
+    }
+    println!("{table}");
+    Ok(table)
+}
+
 /// `--scope-only`: the scope cost table alone.
 pub fn scope_cost_only(pairs: u64, runs: usize) -> Result<()> {
     if runs == 0 {
@@ -149,6 +243,7 @@ pub fn run(pairs: u64, runs: usize) -> Result<()> {
     let scopes = scope_cost(&bench_bin, pairs, runs)?;
     let peers = peers(&bench_bin, pairs, runs)?;
     let redis = redis(runs)?;
+    let runtimes = runtimes(runs)?;
     let reachability = reachability(runs)?;
     let agent = agent_cost(&bench_bin)?;
     let agent = agent + &symbolization()?;
@@ -172,6 +267,11 @@ pub fn run(pairs: u64, runs: usize) -> Result<()> {
          `redis-benchmark -n {REDIS_REQUESTS} -c 50 -t set,get`, median of {runs}; leaktrace \
          attached with `attach --pid` or watching with `watch --pid` (gear 1 only: no \
          allocator probes), traced runs alternating with untraced ones.\n\n{redis}\n\
+         ## Language runtimes\n\nThe Go probes fire once per span filled (8 KiB or more \
+         of small objects), once per large object, and twice per goroutine (`newproc`, \
+         `goexit0`); a CPython target's stacks also get its Python frames, read in the kernel \
+         on every traced call. Each program times its own loop (leaktrace's start is not in \
+         it); median of {runs}.\n\n{runtimes}\n\
          ## The reachability scan's pause\n\n`attach --reachability` stops the target (every \
          thread, with ptrace) while it reads its memory. redis-server filled with \
          {REACHABILITY_KEYS} keys (`DEBUG POPULATE`, 200-byte values) before the attach, then \

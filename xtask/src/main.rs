@@ -81,6 +81,9 @@ enum Task {
         /// Only the --scope cost table, printed (BENCHMARKS.md is left as it is).
         #[arg(long)]
         scope_only: bool,
+        /// Only the Go and CPython table, printed (BENCHMARKS.md is left as it is).
+        #[arg(long)]
+        runtimes_only: bool,
     },
 }
 
@@ -117,6 +120,7 @@ fn main() -> Result<()> {
             redis_only,
             reachability_only,
             scope_only,
+            runtimes_only,
         } => {
             setup::run()?;
             if stack_quality_only {
@@ -134,6 +138,10 @@ fn main() -> Result<()> {
             if scope_only {
                 build()?;
                 return bench::scope_cost_only(pairs, runs);
+            }
+            if runtimes_only {
+                build()?;
+                return bench::runtimes(runs).map(drop);
             }
             setup::bench_peers();
             build()?;
