@@ -369,6 +369,11 @@ pub struct GoroutineSite {
     pub _pad: u32,
 }
 
+/// The uprobe cookie of a Go probe placed on a function's stack-check branch (`jbe` to
+/// morestack) rather than its entry: a pass where the branch will be taken is skipped, since
+/// the function starts over once its stack has grown.
+pub const GO_ON_STACK_CHECK: u64 = 1;
+
 /// Program names of the Go probes.
 pub const GO_NEWPROC_PROGRAM: &str = "go_newproc";
 pub const GO_GOEXIT_PROGRAM: &str = "go_goexit";

@@ -23,11 +23,11 @@ use aya::{
 };
 use leak_common::{
     ALLOC_RETURN_PROGRAM, AllocFn, CallShape, ENTRY_PROGRAM, GO_GOEXIT_PROGRAM,
-    GO_LARGE_SPAN_PROGRAM, GO_LAYOUT_GLOBAL, GO_NEWPROC_PROGRAM, GO_SPAN_FREE_PROGRAM,
-    GO_SPAN_FULL_PROGRAM, MAX_SCOPE_TAGS, MAX_SIZE_GLOBAL, MAX_UNWIND_ROWS, MIN_SIZE_GLOBAL,
-    PAGE_FAULT_PROGRAM, SAMPLE_RATE_GLOBAL, SCOPE_COUNT_GLOBAL, SCOPE_ENTRY_PROGRAM,
-    SCOPE_EVENTS_BYTES, SCOPE_RETURN_PROGRAM, SYSCALL_PROGRAMS, TARGET_TGID_GLOBAL, UNWIND_DWARF,
-    UNWIND_FRAME_POINTERS, UNWIND_MODE_GLOBAL, map_names,
+    GO_LARGE_SPAN_PROGRAM, GO_LAYOUT_GLOBAL, GO_NEWPROC_PROGRAM, GO_ON_STACK_CHECK,
+    GO_SPAN_FREE_PROGRAM, GO_SPAN_FULL_PROGRAM, MAX_SCOPE_TAGS, MAX_SIZE_GLOBAL, MAX_UNWIND_ROWS,
+    MIN_SIZE_GLOBAL, PAGE_FAULT_PROGRAM, SAMPLE_RATE_GLOBAL, SCOPE_COUNT_GLOBAL,
+    SCOPE_ENTRY_PROGRAM, SCOPE_EVENTS_BYTES, SCOPE_RETURN_PROGRAM, SYSCALL_PROGRAMS,
+    TARGET_TGID_GLOBAL, UNWIND_DWARF, UNWIND_FRAME_POINTERS, UNWIND_MODE_GLOBAL, map_names,
 };
 use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
@@ -848,7 +848,11 @@ impl Probes {
             }
             let at = UProbeAttachPoint {
                 location: UProbeAttachLocation::AbsoluteOffset(point.file_offset),
-                cookie: None,
+                cookie: Some(if point.on_stack_check {
+                    GO_ON_STACK_CHECK
+                } else {
+                    0
+                }),
             };
             let link = probe
                 .attach(at, &go.probe_path, scope)

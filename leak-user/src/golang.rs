@@ -17,6 +17,7 @@ use object::{Object, ObjectSection, ObjectSymbol};
 
 use crate::freeze::ProcessMemory;
 use crate::model::GoroutineSample;
+use crate::probe_site::probe_offset;
 use crate::reachability::Memory;
 
 /// The runtime's page (`_PageSize`): 8 KiB on every platform Go supports.
@@ -40,6 +41,10 @@ const LARGE_CALLERS: [&str; 2] = ["runtime.mallocgc", "runtime.mallocgcLarge"];
 pub struct GoProbe {
     pub symbol: String,
     pub file_offset: u64,
+    /// The probe sits on the function's stack-check branch (`jbe` to morestack), which
+    /// the kernel emulates: the program skips the pass that is about to grow the stack (the
+    /// function then starts over and passes the probe again).
+    pub on_stack_check: bool,
 }
 
 /// What leaktrace found in a Go executable.
@@ -84,11 +89,22 @@ impl GoProgram {
             // Stripped (-ldflags=-s): the functions are still in Go's own table.
             symbols.extend(pclntab_functions(&file));
         }
+        // The probe moves past the stack check onto its branch, which the kernel emulates
+        // rather than single-steps (see probe_site). A call that must grow its stack passes
+        // that branch twice (morestack starts the function over); the kernel program tells
+        // the first pass by the flags the branch is about to act on (`on_stack_check`).
         let text = |name: &str| -> Option<GoProbe> {
             let (address, _) = symbols.get(name)?;
+            let entry = crate::attach::virtual_to_file_offset(&file, *address)?;
+            let start = usize::try_from(entry).ok()?;
+            let code = elf.get(start..start.saturating_add(64).min(elf.len()))?;
+            let moved = probe_offset(code);
+            let on_stack_check = moved > 0 && is_stack_check_branch(&code[moved as usize..]);
             Some(GoProbe {
                 symbol: name.to_string(),
-                file_offset: crate::attach::virtual_to_file_offset(&file, *address)?,
+                // Anything else than the stack check's branch: the entry.
+                file_offset: entry + if on_stack_check { moved } else { 0 },
+                on_stack_check,
             })
         };
         let mut program = GoProgram {
@@ -121,6 +137,7 @@ impl GoProgram {
                     program.large_spans.push(GoProbe {
                         symbol: format!("{caller} after {ALLOC_LARGE}"),
                         file_offset: after - address + offset,
+                        on_stack_check: false,
                     });
                 }
             }
@@ -433,6 +450,13 @@ fn read_go_string(file: &object::File<'_>, elf: &[u8], address: u64) -> Option<S
         return None;
     }
     String::from_utf8(at(pointer, len as usize)?.to_vec()).ok()
+}
+
+/// Whether `code` starts with the branch of a Go stack check: `jbe` (taken when the stack
+/// pointer is at or below the goroutine's stack guard).
+fn is_stack_check_branch(code: &[u8]) -> bool {
+    let mut decoder = Decoder::new(64, code, DecoderOptions::NONE);
+    decoder.can_decode() && decoder.decode().mnemonic() == iced_x86::Mnemonic::Jbe
 }
 
 /// Addresses of the instructions just after each direct call to `target` in `code`, which

@@ -322,6 +322,33 @@ fn a_stripped_go_binary_is_named_from_its_own_table() {
 }
 
 #[test]
+fn every_goroutine_is_counted_once_even_when_its_go_statement_grows_the_stack() {
+    let test = "every_goroutine_is_counted_once_even_when_its_go_statement_grows_the_stack";
+    if !bpf_available(test) || !tool_available(test, Path::new(GO)) {
+        return;
+    }
+    let program = build_go("goroutine_count.go").display().to_string();
+    let traced = leaktrace("go_count", &["run", "--top", "0", "--", &program]);
+    assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
+    let site = traced.report["goroutines"]["sites"]
+        .as_array()
+        .and_then(|sites| {
+            sites.iter().find(|site| {
+                site["site"]["line"].as_u64()
+                    == Some(line_of("goroutine_count.go", "// the counted go statement"))
+            })
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no site at the go statement: {}",
+                traced.report["goroutines"]
+            )
+        });
+    assert_eq!(u64_of(&site["created"]), 3000, "{site}");
+    assert_eq!(u64_of(&site["alive"]), 3000, "{site}");
+}
+
+#[test]
 fn go_leaks_are_named_in_a_launched_program() {
     if !bpf_available("go_leaks_are_named_in_a_launched_program")
         || !tool_available("go_leaks_are_named_in_a_launched_program", Path::new(GO))
