@@ -529,6 +529,15 @@ impl Session {
             );
             options.reachability = false;
         }
+        if options.sample_rate > 1 && go.as_ref().is_some_and(|go| go.program.can_follow_heap()) {
+            // The Go heap is recorded a span at a time already; scaling its spans by the rate
+            // would multiply them.
+            log::warn!(
+                "--sample-rate {} ignored: the target is a Go program, whose heap is already sampled a span at a time",
+                options.sample_rate
+            );
+            options.sample_rate = 1;
+        }
         let mut probes = attach::attach(
             pid,
             allocators,

@@ -486,9 +486,16 @@ fn agent_cost(bench_bin: &std::path::Path) -> Result<String> {
         .args(["--duration", &(HOLD_SECONDS + 2).to_string()])
         .args(["--max-allocs", &(2 * HELD_ALLOCATIONS).to_string()])
         .args(["--format", "json", "--output", "/dev/null"])
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .context("starting leaktrace for the agent-cost run")?;
+    // What leaktrace said, for the error when it is gone before it is measured.
+    let tracer_stderr = tracer.stderr.take().context("piped stderr")?;
+    let said = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut { tracer_stderr }, &mut text);
+        text
+    });
     let mut line = String::new();
     let stdout = holder.stdout.take().context("piped stdout")?;
     std::io::BufReader::new(stdout).read_line(&mut line)?;
@@ -497,10 +504,24 @@ fn agent_cost(bench_bin: &std::path::Path) -> Result<String> {
     }
     let pid = tracer.id();
     std::thread::sleep(std::time::Duration::from_secs(WARM_UP_SECONDS));
-    let (cpu_start, _) = cpu_and_peak_rss(pid).context("reading leaktrace's /proc")?;
+    let gone = |tracer: &mut std::process::Child| -> anyhow::Error {
+        let status = tracer.try_wait().ok().flatten();
+        anyhow::anyhow!("leaktrace (pid {pid}) ended before it was measured: {status:?}")
+    };
+    let Some((cpu_start, _)) = cpu_and_peak_rss(pid) else {
+        let error = gone(&mut tracer);
+        let _ = holder.kill();
+        let _ = tracer.wait();
+        bail!("{error}; it said: {}", said.join().unwrap_or_default());
+    };
     let started = std::time::Instant::now();
     std::thread::sleep(std::time::Duration::from_secs(MEASURE_SECONDS));
-    let (cpu_end, peak_rss) = cpu_and_peak_rss(pid).context("reading leaktrace's /proc")?;
+    let Some((cpu_end, peak_rss)) = cpu_and_peak_rss(pid) else {
+        let error = gone(&mut tracer);
+        let _ = holder.kill();
+        let _ = tracer.wait();
+        bail!("{error}; it said: {}", said.join().unwrap_or_default());
+    };
     let wall = started.elapsed().as_secs_f64();
     let status = tracer.wait()?;
     let _ = holder.kill();
