@@ -432,11 +432,22 @@ pub struct Target {
 
 impl Target {
     pub fn start(program: &Path, args: &[&str]) -> Target {
-        let child = Command::new(program)
-            .args(args)
-            .env("LD_LIBRARY_PATH", private_libc_dir())
-            .spawn()
-            .expect("start target");
+        // A file the test process just wrote can be busy for a moment: a child another test
+        // forks meanwhile holds the write descriptor until it execs (ETXTBSY).
+        let mut tries = 0;
+        let child = loop {
+            match Command::new(program)
+                .args(args)
+                .env("LD_LIBRARY_PATH", private_libc_dir())
+                .spawn()
+            {
+                Err(err) if err.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                started => break started.expect("start target"),
+            }
+        };
         // Let it reach its main loop.
         std::thread::sleep(std::time::Duration::from_millis(300));
         Target { child }
