@@ -9,11 +9,9 @@
 //!
 //! Registers follow Go's internal ABI: integer arguments and results in RAX, RBX, RCX, RDI,
 //! RSI, R8, …
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
-
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_attach_cookie, bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{bpf_get_attach_cookie, bpf_ktime_get_ns},
     macros::{map, uprobe},
     maps::HashMap,
     programs::ProbeContext,
@@ -23,7 +21,9 @@ use leak_common::{
     MAX_GOROUTINE_SITES, UNKNOWN_STACK_ID,
 };
 
-use crate::maps::{ALLOCS, FirstFrame, add_to_stack, count, target_tid, user_stack_id};
+use crate::maps::{
+    ALLOCS, FirstFrame, add_to_stack, atomic_add, count, read_user_u64, target_tid, user_stack_id,
+};
 
 /// The target's runtime layout. Set by user space before load (all zero for other programs,
 /// whose Go probes are never attached).
@@ -61,18 +61,6 @@ fn layout() -> GoLayout {
     unsafe { core::ptr::read_volatile(&GO_LAYOUT) }
 }
 
-#[inline(always)]
-fn atomic_add(field: *mut u64, delta: u64) {
-    // SAFETY: `field` points into a live map value; every concurrent update is atomic.
-    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, delta) };
-}
-
-#[inline(always)]
-fn read_u64(address: u64) -> Option<u64> {
-    // SAFETY: bpf_probe_read_user checks the user address.
-    unsafe { bpf_probe_read_user(address as *const u64) }.ok()
-}
-
 /// The site's entry, created empty when it is new; None when the map is full.
 #[inline(always)]
 fn site(gopc: u64) -> Option<*mut GoroutineSite> {
@@ -101,7 +89,7 @@ pub fn go_newproc(ctx: ProbeContext) -> u32 {
     }
     // SAFETY: uprobe context is the user pt_regs.
     let regs = unsafe { &*ctx.regs };
-    let Some(gopc) = read_u64(regs.rsp) else {
+    let Some(gopc) = read_user_u64(regs.rsp) else {
         return 0;
     };
     count(Counter::GoroutinesCreated);
@@ -125,7 +113,7 @@ pub fn go_goexit(ctx: ProbeContext) -> u32 {
     }
     // SAFETY: uprobe context is the user pt_regs.
     let gp = unsafe { (*ctx.regs).rax };
-    let Some(gopc) = read_u64(gp.wrapping_add(layout().g_gopc)) else {
+    let Some(gopc) = read_user_u64(gp.wrapping_add(layout().g_gopc)) else {
         return 0;
     };
     count(Counter::GoroutinesExited);
@@ -143,8 +131,8 @@ fn span_extent(span: u64, layout: &GoLayout) -> Option<(u64, u64)> {
     if span == 0 {
         return None;
     }
-    let start = read_u64(span.wrapping_add(layout.span_start))?;
-    let pages = read_u64(span.wrapping_add(layout.span_npages))?;
+    let start = read_user_u64(span.wrapping_add(layout.span_start))?;
+    let pages = read_user_u64(span.wrapping_add(layout.span_npages))?;
     if start == 0 || pages == 0 {
         return None;
     }
@@ -195,7 +183,9 @@ pub fn go_span_full(ctx: ProbeContext) -> u32 {
     let slot = cache
         .wrapping_add(layout.mcache_alloc)
         .wrapping_add(class * 8);
-    let Some(span) = read_u64(slot) else { return 0 };
+    let Some(span) = read_user_u64(slot) else {
+        return 0;
+    };
     if let Some((start, bytes)) = span_extent(span, &layout) {
         track_span(&ctx, start, bytes, tid, FirstFrame::FunctionEntry);
     }
@@ -224,7 +214,7 @@ pub fn go_span_free(ctx: ProbeContext) -> u32 {
     }
     // SAFETY: uprobe context is the user pt_regs.
     let span = unsafe { (*ctx.regs).rbx };
-    let Some(start) = read_u64(span.wrapping_add(layout().span_start)) else {
+    let Some(start) = read_user_u64(span.wrapping_add(layout().span_start)) else {
         return 0;
     };
     // SAFETY: copied out before removal.

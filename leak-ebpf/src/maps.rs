@@ -1,4 +1,6 @@
 //! Maps shared by the allocator probes and the mmap tracepoints, and small helpers on them.
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use crate::{python::append_python_frames, unwind::unwind};
 use aya_ebpf::{
     EbpfContext,
@@ -139,16 +141,13 @@ pub fn user_stack_id<C: EbpfContext>(ctx: &C, regs: Option<&pt_regs>, first: Fir
     // SAFETY: a plain read of a global that user space sets once before load.
     let mode = unsafe { core::ptr::read_volatile(&UNWIND_MODE) };
     let caller = match (first, regs) {
-        (FirstFrame::FunctionEntry, Some(regs)) => {
-            // SAFETY: bpf_probe_read_user checks the user address.
-            match unsafe { bpf_probe_read_user(regs.rsp as *const u64) } {
-                Ok(caller) => Some(caller),
-                Err(_) => {
-                    count(Counter::StackIdError);
-                    return UNKNOWN_STACK_ID;
-                }
+        (FirstFrame::FunctionEntry, Some(regs)) => match read_user_u64(regs.rsp) {
+            Some(caller) => Some(caller),
+            None => {
+                count(Counter::StackIdError);
+                return UNKNOWN_STACK_ID;
             }
-        }
+        },
         _ => None,
     };
     match regs {
@@ -273,6 +272,21 @@ impl Arguments {
             _ => 0,
         }
     }
+}
+
+/// Adds `delta` (two's complement for a debit) to a counter other CPUs may update too.
+#[inline(always)]
+pub fn atomic_add(field: *mut u64, delta: u64) {
+    // SAFETY: `field` points into a live map value; every concurrent update is atomic. The
+    // old value is unused, so this is the plain BPF atomic add.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, delta) };
+}
+
+/// A word of the target's memory, None where it cannot be read.
+#[inline(always)]
+pub fn read_user_u64(address: u64) -> Option<u64> {
+    // SAFETY: bpf_probe_read_user checks the user address.
+    unsafe { bpf_probe_read_user(address as *const u64) }.ok()
 }
 
 #[inline(always)]

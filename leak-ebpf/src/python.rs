@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use leak_common::{MAX_PYTHON_FRAMES, MAX_STACK_DEPTH, PyLayout, python_entry};
 
-use crate::maps::STACK_SCRATCH;
+use crate::maps::{STACK_SCRATCH, read_user_u64};
 
 /// The target's CPython layout. Set by user space before load (zero: not CPython).
 #[unsafe(no_mangle)]
@@ -31,12 +31,6 @@ static PY_LAYOUT: PyLayout = PyLayout {
 /// mapped (0 until then).
 #[map(name = "PY_RUNTIME")]
 static PY_RUNTIME: Array<u64> = Array::with_max_entries(1, 0);
-
-#[inline(always)]
-fn read_u64(address: u64) -> Option<u64> {
-    // SAFETY: bpf_probe_read_user checks the user address.
-    unsafe { bpf_probe_read_user(address as *const u64) }.ok()
-}
 
 /// The walk so far; lives on the caller's stack while bpf_loop calls `step`.
 #[repr(C)]
@@ -60,20 +54,20 @@ pub fn append_python_frames() {
     if runtime == 0 {
         return;
     }
-    let Some(tstate) = read_u64(runtime + layout.runtime_tstate_current) else {
+    let Some(tstate) = read_user_u64(runtime + layout.runtime_tstate_current) else {
         return;
     };
     if tstate == 0 {
         return;
     }
     let tid = bpf_get_current_pid_tgid() as u32 as u64;
-    if read_u64(tstate + layout.tstate_native_thread_id) != Some(tid) {
+    if read_user_u64(tstate + layout.tstate_native_thread_id) != Some(tid) {
         return;
     }
-    let Some(cframe) = read_u64(tstate + layout.tstate_cframe) else {
+    let Some(cframe) = read_user_u64(tstate + layout.tstate_cframe) else {
         return;
     };
-    let Some(frame) = read_u64(cframe + layout.cframe_current_frame) else {
+    let Some(frame) = read_user_u64(cframe + layout.cframe_current_frame) else {
         return;
     };
     let Some(stack) = STACK_SCRATCH.get_ptr_mut(0) else {
@@ -118,9 +112,9 @@ extern "C" fn step(_index: u64, context: *mut c_void) -> i64 {
     let layout = &walk.layout;
     let frame = walk.frame;
     let (Some(code), Some(prev_instr), Some(previous)) = (
-        read_u64(frame + layout.frame_code),
-        read_u64(frame + layout.frame_prev_instr),
-        read_u64(frame + layout.frame_previous),
+        read_user_u64(frame + layout.frame_code),
+        read_user_u64(frame + layout.frame_prev_instr),
+        read_user_u64(frame + layout.frame_previous),
     ) else {
         return 1;
     };

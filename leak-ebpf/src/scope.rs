@@ -1,8 +1,6 @@
 //! Request scopes (--scope): uprobes on a function's entry and return mark the calling
 //! thread as inside a call of it, so the allocations it makes meanwhile are attributed to
 //! that call, and to the (function, label) tag its argument gives.
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
-
 use aya_ebpf::{
     EbpfContext,
     helpers::{
@@ -19,7 +17,7 @@ use leak_common::{
     ScopeLabel, ScopeReturn, ScopeShape, ScopeStack, ScopeTotals, scope_of, scope_parts,
 };
 
-use crate::maps::{Arguments, count, target_tid};
+use crate::maps::{Arguments, atomic_add, count, target_tid};
 
 const BPF_NOEXIST: u64 = 1;
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -85,14 +83,6 @@ fn next_call() -> u64 {
 
 /// Candidate tags tried for a new label.
 const TAG_PROBES: u64 = 8;
-
-/// Adds `delta` (two's complement for a debit) to a counter other CPUs may update too.
-#[inline(always)]
-fn atomic_add(field: *mut u64, delta: u64) {
-    // SAFETY: `field` points into a live map value; every concurrent update is atomic. The
-    // old value is unused, so this is the plain BPF atomic add.
-    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, delta) };
-}
 
 #[inline(always)]
 fn totals(tag: u32) -> Option<&'static mut ScopeTotals> {
