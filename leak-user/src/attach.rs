@@ -252,6 +252,21 @@ pub fn load_bias(elf: &[u8], first_mapping_start: u64) -> Option<u64> {
     Some(first_mapping_start.wrapping_sub(lowest & !0xFFF))
 }
 
+/// The load bias of file `path` in process `pid`, from where its first byte is mapped; None
+/// while it is not mapped. The file is found by inode: the path may be a symbolic link
+/// (python3) or seen through /proc/PID/root.
+pub fn mapped_load_bias(pid: u32, path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let inode = fs::metadata(path).ok()?.ino();
+    let first = procfs::read_maps(pid)
+        .ok()?
+        .iter()
+        .filter(|mapping| mapping.is_file() && mapping.inode == inode)
+        .map(|mapping| mapping.start)
+        .min()?;
+    load_bias(&fs::read(path).ok()?, first)
+}
+
 pub(crate) fn virtual_to_file_offset(file: &object::File<'_>, address: u64) -> Option<u64> {
     file.segments().find_map(|segment| {
         let (file_start, file_size) = segment.file_range();

@@ -399,19 +399,8 @@ pub fn build_info_version(info: &[u8]) -> Option<String> {
         return None;
     }
     // After the 32-byte header: the version, as a varint length and the bytes.
-    let (mut len, mut shift, mut at) = (0usize, 0, 32usize);
-    loop {
-        let byte = *info.get(at)?;
-        at += 1;
-        len |= usize::from(byte & 0x7F) << shift;
-        if byte & 0x80 == 0 {
-            break;
-        }
-        shift += 7;
-        if shift > 28 {
-            return None;
-        }
-    }
+    let mut at = 32;
+    let len = usize::try_from(crate::pclntab::varint(info, &mut at)?).ok()?;
     let version = std::str::from_utf8(info.get(at..at.checked_add(len)?)?).ok()?;
     version.starts_with("go").then(|| version.to_string())
 }

@@ -59,7 +59,7 @@ fn c_string(data: &[u8], at: usize) -> Option<String> {
 }
 
 /// An unsigned LEB128 varint at `*at`, moving past it.
-fn varint(data: &[u8], at: &mut usize) -> Option<u64> {
+pub fn varint(data: &[u8], at: &mut usize) -> Option<u64> {
     let mut value = 0u64;
     let mut shift = 0;
     loop {

@@ -677,25 +677,8 @@ impl Session {
             return;
         };
         let Some(map) = slot else { return };
-        let Ok(maps) = procfs::read_maps(self.pid) else {
-            return;
-        };
-        // By inode: the path may have been given through a symbolic link (python3).
-        let Ok(file) = std::fs::metadata(&interpreter.probe_path) else {
-            return;
-        };
-        let Some(first) = maps
-            .iter()
-            .filter(|m| m.is_file() && m.inode == std::os::unix::fs::MetadataExt::ino(&file))
-            .map(|m| m.start)
-            .min()
-        else {
-            return;
-        };
-        let Some(bias) = std::fs::read(&interpreter.probe_path)
-            .ok()
-            .and_then(|elf| attach::load_bias(&elf, first))
-        else {
+        // Not mapped yet (a launched command before its exec): tried again next tick.
+        let Some(bias) = attach::mapped_load_bias(self.pid, &interpreter.probe_path) else {
             return;
         };
         let runtime = interpreter.runtime_symbol.wrapping_add(bias);
@@ -717,15 +700,7 @@ impl Session {
         let Some((go, Some(goroutines))) = &mut self.go else {
             return;
         };
-        let bias = std::fs::read(&go.probe_path).ok().and_then(|elf| {
-            let maps = procfs::read_maps(self.pid).ok()?;
-            let first = maps
-                .iter()
-                .filter(|m| m.file_path() == go.display_path)
-                .map(|m| m.start)
-                .min()?;
-            attach::load_bias(&elf, first)
-        });
+        let bias = attach::mapped_load_bias(self.pid, &go.probe_path);
         goroutines.read_baseline(self.pid, &go.program, bias.unwrap_or(0));
     }
 
