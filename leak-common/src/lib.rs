@@ -571,6 +571,11 @@ pub struct ScopeTotals {
     pub held_at_return_bytes: u64,
     /// Returned calls that held nothing then (so nothing later either): not followed on.
     pub returned_empty: u64,
+    /// Returned calls whose own figures were followed (their `SCOPE_CALLS` entry existed),
+    /// and the bytes those calls allocated: per-call averages over finished calls only, so a
+    /// call still running when the totals are read does not count as one that allocated less.
+    pub returned_followed: u64,
+    pub returned_allocated_bytes: u64,
 }
 
 impl ScopeTotals {
@@ -585,6 +590,11 @@ impl ScopeTotals {
             (&mut self.held_blocks, other.held_blocks),
             (&mut self.held_at_return_bytes, other.held_at_return_bytes),
             (&mut self.returned_empty, other.returned_empty),
+            (&mut self.returned_followed, other.returned_followed),
+            (
+                &mut self.returned_allocated_bytes,
+                other.returned_allocated_bytes,
+            ),
         ] {
             *mine = mine.wrapping_add(theirs);
         }

@@ -261,8 +261,12 @@ pub fn scope_return(ctx: RetProbeContext) -> u32 {
     };
     // SAFETY: a live map value; an aligned 8-byte load is atomic.
     let held = unsafe { core::ptr::read_volatile(&raw const (*call).held_bytes) };
+    // SAFETY: as above; only this thread allocates for its own call.
+    let allocated = unsafe { core::ptr::read_volatile(&raw const (*call).allocated_bytes) };
     if let Some(totals) = totals(frame.tag) {
         totals.returns += 1;
+        totals.returned_followed += 1;
+        totals.returned_allocated_bytes = totals.returned_allocated_bytes.wrapping_add(allocated);
         totals.held_at_return_bytes = totals.held_at_return_bytes.wrapping_add(held);
         if held == 0 {
             totals.returned_empty += 1;
@@ -285,7 +289,7 @@ pub fn scope_return(ctx: RetProbeContext) -> u32 {
             tid,
             start_ns: (*call).start_ns,
             end_ns,
-            allocated_bytes: (*call).allocated_bytes,
+            allocated_bytes: allocated,
             held_at_return: held,
         }
     };

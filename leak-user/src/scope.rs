@@ -614,7 +614,17 @@ impl ScopeCollector {
         top.truncate(TOP_SCOPE_STACKS);
         ScopeFigures {
             calls: sum.totals.calls,
-            allocated_bytes_per_call: per(sum.totals.allocated_bytes, sum.totals.calls),
+            // Over finished calls: one still running may not have allocated yet. A scope
+            // none of whose followed calls has returned (a loop that runs for the whole
+            // trace) falls back to every call begun.
+            allocated_bytes_per_call: if sum.totals.returned_followed > 0 {
+                per(
+                    sum.totals.returned_allocated_bytes,
+                    sum.totals.returned_followed,
+                )
+            } else {
+                per(sum.totals.allocated_bytes, sum.totals.calls)
+            },
             retained_bytes_per_call: per(sum.totals.held_at_return_bytes, sum.totals.returns),
             retained_later_bytes_per_call: retained_later,
             retained_later_after_s: settings.retain_after_s,
