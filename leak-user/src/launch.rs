@@ -33,6 +33,8 @@ pub enum ChildEvent {
 /// A forked child waiting to exec.
 pub struct Launched {
     pub pid: u32,
+    /// The launcher thread, which drops its own capabilities once the command has started.
+    pub launcher_tid: i32,
     go: mpsc::Sender<()>,
 }
 
@@ -66,11 +68,16 @@ pub fn is_executable(path: &Path) -> bool {
 ///
 /// With `hold_at_entry`, the child also stops at its program's entry point (a breakpoint the
 /// launcher places after exec and removes when it is hit) and reports `Started`.
+///
+/// Once the command has been executed (its capabilities are set then), the launcher thread
+/// keeps only the capabilities in `keep_after_exec`: capabilities belong to each thread, and
+/// it cannot be dropped from the main thread.
 pub fn launch(
     program: &Path,
     args: &[String],
     events: tokio::sync::mpsc::UnboundedSender<ChildEvent>,
     hold_at_entry: bool,
+    keep_after_exec: u64,
 ) -> io::Result<Launched> {
     let to_c = |bytes: &[u8]| {
         CString::new(bytes)
@@ -89,7 +96,7 @@ pub fn launch(
         envp_c.push(to_c(&entry)?);
     }
 
-    let (pid_tx, pid_rx) = mpsc::channel::<io::Result<u32>>();
+    let (pid_tx, pid_rx) = mpsc::channel::<io::Result<(u32, i32)>>();
     let (go_tx, go_rx) = mpsc::channel::<()>();
     thread::Builder::new()
         .name("leaktrace-launcher".into())
@@ -147,7 +154,7 @@ pub fn launch(
                     let _ = pid_tx.send(Err(error));
                     return;
                 }
-                let _ = pid_tx.send(Ok(pid as u32));
+                let _ = pid_tx.send(Ok((pid as u32, libc::gettid())));
                 if go_rx.recv().is_err() {
                     // Attaching failed: the child never execs.
                     libc::close(go_pipe[1]);
@@ -169,13 +176,28 @@ pub fn launch(
                     )));
                     return;
                 }
+                // The command runs with what it got at exec; the ptrace requests ahead need
+                // only what the rest of the session keeps.
+                match crate::privileges::keep_only_this_thread(keep_after_exec) {
+                    Ok(dropped) => log::debug!(
+                        "launcher thread: dropped {} capabilities",
+                        dropped.count_ones()
+                    ),
+                    Err(reason) => {
+                        log::warn!("launcher thread: could not drop capabilities: {reason}")
+                    }
+                }
                 wait_loop(pid, &events, hold_at_entry);
             }
         })?;
-    let pid = pid_rx
+    let (pid, launcher_tid) = pid_rx
         .recv()
         .map_err(|_| io::Error::other("launcher thread ended early"))??;
-    Ok(Launched { pid, go: go_tx })
+    Ok(Launched {
+        pid,
+        launcher_tid,
+        go: go_tx,
+    })
 }
 
 /// The program's entry point, from the auxiliary vector the kernel gave it (AT_ENTRY).

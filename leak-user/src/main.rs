@@ -58,7 +58,7 @@ fn main() -> ExitCode {
         _ => None,
     };
     if let Some(needs) = needs {
-        leaktrace::privileges::drop_to(needs.at_start(), "at start");
+        leaktrace::privileges::drop_to(needs.at_start(), "at start", &[]);
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -200,16 +200,32 @@ fn set(sets: Sets) -> io::Result<()> {
 
 /// Removes every capability outside `keep` from this process's effective, permitted and
 /// inheritable sets (ambient ones go with them); returns what was dropped from the permitted
-/// set. Refuses when the process has more than one thread: the others would keep theirs.
-pub fn keep_only(keep: u64) -> Result<u64, String> {
-    let threads = std::fs::read_dir("/proc/self/task")
-        .map(|entries| entries.count())
-        .unwrap_or(1);
-    if threads > 1 {
+/// set. Capabilities belong to each thread, so this refuses while another thread runs,
+/// unless it is one of `dropping_themselves` (threads that drop to `keep` on their own, like
+/// `run`'s launcher once its command has started).
+pub fn keep_only(keep: u64, dropping_themselves: &[i32]) -> Result<u64, String> {
+    // SAFETY: gettid has no arguments and cannot fail.
+    let own = unsafe { libc::gettid() };
+    let others = std::fs::read_dir("/proc/self/task")
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|tid| *tid != own && !dropping_themselves.contains(tid))
+                .count()
+        })
+        .unwrap_or(0);
+    if others > 0 {
         return Err(format!(
-            "{threads} threads are running, and capabilities belong to each thread: none dropped"
+            "{} threads are running, and capabilities belong to each thread: none dropped",
+            others + 1
         ));
     }
+    keep_only_this_thread(keep)
+}
+
+/// [`keep_only`] for the calling thread alone, whatever other threads hold.
+pub fn keep_only_this_thread(keep: u64) -> Result<u64, String> {
     let sets = current().map_err(|err| format!("capget: {err}"))?;
     let kept = sets.only(keep);
     if kept == sets {
@@ -219,10 +235,10 @@ pub fn keep_only(keep: u64) -> Result<u64, String> {
     Ok(sets.permitted & !kept.permitted)
 }
 
-/// Drops to `keep`, saying what happened at info level (a failure is a warning: tracing
-/// goes on with the capabilities it has).
-pub fn drop_to(keep: u64, when: &str) {
-    match keep_only(keep) {
+/// Drops to `keep` (see [`keep_only`]), saying what happened at info level (a failure is a
+/// warning: tracing goes on with the capabilities it has).
+pub fn drop_to(keep: u64, when: &str, dropping_themselves: &[i32]) {
+    match keep_only(keep, dropping_themselves) {
         Ok(0) => log::debug!("{when}: no capabilities to drop"),
         Ok(dropped) => log::info!(
             "{when}: dropped {} capabilities; kept {}",

@@ -359,7 +359,7 @@ pub async fn attach(pid: u32, options: Options) -> Result<Outcome, SessionError>
     check_start(&options)?;
     let attaching = std::time::Instant::now();
     let mut session = Session::attach(pid, "attach", options)?;
-    session.drop_privileges();
+    session.drop_privileges(&[]);
     session.start_exports()?;
     log::debug!(
         "probes in place in {:.0} ms",
@@ -409,7 +409,9 @@ pub async fn run(command: &[String], options: Options) -> Result<Outcome, Sessio
         .unwind
         .resolve(std::fs::read(&program).ok().as_deref());
     let hold_at_entry = options.unwind == Unwind::Dwarf;
-    let launched = launch::launch(&program, command, events_tx, hold_at_entry)
+    let keep =
+        crate::privileges::Needs::new(options.output.clone(), options.prometheus).after_attach();
+    let launched = launch::launch(&program, command, events_tx, hold_at_entry, keep)
         .map_err(|err| SessionError::Launch(format!("could not start {name}: {err}")))?;
     let pid = launched.pid;
     // Dropping `launched` without release makes the child exit without running.
@@ -421,7 +423,7 @@ pub async fn run(command: &[String], options: Options) -> Result<Outcome, Sessio
     let mut session = Session::start(pid, "run", &allocators, &scopes, go, python, options)?;
     session.target.exe = program.display().to_string();
     session.launched_program = std::fs::canonicalize(&program).ok();
-    session.drop_privileges();
+    session.drop_privileges(&[launched.launcher_tid]);
     session.start_exports()?;
     session.target.command_line = command.join(" ");
     session.log_probes();
@@ -705,11 +707,12 @@ impl Session {
     }
 
     /// Once the probes are placed, before the exporters start threads: keeps only what the
-    /// rest of the session uses (see privileges.rs).
-    fn drop_privileges(&self) {
+    /// rest of the session uses (see privileges.rs). `dropping_themselves`: threads that
+    /// drop to the same set on their own.
+    fn drop_privileges(&self, dropping_themselves: &[i32]) {
         let needs =
             crate::privileges::Needs::new(self.options.output.clone(), self.options.prometheus);
-        crate::privileges::drop_to(needs.after_attach(), "probes placed");
+        crate::privileges::drop_to(needs.after_attach(), "probes placed", dropping_themselves);
     }
 
     /// Starts the OTLP exporters and the Prometheus endpoint the options ask for.

@@ -156,3 +156,65 @@ fn a_commands_capabilities_are_its_own() {
     let traced = std::fs::read_to_string(&seen).expect("traced capabilities");
     assert_eq!(traced, expected);
 }
+
+/// `run` as root: once the command has started, every thread of leaktrace (the launcher
+/// thread that ptraces the command too) keeps only CAP_SYS_PTRACE, CAP_SYS_ADMIN and
+/// CAP_DAC_READ_SEARCH, and nothing says a drop was refused.
+#[test]
+fn run_keeps_only_what_it_uses_in_every_thread() {
+    if !bpf_available("run_keeps_only_what_it_uses_in_every_thread") {
+        return;
+    }
+    let kept = CAP_SYS_PTRACE | CAP_SYS_ADMIN | CAP_DAC_READ_SEARCH;
+    let report = scratch_dir().join("run_kept.json");
+    let leaktrace = Command::new(leaktrace_bin())
+        .args(["run", "--no-reachability", "--format", "json", "--output"])
+        .arg(&report)
+        .args(["--", "sleep", "4"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run leaktrace");
+    let pid = leaktrace.id();
+    // The command is released (exec'd as `sleep`) only after the main thread dropped; the
+    // launcher drops right after the exec.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let started = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path().join("children")).ok())
+            .flat_map(|children| {
+                children
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .any(|child| {
+                std::fs::read_to_string(format!("/proc/{child}/comm"))
+                    .is_ok_and(|comm| comm.trim() == "sleep")
+            })
+    };
+    while !started() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut threads = thread_capabilities(pid);
+    while threads.iter().any(|&sets| sets != (kept, kept)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        threads = thread_capabilities(pid);
+    }
+    let out = leaktrace.wait_with_output().expect("wait for leaktrace");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        threads.len() >= 2,
+        "the launcher thread was not seen: {threads:x?} {stderr}"
+    );
+    for (effective, permitted) in &threads {
+        assert_eq!(
+            (*effective, *permitted),
+            (kept, kept),
+            "a thread holds {effective:#x}/{permitted:#x}, not {kept:#x}: {stderr}"
+        );
+    }
+    assert!(!stderr.contains("could not drop"), "{stderr}");
+}
