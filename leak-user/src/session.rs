@@ -1000,13 +1000,8 @@ impl Session {
     /// exit is already stopped, its threads' registers gone. Problems are said, not fatal:
     /// the report goes on without reachability.
     fn scan_reachability(&mut self, held: bool) {
-        let blocks = match self.collector.live_blocks() {
-            Ok(blocks) => blocks,
-            Err(err) => {
-                eprintln!("leaktrace: reachability not scanned: {err}");
-                return;
-            }
-        };
+        // Frozen first: a block the target frees between the listing and the freeze would
+        // be listed but referenced by nothing any more, so read as lost.
         let frozen = if held {
             None
         } else {
@@ -1016,6 +1011,13 @@ impl Session {
                     eprintln!("leaktrace: reachability not scanned: {err}");
                     return;
                 }
+            }
+        };
+        let blocks = match self.collector.live_blocks() {
+            Ok(blocks) => blocks,
+            Err(err) => {
+                eprintln!("leaktrace: reachability not scanned: {err}");
+                return;
             }
         };
         let (registers, stack_pointers) =

@@ -413,9 +413,21 @@ fn a_server_under_load_keeps_serving_through_a_scan() {
     let classified: u64 = totals.values().sum();
     let lost = totals["lost"] + totals["indirectly_lost"];
     assert!(classified > 0, "{totals:?}");
+    // Where the lost blocks come from, should there be any.
+    let losing: Vec<String> = traced
+        .stacks()
+        .iter()
+        .filter(|stack| {
+            u64_of(&stack["reachability"]["lost"]["bytes"])
+                + u64_of(&stack["reachability"]["indirectly_lost"]["bytes"])
+                > 0
+        })
+        .take(5)
+        .map(|stack| format!("{} {}", stack["reachability"], stack["frames"]))
+        .collect();
     assert!(
         lost * 100 <= classified,
-        "a healthy redis loses nothing: {totals:?}"
+        "a healthy redis loses nothing: {totals:?}; from {losing:#?}"
     );
 
     // Nothing was lost or changed: every key is there with its value.
