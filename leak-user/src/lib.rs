@@ -21,6 +21,7 @@ pub mod freeze;
 pub mod golang;
 pub mod growth;
 pub mod launch;
+pub mod map_batch;
 pub mod metrics;
 pub mod model;
 pub mod otel;
