@@ -659,3 +659,46 @@ fn run_mode_scales_sampled_allocations() {
     let dropped = traced.dropped_total();
     assert_eq!(dropped, 0, "nothing dropped");
 }
+
+/// A heap that malloc grows and free trims, again and again, is not a leak: the program
+/// break moves inside allocator calls are the allocator's (its blocks are what is
+/// counted), so no [brk] stack is listed, and the one real leak is.
+#[test]
+fn a_heap_that_free_trims_is_not_a_leak() {
+    if !bpf_available("a_heap_that_free_trims_is_not_a_leak") {
+        return;
+    }
+    let program = build_c("heap_trim.c", &[]);
+    let target = Target::start(&program, &[]);
+    let traced = leaktrace(
+        "heap_trim",
+        &[
+            "attach",
+            "--pid",
+            &target.pid(),
+            "--duration",
+            "4s",
+            "--interval",
+            "1s",
+            "--top",
+            "0",
+        ],
+    );
+    assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
+    let brk: Vec<&serde_json::Value> = traced
+        .stacks()
+        .iter()
+        .filter(|stack| stack["origin"] == "brk")
+        .collect();
+    assert!(brk.is_empty(), "{brk:#?}");
+    let leak = traced.expect_stack_at("remember");
+    assert_eq!(leak["verdict"], "leaking", "{leak}");
+    let allocs = u64_of(&leak["outstanding_allocs"]);
+    assert!(allocs >= 40, "about 20 a second for 4 s, got {allocs}");
+    assert_eq!(u64_of(&leak["outstanding_bytes"]), allocs * 1000);
+    let burst = traced.expect_stack_at("burst");
+    assert_ne!(burst["verdict"], "leaking", "{burst}");
+    assert!(u64_of(&burst["total_allocs"]) >= 40 * 40, "{burst}");
+    assert_eq!(u64_of(&burst["outstanding_bytes"]), 0, "{burst}");
+    assert_eq!(traced.dropped_total(), 0, "{}", traced.report["dropped"]);
+}
