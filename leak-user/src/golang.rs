@@ -406,24 +406,36 @@ pub fn build_info_version(info: &[u8]) -> Option<String> {
 }
 
 /// The runtime layout, and `g.atomicstatus`, of Go releases checked against their DWARF, for
-/// binaries built without it. Go 1.19 (pahole on a go1.19.8 build): g.gopc +296,
-/// g.atomicstatus +144, mcache.alloc +40, mspan.startAddr +24, mspan.npages +32.
+/// binaries built without it (the unit test `known_layouts_match_each_toolchains_dwarf`
+/// checks every toolchain installed). mcache.alloc +40, mspan.startAddr +24 and
+/// mspan.npages +32 in all of them; g.gopc and g.atomicstatus move:
+///
+/// | release | g.gopc | g.atomicstatus |
+/// |---|---|---|
+/// | 1.19 | 296 | 144 |
+/// | 1.21, 1.22 | 280 | 144 |
+/// | 1.23 | 288 | 152 |
+///
+/// 1.20 and 1.24 onwards are not listed: no toolchain of theirs could be checked here.
 pub fn known_layout(version: &str) -> Option<(GoLayout, u64)> {
     let release = version.strip_prefix("go")?;
     let minor: Vec<&str> = release.splitn(3, '.').collect();
-    match (minor.first()?, minor.get(1)?) {
-        (&"1", &"19") => Some((
-            GoLayout {
-                g_gopc: 296,
-                mcache_alloc: 40,
-                span_start: 24,
-                span_npages: 32,
-                page_bytes: GO_PAGE_BYTES,
-            },
-            144,
-        )),
-        _ => None,
-    }
+    let (g_gopc, g_status) = match (minor.first()?, minor.get(1)?) {
+        (&"1", &"19") => (296, 144),
+        (&"1", &"21" | &"22") => (280, 144),
+        (&"1", &"23") => (288, 152),
+        _ => return None,
+    };
+    Some((
+        GoLayout {
+            g_gopc,
+            mcache_alloc: 40,
+            span_start: 24,
+            span_npages: 32,
+            page_bytes: GO_PAGE_BYTES,
+        },
+        g_status,
+    ))
 }
 
 /// A Go string header (pointer, length) at `address` in the file, and the text it points to.
@@ -691,7 +703,84 @@ mod tests {
         assert_eq!(build_info_version(&info), None);
         let (layout, status) = known_layout("go1.19.8").expect("1.19");
         assert_eq!((layout.g_gopc, layout.mcache_alloc, status), (296, 40, 144));
-        assert!(known_layout("go1.22.1").is_none());
+        assert!(known_layout("go1.20.5").is_none());
+        assert!(known_layout("go1.24.0").is_none());
         assert!(known_layout("devel").is_none());
+    }
+
+    /// Every Go toolchain on this machine: `go` on PATH and Debian's /usr/lib/go-*/bin/go.
+    fn toolchains() -> Vec<PathBuf> {
+        let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib")
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| {
+                let path = entry.ok()?.path();
+                let name = path.file_name()?.to_str()?;
+                name.starts_with("go-").then(|| path.join("bin/go"))
+            })
+            .filter(|go| go.exists())
+            .collect();
+        if let Some(on_path) = std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join("go"))
+                .find(|go| go.exists())
+        }) {
+            found.push(on_path);
+        }
+        found.sort();
+        found
+    }
+
+    /// The table for binaries without DWARF agrees with the DWARF of a program built by each
+    /// toolchain installed (`cargo xtask setup` installs Go 1.19 and 1.21–1.23); a release
+    /// missing from the table fails too, asking for its row.
+    #[test]
+    fn known_layouts_match_each_toolchains_dwarf() {
+        let toolchains = toolchains();
+        if toolchains.is_empty() {
+            assert!(
+                !std::env::var("LEAKTRACE_REQUIRE_BPF").is_ok_and(|v| v == "1"),
+                "no Go toolchain installed (cargo xtask setup installs them)"
+            );
+            eprintln!("SKIPPED known_layouts_match_each_toolchains_dwarf: no Go toolchain");
+            return;
+        }
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let dir = root.join("target/go-layout-check");
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let source = dir.join("main.go");
+        std::fs::write(&source, "package main\n\nfunc main() { go func() {}() }\n")
+            .expect("write main.go");
+        for (index, go) in toolchains.iter().enumerate() {
+            let binary = dir.join(format!("program-{index}"));
+            let built = std::process::Command::new(go)
+                .arg("build")
+                .arg("-o")
+                .arg(&binary)
+                .arg(&source)
+                .env("GOCACHE", root.join("target/go-cache"))
+                .env("GOFLAGS", "-buildvcs=false")
+                .output()
+                .expect("run go build");
+            assert!(
+                built.status.success(),
+                "{}: {}",
+                go.display(),
+                String::from_utf8_lossy(&built.stderr)
+            );
+            let elf = std::fs::read(&binary).expect("read the program");
+            let program = GoProgram::inspect(&elf).expect("a Go program");
+            let version = program.version.clone().expect("its version");
+            let from_dwarf = (
+                program.layout.expect("a layout from DWARF"),
+                program.g_status.expect("g.atomicstatus from DWARF"),
+            );
+            assert_eq!(
+                known_layout(&version),
+                Some(from_dwarf),
+                "{} ({version}): add this release's row to known_layout",
+                go.display()
+            );
+        }
     }
 }

@@ -179,17 +179,18 @@ pub fn build_go(source: &str) -> PathBuf {
         .file_stem()
         .and_then(|s| s.to_str())
         .unwrap_or(source);
-    build_go_variant(source, stem, &[])
+    build_go_with(Path::new("go"), source, stem, &[])
 }
 
-/// Builds tests/targets/SOURCE with `go build FLAGS` into the scratch dir as NAME.
-pub fn build_go_variant(source: &str, name: &str, flags: &[&str]) -> PathBuf {
+/// Builds tests/targets/SOURCE with the toolchain GO (`GO build FLAGS`) into the scratch
+/// dir as NAME.
+pub fn build_go_with(go: &Path, source: &str, name: &str, flags: &[&str]) -> PathBuf {
     let output = scratch_dir().join(name);
     // Built beside and renamed into place, like compile_to (whose `-o` would come after
     // the file, where go build takes it for a package).
     let temporary = temporary_beside(&output);
     run_ok(
-        Command::new("go")
+        Command::new(go)
             .arg("build")
             .args(flags)
             .arg("-o")

@@ -13,7 +13,7 @@ use std::{
 };
 
 use leaktrace_tests::{
-    Target, Traced, bpf_available, build_go, build_go_variant, leaktrace, scratch_dir, targets_dir,
+    Target, Traced, bpf_available, build_go, build_go_with, leaktrace, scratch_dir, targets_dir,
     tool_available, u64_of,
 };
 
@@ -278,40 +278,62 @@ fn assert_go_leaks_named_with(traced: &Traced, seconds: u64, complete: bool) {
     assert_eq!(allocator["allocator"], "Go runtime", "{allocator}");
 }
 
-#[test]
-fn go_goroutine_and_heap_leaks_are_named_when_attached() {
-    if !bpf_available("go_goroutine_and_heap_leaks_are_named_when_attached")
-        || !tool_available(
-            "go_goroutine_and_heap_leaks_are_named_when_attached",
-            Path::new(GO),
-        )
-    {
-        return;
-    }
-    let target = Target::start(go_target(), &["120"]);
-    // Goroutines started before the attach are counted too (from the runtime's list).
+/// The newest Go toolchain `cargo xtask setup` installs (from bookworm-backports): the Go
+/// tests below run with it too, so what is found by name, read from DWARF or taken from
+/// the layout table is checked on the oldest and the newest release at hand.
+const NEWEST_GO: &str = "/usr/lib/go-1.23/bin/go";
+
+/// Attached to PROGRAM (goroutines.go built by some toolchain) after it ran for a second:
+/// both leaks and the control, with the goroutines started before the attach counted too
+/// (from the runtime's list).
+fn go_attached(name: &str, program: &Path) -> Traced {
+    let target = Target::start(program, &["120"]);
     std::thread::sleep(std::time::Duration::from_secs(1));
     let traced = leaktrace(
-        "go_attached",
+        name,
         &["attach", "--pid", &target.pid(), "-d", "6s", "--top", "0"],
     );
     assert_go_leaks_named(&traced, 6);
     let leak = goroutine_site(&traced, "main.handleSubscribe").expect("listed");
     assert!(u64_of(&leak["alive_at_start"]) >= 40, "{leak}");
+    traced
 }
 
 #[test]
-fn a_stripped_go_binary_is_named_from_its_own_table() {
-    let test = "a_stripped_go_binary_is_named_from_its_own_table";
+fn go_goroutine_and_heap_leaks_are_named_when_attached() {
+    let test = "go_goroutine_and_heap_leaks_are_named_when_attached";
     if !bpf_available(test) || !tool_available(test, Path::new(GO)) {
         return;
     }
-    // No ELF symbol table and no DWARF: names, files and lines from .gopclntab, probe
-    // points too, and the runtime layout from the release's known one.
-    let program = build_go_variant("goroutines.go", "goroutines_stripped", &["-ldflags=-s -w"]);
+    go_attached("go_attached", go_target());
+}
+
+#[test]
+fn go_1_23_leaks_are_named_when_attached() {
+    let test = "go_1_23_leaks_are_named_when_attached";
+    if !bpf_available(test) || !tool_available(test, Path::new(NEWEST_GO)) {
+        return;
+    }
+    let program = build_go_with(
+        Path::new(NEWEST_GO),
+        "goroutines.go",
+        "goroutines_1_23",
+        &[],
+    );
+    let traced = go_attached("go_1_23_attached", &program);
+    let version = traced.report["runtimes"][0]["version"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(version.starts_with("go1.23"), "{version}");
+}
+
+/// No ELF symbol table and no DWARF: names, files and lines from .gopclntab, probe points
+/// too, and the runtime layout from the release's known one.
+fn go_stripped(name: &str, go: &Path) {
+    let program = build_go_with(go, "goroutines.go", name, &["-ldflags=-s -w"]);
     let target = Target::start(&program, &["120"]);
     let traced = leaktrace(
-        "go_stripped",
+        name,
         &["attach", "--pid", &target.pid(), "-d", "6s", "--top", "0"],
     );
     assert_go_leaks_named_with(&traced, 6, false);
@@ -322,13 +344,30 @@ fn a_stripped_go_binary_is_named_from_its_own_table() {
 }
 
 #[test]
-fn every_goroutine_is_counted_once_even_when_its_go_statement_grows_the_stack() {
-    let test = "every_goroutine_is_counted_once_even_when_its_go_statement_grows_the_stack";
+fn a_stripped_go_binary_is_named_from_its_own_table() {
+    let test = "a_stripped_go_binary_is_named_from_its_own_table";
     if !bpf_available(test) || !tool_available(test, Path::new(GO)) {
         return;
     }
-    let program = build_go("goroutine_count.go").display().to_string();
-    let traced = leaktrace("go_count", &["run", "--top", "0", "--", &program]);
+    go_stripped("goroutines_stripped", Path::new(GO));
+}
+
+#[test]
+fn a_stripped_go_1_23_binary_is_named_from_its_own_table() {
+    let test = "a_stripped_go_1_23_binary_is_named_from_its_own_table";
+    if !bpf_available(test) || !tool_available(test, Path::new(NEWEST_GO)) {
+        return;
+    }
+    go_stripped("goroutines_stripped_1_23", Path::new(NEWEST_GO));
+}
+
+/// goroutine_count.go built by GO: 3000 goroutines started at recursion depths 0–399
+/// (many `go` statements grow the stack, passing the probe twice) are counted as 3000.
+fn goroutines_counted_once(name: &str, go: &Path) {
+    let program = build_go_with(go, "goroutine_count.go", name, &[])
+        .display()
+        .to_string();
+    let traced = leaktrace(name, &["run", "--top", "0", "--", &program]);
     assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
     let site = traced.report["goroutines"]["sites"]
         .as_array()
@@ -346,6 +385,24 @@ fn every_goroutine_is_counted_once_even_when_its_go_statement_grows_the_stack() 
         });
     assert_eq!(u64_of(&site["created"]), 3000, "{site}");
     assert_eq!(u64_of(&site["alive"]), 3000, "{site}");
+}
+
+#[test]
+fn every_goroutine_is_counted_once_even_when_its_go_statement_grows_the_stack() {
+    let test = "every_goroutine_is_counted_once_even_when_its_go_statement_grows_the_stack";
+    if !bpf_available(test) || !tool_available(test, Path::new(GO)) {
+        return;
+    }
+    goroutines_counted_once("goroutine_count", Path::new(GO));
+}
+
+#[test]
+fn go_1_23_goroutines_are_counted_once_each() {
+    let test = "go_1_23_goroutines_are_counted_once_each";
+    if !bpf_available(test) || !tool_available(test, Path::new(NEWEST_GO)) {
+        return;
+    }
+    goroutines_counted_once("goroutine_count_1_23", Path::new(NEWEST_GO));
 }
 
 #[test]

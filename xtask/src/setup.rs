@@ -13,6 +13,7 @@ pub fn run() -> Result<()> {
     nightly_with_rust_src()?;
     bpf_linker()?;
     debian_packages()?;
+    newer_go()?;
     otel_sink()?;
     tracefs();
     Ok(())
@@ -160,6 +161,63 @@ fn debian_packages() -> Result<()> {
         .map(|(package, _)| *package)
         .collect();
     install_debian(&missing)
+}
+
+/// Go releases newer than Debian bookworm's 1.19, from bookworm-backports: the Go tests
+/// build their targets with each, so probes found by name, layouts read from DWARF and the
+/// layout table for binaries without DWARF are checked on every release installed here.
+/// The end-to-end tests run with the oldest (Debian's golang-go) and the newest.
+const NEWER_GO_PACKAGES: [&str; 3] = ["golang-1.21-go", "golang-1.22-go", "golang-1.23-go"];
+const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/leaktrace-bookworm-backports.sources";
+
+fn newer_go() -> Result<()> {
+    let missing: Vec<&str> = NEWER_GO_PACKAGES
+        .into_iter()
+        .filter(|package| {
+            let release = package
+                .trim_start_matches("golang-")
+                .trim_end_matches("-go");
+            !Path::new(&format!("/usr/lib/go-{release}/bin/go")).exists()
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    if !release
+        .lines()
+        .any(|line| line == "VERSION_CODENAME=bookworm")
+    {
+        // Elsewhere the tests use the Go toolchains they find, and say which.
+        eprintln!("xtask setup: not Debian bookworm, so no Go from its backports");
+        return Ok(());
+    }
+    eprintln!(
+        "xtask setup: installing {} from bookworm-backports",
+        missing.join(", ")
+    );
+    // Backports packages are never chosen over the release's own unless asked for (-t),
+    // so this source changes nothing else the machine installs.
+    std::fs::write(
+        BACKPORTS_SOURCES,
+        "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\n\
+         Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+    )
+    .with_context(|| format!("writing {BACKPORTS_SOURCES}"))?;
+    run_checked(Command::new("apt-get").arg("update"))?;
+    run_checked(
+        Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "--no-install-recommends",
+                "-t",
+                "bookworm-backports",
+            ])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .with_context(|| format!("installing {} from bookworm-backports", missing.join(", ")))
 }
 
 /// The peers `cargo xtask bench` compares with, and the real service it measures, when the
