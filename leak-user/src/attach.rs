@@ -264,7 +264,7 @@ pub fn mapped_load_bias(pid: u32, path: &Path) -> Option<u64> {
         .filter(|mapping| mapping.is_file() && mapping.inode == inode)
         .map(|mapping| mapping.start)
         .min()?;
-    load_bias(&fs::read(path).ok()?, first)
+    load_bias(&crate::file_bytes::open(path).ok()?, first)
 }
 
 pub(crate) fn virtual_to_file_offset(file: &object::File<'_>, address: u64) -> Option<u64> {
@@ -331,7 +331,7 @@ pub fn python_interpreter(files: &[(PathBuf, String)]) -> Option<crate::python::
         if !(name.starts_with("python") || name.starts_with("libpython")) {
             return None;
         }
-        let elf = fs::read(probe_path).ok()?;
+        let elf = crate::file_bytes::open(probe_path).ok()?;
         crate::python::PythonInterpreter::in_file(&elf, probe_path.clone(), display_path.clone())
     })
 }
@@ -343,7 +343,7 @@ pub fn allocators_in_process(
 ) -> Result<Vec<AllocatorModule>, AttachError> {
     let mut modules: Vec<AllocatorModule> = Vec::new();
     for (probe_path, display_path) in process_files(pid)? {
-        let Ok(data) = fs::read(&probe_path) else {
+        let Ok(data) = crate::file_bytes::open(&probe_path) else {
             continue;
         };
         modules.extend(module_probes(&data, probe_path, display_path, extra));
@@ -372,7 +372,7 @@ pub fn find_scopes(
         if found.len() == specs.len() {
             break;
         }
-        let Ok(data) = fs::read(probe_path) else {
+        let Ok(data) = crate::file_bytes::open(probe_path) else {
             continue;
         };
         let Ok(file) = object::File::parse(&*data) else {
@@ -486,7 +486,7 @@ pub fn program_files(
     program: &Path,
     env: &[(String, String)],
 ) -> Result<Vec<(PathBuf, String)>, AttachError> {
-    let data = fs::read(program).map_err(|err| AttachError::Read {
+    let data = crate::file_bytes::open(program).map_err(|err| AttachError::Read {
         path: program.display().to_string(),
         reason: err.to_string(),
     })?;
@@ -518,7 +518,7 @@ pub fn allocators_for_program(
 ) -> Result<Vec<AllocatorModule>, AttachError> {
     let mut modules = Vec::new();
     for (path, display_path) in program_files(program, env)? {
-        let Ok(data) = fs::read(&path) else {
+        let Ok(data) = crate::file_bytes::open(&path) else {
             continue;
         };
         modules.extend(module_probes(&data, path, display_path, extra));
@@ -939,7 +939,7 @@ impl Probes {
             if !self.probed_files.insert(id) {
                 continue;
             }
-            let Ok(data) = fs::read(&probe_path) else {
+            let Ok(data) = crate::file_bytes::open(&probe_path) else {
                 continue;
             };
             let module = module_probes(&data, probe_path, mapping.file_path().to_string(), extra);

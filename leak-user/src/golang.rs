@@ -234,7 +234,7 @@ pub struct GoTarget {
 impl GoTarget {
     /// The executable at `probe_path`, when it is a Go program.
     pub fn of_file(probe_path: PathBuf, display_path: String) -> Option<GoTarget> {
-        let elf = std::fs::read(&probe_path).ok()?;
+        let elf = crate::file_bytes::open(&probe_path).ok()?;
         let program = GoProgram::inspect(&elf)?;
         Some(GoTarget {
             probe_path,

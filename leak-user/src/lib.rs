@@ -17,6 +17,7 @@ pub mod attach;
 pub mod cli;
 pub mod drain;
 pub mod exit;
+pub mod file_bytes;
 pub mod freeze;
 pub mod golang;
 pub mod growth;

@@ -407,7 +407,7 @@ pub async fn run(command: &[String], options: Options) -> Result<Outcome, Sessio
     let mut options = options;
     options.unwind = options
         .unwind
-        .resolve(std::fs::read(&program).ok().as_deref());
+        .resolve(crate::file_bytes::open(&program).ok().as_deref());
     let hold_at_entry = options.unwind == Unwind::Dwarf;
     let keep =
         crate::privileges::Needs::new(options.output.clone(), options.prometheus).after_attach();
@@ -482,9 +482,11 @@ impl Session {
             procfs::ProcessKind::User => {}
         }
         let mut options = options;
-        options.unwind = options
-            .unwind
-            .resolve(std::fs::read(format!("/proc/{pid}/exe")).ok().as_deref());
+        options.unwind = options.unwind.resolve(
+            crate::file_bytes::open(format!("/proc/{pid}/exe"))
+                .ok()
+                .as_deref(),
+        );
         let go = go_target_of_process(pid);
         let allocators = match attach::allocators_in_process(pid, &options.alloc_fns) {
             // A Go program without cgo: the Go heap is its only allocator.

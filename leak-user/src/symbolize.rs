@@ -122,7 +122,9 @@ pub struct Symbolizer {
 
 /// A Go binary's `.gopclntab`, and where its file offsets are in memory.
 struct GoTable {
-    section: Vec<u8>,
+    /// The whole file, mapped, and where `.gopclntab` is in it.
+    data: crate::file_bytes::FileBytes,
+    section: std::ops::Range<usize>,
     text: u64,
     /// Loadable segments: (file offset, file size, virtual address).
     segments: Vec<(u64, u64, u64)>,
@@ -131,21 +133,28 @@ struct GoTable {
 impl GoTable {
     fn read(path: &std::path::Path) -> Option<GoTable> {
         use object::{Object, ObjectSection, ObjectSegment};
-        let data = std::fs::read(path).ok()?;
+        let data = crate::file_bytes::open(path).ok()?;
         let file = object::File::parse(&*data).ok()?;
-        let section = file.section_by_name(".gopclntab")?.data().ok()?.to_vec();
+        let (offset, size) = file.section_by_name(".gopclntab")?.file_range()?;
+        let start = usize::try_from(offset).ok()?;
+        let section = start..start.checked_add(usize::try_from(size).ok()?)?;
+        data.get(section.clone())?;
+        let text = file
+            .section_by_name(".text")
+            .map_or(0, |text| text.address());
+        let segments = file
+            .segments()
+            .map(|segment| {
+                let (start, size) = segment.file_range();
+                (start, size, segment.address())
+            })
+            .collect();
+        drop(file);
         Some(GoTable {
+            data,
             section,
-            text: file
-                .section_by_name(".text")
-                .map_or(0, |text| text.address()),
-            segments: file
-                .segments()
-                .map(|segment| {
-                    let (start, size) = segment.file_range();
-                    (start, size, segment.address())
-                })
-                .collect(),
+            text,
+            segments,
         })
     }
 
@@ -156,7 +165,8 @@ impl GoTable {
             .iter()
             .find(|(start, size, _)| (*start..start + size).contains(&offset))?;
         let pc = offset - start + address;
-        crate::pclntab::Pclntab::parse(&self.section, self.text)?.lookup(pc.saturating_sub(1))
+        crate::pclntab::Pclntab::parse(&self.data[self.section.clone()], self.text)?
+            .lookup(pc.saturating_sub(1))
     }
 }
 

@@ -275,9 +275,9 @@ impl UnwindTables {
             }
             let id = (mapping.dev.clone(), mapping.inode);
             let path = procfs::map_file_path(pid, mapping);
-            let Ok(elf) = std::fs::read(&path)
-                .or_else(|_| std::fs::read(procfs::path_in_root(pid, mapping.file_path())))
-            else {
+            let Ok(elf) = crate::file_bytes::open(&path).or_else(|_| {
+                crate::file_bytes::open(procfs::path_in_root(pid, mapping.file_path()))
+            }) else {
                 continue;
             };
             let Some(bias) = mapping_bias(&elf, mapping) else {
