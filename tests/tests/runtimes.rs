@@ -283,6 +283,12 @@ fn assert_go_leaks_named_with(traced: &Traced, seconds: u64, complete: bool) {
 /// the layout table is checked on the oldest and the newest release at hand.
 const NEWEST_GO: &str = "/usr/lib/go-1.23/bin/go";
 
+/// Whether a Go test can run: eBPF, and the toolchain GO (else a visible skip, or a failure
+/// where every test must run).
+fn go_ready(test: &str, go: &str) -> bool {
+    bpf_available(test) && tool_available(test, Path::new(go))
+}
+
 /// Attached to PROGRAM (goroutines.go built by some toolchain) after it ran for a second:
 /// both leaks and the control, with the goroutines started before the attach counted too
 /// (from the runtime's list).
@@ -301,8 +307,7 @@ fn go_attached(name: &str, program: &Path) -> Traced {
 
 #[test]
 fn go_goroutine_and_heap_leaks_are_named_when_attached() {
-    let test = "go_goroutine_and_heap_leaks_are_named_when_attached";
-    if !bpf_available(test) || !tool_available(test, Path::new(GO)) {
+    if !go_ready("go_goroutine_and_heap_leaks_are_named_when_attached", GO) {
         return;
     }
     go_attached("go_attached", go_target());
@@ -310,8 +315,7 @@ fn go_goroutine_and_heap_leaks_are_named_when_attached() {
 
 #[test]
 fn go_1_23_leaks_are_named_when_attached() {
-    let test = "go_1_23_leaks_are_named_when_attached";
-    if !bpf_available(test) || !tool_available(test, Path::new(NEWEST_GO)) {
+    if !go_ready("go_1_23_leaks_are_named_when_attached", NEWEST_GO) {
         return;
     }
     let program = build_go_with(
@@ -345,8 +349,7 @@ fn go_stripped(name: &str, go: &Path) {
 
 #[test]
 fn a_stripped_go_binary_is_named_from_its_own_table() {
-    let test = "a_stripped_go_binary_is_named_from_its_own_table";
-    if !bpf_available(test) || !tool_available(test, Path::new(GO)) {
+    if !go_ready("a_stripped_go_binary_is_named_from_its_own_table", GO) {
         return;
     }
     go_stripped("goroutines_stripped", Path::new(GO));
@@ -354,8 +357,10 @@ fn a_stripped_go_binary_is_named_from_its_own_table() {
 
 #[test]
 fn a_stripped_go_1_23_binary_is_named_from_its_own_table() {
-    let test = "a_stripped_go_1_23_binary_is_named_from_its_own_table";
-    if !bpf_available(test) || !tool_available(test, Path::new(NEWEST_GO)) {
+    if !go_ready(
+        "a_stripped_go_1_23_binary_is_named_from_its_own_table",
+        NEWEST_GO,
+    ) {
         return;
     }
     go_stripped("goroutines_stripped_1_23", Path::new(NEWEST_GO));
@@ -389,8 +394,10 @@ fn goroutines_counted_once(name: &str, go: &Path) {
 
 #[test]
 fn every_goroutine_is_counted_once_even_when_its_go_statement_grows_the_stack() {
-    let test = "every_goroutine_is_counted_once_even_when_its_go_statement_grows_the_stack";
-    if !bpf_available(test) || !tool_available(test, Path::new(GO)) {
+    if !go_ready(
+        "every_goroutine_is_counted_once_even_when_its_go_statement_grows_the_stack",
+        GO,
+    ) {
         return;
     }
     goroutines_counted_once("goroutine_count", Path::new(GO));
@@ -398,8 +405,7 @@ fn every_goroutine_is_counted_once_even_when_its_go_statement_grows_the_stack() 
 
 #[test]
 fn go_1_23_goroutines_are_counted_once_each() {
-    let test = "go_1_23_goroutines_are_counted_once_each";
-    if !bpf_available(test) || !tool_available(test, Path::new(NEWEST_GO)) {
+    if !go_ready("go_1_23_goroutines_are_counted_once_each", NEWEST_GO) {
         return;
     }
     goroutines_counted_once("goroutine_count_1_23", Path::new(NEWEST_GO));
@@ -407,9 +413,7 @@ fn go_1_23_goroutines_are_counted_once_each() {
 
 #[test]
 fn go_leaks_are_named_in_a_launched_program() {
-    if !bpf_available("go_leaks_are_named_in_a_launched_program")
-        || !tool_available("go_leaks_are_named_in_a_launched_program", Path::new(GO))
-    {
+    if !go_ready("go_leaks_are_named_in_a_launched_program", GO) {
         return;
     }
     let program = go_target().display().to_string();
