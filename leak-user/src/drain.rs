@@ -89,9 +89,7 @@ impl KernelMaps {
             mmap_events: take(ebpf, map_names::MMAP_EVENTS)?,
         })
     }
-}
 
-impl KernelMaps {
     /// Calls `visit` with every live allocation: in batches where the kernel can, else key
     /// by key (an entry freed between its key and its lookup is skipped).
     fn for_each_allocation(
