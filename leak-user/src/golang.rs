@@ -708,7 +708,8 @@ mod tests {
         assert!(known_layout("devel").is_none());
     }
 
-    /// Every Go toolchain on this machine: `go` on PATH and Debian's /usr/lib/go-*/bin/go.
+    /// Every Go toolchain on this machine: `go` on PATH and Debian's /usr/lib/go-*/bin/go,
+    /// each once (Debian's /usr/bin/go is a link to one of the others).
     fn toolchains() -> Vec<PathBuf> {
         let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib")
             .into_iter()
@@ -727,7 +728,12 @@ mod tests {
         }) {
             found.push(on_path);
         }
+        let mut found: Vec<PathBuf> = found
+            .into_iter()
+            .filter_map(|go| std::fs::canonicalize(go).ok())
+            .collect();
         found.sort();
+        found.dedup();
         found
     }
 
