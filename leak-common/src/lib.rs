@@ -198,8 +198,15 @@ impl AllocFn {
 /// "No such argument" in a [`CallShape`].
 pub const NO_ARG: u8 = 0xF;
 
-/// One probed allocator function: what it does and where its arguments are (0-based, in
-/// the C calling convention), plus an id telling it apart from other functions of the same
+/// Registers an entry program can read an argument from, numbered by slot: a [`CallShape`]'s
+/// and a [`ScopeShape`]'s argument fields are slots. The six argument registers come first in
+/// call order (rdi, rsi, rdx, rcx, r8, r9), so at a function's entry argument i is in slot i;
+/// then rax, rbx, rbp, r10, r11, r12, r13, r14, r15, where a probe placed past the entry may
+/// find a copy the function made (leak-user's probe_site).
+pub const ARGUMENT_SLOTS: usize = 15;
+
+/// One probed allocator function: what it does and where its arguments are (argument slots,
+/// see [`ARGUMENT_SLOTS`]: at the entry, argument i of the C calling convention is slot i), plus an id telling it apart from other functions of the same
 /// kind. Given to the entry program as the uprobe's cookie, so one program serves every
 /// allocator API (glibc, jemalloc's mallocx/sdallocx, mimalloc's mi_heap_*, a pool API
 /// named with --alloc-fn…).

@@ -14,7 +14,7 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use leak_common::{
-    AllocRecord, Counter, DEFAULT_MAX_ALLOCS, MAX_PENDING_CALLS, MAX_STACK_DEPTH, MAX_STACKS,
+    ARGUMENT_SLOTS, AllocRecord, Counter, DEFAULT_MAX_ALLOCS, MAX_PENDING_CALLS, MAX_STACK_DEPTH, MAX_STACKS,
     MMAP_EVENTS_BYTES, PendingCall, PendingSyscall, STACK_ID_PROBES, StackFrames, StackTotals,
     UNKNOWN_STACK_ID, UNWIND_DWARF, UNWIND_FRAME_POINTERS,
 };
@@ -248,28 +248,30 @@ pub fn user_regs() -> Option<pt_regs> {
     }
 }
 
-/// The six integer argument registers of a uprobe's user registers, in order. All six are
-/// read at fixed offsets and one is then picked by index: the verifier refuses a context read
-/// at a computed offset.
-pub struct Arguments([u64; 6]);
+/// The registers an entry program reads arguments from, by slot (leak_common::ARGUMENT_SLOTS):
+/// the six argument registers in call order, then rax, rbx, rbp, r10 to r15, where a probe
+/// placed past a function's entry finds the copies its code made. All are read at fixed
+/// offsets and one is then picked by slot: the verifier refuses a context read at a computed
+/// offset.
+pub struct Arguments([u64; ARGUMENT_SLOTS]);
 
 impl Arguments {
     #[inline(always)]
     pub fn of(regs: &pt_regs) -> Arguments {
-        Arguments([regs.rdi, regs.rsi, regs.rdx, regs.rcx, regs.r8, regs.r9])
+        Arguments([
+            regs.rdi, regs.rsi, regs.rdx, regs.rcx, regs.r8, regs.r9, regs.rax, regs.rbx,
+            regs.rbp, regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15,
+        ])
     }
 
-    /// Argument `index` (0 is the first); 0 for an index past the sixth.
+    /// The value in slot `slot`; 0 for no slot (NO_ARG).
     #[inline(always)]
-    pub fn at(&self, index: u8) -> u64 {
-        match index {
-            0 => self.0[0],
-            1 => self.0[1],
-            2 => self.0[2],
-            3 => self.0[3],
-            4 => self.0[4],
-            5 => self.0[5],
-            _ => 0,
+    pub fn at(&self, slot: u8) -> u64 {
+        let slot = slot as usize;
+        if slot < ARGUMENT_SLOTS {
+            self.0[slot]
+        } else {
+            0
         }
     }
 }

@@ -25,8 +25,8 @@ use leak_common::{
     ALLOC_RETURN_PROGRAM, AllocFn, CallShape, ENTRY_PROGRAM, GO_GOEXIT_PROGRAM,
     GO_LARGE_SPAN_PROGRAM, GO_LAYOUT_GLOBAL, GO_NEWPROC_PROGRAM, GO_ON_STACK_CHECK,
     GO_SPAN_FREE_PROGRAM, GO_SPAN_FULL_PROGRAM, MAX_SCOPE_TAGS, MAX_SIZE_GLOBAL, MAX_UNWIND_ROWS,
-    MIN_SIZE_GLOBAL, PAGE_FAULT_PROGRAM, SAMPLE_RATE_GLOBAL, SCOPE_COUNT_GLOBAL,
-    SCOPE_ENTRY_PROGRAM, SCOPE_EVENTS_BYTES, SCOPE_RETURN_PROGRAM, SYSCALL_PROGRAMS,
+    MIN_SIZE_GLOBAL, NO_ARG, PAGE_FAULT_PROGRAM, SAMPLE_RATE_GLOBAL, SCOPE_COUNT_GLOBAL,
+    SCOPE_ENTRY_PROGRAM, SCOPE_EVENTS_BYTES, SCOPE_RETURN_PROGRAM, SYSCALL_PROGRAMS, ScopeShape,
     TARGET_TGID_GLOBAL, UNWIND_DWARF, UNWIND_FRAME_POINTERS, UNWIND_MODE_GLOBAL, map_names,
 };
 use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
@@ -110,8 +110,22 @@ pub struct AllocatorFn {
     /// Offset of the function in the module's file.
     pub file_offset: u64,
     /// Offset in the file where its probes go: the entry, or the first instruction the
-    /// kernel emulates when only harmless ones precede it (see `probe_site`).
+    /// kernel emulates that every call reaches with its arguments readable (see `probe_site`).
     pub probe_offset: u64,
+    /// The instruction probed, and whether the kernel emulates it (one trap) or single-steps
+    /// it (a second trap, several microseconds a call).
+    pub instruction: String,
+    pub emulated: bool,
+}
+
+/// A known allocator function left unprobed because every call of it goes on to another
+/// probed function (`operator new(size, nothrow)` calling `operator new(size)`): that probe
+/// records the allocation, with this function in its stack.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoveredFn {
+    pub symbol: String,
+    /// The probed function it calls.
+    pub callee: String,
 }
 
 /// A module with allocator functions to probe.
@@ -124,6 +138,8 @@ pub struct AllocatorModule {
     /// Which allocator it is ("glibc", "jemalloc", … see `allocators::identify`).
     pub allocator: &'static str,
     pub functions: Vec<AllocatorFn>,
+    /// Known functions left to the probed function they call.
+    pub covered: Vec<CoveredFn>,
 }
 
 /// Finds the allocator functions leaktrace knows, and the user-named `extra` ones, in an
@@ -133,9 +149,13 @@ pub fn find_allocator_functions(
     elf: &[u8],
     path: &str,
     extra: &[KnownFn],
-) -> Result<(Vec<AllocatorFn>, &'static str), object::Error> {
+) -> Result<(Vec<AllocatorFn>, Vec<CoveredFn>, &'static str), object::Error> {
     let file = object::File::parse(elf)?;
-    let addresses = function_addresses(&file);
+    let symbols = function_symbols(&file);
+    let addresses: BTreeMap<String, u64> = symbols
+        .iter()
+        .map(|(name, symbol)| (name.clone(), symbol.address))
+        .collect();
     let names: Vec<&str> = addresses.keys().map(String::as_str).collect();
     let allocator = allocators::identify(&names, path);
     let mut wanted: Vec<KnownFn> = allocators::known_functions();
@@ -151,27 +171,96 @@ pub fn find_allocator_functions(
     }
     wanted.extend(extra.iter().cloned());
     let mut found: Vec<AllocatorFn> = Vec::new();
+    let mut unplaced: Vec<(KnownFn, u64)> = Vec::new();
     for known in wanted {
-        let Some(&address) = addresses.get(&known.symbol) else {
+        let Some(symbol) = symbols.get(&known.symbol) else {
             continue;
         };
-        let Some((file_offset, probe_offset)) = probe_point(elf, &file, address) else {
+        let Some(point) = probe_point(elf, &file, *symbol, &reads_of(known.shape)) else {
             continue;
         };
         if found
             .iter()
-            .any(|existing| existing.file_offset == file_offset)
+            .any(|existing| existing.file_offset == point.file_offset)
         {
             continue;
         }
+        if !point.emulated {
+            unplaced.push((known.clone(), symbol.address));
+        }
         found.push(AllocatorFn {
-            shape: known.shape,
+            shape: placed_shape(known.shape, &point.placement),
             symbol: known.symbol,
-            file_offset,
-            probe_offset,
+            file_offset: point.file_offset,
+            probe_offset: point.file_offset + point.placement.offset,
+            instruction: point.instruction,
+            emulated: point.emulated,
         });
     }
-    Ok((found, allocator))
+    // A function whose probe would be single-stepped, and whose every call goes on to a
+    // probed one, is left to that one.
+    let plt = crate::plt::stub_names(&file);
+    let mut covered = Vec::new();
+    for (known, address) in unplaced {
+        let Some(offset) = virtual_to_file_offset(&file, address) else {
+            continue;
+        };
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let code = elf.get(start..start.saturating_add(128).min(elf.len()));
+        let Some(target) = code.and_then(|code| probe_site::first_call(code, address)) else {
+            continue;
+        };
+        let callee = plt.get(&target).cloned().or_else(|| {
+            addresses
+                .iter()
+                .find(|(_, a)| **a == target)
+                .map(|(name, _)| name.clone())
+        });
+        let Some(callee) = callee else { continue };
+        let callee_probed = allocators::known_functions()
+            .iter()
+            .chain(extra)
+            .any(|k| k.symbol == callee && k.shape.func == known.shape.func)
+            && callee != known.symbol;
+        if callee_probed {
+            found.retain(|f| f.symbol != known.symbol);
+            covered.push(CoveredFn {
+                symbol: known.symbol,
+                callee,
+            });
+        }
+    }
+    Ok((found, covered, allocator))
+}
+
+/// What an allocator function's entry probe reads (see `probe_site`): its size, count,
+/// pointer and out-pointer arguments, and the stack pointer when it has a return probe.
+pub fn reads_of(shape: CallShape) -> probe_site::Reads {
+    probe_site::Reads {
+        arguments: [shape.size, shape.count, shape.ptr, shape.out].map(argument_or_none),
+        product: (shape.count != NO_ARG).then_some((shape.count, shape.size)),
+        stack_pointer: shape.func.has_return_probe(),
+    }
+}
+
+fn argument_or_none(argument: u8) -> u8 {
+    if argument < 6 { argument } else { NO_ARG }
+}
+
+/// The shape as the entry program reads it at the placed probe: argument slots there.
+fn placed_shape(shape: CallShape, placement: &probe_site::Placement) -> CallShape {
+    let [size, count, ptr, out] = placement.slots;
+    CallShape {
+        size,
+        count: if placement.product_in_size {
+            NO_ARG
+        } else {
+            count
+        },
+        ptr,
+        out,
+        ..shape
+    }
 }
 
 /// Whether a Rust program has its own #[global_allocator]: its shims then call `__rg_alloc`
@@ -213,32 +302,70 @@ fn custom_rust_allocator(
     !probe_site::branches_to(code, shim, default, 8)
 }
 
+/// A function symbol: where it starts and how long it is (0: unknown).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FnSymbol {
+    pub address: u64,
+    pub size: u64,
+}
+
 /// Every function an ELF file defines, by name (versioned names in .symtab, like
-/// "malloc@@GLIBC_2.2.5", without their version), at its virtual address.
-fn function_addresses(file: &object::File<'_>) -> BTreeMap<String, u64> {
-    let mut addresses: BTreeMap<String, u64> = BTreeMap::new();
+/// "malloc@@GLIBC_2.2.5", without their version).
+fn function_symbols(file: &object::File<'_>) -> BTreeMap<String, FnSymbol> {
+    let mut symbols: BTreeMap<String, FnSymbol> = BTreeMap::new();
     for symbol in file.dynamic_symbols().chain(file.symbols()) {
         if symbol.kind() != SymbolKind::Text || !symbol.is_definition() || symbol.address() == 0 {
             continue;
         }
         let Ok(name) = symbol.name() else { continue };
         let name = name.split('@').next().unwrap_or(name);
-        addresses
-            .entry(name.to_string())
-            .or_insert(symbol.address());
+        symbols.entry(name.to_string()).or_insert(FnSymbol {
+            address: symbol.address(),
+            size: symbol.size(),
+        });
     }
-    addresses
+    symbols
 }
 
-/// The file offset of the function at `address`, and where its probe goes (see
-/// `probe_site`).
-fn probe_point(elf: &[u8], file: &object::File<'_>, address: u64) -> Option<(u64, u64)> {
-    let file_offset = virtual_to_file_offset(file, address)?;
+/// Where a function's probe goes, in its file.
+struct ProbePoint {
+    file_offset: u64,
+    placement: probe_site::Placement,
+    instruction: String,
+    emulated: bool,
+}
+
+/// Functions longer than this are placed from their first bytes only (no internal jumps
+/// are looked for beyond them; the path followed is far shorter).
+const MAX_FUNCTION_SCANNED: u64 = 64 << 10;
+
+/// The file offset of `function` and where its probe goes (see `probe_site`).
+fn probe_point(
+    elf: &[u8],
+    file: &object::File<'_>,
+    function: FnSymbol,
+    reads: &probe_site::Reads,
+) -> Option<ProbePoint> {
+    let file_offset = virtual_to_file_offset(file, function.address)?;
     let start = usize::try_from(file_offset).unwrap_or(usize::MAX);
+    let sized = function.size > 0;
+    let length = if sized {
+        function.size.min(MAX_FUNCTION_SCANNED)
+    } else {
+        64
+    };
     let code = elf
-        .get(start..start.saturating_add(64).min(elf.len()))
+        .get(start..start.saturating_add(length as usize).min(elf.len()))
         .unwrap_or(&[]);
-    Some((file_offset, file_offset + probe_site::probe_offset(code)))
+    let placement = probe_site::place(code, reads, sized);
+    let (instruction, emulated) =
+        probe_site::describe(code, placement.offset).unwrap_or_else(|| ("?".into(), false));
+    Some(ProbePoint {
+        file_offset,
+        placement,
+        instruction,
+        emulated,
+    })
 }
 
 /// How far an ELF file was moved when loaded, given where its first byte is mapped: 0 for a
@@ -357,8 +484,14 @@ pub struct ScopeProbe {
     pub spec: ScopeSpec,
     pub probe_path: PathBuf,
     pub display_path: String,
-    /// File offset of the probe (past leading instructions that change nothing it reads).
+    /// File offset of the probe (see `probe_site`), and the function's own.
     pub probe_offset: u64,
+    pub file_offset: u64,
+    /// The argument slot the label is read from at the probe (SCOPE_NO_LABEL: none).
+    pub label_slot: u8,
+    /// The instruction probed, and whether the kernel emulates it.
+    pub instruction: String,
+    pub emulated: bool,
 }
 
 /// Finds each --scope function in `files` (the first file defining it wins: the executable
@@ -378,7 +511,7 @@ pub fn find_scopes(
         let Ok(file) = object::File::parse(&*data) else {
             continue;
         };
-        let addresses = function_addresses(&file);
+        let symbols = function_symbols(&file);
         for spec in specs {
             if found
                 .iter()
@@ -386,17 +519,31 @@ pub fn find_scopes(
             {
                 continue;
             }
-            let Some(&address) = addresses.get(&spec.function) else {
+            let Some(&symbol) = symbols.get(&spec.function) else {
                 continue;
             };
-            let Some((_, probe_offset)) = probe_point(&data, &file, address) else {
+            let label = argument_or_none(spec.shape(0).label_arg);
+            let reads = probe_site::Reads {
+                arguments: [label, NO_ARG, NO_ARG, NO_ARG],
+                product: None,
+                stack_pointer: true,
+            };
+            let Some(point) = probe_point(&data, &file, symbol, &reads) else {
                 continue;
             };
             found.push(ScopeProbe {
                 spec: spec.clone(),
                 probe_path: probe_path.clone(),
                 display_path: display_path.clone(),
-                probe_offset,
+                probe_offset: point.file_offset + point.placement.offset,
+                file_offset: point.file_offset,
+                label_slot: if label == NO_ARG {
+                    leak_common::SCOPE_NO_LABEL
+                } else {
+                    point.placement.slots[0]
+                },
+                instruction: point.instruction,
+                emulated: point.emulated,
             });
         }
     }
@@ -436,13 +583,15 @@ fn module_probes(
     display_path: String,
     extra: &[KnownFn],
 ) -> Option<AllocatorModule> {
-    let (functions, allocator) = find_allocator_functions(elf, &display_path, extra).ok()?;
+    let (functions, covered, allocator) =
+        find_allocator_functions(elf, &display_path, extra).ok()?;
     let functions = probes_for_module(functions, extra);
     (!functions.is_empty()).then_some(AllocatorModule {
         probe_path,
         display_path,
         allocator,
         functions,
+        covered,
     })
 }
 
@@ -820,11 +969,17 @@ impl Probes {
             }
             attach_one(ENTRY_PROGRAM)?;
             log::debug!(
-                "{} in {} ({}): probe at +{:#x}",
+                "{} in {} ({}): probe at +{:#x} ({}, {})",
                 function.symbol,
                 module.display_path,
                 module.allocator,
-                function.probe_offset - function.file_offset
+                function.probe_offset - function.file_offset,
+                function.instruction,
+                if function.emulated {
+                    "emulated"
+                } else {
+                    "single-stepped"
+                }
             );
             self.attached
                 .push(format!("{} in {}", function.symbol, module.display_path));
@@ -901,7 +1056,10 @@ impl Probes {
                 .ok_or(AttachError::Load("process id 0 cannot be traced".into()))?,
         );
         for (index, scope) in scopes.iter().enumerate() {
-            let shape = scope.spec.shape(index as u8);
+            let shape = ScopeShape {
+                label_arg: scope.label_slot,
+                ..scope.spec.shape(index as u8)
+            };
             // Return probe first: an entry that fires is then always matched by its return.
             for program in [SCOPE_RETURN_PROGRAM, SCOPE_ENTRY_PROGRAM] {
                 let probe = uprobe(&mut self.ebpf, program)?;
@@ -1152,7 +1310,7 @@ mod tests {
         let Some(libc) = libc else {
             return; // not a glibc x86_64 machine
         };
-        let (functions, allocator) =
+        let (functions, _, allocator) =
             find_allocator_functions(&libc, "/usr/lib/x86_64-linux-gnu/libc.so.6", &[])
                 .expect("parse libc");
         assert_eq!(allocator, "glibc");
@@ -1181,6 +1339,47 @@ mod tests {
         offsets.sort_unstable();
         offsets.dedup();
         assert_eq!(offsets.len(), functions.len(), "aliases are listed once");
+    }
+
+    /// Every known function of every allocator `cargo xtask setup` installs is probed on an
+    /// instruction the kernel emulates, or left to the probed function it calls.
+    #[test]
+    fn every_installed_allocator_is_probed_on_emulated_instructions() {
+        let libraries = [
+            ("glibc", "/usr/lib/x86_64-linux-gnu/libc.so.6"),
+            ("jemalloc", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"),
+            ("tcmalloc", "/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4"),
+            ("tcmalloc", "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"),
+            ("mimalloc", "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2"),
+            ("C++ operators", "/usr/lib/x86_64-linux-gnu/libstdc++.so.6"),
+        ];
+        let mut stepped = Vec::new();
+        for (allocator, path) in libraries {
+            let data = fs::read(path)
+                .unwrap_or_else(|err| panic!("{path}: {err} (cargo xtask setup installs it)"));
+            let (functions, covered, _) =
+                find_allocator_functions(&data, path, &[]).expect("an ELF library");
+            assert!(!functions.is_empty(), "nothing found in {path}");
+            for function in &functions {
+                if !function.emulated {
+                    stepped.push(format!(
+                        "{allocator} {} +{:#x}: {}",
+                        function.symbol,
+                        function.probe_offset - function.file_offset,
+                        function.instruction
+                    ));
+                }
+            }
+            for wrapper in &covered {
+                assert!(
+                    functions.iter().all(|f| f.symbol != wrapper.symbol),
+                    "{} is both probed and left to {}",
+                    wrapper.symbol,
+                    wrapper.callee
+                );
+            }
+        }
+        assert!(stepped.is_empty(), "single-stepped: {stepped:#?}");
     }
 
     #[test]

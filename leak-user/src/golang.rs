@@ -45,6 +45,11 @@ pub struct GoProbe {
     /// the kernel emulates: the program skips the pass that is about to grow the stack (the
     /// function then starts over and passes the probe again).
     pub on_stack_check: bool,
+    /// Bytes from the start of the function probed, the instruction there, and whether the
+    /// kernel emulates it.
+    pub offset_in_function: u64,
+    pub instruction: String,
+    pub emulated: bool,
 }
 
 /// What leaktrace found in a Go executable.
@@ -100,11 +105,17 @@ impl GoProgram {
             let code = elf.get(start..start.saturating_add(64).min(elf.len()))?;
             let moved = probe_offset(code);
             let on_stack_check = moved > 0 && is_stack_check_branch(&code[moved as usize..]);
+            // Anything else than the stack check's branch: the entry.
+            let offset_in_function = if on_stack_check { moved } else { 0 };
+            let (instruction, emulated) = crate::probe_site::describe(code, offset_in_function)
+                .unwrap_or_else(|| ("?".into(), false));
             Some(GoProbe {
                 symbol: name.to_string(),
-                // Anything else than the stack check's branch: the entry.
-                file_offset: entry + if on_stack_check { moved } else { 0 },
+                file_offset: entry + offset_in_function,
                 on_stack_check,
+                offset_in_function,
+                instruction,
+                emulated,
             })
         };
         let mut program = GoProgram {
@@ -134,10 +145,17 @@ impl GoProgram {
                 let end = start.saturating_add(*size as usize).min(elf.len());
                 let code = elf.get(start..end).unwrap_or(&[]);
                 for after in returns_from_calls(code, *address, *target) {
+                    let offset_in_function = after - address;
+                    let (instruction, emulated) =
+                        crate::probe_site::describe(code, offset_in_function)
+                            .unwrap_or_else(|| ("?".into(), false));
                     program.large_spans.push(GoProbe {
                         symbol: format!("{caller} after {ALLOC_LARGE}"),
-                        file_offset: after - address + offset,
+                        file_offset: offset_in_function + offset,
                         on_stack_check: false,
+                        offset_in_function,
+                        instruction,
+                        emulated,
                     });
                 }
             }

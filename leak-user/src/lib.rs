@@ -28,6 +28,7 @@ pub mod model;
 pub mod otel;
 pub mod pclntab;
 pub mod perf_map;
+pub mod plt;
 pub mod privileges;
 pub mod probe_site;
 pub mod procfs;

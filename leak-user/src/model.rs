@@ -365,6 +365,37 @@ pub struct AllocatorInfo {
     pub module: String,
     /// The functions probed in it.
     pub functions: Vec<String>,
+    /// Each probe: where it sits and whether the kernel emulates its instruction (absent in
+    /// reports written before this field).
+    #[serde(default)]
+    pub probes: Vec<ProbeInfo>,
+}
+
+/// One probe placed in a function (see leak-user's probe_site), or a known function left
+/// to the probed one it calls.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProbeInfo {
+    pub function: String,
+    /// Bytes from the function's start to the probed instruction.
+    pub offset: u64,
+    /// That instruction (AT&T syntax).
+    pub instruction: String,
+    /// Whether the kernel emulates it (one trap a call) or single-steps it (a second trap,
+    /// several microseconds a call).
+    pub emulated: bool,
+    /// Set when the function is not probed because every call of it goes on to this probed
+    /// function, which records the allocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub covered_by: Option<String>,
+}
+
+impl AllocatorInfo {
+    /// Probes the kernel must single-step.
+    pub fn single_stepped(&self) -> impl Iterator<Item = &ProbeInfo> {
+        self.probes
+            .iter()
+            .filter(|probe| probe.covered_by.is_none() && !probe.emulated)
+    }
 }
 
 /// The traced process.

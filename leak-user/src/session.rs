@@ -24,7 +24,7 @@ use crate::{
     metrics,
     model::{
         AllocatorInfo, Exit, Frame, GoroutineReport, GoroutineSiteReport, Held, Origin,
-        ProcessReport, ProcessSample, REPORT_VERSION, Reachability, ReachabilityScan, Report,
+        ProbeInfo, ProcessReport, ProcessSample, REPORT_VERSION, Reachability, ReachabilityScan, Report,
         RuntimeInfo, StackHistory, StackKey, StackReport, Target, Trend, Verdict,
     },
     otel::{OtlpOptions, Telemetry},
@@ -246,6 +246,21 @@ fn go_allocator_info(go: &GoTarget) -> Option<AllocatorInfo> {
             .chain(program.span_free.iter())
             .map(|probe| probe.symbol.clone())
             .collect(),
+        probes: program
+            .newproc
+            .iter()
+            .chain(program.goexit.iter())
+            .chain(program.span_full.iter())
+            .chain(program.large_spans.iter())
+            .chain(program.span_free.iter())
+            .map(|probe| ProbeInfo {
+                function: probe.symbol.clone(),
+                offset: probe.offset_in_function,
+                instruction: probe.instruction.clone(),
+                emulated: probe.emulated,
+                covered_by: None,
+            })
+            .collect(),
     })
 }
 
@@ -319,6 +334,24 @@ fn allocator_info(module: &AllocatorModule, alloc_fns: &[KnownFn]) -> AllocatorI
         },
         module: module.display_path.clone(),
         functions: module.functions.iter().map(|f| f.symbol.clone()).collect(),
+        probes: module
+            .functions
+            .iter()
+            .map(|f| ProbeInfo {
+                function: f.symbol.clone(),
+                offset: f.probe_offset - f.file_offset,
+                instruction: f.instruction.clone(),
+                emulated: f.emulated,
+                covered_by: None,
+            })
+            .chain(module.covered.iter().map(|c| ProbeInfo {
+                function: c.symbol.clone(),
+                offset: 0,
+                instruction: String::new(),
+                emulated: false,
+                covered_by: Some(c.callee.clone()),
+            }))
+            .collect(),
     }
 }
 

@@ -238,6 +238,7 @@ pub mod fixtures {
                 allocator: "glibc".into(),
                 module: "/usr/lib/x86_64-linux-gnu/libc.so.6".into(),
                 functions: vec!["malloc".into(), "free".into()],
+                probes: Vec::new(),
             }],
             exited: None,
             dropped: BTreeMap::from([("stack_id_collision".to_string(), 0)]),

@@ -92,6 +92,28 @@ pub fn render(report: &Report, color: bool) -> String {
             })
             .collect();
         let _ = writeln!(out, "allocators: {}", found.join(", "));
+        let stepped: Vec<String> = report
+            .allocators
+            .iter()
+            .flat_map(|found| {
+                let file = found.module.rsplit('/').next().unwrap_or(&found.module);
+                found.single_stepped().map(move |probe| {
+                    format!(
+                        "{} in {file} (+{:#x}: {})",
+                        probe.function, probe.offset, probe.instruction
+                    )
+                })
+            })
+            .collect();
+        if !stepped.is_empty() {
+            let _ = writeln!(
+                out,
+                "{}: {} single-stepped (each call of it pays a second trap, several µs): {}",
+                painter.paint(RED, "warning"),
+                plural(stepped.len() as u64, "probe"),
+                stepped.join(", ")
+            );
+        }
     }
     for runtime in &report.runtimes {
         match (&runtime.perf_map, &runtime.hint) {
