@@ -32,6 +32,7 @@ use leak_common::{
 use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
 use crate::{
+    model::ProgramLoad,
     allocators::{self, KnownFn},
     golang::{GoProbe, GoTarget},
     probe_site,
@@ -358,8 +359,8 @@ fn probe_point(
         .get(start..start.saturating_add(length as usize).min(elf.len()))
         .unwrap_or(&[]);
     let placement = probe_site::place(code, reads, sized);
-    let (instruction, emulated) =
-        probe_site::describe(code, placement.offset).unwrap_or_else(|| ("?".into(), false));
+    let (instruction, emulated) = probe_site::describe(code, function.address, placement.offset)
+        .unwrap_or_else(|| ("?".into(), false));
     Some(ProbePoint {
         file_offset,
         placement,
@@ -716,6 +717,8 @@ pub struct Probes {
     probed_files: HashSet<(u64, u64)>,
     /// "malloc in /usr/lib/x86_64-linux-gnu/libc.so.6", … for the report.
     pub attached: Vec<String>,
+    /// Each program loaded: what the verifier processed, how long it took.
+    pub programs: Vec<ProgramLoad>,
 }
 
 /// Settings for loading the kernel programs.
@@ -798,10 +801,9 @@ pub fn attach(
         .load(LEAK_EBPF_OBJECT)
         .map_err(object_error)?;
 
+    let mut programs = Vec::new();
     for name in [ENTRY_PROGRAM, ALLOC_RETURN_PROGRAM] {
-        uprobe(&mut ebpf, name)?
-            .load()
-            .map_err(|err| load_error(name, err))?;
+        load_program(&mut ebpf, name, &mut programs)?;
     }
     let mut probes = Probes {
         ebpf,
@@ -810,6 +812,7 @@ pub fn attach(
         pid,
         next_id: 0,
         probed_files: HashSet::new(),
+        programs,
     };
     for module in modules {
         probes.attach_module(module)?;
@@ -819,23 +822,27 @@ pub fn attach(
         probes.attach_go(go)?;
     }
 
-    probes
-        .attached
-        .extend(attach_syscall_tracepoints(&mut probes.ebpf)?);
+    probes.attached.extend(attach_syscall_tracepoints(
+        &mut probes.ebpf,
+        &mut probes.programs,
+    )?);
     Ok(probes)
 }
 
 /// Loads and attaches the mmap-family and brk syscall tracepoints; returns their names.
-fn attach_syscall_tracepoints(ebpf: &mut Ebpf) -> Result<Vec<String>, AttachError> {
+fn attach_syscall_tracepoints(
+    ebpf: &mut Ebpf,
+    loads: &mut Vec<ProgramLoad>,
+) -> Result<Vec<String>, AttachError> {
     ensure_tracefs()?;
     let mut attached = Vec::new();
     for (name, category, tracepoint) in SYSCALL_PROGRAMS {
+        load_program(ebpf, name, loads)?;
         let program: &mut TracePoint = ebpf
             .program_mut(name)
             .ok_or_else(|| AttachError::Load(format!("program {name} missing from the object")))?
             .try_into()
             .map_err(|err: aya::programs::ProgramError| AttachError::Load(err.to_string()))?;
-        program.load().map_err(|err| load_error(name, err))?;
         program
             .attach(category, tracepoint)
             .map_err(|err| AttachError::Probe {
@@ -856,6 +863,8 @@ pub struct FaultSampler {
     pub ebpf: Ebpf,
     /// The sampling period: each sample stands for this many minor faults.
     pub period: u64,
+    /// Each program loaded: what the verifier processed, how long it took.
+    pub programs: Vec<ProgramLoad>,
 }
 
 /// Loads the page-fault sampler for `pid` and starts it on every CPU. `syscalls` adds the
@@ -890,6 +899,8 @@ pub fn attach_fault_sampler(
         .map_max_entries(map_names::SCOPE_EVENTS, 4096)
         .load(LEAK_EBPF_OBJECT)
         .map_err(object_error)?;
+    let mut programs = Vec::new();
+    load_program(&mut ebpf, PAGE_FAULT_PROGRAM, &mut programs)?;
     let program: &mut PerfEvent = ebpf
         .program_mut(PAGE_FAULT_PROGRAM)
         .ok_or_else(|| {
@@ -899,9 +910,6 @@ pub fn attach_fault_sampler(
         })?
         .try_into()
         .map_err(|err: aya::programs::ProgramError| AttachError::Load(err.to_string()))?;
-    program
-        .load()
-        .map_err(|err| load_error(PAGE_FAULT_PROGRAM, err))?;
     let cpus = aya::util::online_cpus()
         .map_err(|(_, err)| AttachError::Load(format!("could not list the CPUs: {err}")))?;
     // Every process's faults are counted on each CPU; the program keeps the target's. A
@@ -924,11 +932,12 @@ pub fn attach_fault_sampler(
             })?;
     }
     if syscalls {
-        attach_syscall_tracepoints(&mut ebpf)?;
+        attach_syscall_tracepoints(&mut ebpf, &mut programs)?;
     }
     Ok(FaultSampler {
         ebpf,
         period: period.max(1),
+        programs,
     })
 }
 
@@ -1012,10 +1021,8 @@ impl Probes {
                 .ok_or(AttachError::Load("process id 0 cannot be traced".into()))?,
         );
         for (name, point) in points {
+            load_program(&mut self.ebpf, name, &mut self.programs)?;
             let probe = uprobe(&mut self.ebpf, name)?;
-            if probe.fd().is_err() {
-                probe.load().map_err(|err| load_error(name, err))?;
-            }
             let at = UProbeAttachPoint {
                 location: UProbeAttachLocation::AbsoluteOffset(point.file_offset),
                 cookie: Some(if point.on_stack_check {
@@ -1047,9 +1054,7 @@ impl Probes {
             return Ok(());
         }
         for name in [SCOPE_ENTRY_PROGRAM, SCOPE_RETURN_PROGRAM] {
-            uprobe(&mut self.ebpf, name)?
-                .load()
-                .map_err(|err| load_error(name, err))?;
+            load_program(&mut self.ebpf, name, &mut self.programs)?;
         }
         let target = UProbeScope::OneProcess(
             NonZeroU32::new(self.pid)
@@ -1188,6 +1193,64 @@ impl Drop for Probes {
             started.elapsed().as_secs_f64() * 1e3
         );
     }
+}
+
+/// The kernel's limit on instructions its verifier processes for one program.
+pub const VERIFIER_LIMIT: u32 = 1_000_000;
+/// The share of that limit each of leaktrace's programs must stay under, whatever the target:
+/// a quarter, so that a kernel that explores more paths, or a target's constants that prune
+/// fewer, still load.
+pub const VERIFIER_BUDGET: u32 = VERIFIER_LIMIT / 4;
+
+/// Loads program `name` (the kernel verifies it now) unless it is loaded, and notes in `loads`
+/// how many instructions the verifier processed and how long the load took.
+fn load_program(
+    ebpf: &mut Ebpf,
+    name: &str,
+    loads: &mut Vec<ProgramLoad>,
+) -> Result<(), AttachError> {
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| AttachError::Load(format!("program {name} missing from the object")))?;
+    if program.fd().is_ok() {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let loaded = match program {
+        aya::programs::Program::UProbe(program) => program.load(),
+        aya::programs::Program::TracePoint(program) => program.load(),
+        aya::programs::Program::PerfEvent(program) => program.load(),
+        _ => {
+            return Err(AttachError::Load(format!(
+                "program {name} is of a kind leaktrace does not load"
+            )));
+        }
+    };
+    let load_ms = started.elapsed().as_secs_f64() * 1e3;
+    if let Err(err) = loaded {
+        log::error!("the kernel refused program {name} after {load_ms:.0} ms: {err}");
+        return Err(load_error(name, err));
+    }
+    let verified_instructions = program
+        .info()
+        .ok()
+        .and_then(|info| info.verified_instruction_count())
+        .unwrap_or(0);
+    log::debug!(
+        "program {name}: {verified_instructions} instructions verified ({:.1}% of the kernel's limit) in {load_ms:.0} ms",
+        f64::from(verified_instructions) * 100.0 / f64::from(VERIFIER_LIMIT)
+    );
+    if verified_instructions > VERIFIER_BUDGET {
+        log::warn!(
+            "program {name} needed {verified_instructions} verified instructions, over leaktrace's budget of {VERIFIER_BUDGET}: it may not load on another kernel"
+        );
+    }
+    loads.push(ProgramLoad {
+        program: name.to_string(),
+        verified_instructions,
+        load_ms,
+    });
+    Ok(())
 }
 
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, AttachError> {

@@ -107,8 +107,9 @@ impl GoProgram {
             let on_stack_check = moved > 0 && is_stack_check_branch(&code[moved as usize..]);
             // Anything else than the stack check's branch: the entry.
             let offset_in_function = if on_stack_check { moved } else { 0 };
-            let (instruction, emulated) = crate::probe_site::describe(code, offset_in_function)
-                .unwrap_or_else(|| ("?".into(), false));
+            let (instruction, emulated) =
+                crate::probe_site::describe(code, *address, offset_in_function)
+                    .unwrap_or_else(|| ("?".into(), false));
             Some(GoProbe {
                 symbol: name.to_string(),
                 file_offset: entry + offset_in_function,
@@ -147,7 +148,7 @@ impl GoProgram {
                 for after in returns_from_calls(code, *address, *target) {
                     let offset_in_function = after - address;
                     let (instruction, emulated) =
-                        crate::probe_site::describe(code, offset_in_function)
+                        crate::probe_site::describe(code, *address, offset_in_function)
                             .unwrap_or_else(|| ("?".into(), false));
                     program.large_spans.push(GoProbe {
                         symbol: format!("{caller} after {ALLOC_LARGE}"),

@@ -371,6 +371,17 @@ pub struct AllocatorInfo {
     pub probes: Vec<ProbeInfo>,
 }
 
+/// One of leaktrace's kernel programs as the kernel loaded it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProgramLoad {
+    pub program: String,
+    /// Instructions the kernel's verifier processed (its limit is 1,000,000; leaktrace keeps
+    /// each program under a quarter of it).
+    pub verified_instructions: u32,
+    /// How long loading (verifying) it took.
+    pub load_ms: f64,
+}
+
 /// One probe placed in a function (see leak-user's probe_site), or a known function left
 /// to the probed one it calls.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -442,6 +453,10 @@ pub struct Report {
     /// The allocators probed (absent in reports written before this field).
     #[serde(default)]
     pub allocators: Vec<AllocatorInfo>,
+    /// leaktrace's kernel programs as loaded: instructions verified and load time (absent in
+    /// reports written before this field).
+    #[serde(default)]
+    pub programs: Vec<ProgramLoad>,
     /// Set when the target ended while traced.
     pub exited: Option<Exit>,
     /// Events lost, by reason (every reason is present, zero or not).
@@ -632,6 +647,7 @@ impl Report {
             sample_rate: 1,
             unwind: String::new(),
             allocators: Vec::new(),
+            programs: Vec::new(),
             exited: None,
             dropped: BTreeMap::new(),
             events: BTreeMap::new(),

@@ -310,11 +310,16 @@ fn branch_targets(code: &[u8]) -> Vec<u64> {
     targets
 }
 
-/// The instruction at `offset` of `code`, as text (for the report), and whether the kernel
-/// emulates it.
-pub fn describe(code: &[u8], offset: u64) -> Option<(String, bool)> {
+/// The instruction at `offset` of `code` (a function at virtual address `address`), as text
+/// for the report, and whether the kernel emulates it.
+pub fn describe(code: &[u8], address: u64, offset: u64) -> Option<(String, bool)> {
     let start = usize::try_from(offset).ok()?;
-    let mut decoder = Decoder::with_ip(64, code.get(start..)?, offset, DecoderOptions::NONE);
+    let mut decoder = Decoder::with_ip(
+        64,
+        code.get(start..)?,
+        address.wrapping_add(offset),
+        DecoderOptions::NONE,
+    );
     if !decoder.can_decode() {
         return None;
     }

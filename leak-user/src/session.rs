@@ -1394,6 +1394,7 @@ impl Session {
             }
             .to_string(),
             allocators: self.allocators.clone(),
+            programs: self.probes.programs.clone(),
             exited,
             dropped,
             events,

@@ -240,6 +240,7 @@ pub mod fixtures {
                 functions: vec!["malloc".into(), "free".into()],
                 probes: Vec::new(),
             }],
+            programs: Vec::new(),
             exited: None,
             dropped: BTreeMap::from([("stack_id_collision".to_string(), 0)]),
             events: BTreeMap::from([("allocations".to_string(), 160)]),
