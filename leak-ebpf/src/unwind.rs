@@ -139,28 +139,40 @@ extern "C" fn step(_index: u64, context: *mut c_void) -> i64 {
     0
 }
 
+/// A binary search in progress: the first index in [low, high) whose entry starts above
+/// `key` is sought. Lives on the caller's stack while bpf_loop calls a search step.
+#[repr(C)]
+struct Search {
+    low: u32,
+    high: u32,
+    /// Index of the search's first entry in its map.
+    base: u32,
+    _pad: u32,
+    key: u64,
+}
+
 /// The unwind row covering `address`, if its mapping has a table.
+///
+/// Each binary search runs as a bpf_loop callback: the verifier then checks one step, with
+/// the bounds unknown, instead of every path through an unrolled loop (a bounded loop of 22
+/// steps, each with a map lookup and two branches, took over half of the verifier's
+/// 1,000,000-instruction limit once inlined into a program with several stack walks).
 #[inline(always)]
 fn find_row(walk: &Walk, address: u64) -> Option<UnwindRow> {
     let base = walk.half * MAX_UNWIND_MAPPINGS;
     // The last mapping starting at or below the address.
-    let (mut low, mut high) = (0u32, walk.mappings);
-    for _ in 0..MAPPING_STEPS {
-        if low >= high {
-            break;
-        }
-        let middle = (low + high) / 2;
-        let mapping = UNWIND_MAPPINGS.get(base + middle)?;
-        if mapping.start <= address {
-            low = middle + 1;
-        } else {
-            high = middle;
-        }
-    }
-    if low == 0 {
+    let mut search = Search {
+        low: 0,
+        high: walk.mappings,
+        base,
+        _pad: 0,
+        key: address,
+    };
+    run_search(&mut search, MAPPING_STEPS, mapping_step);
+    if search.low == 0 {
         return None;
     }
-    let mapping = UNWIND_MAPPINGS.get(base + low - 1)?;
+    let mapping = UNWIND_MAPPINGS.get(base + search.low - 1)?;
     if address >= mapping.end || mapping.rows == 0 {
         return None;
     }
@@ -168,23 +180,71 @@ fn find_row(walk: &Walk, address: u64) -> Option<UnwindRow> {
     if relative > u32::MAX as u64 {
         return None;
     }
-    let pc = relative as u32;
     // The last row at or below pc.
-    let (mut low, mut high) = (0u32, mapping.rows);
-    for _ in 0..ROW_STEPS {
-        if low >= high {
-            break;
-        }
-        let middle = (low + high) / 2;
-        let row = UNWIND_ROWS.get(mapping.first_row + middle)?;
-        if row.pc <= pc {
-            low = middle + 1;
-        } else {
-            high = middle;
-        }
-    }
-    if low == 0 {
+    let mut search = Search {
+        low: 0,
+        high: mapping.rows,
+        base: mapping.first_row,
+        _pad: 0,
+        key: relative,
+    };
+    run_search(&mut search, ROW_STEPS, row_step);
+    if search.low == 0 {
         return None;
     }
-    UNWIND_ROWS.get(mapping.first_row + low - 1).copied()
+    UNWIND_ROWS.get(search.base + search.low - 1).copied()
+}
+
+#[inline(always)]
+fn run_search(search: &mut Search, steps: u32, step: extern "C" fn(u64, *mut c_void) -> i64) {
+    // SAFETY: `step` has the callback signature bpf_loop expects and only reads and writes
+    // `search` through the context pointer it is given.
+    unsafe {
+        bpf_loop(
+            steps,
+            step as *mut c_void,
+            (search as *mut Search).cast(),
+            0,
+        );
+    }
+}
+
+/// One step of the search for the mapping holding an address.
+#[inline(never)]
+extern "C" fn mapping_step(_index: u64, context: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer `run_search` gave it, to a live `Search`.
+    let search = unsafe { &mut *context.cast::<Search>() };
+    if search.low >= search.high {
+        return 1;
+    }
+    let middle = (search.low + search.high) / 2;
+    let Some(mapping) = UNWIND_MAPPINGS.get(search.base + middle) else {
+        return 1;
+    };
+    if mapping.start <= search.key {
+        search.low = middle + 1;
+    } else {
+        search.high = middle;
+    }
+    0
+}
+
+/// One step of the search for the row covering a module address.
+#[inline(never)]
+extern "C" fn row_step(_index: u64, context: *mut c_void) -> i64 {
+    // SAFETY: as in mapping_step.
+    let search = unsafe { &mut *context.cast::<Search>() };
+    if search.low >= search.high {
+        return 1;
+    }
+    let middle = (search.low + search.high) / 2;
+    let Some(row) = UNWIND_ROWS.get(search.base + middle) else {
+        return 1;
+    };
+    if row.pc as u64 <= search.key {
+        search.low = middle + 1;
+    } else {
+        search.high = middle;
+    }
+    0
 }
