@@ -14,9 +14,9 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use leak_common::{
-    ARGUMENT_SLOTS, AllocRecord, Counter, DEFAULT_MAX_ALLOCS, MAX_PENDING_CALLS, MAX_STACK_DEPTH, MAX_STACKS,
-    MMAP_EVENTS_BYTES, PendingCall, PendingSyscall, STACK_ID_PROBES, StackFrames, StackTotals,
-    UNKNOWN_STACK_ID, UNWIND_DWARF, UNWIND_FRAME_POINTERS,
+    ARGUMENT_SLOTS, AllocRecord, Counter, DEFAULT_MAX_ALLOCS, MAX_PENDING_CALLS, MAX_STACK_DEPTH,
+    MAX_STACKS, MMAP_EVENTS_BYTES, PendingCall, PendingSyscall, STACK_ID_PROBES, StackFrames,
+    StackTotals, UNKNOWN_STACK_ID, UNWIND_DWARF, UNWIND_FRAME_POINTERS,
 };
 
 const BPF_NOEXIST: u64 = 1;
@@ -259,8 +259,8 @@ impl Arguments {
     #[inline(always)]
     pub fn of(regs: &pt_regs) -> Arguments {
         Arguments([
-            regs.rdi, regs.rsi, regs.rdx, regs.rcx, regs.r8, regs.r9, regs.rax, regs.rbx,
-            regs.rbp, regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15,
+            regs.rdi, regs.rsi, regs.rdx, regs.rcx, regs.r8, regs.r9, regs.rax, regs.rbx, regs.rbp,
+            regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15,
         ])
     }
 

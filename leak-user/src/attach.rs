@@ -24,17 +24,18 @@ use aya::{
 use leak_common::{
     ALLOC_RETURN_PROGRAM, AllocFn, CallShape, ENTRY_PROGRAM, GO_GOEXIT_PROGRAM,
     GO_LARGE_SPAN_PROGRAM, GO_LAYOUT_GLOBAL, GO_NEWPROC_PROGRAM, GO_ON_STACK_CHECK,
-    GO_SPAN_FREE_PROGRAM, GO_SPAN_FULL_PROGRAM, MAX_SCOPE_TAGS, MAX_SIZE_GLOBAL, MAX_UNWIND_ROWS,
-    MIN_SIZE_GLOBAL, NO_ARG, PAGE_FAULT_PROGRAM, SAMPLE_RATE_GLOBAL, SCOPE_COUNT_GLOBAL,
-    SCOPE_ENTRY_PROGRAM, SCOPE_EVENTS_BYTES, SCOPE_RETURN_PROGRAM, SYSCALL_PROGRAMS, ScopeShape,
-    TARGET_TGID_GLOBAL, UNWIND_DWARF, UNWIND_FRAME_POINTERS, UNWIND_MODE_GLOBAL, map_names,
+    GO_SPAN_FREE_PROGRAM, GO_SPAN_FULL_PROGRAM, MAX_SCOPE_TAGS, MAX_SCOPES, MAX_SIZE_GLOBAL,
+    MAX_UNWIND_ROWS, MIN_SIZE_GLOBAL, NO_ARG, PAGE_FAULT_PROGRAM, SAMPLE_RATE_GLOBAL,
+    SCOPE_COUNT_GLOBAL, SCOPE_ENTRY_PROGRAM, SCOPE_EVENTS_BYTES, SCOPE_RETURN_PROGRAM,
+    SYSCALL_PROGRAMS, ScopeShape, TARGET_TGID_GLOBAL, UNWIND_DWARF, UNWIND_FRAME_POINTERS,
+    UNWIND_MODE_GLOBAL, map_names,
 };
 use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
 use crate::{
-    model::ProgramLoad,
     allocators::{self, KnownFn},
     golang::{GoProbe, GoTarget},
+    model::ProgramLoad,
     probe_site,
     procfs::{self, Mapping},
     scope::ScopeSpec,
@@ -829,6 +830,43 @@ pub fn attach(
     Ok(probes)
 }
 
+/// Loads every one of leaktrace's kernel programs for process `pid` (nothing is attached), as
+/// the most demanding target needs them: Python frames read (CPython 3.11's layout), a Go
+/// runtime's layout, every scope slot, sampling, a size range, and stacks walked with
+/// `unwind`. Returns what each took; the first program the kernel refuses is an error.
+pub fn verify_programs(
+    pid: u32,
+    unwind: crate::cli::Unwind,
+) -> Result<Vec<ProgramLoad>, AttachError> {
+    check_kernel(true)?;
+    let (unwind_mode, unwind_rows) = unwind_settings(unwind);
+    let go_layout = crate::golang::known_layout("go1.23")
+        .map(|(layout, _)| layout)
+        .unwrap_or_default();
+    let python = crate::python::PYTHON_3_11;
+    let scopes = MAX_SCOPES;
+    let (sample_rate, min_size, max_size) = (2u32, 1u64, u64::MAX - 1);
+    let mut ebpf = EbpfLoader::new()
+        .override_global(GO_LAYOUT_GLOBAL, &go_layout, true)
+        .override_global(leak_common::PY_LAYOUT_GLOBAL, &python, true)
+        .override_global(SCOPE_COUNT_GLOBAL, &scopes, true)
+        .override_global(TARGET_TGID_GLOBAL, &pid, true)
+        .override_global(MIN_SIZE_GLOBAL, &min_size, true)
+        .override_global(MAX_SIZE_GLOBAL, &max_size, true)
+        .override_global(SAMPLE_RATE_GLOBAL, &sample_rate, true)
+        .override_global(UNWIND_MODE_GLOBAL, &unwind_mode, true)
+        .map_max_entries(map_names::UNWIND_ROWS, unwind_rows)
+        .load(LEAK_EBPF_OBJECT)
+        .map_err(object_error)?;
+    let names: Vec<String> = ebpf.programs().map(|(name, _)| name.to_string()).collect();
+    let mut loads = Vec::new();
+    for name in names {
+        load_program(&mut ebpf, &name, &mut loads)?;
+    }
+    loads.sort_by(|a, b| a.program.cmp(&b.program));
+    Ok(loads)
+}
+
 /// Loads and attaches the mmap-family and brk syscall tracepoints; returns their names.
 fn attach_syscall_tracepoints(
     ebpf: &mut Ebpf,
@@ -1412,7 +1450,10 @@ mod tests {
             ("glibc", "/usr/lib/x86_64-linux-gnu/libc.so.6"),
             ("jemalloc", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"),
             ("tcmalloc", "/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4"),
-            ("tcmalloc", "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"),
+            (
+                "tcmalloc",
+                "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+            ),
             ("mimalloc", "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2"),
             ("C++ operators", "/usr/lib/x86_64-linux-gnu/libstdc++.so.6"),
         ];

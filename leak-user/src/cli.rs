@@ -86,6 +86,19 @@ pub enum Command {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// Load each of leaktrace's kernel programs as the most demanding target needs them,
+    /// attach nothing, and show what the kernel's verifier took for each: instructions
+    /// processed and load time, with stacks walked by frame pointers and by unwind tables.
+    /// Fails if the kernel refuses one, or one needs more than a quarter of the verifier's
+    /// 1,000,000-instruction limit: a check to run on a new kernel before relying on leaktrace.
+    Programs {
+        /// Only this way of walking stacks (default: both fp and dwarf).
+        #[arg(long, value_enum)]
+        unwind: Option<Unwind>,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value_t = DiffFormat::Text)]
+        format: DiffFormat,
+    },
     /// Show what grew between two saved JSON reports of the same program (like jeprof --base).
     Diff {
         /// The earlier report.

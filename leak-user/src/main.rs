@@ -2,7 +2,7 @@ use std::{io::Write, path::Path, process::ExitCode};
 
 use clap::Parser;
 use leaktrace::{
-    cli::{self, Cli, Command, DiffFormat},
+    cli::{self, Cli, Command, DiffFormat, Unwind},
     exit::Status,
     report::{self, Format},
     session,
@@ -40,7 +40,7 @@ fn main() -> ExitCode {
             common.format == Format::Pprof && common.output.is_none()
         }
         Command::Report { format, output, .. } => *format == Format::Pprof && output.is_none(),
-        Command::Diff { .. } | Command::Watch { .. } => false,
+        Command::Diff { .. } | Command::Watch { .. } | Command::Programs { .. } => false,
     };
     if binary_to_terminal && stdout_is_tty() {
         eprintln!("leaktrace: --format pprof is binary: write it to a file with -o FILE.pb.gz");
@@ -142,6 +142,7 @@ fn main() -> ExitCode {
                 .map(|saved| report::render(&saved, format, output.is_none() && stdout_is_tty())),
             output.as_deref(),
         ),
+        Command::Programs { unwind, format } => programs(unwind, format),
         Command::Diff {
             old,
             new,
@@ -160,6 +161,76 @@ fn main() -> ExitCode {
             }),
             output.as_deref(),
         ),
+    }
+}
+
+/// `leaktrace programs`: each kernel program's verification, in each way of walking stacks.
+fn programs(unwind: Option<Unwind>, format: DiffFormat) -> ExitCode {
+    use leaktrace::attach::{VERIFIER_BUDGET, VERIFIER_LIMIT, verify_programs};
+    let modes = match unwind {
+        Some(Unwind::Auto) | None => vec![Unwind::Fp, Unwind::Dwarf],
+        Some(mode) => vec![mode],
+    };
+    let mut rows = Vec::new();
+    for mode in modes {
+        match verify_programs(std::process::id(), mode) {
+            Ok(loads) => {
+                let mode = if mode == Unwind::Dwarf { "dwarf" } else { "fp" };
+                rows.extend(loads.into_iter().map(|load| (mode, load)));
+            }
+            Err(err) => {
+                eprintln!("leaktrace: the kernel refused a program ({mode:?} stacks): {err}");
+                return status(err.status());
+            }
+        }
+    }
+    let text = match format {
+        DiffFormat::Json => {
+            let list: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|(mode, load)| {
+                    serde_json::json!({
+                        "unwind": mode,
+                        "program": load.program,
+                        "verified_instructions": load.verified_instructions,
+                        "load_ms": load.load_ms,
+                    })
+                })
+                .collect();
+            serde_json::Value::Array(list).to_string() + "\n"
+        }
+        DiffFormat::Text => {
+            let mut text = format!(
+                "{:<22} {:<6} {:>9} {:>9} {:>9}\n",
+                "program", "unwind", "verified", "of limit", "load ms"
+            );
+            for (mode, load) in &rows {
+                text += &format!(
+                    "{:<22} {:<6} {:>9} {:>8.1}% {:>9.1}\n",
+                    load.program,
+                    mode,
+                    load.verified_instructions,
+                    f64::from(load.verified_instructions) * 100.0 / f64::from(VERIFIER_LIMIT),
+                    load.load_ms
+                );
+            }
+            text
+        }
+    };
+    print!("{text}");
+    let over: Vec<String> = rows
+        .iter()
+        .filter(|(_, load)| load.verified_instructions > VERIFIER_BUDGET)
+        .map(|(mode, load)| format!("{} ({mode})", load.program))
+        .collect();
+    if over.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "leaktrace: over the budget of {VERIFIER_BUDGET} verified instructions: {}",
+            over.join(", ")
+        );
+        status(Status::Internal)
     }
 }
 

@@ -269,10 +269,10 @@ fn follow(
         false
     };
     for used in info.used_registers() {
-        if writes(used.access()) {
-            if let Some(slot) = slot_of(used.register()) {
-                held[slot] = None;
-            }
+        if writes(used.access())
+            && let Some(slot) = slot_of(used.register())
+        {
+            held[slot] = None;
         }
     }
     if product {
@@ -452,7 +452,10 @@ mod tests {
     fn glibc_free_moves_past_its_test_onto_the_branch() {
         // test %rdi,%rdi; je …; push %rbp
         let code = [0x48, 0x85, 0xff, 0x0f, 0x84, 0xbf, 0x00, 0x00, 0x00, 0x55];
-        assert_eq!(place(&code, &FREE, true), at(3, [0, NO_ARG, NO_ARG, NO_ARG]));
+        assert_eq!(
+            place(&code, &FREE, true),
+            at(3, [0, NO_ARG, NO_ARG, NO_ARG])
+        );
     }
 
     #[test]
@@ -466,7 +469,10 @@ mod tests {
             0x00, 0x64, 0x48, 0x03, 0x04, 0x25, 0x00, 0x00, 0x00, 0x00, 0x48, 0x01, 0xd0, 0x48,
             0x3b, 0x88, 0xb0, 0x01, 0x00, 0x00, 0x75, 0x10,
         ];
-        assert_eq!(place(&code, &FREE, true), at(48, [0, NO_ARG, NO_ARG, NO_ARG]));
+        assert_eq!(
+            place(&code, &FREE, true),
+            at(48, [0, NO_ARG, NO_ARG, NO_ARG])
+        );
         // Without the function's size the path stays short: the entry.
         assert!(!place(&code, &FREE, false).emulated);
     }
@@ -479,7 +485,10 @@ mod tests {
             0x48, 0x8b, 0x05, 0x49, 0xb4, 0x00, 0x00, 0x48, 0x89, 0xfe, 0x64, 0x48, 0x8b, 0x38,
             0x48, 0x81, 0xfe, 0x00, 0x04, 0x00, 0x00, 0x77, 0x29,
         ];
-        assert_eq!(place(&code, &MALLOC, true), at(21, [1, NO_ARG, NO_ARG, NO_ARG]));
+        assert_eq!(
+            place(&code, &MALLOC, true),
+            at(21, [1, NO_ARG, NO_ARG, NO_ARG])
+        );
     }
 
     #[test]
@@ -504,11 +513,17 @@ mod tests {
         assert_eq!(place(&code, &MALLOC, true).offset, 0);
         assert!(!place(&code, &MALLOC, true).emulated);
         // free has no return probe: it may go past the move.
-        assert_eq!(place(&code, &FREE, true), at(4, [0, NO_ARG, NO_ARG, NO_ARG]));
+        assert_eq!(
+            place(&code, &FREE, true),
+            at(4, [0, NO_ARG, NO_ARG, NO_ARG])
+        );
         // mov %rax,(%rsp); jmp …: writes the return address.
         assert!(!place(&[0x48, 0x89, 0x04, 0x24, 0xeb, 0x00], &MALLOC, true).emulated);
         // An emulated first instruction keeps the entry: push %r12; push %rbp.
-        assert_eq!(place(&[0x41, 0x54, 0x55], &MALLOC, true), at(0, MALLOC.arguments));
+        assert_eq!(
+            place(&[0x41, 0x54, 0x55], &MALLOC, true),
+            at(0, MALLOC.arguments)
+        );
     }
 
     #[test]
@@ -531,7 +546,9 @@ mod tests {
     #[test]
     fn a_wrapper_passes_its_call_on() {
         // operator new(size, nothrow) at 0x1000: endbr64; sub $0x8,%rsp; call 0x2000.
-        let code = [0xf3, 0x0f, 0x1e, 0xfa, 0x48, 0x83, 0xec, 0x08, 0xe8, 0xf3, 0x0f, 0, 0];
+        let code = [
+            0xf3, 0x0f, 0x1e, 0xfa, 0x48, 0x83, 0xec, 0x08, 0xe8, 0xf3, 0x0f, 0, 0,
+        ];
         assert_eq!(first_call(&code, 0x1000), Some(0x2000));
         // test %rdi,%rdi; je …: a conditional branch first.
         assert_eq!(first_call(&[0x48, 0x85, 0xff, 0x74, 0x00], 0), None);

@@ -94,7 +94,7 @@ impl PythonInterpreter {
 }
 
 /// CPython 3.11 on x86-64 (checked against the DWARF of a 3.11.7 build).
-const PYTHON_3_11: PyLayout = PyLayout {
+pub const PYTHON_3_11: PyLayout = PyLayout {
     runtime_tstate_current: 576,
     tstate_native_thread_id: 160,
     tstate_cframe: 56,

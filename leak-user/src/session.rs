@@ -23,8 +23,8 @@ use crate::{
     launch::{self, ChildEvent},
     metrics,
     model::{
-        AllocatorInfo, Exit, Frame, GoroutineReport, GoroutineSiteReport, Held, Origin,
-        ProbeInfo, ProcessReport, ProcessSample, REPORT_VERSION, Reachability, ReachabilityScan, Report,
+        AllocatorInfo, Exit, Frame, GoroutineReport, GoroutineSiteReport, Held, Origin, ProbeInfo,
+        ProcessReport, ProcessSample, REPORT_VERSION, Reachability, ReachabilityScan, Report,
         RuntimeInfo, StackHistory, StackKey, StackReport, Target, Trend, Verdict,
     },
     otel::{OtlpOptions, Telemetry},

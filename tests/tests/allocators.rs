@@ -58,6 +58,34 @@ fn assert_clean(traced: &Traced, balanced: &str) {
     );
 }
 
+/// Every probe sits on an instruction the kernel emulates (one trap a call), or its function
+/// is left to the probed one it calls; each is listed with its offset and instruction.
+fn assert_probes_emulated(traced: &Traced) {
+    let mut listed = 0;
+    for found in traced.report["allocators"].as_array().expect("allocators") {
+        let probes = found["probes"].as_array().expect("probes are listed");
+        let functions = found["functions"].as_array().expect("functions");
+        assert_eq!(
+            probes.iter().filter(|p| p["covered_by"].is_null()).count(),
+            functions.len(),
+            "one probe entry per function probed: {found}"
+        );
+        for probe in probes {
+            listed += 1;
+            if probe["covered_by"].is_string() {
+                continue;
+            }
+            assert!(
+                probe["emulated"] == true,
+                "single-stepped probe in {}: {probe}",
+                found["module"]
+            );
+            assert!(probe["instruction"].as_str().is_some_and(|i| !i.is_empty()));
+        }
+    }
+    assert!(listed > 0, "no probes listed\n{}", traced.describe());
+}
+
 /// The allocator leaktrace says it probed, and the functions it probed in it.
 fn probed(traced: &Traced, allocator: &str) -> Vec<String> {
     traced.report["allocators"]
@@ -107,6 +135,7 @@ fn jemalloc_api_and_sized_frees() {
             ],
         );
         assert_clean(&traced, "balanced_sized");
+        assert_probes_emulated(&traced);
         let found: Vec<&str> = traced.report["allocators"]
             .as_array()
             .expect("allocators")
@@ -155,6 +184,7 @@ fn tcmalloc_malloc_tc_malloc_and_its_operator_new() {
         ],
     );
     assert_clean(&traced, "balanced_tc");
+    assert_probes_emulated(&traced);
     assert!(
         !probed(&traced, "tcmalloc").is_empty(),
         "{}",
@@ -185,6 +215,7 @@ fn mimalloc_api_with_heaps() {
         ],
     );
     assert_clean(&traced, "balanced_mi");
+    assert_probes_emulated(&traced);
     // mi_malloc and mi_free are aliases of the malloc and free mimalloc exports: probed once,
     // under the first name.
     let functions = probed(&traced, "mimalloc");
@@ -218,6 +249,7 @@ fn static_glibc_and_static_musl() {
             ],
         );
         assert_clean(&traced, "balanced_plain");
+        assert_probes_emulated(&traced);
         let functions = probed(&traced, allocator);
         assert!(
             functions.iter().any(|f| f == "malloc") && functions.iter().any(|f| f == "free"),
@@ -251,6 +283,7 @@ fn rust_global_allocator() {
     let traced = run_to_exit("rust_global_alloc", &target, &["--top", "0"], 0);
     assert_leaks(&traced, &[("leak_boxes", 1000)]);
     assert_clean(&traced, "churn");
+    assert_probes_emulated(&traced);
     let functions = probed(&traced, "Rust global allocator");
     assert!(
         functions.iter().any(|f| f.ends_with("__rust_alloc")),
@@ -281,6 +314,7 @@ fn user_named_pool_allocator() {
     );
     assert_leaks(&traced, &[("leak_from_pool", 128)]);
     assert_clean(&traced, "churn_pool");
+    assert_probes_emulated(&traced);
     assert_eq!(probed(&traced, "custom"), vec!["pool_alloc", "pool_free"]);
 
     let missing = std::process::Command::new(leaktrace_bin())

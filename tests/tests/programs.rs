@@ -1,0 +1,86 @@
+//! End-to-end: every one of leaktrace's kernel programs loads on this kernel well inside the
+//! verifier's limit, as the most demanding target needs it (Python frames, a Go layout, every
+//! scope, sampling), with stacks walked by frame pointers and by unwind tables; and a traced
+//! run reports what each program it loaded took.
+use leaktrace_tests::{bpf_available, build_c_variant, leaktrace_bin, run_to_exit, u64_of};
+
+/// A quarter of the kernel's 1,000,000-instruction limit.
+const BUDGET: u64 = 250_000;
+
+#[test]
+fn every_program_verifies_in_a_quarter_of_the_limit() {
+    if !bpf_available("every_program_verifies_in_a_quarter_of_the_limit") {
+        return;
+    }
+    let output = std::process::Command::new(leaktrace_bin())
+        .args(["programs", "--format", "json"])
+        .output()
+        .expect("run leaktrace programs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "leaktrace programs: {stderr}");
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).expect("a JSON list");
+    for unwind in ["fp", "dwarf"] {
+        let programs: Vec<&str> = rows
+            .iter()
+            .filter(|row| row["unwind"] == unwind)
+            .filter_map(|row| row["program"].as_str())
+            .collect();
+        for wanted in [
+            "alloc_enter",
+            "alloc_return",
+            "page_fault",
+            "scope_enter",
+            "scope_return",
+            "go_newproc",
+            "go_span_full",
+            "mmap_exit",
+            "brk_exit",
+        ] {
+            assert!(
+                programs.contains(&wanted),
+                "{wanted} loaded with {unwind}: {programs:?}"
+            );
+        }
+    }
+    for row in &rows {
+        let verified = u64_of(&row["verified_instructions"]);
+        assert!(
+            verified > 0 && verified <= BUDGET,
+            "{} ({}) verified in {verified} instructions, budget {BUDGET}",
+            row["program"],
+            row["unwind"]
+        );
+    }
+}
+
+#[test]
+fn a_traced_run_reports_each_program_it_loaded() {
+    if !bpf_available("a_traced_run_reports_each_program_it_loaded") {
+        return;
+    }
+    // Built without frame pointers: stacks are walked with unwind tables.
+    let target = build_c_variant(
+        "stack_chain.c",
+        "stack_chain_programs",
+        "gcc",
+        &["-O2", "-fomit-frame-pointer"],
+        &[],
+    );
+    let traced = run_to_exit("programs_dwarf", &target, &["--unwind", "dwarf"], 0);
+    let programs = traced.report["programs"].as_array().expect("programs");
+    let names: Vec<&str> = programs
+        .iter()
+        .filter_map(|p| p["program"].as_str())
+        .collect();
+    for wanted in ["alloc_enter", "alloc_return", "mmap_exit", "brk_exit"] {
+        assert!(names.contains(&wanted), "{wanted} in {names:?}");
+    }
+    for program in programs {
+        let verified = u64_of(&program["verified_instructions"]);
+        assert!(
+            verified > 0 && verified <= BUDGET,
+            "{program}: over the budget"
+        );
+        assert!(program["load_ms"].as_f64().is_some_and(|ms| ms >= 0.0));
+    }
+}
