@@ -73,9 +73,9 @@ pub mod fixtures {
 
     use crate::model::{
         AllocatorInfo, ClassTotals, Frame, GoroutineReport, GoroutineSample, GoroutineSiteReport,
-        LabelReport, Origin, ProcessReport, ProcessSample, REPORT_VERSION, Reachability,
-        ReachabilityScan, Report, RuntimeInfo, Sample, ScopeFigures, ScopeReport, ScopeStackReport,
-        StackReport, Suspect, Target, Verdict,
+        LabelReport, Origin, ProbeInfo, ProcessReport, ProcessSample, ProgramLoad, REPORT_VERSION,
+        Reachability, ReachabilityScan, Report, RuntimeInfo, Sample, ScopeFigures, ScopeReport,
+        ScopeStackReport, StackReport, Suspect, Target, Verdict,
     };
 
     const DEMO: &str = "/usr/bin/demo";
@@ -238,9 +238,28 @@ pub mod fixtures {
                 allocator: "glibc".into(),
                 module: "/usr/lib/x86_64-linux-gnu/libc.so.6".into(),
                 functions: vec!["malloc".into(), "free".into()],
-                probes: Vec::new(),
+                probes: vec![
+                    ProbeInfo {
+                        function: "malloc".into(),
+                        offset: 0,
+                        instruction: "push %r12".into(),
+                        emulated: true,
+                        covered_by: None,
+                    },
+                    ProbeInfo {
+                        function: "free".into(),
+                        offset: 3,
+                        instruction: "je 0x98fb8".into(),
+                        emulated: true,
+                        covered_by: None,
+                    },
+                ],
             }],
-            programs: Vec::new(),
+            programs: vec![ProgramLoad {
+                program: "alloc_return".into(),
+                verified_instructions: 11087,
+                load_ms: 8.1,
+            }],
             exited: None,
             dropped: BTreeMap::from([("stack_id_collision".to_string(), 0)]),
             events: BTreeMap::from([("allocations".to_string(), 160)]),
