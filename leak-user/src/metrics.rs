@@ -167,6 +167,21 @@ pub const PROBES_ATTACHED: Instrument = gauge(
     "{probe}",
     "Probes leaktrace has in place.",
 );
+pub const PROBES_SINGLE_STEPPED: Instrument = gauge(
+    "leaktrace.probes.single_stepped",
+    "{probe}",
+    "Allocator probes on an instruction the kernel must single-step (a second trap each call).",
+);
+pub const PROGRAM_VERIFIED_INSTRUCTIONS: Instrument = gauge(
+    "leaktrace.program.verified_instructions",
+    "{instruction}",
+    "Instructions the kernel's verifier processed to load each of leaktrace's programs (its limit is 1,000,000).",
+);
+pub const PROGRAM_LOAD_FAILURES: Instrument = counter(
+    "leaktrace.program.load_failures",
+    "{program}",
+    "Kernel programs the kernel refused to load (watch: gear 1 then reads /proc only).",
+);
 pub const SYMBOLIZATION_FAILURES: Instrument = counter(
     "leaktrace.symbolization.failures",
     "{failure}",
@@ -178,8 +193,11 @@ pub const EXPORT_FAILURES: Instrument = counter(
     "OTLP exports that failed after retries (their data is lost).",
 );
 
+/// The report event that counts programs the kernel refused (see PROGRAM_LOAD_FAILURES).
+pub const PROGRAM_LOAD_FAILURES_EVENT: &str = "program_load_failures";
+
 /// Every instrument, in the order they are published.
-pub const INSTRUMENTS: [Instrument; 27] = [
+pub const INSTRUMENTS: [Instrument; 30] = [
     PROCESS_MEMORY_USAGE,
     PROCESS_MEMORY_VIRTUAL,
     PROCESS_MEMORY_LIMIT,
@@ -205,6 +223,9 @@ pub const INSTRUMENTS: [Instrument; 27] = [
     GOROUTINE_SITE_LEAKING,
     EVENTS_DROPPED,
     PROBES_ATTACHED,
+    PROBES_SINGLE_STEPPED,
+    PROGRAM_VERIFIED_INSTRUCTIONS,
+    PROGRAM_LOAD_FAILURES,
     SYMBOLIZATION_FAILURES,
     EXPORT_FAILURES,
 ];
@@ -444,6 +465,25 @@ pub fn points(
         );
     }
     push(PROBES_ATTACHED, Vec::new(), probes_attached as f64);
+    let single_stepped = report
+        .allocators
+        .iter()
+        .map(|found| found.single_stepped().count())
+        .sum::<usize>();
+    push(PROBES_SINGLE_STEPPED, Vec::new(), single_stepped as f64);
+    for program in &report.programs {
+        push(
+            PROGRAM_VERIFIED_INSTRUCTIONS,
+            vec![("leaktrace.program", Value::Text(program.program.clone()))],
+            f64::from(program.verified_instructions),
+        );
+    }
+    let load_failures = report
+        .events
+        .get(PROGRAM_LOAD_FAILURES_EVENT)
+        .copied()
+        .unwrap_or(0);
+    push(PROGRAM_LOAD_FAILURES, Vec::new(), load_failures as f64);
     let failures = report
         .events
         .get("symbolization_failures")

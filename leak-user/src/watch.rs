@@ -356,7 +356,7 @@ struct Gear1 {
     /// The process's "[uprobes]" mappings, found once per report (see `frames`).
     trampolines: Vec<procfs::Mapping>,
     /// Kept last: dropping it detaches the sampler.
-    _sampler: FaultSampler,
+    sampler: FaultSampler,
 }
 
 impl Gear1 {
@@ -387,7 +387,7 @@ impl Gear1 {
             modules,
             symbolizer: Symbolizer::new(),
             trampolines: Vec::new(),
-            _sampler: sampler,
+            sampler,
         })
     }
 
@@ -475,6 +475,8 @@ struct Watched {
     /// The process's figures for the exported report, thinned as they grow.
     samples: Vec<ProcessSample>,
     gear1: Option<Gear1>,
+    /// The kernel refused gear 1's programs: memory is watched from /proc only.
+    gear1_failed: bool,
     window: Option<OpenWindow>,
     cooldown_until: Option<Instant>,
     /// The last window's stacks, exported until the next window.
@@ -688,6 +690,7 @@ impl Watcher {
             Unwind::Fp => Unwind::Fp,
             Unwind::Auto | Unwind::Dwarf => Unwind::Dwarf,
         };
+        let mut gear1_failed = false;
         let gear1 = match Gear1::start(
             pid,
             unwind,
@@ -696,6 +699,7 @@ impl Watcher {
         ) {
             Ok(gear1) => Some(gear1),
             Err(err) => {
+                gear1_failed = true;
                 log_event(
                     "gear1_unavailable",
                     &[
@@ -748,6 +752,7 @@ impl Watcher {
                 memory: Vec::new(),
                 samples: Vec::new(),
                 gear1,
+                gear1_failed,
                 window: None,
                 cooldown_until: None,
                 last_stacks: Vec::new(),
@@ -1106,7 +1111,16 @@ fn gear1_report(watched: &Watched) -> Report {
     if let Some(gear1) = &watched.gear1 {
         events.insert("page_fault_samples".into(), gear1.growth.total_samples());
     }
+    events.insert(
+        crate::metrics::PROGRAM_LOAD_FAILURES_EVENT.into(),
+        u64::from(watched.gear1_failed),
+    );
     Report {
+        programs: watched
+            .gear1
+            .as_ref()
+            .map(|gear1| gear1.sampler.programs.clone())
+            .unwrap_or_default(),
         duration_s: watched.since.elapsed().as_secs_f64(),
         events,
         process: (!watched.samples.is_empty()).then(|| ProcessReport {
