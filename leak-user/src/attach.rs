@@ -34,6 +34,7 @@ use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
 use crate::{
     allocators::{self, KnownFn},
+    cost::TrapCost,
     golang::{GoProbe, GoTarget},
     model::ProgramLoad,
     probe_site,
@@ -711,6 +712,11 @@ pub struct Probes {
     pub ebpf: Ebpf,
     /// The uprobe links, owned here so they can be detached in parallel.
     links: Vec<UProbeLink>,
+    /// The allocating functions' probes (entry and return), which the cost budget may take
+    /// out for part of the time while the free probes stay: where each goes, and its link
+    /// while it is in.
+    allocation_points: Vec<AllocationPoint>,
+    allocation_links: Vec<UProbeLink>,
     pid: u32,
     /// Id of the next function probed (see CallShape::id).
     next_id: u16,
@@ -720,6 +726,19 @@ pub struct Probes {
     pub attached: Vec<String>,
     /// Each program loaded: what the verifier processed, how long it took.
     pub programs: Vec<ProgramLoad>,
+    /// What a trap costs on this machine, measured at start (None: could not be measured).
+    pub trap_cost: Option<TrapCost>,
+    /// Keeps the kernel's BPF run-time statistics on (see `probe_run_ns`).
+    _run_time_stats: Option<std::os::fd::OwnedFd>,
+}
+
+/// Where an allocating function's probe goes, to put it back after the budget took it out.
+#[derive(Clone, Debug)]
+struct AllocationPoint {
+    program: &'static str,
+    path: PathBuf,
+    file_offset: u64,
+    cookie: u64,
 }
 
 /// Settings for loading the kernel programs.
@@ -806,9 +825,19 @@ pub fn attach(
     for name in [ENTRY_PROGRAM, ALLOC_RETURN_PROGRAM] {
         load_program(&mut ebpf, name, &mut programs)?;
     }
+    let trap_cost = calibrate_trap_cost(&mut ebpf);
+    // Program run times, for the cost meter, while leaktrace runs (two clock reads more per
+    // BPF program run, system-wide, until this descriptor is closed).
+    let run_time_stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .map_err(|err| log::debug!("no BPF run-time statistics: {err}"))
+        .ok();
     let mut probes = Probes {
+        trap_cost,
+        _run_time_stats: run_time_stats,
         ebpf,
         links: Vec::new(),
+        allocation_points: Vec::new(),
+        allocation_links: Vec::new(),
         attached: Vec::new(),
         pid,
         next_id: 0,
@@ -828,6 +857,110 @@ pub fn attach(
         &mut probes.programs,
     )?);
     Ok(probes)
+}
+
+// Two functions of leaktrace's own whose probes measure what a trap costs on this machine:
+// one starting with an instruction the kernel emulates (push), one with one it single-steps
+// (mov).
+std::arch::global_asm!(
+    ".pushsection .text.leaktrace_trap_points,\"ax\",@progbits",
+    ".p2align 4",
+    ".globl leaktrace_trap_emulated",
+    ".type leaktrace_trap_emulated,@function",
+    "leaktrace_trap_emulated:",
+    "push rbp",
+    "pop rbp",
+    "mov rax, rdi",
+    "ret",
+    ".size leaktrace_trap_emulated, .-leaktrace_trap_emulated",
+    ".p2align 4",
+    ".globl leaktrace_trap_stepped",
+    ".type leaktrace_trap_stepped,@function",
+    "leaktrace_trap_stepped:",
+    "mov rax, rdi",
+    "ret",
+    ".size leaktrace_trap_stepped, .-leaktrace_trap_stepped",
+    ".popsection",
+);
+
+unsafe extern "C" {
+    fn leaktrace_trap_emulated(value: u64) -> u64;
+    fn leaktrace_trap_stepped(value: u64) -> u64;
+}
+
+/// Calls made to time one kind of trap.
+const CALIBRATION_CALLS: u64 = 20_000;
+const CALIBRATION_STEPPED_CALLS: u64 = 4_000;
+
+/// Measures what a uprobe trap costs on this machine: leaktrace's entry program is probed on
+/// two functions of its own (it returns at once: leaktrace is not the target), each called in
+/// a loop with and without the probe. The probes are taken out on a thread of their own
+/// (detaching waits for the kernel). None when a probe cannot be placed.
+pub fn calibrate_trap_cost(ebpf: &mut Ebpf) -> Option<TrapCost> {
+    let me = std::process::id();
+    let maps = procfs::read_maps(me).ok()?;
+    let exe = PathBuf::from("/proc/self/exe");
+    let file_offset = |function: unsafe extern "C" fn(u64) -> u64| -> Option<u64> {
+        let address = function as usize as u64;
+        let mapping = maps.iter().find(|m| m.contains(address) && m.is_file())?;
+        Some(address - mapping.start + mapping.offset)
+    };
+    let time = |function: unsafe extern "C" fn(u64) -> u64, calls: u64| -> f64 {
+        let started = std::time::Instant::now();
+        let mut sum = 0u64;
+        for i in 0..calls {
+            // SAFETY: both functions return their argument and touch nothing else.
+            sum = sum.wrapping_add(unsafe { function(std::hint::black_box(i)) });
+        }
+        std::hint::black_box(sum);
+        started.elapsed().as_nanos() as f64 / calls as f64
+    };
+    let scope = UProbeScope::OneProcess(NonZeroU32::new(me)?);
+    let mut links = Vec::new();
+    let mut measure = |function: unsafe extern "C" fn(u64) -> u64,
+                       programs: &[&str],
+                       calls: u64|
+     -> Option<f64> {
+        let untraced = time(function, calls);
+        for program in programs {
+            let probe = uprobe(ebpf, program).ok()?;
+            let point = UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(file_offset(function)?),
+                cookie: Some(CallShape::free(NO_ARG).cookie()),
+            };
+            let id = probe.attach(point, &exe, scope).ok()?;
+            links.push(probe.take_link(id).ok()?);
+        }
+        Some((time(function, calls) - untraced).max(0.0))
+    };
+    let emulated_ns = measure(leaktrace_trap_emulated, &[ENTRY_PROGRAM], CALIBRATION_CALLS);
+    let single_stepped_ns = measure(
+        leaktrace_trap_stepped,
+        &[ENTRY_PROGRAM],
+        CALIBRATION_STEPPED_CALLS,
+    );
+    // The emulated function has its entry probe already: this adds the return probe.
+    let with_return_ns = measure(
+        leaktrace_trap_emulated,
+        &[ALLOC_RETURN_PROGRAM],
+        CALIBRATION_CALLS,
+    );
+    let _ = std::thread::Builder::new()
+        .name("detach-calibration".into())
+        .spawn(move || drop(links));
+    let emulated_ns = emulated_ns?;
+    let cost = TrapCost {
+        emulated_ns,
+        single_stepped_ns: single_stepped_ns?,
+        return_ns: (with_return_ns? - emulated_ns).max(0.0),
+    };
+    log::debug!(
+        "a uprobe trap costs {:.0} ns here, {:.0} ns when single-stepped, a return probe {:.0} ns more",
+        cost.emulated_ns,
+        cost.single_stepped_ns,
+        cost.return_ns
+    );
+    Some(cost)
 }
 
 /// Loads every one of leaktrace's kernel programs for process `pid` (nothing is attached), as
@@ -997,24 +1130,30 @@ impl Probes {
             // Ids tell probed functions apart in the kernel (see CallShape::id).
             let shape = function.shape.with_id(self.next_id);
             self.next_id = self.next_id.wrapping_add(1);
-            let mut attach_one = |program: &str| -> Result<(), AttachError> {
-                let probe = uprobe(&mut self.ebpf, program)?;
-                let point = UProbeAttachPoint {
-                    location: UProbeAttachLocation::AbsoluteOffset(function.probe_offset),
-                    cookie: Some(shape.cookie()),
-                };
-                let link = probe
-                    .attach(point, &module.probe_path, scope)
-                    .and_then(|id| probe.take_link(id))
-                    .map_err(|err| probe_error(&function.symbol, &module.display_path, err))?;
-                self.links.push(link);
-                Ok(())
-            };
+            let allocating = shape.func.has_return_probe();
             // Return probe first: an entry that fires is then always matched by its return.
-            if shape.func.has_return_probe() {
-                attach_one(ALLOC_RETURN_PROGRAM)?;
+            let programs: &[&'static str] = if allocating {
+                &[ALLOC_RETURN_PROGRAM, ENTRY_PROGRAM]
+            } else {
+                &[ENTRY_PROGRAM]
+            };
+            for &program in programs {
+                let point = AllocationPoint {
+                    program,
+                    path: module.probe_path.clone(),
+                    file_offset: function.probe_offset,
+                    cookie: shape.cookie(),
+                };
+                let link = self
+                    .attach_point(&point, scope)
+                    .map_err(|err| probe_error(&function.symbol, &module.display_path, err))?;
+                if allocating {
+                    self.allocation_links.push(link);
+                    self.allocation_points.push(point);
+                } else {
+                    self.links.push(link);
+                }
             }
-            attach_one(ENTRY_PROGRAM)?;
             log::debug!(
                 "{} in {} ({}): probe at +{:#x} ({}, {})",
                 function.symbol,
@@ -1207,25 +1346,120 @@ fn file_id(path: &Path) -> Option<(u64, u64)> {
     Some((metadata.dev(), metadata.ino()))
 }
 
-impl Drop for Probes {
-    /// Detaching a uprobe waits for RCU grace periods, about 90 ms each here, and the kernel
-    /// does most of it under one mutex (event_mutex), so 17 probes take about 1.5 s. From
-    /// parallel threads the parts outside the mutex overlap: about 15% less.
-    fn drop(&mut self) {
-        let links = std::mem::take(&mut self.links);
-        let started = std::time::Instant::now();
-        let count = links.len();
-        std::thread::scope(|scope| {
-            for link in links {
-                if std::thread::Builder::new()
-                    .spawn_scoped(scope, move || drop(link))
-                    .is_err()
-                {
-                    // No thread to spare: this one detaches the rest in turn.
-                    break;
+impl Probes {
+    fn attach_point(
+        &mut self,
+        point: &AllocationPoint,
+        scope: UProbeScope,
+    ) -> Result<UProbeLink, aya::programs::ProgramError> {
+        let probe: &mut UProbe = self
+            .ebpf
+            .program_mut(point.program)
+            .ok_or(aya::programs::ProgramError::NotLoaded)?
+            .try_into()?;
+        let at = UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(point.file_offset),
+            cookie: Some(point.cookie),
+        };
+        probe
+            .attach(at, &point.path, scope)
+            .and_then(|id| probe.take_link(id))
+    }
+
+    /// Time the kernel has spent running leaktrace's uprobe programs (on the target's
+    /// threads), when its run-time statistics are on.
+    pub fn probe_run_ns(&self) -> Option<u64> {
+        self._run_time_stats.as_ref()?;
+        let programs = [
+            ENTRY_PROGRAM,
+            ALLOC_RETURN_PROGRAM,
+            SCOPE_ENTRY_PROGRAM,
+            SCOPE_RETURN_PROGRAM,
+            GO_NEWPROC_PROGRAM,
+            GO_GOEXIT_PROGRAM,
+            GO_SPAN_FULL_PROGRAM,
+            GO_SPAN_FREE_PROGRAM,
+            GO_LARGE_SPAN_PROGRAM,
+        ];
+        Some(
+            programs
+                .into_iter()
+                .filter_map(|name| self.ebpf.program(name)?.info().ok())
+                .map(|info| info.run_time().as_nanos() as u64)
+                .sum(),
+        )
+    }
+
+    /// Whether the allocating functions' probes are in.
+    pub fn allocations_probed(&self) -> bool {
+        !self.allocation_links.is_empty() || self.allocation_points.is_empty()
+    }
+
+    /// Takes the allocating functions' probes out (the free probes stay). Detaching waits
+    /// for the kernel, so it happens on a thread of its own.
+    pub fn pause_allocations(&mut self) {
+        let links = std::mem::take(&mut self.allocation_links);
+        if links.is_empty() {
+            return;
+        }
+        let _ = std::thread::Builder::new()
+            .name("detach-allocation-probes".into())
+            .spawn(move || detach_in_parallel(links));
+    }
+
+    /// Puts the allocating functions' probes back (each return probe before its entry).
+    pub fn resume_allocations(&mut self) -> Result<(), AttachError> {
+        if !self.allocation_links.is_empty() {
+            return Ok(());
+        }
+        let scope = UProbeScope::OneProcess(
+            NonZeroU32::new(self.pid)
+                .ok_or(AttachError::Load("process id 0 cannot be traced".into()))?,
+        );
+        let points = self.allocation_points.clone();
+        for point in &points {
+            match self.attach_point(point, scope) {
+                Ok(link) => self.allocation_links.push(link),
+                Err(err) => {
+                    // Half in is worse than out: entries without their returns.
+                    self.pause_allocations();
+                    return Err(probe_error(
+                        &format!("+{:#x}", point.file_offset),
+                        &point.path.display().to_string(),
+                        err,
+                    ));
                 }
             }
-        });
+        }
+        Ok(())
+    }
+}
+
+/// Detaching a uprobe waits for RCU grace periods, about 90 ms each here, and the kernel
+/// does most of it under one mutex (event_mutex). From parallel threads the parts outside
+/// the mutex overlap: about 15% less.
+fn detach_in_parallel(links: Vec<UProbeLink>) {
+    std::thread::scope(|scope| {
+        for link in links {
+            if std::thread::Builder::new()
+                .spawn_scoped(scope, move || drop(link))
+                .is_err()
+            {
+                // No thread to spare: this one detaches the rest in turn.
+                break;
+            }
+        }
+    });
+}
+
+impl Drop for Probes {
+    /// Detaches everything (see `detach_in_parallel`): 17 probes take about 1.5 s here.
+    fn drop(&mut self) {
+        let mut links = std::mem::take(&mut self.links);
+        links.append(&mut self.allocation_links);
+        let started = std::time::Instant::now();
+        let count = links.len();
+        detach_in_parallel(links);
         log::debug!(
             "{count} uprobes detached in {:.0} ms",
             started.elapsed().as_secs_f64() * 1e3

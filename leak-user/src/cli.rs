@@ -336,6 +336,19 @@ pub enum DiffFormat {
     Json,
 }
 
+/// A percentage above 0 and at most 100.
+fn parse_percent(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("{text:?} is not a percentage (e.g. 5 or 2.5)"))?;
+    if value > 0.0 && value <= 100.0 {
+        Ok(value)
+    } else {
+        Err(format!("{text} is not between 0 and 100"))
+    }
+}
+
 /// How user stacks are walked in the kernel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Unwind {
@@ -394,6 +407,12 @@ pub struct Common {
     /// map entries and less work per call (every call still costs its probe traps).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub sample_rate: u32,
+    /// Keep leaktrace's probes under this share of the target's CPU time, in percent: the
+    /// cost is measured each second (traps counted × a trap's cost, measured at start), and
+    /// over it the allocation probes are taken out for part of every cycle (frees stay
+    /// probed); the report says when and for how long. Default: no budget.
+    #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    pub max_overhead: Option<f64>,
     /// Also probe a custom allocator function: NAME:KIND[:ARGS], KIND malloc, calloc,
     /// realloc or free, ARGS the 1-based argument positions when they differ from the C
     /// function's (e.g. pool_alloc:malloc:size=2, pool_free:free:ptr=2). Repeatable.
@@ -561,6 +580,7 @@ impl Common {
             min_size: self.min_size,
             max_size: self.max_size.unwrap_or(u64::MAX),
             sample_rate: self.sample_rate,
+            max_overhead: self.max_overhead,
             unwind: self.unwind,
             alloc_fns: self.alloc_fns.clone(),
             otlp: self.export.otlp(self.interval),

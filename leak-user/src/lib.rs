@@ -15,6 +15,7 @@ pub mod allocators;
 pub mod analysis;
 pub mod attach;
 pub mod cli;
+pub mod cost;
 pub mod drain;
 pub mod exit;
 pub mod file_bytes;

@@ -172,6 +172,16 @@ pub const PROBES_SINGLE_STEPPED: Instrument = gauge(
     "{probe}",
     "Allocator probes on an instruction the kernel must single-step (a second trap each call).",
 );
+pub const OVERHEAD_CPU_SHARE: Instrument = gauge(
+    "leaktrace.overhead.cpu_share",
+    "%",
+    "Share of the target's CPU time spent in leaktrace's probe traps over the last second measured.",
+);
+pub const OVERHEAD_PROBES_OUT: Instrument = gauge(
+    "leaktrace.overhead.allocation_probes_out",
+    "1",
+    "Part of the trace the allocation probes were out to keep --max-overhead (0 to 1).",
+);
 pub const PROGRAM_VERIFIED_INSTRUCTIONS: Instrument = gauge(
     "leaktrace.program.verified_instructions",
     "{instruction}",
@@ -197,7 +207,7 @@ pub const EXPORT_FAILURES: Instrument = counter(
 pub const PROGRAM_LOAD_FAILURES_EVENT: &str = "program_load_failures";
 
 /// Every instrument, in the order they are published.
-pub const INSTRUMENTS: [Instrument; 30] = [
+pub const INSTRUMENTS: [Instrument; 32] = [
     PROCESS_MEMORY_USAGE,
     PROCESS_MEMORY_VIRTUAL,
     PROCESS_MEMORY_LIMIT,
@@ -224,6 +234,8 @@ pub const INSTRUMENTS: [Instrument; 30] = [
     EVENTS_DROPPED,
     PROBES_ATTACHED,
     PROBES_SINGLE_STEPPED,
+    OVERHEAD_CPU_SHARE,
+    OVERHEAD_PROBES_OUT,
     PROGRAM_VERIFIED_INSTRUCTIONS,
     PROGRAM_LOAD_FAILURES,
     SYMBOLIZATION_FAILURES,
@@ -471,6 +483,14 @@ pub fn points(
         .map(|found| found.single_stepped().count())
         .sum::<usize>();
     push(PROBES_SINGLE_STEPPED, Vec::new(), single_stepped as f64);
+    if let Some(cost) = &report.cost {
+        push(OVERHEAD_CPU_SHARE, Vec::new(), cost.cpu_share_percent);
+        push(
+            OVERHEAD_PROBES_OUT,
+            Vec::new(),
+            cost.allocation_probes_out_fraction,
+        );
+    }
     for program in &report.programs {
         push(
             PROGRAM_VERIFIED_INSTRUCTIONS,

@@ -457,6 +457,10 @@ pub struct Report {
     /// reports written before this field).
     #[serde(default)]
     pub programs: Vec<ProgramLoad>,
+    /// What the probes cost the target, and what was done to keep --max-overhead (absent
+    /// when not measured).
+    #[serde(default)]
+    pub cost: Option<crate::cost::CostReport>,
     /// Set when the target ended while traced.
     pub exited: Option<Exit>,
     /// Events lost, by reason (every reason is present, zero or not).
@@ -648,6 +652,7 @@ impl Report {
             unwind: String::new(),
             allocators: Vec::new(),
             programs: Vec::new(),
+            cost: None,
             exited: None,
             dropped: BTreeMap::new(),
             events: BTreeMap::new(),

@@ -175,6 +175,25 @@ pub fn start_time(pid: u32) -> Option<u64> {
     parse_stat_start_time(&read_text(format!("/proc/{pid}/stat")).ok()?)
 }
 
+/// The CPU time a process has used, user and system (fields 14 and 15 of /proc/PID/stat),
+/// in clock ticks.
+pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after.split_whitespace().skip(14 - 3);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(user + system)
+}
+
+/// The CPU time process `pid` has used, in nanoseconds.
+pub fn cpu_time_ns(pid: u32) -> Option<u64> {
+    let ticks = parse_stat_cpu_ticks(&read_text(format!("/proc/{pid}/stat")).ok()?)?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let per_second = u64::try_from(per_second).ok().filter(|hz| *hz > 0)?;
+    Some(ticks.saturating_mul(1_000_000_000) / per_second)
+}
+
 /// Every process id in /proc (threads are not listed there).
 pub fn pids() -> Vec<u32> {
     let Ok(entries) = fs::read_dir("/proc") else {

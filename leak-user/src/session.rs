@@ -16,6 +16,7 @@ use crate::{
     analysis::{self, Context, Thresholds},
     attach::{self, AllocatorModule, LoadOptions, Probes, ScopeProbe},
     cli::Unwind,
+    cost::{self, CostReport, Traps},
     drain::{Collector, KernelMaps},
     drain::{MAX_SERIES_LEN, push_thinned},
     freeze::{Frozen, ProcessMemory},
@@ -61,6 +62,8 @@ pub struct Options {
     pub max_size: u64,
     /// Track one allocation in this many; what is read is scaled by it.
     pub sample_rate: u32,
+    /// --max-overhead: the share of the target's CPU leaktrace's probes may take, in percent.
+    pub max_overhead: Option<f64>,
     /// How stacks are walked.
     pub unwind: Unwind,
     /// User-named allocator functions (--alloc-fn).
@@ -113,6 +116,7 @@ impl Default for Options {
             min_size: 0,
             max_size: u64::MAX,
             sample_rate: 1,
+            max_overhead: None,
             unwind: Unwind::Fp,
             alloc_fns: Vec::new(),
             otlp: None,
@@ -231,7 +235,34 @@ struct Session {
     )>,
     /// Stacks whose Python code objects have been read.
     python_stacks_read: std::collections::HashSet<u32>,
+    /// What the probes cost the target, and the budget kept.
+    cost: CostMeter,
 }
+
+/// The cost meter and the --max-overhead budget (see `cost`).
+#[derive(Default)]
+struct CostMeter {
+    report: CostReport,
+    /// Start of the measurement under way (allocation probes in): time, traps, probe
+    /// programs' run time, target CPU.
+    mark: Option<(u64, Traps, u64, u64)>,
+    /// Whether `report.cpu_share_percent` was measured since the probes last went in.
+    fresh: bool,
+    /// When the allocation probes went in or out.
+    in_since: u64,
+    out_since: Option<u64>,
+    /// The part of each cycle they stay in, and the cycle.
+    on_fraction: f64,
+    cycle_ns: u64,
+    out_total_ns: u64,
+}
+
+/// A cost is measured over at least this long (the target's CPU time has 10 ms ticks).
+const COST_MEASURE_NS: u64 = 1_000_000_000;
+/// The budget's duty cycle: at least this long, longer when the probes may stay in for
+/// only a small part of it (each part in must hold a measurement).
+const BUDGET_CYCLE_NS: u64 = 10_000_000_000;
+const BUDGET_MAX_CYCLE_NS: u64 = 120_000_000_000;
 
 /// What the report says about a Go runtime's probes.
 fn go_allocator_info(go: &GoTarget) -> Option<AllocatorInfo> {
@@ -652,6 +683,8 @@ impl Session {
             other => other.map(|interpreter| (interpreter, None)),
         };
         let mut symbolizer = Symbolizer::new();
+        let (probes_trap_cost, options_max_overhead) =
+            (probes.trap_cost.unwrap_or_default(), options.max_overhead);
         if python.as_ref().is_some_and(|(_, map)| map.is_some()) {
             symbolizer.python = Some(PythonNames::new(pid));
         }
@@ -688,6 +721,17 @@ impl Session {
             go,
             python,
             python_stacks_read: std::collections::HashSet::new(),
+            cost: CostMeter {
+                report: CostReport {
+                    trap: probes_trap_cost,
+                    budget_percent: options_max_overhead,
+                    ..CostReport::default()
+                },
+                in_since: started_ns,
+                on_fraction: 1.0,
+                cycle_ns: BUDGET_CYCLE_NS,
+                ..CostMeter::default()
+            },
         })
     }
 
@@ -843,7 +887,112 @@ impl Session {
             self.read_python_codes();
         }
         self.sample_process(now_ns);
+        self.meter_cost(now_ns);
         Ok(())
+    }
+
+    /// Measures what the probes cost the target over the last second or so, and keeps the
+    /// --max-overhead budget by taking the allocation probes out for part of each cycle.
+    fn meter_cost(&mut self, now_ns: u64) {
+        if self.probes.trap_cost.is_none() {
+            return;
+        }
+        let traps = Traps {
+            allocations: self.collector.counter(Counter::Allocations)
+                + self.collector.counter(Counter::NestedCall),
+            frees: self.collector.counter(Counter::Frees),
+        };
+        let run_ns = self.probes.probe_run_ns().unwrap_or(0);
+        let cpu = procfs::cpu_time_ns(self.pid);
+        let meter = &mut self.cost;
+        if self.probes.allocations_probed() {
+            match (meter.mark, cpu) {
+                (Some((since, traps_then, run_then, cpu_then)), Some(cpu))
+                    if now_ns.saturating_sub(since) >= COST_MEASURE_NS =>
+                {
+                    let seconds = now_ns.saturating_sub(since) as f64 / 1e9;
+                    let counted = Traps {
+                        allocations: traps.allocations.saturating_sub(traps_then.allocations),
+                        frees: traps.frees.saturating_sub(traps_then.frees),
+                    };
+                    let spent = meter.report.trap.traps_ns(&counted)
+                        + run_ns.saturating_sub(run_then) as f64;
+                    if let Some(share) =
+                        cost::cpu_share_percent(spent, cpu.saturating_sub(cpu_then))
+                    {
+                        meter.report.cpu_share_percent = share;
+                        meter.report.peak_cpu_share_percent =
+                            meter.report.peak_cpu_share_percent.max(share);
+                        meter.fresh = true;
+                    }
+                    meter.report.traps_per_s = counted.total() as f64 / seconds;
+                    meter.mark = Some((now_ns, traps, run_ns, cpu));
+                }
+                (None, Some(cpu)) => meter.mark = Some((now_ns, traps, run_ns, cpu)),
+                _ => {}
+            }
+        }
+        let Some(budget) = self.options.max_overhead else {
+            return;
+        };
+        let at_s = now_ns.saturating_sub(self.started_ns) as f64 / 1e9;
+        match meter.out_since {
+            None if meter.fresh && meter.report.cpu_share_percent > budget => {
+                let on = cost::on_fraction(meter.report.cpu_share_percent, budget);
+                let cycle = ((COST_MEASURE_NS as f64 * 1.5 / on) as u64)
+                    .clamp(BUDGET_CYCLE_NS, BUDGET_MAX_CYCLE_NS);
+                if now_ns.saturating_sub(meter.in_since) as f64 >= on * cycle as f64 {
+                    if (on - meter.on_fraction).abs() > 0.05 || meter.report.actions.is_empty() {
+                        meter.report.actions.push(format!(
+                            "{at_s:.1}s: the probes took {:.1}% of the target's CPU, over the budget of {budget}%: allocation probes out for {:.1}s of every {:.1}s (frees still probed)",
+                            meter.report.cpu_share_percent,
+                            (1.0 - on) * cycle as f64 / 1e9,
+                            cycle as f64 / 1e9
+                        ));
+                        log::warn!("{}", meter.report.actions.last().map_or("", String::as_str));
+                    }
+                    meter.on_fraction = on;
+                    meter.cycle_ns = cycle;
+                    self.probes.pause_allocations();
+                    meter.out_since = Some(now_ns);
+                    meter.mark = None;
+                    meter.fresh = false;
+                }
+            }
+            Some(out_since)
+                if now_ns.saturating_sub(out_since) as f64
+                    >= (1.0 - meter.on_fraction) * meter.cycle_ns as f64 =>
+            {
+                meter.out_total_ns += now_ns.saturating_sub(out_since);
+                match self.probes.resume_allocations() {
+                    Ok(()) => {
+                        meter.out_since = None;
+                        meter.in_since = now_ns;
+                    }
+                    Err(err) => {
+                        meter.out_since = Some(now_ns);
+                        meter.report.actions.push(format!(
+                            "{at_s:.1}s: allocation probes could not go back in: {err}"
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// What the probes cost, for the report.
+    fn cost_report(&self, now_ns: u64) -> Option<CostReport> {
+        self.probes.trap_cost?;
+        let mut report = self.cost.report.clone();
+        let out = self.cost.out_total_ns
+            + self
+                .cost
+                .out_since
+                .map_or(0, |since| now_ns.saturating_sub(since));
+        let traced = now_ns.saturating_sub(self.started_ns).max(1);
+        report.allocation_probes_out_fraction = (out as f64 / traced as f64).min(1.0);
+        Some(report)
     }
 
     /// For --verbose: each allocator and what was probed in it.
@@ -1395,6 +1544,7 @@ impl Session {
             .to_string(),
             allocators: self.allocators.clone(),
             programs: self.probes.programs.clone(),
+            cost: self.cost_report(procfs::monotonic_ns()),
             exited,
             dropped,
             events,

@@ -84,3 +84,46 @@ fn a_traced_run_reports_each_program_it_loaded() {
         assert!(program["load_ms"].as_f64().is_some_and(|ms| ms >= 0.0));
     }
 }
+
+/// A target allocating as fast as it can costs more than a 2% budget: leaktrace measures
+/// that, takes the allocation probes out for part of each cycle and says so, and the target
+/// still ends as it would.
+#[test]
+fn the_cost_budget_backs_off_a_busy_target() {
+    if !bpf_available("the_cost_budget_backs_off_a_busy_target") {
+        return;
+    }
+    let target = build_c_variant("bench_pairs.c", "bench_pairs_budget", "gcc", &["-O2"], &[]);
+    let traced = run_to_exit(
+        "cost_budget",
+        &target,
+        &["--max-overhead", "2", "--interval", "1s"],
+        0,
+    );
+    let cost = &traced.report["cost"];
+    assert!(cost.is_object(), "cost measured: {}", traced.describe());
+    assert_eq!(cost["budget_percent"].as_f64(), Some(2.0), "{cost}");
+    let trap = cost["trap"]["emulated_ns"].as_f64().unwrap_or(0.0);
+    assert!(trap > 0.0, "a trap's cost was measured: {cost}");
+    let peak = cost["peak_cpu_share_percent"].as_f64().unwrap_or(0.0);
+    assert!(peak > 2.0, "the busy target's probes cost over 2%: {cost}");
+    let out = cost["allocation_probes_out_fraction"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(
+        out > 0.0 && out < 1.0,
+        "probes out part of the time: {cost}"
+    );
+    let actions = cost["actions"].as_array().expect("actions");
+    assert!(
+        actions.iter().any(|a| a
+            .as_str()
+            .is_some_and(|a| a.contains("over the budget of 2%"))),
+        "{cost}"
+    );
+    assert!(
+        traced.stderr().contains("over the budget of 2%"),
+        "said on stderr too: {}",
+        traced.stderr()
+    );
+}

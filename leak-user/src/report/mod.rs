@@ -260,6 +260,7 @@ pub mod fixtures {
                 verified_instructions: 11087,
                 load_ms: 8.1,
             }],
+            cost: None,
             exited: None,
             dropped: BTreeMap::from([("stack_id_collision".to_string(), 0)]),
             events: BTreeMap::from([("allocations".to_string(), 160)]),

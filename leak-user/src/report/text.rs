@@ -115,6 +115,25 @@ pub fn render(report: &Report, color: bool) -> String {
             );
         }
     }
+    if let Some(cost) = &report.cost {
+        let mut line = format!(
+            "cost: {:.1}% of the target's CPU in leaktrace's probes ({:.0} traps/s at {:.0} ns each; peak {:.1}%)",
+            cost.cpu_share_percent,
+            cost.traps_per_s,
+            cost.trap.emulated_ns,
+            cost.peak_cpu_share_percent
+        );
+        if let Some(budget) = cost.budget_percent {
+            line += &format!("; budget {budget}%");
+            if cost.allocation_probes_out_fraction > 0.0 {
+                line += &format!(
+                    ": allocation probes out {:.0}% of the time, allocations made then are not counted",
+                    cost.allocation_probes_out_fraction * 100.0
+                );
+            }
+        }
+        let _ = writeln!(out, "{line}");
+    }
     for runtime in &report.runtimes {
         match (&runtime.perf_map, &runtime.hint) {
             (Some(map), _) => {

@@ -1,0 +1,127 @@
+//! What tracing costs the target, and the budget leaktrace keeps (--max-overhead).
+//!
+//! Each probed call traps into the kernel: once for a free, twice for an allocation (entry
+//! and return), once more when the probed instruction must be single-stepped. The cost of a
+//! trap on this machine is measured at start (`attach::calibrate_trap_cost`: a function of
+//! leaktrace's own, probed, called in a loop), and multiplied by the calls the kernel counted
+//! each interval; the programs' own run time comes from the kernel's BPF statistics. Set
+//! against the target's own CPU time over the same interval (which includes both: the kernel
+//! runs them on the target's threads), it is the share of the target's CPU that goes to
+//! leaktrace.
+//!
+//! Over the budget, leaktrace duty-cycles its allocation probes: they are taken out for part
+//! of every cycle while the free probes stay, so blocks freed meanwhile are still seen going;
+//! allocations made while they are out are not recorded, and the report says for how long
+//! that was.
+use serde::{Deserialize, Serialize};
+
+/// What one trap costs on this machine, measured at start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrapCost {
+    /// A probe on an instruction the kernel emulates.
+    pub emulated_ns: f64,
+    /// A probe on an instruction the kernel single-steps.
+    pub single_stepped_ns: f64,
+    /// What a return probe adds.
+    #[serde(default)]
+    pub return_ns: f64,
+}
+
+impl TrapCost {
+    /// The traps of `traps` events, with the programs' own run time apart.
+    pub fn traps_ns(&self, traps: &Traps) -> f64 {
+        traps.allocations as f64 * (self.emulated_ns + self.return_ns)
+            + traps.frees as f64 * self.emulated_ns
+    }
+}
+
+/// Traps taken per kind of event the kernel counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traps {
+    /// Allocating calls (entry and return probe each).
+    pub allocations: u64,
+    /// Frees (entry probe only).
+    pub frees: u64,
+}
+
+impl Traps {
+    pub fn total(&self) -> u64 {
+        self.allocations * 2 + self.frees
+    }
+}
+
+/// The share of the target's CPU time spent in leaktrace's probes over an interval, in
+/// percent: `spent_ns` in traps and programs while the target used `cpu_ns` (which includes
+/// them). None when the target used no CPU.
+pub fn cpu_share_percent(spent_ns: f64, cpu_ns: u64) -> Option<f64> {
+    if cpu_ns == 0 {
+        return None;
+    }
+    Some((spent_ns / cpu_ns as f64 * 100.0).min(100.0))
+}
+
+/// The fraction of a cycle allocation probes stay in so that their cost stays under
+/// `budget_percent`, given what they cost while in (`share_percent`): 1 when within budget,
+/// never below `MIN_ON_FRACTION` (some allocations are still seen).
+pub fn on_fraction(share_percent: f64, budget_percent: f64) -> f64 {
+    if share_percent <= budget_percent || share_percent <= 0.0 {
+        return 1.0;
+    }
+    // Over a cycle the traps cost on × share of what the target would use with them in
+    // all along: proportional, and a little under the budget since the target's own CPU
+    // time grows back while they are out.
+    (budget_percent / share_percent).clamp(MIN_ON_FRACTION, 1.0)
+}
+
+/// The smallest part of a cycle allocation probes stay in.
+pub const MIN_ON_FRACTION: f64 = 0.02;
+
+/// A cost measurement over one interval, kept for the report.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CostReport {
+    /// The trap costs measured at start.
+    pub trap: TrapCost,
+    /// Traps per second over the last interval with allocation probes in.
+    pub traps_per_s: f64,
+    /// The target's CPU share spent in leaktrace's probes, last interval with probes in.
+    pub cpu_share_percent: f64,
+    /// The highest share seen over any interval.
+    pub peak_cpu_share_percent: f64,
+    /// --max-overhead, if a budget was kept.
+    pub budget_percent: Option<f64>,
+    /// The part of the trace allocation probes were out to keep the budget (0 to 1).
+    pub allocation_probes_out_fraction: f64,
+    /// What leaktrace did to keep the budget, with when (seconds since the start).
+    pub actions: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn share_is_trap_time_over_cpu_time() {
+        let trap = TrapCost {
+            emulated_ns: 1000.0,
+            single_stepped_ns: 5000.0,
+            return_ns: 500.0,
+        };
+        let traps = Traps {
+            allocations: 60_000,
+            frees: 60_000,
+        };
+        // 60k allocations at 1.5 µs and 60k frees at 1 µs in a second of CPU: 15%.
+        let share = cpu_share_percent(trap.traps_ns(&traps), 1_000_000_000).expect("CPU used");
+        assert!((share - 15.0).abs() < 1e-9, "{share}");
+        assert_eq!(cpu_share_percent(10.0, 0), None);
+        assert_eq!(cpu_share_percent(2e9, 1_000_000_000), Some(100.0));
+        assert_eq!(traps.total(), 180_000);
+    }
+
+    #[test]
+    fn probes_stay_in_for_the_part_the_budget_allows() {
+        assert_eq!(on_fraction(3.0, 5.0), 1.0);
+        assert!((on_fraction(50.0, 5.0) - 0.1).abs() < 1e-9);
+        assert_eq!(on_fraction(100.0, 0.1), MIN_ON_FRACTION);
+    }
+}
