@@ -717,6 +717,8 @@ pub struct Probes {
     /// while it is in.
     allocation_points: Vec<AllocationPoint>,
     allocation_links: Vec<UProbeLink>,
+    /// The budget has the allocation probes out.
+    allocations_paused: bool,
     pid: u32,
     /// Id of the next function probed (see CallShape::id).
     next_id: u16,
@@ -838,6 +840,7 @@ pub fn attach(
         links: Vec::new(),
         allocation_points: Vec::new(),
         allocation_links: Vec::new(),
+        allocations_paused: false,
         attached: Vec::new(),
         pid,
         next_id: 0,
@@ -890,7 +893,7 @@ unsafe extern "C" {
 
 /// Calls made to time one kind of trap.
 const CALIBRATION_CALLS: u64 = 20_000;
-const CALIBRATION_STEPPED_CALLS: u64 = 4_000;
+const CALIBRATION_STEPPED_CALLS: u64 = 1_000;
 
 /// Measures what a uprobe trap costs on this machine: leaktrace's entry program is probed on
 /// two functions of its own (it returns at once: leaktrace is not the target), each called in
@@ -1144,6 +1147,11 @@ impl Probes {
                     file_offset: function.probe_offset,
                     cookie: shape.cookie(),
                 };
+                if allocating && self.allocations_paused {
+                    // Put in with the others when the budget lets them back.
+                    self.allocation_points.push(point);
+                    continue;
+                }
                 let link = self
                     .attach_point(&point, scope)
                     .map_err(|err| probe_error(&function.symbol, &module.display_path, err))?;
@@ -1392,12 +1400,13 @@ impl Probes {
 
     /// Whether the allocating functions' probes are in.
     pub fn allocations_probed(&self) -> bool {
-        !self.allocation_links.is_empty() || self.allocation_points.is_empty()
+        !self.allocations_paused
     }
 
     /// Takes the allocating functions' probes out (the free probes stay). Detaching waits
     /// for the kernel, so it happens on a thread of its own.
     pub fn pause_allocations(&mut self) {
+        self.allocations_paused = true;
         let links = std::mem::take(&mut self.allocation_links);
         if links.is_empty() {
             return;
@@ -1409,9 +1418,10 @@ impl Probes {
 
     /// Puts the allocating functions' probes back (each return probe before its entry).
     pub fn resume_allocations(&mut self) -> Result<(), AttachError> {
-        if !self.allocation_links.is_empty() {
+        if !self.allocations_paused {
             return Ok(());
         }
+        self.allocations_paused = false;
         let scope = UProbeScope::OneProcess(
             NonZeroU32::new(self.pid)
                 .ok_or(AttachError::Load("process id 0 cannot be traced".into()))?,
