@@ -711,12 +711,15 @@ pub fn parse_ld_list(text: &str) -> Vec<PathBuf> {
 pub struct Probes {
     pub ebpf: Ebpf,
     /// The uprobe links, owned here so they can be detached in parallel.
-    links: Vec<UProbeLink>,
+    links: Vec<ProbeLink>,
     /// The allocating functions' probes (entry and return), which the cost budget may take
-    /// out for part of the time while the free probes stay: where each goes, and its link
-    /// while it is in.
-    allocation_points: Vec<AllocationPoint>,
-    allocation_links: Vec<UProbeLink>,
+    /// out for part of the time while the free probes stay: where they go, and their links
+    /// while they are in.
+    allocation_points: Vec<ProbeSet>,
+    allocation_links: Vec<ProbeLink>,
+    /// The entry and return programs loaded for uprobe_multi links (see `multi_link`);
+    /// None where the kernel has none: a link per probe.
+    multi: Option<crate::multi_link::MultiPrograms>,
     /// The budget has the allocation probes out.
     allocations_paused: bool,
     pid: u32,
@@ -734,13 +737,28 @@ pub struct Probes {
     _run_time_stats: Option<std::os::fd::OwnedFd>,
 }
 
-/// Where an allocating function's probe goes, to put it back after the budget took it out.
+/// Probes of one program in one file: file offsets, each with its cookie.
 #[derive(Clone, Debug)]
-struct AllocationPoint {
+struct ProbeSet {
     program: &'static str,
     path: PathBuf,
-    file_offset: u64,
-    cookie: u64,
+    offsets: Vec<u64>,
+    cookies: Vec<u64>,
+}
+
+/// A link that keeps probes in: aya's, one per probe, or a uprobe_multi link for a set (or
+/// a syscall tracepoint's). Dropping it detaches; the field is held for that alone.
+#[allow(dead_code)]
+enum ProbeLink {
+    PerProbe(UProbeLink),
+    Multi(std::os::fd::OwnedFd),
+    TracePoint(aya::programs::trace_point::TracePointLink),
+}
+
+/// How links are made: LEAKTRACE_PROBE_LINKS=per-probe forces aya's per-probe links (the
+/// path taken on kernels without uprobe_multi), for tests and comparisons.
+fn multi_links_wanted() -> bool {
+    std::env::var("LEAKTRACE_PROBE_LINKS").map_or(true, |value| value != "per-probe")
 }
 
 /// Settings for loading the kernel programs.
@@ -827,7 +845,28 @@ pub fn attach(
     for name in [ENTRY_PROGRAM, ALLOC_RETURN_PROGRAM] {
         load_program(&mut ebpf, name, &mut programs)?;
     }
-    let trap_cost = calibrate_trap_cost(&mut ebpf);
+    let multi = if multi_links_wanted() {
+        crate::multi_link::load(&ebpf, LEAK_EBPF_OBJECT, ENTRY_PROGRAM, ALLOC_RETURN_PROGRAM)
+            .map_err(|err| log::info!("a uprobe link per probe: {err}"))
+            .ok()
+    } else {
+        None
+    };
+    if let Some(multi) = &multi {
+        for (name, fd) in [
+            (ENTRY_PROGRAM, &multi.entry),
+            (ALLOC_RETURN_PROGRAM, &multi.ret),
+        ] {
+            if let Some(info) = prog_info(fd.as_fd()) {
+                programs.push(ProgramLoad {
+                    program: format!("{name} (uprobe_multi)"),
+                    verified_instructions: info.verified_insns,
+                    load_ms: 0.0,
+                });
+            }
+        }
+    }
+    let (trap_cost, calibration_links) = calibrate_trap_cost(&mut ebpf);
     // Program run times, for the cost meter, while leaktrace runs (two clock reads more per
     // BPF program run, system-wide, until this descriptor is closed).
     let run_time_stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
@@ -837,10 +876,14 @@ pub fn attach(
         trap_cost,
         _run_time_stats: run_time_stats,
         ebpf,
-        links: Vec::new(),
+        links: calibration_links
+            .into_iter()
+            .map(ProbeLink::PerProbe)
+            .collect(),
         allocation_points: Vec::new(),
         allocation_links: Vec::new(),
         allocations_paused: false,
+        multi,
         attached: Vec::new(),
         pid,
         next_id: 0,
@@ -855,10 +898,10 @@ pub fn attach(
         probes.attach_go(go)?;
     }
 
-    probes.attached.extend(attach_syscall_tracepoints(
-        &mut probes.ebpf,
-        &mut probes.programs,
-    )?);
+    let (tracepoints, links) = attach_syscall_tracepoints(&mut probes.ebpf, &mut probes.programs)?;
+    probes.attached.extend(tracepoints);
+    // Detached with the uprobes, in parallel: each waits for the kernel too.
+    probes.links.extend(links);
     Ok(probes)
 }
 
@@ -897,9 +940,16 @@ const CALIBRATION_STEPPED_CALLS: u64 = 1_000;
 
 /// Measures what a uprobe trap costs on this machine: leaktrace's entry program is probed on
 /// two functions of its own (it returns at once: leaktrace is not the target), each called in
-/// a loop with and without the probe. The probes are taken out on a thread of their own
-/// (detaching waits for the kernel). None when a probe cannot be placed.
-pub fn calibrate_trap_cost(ebpf: &mut Ebpf) -> Option<TrapCost> {
+/// a loop with and without the probe. The probes' links are returned to be detached with the
+/// others at the end (the functions are not called again, so they cost nothing meanwhile,
+/// and detaching now would wait for the kernel). None when a probe cannot be placed.
+pub fn calibrate_trap_cost(ebpf: &mut Ebpf) -> (Option<TrapCost>, Vec<UProbeLink>) {
+    let mut links = Vec::new();
+    let cost = measure_trap_cost(ebpf, &mut links);
+    (cost, links)
+}
+
+fn measure_trap_cost(ebpf: &mut Ebpf, links: &mut Vec<UProbeLink>) -> Option<TrapCost> {
     let me = std::process::id();
     let maps = procfs::read_maps(me).ok()?;
     let exe = PathBuf::from("/proc/self/exe");
@@ -919,7 +969,6 @@ pub fn calibrate_trap_cost(ebpf: &mut Ebpf) -> Option<TrapCost> {
         started.elapsed().as_nanos() as f64 / calls as f64
     };
     let scope = UProbeScope::OneProcess(NonZeroU32::new(me)?);
-    let mut links = Vec::new();
     let mut measure = |function: unsafe extern "C" fn(u64) -> u64,
                        programs: &[&str],
                        calls: u64|
@@ -948,9 +997,6 @@ pub fn calibrate_trap_cost(ebpf: &mut Ebpf) -> Option<TrapCost> {
         &[ALLOC_RETURN_PROGRAM],
         CALIBRATION_CALLS,
     );
-    let _ = std::thread::Builder::new()
-        .name("detach-calibration".into())
-        .spawn(move || drop(links));
     let emulated_ns = emulated_ns?;
     let cost = TrapCost {
         emulated_ns,
@@ -1007,9 +1053,10 @@ pub fn verify_programs(
 fn attach_syscall_tracepoints(
     ebpf: &mut Ebpf,
     loads: &mut Vec<ProgramLoad>,
-) -> Result<Vec<String>, AttachError> {
+) -> Result<(Vec<String>, Vec<ProbeLink>), AttachError> {
     ensure_tracefs()?;
     let mut attached = Vec::new();
+    let mut links = Vec::new();
     for (name, category, tracepoint) in SYSCALL_PROGRAMS {
         load_program(ebpf, name, loads)?;
         let program: &mut TracePoint = ebpf
@@ -1017,16 +1064,18 @@ fn attach_syscall_tracepoints(
             .ok_or_else(|| AttachError::Load(format!("program {name} missing from the object")))?
             .try_into()
             .map_err(|err: aya::programs::ProgramError| AttachError::Load(err.to_string()))?;
-        program
+        let link = program
             .attach(category, tracepoint)
+            .and_then(|id| program.take_link(id))
             .map_err(|err| AttachError::Probe {
                 function: tracepoint.to_string(),
                 module: "the kernel".to_string(),
                 reason: format!("{:#}", anyhow::Error::from(err)),
             })?;
+        links.push(ProbeLink::TracePoint(link));
         attached.push(format!("{category}:{tracepoint}"));
     }
-    Ok(attached)
+    Ok((attached, links))
 }
 
 /// `leaktrace watch`'s always-on gear for one process: its page faults, one in `period`,
@@ -1034,6 +1083,8 @@ fn attach_syscall_tracepoints(
 /// munmap, mremap and brk calls with their stacks. No allocator is probed. Dropping it
 /// stops everything.
 pub struct FaultSampler {
+    /// The syscall tracepoints' links, detached when dropped (before the programs).
+    _links: Vec<ProbeLink>,
     pub ebpf: Ebpf,
     /// The sampling period: each sample stands for this many minor faults.
     pub period: u64,
@@ -1105,10 +1156,13 @@ pub fn attach_fault_sampler(
                 },
             })?;
     }
-    if syscalls {
-        attach_syscall_tracepoints(&mut ebpf, &mut programs)?;
-    }
+    let links = if syscalls {
+        attach_syscall_tracepoints(&mut ebpf, &mut programs)?.1
+    } else {
+        Vec::new()
+    };
     Ok(FaultSampler {
+        _links: links,
         ebpf,
         period: period.max(1),
         programs,
@@ -1129,38 +1183,29 @@ impl Probes {
         if let Some(id) = file_id(&module.probe_path) {
             self.probed_files.insert(id);
         }
+        let set = |program: &'static str| ProbeSet {
+            program,
+            path: module.probe_path.clone(),
+            offsets: Vec::new(),
+            cookies: Vec::new(),
+        };
+        let (mut returns, mut entries, mut frees) = (
+            set(ALLOC_RETURN_PROGRAM),
+            set(ENTRY_PROGRAM),
+            set(ENTRY_PROGRAM),
+        );
         for function in &module.functions {
             // Ids tell probed functions apart in the kernel (see CallShape::id).
             let shape = function.shape.with_id(self.next_id);
             self.next_id = self.next_id.wrapping_add(1);
-            let allocating = shape.func.has_return_probe();
-            // Return probe first: an entry that fires is then always matched by its return.
-            let programs: &[&'static str] = if allocating {
-                &[ALLOC_RETURN_PROGRAM, ENTRY_PROGRAM]
+            let sets = if shape.func.has_return_probe() {
+                vec![&mut returns, &mut entries]
             } else {
-                &[ENTRY_PROGRAM]
+                vec![&mut frees]
             };
-            for &program in programs {
-                let point = AllocationPoint {
-                    program,
-                    path: module.probe_path.clone(),
-                    file_offset: function.probe_offset,
-                    cookie: shape.cookie(),
-                };
-                if allocating && self.allocations_paused {
-                    // Put in with the others when the budget lets them back.
-                    self.allocation_points.push(point);
-                    continue;
-                }
-                let link = self
-                    .attach_point(&point, scope)
-                    .map_err(|err| probe_error(&function.symbol, &module.display_path, err))?;
-                if allocating {
-                    self.allocation_links.push(link);
-                    self.allocation_points.push(point);
-                } else {
-                    self.links.push(link);
-                }
+            for set in sets {
+                set.offsets.push(function.probe_offset);
+                set.cookies.push(shape.cookie());
             }
             log::debug!(
                 "{} in {} ({}): probe at +{:#x} ({}, {})",
@@ -1177,6 +1222,31 @@ impl Probes {
             );
             self.attached
                 .push(format!("{} in {}", function.symbol, module.display_path));
+        }
+        // Return probes first: an entry that fires is then always matched by its return.
+        for (set, allocating) in [(returns, true), (entries, true), (frees, false)] {
+            if set.offsets.is_empty() {
+                continue;
+            }
+            if allocating && self.allocations_paused {
+                // Put in with the others when the budget lets them back.
+                self.allocation_points.push(set);
+                continue;
+            }
+            let links = self.attach_set(&set, scope).map_err(|(offset, err)| {
+                let symbol = module
+                    .functions
+                    .iter()
+                    .find(|f| f.probe_offset == offset)
+                    .map_or_else(|| format!("+{offset:#x}"), |f| f.symbol.clone());
+                probe_error(&symbol, &module.display_path, err)
+            })?;
+            if allocating {
+                self.allocation_links.extend(links);
+                self.allocation_points.push(set);
+            } else {
+                self.links.extend(links);
+            }
         }
         Ok(())
     }
@@ -1220,7 +1290,7 @@ impl Probes {
                 .attach(at, &go.probe_path, scope)
                 .and_then(|id| probe.take_link(id))
                 .map_err(|err| probe_error(&point.symbol, &go.display_path, err))?;
-            self.links.push(link);
+            self.links.push(ProbeLink::PerProbe(link));
             log::debug!(
                 "{} in {}: probe at file offset {:#x}",
                 point.symbol,
@@ -1261,7 +1331,7 @@ impl Probes {
                     .attach(point, &scope.probe_path, target)
                     .and_then(|id| probe.take_link(id))
                     .map_err(|err| probe_error(&scope.spec.function, &scope.display_path, err))?;
-                self.links.push(link);
+                self.links.push(ProbeLink::PerProbe(link));
             }
             self.attached.push(format!(
                 "scope {} in {}",
@@ -1312,13 +1382,25 @@ impl Probes {
         .into_iter()
         .chain(SYSCALL_PROGRAMS.iter().map(|(name, _, _)| *name))
         .filter_map(|name| self.ebpf.program(name)?.fd().ok())
-        .filter_map(|fd| recursion_misses(fd.as_fd()))
+        .filter_map(|fd| prog_info(fd.as_fd()))
+        .chain(self.multi_infos())
+        .map(|info| info.recursion_misses)
         .sum()
+    }
+
+    /// The kernel's information on the programs loaded for uprobe_multi links.
+    fn multi_infos(&self) -> Vec<aya_obj::generated::bpf_prog_info> {
+        self.multi
+            .iter()
+            .flat_map(|multi| [&multi.entry, &multi.ret])
+            .filter_map(|fd| prog_info(fd.as_fd()))
+            .collect()
     }
 }
 
-/// A program's `recursion_misses` (BPF_OBJ_GET_INFO_BY_FD), which aya 0.14 does not expose.
-fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+/// A program's information (BPF_OBJ_GET_INFO_BY_FD): aya 0.14 exposes neither
+/// `recursion_misses` nor the programs it did not load.
+fn prog_info(fd: std::os::fd::BorrowedFd<'_>) -> Option<aya_obj::generated::bpf_prog_info> {
     use std::os::fd::AsRawFd;
     /// The `info` member of `union bpf_attr`.
     #[repr(C)]
@@ -1344,7 +1426,7 @@ fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
             std::mem::size_of::<InfoAttr>(),
         )
     };
-    (result == 0).then_some(info.recursion_misses)
+    (result == 0).then_some(info)
 }
 
 /// Device and inode of a file: the same library reached by different paths is one.
@@ -1355,23 +1437,65 @@ fn file_id(path: &Path) -> Option<(u64, u64)> {
 }
 
 impl Probes {
-    fn attach_point(
+    /// Puts a set of probes in: one uprobe_multi link when the programs were loaded for
+    /// them, else a link per probe. On failure, the offset that failed (any for a multi link).
+    fn attach_set(
         &mut self,
-        point: &AllocationPoint,
+        set: &ProbeSet,
         scope: UProbeScope,
-    ) -> Result<UProbeLink, aya::programs::ProgramError> {
-        let probe: &mut UProbe = self
-            .ebpf
-            .program_mut(point.program)
-            .ok_or(aya::programs::ProgramError::NotLoaded)?
-            .try_into()?;
-        let at = UProbeAttachPoint {
-            location: UProbeAttachLocation::AbsoluteOffset(point.file_offset),
-            cookie: Some(point.cookie),
-        };
-        probe
-            .attach(at, &point.path, scope)
-            .and_then(|id| probe.take_link(id))
+    ) -> Result<Vec<ProbeLink>, (u64, aya::programs::ProgramError)> {
+        if let Some(multi) = &self.multi {
+            let (program, ret) = if set.program == ALLOC_RETURN_PROGRAM {
+                (&multi.ret, true)
+            } else {
+                (&multi.entry, false)
+            };
+            match crate::multi_link::attach(
+                program,
+                &set.path,
+                &set.offsets,
+                &set.cookies,
+                ret,
+                self.pid,
+            ) {
+                Ok(link) => return Ok(vec![ProbeLink::Multi(link)]),
+                Err(err) => log::info!(
+                    "uprobe_multi link on {} refused ({err}): a link per probe",
+                    set.path.display()
+                ),
+            }
+        }
+        let mut links = Vec::new();
+        for (&offset, &cookie) in set.offsets.iter().zip(&set.cookies) {
+            let attached = (|| {
+                let probe: &mut UProbe = self
+                    .ebpf
+                    .program_mut(set.program)
+                    .ok_or(aya::programs::ProgramError::NotLoaded)?
+                    .try_into()?;
+                let at = UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(offset),
+                    cookie: Some(cookie),
+                };
+                probe
+                    .attach(at, &set.path, scope)
+                    .and_then(|id| probe.take_link(id))
+            })();
+            match attached {
+                Ok(link) => links.push(ProbeLink::PerProbe(link)),
+                Err(err) => return Err((offset, err)),
+            }
+        }
+        Ok(links)
+    }
+
+    /// How the allocator probes are linked, for the report: "uprobe_multi" or "per probe".
+    pub fn link_kind(&self) -> &'static str {
+        if self.multi.is_some() {
+            "uprobe_multi"
+        } else {
+            "per probe"
+        }
     }
 
     /// Time the kernel has spent running leaktrace's uprobe programs (on the target's
@@ -1389,12 +1513,14 @@ impl Probes {
             GO_SPAN_FREE_PROGRAM,
             GO_LARGE_SPAN_PROGRAM,
         ];
+        let multi: u64 = self.multi_infos().iter().map(|info| info.run_time_ns).sum();
         Some(
             programs
                 .into_iter()
                 .filter_map(|name| self.ebpf.program(name)?.info().ok())
                 .map(|info| info.run_time().as_nanos() as u64)
-                .sum(),
+                .sum::<u64>()
+                + multi,
         )
     }
 
@@ -1426,16 +1552,16 @@ impl Probes {
             NonZeroU32::new(self.pid)
                 .ok_or(AttachError::Load("process id 0 cannot be traced".into()))?,
         );
-        let points = self.allocation_points.clone();
-        for point in &points {
-            match self.attach_point(point, scope) {
-                Ok(link) => self.allocation_links.push(link),
-                Err(err) => {
+        let sets = self.allocation_points.clone();
+        for set in &sets {
+            match self.attach_set(set, scope) {
+                Ok(links) => self.allocation_links.extend(links),
+                Err((offset, err)) => {
                     // Half in is worse than out: entries without their returns.
                     self.pause_allocations();
                     return Err(probe_error(
-                        &format!("+{:#x}", point.file_offset),
-                        &point.path.display().to_string(),
+                        &format!("+{offset:#x}"),
+                        &set.path.display().to_string(),
                         err,
                     ));
                 }
@@ -1448,7 +1574,7 @@ impl Probes {
 /// Detaching a uprobe waits for RCU grace periods, about 90 ms each here, and the kernel
 /// does most of it under one mutex (event_mutex). From parallel threads the parts outside
 /// the mutex overlap: about 15% less.
-fn detach_in_parallel(links: Vec<UProbeLink>) {
+fn detach_in_parallel(links: Vec<ProbeLink>) {
     std::thread::scope(|scope| {
         for link in links {
             if std::thread::Builder::new()

@@ -26,6 +26,7 @@ pub mod launch;
 pub mod map_batch;
 pub mod metrics;
 pub mod model;
+pub mod multi_link;
 pub mod otel;
 pub mod pclntab;
 pub mod perf_map;

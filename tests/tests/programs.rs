@@ -2,7 +2,9 @@
 //! verifier's limit, as the most demanding target needs it (Python frames, a Go layout, every
 //! scope, sampling), with stacks walked by frame pointers and by unwind tables; and a traced
 //! run reports what each program it loaded took.
-use leaktrace_tests::{bpf_available, build_c_variant, leaktrace_bin, run_to_exit, u64_of};
+use leaktrace_tests::{
+    bpf_available, build_c_variant, leaktrace_bin, leaktrace_with, run_to_exit, u64_of,
+};
 
 /// A quarter of the kernel's 1,000,000-instruction limit.
 const BUDGET: u64 = 250_000;
@@ -126,4 +128,53 @@ fn the_cost_budget_backs_off_a_busy_target() {
         "said on stderr too: {}",
         traced.stderr()
     );
+}
+
+/// The allocator probes of each file share one uprobe_multi link per program; with
+/// LEAKTRACE_PROBE_LINKS=per-probe (the path of kernels without uprobe_multi) each probe has
+/// its own link. Both find the same blocks.
+#[test]
+fn one_link_per_file_and_the_per_probe_fallback_agree() {
+    if !bpf_available("one_link_per_file_and_the_per_probe_fallback_agree") {
+        return;
+    }
+    let target = build_c_variant("stack_chain.c", "stack_chain_links", "gcc", &[], &[]);
+    let target = target.to_str().expect("UTF-8 path");
+    let held = |traced: &leaktrace_tests::Traced, function: &str| -> (u64, u64) {
+        traced
+            .stacks_through(function)
+            .iter()
+            .map(|s| {
+                (
+                    u64_of(&s["outstanding_allocs"]),
+                    u64_of(&s["outstanding_bytes"]),
+                )
+            })
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    };
+    let mut seen = Vec::new();
+    for (name, links) in [("links_multi", "multi"), ("links_per_probe", "per-probe")] {
+        let traced = leaktrace_with(
+            name,
+            &["run", "--top", "0", "--", target],
+            &[("LEAKTRACE_PROBE_LINKS", links)],
+            || {},
+        );
+        assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
+        let multi = traced.report["programs"]
+            .as_array()
+            .expect("programs")
+            .iter()
+            .any(|p| p["program"] == "alloc_enter (uprobe_multi)");
+        assert_eq!(multi, links == "multi", "{}", traced.report["programs"]);
+        // 50 blocks of 200 + i bytes, i from 0 to 49, and 50 of 64.
+        assert_eq!(
+            held(&traced, "store_record"),
+            (50, 50 * 200 + 49 * 50 / 2),
+            "{links}"
+        );
+        assert_eq!(held(&traced, "log_line"), (50, 50 * 64), "{links}");
+        seen.push(traced.dropped_total());
+    }
+    assert_eq!(seen, vec![0, 0], "nothing dropped either way");
 }
