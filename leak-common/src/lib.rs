@@ -21,6 +21,8 @@ pub mod map_names {
     pub const PENDING_SYSCALLS: &str = "PENDING_SYSCALLS";
     pub const MMAP_EVENTS: &str = "MMAP_EVENTS";
     pub const COUNTERS: &str = "COUNTERS";
+    /// One u32: 1 once every entry probe has been in for a while (see alloc_return).
+    pub const ENTRIES_ARMED: &str = "ENTRIES_ARMED";
     pub const FAULT_SAMPLES: &str = "FAULT_SAMPLES";
     pub const SCOPE_STACKS: &str = "SCOPE_STACKS";
     pub const SCOPE_TAGS: &str = "SCOPE_TAGS";

@@ -19,8 +19,8 @@ use leak_common::{
 
 use crate::{
     maps::{
-        ALLOCS, Arguments, FirstFrame, PENDING_CALLS, add_to_stack, count, sampled, size_wanted,
-        target_tid, user_stack_id,
+        ALLOCS, Arguments, FirstFrame, PENDING_CALLS, add_to_stack, count, entries_armed, sampled,
+        size_wanted, target_tid, user_stack_id,
     },
     scope::{add_to_scope, current_scope},
 };
@@ -94,7 +94,11 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     let Some(tid) = target_tid() else { return 0 };
     // SAFETY: the value is copied out before the entry is removed.
     let Some(pending) = (unsafe { PENDING_CALLS.get(tid) }).copied() else {
-        count(Counter::MissingEntry);
+        // Before the entries are armed, the call began before its entry probe was in: an
+        // allocation from before the trace, not a lost one.
+        if entries_armed() {
+            count(Counter::MissingEntry);
+        }
         return 0;
     };
     // SAFETY: uretprobe context is the user pt_regs.

@@ -11,7 +11,7 @@ use aya_ebpf::{
         generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
     macros::map,
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use leak_common::{
     ARGUMENT_SLOTS, AllocRecord, Counter, DEFAULT_MAX_ALLOCS, MAX_PENDING_CALLS, MAX_STACK_DEPTH,
@@ -89,6 +89,18 @@ pub static PENDING_SYSCALLS: HashMap<u32, PendingSyscall> =
 
 #[map(name = "MMAP_EVENTS")]
 pub static MMAP_EVENTS: RingBuf = RingBuf::with_byte_size(MMAP_EVENTS_BYTES, 0);
+
+/// 1 once every entry probe has been in long enough that no call begun before it is still
+/// running (user space sets it a moment after attaching, clears it while the budget has the
+/// allocation probes out): only then is a return without its entry a lost event.
+#[map(name = "ENTRIES_ARMED")]
+pub static ENTRIES_ARMED: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether a return without its entry means an event was lost (see ENTRIES_ARMED).
+#[inline(always)]
+pub fn entries_armed() -> bool {
+    ENTRIES_ARMED.get(0).is_some_and(|armed| *armed != 0)
+}
 
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);

@@ -935,8 +935,8 @@ unsafe extern "C" {
 }
 
 /// Calls made to time one kind of trap.
-const CALIBRATION_CALLS: u64 = 20_000;
-const CALIBRATION_STEPPED_CALLS: u64 = 1_000;
+const CALIBRATION_CALLS: u64 = 5_000;
+const CALIBRATION_STEPPED_CALLS: u64 = 300;
 
 /// Measures what a uprobe trap costs on this machine: leaktrace's entry program is probed on
 /// two functions of its own (it returns at once: leaktrace is not the target), each called in
@@ -991,8 +991,9 @@ fn measure_trap_cost(ebpf: &mut Ebpf, links: &mut Vec<UProbeLink>) -> Option<Tra
         &[ENTRY_PROGRAM],
         CALIBRATION_STEPPED_CALLS,
     );
-    // The emulated function has its entry probe already: this adds the return probe.
-    let with_return_ns = measure(
+    // The emulated function has its entry probe already (in the untraced time too): this
+    // measures what the return probe adds.
+    let return_ns = measure(
         leaktrace_trap_emulated,
         &[ALLOC_RETURN_PROGRAM],
         CALIBRATION_CALLS,
@@ -1001,7 +1002,7 @@ fn measure_trap_cost(ebpf: &mut Ebpf, links: &mut Vec<UProbeLink>) -> Option<Tra
     let cost = TrapCost {
         emulated_ns,
         single_stepped_ns: single_stepped_ns?,
-        return_ns: (with_return_ns? - emulated_ns).max(0.0),
+        return_ns: return_ns?,
     };
     log::debug!(
         "a uprobe trap costs {:.0} ns here, {:.0} ns when single-stepped, a return probe {:.0} ns more",
@@ -1522,6 +1523,22 @@ impl Probes {
                 .sum::<u64>()
                 + multi,
         )
+    }
+
+    /// Says whether every entry probe has been in long enough that a return without its
+    /// entry means a lost event (see leak-ebpf's ENTRIES_ARMED).
+    pub fn arm_entries(&mut self, armed: bool) {
+        let Some(map) = self.ebpf.map_mut(map_names::ENTRIES_ARMED) else {
+            return;
+        };
+        match aya::maps::Array::<_, u32>::try_from(map) {
+            Ok(mut array) => {
+                if let Err(err) = array.set(0, u32::from(armed), 0) {
+                    log::debug!("could not arm the entry probes: {err}");
+                }
+            }
+            Err(err) => log::debug!("could not arm the entry probes: {err}"),
+        }
     }
 
     /// Whether the allocating functions' probes are in.

@@ -237,7 +237,13 @@ struct Session {
     python_stacks_read: std::collections::HashSet<u32>,
     /// What the probes cost the target, and the budget kept.
     cost: CostMeter,
+    /// When to arm the entry probes (see `Probes::arm_entries`): a moment after they went
+    /// in, so that no call begun before them is still running.
+    arm_entries_at: Option<u64>,
 }
+
+/// How long after the entry probes go in a return without its entry counts as lost.
+const ARM_ENTRIES_AFTER_NS: u64 = 200_000_000;
 
 /// The cost meter and the --max-overhead budget (see `cost`).
 #[derive(Default)]
@@ -732,6 +738,7 @@ impl Session {
                 cycle_ns: BUDGET_CYCLE_NS,
                 ..CostMeter::default()
             },
+            arm_entries_at: Some(started_ns + ARM_ENTRIES_AFTER_NS),
         })
     }
 
@@ -888,6 +895,13 @@ impl Session {
         }
         self.sample_process(now_ns);
         self.meter_cost(now_ns);
+        if let Some(at) = self.arm_entries_at
+            && now_ns >= at
+            && self.probes.allocations_probed()
+        {
+            self.probes.arm_entries(true);
+            self.arm_entries_at = None;
+        }
         Ok(())
     }
 
@@ -953,6 +967,8 @@ impl Session {
                     }
                     meter.on_fraction = on;
                     meter.cycle_ns = cycle;
+                    self.probes.arm_entries(false);
+                    self.arm_entries_at = None;
                     self.probes.pause_allocations();
                     meter.out_since = Some(now_ns);
                     meter.mark = None;
@@ -968,6 +984,7 @@ impl Session {
                     Ok(()) => {
                         meter.out_since = None;
                         meter.in_since = now_ns;
+                        self.arm_entries_at = Some(now_ns + ARM_ENTRIES_AFTER_NS);
                     }
                     Err(err) => {
                         meter.out_since = Some(now_ns);
