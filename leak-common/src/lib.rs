@@ -383,6 +383,11 @@ pub struct GoroutineSite {
 /// the function starts over once its stack has grown.
 pub const GO_ON_STACK_CHECK: u64 = 1;
 
+/// The uprobe cookie of the probe after a call to `allocLarge`, when it was moved past the
+/// call's return onto an instruction the kernel emulates: the span is then read from argument
+/// slot `cookie & 0xF` (see [`ARGUMENT_SLOTS`]) rather than RAX.
+pub const GO_SPAN_IN_SLOT: u64 = 1 << 8;
+
 /// Program names of the Go probes.
 pub const GO_NEWPROC_PROGRAM: &str = "go_newproc";
 pub const GO_GOEXIT_PROGRAM: &str = "go_goexit";

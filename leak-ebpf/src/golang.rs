@@ -17,12 +17,13 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use leak_common::{
-    AllocRecord, Counter, GO_ON_STACK_CHECK, GO_SPAN_CLASSES, GoLayout, GoroutineSite,
-    MAX_GOROUTINE_SITES, UNKNOWN_STACK_ID,
+    AllocRecord, Counter, GO_ON_STACK_CHECK, GO_SPAN_CLASSES, GO_SPAN_IN_SLOT, GoLayout,
+    GoroutineSite, MAX_GOROUTINE_SITES, UNKNOWN_STACK_ID,
 };
 
 use crate::maps::{
-    ALLOCS, FirstFrame, add_to_stack, atomic_add, count, read_user_u64, target_tid, user_stack_id,
+    ALLOCS, Arguments, FirstFrame, add_to_stack, atomic_add, count, read_user_u64, target_tid,
+    user_stack_id,
 };
 
 /// The target's runtime layout. Set by user space before load (all zero for other programs,
@@ -197,8 +198,18 @@ pub fn go_span_full(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn go_large_span(ctx: ProbeContext) -> u32 {
     let Some(tid) = target_tid() else { return 0 };
+    // SAFETY: reads this attachment's cookie; the context is the program's own.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     // SAFETY: uprobe context is the user pt_regs.
-    let span = unsafe { (*ctx.regs).rax };
+    let regs = unsafe { &*ctx.regs };
+    // RAX is slot 6. Both ways read the copied registers: the verifier refuses a load
+    // through a context pointer that was moved.
+    let slot = if cookie & GO_SPAN_IN_SLOT != 0 {
+        (cookie & 0xF) as u8
+    } else {
+        6
+    };
+    let span = Arguments::of(regs).at(slot);
     if let Some((start, bytes)) = span_extent(span, &layout()) {
         track_span(&ctx, start, bytes, tid, FirstFrame::ReturnAddress);
     }

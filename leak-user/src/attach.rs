@@ -1281,10 +1281,10 @@ impl Probes {
             let probe = uprobe(&mut self.ebpf, name)?;
             let at = UProbeAttachPoint {
                 location: UProbeAttachLocation::AbsoluteOffset(point.file_offset),
-                cookie: Some(if point.on_stack_check {
-                    GO_ON_STACK_CHECK
-                } else {
-                    0
+                cookie: Some(match (point.on_stack_check, point.span_slot) {
+                    (true, _) => GO_ON_STACK_CHECK,
+                    (false, Some(slot)) => leak_common::GO_SPAN_IN_SLOT | u64::from(slot),
+                    (false, None) => 0,
                 }),
             };
             let link = probe

@@ -22,6 +22,9 @@ use crate::reachability::Memory;
 
 /// The runtime's page (`_PageSize`): 8 KiB on every platform Go supports.
 const GO_PAGE_BYTES: u64 = 8192;
+/// RAX's argument slot (leak_common::ARGUMENT_SLOTS): Go's first result register.
+const RAX_SLOT: u8 = 6;
+
 /// `_Gdead`: a goroutine that has exited, kept in `allgs` for reuse.
 const G_DEAD: u32 = 6;
 /// The most goroutines read from `allgs`; a list longer than this is cut (and says so).
@@ -45,6 +48,9 @@ pub struct GoProbe {
     /// the kernel emulates: the program skips the pass that is about to grow the stack (the
     /// function then starts over and passes the probe again).
     pub on_stack_check: bool,
+    /// The probe after allocLarge, moved past the return: the argument slot the span is in
+    /// there (see leak_common::GO_SPAN_IN_SLOT); None: RAX, at the return.
+    pub span_slot: Option<u8>,
     /// Bytes from the start of the function probed, the instruction there, and whether the
     /// kernel emulates it.
     pub offset_in_function: u64,
@@ -114,6 +120,7 @@ impl GoProgram {
                 symbol: name.to_string(),
                 file_offset: entry + offset_in_function,
                 on_stack_check,
+                span_slot: None,
                 offset_in_function,
                 instruction,
                 emulated,
@@ -134,33 +141,6 @@ impl GoProgram {
             span_free: text(SPAN_FREE),
             ..GoProgram::default()
         };
-        if let Some((target, _)) = symbols.get(ALLOC_LARGE) {
-            for caller in LARGE_CALLERS {
-                let Some((address, size)) = symbols.get(caller) else {
-                    continue;
-                };
-                let Some(offset) = crate::attach::virtual_to_file_offset(&file, *address) else {
-                    continue;
-                };
-                let start = usize::try_from(offset).unwrap_or(usize::MAX);
-                let end = start.saturating_add(*size as usize).min(elf.len());
-                let code = elf.get(start..end).unwrap_or(&[]);
-                for after in returns_from_calls(code, *address, *target) {
-                    let offset_in_function = after - address;
-                    let (instruction, emulated) =
-                        crate::probe_site::describe(code, *address, offset_in_function)
-                            .unwrap_or_else(|| ("?".into(), false));
-                    program.large_spans.push(GoProbe {
-                        symbol: format!("{caller} after {ALLOC_LARGE}"),
-                        file_offset: offset_in_function + offset,
-                        on_stack_check: false,
-                        offset_in_function,
-                        instruction,
-                        emulated,
-                    });
-                }
-            }
-        }
         let offsets = struct_offsets(
             &file,
             &[
@@ -188,6 +168,47 @@ impl GoProgram {
             // No DWARF (-ldflags=-w): the layout of a release leaktrace was checked against.
             program.layout = Some(layout);
             program.g_status = Some(status);
+        }
+        // After each call to allocLarge, the span it returns is in RAX. The probe follows the
+        // code from the return to the first instruction the kernel emulates, as long as the
+        // span is still in a register and its start and size are not written meanwhile.
+        let protected: Vec<(u64, u64)> = program
+            .layout
+            .map(|layout| vec![(layout.span_start, 8), (layout.span_npages, 8)])
+            .unwrap_or_default();
+        if let (Some((target, _)), false) = (symbols.get(ALLOC_LARGE), protected.is_empty()) {
+            for caller in LARGE_CALLERS {
+                let Some((address, size)) = symbols.get(caller) else {
+                    continue;
+                };
+                let Some(offset) = crate::attach::virtual_to_file_offset(&file, *address) else {
+                    continue;
+                };
+                let start = usize::try_from(offset).unwrap_or(usize::MAX);
+                let end = start.saturating_add(*size as usize).min(elf.len());
+                let code = elf.get(start..end).unwrap_or(&[]);
+                for after in returns_from_calls(code, *address, *target) {
+                    let returned = after - address;
+                    let (offset_in_function, span_slot) =
+                        match crate::probe_site::follow_value(code, returned, RAX_SLOT, &protected)
+                        {
+                            Some((moved, slot)) => (moved, Some(slot)),
+                            None => (returned, None),
+                        };
+                    let (instruction, emulated) =
+                        crate::probe_site::describe(code, *address, offset_in_function)
+                            .unwrap_or_else(|| ("?".into(), false));
+                    program.large_spans.push(GoProbe {
+                        symbol: format!("{caller} after {ALLOC_LARGE}"),
+                        file_offset: offset_in_function + offset,
+                        on_stack_check: false,
+                        span_slot,
+                        offset_in_function,
+                        instruction,
+                        emulated,
+                    });
+                }
+            }
         }
         Some(program)
     }

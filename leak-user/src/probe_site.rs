@@ -138,6 +138,87 @@ pub fn place(code: &[u8], reads: &Reads, sized: bool) -> Placement {
     entry
 }
 
+/// Where a probe that reads one value, in register slot `slot` at offset `start` of `code` (a
+/// function's whole code), can go instead of `start`: the first instruction the kernel
+/// emulates on the straight-line path from there, with the value still in a register (the
+/// slot returned), no branch target inside the function on the way, and no write through the
+/// value to the bytes the probe reads from it (`protected`: offsets and lengths). None: stay.
+pub fn follow_value(
+    code: &[u8],
+    start: u64,
+    slot: u8,
+    protected: &[(u64, u64)],
+) -> Option<(u64, u8)> {
+    let targets = branch_targets(code);
+    let mut held = [false; ARGUMENT_SLOTS];
+    *held.get_mut(usize::from(slot))? = true;
+    let slot_of = |register: Register| {
+        SLOT_REGISTERS
+            .iter()
+            .position(|r| *r == register.full_register())
+    };
+    let mut decoder = Decoder::with_ip(
+        64,
+        code.get(usize::try_from(start).ok()?..)?,
+        start,
+        DecoderOptions::NONE,
+    );
+    let mut info = InstructionInfoFactory::new();
+    let mut instruction = Instruction::default();
+    for _ in 0..MAX_FOLLOWED {
+        if !decoder.can_decode() {
+            return None;
+        }
+        decoder.decode_out(&mut instruction);
+        let at = instruction.ip();
+        if instruction.is_invalid() || (at > start && targets.contains(&at)) {
+            return None;
+        }
+        if kernel_emulates(&instruction) {
+            return held.iter().position(|h| *h).map(|slot| (at, slot as u8));
+        }
+        if instruction.flow_control() != FlowControl::Next {
+            return None;
+        }
+        let info = info.info(&instruction);
+        let writes_protected = info.used_memory().iter().any(|memory| {
+            writes(memory.access())
+                && slot_of(memory.base()).is_some_and(|s| held[s])
+                && protected.iter().any(|(offset, length)| {
+                    let from = memory.displacement();
+                    let to = from.wrapping_add(u64::from(memory.memory_size().size() as u32));
+                    from < offset + length && *offset < to
+                })
+        });
+        if writes_protected {
+            return None;
+        }
+        if instruction.mnemonic() == Mnemonic::Mov
+            && instruction.op0_kind() == OpKind::Register
+            && instruction.op1_kind() == OpKind::Register
+            && instruction.op0_register().is_gpr64()
+            && instruction.op1_register().is_gpr64()
+        {
+            let source = slot_of(instruction.op1_register()).is_some_and(|s| held[s]);
+            if let Some(destination) = slot_of(instruction.op0_register()) {
+                held[destination] = source;
+            }
+        } else {
+            for used in info.used_registers() {
+                if writes(used.access())
+                    && let Some(slot) = slot_of(used.register())
+                {
+                    held[slot] = false;
+                }
+            }
+        }
+        if !held.iter().any(|h| *h) {
+            return None;
+        }
+    }
+    None
+}
+
 /// The conservative placement for a probe that reads every argument register and the stack
 /// pointer (the Go runtime's probes, which read registers of Go's own convention).
 pub fn probe_offset(code: &[u8]) -> u64 {
@@ -398,7 +479,7 @@ fn kernel_emulates(instruction: &Instruction) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{Placement, Reads, branches_to, first_call, place, probe_offset};
+    use super::{Placement, Reads, branches_to, first_call, follow_value, place, probe_offset};
     use leak_common::NO_ARG;
 
     /// free(ptr): the pointer, no stack pointer.
@@ -552,6 +633,24 @@ mod tests {
         assert_eq!(first_call(&code, 0x1000), Some(0x2000));
         // test %rdi,%rdi; je …: a conditional branch first.
         assert_eq!(first_call(&[0x48, 0x85, 0xff, 0x74, 0x00], 0), None);
+    }
+
+    #[test]
+    fn a_returned_value_is_followed_to_an_emulated_instruction() {
+        // After `call allocLarge` at 0: movq $1,0x30(%rax); mov %rax,%rbx; jmp …: the span
+        // stays in rax; its field at 0x30 is not one the probe reads.
+        let code = [
+            0x48, 0xc7, 0x40, 0x30, 0x01, 0x00, 0x00, 0x00, 0x48, 0x89, 0xc3, 0xeb, 0x00,
+        ];
+        assert_eq!(follow_value(&code, 0, 6, &[(24, 16)]), Some((11, 6)));
+        // A write to a field it reads (0x18, startAddr) keeps the probe where it was.
+        let code = [0x48, 0xc7, 0x40, 0x18, 0x01, 0x00, 0x00, 0x00, 0xeb, 0x00];
+        assert_eq!(follow_value(&code, 0, 6, &[(24, 16)]), None);
+        // The value overwritten: xor %eax,%eax; jmp …
+        assert_eq!(follow_value(&[0x31, 0xc0, 0xeb, 0x00], 0, 6, &[]), None);
+        // Copied first: mov %rax,%rbx; xor %eax,%eax; jmp …
+        let code = [0x48, 0x89, 0xc3, 0x31, 0xc0, 0xeb, 0x00];
+        assert_eq!(follow_value(&code, 0, 6, &[]), Some((5, 7)));
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //   - handleUpload appends every request's payload to a package-level slice (heap growth
 //     from one function);
 //
+//   - handleArchive keeps a 64 KiB blob every tenth request (large objects: a span each);
+//
 // and handleEcho, whose goroutines finish (the control).
 package main
 
@@ -15,6 +17,7 @@ import (
 )
 
 var uploads [][]byte
+var archives [][]byte
 
 //go:noinline
 func handleSubscribe(id int) {
@@ -41,6 +44,13 @@ func handleUpload(id int) {
 	uploads = append(uploads, payload)
 }
 
+//go:noinline
+func handleArchive(id int) {
+	blob := make([]byte, 64<<10) // leaks: a large object kept in archives
+	blob[0] = byte(id)
+	archives = append(archives, blob)
+}
+
 func main() {
 	seconds := 3600
 	if len(os.Args) > 1 {
@@ -53,6 +63,9 @@ func main() {
 		handleEcho(i)
 		handleEcho(i)
 		handleUpload(i)
+		if i%10 == 0 {
+			handleArchive(i)
+		}
 		time.Sleep(10 * time.Millisecond)
 	}
 }

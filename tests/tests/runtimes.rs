@@ -274,8 +274,35 @@ fn assert_go_leaks_named_with(traced: &Traced, seconds: u64, complete: bool) {
         u64_of(&heap["outstanding_bytes"]) >= 30 * 16384 * seconds,
         "{heap}"
     );
+    // Large objects (64 KiB, a span each, seen after allocLarge returns): about 9 a second.
+    let archive_line = line_of("goroutines.go", "// leaks: a large object kept in archives");
+    let large: u64 = traced
+        .stacks()
+        .iter()
+        .filter(|stack| {
+            stack["frames"].as_array().is_some_and(|frames| {
+                frames.iter().any(|frame| {
+                    frame["function"] == "main.handleArchive"
+                        && frame["line"].as_u64() == Some(archive_line)
+                })
+            })
+        })
+        .map(|stack| u64_of(&stack["outstanding_bytes"]))
+        .sum();
+    assert!(
+        large >= 4 * (64 << 10) * seconds,
+        "large objects through handleArchive: {large} bytes\n{}",
+        traced.describe()
+    );
     let allocator = &traced.report["allocators"][0];
     assert_eq!(allocator["allocator"], "Go runtime", "{allocator}");
+    let stepped: Vec<&serde_json::Value> = allocator["probes"]
+        .as_array()
+        .expect("probes")
+        .iter()
+        .filter(|probe| probe["emulated"] != true)
+        .collect();
+    assert!(stepped.is_empty(), "single-stepped Go probes: {stepped:?}");
 }
 
 /// The newest Go toolchain `cargo xtask setup` installs (from bookworm-backports): the Go
