@@ -1,7 +1,9 @@
 //! leaktrace: find leaking call stacks in a live Linux process with eBPF.
 //!
 //! Data path, one module per stage:
-//! `attach` (find the allocators, see `allocators`, and place probes) → kernel maps → `drain` (read them, track
+//! `attach` (find the allocators, see `allocators`, and place probes: `probe_site` where in a
+//! function, `plt` what a PLT stub calls, `multi_link` one uprobe_multi link per file) →
+//! kernel maps → `drain` (read them, track
 //! mmap `regions`) → `symbolize` → `analysis` (growth, verdicts) → `report` (text, JSON,
 //! folded stacks, SVG flame graph, pprof).
 //! `session` runs the stages; `launch` starts a command for `leaktrace run`; `cli` holds the
@@ -10,7 +12,7 @@
 //! go with the growth), `reachability` and `freeze` (--reachability), `watch` (the sidecar), `golang` (Go
 //! programs: the runtime's probes, goroutines per creation site; `pclntab` Go's own symbol
 //! table), `python` (CPython's
-//! frames in stacks).
+//! frames in stacks), `cost` (what the probes cost the target, the --max-overhead budget).
 pub mod allocators;
 pub mod analysis;
 pub mod attach;
