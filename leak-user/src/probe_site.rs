@@ -93,49 +93,65 @@ pub fn place(code: &[u8], reads: &Reads, sized: bool) -> Placement {
     for (slot, value) in held.iter_mut().enumerate().take(6) {
         *value = Some(Value::Argument(slot as u8));
     }
-    let entry = Placement {
+    let moved = walk(code, 0, held, reads, &[], limit, &targets).and_then(|(at, held)| {
+        let (slots, product_in_size) = readable(&held, reads)?;
+        Some(Placement {
+            offset: at,
+            emulated: true,
+            slots,
+            product_in_size,
+        })
+    });
+    moved.unwrap_or(Placement {
         offset: 0,
         emulated: false,
         slots: reads.arguments,
         product_in_size: false,
-    };
-    let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
+    })
+}
+
+/// Follows straight-line code from offset `start`, the registers holding `held`, to the first
+/// instruction the kernel emulates (at most `limit` instructions, none of them at one of the
+/// branch `targets` past `start`), as long as what the probe `reads` stays readable and
+/// nothing is written through its first argument to the bytes it reads there (`protected`:
+/// offsets and lengths). Returns that instruction's offset and what the registers hold at it.
+fn walk(
+    code: &[u8],
+    start: u64,
+    mut held: [Option<Value>; ARGUMENT_SLOTS],
+    reads: &Reads,
+    protected: &[(u64, u64)],
+    limit: usize,
+    targets: &[u64],
+) -> Option<(u64, [Option<Value>; ARGUMENT_SLOTS])> {
+    let mut decoder = Decoder::with_ip(
+        64,
+        code.get(usize::try_from(start).ok()?..)?,
+        start,
+        DecoderOptions::NONE,
+    );
     let mut info = InstructionInfoFactory::new();
     let mut instruction = Instruction::default();
     for _ in 0..limit {
         if !decoder.can_decode() {
-            break;
+            return None;
         }
         decoder.decode_out(&mut instruction);
-        if instruction.is_invalid() {
-            break;
-        }
         let at = instruction.ip();
-        if at > 0 && targets.contains(&at) {
-            break;
+        if instruction.is_invalid() || (at > start && targets.contains(&at)) {
+            return None;
         }
         if kernel_emulates(&instruction) {
-            return match readable(&held, reads) {
-                Some((slots, product_in_size)) => Placement {
-                    offset: at,
-                    emulated: true,
-                    slots,
-                    product_in_size,
-                },
-                None => Placement {
-                    emulated: at == 0,
-                    ..entry
-                },
-            };
+            return Some((at, held));
         }
         if instruction.flow_control() != FlowControl::Next
-            || !follow(&instruction, &mut info, &mut held, reads)
+            || !follow(&instruction, &mut info, &mut held, reads, protected)
             || readable(&held, reads).is_none()
         {
-            break;
+            return None;
         }
     }
-    entry
+    None
 }
 
 /// Where a probe that reads one value, in register slot `slot` at offset `start` of `code` (a
@@ -149,74 +165,17 @@ pub fn follow_value(
     slot: u8,
     protected: &[(u64, u64)],
 ) -> Option<(u64, u8)> {
-    let targets = branch_targets(code);
-    let mut held = [false; ARGUMENT_SLOTS];
-    *held.get_mut(usize::from(slot))? = true;
-    let slot_of = |register: Register| {
-        SLOT_REGISTERS
-            .iter()
-            .position(|r| *r == register.full_register())
+    let mut held = [None; ARGUMENT_SLOTS];
+    *held.get_mut(usize::from(slot))? = Some(Value::Argument(0));
+    let reads = Reads {
+        arguments: [0, NO_ARG, NO_ARG, NO_ARG],
+        product: None,
+        stack_pointer: false,
     };
-    let mut decoder = Decoder::with_ip(
-        64,
-        code.get(usize::try_from(start).ok()?..)?,
-        start,
-        DecoderOptions::NONE,
-    );
-    let mut info = InstructionInfoFactory::new();
-    let mut instruction = Instruction::default();
-    for _ in 0..MAX_FOLLOWED {
-        if !decoder.can_decode() {
-            return None;
-        }
-        decoder.decode_out(&mut instruction);
-        let at = instruction.ip();
-        if instruction.is_invalid() || (at > start && targets.contains(&at)) {
-            return None;
-        }
-        if kernel_emulates(&instruction) {
-            return held.iter().position(|h| *h).map(|slot| (at, slot as u8));
-        }
-        if instruction.flow_control() != FlowControl::Next {
-            return None;
-        }
-        let info = info.info(&instruction);
-        let writes_protected = info.used_memory().iter().any(|memory| {
-            writes(memory.access())
-                && slot_of(memory.base()).is_some_and(|s| held[s])
-                && protected.iter().any(|(offset, length)| {
-                    let from = memory.displacement();
-                    let to = from.wrapping_add(u64::from(memory.memory_size().size() as u32));
-                    from < offset + length && *offset < to
-                })
-        });
-        if writes_protected {
-            return None;
-        }
-        if instruction.mnemonic() == Mnemonic::Mov
-            && instruction.op0_kind() == OpKind::Register
-            && instruction.op1_kind() == OpKind::Register
-            && instruction.op0_register().is_gpr64()
-            && instruction.op1_register().is_gpr64()
-        {
-            let source = slot_of(instruction.op1_register()).is_some_and(|s| held[s]);
-            if let Some(destination) = slot_of(instruction.op0_register()) {
-                held[destination] = source;
-            }
-        } else {
-            for used in info.used_registers() {
-                if writes(used.access())
-                    && let Some(slot) = slot_of(used.register())
-                {
-                    held[slot] = false;
-                }
-            }
-        }
-        if !held.iter().any(|h| *h) {
-            return None;
-        }
-    }
-    None
+    let targets = branch_targets(code);
+    let (at, held) = walk(code, start, held, &reads, protected, MAX_FOLLOWED, &targets)?;
+    let (slots, _) = readable(&held, &reads)?;
+    Some((at, slots[0]))
 }
 
 /// The conservative placement for a probe that reads every argument register and the stack
@@ -289,13 +248,15 @@ fn readable(held: &[Option<Value>; ARGUMENT_SLOTS], reads: &Reads) -> Option<([u
 }
 
 /// Applies a straight-line instruction to what the registers hold. False when the probe could
-/// not be moved past it (it moves the stack pointer that a return probe needs, or writes the
-/// return address).
+/// not be moved past it: it moves the stack pointer that a return probe needs, writes the
+/// return address, or writes through the first argument to bytes the probe reads
+/// (`protected`, see `walk`).
 fn follow(
     instruction: &Instruction,
     info: &mut InstructionInfoFactory,
     held: &mut [Option<Value>; ARGUMENT_SLOTS],
     reads: &Reads,
+    protected: &[(u64, u64)],
 ) -> bool {
     let slot_of = |register: Register| {
         SLOT_REGISTERS
@@ -317,6 +278,19 @@ fn follow(
         if moves_sp || stores_on_stack {
             return false;
         }
+    }
+    let first = Some(Value::Argument(reads.arguments[0]));
+    let writes_protected = info.used_memory().iter().any(|memory| {
+        writes(memory.access())
+            && slot_of(memory.base()).is_some_and(|slot| held[slot] == first)
+            && protected.iter().any(|(offset, length)| {
+                let from = memory.displacement();
+                let to = from.wrapping_add(u64::from(memory.memory_size().size() as u32));
+                from < offset + length && *offset < to
+            })
+    });
+    if writes_protected {
+        return false;
     }
     // A 64-bit register-to-register copy: the destination holds what the source held.
     if instruction.mnemonic() == Mnemonic::Mov
