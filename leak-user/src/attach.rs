@@ -853,15 +853,15 @@ pub fn attach(
         None
     };
     if let Some(multi) = &multi {
-        for (name, fd) in [
-            (ENTRY_PROGRAM, &multi.entry),
-            (ALLOC_RETURN_PROGRAM, &multi.ret),
+        for (name, fd, load_ms) in [
+            (ENTRY_PROGRAM, &multi.entry, multi.entry_load_ms),
+            (ALLOC_RETURN_PROGRAM, &multi.ret, multi.ret_load_ms),
         ] {
             if let Some(info) = prog_info(fd.as_fd()) {
                 programs.push(ProgramLoad {
                     program: format!("{name} (uprobe_multi)"),
                     verified_instructions: info.verified_insns,
-                    load_ms: 0.0,
+                    load_ms,
                 });
             }
         }
@@ -1412,22 +1412,15 @@ fn prog_info(fd: std::os::fd::BorrowedFd<'_>) -> Option<aya_obj::generated::bpf_
     }
     // SAFETY: a plain C struct of integers; all zeros is a valid value.
     let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
-    let attr = InfoAttr {
+    let mut attr = InfoAttr {
         bpf_fd: u32::try_from(fd.as_raw_fd()).ok()?,
         info_len: u32::try_from(std::mem::size_of_val(&info)).ok()?,
         info: (&raw mut info) as u64,
     };
-    // SAFETY: the bpf syscall reads `attr` and writes at most `info_len` bytes into `info`,
-    // both alive for the call.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            aya_obj::generated::bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
-            &raw const attr,
-            std::mem::size_of::<InfoAttr>(),
-        )
-    };
-    (result == 0).then_some(info)
+    // SAFETY: the kernel writes at most `info_len` bytes into `info`, alive for the call.
+    let cmd = aya_obj::generated::bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long;
+    unsafe { crate::bpf_call::bpf(cmd, &mut attr) }.ok()?;
+    Some(info)
 }
 
 /// Device and inode of a file: the same library reached by different paths is one.

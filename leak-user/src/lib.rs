@@ -16,6 +16,7 @@
 pub mod allocators;
 pub mod analysis;
 pub mod attach;
+pub mod bpf_call;
 pub mod cli;
 pub mod cost;
 pub mod drain;

@@ -68,15 +68,8 @@ fn for_each_in<K: Pod, V: Pod>(
         };
         // SAFETY: the attribute points at buffers of `chunk` keys and values and at two
         // tokens, all alive for the call; the kernel writes no further.
-        let result = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &raw mut attr,
-                size_of::<BatchAttr>(),
-            )
-        };
-        let error = (result != 0).then(|| io::Error::last_os_error().raw_os_error());
+        let result = unsafe { crate::bpf_call::bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) };
+        let error = result.err().map(|err| err.raw_os_error());
         match error {
             // More to come (Ok) or the end reached (ENOENT): `count` entries were copied.
             None | Some(Some(libc::ENOENT)) => {
@@ -108,7 +101,7 @@ fn for_each_in<K: Pod, V: Pod>(
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::fd::OwnedFd;
 
     use super::*;
 
@@ -121,26 +114,15 @@ mod tests {
     #[repr(C)]
     struct Attr([u64; 16]);
 
-    fn bpf(command: libc::c_long, attr: &mut Attr) -> io::Result<i64> {
-        // SAFETY: the attribute is a zeroed bpf_attr with the fields `command` reads set.
-        let result =
-            unsafe { libc::syscall(libc::SYS_bpf, command, attr as *mut Attr, size_of::<Attr>()) };
-        if result < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(result)
-        }
-    }
-
     /// A hash map of u64 → [u64; 3] with room for `entries`; None without the privilege to
     /// create one, unless CI (LEAKTRACE_REQUIRE_BPF=1) says every test must run.
     fn hash_map(entries: u32) -> Option<OwnedFd> {
         let mut attr = Attr([0; 16]);
         attr.0[0] = u64::from(BPF_MAP_TYPE_HASH) | (8 << 32);
         attr.0[1] = 24 | (u64::from(entries) << 32);
-        match bpf(BPF_MAP_CREATE, &mut attr) {
-            // SAFETY: a new descriptor this test owns.
-            Ok(fd) => Some(unsafe { OwnedFd::from_raw_fd(fd as i32) }),
+        // SAFETY: a zeroed bpf_attr with the map's type and sizes; no pointers.
+        match unsafe { crate::bpf_call::bpf_fd(BPF_MAP_CREATE, &mut attr) } {
+            Ok(fd) => Some(fd),
             Err(err) if std::env::var("LEAKTRACE_REQUIRE_BPF").is_ok_and(|v| v == "1") => {
                 panic!("LEAKTRACE_REQUIRE_BPF=1, but no BPF map could be created: {err}")
             }
@@ -156,14 +138,16 @@ mod tests {
         attr.0[0] = map.as_raw_fd() as u64;
         attr.0[1] = &raw const key as u64;
         attr.0[2] = value.as_ptr() as u64;
-        bpf(BPF_MAP_UPDATE_ELEM, &mut attr).expect("update");
+        // SAFETY: the key and value the attribute points to live for the call.
+        unsafe { crate::bpf_call::bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }.expect("update");
     }
 
     fn delete(map: &OwnedFd, key: u64) {
         let mut attr = Attr([0; 16]);
         attr.0[0] = map.as_raw_fd() as u64;
         attr.0[1] = &raw const key as u64;
-        bpf(BPF_MAP_DELETE_ELEM, &mut attr).expect("delete");
+        // SAFETY: the key the attribute points to lives for the call.
+        unsafe { crate::bpf_call::bpf(BPF_MAP_DELETE_ELEM, &mut attr) }.expect("delete");
     }
 
     fn value_of(key: u64) -> [u64; 3] {

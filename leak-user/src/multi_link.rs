@@ -12,11 +12,14 @@
 use std::{
     collections::HashSet,
     ffi::CString,
-    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, OwnedFd},
     path::Path,
+    time::Instant,
 };
 
 use aya::{Ebpf, maps::Map};
+
+use crate::bpf_call::bpf_fd;
 
 /// BPF_PROG_TYPE_KPROBE, which uprobe programs are.
 const PROG_TYPE_KPROBE: u32 = 2;
@@ -28,10 +31,12 @@ const CMD_PROG_LOAD: libc::c_long = 5;
 const CMD_BTF_LOAD: libc::c_long = 18;
 const CMD_LINK_CREATE: libc::c_long = 28;
 
-/// Programs loaded for uprobe_multi links.
+/// Programs loaded for uprobe_multi links, and how long each load (verification) took.
 pub struct MultiPrograms {
     pub entry: OwnedFd,
     pub ret: OwnedFd,
+    pub entry_load_ms: f64,
+    pub ret_load_ms: f64,
 }
 
 /// The map's descriptor, for the map kinds leak-ebpf uses.
@@ -83,7 +88,7 @@ pub fn load(ebpf: &Ebpf, object: &[u8], entry: &str, ret: &str) -> Result<MultiP
     obj.relocate_calls(&text_sections)
         .map_err(|err| err.to_string())?;
     let license = obj.license.clone();
-    let load_one = |name: &str| -> Result<OwnedFd, String> {
+    let load_one = |name: &str| -> Result<(OwnedFd, f64), String> {
         let program = obj
             .programs
             .get(name)
@@ -92,11 +97,17 @@ pub fn load(ebpf: &Ebpf, object: &[u8], entry: &str, ret: &str) -> Result<MultiP
             .functions
             .get(&program.function_key())
             .ok_or_else(|| format!("program {name} has no code"))?;
-        load_program(name, function, &license, &btf)
+        let started = Instant::now();
+        let fd = load_program(name, function, &license, &btf)?;
+        Ok((fd, started.elapsed().as_secs_f64() * 1e3))
     };
+    let (entry, entry_load_ms) = load_one(entry)?;
+    let (ret, ret_load_ms) = load_one(ret)?;
     Ok(MultiPrograms {
-        entry: load_one(entry)?,
-        ret: load_one(ret)?,
+        entry,
+        ret,
+        entry_load_ms,
+        ret_load_ms,
     })
 }
 
@@ -112,25 +123,13 @@ fn load_btf(bytes: &[u8]) -> Result<OwnedFd, String> {
         btf_log_level: u32,
         rest: [u32; 9],
     }
-    let attr = BtfLoadAttr {
+    let mut attr = BtfLoadAttr {
         btf: bytes.as_ptr() as u64,
         btf_size: u32::try_from(bytes.len()).map_err(|_| "BTF too large")?,
         ..BtfLoadAttr::default()
     };
-    // SAFETY: the attribute and the bytes it points to live for the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            CMD_BTF_LOAD,
-            &raw const attr,
-            std::mem::size_of::<BtfLoadAttr>(),
-        )
-    };
-    if fd < 0 {
-        return Err(format!("BPF_BTF_LOAD: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: a descriptor the kernel just returned, owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    // SAFETY: the bytes the attribute points to live for the call.
+    unsafe { bpf_fd(CMD_BTF_LOAD, &mut attr) }.map_err(|err| format!("BPF_BTF_LOAD: {err}"))
 }
 
 /// The `prog_load` part of `union bpf_attr`, as far as used here.
@@ -186,32 +185,20 @@ fn load_program(
     for (slot, byte) in attr.prog_name.iter_mut().zip(name.bytes().take(15)) {
         *slot = byte;
     }
-    // SAFETY: the attribute and everything it points to (instructions, license) live for the
-    // call; the kernel copies them.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            CMD_PROG_LOAD,
-            &raw const attr,
-            std::mem::size_of::<ProgLoadAttr>(),
-        )
+    // SAFETY: everything the attribute points to (instructions, license, function records)
+    // lives for the call; the kernel copies it.
+    let error = match unsafe { bpf_fd(CMD_PROG_LOAD, &mut attr) } {
+        Ok(fd) => return Ok(fd),
+        Err(error) => error,
     };
-    if fd < 0 {
-        let error = std::io::Error::last_os_error();
+    {
         // Again with the verifier's log, for the message.
         let mut log = vec![0u8; 1 << 20];
         attr.log_level = 1;
         attr.log_size = log.len() as u32;
         attr.log_buf = log.as_mut_ptr() as u64;
         // SAFETY: as above; the log buffer lives for the call too.
-        let _ = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                CMD_PROG_LOAD,
-                &raw const attr,
-                std::mem::size_of::<ProgLoadAttr>(),
-            )
-        };
+        let _ = unsafe { bpf_fd(CMD_PROG_LOAD, &mut attr) };
         let text = String::from_utf8_lossy(&log);
         let last = text
             .trim_end_matches('\0')
@@ -221,12 +208,10 @@ fn load_program(
             .take(6)
             .collect::<Vec<_>>()
             .join(" | ");
-        return Err(format!(
+        Err(format!(
             "BPF_PROG_LOAD of {name} for uprobe_multi: {error}: {last}"
-        ));
+        ))
     }
-    // SAFETY: a descriptor the kernel just returned, owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// The `link_create` part of `union bpf_attr` for uprobe_multi.
@@ -261,7 +246,7 @@ pub fn attach(
     use std::os::unix::ffi::OsStrExt;
     let path = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    let attr = LinkCreateAttr {
+    let mut attr = LinkCreateAttr {
         prog_fd: program.as_raw_fd() as u32,
         attach_type: ATTACH_UPROBE_MULTI,
         path: path.as_ptr() as u64,
@@ -273,19 +258,7 @@ pub fn attach(
         pid,
         ..LinkCreateAttr::default()
     };
-    // SAFETY: the attribute and the path, offsets and cookies it points to live for the
-    // call; the kernel copies them.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            CMD_LINK_CREATE,
-            &raw const attr,
-            std::mem::size_of::<LinkCreateAttr>(),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a descriptor the kernel just returned, owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    // SAFETY: the path, offsets and cookies the attribute points to live for the call; the
+    // kernel copies them.
+    unsafe { bpf_fd(CMD_LINK_CREATE, &mut attr) }
 }
