@@ -212,36 +212,31 @@ fn run_search(search: &mut Search, steps: u32, step: extern "C" fn(u64, *mut c_v
 /// One step of the search for the mapping holding an address.
 #[inline(never)]
 extern "C" fn mapping_step(_index: u64, context: *mut c_void) -> i64 {
+    search_step(context, |index| UNWIND_MAPPINGS.get(index).map(|m| m.start))
+}
+
+/// One step of the search for the row covering a module address.
+#[inline(never)]
+extern "C" fn row_step(_index: u64, context: *mut c_void) -> i64 {
+    search_step(context, |index| {
+        UNWIND_ROWS.get(index).map(|row| u64::from(row.pc))
+    })
+}
+
+/// Halves the range of the `Search` that `context` points to, given where the entry at each
+/// map index starts (None: unreadable). Returns 1 to stop.
+#[inline(always)]
+fn search_step(context: *mut c_void, start_of: impl Fn(u32) -> Option<u64>) -> i64 {
     // SAFETY: bpf_loop passes back the pointer `run_search` gave it, to a live `Search`.
     let search = unsafe { &mut *context.cast::<Search>() };
     if search.low >= search.high {
         return 1;
     }
     let middle = (search.low + search.high) / 2;
-    let Some(mapping) = UNWIND_MAPPINGS.get(search.base + middle) else {
+    let Some(start) = start_of(search.base + middle) else {
         return 1;
     };
-    if mapping.start <= search.key {
-        search.low = middle + 1;
-    } else {
-        search.high = middle;
-    }
-    0
-}
-
-/// One step of the search for the row covering a module address.
-#[inline(never)]
-extern "C" fn row_step(_index: u64, context: *mut c_void) -> i64 {
-    // SAFETY: as in mapping_step.
-    let search = unsafe { &mut *context.cast::<Search>() };
-    if search.low >= search.high {
-        return 1;
-    }
-    let middle = (search.low + search.high) / 2;
-    let Some(row) = UNWIND_ROWS.get(search.base + middle) else {
-        return 1;
-    };
-    if row.pc as u64 <= search.key {
+    if start <= search.key {
         search.low = middle + 1;
     } else {
         search.high = middle;
