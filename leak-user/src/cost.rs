@@ -48,6 +48,14 @@ impl Traps {
     pub fn total(&self) -> u64 {
         self.allocations * 2 + self.frees
     }
+
+    /// The events counted since `then` (counts of the same counters, taken earlier).
+    pub fn since(&self, then: &Traps) -> Traps {
+        Traps {
+            allocations: self.allocations.saturating_sub(then.allocations),
+            frees: self.frees.saturating_sub(then.frees),
+        }
+    }
 }
 
 /// The share of the target's CPU time spent in leaktrace's probes over an interval, in

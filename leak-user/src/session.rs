@@ -911,40 +911,34 @@ impl Session {
         if self.probes.trap_cost.is_none() {
             return;
         }
-        let traps = Traps {
-            allocations: self.collector.counter(Counter::Allocations)
-                + self.collector.counter(Counter::NestedCall),
-            frees: self.collector.counter(Counter::Frees),
-        };
-        let run_ns = self.probes.probe_run_ns().unwrap_or(0);
-        let cpu = procfs::cpu_time_ns(self.pid);
         let meter = &mut self.cost;
-        if self.probes.allocations_probed() {
-            match (meter.mark, cpu) {
-                (Some((since, traps_then, run_then, cpu_then)), Some(cpu))
-                    if now_ns.saturating_sub(since) >= COST_MEASURE_NS =>
-                {
-                    let seconds = now_ns.saturating_sub(since) as f64 / 1e9;
-                    let counted = Traps {
-                        allocations: traps.allocations.saturating_sub(traps_then.allocations),
-                        frees: traps.frees.saturating_sub(traps_then.frees),
-                    };
-                    let spent = meter.report.trap.traps_ns(&counted)
-                        + run_ns.saturating_sub(run_then) as f64;
-                    if let Some(share) =
-                        cost::cpu_share_percent(spent, cpu.saturating_sub(cpu_then))
-                    {
-                        meter.report.cpu_share_percent = share;
-                        meter.report.peak_cpu_share_percent =
-                            meter.report.peak_cpu_share_percent.max(share);
-                        meter.fresh = true;
-                    }
-                    meter.report.traps_per_s = counted.total() as f64 / seconds;
-                    meter.mark = Some((now_ns, traps, run_ns, cpu));
+        // The counters, the programs' run time and /proc are read only when a measurement
+        // starts or ends (at least a second apart), not every sample.
+        let due = self.probes.allocations_probed()
+            && meter
+                .mark
+                .is_none_or(|(since, ..)| now_ns.saturating_sub(since) >= COST_MEASURE_NS);
+        if due && let Some(cpu) = procfs::cpu_time_ns(self.pid) {
+            let traps = Traps {
+                allocations: self.collector.counter(Counter::Allocations)
+                    + self.collector.counter(Counter::NestedCall),
+                frees: self.collector.counter(Counter::Frees),
+            };
+            let run_ns = self.probes.probe_run_ns().unwrap_or(0);
+            if let Some((since, traps_then, run_then, cpu_then)) = meter.mark {
+                let seconds = now_ns.saturating_sub(since) as f64 / 1e9;
+                let counted = traps.since(&traps_then);
+                let spent =
+                    meter.report.trap.traps_ns(&counted) + run_ns.saturating_sub(run_then) as f64;
+                if let Some(share) = cost::cpu_share_percent(spent, cpu.saturating_sub(cpu_then)) {
+                    meter.report.cpu_share_percent = share;
+                    meter.report.peak_cpu_share_percent =
+                        meter.report.peak_cpu_share_percent.max(share);
+                    meter.fresh = true;
                 }
-                (None, Some(cpu)) => meter.mark = Some((now_ns, traps, run_ns, cpu)),
-                _ => {}
+                meter.report.traps_per_s = counted.total() as f64 / seconds;
             }
+            meter.mark = Some((now_ns, traps, run_ns, cpu));
         }
         let Some(budget) = self.options.max_overhead else {
             return;
