@@ -789,6 +789,12 @@ fn unwind_settings(unwind: crate::cli::Unwind) -> (u32, u32) {
     }
 }
 
+/// The compiled kernel programs, for tests that inspect the object.
+#[cfg(test)]
+pub(crate) fn ebpf_object() -> &'static [u8] {
+    LEAK_EBPF_OBJECT
+}
+
 /// Why the object did not load, for the user.
 fn object_error(err: aya::EbpfError) -> AttachError {
     if LEAK_EBPF_OBJECT.is_empty() {

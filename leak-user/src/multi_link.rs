@@ -68,7 +68,10 @@ pub fn load(ebpf: &Ebpf, object: &[u8], entry: &str, ret: &str) -> Result<MultiP
         .map(|btf| btf.to_bytes())
         .ok_or("the object has no BTF")?;
     let btf = load_btf(&btf_bytes)?;
-    if let Ok(kernel) = aya::Btf::from_sys_fs() {
+    // The kernel's own BTF (about 20 ms to parse) only matters to CO-RE relocations.
+    if has_core_relocations(object)
+        && let Ok(kernel) = aya::Btf::from_sys_fs()
+    {
         obj.relocate_btf(&kernel).map_err(|err| err.to_string())?;
     }
     let mut fds = Vec::new();
@@ -109,6 +112,30 @@ pub fn load(ebpf: &Ebpf, object: &[u8], entry: &str, ret: &str) -> Result<MultiP
         entry_load_ms,
         ret_load_ms,
     })
+}
+
+/// Whether the object's .BTF.ext has CO-RE relocations: its header's `core_relo_len` (bytes
+/// 28 to 32, in headers of 32 bytes or more) is not zero. Unreadable: assume it has.
+fn has_core_relocations(elf: &[u8]) -> bool {
+    use object::{Object as _, ObjectSection as _};
+    let Ok(file) = object::File::parse(elf) else {
+        return true;
+    };
+    let Some(data) = file
+        .section_by_name(".BTF.ext")
+        .and_then(|section| section.data().ok())
+    else {
+        return false;
+    };
+    let word = |at: usize| {
+        data.get(at..at + 4)
+            .map(|bytes| u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    };
+    match (word(4), word(28)) {
+        (Some(header_len), Some(core_relo_len)) if header_len >= 32 => core_relo_len != 0,
+        (Some(_), _) => false,
+        _ => true,
+    }
 }
 
 /// Loads BTF into the kernel (BPF_BTF_LOAD).
@@ -261,4 +288,17 @@ pub fn attach(
     // SAFETY: the path, offsets and cookies the attribute points to live for the call; the
     // kernel copies them.
     unsafe { bpf_fd(CMD_LINK_CREATE, &mut attr) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_core_relocations;
+
+    #[test]
+    fn leaktraces_programs_need_no_kernel_btf() {
+        // leak-ebpf reads no kernel struct by CO-RE: its .BTF.ext has no relocations, so the
+        // kernel's BTF is not parsed at each attach.
+        assert!(!has_core_relocations(crate::attach::ebpf_object()));
+        assert!(has_core_relocations(b"not an ELF file"));
+    }
 }
