@@ -174,8 +174,9 @@ pub fn find_allocator_functions(
     }
     wanted.extend(extra.iter().cloned());
     let mut found: Vec<AllocatorFn> = Vec::new();
-    let mut unplaced: Vec<(KnownFn, u64)> = Vec::new();
-    for known in wanted {
+    // Single-stepped ones: (what it is, its address, its file offset).
+    let mut unplaced: Vec<(&KnownFn, u64, u64)> = Vec::new();
+    for known in &wanted {
         let Some(symbol) = symbols.get(&known.symbol) else {
             continue;
         };
@@ -189,11 +190,11 @@ pub fn find_allocator_functions(
             continue;
         }
         if !point.emulated {
-            unplaced.push((known.clone(), symbol.address));
+            unplaced.push((known, symbol.address, point.file_offset));
         }
         found.push(AllocatorFn {
             shape: placed_shape(known.shape, &point.placement),
-            symbol: known.symbol,
+            symbol: known.symbol.clone(),
             file_offset: point.file_offset,
             probe_offset: point.file_offset + point.placement.offset,
             instruction: point.instruction,
@@ -201,13 +202,14 @@ pub fn find_allocator_functions(
         });
     }
     // A function whose probe would be single-stepped, and whose every call goes on to a
-    // probed one, is left to that one.
-    let plt = crate::plt::stub_names(&file);
+    // probed one, is left to that one. The PLT is read only then.
+    let plt = if unplaced.is_empty() {
+        Default::default()
+    } else {
+        crate::plt::stub_names(&file)
+    };
     let mut covered = Vec::new();
-    for (known, address) in unplaced {
-        let Some(offset) = virtual_to_file_offset(&file, address) else {
-            continue;
-        };
+    for (known, address, offset) in unplaced {
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         let code = elf.get(start..start.saturating_add(128).min(elf.len()));
         let Some(target) = code.and_then(|code| probe_site::first_call(code, address)) else {
@@ -220,15 +222,14 @@ pub fn find_allocator_functions(
                 .map(|(name, _)| name.clone())
         });
         let Some(callee) = callee else { continue };
-        let callee_probed = allocators::known_functions()
+        let callee_probed = wanted
             .iter()
-            .chain(extra)
             .any(|k| k.symbol == callee && k.shape.func == known.shape.func)
             && callee != known.symbol;
         if callee_probed {
             found.retain(|f| f.symbol != known.symbol);
             covered.push(CoveredFn {
-                symbol: known.symbol,
+                symbol: known.symbol.clone(),
                 callee,
             });
         }
