@@ -474,9 +474,8 @@ struct Watched {
     memory: Vec<(f64, f64)>,
     /// The process's figures for the exported report, thinned as they grow.
     samples: Vec<ProcessSample>,
+    /// None when the kernel refused gear 1: memory is watched from /proc only.
     gear1: Option<Gear1>,
-    /// The kernel refused gear 1's programs: memory is watched from /proc only.
-    gear1_failed: bool,
     window: Option<OpenWindow>,
     cooldown_until: Option<Instant>,
     /// The last window's stacks, exported until the next window.
@@ -690,7 +689,6 @@ impl Watcher {
             Unwind::Fp => Unwind::Fp,
             Unwind::Auto | Unwind::Dwarf => Unwind::Dwarf,
         };
-        let mut gear1_failed = false;
         let gear1 = match Gear1::start(
             pid,
             unwind,
@@ -699,7 +697,6 @@ impl Watcher {
         ) {
             Ok(gear1) => Some(gear1),
             Err(err) => {
-                gear1_failed = true;
                 log_event(
                     "gear1_unavailable",
                     &[
@@ -752,7 +749,6 @@ impl Watcher {
                 memory: Vec::new(),
                 samples: Vec::new(),
                 gear1,
-                gear1_failed,
                 window: None,
                 cooldown_until: None,
                 last_stacks: Vec::new(),
@@ -1113,7 +1109,8 @@ fn gear1_report(watched: &Watched) -> Report {
     }
     events.insert(
         crate::metrics::PROGRAM_LOAD_FAILURES_EVENT.into(),
-        u64::from(watched.gear1_failed),
+        // Gear 1 is None only when its programs could not be loaded or attached.
+        u64::from(watched.gear1.is_none()),
     );
     Report {
         programs: watched
