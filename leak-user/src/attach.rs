@@ -950,9 +950,19 @@ const CALIBRATION_STEPPED_CALLS: u64 = 300;
 /// a loop with and without the probe. The probes' links are returned to be detached with the
 /// others at the end (the functions are not called again, so they cost nothing meanwhile,
 /// and detaching now would wait for the kernel). None when a probe cannot be placed.
+///
+/// A trap's cost is the machine's: measured once per leaktrace process, and remembered for
+/// the next session (each of watch's windows is one).
 pub fn calibrate_trap_cost(ebpf: &mut Ebpf) -> (Option<TrapCost>, Vec<UProbeLink>) {
+    static MEASURED: std::sync::OnceLock<TrapCost> = std::sync::OnceLock::new();
+    if let Some(cost) = MEASURED.get() {
+        return (Some(*cost), Vec::new());
+    }
     let mut links = Vec::new();
     let cost = measure_trap_cost(ebpf, &mut links);
+    if let Some(cost) = cost {
+        let _ = MEASURED.set(cost);
+    }
     (cost, links)
 }
 
