@@ -304,6 +304,10 @@ pub const ENTRY_PROGRAM: &str = "alloc_enter";
 /// Name of the return program shared by every allocating function.
 pub const ALLOC_RETURN_PROGRAM: &str = "alloc_return";
 
+/// Entry and return of every allocating function in one program, for uprobe sessions: the
+/// entry skips the return probe of a call that will not be recorded.
+pub const SESSION_PROGRAM: &str = "alloc_session";
+
 /// Names of the syscall tracepoint programs, as (program, category, tracepoint).
 pub const SYSCALL_PROGRAMS: [(&str, &str, &str); 7] = [
     ("mmap_enter", "syscalls", "sys_enter_mmap"),
@@ -687,7 +691,20 @@ pub struct PendingCall {
     /// CLOCK_MONOTONIC ns at entry: an entry older than [`NESTED_CALL_MAX_AGE_NS`] is stale
     /// (its return was never seen), not an outer call.
     pub entry_ns: u64,
+    /// The return address at entry (`*sp`), kept for a call whose return probe was skipped:
+    /// such an entry is never removed, and the call is still running only while its return
+    /// address is still on the stack where it was.
+    pub ret_addr: u64,
+    /// [`PENDING_RECORD`], [`PENDING_NO_RETURN`].
+    pub flags: u32,
+    pub _pad: u32,
 }
+
+/// [`PendingCall::flags`]: the call is to be recorded (in the size range and sampled).
+pub const PENDING_RECORD: u32 = 1;
+/// [`PendingCall::flags`]: the entry told the kernel to skip this call's return probe (a
+/// uprobe session): the entry stays behind when the call returns.
+pub const PENDING_NO_RETURN: u32 = 2;
 
 /// Syscall arguments saved at sys_enter until sys_exit, keyed by thread id.
 #[repr(C)]
@@ -801,10 +818,13 @@ pub enum Counter {
     /// Informational: goroutines created and ended (Go programs).
     GoroutinesCreated = 19,
     GoroutinesExited = 20,
+    /// Informational: allocating calls whose return probe the entry skipped (uprobe
+    /// sessions): left out by --sample-rate or the size range, or nested in another call.
+    ReturnsSkipped = 21,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 21;
+    pub const COUNT: u32 = 22;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::StackIdCollision,
@@ -828,6 +848,7 @@ impl Counter {
         Counter::GoroutineSitesFull,
         Counter::GoroutinesCreated,
         Counter::GoroutinesExited,
+        Counter::ReturnsSkipped,
     ];
 
     /// Stable name used in reports and JSON.
@@ -854,6 +875,7 @@ impl Counter {
             Counter::GoroutineSitesFull => "goroutine_sites_full",
             Counter::GoroutinesCreated => "goroutines_created",
             Counter::GoroutinesExited => "goroutines_exited",
+            Counter::ReturnsSkipped => "returns_skipped",
         }
     }
 

@@ -8,51 +8,76 @@
 //! frame chain still starts at the direct caller.
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_attach_cookie, bpf_ktime_get_ns, bpf_probe_read_user},
+    bindings::pt_regs,
+    helpers::{bpf_get_attach_cookie, bpf_ktime_get_ns, generated::bpf_get_func_ip},
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
 use leak_common::{
     AllocFn, AllocRecord, CallShape, Counter, NESTED_CALL_MAX_AGE_NS, NESTED_CALL_MAX_DEPTH_BYTES,
-    NO_ARG, PendingCall, tag_kind,
+    NO_ARG, PENDING_NO_RETURN, PENDING_RECORD, PendingCall, tag_kind,
 };
 
 use crate::{
     maps::{
-        ALLOCS, Arguments, FirstFrame, PENDING_CALLS, add_to_stack, count, entries_armed, sampled,
-        size_wanted, target_tid, user_stack_id,
+        ALLOCS, Arguments, FirstFrame, PENDING_CALLS, add_to_stack, count, entries_armed,
+        read_user_u64, sampled, size_wanted, target_tid, user_stack_id,
     },
     scope::{add_to_scope, current_scope},
 };
 const BPF_NOEXIST: u64 = 1;
 
+/// What a uprobe session's entry returns to have the kernel run the return probe, or not.
+const RUN_RETURN: u32 = 0;
+const SKIP_RETURN: u32 = 1;
+
 /// Saves an allocator call's arguments unless the call is nested inside another allocator
 /// call of the same thread (realloc(NULL, n) calling malloc, reallocarray calling realloc):
-/// the outer call is the one the program made, so it alone is recorded.
+/// the outer call is the one the program made, so it alone is recorded. In a uprobe session
+/// (`session`), says whether the return probe is wanted: not for a nested call, nor for one
+/// that will not be recorded (sampled out, outside the size range) and frees no old block.
 #[inline(always)]
-fn enter(ctx: &ProbeContext, func: u32, size: u64, old_ptr: u64, out_ptr: u64) -> u32 {
-    let Some(tid) = target_tid() else { return 0 };
-    // SAFETY: uprobe context is the user pt_regs.
-    let sp = unsafe { (*ctx.regs).rsp };
+fn enter(regs: &pt_regs, func: u32, size: u64, old_ptr: u64, out_ptr: u64, session: bool) -> u32 {
+    let Some(tid) = target_tid() else {
+        return SKIP_RETURN;
+    };
+    let sp = regs.rsp;
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(outer) = PENDING_CALLS.get_ptr_mut(tid) {
         // SAFETY: a live map value of this thread; only this thread touches its entry.
         let outer = unsafe { &mut *outer };
         let recent = now.wrapping_sub(outer.entry_ns) < NESTED_CALL_MAX_AGE_NS;
-        if recent && outer.sp == sp && outer.func != func {
+        // An outer call whose return probe was skipped left its entry behind: it is still
+        // running only if its return address is still where it was.
+        let running = recent
+            && (outer.flags & PENDING_NO_RETURN == 0
+                || read_user_u64(outer.sp) == Some(outer.ret_addr));
+        if running && outer.sp == sp && outer.func != func {
             // A tail call from the outer allocator function: same frame, same return.
+            count(Counter::NestedCall);
+            if session {
+                count(Counter::ReturnsSkipped);
+                return SKIP_RETURN;
+            }
             outer.tail_calls += 1;
-            count(Counter::NestedCall);
-            return 0;
+            return RUN_RETURN;
         }
-        if recent && outer.sp > sp && outer.sp - sp <= NESTED_CALL_MAX_DEPTH_BYTES {
+        if running && outer.sp > sp && outer.sp - sp <= NESTED_CALL_MAX_DEPTH_BYTES {
             count(Counter::NestedCall);
-            return 0;
+            if session {
+                count(Counter::ReturnsSkipped);
+                return SKIP_RETURN;
+            }
+            return RUN_RETURN;
         }
         // Otherwise the entry is stale: replaced below.
     }
-    let pending = PendingCall {
+    // Decided at entry, and the entry saved even when the call is not to be recorded, so
+    // that allocator calls nested inside it are not recorded on their own.
+    let wanted = size_wanted(size);
+    let record = wanted && sampled();
+    let mut pending = PendingCall {
         func,
         tail_calls: 0,
         sp,
@@ -60,38 +85,100 @@ fn enter(ctx: &ProbeContext, func: u32, size: u64, old_ptr: u64, out_ptr: u64) -
         old_ptr,
         out_ptr,
         entry_ns: now,
+        ret_addr: 0,
+        flags: if record { PENDING_RECORD } else { 0 },
+        _pad: 0,
     };
+    // A resized block must be released when the call succeeds: its return is always wanted.
+    let skip = session && !record && old_ptr == 0;
+    if skip {
+        // The call is assumed to succeed: its return is not seen.
+        count(Counter::Allocations);
+        count(if wanted {
+            Counter::Unsampled
+        } else {
+            Counter::OutsideSizeRange
+        });
+        count(Counter::ReturnsSkipped);
+        pending.flags |= PENDING_NO_RETURN;
+        pending.ret_addr = read_user_u64(sp).unwrap_or(0);
+    }
     if PENDING_CALLS.insert(tid, pending, 0).is_err() {
         count(Counter::PendingMapFull);
+        return SKIP_RETURN;
     }
-    0
+    if skip { SKIP_RETURN } else { RUN_RETURN }
 }
 
-/// Entry of every probed function; the cookie says what it is and where its arguments are.
-#[uprobe]
-pub fn alloc_enter(ctx: ProbeContext) -> u32 {
+/// The entry half: the cookie says what the function is and where its arguments are.
+#[inline(always)]
+fn on_entry(ctx: &ProbeContext, session: bool) -> u32 {
     // SAFETY: reads this attachment's cookie; the context is the program's own.
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     let Some(shape) = CallShape::from_cookie(cookie) else {
-        return 0;
+        return SKIP_RETURN;
     };
     // SAFETY: uprobe context is the user pt_regs.
-    let args = Arguments::of(unsafe { &*ctx.regs });
+    let regs = unsafe { &*ctx.regs };
+    let args = Arguments::of(regs);
     let at = |index: u8| args.at(index);
     if shape.func == AllocFn::Free {
-        return free_block(at(shape.ptr));
+        free_block(at(shape.ptr));
+        return SKIP_RETURN;
     }
     let mut size = at(shape.size);
     if shape.count != NO_ARG {
         // An overflowing product makes the call fail, and failures are not recorded.
         size = size.wrapping_mul(at(shape.count));
     }
-    enter(&ctx, shape.tag(), size, at(shape.ptr), at(shape.out))
+    enter(
+        regs,
+        shape.tag(),
+        size,
+        at(shape.ptr),
+        at(shape.out),
+        session,
+    )
+}
+
+/// Entry of every probed function; the cookie says what it is and where its arguments are.
+#[uprobe]
+pub fn alloc_enter(ctx: ProbeContext) -> u32 {
+    on_entry(&ctx, false);
+    0
+}
+
+/// Entry and return of every allocating function, as one uprobe session (Linux 6.13+): the
+/// entry returns [`SKIP_RETURN`] for a call whose return need not be seen, which then costs
+/// one trap instead of two. Loaded and linked by leak-user's multi_link only (a session
+/// program is refused as a plain uprobe: bpf_get_func_ip).
+#[uprobe]
+pub fn alloc_session(ctx: ProbeContext) -> u32 {
+    // At the entry the registers' ip is the probed address; at the return it is the
+    // caller's return address, while the function address stays the probed one.
+    // SAFETY: the context is the program's own.
+    let probed = unsafe { bpf_get_func_ip(ctx.as_ptr()) };
+    // SAFETY: uprobe context is the user pt_regs.
+    let regs = unsafe { &*ctx.regs };
+    if regs.rip == probed {
+        on_entry(&ctx, true)
+    } else {
+        on_return(&ctx, regs);
+        0
+    }
 }
 
 #[uretprobe]
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
-    let Some(tid) = target_tid() else { return 0 };
+    // SAFETY: uretprobe context is the user pt_regs.
+    on_return(&ctx, unsafe { &*ctx.regs });
+    0
+}
+
+/// The return half: records the block the call returned, releases the one it resized.
+#[inline(always)]
+fn on_return<C: EbpfContext>(ctx: &C, regs: &pt_regs) {
+    let Some(tid) = target_tid() else { return };
     // SAFETY: the value is copied out before the entry is removed.
     let Some(pending) = (unsafe { PENDING_CALLS.get(tid) }).copied() else {
         // Before the entries are armed, the call began before its entry probe was in: an
@@ -99,13 +186,11 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
         if entries_armed() {
             count(Counter::MissingEntry);
         }
-        return 0;
+        return;
     };
-    // SAFETY: uretprobe context is the user pt_regs.
-    let sp = unsafe { (*ctx.regs).rsp };
-    if sp != pending.sp.wrapping_add(8) {
+    if regs.rsp != pending.sp.wrapping_add(8) {
         // The return of a nested call whose entry was left to the outer call.
-        return 0;
+        return;
     }
     if pending.tail_calls > 0 {
         // Several return probes share this return; the last one records it.
@@ -113,57 +198,44 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
             // SAFETY: a live map value of this thread.
             unsafe { (*entry).tail_calls -= 1 };
         }
-        return 0;
+        return;
     }
     let _ = PENDING_CALLS.remove(tid);
-    let ret: u64 = ctx.ret();
-
-    match tag_kind(pending.func) {
+    let ret = regs.rax;
+    let addr = match tag_kind(pending.func) {
         Some(AllocFn::Realloc | AllocFn::Reallocarray) => {
             // Success moves the block; realloc(p, 0) returning NULL frees p; any other NULL
             // is a failure that leaves p allocated.
             if pending.old_ptr != 0 && (ret != 0 || pending.size == 0) {
                 release(pending.old_ptr);
             }
-            if ret != 0 {
-                record(&ctx, ret, pending.size, tid);
-            }
+            ret
         }
-        Some(AllocFn::PosixMemalign) => {
-            if ret as u32 == 0 && pending.out_ptr != 0 {
-                // SAFETY: bpf_probe_read_user checks the user address.
-                if let Ok(addr) = unsafe { bpf_probe_read_user(pending.out_ptr as *const u64) } {
-                    if addr != 0 {
-                        record(&ctx, addr, pending.size, tid);
-                    }
-                }
-            }
+        Some(AllocFn::PosixMemalign) if ret as u32 == 0 && pending.out_ptr != 0 => {
+            read_user_u64(pending.out_ptr).unwrap_or(0)
         }
-        Some(_) => {
-            if ret != 0 {
-                record(&ctx, ret, pending.size, tid);
-            }
-        }
-        None => {}
+        Some(AllocFn::PosixMemalign) | None => 0,
+        Some(_) => ret,
+    };
+    if addr != 0 {
+        record(ctx, regs, addr, &pending, tid);
     }
-    0
 }
 
+/// Records a block the call returned, as its entry decided (size range, sampling).
 #[inline(always)]
-fn record(ctx: &RetProbeContext, addr: u64, size: u64, tid: u32) {
+fn record<C: EbpfContext>(ctx: &C, regs: &pt_regs, addr: u64, pending: &PendingCall, tid: u32) {
     count(Counter::Allocations);
-    if !size_wanted(size) {
-        count(Counter::OutsideSizeRange);
+    let size = pending.size;
+    if pending.flags & PENDING_RECORD == 0 {
+        count(if size_wanted(size) {
+            Counter::Unsampled
+        } else {
+            Counter::OutsideSizeRange
+        });
         return;
     }
-    // Decided here, not at entry: the entry must still be saved so that allocator calls
-    // nested inside an unsampled one are not sampled on their own.
-    if !sampled() {
-        count(Counter::Unsampled);
-        return;
-    }
-    // SAFETY: uretprobe context is the user pt_regs.
-    let stack_id = user_stack_id(ctx, Some(unsafe { &*ctx.regs }), FirstFrame::ReturnAddress);
+    let stack_id = user_stack_id(ctx, Some(regs), FirstFrame::ReturnAddress);
     let record = AllocRecord {
         size,
         // SAFETY: helper without arguments.

@@ -27,8 +27,8 @@ use leak_common::{
     GO_SPAN_FREE_PROGRAM, GO_SPAN_FULL_PROGRAM, MAX_SCOPE_TAGS, MAX_SCOPES, MAX_SIZE_GLOBAL,
     MAX_UNWIND_ROWS, MIN_SIZE_GLOBAL, NO_ARG, PAGE_FAULT_PROGRAM, SAMPLE_RATE_GLOBAL,
     SCOPE_COUNT_GLOBAL, SCOPE_ENTRY_PROGRAM, SCOPE_EVENTS_BYTES, SCOPE_RETURN_PROGRAM,
-    SYSCALL_PROGRAMS, ScopeShape, TARGET_TGID_GLOBAL, UNWIND_DWARF, UNWIND_FRAME_POINTERS,
-    UNWIND_MODE_GLOBAL, map_names,
+    SESSION_PROGRAM, SYSCALL_PROGRAMS, ScopeShape, TARGET_TGID_GLOBAL, UNWIND_DWARF,
+    UNWIND_FRAME_POINTERS, UNWIND_MODE_GLOBAL, map_names,
 };
 use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
@@ -756,10 +756,25 @@ enum ProbeLink {
     TracePoint(aya::programs::trace_point::TracePointLink),
 }
 
-/// How links are made: LEAKTRACE_PROBE_LINKS=per-probe forces aya's per-probe links (the
-/// path taken on kernels without uprobe_multi), for tests and comparisons.
-fn multi_links_wanted() -> bool {
-    std::env::var("LEAKTRACE_PROBE_LINKS").map_or(true, |value| value != "per-probe")
+/// How allocator probes are linked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LinkMode {
+    /// uprobe_multi links, the allocating functions as a uprobe session (Linux 6.13+).
+    Session,
+    /// uprobe_multi links, an entry and a return link (Linux 6.6+).
+    Multi,
+    /// aya's links, one per probe (older kernels).
+    PerProbe,
+}
+
+/// How links are made: the most the kernel has, unless LEAKTRACE_PROBE_LINKS says `multi`
+/// (no sessions) or `per-probe` (the paths older kernels take), for tests and comparisons.
+fn link_mode() -> LinkMode {
+    match std::env::var("LEAKTRACE_PROBE_LINKS").as_deref() {
+        Ok("per-probe") => LinkMode::PerProbe,
+        Ok("multi") => LinkMode::Multi,
+        _ => LinkMode::Session,
+    }
 }
 
 /// Settings for loading the kernel programs.
@@ -852,26 +867,21 @@ pub fn attach(
     for name in [ENTRY_PROGRAM, ALLOC_RETURN_PROGRAM] {
         load_program(&mut ebpf, name, &mut programs)?;
     }
-    let multi = if multi_links_wanted() {
-        crate::multi_link::load(&ebpf, LEAK_EBPF_OBJECT, ENTRY_PROGRAM, ALLOC_RETURN_PROGRAM)
-            .map_err(|err| log::info!("a uprobe link per probe: {err}"))
-            .ok()
-    } else {
-        None
+    let mode = link_mode();
+    let multi = match mode {
+        LinkMode::PerProbe => None,
+        LinkMode::Session | LinkMode::Multi => crate::multi_link::load(
+            &ebpf,
+            LEAK_EBPF_OBJECT,
+            ENTRY_PROGRAM,
+            ALLOC_RETURN_PROGRAM,
+            (mode == LinkMode::Session).then_some(SESSION_PROGRAM),
+        )
+        .map_err(|err| log::info!("a uprobe link per probe: {err}"))
+        .ok(),
     };
     if let Some(multi) = &multi {
-        for (name, fd, load_ms) in [
-            (ENTRY_PROGRAM, &multi.entry, multi.entry_load_ms),
-            (ALLOC_RETURN_PROGRAM, &multi.ret, multi.ret_load_ms),
-        ] {
-            if let Some(info) = prog_info(fd.as_fd()) {
-                programs.push(ProgramLoad {
-                    program: format!("{name} (uprobe_multi)"),
-                    verified_instructions: info.verified_insns,
-                    load_ms,
-                });
-            }
-        }
+        programs.extend(multi_loads(multi));
     }
     let (trap_cost, calibration_links) = calibrate_trap_cost(&mut ebpf);
     // Program run times, for the cost meter, while leaktrace runs (two clock reads more per
@@ -1058,13 +1068,63 @@ pub fn verify_programs(
         .map_max_entries(map_names::UNWIND_ROWS, unwind_rows)
         .load(LEAK_EBPF_OBJECT)
         .map_err(object_error)?;
-    let names: Vec<String> = ebpf.programs().map(|(name, _)| name.to_string()).collect();
+    // The session program is loaded for uprobe sessions only (below).
+    let names: Vec<String> = ebpf
+        .programs()
+        .map(|(name, _)| name.to_string())
+        .filter(|name| name != SESSION_PROGRAM)
+        .collect();
     let mut loads = Vec::new();
+    let multi = crate::multi_link::load(
+        &ebpf,
+        LEAK_EBPF_OBJECT,
+        ENTRY_PROGRAM,
+        ALLOC_RETURN_PROGRAM,
+        Some(SESSION_PROGRAM),
+    )
+    .map_err(|err| log::warn!("the programs for uprobe_multi links did not load: {err}"))
+    .ok();
+    if let Some(multi) = &multi {
+        loads.extend(multi_loads(multi));
+    }
     for name in names {
         load_program(&mut ebpf, &name, &mut loads)?;
     }
     loads.sort_by(|a, b| a.program.cmp(&b.program));
     Ok(loads)
+}
+
+/// What the verifier processed for each program loaded for uprobe_multi links.
+fn multi_loads(multi: &crate::multi_link::MultiPrograms) -> Vec<ProgramLoad> {
+    let session = multi
+        .session
+        .as_ref()
+        .map(|(fd, load_ms)| (SESSION_PROGRAM, "uprobe session", fd, *load_ms));
+    [
+        (
+            ENTRY_PROGRAM,
+            "uprobe_multi",
+            &multi.entry,
+            multi.entry_load_ms,
+        ),
+        (
+            ALLOC_RETURN_PROGRAM,
+            "uprobe_multi",
+            &multi.ret,
+            multi.ret_load_ms,
+        ),
+    ]
+    .into_iter()
+    .chain(session)
+    .filter_map(|(name, kind, fd, load_ms)| {
+        let info = prog_info(fd.as_fd())?;
+        Some(ProgramLoad {
+            program: format!("{name} ({kind})"),
+            verified_instructions: info.verified_insns,
+            load_ms,
+        })
+    })
+    .collect()
 }
 
 /// Loads and attaches the mmap-family and brk syscall tracepoints; returns their names.
@@ -1207,16 +1267,25 @@ impl Probes {
             offsets: Vec::new(),
             cookies: Vec::new(),
         };
+        // With uprobe sessions an allocating function has one probe, running the session
+        // program at its entry and (when the entry wants it) at its return.
+        let sessions = self.multi.as_ref().is_some_and(|m| m.session.is_some());
         let (mut returns, mut entries, mut frees) = (
             set(ALLOC_RETURN_PROGRAM),
-            set(ENTRY_PROGRAM),
+            set(if sessions {
+                SESSION_PROGRAM
+            } else {
+                ENTRY_PROGRAM
+            }),
             set(ENTRY_PROGRAM),
         );
         for function in &module.functions {
             // Ids tell probed functions apart in the kernel (see CallShape::id).
             let shape = function.shape.with_id(self.next_id);
             self.next_id = self.next_id.wrapping_add(1);
-            let sets = if shape.func.has_return_probe() {
+            let sets = if shape.func.has_return_probe() && sessions {
+                vec![&mut entries]
+            } else if shape.func.has_return_probe() {
                 vec![&mut returns, &mut entries]
             } else {
                 vec![&mut frees]
@@ -1410,7 +1479,11 @@ impl Probes {
     fn multi_infos(&self) -> Vec<aya_obj::generated::bpf_prog_info> {
         self.multi
             .iter()
-            .flat_map(|multi| [&multi.entry, &multi.ret])
+            .flat_map(|multi| {
+                [&multi.entry, &multi.ret]
+                    .into_iter()
+                    .chain(multi.session.as_ref().map(|(fd, _)| fd))
+            })
             .filter_map(|fd| prog_info(fd.as_fd()))
             .collect()
     }
@@ -1455,26 +1528,39 @@ impl Probes {
         set: &ProbeSet,
         scope: UProbeScope,
     ) -> Result<Vec<ProbeLink>, (u64, aya::programs::ProgramError)> {
+        use crate::multi_link::LinkKind;
         if let Some(multi) = &self.multi {
-            let (program, ret) = if set.program == ALLOC_RETURN_PROGRAM {
-                (&multi.ret, true)
-            } else {
-                (&multi.entry, false)
+            let (program, kind) = match (set.program, &multi.session) {
+                (SESSION_PROGRAM, Some((session, _))) => (session, LinkKind::Session),
+                (ALLOC_RETURN_PROGRAM, _) => (&multi.ret, LinkKind::Return),
+                _ => (&multi.entry, LinkKind::Entry),
             };
             match crate::multi_link::attach(
                 program,
                 &set.path,
                 &set.offsets,
                 &set.cookies,
-                ret,
+                kind,
                 self.pid,
             ) {
                 Ok(link) => return Ok(vec![ProbeLink::Multi(link)]),
                 Err(err) => log::info!(
-                    "uprobe_multi link on {} refused ({err}): a link per probe",
+                    "{kind:?} uprobe_multi link on {} refused ({err}): a link per probe",
                     set.path.display()
                 ),
             }
+        }
+        if set.program == SESSION_PROGRAM {
+            // Without the session link, each function gets a return probe and an entry probe.
+            let mut links = Vec::new();
+            for program in [ALLOC_RETURN_PROGRAM, ENTRY_PROGRAM] {
+                let per_probe = ProbeSet {
+                    program,
+                    ..set.clone()
+                };
+                links.extend(self.attach_set(&per_probe, scope)?);
+            }
+            return Ok(links);
         }
         let mut links = Vec::new();
         for (&offset, &cookie) in set.offsets.iter().zip(&set.cookies) {
@@ -1500,12 +1586,13 @@ impl Probes {
         Ok(links)
     }
 
-    /// How the allocator probes are linked, for the report: "uprobe_multi" or "per probe".
+    /// How the allocator probes are linked, for the report: "uprobe session",
+    /// "uprobe_multi" or "per probe".
     pub fn link_kind(&self) -> &'static str {
-        if self.multi.is_some() {
-            "uprobe_multi"
-        } else {
-            "per probe"
+        match &self.multi {
+            Some(multi) if multi.session.is_some() => "uprobe session",
+            Some(_) => "uprobe_multi",
+            None => "per probe",
         }
     }
 

@@ -30,7 +30,9 @@ pub struct TrapCost {
 impl TrapCost {
     /// The traps of `traps` events, with the programs' own run time apart.
     pub fn traps_ns(&self, traps: &Traps) -> f64 {
-        traps.allocations as f64 * (self.emulated_ns + self.return_ns)
+        let returns = traps.allocations.saturating_sub(traps.returns_skipped);
+        traps.allocations as f64 * self.emulated_ns
+            + returns as f64 * self.return_ns
             + traps.frees as f64 * self.emulated_ns
     }
 }
@@ -42,11 +44,13 @@ pub struct Traps {
     pub allocations: u64,
     /// Frees (entry probe only).
     pub frees: u64,
+    /// Allocating calls whose entry skipped the return probe (uprobe sessions).
+    pub returns_skipped: u64,
 }
 
 impl Traps {
     pub fn total(&self) -> u64 {
-        self.allocations * 2 + self.frees
+        self.allocations * 2 + self.frees - self.returns_skipped.min(self.allocations)
     }
 
     /// The events counted since `then` (counts of the same counters, taken earlier).
@@ -54,6 +58,7 @@ impl Traps {
         Traps {
             allocations: self.allocations.saturating_sub(then.allocations),
             frees: self.frees.saturating_sub(then.frees),
+            returns_skipped: self.returns_skipped.saturating_sub(then.returns_skipped),
         }
     }
 }
@@ -114,9 +119,10 @@ mod tests {
             single_stepped_ns: 5000.0,
             return_ns: 500.0,
         };
-        let traps = Traps {
+        let mut traps = Traps {
             allocations: 60_000,
             frees: 60_000,
+            returns_skipped: 0,
         };
         // 60k allocations at 1.5 µs and 60k frees at 1 µs in a second of CPU: 15%.
         let share = cpu_share_percent(trap.traps_ns(&traps), 1_000_000_000).expect("CPU used");
@@ -124,6 +130,10 @@ mod tests {
         assert_eq!(cpu_share_percent(10.0, 0), None);
         assert_eq!(cpu_share_percent(2e9, 1_000_000_000), Some(100.0));
         assert_eq!(traps.total(), 180_000);
+        // Half the allocations' returns skipped: 30k return traps of 0.5 µs fewer.
+        traps.returns_skipped = 30_000;
+        assert!((trap.traps_ns(&traps) - 135e6).abs() < 1e-3);
+        assert_eq!(traps.total(), 150_000);
     }
 
     #[test]

@@ -201,12 +201,12 @@ fn programs(unwind: Option<Unwind>, format: DiffFormat) -> ExitCode {
         }
         DiffFormat::Text => {
             let mut text = format!(
-                "{:<22} {:<6} {:>9} {:>9} {:>9}\n",
+                "{:<30} {:<6} {:>9} {:>9} {:>9}\n",
                 "program", "unwind", "verified", "of limit", "load ms"
             );
             for (mode, load) in &rows {
                 text += &format!(
-                    "{:<22} {:<6} {:>9} {:>8.1}% {:>9.1}\n",
+                    "{:<30} {:<6} {:>9} {:>8.1}% {:>9.1}\n",
                     load.program,
                     mode,
                     load.verified_instructions,

@@ -9,6 +9,11 @@
 //! raw bpf(2) commands: the object is parsed and relocated by aya-obj against the maps aya
 //! created (the same maps: both copies share every map), then BPF_PROG_LOAD and
 //! BPF_LINK_CREATE. Where the kernel refuses, leaktrace falls back to aya's per-probe links.
+//!
+//! On Linux 6.13+ the allocating functions are linked as one uprobe session instead: a
+//! single program runs at the entry and at the return, and the entry can tell the kernel to
+//! skip the return. A call that will not be recorded (sampled out by --sample-rate, outside
+//! --min-size/--max-size, nested in another allocator call) then costs one trap, not two.
 use std::{
     collections::HashSet,
     ffi::CString,
@@ -25,6 +30,8 @@ use crate::bpf_call::bpf_fd;
 const PROG_TYPE_KPROBE: u32 = 2;
 /// bpf_attach_type BPF_TRACE_UPROBE_MULTI.
 const ATTACH_UPROBE_MULTI: u32 = 48;
+/// bpf_attach_type BPF_TRACE_UPROBE_SESSION (Linux 6.13).
+const ATTACH_UPROBE_SESSION: u32 = 57;
 /// BPF_F_UPROBE_MULTI_RETURN: the link's probes are return probes.
 const MULTI_RETURN: u32 = 1;
 const CMD_PROG_LOAD: libc::c_long = 5;
@@ -37,6 +44,17 @@ pub struct MultiPrograms {
     pub ret: OwnedFd,
     pub entry_load_ms: f64,
     pub ret_load_ms: f64,
+    /// The session program, where the kernel has uprobe sessions, and its load time.
+    pub session: Option<(OwnedFd, f64)>,
+}
+
+/// What a link's probes run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkKind {
+    Entry,
+    Return,
+    /// Entry and return, the entry deciding whether the return runs.
+    Session,
 }
 
 /// The map's descriptor, for the map kinds leak-ebpf uses.
@@ -55,9 +73,16 @@ fn map_fd(map: &Map) -> Option<std::os::fd::BorrowedFd<'_>> {
     Some(data.fd().as_fd())
 }
 
-/// Loads `entry` and `ret` of `object` for uprobe_multi, sharing the maps `ebpf` created.
-/// Call before any map is taken out of `ebpf`.
-pub fn load(ebpf: &Ebpf, object: &[u8], entry: &str, ret: &str) -> Result<MultiPrograms, String> {
+/// Loads `entry` and `ret` of `object` for uprobe_multi, sharing the maps `ebpf` created,
+/// and `session` for uprobe sessions if given and the kernel has them. Call before any map
+/// is taken out of `ebpf`.
+pub fn load(
+    ebpf: &Ebpf,
+    object: &[u8],
+    entry: &str,
+    ret: &str,
+    session: Option<&str>,
+) -> Result<MultiPrograms, String> {
     let mut obj = aya_obj::Object::parse(object).map_err(|err| err.to_string())?;
     // The kernel wants the object's BTF and each program's function records: the stack
     // walks pass callbacks to bpf_loop ("missing btf func_info" without them).
@@ -91,7 +116,7 @@ pub fn load(ebpf: &Ebpf, object: &[u8], entry: &str, ret: &str) -> Result<MultiP
     obj.relocate_calls(&text_sections)
         .map_err(|err| err.to_string())?;
     let license = obj.license.clone();
-    let load_one = |name: &str| -> Result<(OwnedFd, f64), String> {
+    let load_one = |name: &str, attach_type: u32| -> Result<(OwnedFd, f64), String> {
         let program = obj
             .programs
             .get(name)
@@ -101,16 +126,22 @@ pub fn load(ebpf: &Ebpf, object: &[u8], entry: &str, ret: &str) -> Result<MultiP
             .get(&program.function_key())
             .ok_or_else(|| format!("program {name} has no code"))?;
         let started = Instant::now();
-        let fd = load_program(name, function, &license, &btf)?;
+        let fd = load_program(name, function, &license, &btf, attach_type)?;
         Ok((fd, started.elapsed().as_secs_f64() * 1e3))
     };
-    let (entry, entry_load_ms) = load_one(entry)?;
-    let (ret, ret_load_ms) = load_one(ret)?;
+    let (entry, entry_load_ms) = load_one(entry, ATTACH_UPROBE_MULTI)?;
+    let (ret, ret_load_ms) = load_one(ret, ATTACH_UPROBE_MULTI)?;
+    let session = session.and_then(|name| {
+        load_one(name, ATTACH_UPROBE_SESSION)
+            .map_err(|err| log::info!("no uprobe sessions (Linux 6.13+): {err}"))
+            .ok()
+    });
     Ok(MultiPrograms {
         entry,
         ret,
         entry_load_ms,
         ret_load_ms,
+        session,
     })
 }
 
@@ -190,6 +221,7 @@ fn load_program(
     function: &aya_obj::Function,
     license: &CString,
     btf: &OwnedFd,
+    attach_type: u32,
 ) -> Result<OwnedFd, String> {
     let instructions = &function.instructions;
     let func_info = function.func_info.func_info_bytes();
@@ -199,7 +231,7 @@ fn load_program(
         insn_cnt: u32::try_from(instructions.len()).map_err(|_| "program too long")?,
         insns: instructions.as_ptr() as u64,
         license: license.as_ptr() as u64,
-        expected_attach_type: ATTACH_UPROBE_MULTI,
+        expected_attach_type: attach_type,
         prog_btf_fd: btf.as_raw_fd() as u32,
         func_info_rec_size: function.func_info_rec_size as u32,
         func_info: func_info.as_ptr() as u64,
@@ -235,8 +267,13 @@ fn load_program(
             .take(6)
             .collect::<Vec<_>>()
             .join(" | ");
+        let link = if attach_type == ATTACH_UPROBE_SESSION {
+            "uprobe sessions"
+        } else {
+            "uprobe_multi"
+        };
         Err(format!(
-            "BPF_PROG_LOAD of {name} for uprobe_multi: {error}: {last}"
+            "BPF_PROG_LOAD of {name} for {link}: {error}: {last}"
         ))
     }
 }
@@ -261,13 +298,13 @@ struct LinkCreateAttr {
 }
 
 /// Probes `offsets` of file `path` (file offsets, each with its cookie) in process `pid` with
-/// `program`, as return probes if `ret`: one link, detached when the descriptor is closed.
+/// `program`, as `kind` says: one link, detached when the descriptor is closed.
 pub fn attach(
     program: &OwnedFd,
     path: &Path,
     offsets: &[u64],
     cookies: &[u64],
-    ret: bool,
+    kind: LinkKind,
     pid: u32,
 ) -> std::io::Result<OwnedFd> {
     use std::os::unix::ffi::OsStrExt;
@@ -275,13 +312,21 @@ pub fn attach(
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     let mut attr = LinkCreateAttr {
         prog_fd: program.as_raw_fd() as u32,
-        attach_type: ATTACH_UPROBE_MULTI,
+        attach_type: if kind == LinkKind::Session {
+            ATTACH_UPROBE_SESSION
+        } else {
+            ATTACH_UPROBE_MULTI
+        },
         path: path.as_ptr() as u64,
         offsets: offsets.as_ptr() as u64,
         cookies: cookies.as_ptr() as u64,
         cnt: u32::try_from(offsets.len())
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?,
-        multi_flags: if ret { MULTI_RETURN } else { 0 },
+        multi_flags: if kind == LinkKind::Return {
+            MULTI_RETURN
+        } else {
+            0
+        },
         pid,
         ..LinkCreateAttr::default()
     };

@@ -923,6 +923,7 @@ impl Session {
                 allocations: self.collector.counter(Counter::Allocations)
                     + self.collector.counter(Counter::NestedCall),
                 frees: self.collector.counter(Counter::Frees),
+                returns_skipped: self.collector.counter(Counter::ReturnsSkipped),
             };
             let run_ns = self.probes.probe_run_ns().unwrap_or(0);
             if let Some((since, traps_then, run_then, cpu_then)) = meter.mark {

@@ -130,9 +130,10 @@ fn the_cost_budget_backs_off_a_busy_target() {
     );
 }
 
-/// The allocator probes of each file share one uprobe_multi link per program; with
-/// LEAKTRACE_PROBE_LINKS=per-probe (the path of kernels without uprobe_multi) each probe has
-/// its own link. Both find the same blocks.
+/// The allocating functions of each file share one uprobe session link, the frees one
+/// uprobe_multi link; with LEAKTRACE_PROBE_LINKS=multi (the path of kernels without uprobe
+/// sessions) the allocating functions have an entry and a return link, and with per-probe
+/// (kernels without uprobe_multi) each probe has its own link. All find the same blocks.
 #[test]
 fn one_link_per_file_and_the_per_probe_fallback_agree() {
     if !bpf_available("one_link_per_file_and_the_per_probe_fallback_agree") {
@@ -153,7 +154,11 @@ fn one_link_per_file_and_the_per_probe_fallback_agree() {
             .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
     };
     let mut seen = Vec::new();
-    for (name, links) in [("links_multi", "multi"), ("links_per_probe", "per-probe")] {
+    for (name, links) in [
+        ("links_session", "session"),
+        ("links_multi", "multi"),
+        ("links_per_probe", "per-probe"),
+    ] {
         let traced = leaktrace_with(
             name,
             &["run", "--top", "0", "--", target],
@@ -161,12 +166,25 @@ fn one_link_per_file_and_the_per_probe_fallback_agree() {
             || {},
         );
         assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
-        let multi = traced.report["programs"]
-            .as_array()
-            .expect("programs")
-            .iter()
-            .any(|p| p["program"] == "alloc_enter (uprobe_multi)");
-        assert_eq!(multi, links == "multi", "{}", traced.report["programs"]);
+        let loaded = |program: &str| {
+            traced.report["programs"]
+                .as_array()
+                .expect("programs")
+                .iter()
+                .any(|p| p["program"] == program)
+        };
+        assert_eq!(
+            loaded("alloc_enter (uprobe_multi)"),
+            links != "per-probe",
+            "{}",
+            traced.report["programs"]
+        );
+        assert_eq!(
+            loaded("alloc_session (uprobe session)"),
+            links == "session",
+            "{}",
+            traced.report["programs"]
+        );
         // 50 blocks of 200 + i bytes, i from 0 to 49, and 50 of 64.
         assert_eq!(
             held(&traced, "store_record"),
@@ -176,5 +194,5 @@ fn one_link_per_file_and_the_per_probe_fallback_agree() {
         assert_eq!(held(&traced, "log_line"), (50, 50 * 64), "{links}");
         seen.push(traced.dropped_total());
     }
-    assert_eq!(seen, vec![0, 0], "nothing dropped either way");
+    assert_eq!(seen, vec![0, 0, 0], "nothing dropped any way");
 }
