@@ -150,10 +150,12 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
 
 /// Entry and return of every allocating function, as one uprobe session (Linux 6.13+): the
 /// entry returns [`SKIP_RETURN`] for a call whose return need not be seen, which then costs
-/// one trap instead of two. Loaded and linked by leak-user's multi_link only (a session
-/// program is refused as a plain uprobe: bpf_get_func_ip).
-#[uprobe]
-pub fn alloc_session(ctx: ProbeContext) -> u32 {
+/// one trap instead of two. Loaded and linked by leak-user's multi_link only. Written out
+/// rather than with `#[uprobe]`, whose wrapper returns 0 whatever the function returns.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "uprobe")]
+pub fn alloc_session(ctx: *mut core::ffi::c_void) -> u32 {
+    let ctx = ProbeContext::new(ctx);
     // At the entry the registers' ip is the probed address; at the return it is the
     // caller's return address, while the function address stays the probed one.
     // SAFETY: the context is the program's own.
