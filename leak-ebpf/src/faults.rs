@@ -3,7 +3,7 @@
 //! stack that first touched new memory is credited with one sample. No allocator is probed,
 //! so the target pays only for the sampled faults.
 use aya_ebpf::{
-    bindings::pt_regs,
+    bindings::{BPF_F_NO_PREALLOC, pt_regs},
     macros::{map, perf_event},
     maps::PerCpuHashMap,
     programs::PerfEventContext,
@@ -15,7 +15,7 @@ use crate::maps::{FirstFrame, count, target_tid, user_regs, user_stack_id};
 /// Samples per stack id. Per CPU: no atomics; user space sums the CPUs.
 #[map(name = "FAULT_SAMPLES")]
 pub static FAULT_SAMPLES: PerCpuHashMap<u32, u64> =
-    PerCpuHashMap::with_max_entries(MAX_STACKS + 1, 0);
+    PerCpuHashMap::with_max_entries(MAX_STACKS + 1, BPF_F_NO_PREALLOC);
 
 #[perf_event]
 pub fn page_fault(ctx: PerfEventContext) -> u32 {

@@ -62,13 +62,14 @@ pub fn size_wanted(size: u64) -> bool {
 }
 
 #[map(name = "ALLOCS")]
-pub static ALLOCS: HashMap<u64, AllocRecord> = HashMap::with_max_entries(DEFAULT_MAX_ALLOCS, 0);
+pub static ALLOCS: HashMap<u64, AllocRecord> =
+    HashMap::with_max_entries(DEFAULT_MAX_ALLOCS, BPF_F_NO_PREALLOC);
 
 /// Per CPU, so updates need no atomics; user space sums the CPUs (a free on another CPU than
 /// its allocation makes one CPU's outstanding values negative, the sum stays right).
 #[map(name = "STACK_TOTALS")]
 pub static STACK_TOTALS: PerCpuHashMap<u32, StackTotals> =
-    PerCpuHashMap::with_max_entries(MAX_STACKS + 1, 0);
+    PerCpuHashMap::with_max_entries(MAX_STACKS + 1, BPF_F_NO_PREALLOC);
 
 /// Recorded stacks by id. Not preallocated: a target with few stacks costs little.
 #[map(name = "STACKS")]

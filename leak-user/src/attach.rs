@@ -860,6 +860,8 @@ pub fn attach(
         .override_global(UNWIND_MODE_GLOBAL, &unwind_mode, true)
         .map_max_entries(map_names::ALLOCS, options.max_allocs)
         .map_max_entries(map_names::UNWIND_ROWS, unwind_rows)
+        // Watch's fault sampler alone uses it.
+        .map_max_entries(map_names::FAULT_SAMPLES, 1)
         .load(LEAK_EBPF_OBJECT)
         .map_err(object_error)?;
 
@@ -1700,6 +1702,77 @@ fn detach_in_parallel(links: Vec<ProbeLink>) {
             }
         }
     });
+}
+
+impl Probes {
+    /// Removes the probes as leaktrace exits, without making it wait: each link's removal
+    /// waits for the kernel (an RCU grace period, 50 to 100 ms, several in a row), which
+    /// made every `attach` and `run` end with half a second or more of nothing. A child
+    /// process keeps a copy of each link descriptor and closes them once this process has
+    /// exited (it reads a pipe whose writing end this process holds until then); this
+    /// process's own copies then close at once. The probes stay in for that fraction of a
+    /// second after the report is written, recording nothing anyone reads. Where no child
+    /// can be started, the probes are removed here as before.
+    pub fn detach_after_exit(self) {
+        if let Err(err) = hand_off_links() {
+            log::debug!("probes removed before exit: {err}");
+        }
+        drop(self);
+    }
+}
+
+/// Forks the child that closes this process's BPF links after it exits (see
+/// `Probes::detach_after_exit`). The child keeps nothing else: not the standard streams (a
+/// reader waiting for their end would wait for it), not sockets or files.
+fn hand_off_links() -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd, IntoRawFd};
+    // Which descriptors are links, found before the fork: the child may not allocate.
+    let mut keep: Vec<i32> = fs::read_dir("/proc/self/fd")?
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let fd: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let target = fs::read_link(entry.path()).ok()?;
+            (target.as_os_str() == "anon_inode:bpf_link").then_some(fd)
+        })
+        .collect();
+    if keep.is_empty() {
+        return Ok(());
+    }
+    let (reader, writer) = std::io::pipe()?;
+    keep.push(reader.as_raw_fd());
+    keep.sort_unstable();
+    // SAFETY: the child runs only async-signal-safe system calls (close_range, setsid,
+    // read, _exit) on memory allocated before the fork, then exits.
+    let child = unsafe { libc::fork() };
+    match child {
+        -1 => Err(std::io::Error::last_os_error()),
+        0 => {
+            // SAFETY: as above.
+            unsafe {
+                libc::setsid();
+                let mut from: u32 = 0;
+                for &fd in &keep {
+                    let fd = fd as u32;
+                    if fd > from {
+                        libc::syscall(libc::SYS_close_range, from, fd - 1, 0u32);
+                    }
+                    from = fd + 1;
+                }
+                libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32);
+                let mut byte = 0u8;
+                while libc::read(reader.as_raw_fd(), (&raw mut byte).cast(), 1) < 0
+                    && *libc::__errno_location() == libc::EINTR
+                {}
+                libc::_exit(0);
+            }
+        }
+        _ => {
+            // The writing end stays open until this process exits: the child's signal.
+            let _ = writer.into_raw_fd();
+            drop(reader);
+            Ok(())
+        }
+    }
 }
 
 impl Drop for Probes {

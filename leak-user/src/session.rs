@@ -1096,6 +1096,14 @@ impl Session {
             .map(|duration| tokio::time::Instant::now() + duration);
         let ctrl_c = tokio::signal::ctrl_c();
         tokio::pin!(ctrl_c);
+        // --duration ends the trace on time, not at the next sample.
+        let end = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(end);
         loop {
             tokio::select! {
                 _ = sample.tick() => {
@@ -1104,9 +1112,14 @@ impl Session {
                     if !alive {
                         return Ok(Some(Exit { code: None, signal: None }));
                     }
-                    if deadline.is_some_and(|deadline| tokio::time::Instant::now() >= deadline) {
-                        return Ok(None);
+                }
+                _ = &mut end => {
+                    let alive = procfs::is_alive(self.pid);
+                    self.tick()?;
+                    if !alive {
+                        return Ok(Some(Exit { code: None, signal: None }));
                     }
+                    return Ok(None);
                 }
                 _ = report_every.tick() => self.interval_report()?,
                 _ = &mut ctrl_c => {
@@ -1309,7 +1322,7 @@ impl Session {
             }
         }
         let detaching = std::time::Instant::now();
-        drop(self.probes);
+        self.probes.detach_after_exit();
         log::debug!(
             "probes detached in {:.0} ms",
             detaching.elapsed().as_secs_f64() * 1e3
