@@ -217,6 +217,7 @@ impl WatchFlags {
             );
         }
         let mut precise = common.options(Some(self.escalate_for));
+        precise.max_overhead = common.max_overhead(Some(DEFAULT_MAX_OVERHEAD));
         precise.otlp = None;
         precise.prometheus = None;
         Ok(WatchOptions {
@@ -337,6 +338,23 @@ pub enum DiffFormat {
 }
 
 /// A percentage above 0 and at most 100.
+/// --max-overhead: a share of the target's CPU, or none.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Budget {
+    Percent(f64),
+    Off,
+}
+
+/// The budget `attach` and watch's windows keep unless told otherwise, in percent.
+pub const DEFAULT_MAX_OVERHEAD: f64 = 10.0;
+
+fn parse_budget(text: &str) -> Result<Budget, String> {
+    match text {
+        "off" | "none" => Ok(Budget::Off),
+        _ => parse_percent(text).map(Budget::Percent),
+    }
+}
+
 fn parse_percent(text: &str) -> Result<f64, String> {
     let value: f64 = text
         .trim_end_matches('%')
@@ -407,12 +425,14 @@ pub struct Common {
     /// map entries and less work per call (every call still costs its probe traps).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub sample_rate: u32,
-    /// Keep leaktrace's probes under this share of the target's CPU time, in percent: the
-    /// cost is measured each second (traps counted × a trap's cost, measured at start), and
-    /// over it the allocation probes are taken out for part of every cycle (frees stay
-    /// probed); the report says when and for how long. Default: no budget.
-    #[arg(long, value_name = "PCT", value_parser = parse_percent)]
-    pub max_overhead: Option<f64>,
+    /// Keep leaktrace's probes under this share of the target's CPU time, in percent, or
+    /// `off`: the cost is measured each second (traps counted × a trap's cost, measured at
+    /// start, plus the programs' run time), and over it the allocation probes are taken out
+    /// for part of every cycle (frees stay probed); the report says when and for how long.
+    /// A cost under PCT% of one core is never cut (a mostly idle target loses nothing to
+    /// it). Default: 10 for attach and watch's windows, off for run.
+    #[arg(long, value_name = "PCT|off", value_parser = parse_budget)]
+    pub max_overhead: Option<Budget>,
     /// Also probe a custom allocator function: NAME:KIND[:ARGS], KIND malloc, calloc,
     /// realloc or free, ARGS the 1-based argument positions when they differ from the C
     /// function's (e.g. pool_alloc:malloc:size=2, pool_free:free:ptr=2). Repeatable.
@@ -580,7 +600,8 @@ impl Common {
             min_size: self.min_size,
             max_size: self.max_size.unwrap_or(u64::MAX),
             sample_rate: self.sample_rate,
-            max_overhead: self.max_overhead,
+            // Set per command: see `max_overhead`.
+            max_overhead: self.max_overhead(None),
             unwind: self.unwind,
             alloc_fns: self.alloc_fns.clone(),
             otlp: self.export.otlp(self.interval),
@@ -593,6 +614,15 @@ impl Common {
             scope_retain_after: self.scope.scope_retain_after,
             scope_max_labels: self.scope.scope_max_labels as usize,
             scope_span_threshold: self.scope.scope_span_threshold,
+        }
+    }
+
+    /// The --max-overhead budget in percent: as given, else the command's default.
+    pub fn max_overhead(&self, command_default: Option<f64>) -> Option<f64> {
+        match self.max_overhead {
+            Some(Budget::Percent(percent)) => Some(percent),
+            Some(Budget::Off) => None,
+            None => command_default,
         }
     }
 

@@ -89,6 +89,14 @@ pub fn on_fraction(share_percent: f64, budget_percent: f64) -> f64 {
 /// The smallest part of a cycle allocation probes stay in.
 pub const MIN_ON_FRACTION: f64 = 0.02;
 
+/// Whether a measured cost is over `budget_percent` and worth cutting: over that share of
+/// the target's CPU and of one core. A target that mostly waits can spend most of its
+/// little CPU time in the probes while they cost the machine, and its throughput, next to
+/// nothing: cutting them then would only blind the trace.
+pub fn over_budget(report: &CostReport, budget_percent: f64) -> bool {
+    report.cpu_share_percent > budget_percent && report.core_percent > budget_percent
+}
+
 /// A cost measurement over one interval, kept for the report.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CostReport {
@@ -100,6 +108,10 @@ pub struct CostReport {
     pub cpu_share_percent: f64,
     /// The highest share seen over any interval.
     pub peak_cpu_share_percent: f64,
+    /// The same time in percent of one core (of wall time), last interval with probes in:
+    /// what the machine pays, whatever the target's own use.
+    #[serde(default)]
+    pub core_percent: f64,
     /// --max-overhead, if a budget was kept.
     pub budget_percent: Option<f64>,
     /// The part of the trace allocation probes were out to keep the budget (0 to 1).
@@ -134,6 +146,20 @@ mod tests {
         traps.returns_skipped = 30_000;
         assert!((trap.traps_ns(&traps) - 135e6).abs() < 1e-3);
         assert_eq!(traps.total(), 150_000);
+    }
+
+    #[test]
+    fn a_cost_the_machine_does_not_feel_is_never_cut() {
+        let mut report = CostReport {
+            cpu_share_percent: 80.0,
+            core_percent: 3.0,
+            ..CostReport::default()
+        };
+        // 80% of a mostly idle target's CPU, but 3% of a core: left alone.
+        assert!(!over_budget(&report, 10.0));
+        report.core_percent = 40.0;
+        assert!(over_budget(&report, 10.0));
+        assert!(!over_budget(&report, 90.0));
     }
 
     #[test]

@@ -79,6 +79,7 @@ fn main() -> ExitCode {
             pid,
             session::Options {
                 reachability: common.reachability(false),
+                max_overhead: common.max_overhead(Some(leaktrace::cli::DEFAULT_MAX_OVERHEAD)),
                 ..common.options(duration)
             },
         )) {

@@ -931,6 +931,7 @@ impl Session {
                 let counted = traps.since(&traps_then);
                 let spent =
                     meter.report.trap.traps_ns(&counted) + run_ns.saturating_sub(run_then) as f64;
+                meter.report.core_percent = spent / (seconds * 1e9).max(1.0) * 100.0;
                 if let Some(share) = cost::cpu_share_percent(spent, cpu.saturating_sub(cpu_then)) {
                     meter.report.cpu_share_percent = share;
                     meter.report.peak_cpu_share_percent =
@@ -946,7 +947,7 @@ impl Session {
         };
         let at_s = now_ns.saturating_sub(self.started_ns) as f64 / 1e9;
         match meter.out_since {
-            None if meter.fresh && meter.report.cpu_share_percent > budget => {
+            None if meter.fresh && cost::over_budget(&meter.report, budget) => {
                 let on = cost::on_fraction(meter.report.cpu_share_percent, budget);
                 let cycle = ((COST_MEASURE_NS as f64 * 1.5 / on) as u64)
                     .clamp(BUDGET_CYCLE_NS, BUDGET_MAX_CYCLE_NS);

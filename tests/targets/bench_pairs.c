@@ -12,8 +12,10 @@
 //                                 waits DELAY seconds (for a tracer to attach), keeps N
 //                                 malloc(32) blocks live for SECONDS, then exits
 //
-// With BENCH_WAIT_FOR_PROBES=S set, the workload starts only once libc's malloc and free begin
-// with a breakpoint (a tracer attached with -p has placed its uprobes), S seconds later.
+// With BENCH_WAIT_FOR_PROBES=S set, the workload starts only once the malloc and free it calls
+// (libc's, or a preloaded allocator's) begin with a breakpoint (a tracer attached with -p has
+// placed its uprobes), S seconds later.
+#define _GNU_SOURCE
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -85,11 +87,10 @@ static void handled(long n) {
 static void wait_for_probes(void) {
     const char *settle = getenv("BENCH_WAIT_FOR_PROBES");
     if (!settle) return;
-    void *libc = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
-    volatile unsigned char *m = libc ? dlsym(libc, "malloc") : NULL;
-    volatile unsigned char *f = libc ? dlsym(libc, "free") : NULL;
+    volatile unsigned char *m = dlsym(RTLD_DEFAULT, "malloc");
+    volatile unsigned char *f = dlsym(RTLD_DEFAULT, "free");
     if (!m || !f) {
-        fprintf(stderr, "cannot find libc's malloc and free\n");
+        fprintf(stderr, "cannot find malloc and free\n");
         exit(2);
     }
     for (int i = 0; i < 1800 && (m[0] != 0xcc || f[0] != 0xcc); i++) usleep(100000);

@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{compile_c, leaktrace_bin, root};
 
 /// Runs a benchmark program once; returns the ns per pair (or per operation) it printed.
-fn measure(command: &mut Command) -> Result<f64> {
+pub fn measure(command: &mut Command) -> Result<f64> {
     let out = command
         .output()
         .with_context(|| format!("running {command:?}"))?;
@@ -28,7 +28,7 @@ fn measure(command: &mut Command) -> Result<f64> {
         })
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
@@ -192,6 +192,47 @@ pub fn runtimes(runs: usize) -> Result<String> {
 }
 
 /// `--scope-only`: the scope cost table alone.
+/// nginx and PostgreSQL attached, the pairs on each allocator with the peers, start and end
+/// times, the verifier's table: sections of BENCHMARKS.md.
+pub fn services(pairs: u64, runs: usize) -> Result<String> {
+    let bench_bin = bench_program()?;
+    let nginx = crate::services::nginx(runs)?;
+    let postgres = crate::services::postgres(runs)?;
+    let allocators = crate::services::allocators(&bench_bin, pairs / 10, runs)?;
+    let start_and_end = crate::services::start_and_end(runs)?;
+    let programs = crate::services::programs()?;
+    let sections = format!(
+        "\nnginx from Debian (glibc), one worker serving a 4 KiB file on loopback, `wrk -t1 -c20 \
+         -d{wrk}s` ({budget} s for the default budget, which keeps its budget over cycles of \
+         8 s or more), median of {runs}; leaktrace attached to the worker.\n\n{nginx}\n\
+         PostgreSQL from Debian, `pgbench -c 1 -T {seconds}` ({budget} for the default \
+         budget; TPC-B like, fsync off) on \
+         loopback; leaktrace attached to the client's backend {attach} s into each run. Each \
+         row is the rate while attached (from a second after leaktrace was in place to the \
+         end) over the rate before the attach in the same run, times the untraced rate: \
+         median of {runs}.\n\n{postgres}\n\
+         ## Each allocator against the peers\n\nmalloc(64)+free pairs ({count} per run) with \
+         the allocator preloaded into `bench_pairs` (LD_PRELOAD), ns per pair, median of \
+         {runs}. bcc's memleak traces the preloaded library with `-O`; valgrind is told \
+         its soname (`--soname-synonyms=somalloc=…`) so that it replaces it.\n\n\
+         {allocators}\n\
+         ## Starting and ending\n\nWall time, median of {runs}. leaktrace loads and verifies \
+         its programs, measures a trap's cost and places its probes before the command \
+         starts; at the end it writes the report and leaves removing the probes (which \
+         waits for the kernel) to a child process that outlives it by a fraction of a \
+         second.\n\n{start_and_end}\n\
+         ## What the kernel's verifier takes\n\n`leaktrace programs`: each program loaded \
+         as the most demanding target needs it (CPython's layout, a Go layout, 16 scopes, \
+         sampling, a size range); nothing is attached.\n\n{programs}",
+        seconds = crate::services::PGBENCH_SECONDS,
+        wrk = crate::services::WRK_SECONDS,
+        budget = crate::services::BUDGET_SECONDS,
+        attach = crate::services::PGBENCH_ATTACH_AFTER.as_secs(),
+        count = pairs / 10,
+    );
+    Ok(sections)
+}
+
 pub fn scope_cost_only(pairs: u64, runs: usize) -> Result<()> {
     if runs == 0 {
         bail!("--runs must be at least 1");
@@ -243,6 +284,7 @@ pub fn run(pairs: u64, runs: usize) -> Result<()> {
     let scopes = scope_cost(&bench_bin, pairs, runs)?;
     let peers = peers(&bench_bin, pairs, runs)?;
     let redis = redis(runs)?;
+    let services = services(pairs, runs)?;
     let runtimes = runtimes(runs)?;
     let reachability = reachability(runs)?;
     let agent = agent_cost(&bench_bin)?;
@@ -264,9 +306,11 @@ pub fn run(pairs: u64, runs: usize) -> Result<()> {
          {} times.\n\n{scopes}\n\
          ## Against the peers (malloc(64)+free, one thread, same run)\n\n{peers}\n\
          ## A real service\n\nredis-server 7.0 from Debian (jemalloc) on loopback, \
-         `redis-benchmark -n {REDIS_REQUESTS} -c 50 -t set,get`, median of {runs}; leaktrace \
+         `redis-benchmark -n {REDIS_REQUESTS} -c 50 -t set,get` ({REDIS_BUDGET_REQUESTS} for the \
+         default budget), median of {runs}; leaktrace \
          attached with `attach --pid` or watching with `watch --pid` (gear 1 only: no \
-         allocator probes), traced runs alternating with untraced ones.\n\n{redis}\n\
+         allocator probes), traced runs alternating with untraced ones. The default budget \
+         is `attach`'s: 10% of the target's CPU.\n\n{redis}{services}\n\
          ## Language runtimes\n\nThe Go probes fire once per span filled (8 KiB or more \
          of small objects), once per large object, and twice per goroutine (`newproc`, \
          `goexit0`); a CPython target's stacks also get its Python frames, read in the kernel \
@@ -384,7 +428,7 @@ fn peers(bench_bin: &std::path::Path, pairs: u64, runs: usize) -> Result<String>
         "leaktrace run --sample-rate 100 (one call in 100 recorded)",
         sampled,
     ));
-    if let Some(times) = bcc_pairs(bench_bin, &count, runs)? {
+    if let Some(times) = bcc_pairs(bench_bin, &count, runs, None)? {
         rows.push((
             "bcc memleak-bpfcc -p (eBPF, every call with its stack)",
             times,
@@ -593,7 +637,7 @@ fn agent_cost(bench_bin: &std::path::Path) -> Result<String> {
 
 /// A child we started: SIGINT first (so a tracer detaches and reports), then SIGKILL if it
 /// has not ended within `grace`.
-fn stop(child: &mut std::process::Child, grace: std::time::Duration) {
+pub fn stop(child: &mut std::process::Child, grace: std::time::Duration) {
     if let Ok(pid) = i32::try_from(child.id()) {
         // SAFETY: signalling a process this program started and has not yet reaped.
         unsafe { libc::kill(pid, libc::SIGINT) };
@@ -610,24 +654,36 @@ fn stop(child: &mut std::process::Child, grace: std::time::Duration) {
 }
 
 /// bcc's memleak (Debian bpfcc-tools 0.26, made to run by `setup::bcc_memleak`) attached with
-/// -p to the pairs workload, which starts once memleak's probes are in place. None when bcc
-/// is not available or fails here; the reason is printed.
-fn bcc_pairs(bench_bin: &std::path::Path, count: &str, runs: usize) -> Result<Option<Vec<f64>>> {
+/// -p to the pairs workload, which starts once memleak's probes are in place; with
+/// `library`, preloaded into the workload and traced instead of libc (memleak's -O). None
+/// when bcc is not available or fails here; the reason is printed.
+pub fn bcc_pairs(
+    bench_bin: &std::path::Path,
+    count: &str,
+    runs: usize,
+    library: Option<&str>,
+) -> Result<Option<Vec<f64>>> {
     let Some((memleak, headers)) = crate::setup::bcc_memleak() else {
         return Ok(None);
     };
     let log_path = root().join("target/xtask/memleak-bpfcc.log");
     let mut times = Vec::new();
     for _ in 0..runs {
-        let mut target = Command::new(bench_bin)
+        let mut target = Command::new(bench_bin);
+        target
             .args(["pairs", count])
             .env("BENCH_WAIT_FOR_PROBES", "2")
-            .stdout(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped());
+        if let Some(library) = library {
+            target.env("LD_PRELOAD", library);
+        }
+        let mut target = target
             .spawn()
             .context("starting the pairs workload for bcc")?;
         let mut tracer = Command::new(&memleak[0])
             .args(&memleak[1..])
             .args(["-p", &target.id().to_string()])
+            .args(library.map(|library| ["-O", library]).into_iter().flatten())
             .env("BCC_KERNEL_SOURCE", &headers)
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log_path)?)
@@ -673,13 +729,13 @@ fn bcc_pairs(bench_bin: &std::path::Path, count: &str, runs: usize) -> Result<Op
 }
 
 /// Requests per second of SET and GET from redis-benchmark against a redis-server on
-/// loopback.
-fn redis_rps(port: u16) -> Result<(f64, f64)> {
+/// loopback, `requests` of each.
+fn redis_rps(port: u16, requests: u64) -> Result<(f64, f64)> {
     let out = Command::new("redis-benchmark")
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args([
             "-n",
-            &REDIS_REQUESTS.to_string(),
+            &requests.to_string(),
             "-c",
             "50",
             "-t",
@@ -703,96 +759,46 @@ fn redis_rps(port: u16) -> Result<(f64, f64)> {
 }
 
 const REDIS_REQUESTS: u64 = 200_000;
+/// The default budget's row: about 30 s at an untraced rate, so that its back-off cycles
+/// (8 s or more) weigh more than the first second at full cost.
+const REDIS_BUDGET_REQUESTS: u64 = 1_500_000;
 
 /// redis-server (Debian, jemalloc) under redis-benchmark, untraced and with leaktrace
 /// attached (every call, and one in 100), alternating, median of `runs`.
 pub fn redis(runs: usize) -> Result<String> {
-    use std::io::BufRead;
-
+    use crate::services::{Configuration, Tracer, configurations};
     if which::which("redis-server").is_err() || which::which("redis-benchmark").is_err() {
         return Ok("redis-server or redis-benchmark is not installed: row left out.\n".into());
     }
     let (mut server, port) = start_redis(&[])?;
     let result = (|| -> Result<String> {
-        redis_rps(port)?; // warm-up
-        let report_dir = root().join("target/xtask/watch-reports");
-        let report_dir = report_dir.to_string_lossy().into_owned();
-        let pid = server.id().to_string();
-        // (name, leaktrace's arguments, the stderr line that says it is in place)
-        let configurations: Vec<(&str, Vec<&str>, &str)> = vec![
-            ("untraced", Vec::new(), ""),
-            (
-                "leaktrace attach (every call, with its stack)",
-                vec!["attach", "--pid", &pid, "--sample-rate", "1"],
-                "attached to",
-            ),
-            (
-                "leaktrace attach --sample-rate 100",
-                vec!["attach", "--pid", &pid, "--sample-rate", "100"],
-                "attached to",
-            ),
-            (
-                "leaktrace watch, gear 1 (/proc, page faults 1 in 16 with dwarf stacks)",
-                // A growth threshold no run reaches: the row measures gear 1 alone.
-                vec![
-                    "watch",
-                    "--pid",
-                    &pid,
-                    "--report-dir",
-                    &report_dir,
-                    "--escalate-growth",
-                    "1G",
-                ],
-                "event=watching",
-            ),
-            (
-                "leaktrace watch --watch-mmap, gear 1 (the same, and mmap/brk tracepoints)",
-                vec![
-                    "watch",
-                    "--pid",
-                    &pid,
-                    "--report-dir",
-                    &report_dir,
-                    "--escalate-growth",
-                    "1G",
-                    "--watch-mmap",
-                ],
-                "event=watching",
-            ),
-        ];
+        redis_rps(port, REDIS_REQUESTS)?; // warm-up
+        let mut configurations = configurations();
+        configurations.push(Configuration {
+            name: "leaktrace watch --watch-mmap, gear 1 (the same, and mmap/brk tracepoints)",
+            args: vec!["watch", "--escalate-growth", "1G", "--watch-mmap", "--pid"],
+            ready: Some("event=watching"),
+            default_budget: false,
+        });
         let mut results: Vec<Vec<(f64, f64)>> = vec![Vec::new(); configurations.len()];
         let mut watch_cost: Vec<(f64, u64)> = Vec::new();
+        let mut shares = Vec::new();
         for _ in 0..runs {
-            for (index, (name, args, ready)) in configurations.iter().enumerate() {
-                if index == 0 {
-                    results[index].push(redis_rps(port)?);
+            for (index, configuration) in configurations.iter().enumerate() {
+                let requests = if configuration.default_budget {
+                    REDIS_BUDGET_REQUESTS
+                } else {
+                    REDIS_REQUESTS
+                };
+                let Some(ready) = configuration.ready else {
+                    results[index].push(redis_rps(port, requests)?);
                     continue;
-                }
-                let mut tracer = Command::new(leaktrace_bin())
-                    .args(args)
-                    .args(if args[0] == "attach" {
-                        &["--format", "json", "--output", "/dev/null"][..]
-                    } else {
-                        &[][..]
-                    })
-                    .env("RUST_LOG", "info")
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .with_context(|| format!("starting {name}"))?;
-                let stderr = tracer.stderr.take().context("piped stderr")?;
-                let mut lines = std::io::BufReader::new(stderr).lines();
-                let attached = lines.any(|line| line.is_ok_and(|line| line.contains(*ready)));
-                // Keep draining stderr so leaktrace never blocks on a full pipe.
-                let drain = std::thread::spawn(move || lines.for_each(drop));
-                if !attached {
-                    let _ = tracer.wait();
-                    bail!("{name} did not attach to redis-server");
-                }
+                };
+                let tracer = Tracer::start(&configuration.args, server.id(), ready)?;
                 let cpu_before = cpu_ns(tracer.id());
                 let started = std::time::Instant::now();
-                let measured = redis_rps(port);
-                if args[0] == "watch"
-                    && !args.contains(&"--watch-mmap")
+                let measured = redis_rps(port, requests);
+                if configuration.args == ["watch", "--escalate-growth", "1G", "--pid"]
                     && let (Some(before), Some(after), Some((_, peak))) = (
                         cpu_before,
                         cpu_ns(tracer.id()),
@@ -802,8 +808,12 @@ pub fn redis(runs: usize) -> Result<String> {
                     let seconds = (after - before) as f64 / 1e9;
                     watch_cost.push((seconds / started.elapsed().as_secs_f64(), peak));
                 }
-                stop(&mut tracer, std::time::Duration::from_secs(60));
-                let _ = drain.join();
+                let cost = tracer.stop();
+                if configuration.default_budget
+                    && let Some(share) = cost.as_ref().and_then(crate::services::peak_share)
+                {
+                    shares.push(share);
+                }
                 results[index].push(measured?);
             }
         }
@@ -814,14 +824,22 @@ pub fn redis(runs: usize) -> Result<String> {
         let mut table = String::from(
             "| redis-server | SET requests/s | GET requests/s | throughput vs untraced |\n|---|---|---|---|\n",
         );
-        for ((name, _, _), runs) in configurations.iter().zip(&results) {
+        for (configuration, runs) in configurations.iter().zip(&results) {
             let set = median(runs.iter().map(|r| r.0).collect());
             let get = median(runs.iter().map(|r| r.1).collect());
             let _ = writeln!(
                 table,
-                "| {name} | {set:.0} | {get:.0} | {:.0}% / {:.0}% |",
+                "| {} | {set:.0} | {get:.0} | {:.0}% / {:.0}% |",
+                configuration.name,
                 100.0 * set / base_set,
                 100.0 * get / base_get
+            );
+        }
+        if !shares.is_empty() {
+            let _ = writeln!(
+                table,
+                "\nWith the default budget the report's `cost` said the probes took {:.1}% of redis's CPU at their peak, before backing off.",
+                median(shares)
             );
         }
         if !watch_cost.is_empty() {

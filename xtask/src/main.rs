@@ -4,6 +4,7 @@
 //! idempotent and quick when nothing is missing.
 mod bench;
 mod fuzz;
+mod services;
 mod setup;
 mod soak;
 
@@ -84,6 +85,10 @@ enum Task {
         /// Only the Go and CPython table, printed (BENCHMARKS.md is left as it is).
         #[arg(long)]
         runtimes_only: bool,
+        /// Only the nginx and PostgreSQL tables, the allocators' microbench, start and end
+        /// times and the verifier's table, printed (BENCHMARKS.md is left as it is).
+        #[arg(long)]
+        services_only: bool,
     },
 }
 
@@ -121,6 +126,7 @@ fn main() -> Result<()> {
             reachability_only,
             scope_only,
             runtimes_only,
+            services_only,
         } => {
             setup::run()?;
             if stack_quality_only {
@@ -142,6 +148,11 @@ fn main() -> Result<()> {
             if runtimes_only {
                 build()?;
                 return bench::runtimes(runs).map(drop);
+            }
+            if services_only {
+                setup::bench_peers();
+                build()?;
+                return bench::services(pairs, runs).map(drop);
             }
             setup::bench_peers();
             build()?;

@@ -229,6 +229,9 @@ pub fn bench_peers() {
         ("valgrind", "valgrind"),
         ("redis-server", "redis-server"),
         ("redis-benchmark", "redis-tools"),
+        ("nginx", "nginx-light"),
+        ("wrk", "wrk"),
+        ("pgbench", "postgresql"),
     ]
     .into_iter()
     .filter(|(binary, _)| which::which(binary).is_err())

@@ -117,8 +117,9 @@ pub fn render(report: &Report, color: bool) -> String {
     }
     if let Some(cost) = &report.cost {
         let mut line = format!(
-            "cost: {:.1}% of the target's CPU in leaktrace's probes ({:.0} traps/s at {:.0} ns each; peak {:.1}%)",
+            "cost: {:.1}% of the target's CPU in leaktrace's probes, {:.1}% of a core ({:.0} traps/s at {:.0} ns each; peak {:.1}%)",
             cost.cpu_share_percent,
+            cost.core_percent,
             cost.traps_per_s,
             cost.trap.emulated_ns,
             cost.peak_cpu_share_percent
