@@ -2,8 +2,11 @@
 //! verifier's limit, as the most demanding target needs it (Python frames, a Go layout, every
 //! scope, sampling), with stacks walked by frame pointers and by unwind tables; and a traced
 //! run reports what each program it loaded took.
+use std::process::Command;
+
 use leaktrace_tests::{
-    bpf_available, build_c_variant, leaktrace_bin, leaktrace_with, run_to_exit, u64_of,
+    Background, bpf_available, build_c_variant, leaktrace, leaktrace_bin, leaktrace_with,
+    run_to_exit, u64_of,
 };
 
 /// A quarter of the kernel's 1,000,000-instruction limit.
@@ -128,6 +131,57 @@ fn the_cost_budget_backs_off_a_busy_target() {
         "said on stderr too: {}",
         traced.stderr()
     );
+}
+
+/// `attach` keeps a budget of 10% of the target's CPU unless told otherwise: on a target
+/// allocating as fast as it can (its probes cost far more than 10% of its CPU and of a core)
+/// it takes the allocation probes out for part of the time; `--max-overhead off` keeps none.
+#[test]
+fn attach_keeps_a_default_budget_that_off_turns_off() {
+    if !bpf_available("attach_keeps_a_default_budget_that_off_turns_off") {
+        return;
+    }
+    let target = build_c_variant("bench_pairs.c", "bench_pairs_budget", "gcc", &["-O2"], &[]);
+    let busy = Background::spawn(
+        Command::new(&target)
+            .args(["pairs", "1000000000"])
+            .stdout(std::process::Stdio::null()),
+    );
+    let pid = busy.child.id().to_string();
+    for (name, extra, budget) in [
+        ("default_budget", &[][..], Some(10.0)),
+        ("budget_off", &["--max-overhead", "off"][..], None),
+    ] {
+        let args: Vec<&str> = ["attach", "--pid", &pid, "--duration", "5s"]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        let traced = leaktrace(name, &args);
+        assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
+        let cost = &traced.report["cost"];
+        assert_eq!(cost["budget_percent"].as_f64(), budget, "{cost}");
+        let out = cost["allocation_probes_out_fraction"]
+            .as_f64()
+            .unwrap_or(0.0);
+        let core = cost["core_percent"].as_f64().unwrap_or(0.0);
+        match budget {
+            Some(_) => {
+                assert!(
+                    core > 10.0,
+                    "a busy target's probes cost over 10% of a core: {cost}"
+                );
+                assert!(out > 0.2, "probes out part of the time: {cost}");
+            }
+            None => {
+                assert_eq!(out, 0.0, "no budget, probes always in: {cost}");
+                assert!(
+                    cost["actions"].as_array().is_some_and(Vec::is_empty),
+                    "{cost}"
+                );
+            }
+        }
+    }
+    drop(busy);
 }
 
 /// The allocating functions of each file share one uprobe session link, the frees one

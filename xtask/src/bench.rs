@@ -37,33 +37,35 @@ pub fn median(mut values: Vec<f64>) -> f64 {
 const WHERE_THE_TIME_GOES: &str = "\
 ## Where the time goes
 
-Every traced call traps into the kernel. A `malloc` costs an entry trap on an instruction the
-kernel emulates (`push %r12`, about 1.5 µs), a return probe (about 1.5 µs) and the recording
-(user stack copy, its hash, the live-map insert and the per-stack totals: about 1 µs); a
-`free` costs one trap and a map delete. glibc's `free` starts with `test %rdi,%rdi`, which the
-kernel would single-step (about 5.3 µs); leaktrace puts the probe on the `je` after it, which
-it emulates (about 1.15 µs), because the `test` changes nothing the probe reads
-(leak-user/src/probe_site.rs). Before that move this benchmark measured 8,492 ns per pair;
-bcc's memleak, which probes `free` at its entry, pays the single-step on every free.
+Every traced call traps into the kernel once per probe it passes. An allocating call
+(`malloc`, `calloc`, `realloc`, `operator new`, …) passes its entry probe and its return
+probe, which run one program (a uprobe session): the entry saves the arguments, the return
+copies the user stack (frame pointers, or the `.eh_frame` walk with `--unwind dwarf`),
+hashes it, inserts the block into the live map and adds it to its stack's totals. A `free`
+passes one probe: a live-map lookup and delete, and the stack's totals. A malloc+free pair
+is therefore three traps plus the programs' work, and the two halves weigh about the same:
+on these machines a trap on an instruction the kernel emulates costs 0.4 to 1 µs (each
+report's `cost` gives the figure it measured at its start), a return probe about as much
+again, and the programs 1 to 2 µs per pair (the kernel's BPF statistics, which leaktrace
+reads for its cost meter). The floor of this design is the three traps.
 
-The floor of this design is three traps per pair (malloc's entry, its return, free's entry),
-about 4.2 µs before any work; the table is within a few hundred ns of it. The 2.5 µs target
-needs one trap fewer, and neither way to remove one is open here:
-- uprobe sessions (`BPF_TRACE_UPROBE_SESSION`, kernel 6.13+) let the entry program tell the
-  kernel to skip the return probe of a call it does not sample, so an unsampled call would
-  cost one trap; aya 0.14 cannot load such a program (it needs an expected attach type at
-  load and a uprobe_multi link) and newer aya needs a newer rustc than these machines have;
-- optimized uprobes (kernel 6.17+) replace the trap by a call, but only on a 5-byte nop,
-  which glibc's allocator functions do not start with.
-With `--sample-rate`, an unsampled call skips the stack copy and the map writes but still pays
-its traps: that is the difference between the two leaktrace rows of the peers table.
-Most of an attach's wall time is the detach at the end (the report is written before it):
-the kernel waits for RCU grace periods for each uprobe it removes, mostly under one mutex,
-about 90 ms per probe here; removing them from parallel threads saves about 15%. A
-uprobe_multi link would remove them all in one wait, and aya 0.14 cannot create one.
-heaptrack and valgrind are cheaper per call because they run inside the target (LD_PRELOAD, a
-JIT), which needs it started under them; leaktrace attaches to a running process without
-changing it.
+With `--sample-rate N` the entry decides whether a call is recorded, and a call that is not
+tells the kernel to skip its return probe: it costs one trap, and its `free` another (frees
+are all probed, so that a recorded block is seen going). That is the difference between the
+leaktrace columns. Further down, only fewer probes help: the default budget of `attach`
+takes the allocation probes out for part of each cycle while the frees stay.
+
+Per allocator, leaktrace's cost depends on where the probes sit, not on the allocator: every
+known function of glibc, jemalloc, tcmalloc and mimalloc is probed on an instruction the
+kernel emulates, found by following straight-line code from the entry to the first branch,
+call or push (jemalloc's `free` begins with moves the kernel would single-step, 10 to 16 µs
+a call; its probe sits on its first branch). The rest of the differences between rows are
+the allocators' own speeds (the untraced column) and how deep their stacks are. bcc's
+memleak probes each function's first instruction: glibc's `free` starts with a `test` that
+the kernel single-steps, so every free costs it the single-step, and it walks and reports
+stacks in ways that cost more per call. heaptrack and valgrind run inside the target
+(LD_PRELOAD, a JIT) and take no trap, which is why they are cheaper per call; they must start
+the target themselves, while leaktrace attaches to a running process without changing it.
 ";
 
 /// The workloads of tests/targets/bench_pairs.c: mode, what a row measures, share of the
@@ -204,7 +206,7 @@ pub fn services(pairs: u64, runs: usize) -> Result<String> {
     let sections = format!(
         "\nnginx from Debian (glibc), one worker serving a 4 KiB file on loopback, `wrk -t1 -c20 \
          -d{wrk}s` ({budget} s for the default budget, which keeps its budget over cycles of \
-         8 s or more), median of {runs}; leaktrace attached to the worker.\n\n{nginx}\n\
+         10 s or more), median of {runs}; leaktrace attached to the worker.\n\n{nginx}\n\
          PostgreSQL from Debian, `pgbench -c 1 -T {seconds}` ({budget} for the default \
          budget; TPC-B like, fsync off) on \
          loopback; leaktrace attached to the client's backend {attach} s into each run. Each \
@@ -760,7 +762,7 @@ fn redis_rps(port: u16, requests: u64) -> Result<(f64, f64)> {
 
 const REDIS_REQUESTS: u64 = 200_000;
 /// The default budget's row: about 30 s at an untraced rate, so that its back-off cycles
-/// (8 s or more) weigh more than the first second at full cost.
+/// (10 s or more) weigh more than the first second at full cost.
 const REDIS_BUDGET_REQUESTS: u64 = 1_500_000;
 
 /// redis-server (Debian, jemalloc) under redis-benchmark, untraced and with leaktrace

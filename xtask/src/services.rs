@@ -345,7 +345,7 @@ fn start_postgres(bin: &Path) -> Result<Postgres> {
 /// Seconds of pgbench per configuration, when leaktrace attaches, and how long after it is
 /// in place its transactions are counted (the untraced ones are those before the attach).
 pub const PGBENCH_SECONDS: u64 = 14;
-/// How long the default budget's row measures (a back-off cycle is 8 s or more; the first
+/// How long the default budget's row measures (a back-off cycle is 10 s or more; the first
 /// second or two, before the first measurement, are at full cost).
 pub const BUDGET_SECONDS: u64 = 30;
 pub const PGBENCH_ATTACH_AFTER: Duration = Duration::from_secs(4);
@@ -401,7 +401,7 @@ pub fn postgres(runs: usize) -> Result<String> {
 
 /// One pgbench run with `configuration` attached to its backend: transactions per second
 /// before the attach and while attached (untraced: the whole run, twice), and the report's
-/// cost. The default budget's run is longer: it keeps its budget over cycles of 8 s or more.
+/// cost. The default budget's run is longer: it keeps its budget over cycles of 10 s or more.
 fn pgbench_run(
     bin: &Path,
     server: &Postgres,
