@@ -367,6 +367,13 @@ impl Goroutines {
             return;
         };
         self.baseline_incomplete = cut;
+        // A site the probes counted before the read but with none alive at it starts at
+        // zero too: its goroutines that ended while the exit probe was not yet in (it goes
+        // in after the creation probe) would otherwise stay "alive" for good.
+        for (&gopc, counted) in &before {
+            self.baseline
+                .insert(gopc, baseline(0, counted.created, counted.exited));
+        }
         for (gopc, count) in alive {
             let counted = before.get(&gopc).copied().unwrap_or_default();
             self.baseline
