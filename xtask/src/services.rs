@@ -305,16 +305,12 @@ fn start_postgres(bin: &Path) -> Result<Postgres> {
         command.uid(uid).gid(gid).current_dir(&data);
         command
     };
-    let status = as_postgres("initdb")
-        .args(["-A", "trust", "--no-sync", "-D"])
-        .arg(data.join("db"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .context("running initdb")?;
-    if !status.success() {
-        bail!("initdb failed ({status})");
-    }
+    run_quietly(
+        as_postgres("initdb")
+            .args(["-A", "trust", "--no-sync", "-D"])
+            .arg(data.join("db")),
+        "initdb",
+    )?;
     let port = free_port()?;
     let server = as_postgres("postgres")
         .arg("-D")
@@ -329,17 +325,26 @@ fn start_postgres(bin: &Path) -> Result<Postgres> {
         .context("starting postgres")?;
     let postgres = Postgres { server, port, data };
     wait_for_port(port)?;
-    let status = Command::new(bin.join("pgbench"))
-        .args(["-i", "-s", "5", "-q", "-h", "127.0.0.1", "-U", "postgres"])
-        .args(["-p", &port.to_string(), "postgres"])
+    run_quietly(
+        Command::new(bin.join("pgbench"))
+            .args(["-i", "-s", "5", "-q", "-h", "127.0.0.1", "-U", "postgres"])
+            .args(["-p", &port.to_string(), "postgres"]),
+        "pgbench -i",
+    )?;
+    Ok(postgres)
+}
+
+/// Runs `command` to its end with its output discarded; an error unless it succeeds.
+fn run_quietly(command: &mut Command, what: &str) -> Result<()> {
+    let status = command
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .context("running pgbench -i")?;
+        .with_context(|| format!("running {what}"))?;
     if !status.success() {
-        bail!("pgbench -i failed ({status})");
+        bail!("{what} failed ({status})");
     }
-    Ok(postgres)
+    Ok(())
 }
 
 /// Seconds of pgbench per configuration, when leaktrace attaches, and how long after it is
