@@ -115,12 +115,16 @@ pub struct UnwindMapping {
 }
 
 /// Which half of `UNWIND_MAPPINGS` is live and how many mappings it holds (sorted by
-/// start): user space fills the other half, then switches.
+/// start): user space fills the other half, then switches. `generation` counts the
+/// switches (from 1): rows the kernel cached for an address under another generation are
+/// looked up again.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UnwindIndex {
     pub half: u32,
     pub count: u32,
+    pub generation: u32,
+    pub _pad: u32,
 }
 
 /// Slots tried after a stack's hash before giving up on it as a collision (open addressing).
@@ -158,6 +162,12 @@ pub const NESTED_CALL_MAX_DEPTH_BYTES: u64 = 1 << 16;
 /// An allocator call made from inside another happens within this long of the outer entry;
 /// an older pending entry is stale (e.g. the call began before the return probe was placed).
 pub const NESTED_CALL_MAX_AGE_NS: u64 = 100_000_000;
+
+/// An mmap or brk made within this long of an allocator call's entry, on its thread, while
+/// the call has not returned, is the allocator's own. Longer than for nested calls: a thread
+/// of a loaded machine can wait this long for a CPU between the entry and the syscall, and
+/// growing the heap should not read as the program's mapping then.
+pub const INSIDE_ALLOCATOR_MAX_AGE_NS: u64 = 1_000_000_000;
 
 /// What an allocator function does, as far as tracking goes. The return probe acts on it:
 /// realloc-like calls release the old block, posix_memalign-like calls return the block
@@ -695,7 +705,7 @@ pub struct PendingCall {
     /// such an entry is never removed, and the call is still running only while its return
     /// address is still on the stack where it was.
     pub ret_addr: u64,
-    /// [`PENDING_RECORD`], [`PENDING_NO_RETURN`].
+    /// [`PENDING_RECORD`], [`PENDING_NO_RETURN`], [`PENDING_DONE`].
     pub flags: u32,
     pub _pad: u32,
 }
@@ -705,6 +715,9 @@ pub const PENDING_RECORD: u32 = 1;
 /// [`PendingCall::flags`]: the entry told the kernel to skip this call's return probe (a
 /// uprobe session): the entry stays behind when the call returns.
 pub const PENDING_NO_RETURN: u32 = 2;
+/// [`PendingCall::flags`]: the call returned. A thread's entry is kept and overwritten by its
+/// next call rather than deleted and inserted again (two hash updates less per call).
+pub const PENDING_DONE: u32 = 4;
 
 /// Syscall arguments saved at sys_enter until sys_exit, keyed by thread id.
 #[repr(C)]

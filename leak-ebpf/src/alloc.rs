@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use leak_common::{
     AllocFn, AllocRecord, CallShape, Counter, NESTED_CALL_MAX_AGE_NS, NESTED_CALL_MAX_DEPTH_BYTES,
-    NO_ARG, PENDING_NO_RETURN, PENDING_RECORD, PendingCall, tag_kind,
+    NO_ARG, PENDING_DONE, PENDING_NO_RETURN, PENDING_RECORD, PendingCall, tag_kind,
 };
 
 use crate::{
@@ -44,15 +44,11 @@ fn enter(regs: &pt_regs, func: u32, size: u64, old_ptr: u64, out_ptr: u64, sessi
     let sp = regs.rsp;
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(outer) = PENDING_CALLS.get_ptr_mut(tid) {
+    let slot = PENDING_CALLS.get_ptr_mut(tid);
+    if let Some(outer) = slot {
         // SAFETY: a live map value of this thread; only this thread touches its entry.
         let outer = unsafe { &mut *outer };
-        let recent = now.wrapping_sub(outer.entry_ns) < NESTED_CALL_MAX_AGE_NS;
-        // An outer call whose return probe was skipped left its entry behind: it is still
-        // running only if its return address is still where it was.
-        let running = recent
-            && (outer.flags & PENDING_NO_RETURN == 0
-                || read_user_u64(outer.sp) == Some(outer.ret_addr));
+        let running = still_running(outer, now, NESTED_CALL_MAX_AGE_NS);
         if running && outer.sp == sp && outer.func != func {
             // A tail call from the outer allocator function: same frame, same return.
             count(Counter::NestedCall);
@@ -71,7 +67,7 @@ fn enter(regs: &pt_regs, func: u32, size: u64, old_ptr: u64, out_ptr: u64, sessi
             }
             return RUN_RETURN;
         }
-        // Otherwise the entry is stale: replaced below.
+        // Otherwise the entry is done or stale: overwritten below.
     }
     // Decided at entry, and the entry saved even when the call is not to be recorded, so
     // that allocator calls nested inside it are not recorded on their own.
@@ -103,11 +99,28 @@ fn enter(regs: &pt_regs, func: u32, size: u64, old_ptr: u64, out_ptr: u64, sessi
         pending.flags |= PENDING_NO_RETURN;
         pending.ret_addr = read_user_u64(sp).unwrap_or(0);
     }
-    if PENDING_CALLS.insert(tid, pending, 0).is_err() {
-        count(Counter::PendingMapFull);
-        return SKIP_RETURN;
+    match slot {
+        // SAFETY: as above.
+        Some(entry) => unsafe { *entry = pending },
+        None => {
+            if PENDING_CALLS.insert(tid, pending, 0).is_err() {
+                count(Counter::PendingMapFull);
+                return SKIP_RETURN;
+            }
+        }
     }
     if skip { SKIP_RETURN } else { RUN_RETURN }
+}
+
+/// Whether the allocator call a thread's entry in PENDING_CALLS stands for is still running
+/// at `now`: not returned, entered less than `max_age_ns` ago (an older entry is stale: its
+/// return was never seen), and, for a call whose return probe was skipped (its entry stays
+/// behind), its return address still where it was on the stack.
+#[inline(always)]
+pub fn still_running(call: &PendingCall, now: u64, max_age_ns: u64) -> bool {
+    call.flags & PENDING_DONE == 0
+        && now.wrapping_sub(call.entry_ns) < max_age_ns
+        && (call.flags & PENDING_NO_RETURN == 0 || read_user_u64(call.sp) == Some(call.ret_addr))
 }
 
 /// The entry half: the cookie says what the function is and where its arguments are.
@@ -181,8 +194,10 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
 #[inline(always)]
 fn on_return<C: EbpfContext>(ctx: &C, regs: &pt_regs) {
     let Some(tid) = target_tid() else { return };
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(pending) = (unsafe { PENDING_CALLS.get(tid) }).copied() else {
+    let entry = PENDING_CALLS.get_ptr_mut(tid);
+    // SAFETY: a live map value of this thread, copied out; only this thread touches it.
+    let pending = entry.map(|entry| unsafe { *entry });
+    let Some(pending) = pending.filter(|pending| pending.flags & PENDING_DONE == 0) else {
         // Before the entries are armed, the call began before its entry probe was in: an
         // allocation from before the trace, not a lost one.
         if entries_armed() {
@@ -194,15 +209,16 @@ fn on_return<C: EbpfContext>(ctx: &C, regs: &pt_regs) {
         // The return of a nested call whose entry was left to the outer call.
         return;
     }
-    if pending.tail_calls > 0 {
-        // Several return probes share this return; the last one records it.
-        if let Some(entry) = PENDING_CALLS.get_ptr_mut(tid) {
-            // SAFETY: a live map value of this thread.
-            unsafe { (*entry).tail_calls -= 1 };
+    if let Some(entry) = entry {
+        // SAFETY: as above.
+        let entry = unsafe { &mut *entry };
+        if pending.tail_calls > 0 {
+            // Several return probes share this return; the last one records it.
+            entry.tail_calls -= 1;
+            return;
         }
-        return;
+        entry.flags |= PENDING_DONE;
     }
-    let _ = PENDING_CALLS.remove(tid);
     let ret = regs.rax;
     let addr = match tag_kind(pending.func) {
         Some(AllocFn::Realloc | AllocFn::Reallocarray) => {
@@ -240,8 +256,8 @@ fn record<C: EbpfContext>(ctx: &C, regs: &pt_regs, addr: u64, pending: &PendingC
     let stack_id = user_stack_id(ctx, Some(regs), FirstFrame::ReturnAddress);
     let record = AllocRecord {
         size,
-        // SAFETY: helper without arguments.
-        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        // The call's start: one clock read less per call.
+        timestamp_ns: pending.entry_ns,
         stack_id,
         tid,
         scope: current_scope(tid),

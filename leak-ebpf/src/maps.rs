@@ -11,7 +11,7 @@ use aya_ebpf::{
         generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use leak_common::{
     ARGUMENT_SLOTS, AllocRecord, Counter, DEFAULT_MAX_ALLOCS, MAX_PENDING_CALLS, MAX_STACK_DEPTH,
@@ -80,9 +80,11 @@ pub static STACKS: HashMap<u32, StackFrames> =
 #[map(name = "STACK_SCRATCH")]
 pub static STACK_SCRATCH: PerCpuArray<StackFrames> = PerCpuArray::with_max_entries(1, 0);
 
+/// Each thread's allocator call in progress (or its last, done), by thread id: written in
+/// place call after call; threads that stopped calling make room for new ones.
 #[map(name = "PENDING_CALLS")]
-pub static PENDING_CALLS: HashMap<u32, PendingCall> =
-    HashMap::with_max_entries(MAX_PENDING_CALLS, 0);
+pub static PENDING_CALLS: LruHashMap<u32, PendingCall> =
+    LruHashMap::with_max_entries(MAX_PENDING_CALLS, 0);
 
 #[map(name = "PENDING_SYSCALLS")]
 pub static PENDING_SYSCALLS: HashMap<u32, PendingSyscall> =
@@ -140,8 +142,9 @@ pub enum FirstFrame {
 /// stack that cannot be recorded (every slot taken, map full) is counted as dropped and its
 /// memory kept under the unknown stack.
 ///
-/// `regs` are the user registers when the program has them (uprobes): then, with
-/// --unwind dwarf, the stack is walked with the modules' unwind tables.
+/// `regs` are the user registers when the program has them (uprobes, and the user registers
+/// of syscalls and faults): the stack is then walked by `unwind`, with the modules' unwind
+/// tables under --unwind dwarf; without them the kernel's frame-pointer walk records it.
 #[inline(always)]
 pub fn user_stack_id<C: EbpfContext>(ctx: &C, regs: Option<&pt_regs>, first: FirstFrame) -> u32 {
     let Some(scratch) = STACK_SCRATCH.get_ptr_mut(0) else {
@@ -164,17 +167,21 @@ pub fn user_stack_id<C: EbpfContext>(ctx: &C, regs: Option<&pt_regs>, first: Fir
         _ => None,
     };
     match regs {
-        Some(regs) if mode == UNWIND_DWARF => match caller {
-            Some(caller) => unwind(stack, caller, regs.rsp + 8, regs.rbp, false),
-            None => unwind(
-                stack,
-                regs.rip,
-                regs.rsp,
-                regs.rbp,
-                first == FirstFrame::Running,
-            ),
-        },
-        _ => {
+        Some(regs) => {
+            let tables = mode == UNWIND_DWARF;
+            match caller {
+                Some(caller) => unwind(stack, caller, regs.rsp + 8, regs.rbp, false, tables),
+                None => unwind(
+                    stack,
+                    regs.rip,
+                    regs.rsp,
+                    regs.rbp,
+                    first == FirstFrame::Running,
+                    tables,
+                ),
+            }
+        }
+        None => {
             // SAFETY: the buffer is the scratch slot's `ips`, of the size given.
             let copied = unsafe {
                 bpf_get_stack(
@@ -189,11 +196,6 @@ pub fn user_stack_id<C: EbpfContext>(ctx: &C, regs: Option<&pt_regs>, first: Fir
                 return UNKNOWN_STACK_ID;
             }
             stack.len = (copied as usize / 8).min(MAX_STACK_DEPTH) as u64;
-            if let Some(caller) = caller {
-                if stack.len > 0 {
-                    stack.ips[0] = caller;
-                }
-            }
         }
     }
     append_python_frames();

@@ -13,9 +13,11 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use leak_common::{
-    BRK_BY_ALLOCATOR, Counter, MmapEvent, MmapEventKind, PendingSyscall, UNKNOWN_STACK_ID,
+    BRK_BY_ALLOCATOR, Counter, INSIDE_ALLOCATOR_MAX_AGE_NS, MmapEvent, MmapEventKind,
+    PendingSyscall, UNKNOWN_STACK_ID,
 };
 
+use crate::alloc::still_running;
 use crate::maps::{
     FirstFrame, MMAP_EVENTS, PENDING_CALLS, PENDING_SYSCALLS, count, target_tid, user_regs,
     user_stack_id,
@@ -56,8 +58,16 @@ fn caller_hint() -> u64 {
 
 #[inline(always)]
 fn inside_allocator(tid: u32) -> bool {
-    // SAFETY: only presence is checked.
-    unsafe { PENDING_CALLS.get(tid) }.is_some()
+    // SAFETY: copied out at once; only this thread writes its entry.
+    let call = unsafe { PENDING_CALLS.get(tid) }.copied();
+    // SAFETY: helper without arguments.
+    call.is_some_and(|call| {
+        still_running(
+            &call,
+            unsafe { bpf_ktime_get_ns() },
+            INSIDE_ALLOCATOR_MAX_AGE_NS,
+        )
+    })
 }
 
 #[inline(always)]

@@ -1,13 +1,19 @@
 //! User stacks walked with the modules' .eh_frame unwind tables (loaded by user space into
 //! `UNWIND_ROWS`), so callers of code built without frame pointers are kept. Where a module
-//! has no table, a frame is stepped with the frame-pointer chain instead.
+//! has no table, or the walk was asked for frame pointers only, a frame is stepped with the
+//! frame-pointer chain instead.
+//!
+//! Two things keep a walk cheap on a busy target. The stack's first two pages are copied at
+//! once into `STACK_WINDOW` (a copy of 4 KiB costs about what two 8-byte reads do, and a
+//! frame needs one or two). And the row found for an address is kept in `ROW_CACHE`, so the frames of
+//! the stacks a service allocates from again and again are not searched for each time.
 use core::ffi::c_void;
 
-use crate::maps::STACK_SCRATCH;
+use crate::maps::{STACK_SCRATCH, read_user_u64};
 use aya_ebpf::{
-    helpers::{bpf_loop, bpf_probe_read_user},
+    helpers::{bpf_loop, generated},
     macros::map,
-    maps::Array,
+    maps::{Array, LruHashMap, PerCpuArray},
 };
 use leak_common::{
     CFA_END, CFA_RBP, CFA_RSP, MAX_DWARF_FRAMES, MAX_STACK_DEPTH, MAX_UNWIND_MAPPINGS, StackFrames,
@@ -23,6 +29,40 @@ static UNWIND_MAPPINGS: Array<UnwindMapping> = Array::with_max_entries(2 * MAX_U
 #[map(name = "UNWIND_INDEX")]
 static UNWIND_INDEX: Array<UnwindIndex> = Array::with_max_entries(1, 0);
 
+/// The row found for an address (the lookup address of a frame), under the tables'
+/// generation; `found` 0 when its mapping has no row there (frame pointers then).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CachedRow {
+    row: UnwindRow,
+    generation: u32,
+    found: u32,
+}
+
+/// Addresses whose rows are kept: the distinct frames a target allocates from. Least
+/// recently used ones make room.
+const ROW_CACHE_ENTRIES: u32 = 16_384;
+
+#[map(name = "ROW_CACHE")]
+static ROW_CACHE: LruHashMap<u64, CachedRow> = LruHashMap::with_max_entries(ROW_CACHE_ENTRIES, 0);
+
+const PAGE_BYTES: u64 = 4096;
+/// The stack copied at the start of a walk: the page of the stack pointer and the next.
+const WINDOW_PAGES: usize = 2;
+const WINDOW_WORDS: usize = WINDOW_PAGES * (PAGE_BYTES / 8) as usize;
+
+/// The part of the stack being walked copied from the target: `len` bytes from `base` (a
+/// page address). Words outside it are read from the target one at a time.
+#[repr(C)]
+pub struct StackWindow {
+    base: u64,
+    len: u64,
+    words: [u64; WINDOW_WORDS],
+}
+
+#[map(name = "STACK_WINDOW")]
+static STACK_WINDOW: PerCpuArray<StackWindow> = PerCpuArray::with_max_entries(1, 0);
+
 /// Binary-search steps: enough for MAX_UNWIND_MAPPINGS and for MAX_UNWIND_ROWS.
 const MAPPING_STEPS: u32 = 9;
 const ROW_STEPS: u32 = 22;
@@ -34,7 +74,11 @@ struct Walk {
     sp: u64,
     bp: u64,
     half: u32,
+    /// Mappings with tables (0 before user space has loaded any).
     mappings: u32,
+    generation: u32,
+    /// 1 when the tables are followed (--unwind dwarf), 0 for frame pointers alone.
+    tables: u32,
     /// 1 when the first `ip` is the instruction that was running (a page fault), not a
     /// return address.
     exact_first: u32,
@@ -42,17 +86,25 @@ struct Walk {
 
 /// Fills this CPU's scratch stack with the user stack whose innermost frame is at `ip` with
 /// registers `sp` and `bp`: a return probe's, where `ip` is the return address into the
-/// caller, or with `exact` the instruction that was running (a page fault).
+/// caller, or with `exact` the instruction that was running (a page fault). With `tables`
+/// the modules' unwind tables are followed, else the frame-pointer chain alone.
 #[inline(always)]
-pub fn unwind(stack: &mut StackFrames, ip: u64, sp: u64, bp: u64, exact: bool) {
+pub fn unwind(stack: &mut StackFrames, ip: u64, sp: u64, bp: u64, exact: bool, tables: bool) {
     stack.len = 0;
-    let index = UNWIND_INDEX.get(0).copied().unwrap_or_default();
+    let index = if tables {
+        UNWIND_INDEX.get(0).copied().unwrap_or_default()
+    } else {
+        UnwindIndex::default()
+    };
+    copy_stack(sp);
     let mut walk = Walk {
         ip,
         sp,
         bp,
         half: index.half & 1,
         mappings: index.count.min(MAX_UNWIND_MAPPINGS),
+        generation: index.generation,
+        tables: tables as u32,
         exact_first: exact as u32,
     };
     // SAFETY: `step` has the callback signature bpf_loop expects and only reads `walk`
@@ -77,6 +129,11 @@ extern "C" fn step(_index: u64, context: *mut c_void) -> i64 {
     };
     // SAFETY: this CPU's scratch slot, which `unwind`'s caller fills for this program run.
     let stack = unsafe { &mut *stack };
+    let Some(window) = STACK_WINDOW.get_ptr(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's window, copied by `unwind` for this walk.
+    let window = unsafe { &*window };
     let len = stack.len as usize;
     if len >= MAX_STACK_DEPTH || walk.ip == 0 {
         return 1;
@@ -89,7 +146,12 @@ extern "C" fn step(_index: u64, context: *mut c_void) -> i64 {
     } else {
         walk.ip - 1
     };
-    match find_row(walk, lookup) {
+    let row = if walk.mappings == 0 {
+        None
+    } else {
+        find_row(walk, lookup)
+    };
+    match row {
         Some(row) if row.kind == CFA_END => return 1,
         Some(row) if row.kind == CFA_RSP || row.kind == CFA_RBP => {
             let base = if row.kind == CFA_RSP {
@@ -98,16 +160,14 @@ extern "C" fn step(_index: u64, context: *mut c_void) -> i64 {
                 walk.bp
             };
             let cfa = base.wrapping_add(row.cfa_offset as i64 as u64);
-            // SAFETY: bpf_probe_read_user checks the user address.
-            let Ok(ra) = (unsafe { bpf_probe_read_user((cfa - 8) as *const u64) }) else {
+            let Some(ra) = stack_word(window, cfa.wrapping_sub(8)) else {
                 return 1;
             };
             if row.rbp_offset_words != 0 {
                 let at = cfa.wrapping_add((row.rbp_offset_words as i64 * 8) as u64);
-                // SAFETY: as above.
-                match unsafe { bpf_probe_read_user(at as *const u64) } {
-                    Ok(bp) => walk.bp = bp,
-                    Err(_) => return 1,
+                match stack_word(window, at) {
+                    Some(bp) => walk.bp = bp,
+                    None => return 1,
                 }
             }
             if cfa <= walk.sp {
@@ -119,16 +179,17 @@ extern "C" fn step(_index: u64, context: *mut c_void) -> i64 {
             walk.ip = ra;
         }
         _ => {
-            // No table here: the frame-pointer chain.
+            // No table here: the frame-pointer chain. Following tables, a caller's frame is
+            // above; with frame pointers alone, a chain may go on on another stack (Go's
+            // system stack back to a goroutine's), as the kernel's own walk allows.
             let bp = walk.bp;
-            if bp == 0 || bp < walk.sp {
+            if bp < PAGE_BYTES || (walk.tables != 0 && bp < walk.sp) {
                 return 1;
             }
-            // SAFETY: as above.
-            let (Ok(ra), Ok(next_bp)) = (
-                unsafe { bpf_probe_read_user((bp + 8) as *const u64) },
-                unsafe { bpf_probe_read_user(bp as *const u64) },
-            ) else {
+            let Some(ra) = stack_word(window, bp + 8) else {
+                return 1;
+            };
+            let Some(next_bp) = stack_word(window, bp) else {
                 return 1;
             };
             walk.sp = bp + 16;
@@ -137,6 +198,47 @@ extern "C" fn step(_index: u64, context: *mut c_void) -> i64 {
         }
     }
     0
+}
+
+/// Copies the stack from the page of `sp` up into this CPU's window, a page at a time while
+/// the pages can be read (the top of a stack ends the window early).
+#[inline(always)]
+fn copy_stack(sp: u64) {
+    let Some(window) = STACK_WINDOW.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot, used by this program run only.
+    let window = unsafe { &mut *window };
+    window.base = sp & !(PAGE_BYTES - 1);
+    window.len = 0;
+    for page in 0..WINDOW_PAGES {
+        let words = page * (PAGE_BYTES / 8) as usize;
+        // SAFETY: the destination is one page of the window's buffer; bpf_probe_read_user
+        // checks the user address.
+        let failed = unsafe {
+            generated::bpf_probe_read_user(
+                window.words[words..].as_mut_ptr().cast(),
+                PAGE_BYTES as u32,
+                (window.base + page as u64 * PAGE_BYTES) as *const c_void,
+            )
+        } != 0;
+        if failed {
+            return;
+        }
+        window.len += PAGE_BYTES;
+    }
+}
+
+/// The 8 bytes of the target's stack at `address`: from the window copied at the start of
+/// the walk, or read from the target.
+#[inline(always)]
+fn stack_word(window: &StackWindow, address: u64) -> Option<u64> {
+    let offset = address.wrapping_sub(window.base);
+    if address & 7 == 0 && offset < window.len {
+        Some(window.words[(offset / 8) as usize & (WINDOW_WORDS - 1)])
+    } else {
+        read_user_u64(address)
+    }
 }
 
 /// A binary search in progress: the first index in [low, high) whose entry starts above
@@ -151,7 +253,8 @@ struct Search {
     key: u64,
 }
 
-/// The unwind row covering `address`, if its mapping has a table.
+/// The unwind row covering `address`, if its mapping has a table: kept from an earlier walk
+/// under the same tables, or searched for.
 ///
 /// Each binary search runs as a bpf_loop callback: the verifier then checks one step, with
 /// the bounds unknown, instead of every path through an unrolled loop (a bounded loop of 22
@@ -159,6 +262,25 @@ struct Search {
 /// 1,000,000-instruction limit once inlined into a program with several stack walks).
 #[inline(always)]
 fn find_row(walk: &Walk, address: u64) -> Option<UnwindRow> {
+    // SAFETY: copied out at once.
+    if let Some(cached) = unsafe { ROW_CACHE.get(&address) }.copied()
+        && cached.generation == walk.generation
+    {
+        return (cached.found != 0).then_some(cached.row);
+    }
+    let row = search_row(walk, address);
+    let cached = CachedRow {
+        row: row.unwrap_or_default(),
+        generation: walk.generation,
+        found: row.is_some() as u32,
+    };
+    let _ = ROW_CACHE.insert(&address, &cached, 0);
+    row
+}
+
+/// The unwind row covering `address`, searched for in the live tables.
+#[inline(always)]
+fn search_row(walk: &Walk, address: u64) -> Option<UnwindRow> {
     let base = walk.half * MAX_UNWIND_MAPPINGS;
     // The last mapping starting at or below the address.
     let mut search = Search {

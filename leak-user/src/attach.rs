@@ -4,6 +4,7 @@
 //! executable, a preloaded jemalloc…); every family function it defines gets an entry uprobe
 //! and, except free, a return uprobe, scoped to the target process. The anonymous mmap
 //! family is traced through syscall tracepoints, filtered to the target in the kernel.
+use crate::unwind_tables::UnwindTables;
 use std::{
     collections::{BTreeMap, HashSet},
     error::Error as StdError,
@@ -711,6 +712,9 @@ pub fn parse_ld_list(text: &str) -> Vec<PathBuf> {
 /// The loaded eBPF object with its probes in place. Dropping it detaches everything.
 pub struct Probes {
     pub ebpf: Ebpf,
+    /// The unwind tables the kernel walks stacks with (--unwind dwarf), loaded before the
+    /// probes; the session takes them to keep them up to date.
+    pub unwind: Option<UnwindTables>,
     /// The uprobe links, owned here so they can be detached in parallel.
     links: Vec<ProbeLink>,
     /// The allocating functions' probes (entry and return), which the cost budget may take
@@ -885,6 +889,16 @@ pub fn attach(
     if let Some(multi) = &multi {
         programs.extend(multi_loads(multi));
     }
+    // The unwind tables go in before any probe: a stack walked without them would be cut
+    // short, or followed through garbage, for as long as loading them takes.
+    let unwind = match options.unwind {
+        crate::cli::Unwind::Dwarf => {
+            let mut tables = UnwindTables::take(&mut ebpf).map_err(AttachError::Load)?;
+            tables.refresh(pid);
+            Some(tables)
+        }
+        crate::cli::Unwind::Fp | crate::cli::Unwind::Auto => None,
+    };
     let (trap_cost, calibration_links) = calibrate_trap_cost(&mut ebpf);
     // Program run times, for the cost meter, while leaktrace runs (two clock reads more per
     // BPF program run, system-wide, until this descriptor is closed).
@@ -892,6 +906,7 @@ pub fn attach(
         .map_err(|err| log::debug!("no BPF run-time statistics: {err}"))
         .ok();
     let mut probes = Probes {
+        unwind,
         trap_cost,
         _run_time_stats: run_time_stats,
         ebpf,
@@ -987,15 +1002,17 @@ fn measure_trap_cost(ebpf: &mut Ebpf, links: &mut Vec<UProbeLink>) -> Option<Tra
         let mapping = maps.iter().find(|m| m.contains(address) && m.is_file())?;
         Some(address - mapping.start + mapping.offset)
     };
+    // The thread's CPU time, not wall time: on a busy machine the loop also waits for a CPU,
+    // which is no part of what a trap costs.
     let time = |function: unsafe extern "C" fn(u64) -> u64, calls: u64| -> f64 {
-        let started = std::time::Instant::now();
+        let started = procfs::thread_cpu_ns();
         let mut sum = 0u64;
         for i in 0..calls {
             // SAFETY: both functions return their argument and touch nothing else.
             sum = sum.wrapping_add(unsafe { function(std::hint::black_box(i)) });
         }
         std::hint::black_box(sum);
-        started.elapsed().as_nanos() as f64 / calls as f64
+        procfs::thread_cpu_ns().saturating_sub(started) as f64 / calls as f64
     };
     let scope = UProbeScope::OneProcess(NonZeroU32::new(me)?);
     let mut measure = |function: unsafe extern "C" fn(u64) -> u64,
@@ -1655,6 +1672,18 @@ impl Probes {
         }
         let _ = std::thread::Builder::new()
             .name("detach-allocation-probes".into())
+            .spawn(move || detach_in_parallel(links));
+    }
+
+    /// Takes every probe out, on a thread of its own: the maps keep what was recorded.
+    pub fn detach_all(&mut self) {
+        self.pause_allocations();
+        let links = std::mem::take(&mut self.links);
+        if links.is_empty() {
+            return;
+        }
+        let _ = std::thread::Builder::new()
+            .name("detach-probes".into())
             .spawn(move || detach_in_parallel(links));
     }
 

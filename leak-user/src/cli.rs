@@ -428,8 +428,9 @@ pub struct Common {
     /// Keep leaktrace's probes under this share of the target's CPU time, in percent, or
     /// `off`: the cost is measured each second (traps counted × a trap's cost, measured at
     /// start, plus the programs' run time), and over it the allocation probes are taken out
-    /// for part of every cycle (frees stay probed); the report says when and for how long.
-    /// A cost under PCT% of one core is never cut (a mostly idle target loses nothing to
+    /// for part of every cycle (frees stay probed), and where the frees alone cost more,
+    /// tracing stops (attach reports then, a watch window closes); the report says when and
+    /// for how long. A cost under PCT% of one core is never cut (a mostly idle target loses nothing to
     /// it). Default: 10 for attach and watch's windows, off for run.
     #[arg(long, value_name = "PCT|off", value_parser = parse_budget)]
     pub max_overhead: Option<Budget>,

@@ -12,7 +12,10 @@
 //! Over the budget, leaktrace duty-cycles its allocation probes: they are taken out for part
 //! of every cycle while the free probes stay, so blocks freed meanwhile are still seen going;
 //! allocations made while they are out are not recorded, and the report says for how long
-//! that was.
+//! that was. What the free probes cost alone is measured while the allocation probes are
+//! out, and the part of the cycle they stay in is set so that the two together keep the
+//! budget. Where the frees alone cost more than the budget, nothing but stopping keeps it
+//! (a block freed unseen would read as leaked forever): leaktrace stops tracing, and says so.
 use serde::{Deserialize, Serialize};
 
 /// What one trap costs on this machine, measured at start.
@@ -73,17 +76,34 @@ pub fn cpu_share_percent(spent_ns: f64, cpu_ns: u64) -> Option<f64> {
     Some((spent_ns / cpu_ns as f64 * 100.0).min(100.0))
 }
 
-/// The fraction of a cycle allocation probes stay in so that their cost stays under
-/// `budget_percent`, given what they cost while in (`share_percent`): 1 when within budget,
-/// never below `MIN_ON_FRACTION` (some allocations are still seen).
-pub fn on_fraction(share_percent: f64, budget_percent: f64) -> f64 {
+/// The fraction of a cycle allocation probes stay in so that the probes' cost stays under
+/// `budget_percent`, given what all of them cost while in (`share_percent`) and what the
+/// free probes cost alone (`frees_percent`, 0 until measured): 1 when within budget, never
+/// below `MIN_ON_FRACTION` (some allocations are still seen). Frees alone over the budget
+/// cannot be helped this way (see `frees_over_budget`).
+pub fn on_fraction(share_percent: f64, frees_percent: f64, budget_percent: f64) -> f64 {
     if share_percent <= budget_percent || share_percent <= 0.0 {
         return 1.0;
     }
-    // Over a cycle the traps cost on × share of what the target would use with them in
-    // all along: proportional, and a little under the budget since the target's own CPU
-    // time grows back while they are out.
-    (budget_percent / share_percent).clamp(MIN_ON_FRACTION, 1.0)
+    // Over a cycle the probes cost on × share + (1 − on) × frees: solved for the budget.
+    // A little under it in fact, since the target's own CPU time grows back while the
+    // allocation probes are out.
+    let frees = frees_percent.clamp(0.0, budget_percent);
+    ((budget_percent - frees) / (share_percent - frees)).clamp(MIN_ON_FRACTION, 1.0)
+}
+
+/// Whether the free probes alone, measured while the allocation probes were out, cost more
+/// than `budget_percent`, as a share of the target's CPU and of one core (see
+/// `over_budget`).
+pub fn frees_over_budget(frees: &FreesCost, budget_percent: f64) -> bool {
+    frees.cpu_share_percent > budget_percent && frees.core_percent > budget_percent
+}
+
+/// What the free probes cost alone, measured while the allocation probes were out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FreesCost {
+    pub cpu_share_percent: f64,
+    pub core_percent: f64,
 }
 
 /// The smallest part of a cycle allocation probes stay in.
@@ -112,8 +132,15 @@ pub struct CostReport {
     /// what the machine pays, whatever the target's own use.
     #[serde(default)]
     pub core_percent: f64,
+    /// The free probes' cost alone, last measured while the allocation probes were out.
+    #[serde(default)]
+    pub frees_only: Option<FreesCost>,
     /// --max-overhead, if a budget was kept.
     pub budget_percent: Option<f64>,
+    /// When tracing stopped to keep the budget (seconds since the start): the free probes
+    /// alone cost more than it.
+    #[serde(default)]
+    pub stopped_at_s: Option<f64>,
     /// The part of the trace allocation probes were out to keep the budget (0 to 1).
     pub allocation_probes_out_fraction: f64,
     /// What leaktrace did to keep the budget, with when (seconds since the start).
@@ -164,8 +191,28 @@ mod tests {
 
     #[test]
     fn probes_stay_in_for_the_part_the_budget_allows() {
-        assert_eq!(on_fraction(3.0, 5.0), 1.0);
-        assert!((on_fraction(50.0, 5.0) - 0.1).abs() < 1e-9);
-        assert_eq!(on_fraction(100.0, 0.1), MIN_ON_FRACTION);
+        assert_eq!(on_fraction(3.0, 0.0, 5.0), 1.0);
+        assert!((on_fraction(50.0, 0.0, 5.0) - 0.1).abs() < 1e-9);
+        assert_eq!(on_fraction(100.0, 0.0, 0.1), MIN_ON_FRACTION);
+        // Frees cost 6% alone and everything 46%: in a tenth of the time, 6 + 0.1 × 40 = 10.
+        assert!((on_fraction(46.0, 6.0, 10.0) - 0.1).abs() < 1e-9);
+        // Frees alone at the budget leave nothing for allocations.
+        assert_eq!(on_fraction(46.0, 12.0, 10.0), MIN_ON_FRACTION);
+    }
+
+    #[test]
+    fn frees_alone_over_the_budget_on_a_busy_target() {
+        let frees = FreesCost {
+            cpu_share_percent: 30.0,
+            core_percent: 25.0,
+        };
+        assert!(frees_over_budget(&frees, 10.0));
+        assert!(!frees_over_budget(&frees, 30.0));
+        // A mostly idle target: its frees cost the machine nothing.
+        let idle = FreesCost {
+            cpu_share_percent: 30.0,
+            core_percent: 2.0,
+        };
+        assert!(!frees_over_budget(&idle, 10.0));
     }
 }

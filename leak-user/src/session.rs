@@ -249,11 +249,13 @@ const ARM_ENTRIES_AFTER_NS: u64 = 200_000_000;
 #[derive(Default)]
 struct CostMeter {
     report: CostReport,
-    /// Start of the measurement under way (allocation probes in): time, traps, probe
-    /// programs' run time, target CPU.
+    /// Start of the measurement under way (within one phase, allocation probes in or out):
+    /// time, traps, probe programs' run time, target CPU.
     mark: Option<(u64, Traps, u64, u64)>,
     /// Whether `report.cpu_share_percent` was measured since the probes last went in.
     fresh: bool,
+    /// Whether `report.frees_only` was measured since the allocation probes last went out.
+    frees_fresh: bool,
     /// When the allocation probes went in or out.
     in_since: u64,
     out_since: Option<u64>,
@@ -524,6 +526,11 @@ impl Window {
         self.session.tick()
     }
 
+    /// Whether the window stopped tracing to keep the budget: it should close.
+    pub fn stopped(&self) -> bool {
+        self.session.stopped()
+    }
+
     /// The window's report, after which the probes are removed. `exited`: the process
     /// ended during the window.
     pub fn close(mut self, exited: bool) -> Result<Report, SessionError> {
@@ -641,15 +648,7 @@ impl Session {
                 MAX_SERIES_LEN,
             )?)
         };
-        let unwind = match options.unwind {
-            Unwind::Dwarf => {
-                let mut tables =
-                    UnwindTables::take(&mut probes.ebpf).map_err(SessionError::Unwind)?;
-                tables.refresh(pid);
-                Some(tables)
-            }
-            Unwind::Fp | Unwind::Auto => None,
-        };
+        let unwind = probes.unwind.take();
         let started_ns = procfs::monotonic_ns();
         let target = Target {
             pid,
@@ -906,50 +905,33 @@ impl Session {
     }
 
     /// Measures what the probes cost the target over the last second or so, and keeps the
-    /// --max-overhead budget by taking the allocation probes out for part of each cycle.
+    /// --max-overhead budget by taking the allocation probes out for part of each cycle, or,
+    /// when the free probes alone cost more than it, by stopping.
     fn meter_cost(&mut self, now_ns: u64) {
-        if self.probes.trap_cost.is_none() {
+        if self.probes.trap_cost.is_none() || self.cost.report.stopped_at_s.is_some() {
             return;
         }
-        let meter = &mut self.cost;
-        // The counters, the programs' run time and /proc are read only when a measurement
-        // starts or ends (at least a second apart), not every sample.
-        let due = self.probes.allocations_probed()
-            && meter
-                .mark
-                .is_none_or(|(since, ..)| now_ns.saturating_sub(since) >= COST_MEASURE_NS);
-        if due && let Some(cpu) = procfs::cpu_time_ns(self.pid) {
-            let traps = Traps {
-                allocations: self.collector.counter(Counter::Allocations)
-                    + self.collector.counter(Counter::NestedCall),
-                frees: self.collector.counter(Counter::Frees),
-                returns_skipped: self.collector.counter(Counter::ReturnsSkipped),
-            };
-            let run_ns = self.probes.probe_run_ns().unwrap_or(0);
-            if let Some((since, traps_then, run_then, cpu_then)) = meter.mark {
-                let seconds = now_ns.saturating_sub(since) as f64 / 1e9;
-                let counted = traps.since(&traps_then);
-                let spent =
-                    meter.report.trap.traps_ns(&counted) + run_ns.saturating_sub(run_then) as f64;
-                meter.report.core_percent = spent / (seconds * 1e9).max(1.0) * 100.0;
-                if let Some(share) = cost::cpu_share_percent(spent, cpu.saturating_sub(cpu_then)) {
-                    meter.report.cpu_share_percent = share;
-                    meter.report.peak_cpu_share_percent =
-                        meter.report.peak_cpu_share_percent.max(share);
-                    meter.fresh = true;
-                }
-                meter.report.traps_per_s = counted.total() as f64 / seconds;
-            }
-            meter.mark = Some((now_ns, traps, run_ns, cpu));
-        }
+        self.measure_cost(now_ns);
         let Some(budget) = self.options.max_overhead else {
             return;
         };
         let at_s = now_ns.saturating_sub(self.started_ns) as f64 / 1e9;
+        let meter = &mut self.cost;
+        let frees = meter.report.frees_only.unwrap_or_default();
         match meter.out_since {
+            Some(_) if meter.frees_fresh && cost::frees_over_budget(&frees, budget) => {
+                self.stop_tracing(now_ns, budget);
+            }
             None if meter.fresh && cost::over_budget(&meter.report, budget) => {
-                let on = cost::on_fraction(meter.report.cpu_share_percent, budget);
-                let cycle = ((COST_MEASURE_NS as f64 * 1.5 / on) as u64)
+                let on = cost::on_fraction(
+                    meter.report.cpu_share_percent,
+                    frees.cpu_share_percent,
+                    budget,
+                );
+                // Each part of the cycle holds a measurement: the part in to know what
+                // everything costs, the part out to know what the frees cost alone.
+                let measure = COST_MEASURE_NS as f64 * 1.5;
+                let cycle = ((measure / on).max(measure / (1.0 - on).max(0.01)) as u64)
                     .clamp(BUDGET_CYCLE_NS, BUDGET_MAX_CYCLE_NS);
                 if now_ns.saturating_sub(meter.in_since) as f64 >= on * cycle as f64 {
                     if (on - meter.on_fraction).abs() > 0.05 || meter.report.actions.is_empty() {
@@ -966,9 +948,11 @@ impl Session {
                     self.probes.arm_entries(false);
                     self.arm_entries_at = None;
                     self.probes.pause_allocations();
+                    let meter = &mut self.cost;
                     meter.out_since = Some(now_ns);
                     meter.mark = None;
                     meter.fresh = false;
+                    meter.frees_fresh = false;
                 }
             }
             Some(out_since)
@@ -978,11 +962,14 @@ impl Session {
                 meter.out_total_ns += now_ns.saturating_sub(out_since);
                 match self.probes.resume_allocations() {
                     Ok(()) => {
+                        let meter = &mut self.cost;
                         meter.out_since = None;
                         meter.in_since = now_ns;
+                        meter.mark = None;
                         self.arm_entries_at = Some(now_ns + ARM_ENTRIES_AFTER_NS);
                     }
                     Err(err) => {
+                        let meter = &mut self.cost;
                         meter.out_since = Some(now_ns);
                         meter.report.actions.push(format!(
                             "{at_s:.1}s: allocation probes could not go back in: {err}"
@@ -994,14 +981,98 @@ impl Session {
         }
     }
 
+    /// Ends a measurement of the probes' cost when one is due (at least a second long), and
+    /// starts the next. Measured with the allocation probes in, it is what all the probes
+    /// cost; with them out, what the free probes cost alone.
+    fn measure_cost(&mut self, now_ns: u64) {
+        let meter = &mut self.cost;
+        // The counters, the programs' run time and /proc are read only when a measurement
+        // starts or ends (at least a second apart), not every sample.
+        let due = meter
+            .mark
+            .is_none_or(|(since, ..)| now_ns.saturating_sub(since) >= COST_MEASURE_NS);
+        if !due {
+            return;
+        }
+        let Some(cpu) = procfs::cpu_time_ns(self.pid) else {
+            return;
+        };
+        let traps = Traps {
+            allocations: self.collector.counter(Counter::Allocations)
+                + self.collector.counter(Counter::NestedCall),
+            frees: self.collector.counter(Counter::Frees),
+            returns_skipped: self.collector.counter(Counter::ReturnsSkipped),
+        };
+        let run_ns = self.probes.probe_run_ns().unwrap_or(0);
+        let allocations_in = self.probes.allocations_probed();
+        if let Some((since, traps_then, run_then, cpu_then)) = meter.mark {
+            let seconds = now_ns.saturating_sub(since) as f64 / 1e9;
+            let counted = traps.since(&traps_then);
+            let spent =
+                meter.report.trap.traps_ns(&counted) + run_ns.saturating_sub(run_then) as f64;
+            let core_percent = spent / (seconds * 1e9).max(1.0) * 100.0;
+            let share = cost::cpu_share_percent(spent, cpu.saturating_sub(cpu_then));
+            if allocations_in {
+                meter.report.core_percent = core_percent;
+                if let Some(share) = share {
+                    meter.report.cpu_share_percent = share;
+                    meter.report.peak_cpu_share_percent =
+                        meter.report.peak_cpu_share_percent.max(share);
+                    meter.fresh = true;
+                }
+                meter.report.traps_per_s = counted.total() as f64 / seconds;
+            } else if let Some(share) = share {
+                meter.report.frees_only = Some(cost::FreesCost {
+                    cpu_share_percent: share,
+                    core_percent,
+                });
+                meter.frees_fresh = true;
+            }
+        }
+        meter.mark = Some((now_ns, traps, run_ns, cpu));
+    }
+
+    /// Takes every probe out: the free probes alone cost more than the budget, and a block
+    /// freed unseen would read as leaked. What was recorded until then is reported; an
+    /// attach ends there, a watch window closes.
+    fn stop_tracing(&mut self, now_ns: u64, budget: f64) {
+        let at_s = now_ns.saturating_sub(self.started_ns) as f64 / 1e9;
+        let meter = &mut self.cost;
+        let frees = meter.report.frees_only.unwrap_or_default();
+        if let Some(out_since) = meter.out_since.take() {
+            meter.out_total_ns += now_ns.saturating_sub(out_since);
+        }
+        meter.report.stopped_at_s = Some(at_s);
+        meter.report.actions.push(format!(
+            "{at_s:.1}s: the free probes alone took {:.1}% of the target's CPU ({:.1}% of a core), over the budget of {budget}%: tracing stopped, the report holds what was seen until then; to trace on, --max-overhead {} or off",
+            frees.cpu_share_percent,
+            frees.core_percent,
+            (frees.cpu_share_percent * 2.0 / 5.0).ceil() * 5.0
+        ));
+        log::warn!("{}", meter.report.actions.last().map_or("", String::as_str));
+        self.probes.arm_entries(false);
+        self.arm_entries_at = None;
+        self.probes.detach_all();
+    }
+
+    /// Whether tracing stopped to keep the budget.
+    pub fn stopped(&self) -> bool {
+        self.cost.report.stopped_at_s.is_some()
+    }
+
     /// What the probes cost, for the report.
     fn cost_report(&self, now_ns: u64) -> Option<CostReport> {
         self.probes.trap_cost?;
         let mut report = self.cost.report.clone();
+        // After a stop, no allocation is seen either.
+        let stopped_since = report
+            .stopped_at_s
+            .map(|at_s| self.started_ns + (at_s * 1e9) as u64);
         let out = self.cost.out_total_ns
             + self
                 .cost
                 .out_since
+                .or(stopped_since)
                 .map_or(0, |since| now_ns.saturating_sub(since));
         let traced = now_ns.saturating_sub(self.started_ns).max(1);
         report.allocation_probes_out_fraction = (out as f64 / traced as f64).min(1.0);
@@ -1112,6 +1183,10 @@ impl Session {
                     self.tick()?;
                     if !alive {
                         return Ok(Some(Exit { code: None, signal: None }));
+                    }
+                    if self.stopped() {
+                        // Over the budget with frees alone: the report now.
+                        return Ok(None);
                     }
                 }
                 _ = &mut end => {

@@ -230,6 +230,8 @@ pub struct UnwindTables {
     /// The mappings in the live half, as last written.
     live: Vec<UnwindMapping>,
     half: u32,
+    /// Switches published so far (UnwindIndex::generation).
+    generation: u32,
     /// Modules left without tables because the row map was full.
     pub modules_without_room: u64,
 }
@@ -253,6 +255,7 @@ impl UnwindTables {
             next_row: 0,
             live: Vec::new(),
             half: 0,
+            generation: 0,
             modules_without_room: 0,
         })
     }
@@ -314,9 +317,12 @@ impl UnwindTables {
         let index = UnwindIndex {
             half,
             count: wanted.len() as u32,
+            generation: self.generation + 1,
+            _pad: 0,
         };
         if self.index.set(0, index, 0).is_ok() {
             self.half = half;
+            self.generation = index.generation;
             self.live = wanted;
         }
         true

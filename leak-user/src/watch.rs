@@ -908,7 +908,7 @@ impl Watcher {
             if let Err(err) = open.window.tick() {
                 log::warn!("pid {pid}: {err}");
             }
-            if open.opened.elapsed() >= escalate_for {
+            if open.opened.elapsed() >= escalate_for || open.window.stopped() {
                 due.push(*pid);
             }
         }

@@ -784,7 +784,7 @@ pub fn redis(runs: usize) -> Result<String> {
         });
         let mut results: Vec<Vec<(f64, f64)>> = vec![Vec::new(); configurations.len()];
         let mut watch_cost: Vec<(f64, u64)> = Vec::new();
-        let mut shares = Vec::new();
+        let mut budget_costs = Vec::new();
         for _ in 0..runs {
             for (index, configuration) in configurations.iter().enumerate() {
                 let requests = if configuration.default_budget {
@@ -812,9 +812,9 @@ pub fn redis(runs: usize) -> Result<String> {
                 }
                 let cost = tracer.stop();
                 if configuration.default_budget
-                    && let Some(share) = cost.as_ref().and_then(crate::services::peak_share)
+                    && let Some(cost) = cost
                 {
-                    shares.push(share);
+                    budget_costs.push(cost);
                 }
                 results[index].push(measured?);
             }
@@ -837,13 +837,7 @@ pub fn redis(runs: usize) -> Result<String> {
                 100.0 * get / base_get
             );
         }
-        if !shares.is_empty() {
-            let _ = writeln!(
-                table,
-                "\nWith the default budget the report's `cost` said the probes took {:.1}% of redis's CPU at their peak, before backing off.",
-                median(shares)
-            );
-        }
+        table += &crate::services::budget_summary(&budget_costs, "redis's");
         if !watch_cost.is_empty() {
             let cpu = median(watch_cost.iter().map(|c| c.0).collect());
             let peak = watch_cost.iter().map(|c| c.1).max().unwrap_or(0);

@@ -140,13 +140,12 @@ impl Tracer {
 }
 
 /// One table row per configuration: throughput (requests or transactions per second) and
-/// its ratio to the untraced row, plus the share the default budget's runs say the probes
-/// took.
+/// its ratio to the untraced row, plus what the default budget's runs' reports said.
 fn throughput_table(
     what: &str,
     configurations: &[Configuration],
     results: &[Vec<f64>],
-    budget_shares: &[f64],
+    budget_costs: &[serde_json::Value],
 ) -> String {
     let base = median(results[0].clone());
     let mut table = format!("| {what} | per second (median) | vs untraced |\n|---|---|---|\n");
@@ -159,19 +158,45 @@ fn throughput_table(
             100.0 * value / base
         );
     }
-    if !budget_shares.is_empty() {
-        let _ = writeln!(
-            table,
-            "\nWith the default budget the report's `cost` said the probes took {:.1}% of the target's CPU (median of the runs' peaks before backing off).",
-            median(budget_shares.to_vec())
-        );
-    }
-    table
+    table + &budget_summary(budget_costs, "the target's")
 }
 
-/// The peak CPU share a report's `cost` recorded.
-pub fn peak_share(cost: &serde_json::Value) -> Option<f64> {
-    cost["peak_cpu_share_percent"].as_f64()
+/// What the default budget's runs' reports said (their `cost`): the probes' peak share of
+/// `whose` CPU, the free probes' share alone, and whether and when tracing stopped. Empty
+/// without runs.
+pub fn budget_summary(costs: &[serde_json::Value], whose: &str) -> String {
+    let values = |field: &dyn Fn(&serde_json::Value) -> Option<f64>| -> Vec<f64> {
+        costs.iter().filter_map(field).collect()
+    };
+    let peaks = values(&|cost| cost["peak_cpu_share_percent"].as_f64());
+    if peaks.is_empty() {
+        return String::new();
+    }
+    let mut text = format!(
+        "\nWith the default budget the report's `cost` said every probe took {:.1}% of {whose} CPU (median of the runs' peaks)",
+        median(peaks)
+    );
+    let frees = values(&|cost| cost["frees_only"]["cpu_share_percent"].as_f64());
+    if !frees.is_empty() {
+        let _ = write!(
+            text,
+            ", the free probes alone {:.1}% (measured while the allocation probes were out)",
+            median(frees)
+        );
+    }
+    let stops = values(&|cost| cost["stopped_at_s"].as_f64());
+    if stops.is_empty() {
+        text += "; tracing went on to the end.\n";
+    } else {
+        let _ = writeln!(
+            text,
+            "; tracing stopped (the frees alone over the budget) in {} of {} runs, {:.1} s after the attach (median).",
+            stops.len(),
+            costs.len(),
+            median(stops)
+        );
+    }
+    text
 }
 
 /// nginx (Debian, glibc) with one worker serving a 4 KiB file on loopback under `wrk`;
@@ -215,7 +240,7 @@ pub fn nginx(runs: usize) -> Result<String> {
         wrk(&url, 2)?; // warm-up
         let configurations = configurations();
         let mut results = vec![Vec::new(); configurations.len()];
-        let mut shares = Vec::new();
+        let mut budget_costs = Vec::new();
         for _ in 0..runs {
             for (index, configuration) in configurations.iter().enumerate() {
                 let seconds = if configuration.default_budget {
@@ -231,9 +256,9 @@ pub fn nginx(runs: usize) -> Result<String> {
                 let measured = wrk(&url, seconds);
                 let cost = tracer.stop();
                 if configuration.default_budget
-                    && let Some(share) = cost.as_ref().and_then(peak_share)
+                    && let Some(cost) = cost
                 {
-                    shares.push(share);
+                    budget_costs.push(cost);
                 }
                 results[index].push(measured?);
             }
@@ -242,7 +267,7 @@ pub fn nginx(runs: usize) -> Result<String> {
             "nginx worker",
             &configurations,
             &results,
-            &shares,
+            &budget_costs,
         ))
     })();
     stop(&mut master, Duration::from_secs(10));
@@ -368,14 +393,14 @@ pub fn postgres(runs: usize) -> Result<String> {
     let configurations = configurations();
     // Per run: the untraced row's rate, the others' ratio to the rate before their attach.
     let mut results = vec![Vec::new(); configurations.len()];
-    let mut shares = Vec::new();
+    let mut budget_costs = Vec::new();
     for _ in 0..runs {
         for (index, configuration) in configurations.iter().enumerate() {
             let (before, during, cost) = pgbench_run(&bin, &server, configuration)?;
             if configuration.default_budget
-                && let Some(share) = cost.as_ref().and_then(peak_share)
+                && let Some(cost) = cost
             {
-                shares.push(share);
+                budget_costs.push(cost);
             }
             results[index].push(match configuration.ready {
                 Some(_) => during / before,
@@ -398,7 +423,7 @@ pub fn postgres(runs: usize) -> Result<String> {
         "PostgreSQL backend (pgbench, tps)",
         &configurations,
         &scaled,
-        &shares,
+        &budget_costs,
     );
     println!("{table}");
     Ok(table)

@@ -134,6 +134,9 @@ pub fn render(report: &Report, color: bool) -> String {
             }
         }
         let _ = writeln!(out, "{line}");
+        for action in &cost.actions {
+            let _ = writeln!(out, "  budget: {action}");
+        }
     }
     for runtime in &report.runtimes {
         match (&runtime.perf_map, &runtime.hint) {
