@@ -582,6 +582,23 @@ impl Background {
         Background { child }
     }
 
+    /// Waits until the process has mapped a file whose path contains `library` (its
+    /// allocator is in place to be found), for up to 20 s.
+    pub fn wait_for_library(&self, library: &str) {
+        let maps = format!("/proc/{}/maps", self.child.id());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if std::fs::read_to_string(&maps).is_ok_and(|text| text.contains(library)) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!(
+            "process {} mapped no {library} within 20 s",
+            self.child.id()
+        );
+    }
+
     /// Sends SIGINT and waits up to `grace` for it to exit.
     pub fn interrupt(&mut self, grace: std::time::Duration) {
         if let Ok(pid) = i32::try_from(self.child.id()) {

@@ -163,6 +163,8 @@ fn attach_keeps_a_default_budget_that_off_turns_off() {
             .args(["pairs", "1000000000"])
             .stdout(std::process::Stdio::null()),
     );
+    // Attached before the loader has mapped libc, leaktrace would find no allocator.
+    busy.wait_for_library("libc.so");
     let pid = busy.child.id().to_string();
     for (name, extra, budget) in [
         ("default_budget", &[][..], Some(10.0)),
