@@ -5,8 +5,9 @@
 //!
 //! Two things keep a walk cheap on a busy target. The stack's first two pages are copied at
 //! once into `STACK_WINDOW` (a copy of 4 KiB costs about what two 8-byte reads do, and a
-//! frame needs one or two). And the row found for an address is kept in `ROW_CACHE`, so the frames of
-//! the stacks a service allocates from again and again are not searched for each time.
+//! frame needs one or two). And the row found for an address is kept in `ROW_CACHE`, so
+//! the frames of the stacks a service allocates from again and again are not searched for
+//! each time.
 use core::ffi::c_void;
 
 use crate::maps::{STACK_SCRATCH, read_user_u64};

@@ -1666,25 +1666,16 @@ impl Probes {
     /// for the kernel, so it happens on a thread of its own.
     pub fn pause_allocations(&mut self) {
         self.allocations_paused = true;
-        let links = std::mem::take(&mut self.allocation_links);
-        if links.is_empty() {
-            return;
-        }
-        let _ = std::thread::Builder::new()
-            .name("detach-allocation-probes".into())
-            .spawn(move || detach_in_parallel(links));
+        detach_in_background(
+            std::mem::take(&mut self.allocation_links),
+            "detach-allocation-probes",
+        );
     }
 
     /// Takes every probe out, on a thread of its own: the maps keep what was recorded.
     pub fn detach_all(&mut self) {
         self.pause_allocations();
-        let links = std::mem::take(&mut self.links);
-        if links.is_empty() {
-            return;
-        }
-        let _ = std::thread::Builder::new()
-            .name("detach-probes".into())
-            .spawn(move || detach_in_parallel(links));
+        detach_in_background(std::mem::take(&mut self.links), "detach-probes");
     }
 
     /// Puts the allocating functions' probes back (each return probe before its entry).
@@ -1714,6 +1705,17 @@ impl Probes {
         }
         Ok(())
     }
+}
+
+/// Detaches `links` on a thread of its own (`name`), in parallel: the caller does not wait
+/// for the kernel.
+fn detach_in_background(links: Vec<ProbeLink>, name: &str) {
+    if links.is_empty() {
+        return;
+    }
+    let _ = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || detach_in_parallel(links));
 }
 
 /// Detaching a uprobe waits for RCU grace periods, about 90 ms each here, and the kernel

@@ -96,7 +96,7 @@ pub fn on_fraction(share_percent: f64, frees_percent: f64, budget_percent: f64) 
 /// than `budget_percent`, as a share of the target's CPU and of one core (see
 /// `over_budget`).
 pub fn frees_over_budget(frees: &FreesCost, budget_percent: f64) -> bool {
-    frees.cpu_share_percent > budget_percent && frees.core_percent > budget_percent
+    felt_over(frees.cpu_share_percent, frees.core_percent, budget_percent)
 }
 
 /// What the free probes cost alone, measured while the allocation probes were out.
@@ -114,7 +114,16 @@ pub const MIN_ON_FRACTION: f64 = 0.02;
 /// little CPU time in the probes while they cost the machine, and its throughput, next to
 /// nothing: cutting them then would only blind the trace.
 pub fn over_budget(report: &CostReport, budget_percent: f64) -> bool {
-    report.cpu_share_percent > budget_percent && report.core_percent > budget_percent
+    felt_over(
+        report.cpu_share_percent,
+        report.core_percent,
+        budget_percent,
+    )
+}
+
+/// Over `budget_percent` both as a share of the target's CPU and of one core.
+fn felt_over(cpu_share_percent: f64, core_percent: f64, budget_percent: f64) -> bool {
+    cpu_share_percent > budget_percent && core_percent > budget_percent
 }
 
 /// A cost measurement over one interval, kept for the report.
