@@ -147,57 +147,80 @@ pub enum FirstFrame {
 /// tables under --unwind dwarf; without them the kernel's frame-pointer walk records it.
 #[inline(always)]
 pub fn user_stack_id<C: EbpfContext>(ctx: &C, regs: Option<&pt_regs>, first: FirstFrame) -> u32 {
-    let Some(scratch) = STACK_SCRATCH.get_ptr_mut(0) else {
-        count(Counter::StackIdError);
-        return UNKNOWN_STACK_ID;
+    let Some(regs) = regs else {
+        let Some(scratch) = STACK_SCRATCH.get_ptr_mut(0) else {
+            count(Counter::StackIdError);
+            return UNKNOWN_STACK_ID;
+        };
+        // SAFETY: this CPU's scratch slot. The program does not migrate, and the kernel runs
+        // no other of these programs on this CPU until it ends (it skips them: recursion
+        // misses).
+        let stack = unsafe { &mut *scratch };
+        // SAFETY: the buffer is the scratch slot's `ips`, of the size given.
+        let copied = unsafe {
+            bpf_get_stack(
+                ctx.as_ptr(),
+                stack.ips.as_mut_ptr().cast(),
+                (MAX_STACK_DEPTH * 8) as u32,
+                BPF_F_USER_STACK as u64,
+            )
+        };
+        if copied < 0 {
+            count(Counter::StackIdError);
+            return UNKNOWN_STACK_ID;
+        }
+        stack.len = (copied as usize / 8).min(MAX_STACK_DEPTH) as u64;
+        return leaktrace_scratch_stack_id();
     };
-    // SAFETY: this CPU's scratch slot. The program does not migrate, and the kernel runs no
-    // other of these programs on this CPU until it ends (it skips them: recursion misses).
-    let stack = unsafe { &mut *scratch };
-    // SAFETY: a plain read of a global that user space sets once before load.
-    let mode = unsafe { core::ptr::read_volatile(&UNWIND_MODE) };
-    let caller = match (first, regs) {
-        (FirstFrame::FunctionEntry, Some(regs)) => match read_user_u64(regs.rsp) {
-            Some(caller) => Some(caller),
+    let (ip, sp, exact) = match first {
+        FirstFrame::FunctionEntry => match read_user_u64(regs.rsp) {
+            Some(caller) => (caller, regs.rsp + 8, 0),
             None => {
                 count(Counter::StackIdError);
                 return UNKNOWN_STACK_ID;
             }
         },
-        _ => None,
+        FirstFrame::Running => (regs.rip, regs.rsp, 1),
+        FirstFrame::ReturnAddress => (regs.rip, regs.rsp, 0),
     };
-    match regs {
-        Some(regs) => {
-            let tables = mode == UNWIND_DWARF;
-            match caller {
-                Some(caller) => unwind(stack, caller, regs.rsp + 8, regs.rbp, false, tables),
-                None => unwind(
-                    stack,
-                    regs.rip,
-                    regs.rsp,
-                    regs.rbp,
-                    first == FirstFrame::Running,
-                    tables,
-                ),
-            }
-        }
-        None => {
-            // SAFETY: the buffer is the scratch slot's `ips`, of the size given.
-            let copied = unsafe {
-                bpf_get_stack(
-                    ctx.as_ptr(),
-                    stack.ips.as_mut_ptr().cast(),
-                    (MAX_STACK_DEPTH * 8) as u32,
-                    BPF_F_USER_STACK as u64,
-                )
-            };
-            if copied < 0 {
-                count(Counter::StackIdError);
-                return UNKNOWN_STACK_ID;
-            }
-            stack.len = (copied as usize / 8).min(MAX_STACK_DEPTH) as u64;
-        }
-    }
+    leaktrace_walk_stack(ip, sp, regs.rbp, exact);
+    leaktrace_scratch_stack_id()
+}
+
+/// Walks the stack whose innermost frame is at `ip` with registers `sp` and `bp` into this
+/// CPU's scratch slot (`exact` 1: `ip` is the instruction that was running, not a return
+/// address). Returns 0.
+///
+/// A global function (exported by bpf-linker: see build.rs): the verifier checks it once, with
+/// its arguments unknown, instead of once for every state of every caller. The walk with its
+/// bpf_loop callbacks and nested searches took 35,000 verified instructions per call site
+/// when inlined. It returns before `leaktrace_scratch_stack_id` is called, so that the two
+/// frames are never on the BPF stack together (512 bytes for a whole chain of calls).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn leaktrace_walk_stack(ip: u64, sp: u64, bp: u64, exact: u64) -> u32 {
+    let Some(scratch) = STACK_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch slot, as in `user_stack_id`.
+    let stack = unsafe { &mut *scratch };
+    // SAFETY: a plain read of a global that user space sets once before load.
+    let mode = unsafe { core::ptr::read_volatile(&UNWIND_MODE) };
+    unwind(stack, ip, sp, bp, exact != 0, mode == UNWIND_DWARF);
+    0
+}
+
+/// The id of the stack in this CPU's scratch slot (see `user_stack_id`), Python frames
+/// appended. A global function, like `leaktrace_walk_stack`.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn leaktrace_scratch_stack_id() -> u32 {
+    let Some(scratch) = STACK_SCRATCH.get_ptr_mut(0) else {
+        count(Counter::StackIdError);
+        return UNKNOWN_STACK_ID;
+    };
+    // SAFETY: this CPU's scratch slot, as in `user_stack_id`.
+    let stack = unsafe { &mut *scratch };
     append_python_frames();
     let len = (stack.len as usize).min(MAX_STACK_DEPTH);
     // FNV-1a over the addresses.

@@ -17,8 +17,8 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray},
 };
 use leak_common::{
-    CFA_END, CFA_RBP, CFA_RSP, MAX_DWARF_FRAMES, MAX_STACK_DEPTH, MAX_UNWIND_MAPPINGS, StackFrames,
-    UnwindIndex, UnwindMapping, UnwindRow,
+    CFA_END, CFA_RBP, CFA_RSP, CFA_UNKNOWN, MAX_DWARF_FRAMES, MAX_STACK_DEPTH, MAX_UNWIND_MAPPINGS,
+    StackFrames, UnwindIndex, UnwindMapping, UnwindRow,
 };
 
 #[map(name = "UNWIND_ROWS")]
@@ -148,24 +148,23 @@ extern "C" fn step(_index: u64, context: *mut c_void) -> i64 {
         walk.ip - 1
     };
     let row = if walk.mappings == 0 {
-        None
+        NO_ROW
     } else {
-        find_row(walk, lookup)
+        leaktrace_find_row(lookup, walk.half, walk.mappings, walk.generation)
     };
-    match row {
-        Some(row) if row.kind == CFA_END => return 1,
-        Some(row) if row.kind == CFA_RSP || row.kind == CFA_RBP => {
-            let base = if row.kind == CFA_RSP {
-                walk.sp
-            } else {
-                walk.bp
-            };
-            let cfa = base.wrapping_add(row.cfa_offset as i64 as u64);
+    let kind = (row & 0xff) as u8;
+    let rbp_offset_words = (row >> 8) as u8 as i8;
+    let cfa_offset = (row >> 16) as u16 as i16;
+    match kind {
+        CFA_END => return 1,
+        CFA_RSP | CFA_RBP => {
+            let base = if kind == CFA_RSP { walk.sp } else { walk.bp };
+            let cfa = base.wrapping_add(cfa_offset as i64 as u64);
             let Some(ra) = stack_word(window, cfa.wrapping_sub(8)) else {
                 return 1;
             };
-            if row.rbp_offset_words != 0 {
-                let at = cfa.wrapping_add((row.rbp_offset_words as i64 * 8) as u64);
+            if rbp_offset_words != 0 {
+                let at = cfa.wrapping_add((rbp_offset_words as i64 * 8) as u64);
                 match stack_word(window, at) {
                     Some(bp) => walk.bp = bp,
                     None => return 1,
@@ -254,39 +253,66 @@ struct Search {
     key: u64,
 }
 
-/// The unwind row covering `address`, if its mapping has a table: kept from an earlier walk
-/// under the same tables, or searched for.
+/// What `leaktrace_find_row` returns where no row covers an address (frame pointers then).
+const NO_ROW: u64 = CFA_UNKNOWN as u64;
+
+/// The unwind row covering `address` under the tables of `half` (`mappings` of them, of
+/// `generation`), packed for the walk: its kind in bits 0-7, the words from the CFA to the
+/// saved rbp in bits 8-15, the CFA's offset in bits 16-31; `NO_ROW` where no table covers the
+/// address. Kept from an earlier walk under the same tables, or searched for.
 ///
 /// Each binary search runs as a bpf_loop callback: the verifier then checks one step, with
 /// the bounds unknown, instead of every path through an unrolled loop (a bounded loop of 22
 /// steps, each with a map lookup and two branches, took over half of the verifier's
 /// 1,000,000-instruction limit once inlined into a program with several stack walks).
-#[inline(always)]
-fn find_row(walk: &Walk, address: u64) -> Option<UnwindRow> {
+///
+/// A global function (exported by bpf-linker: see build.rs), so that the verifier checks the
+/// searches once, not once per pass it makes over the walk's callback (12 of them, 40,000
+/// instructions, when the searches were inlined there).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn leaktrace_find_row(
+    address: u64,
+    half: u32,
+    mappings: u32,
+    generation: u32,
+) -> u64 {
     // SAFETY: copied out at once.
     if let Some(cached) = unsafe { ROW_CACHE.get(&address) }.copied()
-        && cached.generation == walk.generation
+        && cached.generation == generation
     {
-        return (cached.found != 0).then_some(cached.row);
+        return if cached.found != 0 {
+            packed(&cached.row)
+        } else {
+            NO_ROW
+        };
     }
-    let row = search_row(walk, address);
+    let row = search_row(address, half, mappings);
     let cached = CachedRow {
         row: row.unwrap_or_default(),
-        generation: walk.generation,
+        generation,
         found: row.is_some() as u32,
     };
     let _ = ROW_CACHE.insert(&address, &cached, 0);
-    row
+    row.as_ref().map_or(NO_ROW, packed)
+}
+
+/// A row as `leaktrace_find_row` returns it.
+#[inline(always)]
+fn packed(row: &UnwindRow) -> u64 {
+    u64::from(row.kind)
+        | u64::from(row.rbp_offset_words as u8) << 8
+        | u64::from(row.cfa_offset as u16) << 16
 }
 
 /// The unwind row covering `address`, searched for in the live tables.
 #[inline(always)]
-fn search_row(walk: &Walk, address: u64) -> Option<UnwindRow> {
-    let base = walk.half * MAX_UNWIND_MAPPINGS;
+fn search_row(address: u64, half: u32, mappings: u32) -> Option<UnwindRow> {
+    let base = (half & 1) * MAX_UNWIND_MAPPINGS;
     // The last mapping starting at or below the address.
     let mut search = Search {
         low: 0,
-        high: walk.mappings,
+        high: mappings.min(MAX_UNWIND_MAPPINGS),
         base,
         _pad: 0,
         key: address,

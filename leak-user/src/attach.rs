@@ -794,6 +794,9 @@ pub struct LoadOptions {
     pub unwind: crate::cli::Unwind,
     /// The CPython layout the kernel reads Python frames with (zero: not CPython).
     pub python: leak_common::PyLayout,
+    /// The target has not executed its program yet (`run`): its mappings are still
+    /// leaktrace's own, so its unwind tables are loaded at its entry point instead.
+    pub before_exec: bool,
 }
 
 /// The compiled kernel programs (leak-ebpf), built by build.rs.
@@ -894,7 +897,9 @@ pub fn attach(
     let unwind = match options.unwind {
         crate::cli::Unwind::Dwarf => {
             let mut tables = UnwindTables::take(&mut ebpf).map_err(AttachError::Load)?;
-            tables.refresh(pid);
+            if !options.before_exec {
+                tables.refresh(pid);
+            }
             Some(tables)
         }
         crate::cli::Unwind::Fp | crate::cli::Unwind::Auto => None,

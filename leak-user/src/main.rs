@@ -24,8 +24,11 @@ fn main() -> ExitCode {
         }
     };
     let cli = Cli::parse_from(args);
+    // LEAKTRACE_LOG_TIME=1 stamps each log line with the time (where start-up time goes).
+    let stamps =
+        std::env::var_os("LEAKTRACE_LOG_TIME").map(|_| env_logger::TimestampPrecision::Millis);
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(cli.log_filter()))
-        .format_timestamp(None)
+        .format_timestamp(stamps)
         .init();
     if let Command::Attach { common, .. }
     | Command::Run { common, .. }

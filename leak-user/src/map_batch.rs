@@ -1,7 +1,9 @@
 //! Reading a whole BPF hash map with `BPF_MAP_LOOKUP_BATCH`: one system call per few
 //! thousand entries, where aya's iterator makes two per entry (next key, then lookup). The
 //! live-allocation map is read this way every interval, and inside the reachability scan's
-//! freeze, where each microsecond is the target's pause.
+//! freeze, where each microsecond is the target's pause. Array slots are written the same
+//! way (`BPF_MAP_UPDATE_BATCH`): the unwind tables, hundreds of thousands of rows for a large
+//! executable, took 1.3 µs a row written one by one.
 //!
 //! The kernel walks the map a bucket at a time under the bucket's lock, so entries added or
 //! removed meanwhile are either seen once or not at all: never twice, which the key-by-key
@@ -13,8 +15,9 @@ use std::{
 
 use aya::Pod;
 
-/// `enum bpf_cmd`'s BPF_MAP_LOOKUP_BATCH.
+/// `enum bpf_cmd`'s BPF_MAP_LOOKUP_BATCH and BPF_MAP_UPDATE_BATCH.
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 /// Linux's ENOTSUPP (not the libc EOPNOTSUPP), returned for maps without batch support.
 const ENOTSUPP: i32 = 524;
 /// Entries asked for per call; grown when one bucket holds more (ENOSPC).
@@ -97,6 +100,40 @@ fn for_each_in<K: Pod, V: Pod>(
             }
         }
     }
+}
+
+/// Writes `values` into the array map `map` from slot `first` on, a chunk per system call.
+/// Ok(false), before any write, when the kernel has no batch update for it (before 5.6):
+/// write them one by one then.
+pub fn set_array<V: Pod>(map: &impl AsFd, first: u32, values: &[V]) -> io::Result<bool> {
+    let mut keys: Vec<u32> = Vec::with_capacity(values.len().min(CHUNK * 16));
+    for (chunk_index, chunk) in values.chunks(CHUNK * 16).enumerate() {
+        let start = (chunk_index * CHUNK * 16) as u32;
+        keys.clear();
+        keys.extend((0..chunk.len() as u32).map(|offset| first + start + offset));
+        let mut attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            values: chunk.as_ptr() as u64,
+            count: chunk.len() as u32,
+            map_fd: map.as_fd().as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: the attribute points at `count` keys and values, alive for the call; the
+        // kernel only reads them.
+        let result = unsafe { crate::bpf_call::bpf(BPF_MAP_UPDATE_BATCH, &mut attr) };
+        match result.err().map(|err| err.raw_os_error()) {
+            None => {}
+            Some(Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)) if chunk_index == 0 => {
+                return Ok(false);
+            }
+            Some(code) => {
+                return Err(
+                    code.map_or_else(io::Error::last_os_error, io::Error::from_raw_os_error)
+                );
+            }
+        }
+    }
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -182,6 +219,48 @@ mod tests {
             assert_eq!(read.len(), expected.len(), "chunk {chunk}");
             assert!(read == expected, "chunk {chunk}: entries differ");
         }
+    }
+
+    #[test]
+    fn array_slots_are_written_in_batches() {
+        const BPF_MAP_TYPE_ARRAY: u32 = 2;
+        const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+        let entries = 3 * CHUNK as u32 * 16 + 100;
+        let mut attr = Attr([0; 16]);
+        attr.0[0] = u64::from(BPF_MAP_TYPE_ARRAY) | (4 << 32);
+        attr.0[1] = 8 | (u64::from(entries) << 32);
+        // SAFETY: a zeroed bpf_attr with the map's type and sizes; no pointers.
+        let map = match unsafe { crate::bpf_call::bpf_fd(BPF_MAP_CREATE, &mut attr) } {
+            Ok(fd) => fd,
+            Err(err) if std::env::var("LEAKTRACE_REQUIRE_BPF").is_ok_and(|v| v == "1") => {
+                panic!("LEAKTRACE_REQUIRE_BPF=1, but no BPF map could be created: {err}")
+            }
+            Err(err) => {
+                eprintln!("SKIPPED map_batch test: no BPF map could be created: {err}");
+                return;
+            }
+        };
+        // More than two chunks, from an offset.
+        let values: Vec<u64> = (0..2 * CHUNK as u64 * 16 + 7).map(|i| i * 7 + 1).collect();
+        let first = 50;
+        assert!(set_array(&map, first, &values).expect("batch update"));
+        let read = |slot: u32| {
+            let mut value = 0u64;
+            let mut attr = Attr([0; 16]);
+            attr.0[0] = map.as_raw_fd() as u64;
+            attr.0[1] = &raw const slot as u64;
+            attr.0[2] = &raw mut value as u64;
+            // SAFETY: the key and value the attribute points to live for the call.
+            unsafe { crate::bpf_call::bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) }.expect("lookup");
+            value
+        };
+        assert_eq!(read(first - 1), 0);
+        for (offset, value) in values.iter().enumerate() {
+            assert_eq!(read(first + offset as u32), *value, "slot {offset}");
+        }
+        assert_eq!(read(first + values.len() as u32), 0);
+        // Past the end: refused, not silently cut.
+        assert!(set_array(&map, entries - 1, &values[..2]).is_err());
     }
 
     #[test]

@@ -247,7 +247,12 @@ fn load_program(
     // SAFETY: everything the attribute points to (instructions, license, function records)
     // lives for the call; the kernel copies it.
     let error = match unsafe { bpf_fd(CMD_PROG_LOAD, &mut attr) } {
-        Ok(fd) => return Ok(fd),
+        Ok(fd) => {
+            if let Some(dir) = std::env::var_os("LEAKTRACE_VERIFIER_LOG") {
+                write_verifier_log(&mut attr, Path::new(&dir), name, attach_type);
+            }
+            return Ok(fd);
+        }
         Err(error) => error,
     };
     {
@@ -275,6 +280,28 @@ fn load_program(
         Err(format!(
             "BPF_PROG_LOAD of {name} for {link}: {error}: {last}"
         ))
+    }
+}
+
+/// For people working on the kernel programs (LEAKTRACE_VERIFIER_LOG=DIR): loads the program
+/// once more with the verifier's full log and writes it to DIR/NAME-ATTACHTYPE.log. Every
+/// instruction the verifier processed is a line there, so counting lines per instruction
+/// shows which code the verifier walks again and again.
+fn write_verifier_log(attr: &mut ProgLoadAttr, dir: &Path, name: &str, attach_type: u32) {
+    let mut log = vec![0u8; 1 << 29];
+    attr.log_level = 2;
+    attr.log_size = log.len() as u32;
+    attr.log_buf = log.as_mut_ptr() as u64;
+    // SAFETY: as for the load itself; the log buffer lives for the call too.
+    let loaded = unsafe { bpf_fd(CMD_PROG_LOAD, attr) };
+    attr.log_level = 0;
+    attr.log_size = 0;
+    attr.log_buf = 0;
+    drop(loaded);
+    let end = log.iter().position(|byte| *byte == 0).unwrap_or(log.len());
+    let path = dir.join(format!("{name}-{attach_type}.log"));
+    if let Err(err) = std::fs::write(&path, &log[..end]) {
+        log::warn!("could not write {}: {err}", path.display());
     }
 }
 

@@ -634,6 +634,7 @@ impl Session {
                     .as_ref()
                     .and_then(PythonInterpreter::layout)
                     .unwrap_or_default(),
+                before_exec: mode == "run",
             },
         )?;
         let maps = KernelMaps::take(&mut probes.ebpf)?;

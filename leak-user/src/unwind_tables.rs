@@ -340,8 +340,18 @@ impl UnwindTables {
             return (0, 0);
         }
         let first = self.next_row;
-        for (offset, row) in rows.iter().enumerate() {
-            if self.rows.set(first + offset as u32, row, 0).is_err() {
+        let map = aya::maps::IterableMap::map(&self.rows).fd();
+        match crate::map_batch::set_array(map, first, rows) {
+            Ok(true) => {}
+            Ok(false) => {
+                for (offset, row) in rows.iter().enumerate() {
+                    if self.rows.set(first + offset as u32, row, 0).is_err() {
+                        return (0, 0);
+                    }
+                }
+            }
+            Err(err) => {
+                log::debug!("unwind rows not written: {err}");
                 return (0, 0);
             }
         }
