@@ -1646,6 +1646,28 @@ impl Probes {
         )
     }
 
+    /// The entry program's run time and runs so far, its copies for uprobe_multi links
+    /// included (it runs for the frees, and for allocation entries where the kernel has no
+    /// uprobe sessions). None without run-time statistics.
+    pub fn entry_program_runs(&self) -> Option<(u64, u64)> {
+        self._run_time_stats.as_ref()?;
+        let own = self
+            .ebpf
+            .program(ENTRY_PROGRAM)
+            .and_then(|program| program.info().ok())
+            .map_or((0, 0), |info| {
+                (info.run_time().as_nanos() as u64, info.run_count())
+            });
+        let multi = self
+            .multi
+            .iter()
+            .filter_map(|multi| prog_info(multi.entry.as_fd()))
+            .fold((0, 0), |(ns, runs), info| {
+                (ns + info.run_time_ns, runs + info.run_cnt)
+            });
+        Some((own.0 + multi.0, own.1 + multi.1))
+    }
+
     /// Says whether every entry probe has been in long enough that a return without its
     /// entry means a lost event (see leak-ebpf's ENTRIES_ARMED).
     pub fn arm_entries(&mut self, armed: bool) {

@@ -13,9 +13,12 @@
 //! of every cycle while the free probes stay, so blocks freed meanwhile are still seen going;
 //! allocations made while they are out are not recorded, and the report says for how long
 //! that was. What the free probes cost alone is measured while the allocation probes are
-//! out, and the part of the cycle they stay in is set so that the two together keep the
-//! budget. Where the frees alone cost more than the budget, nothing but stopping keeps it
-//! (a block freed unseen would read as leaked forever): leaktrace stops tracing, and says so.
+//! out (estimated from the free calls counted, before that), and the part of the cycle they
+//! stay in is set so that the two together keep the budget. Where the frees alone cost more
+//! than the budget, nothing but stopping keeps it (a block freed unseen would read as leaked
+//! forever): leaktrace stops tracing, and says so. Where the estimate is well over the
+//! budget, it stops after the first measurement, without taking the allocation probes out
+//! to measure the frees first.
 use serde::{Deserialize, Serialize};
 
 /// What one trap costs on this machine, measured at start.
@@ -99,11 +102,52 @@ pub fn frees_over_budget(frees: &FreesCost, budget_percent: f64) -> bool {
     felt_over(frees.cpu_share_percent, frees.core_percent, budget_percent)
 }
 
-/// What the free probes cost alone, measured while the allocation probes were out.
+/// What the free probes would cost alone, estimated while every probe is in: over `seconds`
+/// the target used `cpu_ns` of CPU, `spent_ns` of it in all the probes, and called free
+/// `frees` times, each a trap at the emulated cost running the entry program for
+/// `entry_ns_per_run` (its runs' average: frees only under uprobe sessions, frees and
+/// allocation entries otherwise). None when it used no CPU or called no free.
+///
+/// The target does more work per second of CPU once the allocation probes are out, so the
+/// frees' share is that of their cost in the work done per free: its own work (what the CPU
+/// went to besides the probes) plus the free probe. Of a core, that share of the CPU it used.
+/// The measure taken with the allocation probes out replaces it.
+pub fn frees_estimate(
+    trap: &TrapCost,
+    frees: u64,
+    entry_ns_per_run: f64,
+    spent_ns: f64,
+    seconds: f64,
+    cpu_ns: u64,
+) -> Option<FreesCost> {
+    if frees == 0 || cpu_ns == 0 {
+        return None;
+    }
+    let per_free = trap.emulated_ns + entry_ns_per_run;
+    let own_work = (cpu_ns as f64 - spent_ns).max(0.0) / frees as f64;
+    let share = per_free / (own_work + per_free);
+    let cores = cpu_ns as f64 / (seconds * 1e9).max(1.0);
+    Some(FreesCost {
+        cpu_share_percent: share * 100.0,
+        core_percent: (share * cores * 100.0).min(100.0),
+        estimated: true,
+    })
+}
+
+/// How far over the budget an estimate of the frees' cost must be for leaktrace to stop
+/// without measuring them alone first (the measure takes the allocation probes out for a
+/// second or more, at full cost until then; an estimate near the budget is measured).
+pub const FREES_ESTIMATE_MARGIN: f64 = 1.5;
+
+/// What the free probes cost alone, measured while the allocation probes were out (or
+/// estimated, where tracing stopped on an estimate).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct FreesCost {
     pub cpu_share_percent: f64,
     pub core_percent: f64,
+    /// Estimated from the free calls counted with every probe in, not measured alone.
+    #[serde(default)]
+    pub estimated: bool,
 }
 
 /// The smallest part of a cycle allocation probes stay in.
@@ -210,10 +254,35 @@ mod tests {
     }
 
     #[test]
+    fn frees_estimated_from_a_measure_with_every_probe_in() {
+        let trap = TrapCost {
+            emulated_ns: 1000.0,
+            single_stepped_ns: 5000.0,
+            return_ns: 500.0,
+        };
+        // 100k frees at 1 µs of trap and 0.5 µs of program; in 1.2 s the target used 0.6 s
+        // of CPU, 0.4 s of it in the probes. Its own work, 2 µs a free, and 1.5 µs of free
+        // probe: 3/7 of its CPU, and of half a core.
+        let estimate = frees_estimate(&trap, 100_000, 500.0, 0.4e9, 1.2, 600_000_000).expect("CPU");
+        assert!((estimate.cpu_share_percent - 300.0 / 7.0).abs() < 1e-9);
+        assert!((estimate.core_percent - 150.0 / 7.0).abs() < 1e-9);
+        assert!(estimate.estimated);
+        assert_eq!(frees_estimate(&trap, 100_000, 500.0, 0.0, 1.0, 0), None);
+        assert_eq!(frees_estimate(&trap, 0, 500.0, 0.0, 1.0, 1000), None);
+        // A target that frees little: far under the budget.
+        let few = frees_estimate(&trap, 100, 500.0, 1e6, 1.0, 500_000_000).expect("CPU");
+        assert!(!frees_over_budget(&few, 10.0), "{few:?}");
+        // Over the budget, but within the margin: measured before stopping.
+        assert!(frees_over_budget(&estimate, 15.0));
+        assert!(!frees_over_budget(&estimate, 15.0 * FREES_ESTIMATE_MARGIN));
+    }
+
+    #[test]
     fn frees_alone_over_the_budget_on_a_busy_target() {
         let frees = FreesCost {
             cpu_share_percent: 30.0,
             core_percent: 25.0,
+            estimated: false,
         };
         assert!(frees_over_budget(&frees, 10.0));
         assert!(!frees_over_budget(&frees, 30.0));
@@ -221,6 +290,7 @@ mod tests {
         let idle = FreesCost {
             cpu_share_percent: 30.0,
             core_percent: 2.0,
+            estimated: false,
         };
         assert!(!frees_over_budget(&idle, 10.0));
     }

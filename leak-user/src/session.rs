@@ -249,9 +249,11 @@ const ARM_ENTRIES_AFTER_NS: u64 = 200_000_000;
 #[derive(Default)]
 struct CostMeter {
     report: CostReport,
-    /// Start of the measurement under way (within one phase, allocation probes in or out):
-    /// time, traps, probe programs' run time, target CPU.
-    mark: Option<(u64, Traps, u64, u64)>,
+    /// Start of the measurement under way (within one phase, allocation probes in or out).
+    mark: Option<CostMark>,
+    /// What the free probes would cost alone, estimated from the last measurement with
+    /// every probe in (until `report.frees_only` is measured).
+    frees_estimate: Option<cost::FreesCost>,
     /// Whether `report.cpu_share_percent` was measured since the probes last went in.
     fresh: bool,
     /// Whether `report.frees_only` was measured since the allocation probes last went out.
@@ -263,6 +265,17 @@ struct CostMeter {
     on_fraction: f64,
     cycle_ns: u64,
     out_total_ns: u64,
+}
+
+/// Where a cost measurement starts: time, traps, the probe programs' run time, the entry
+/// program's run time and runs, the target's CPU time.
+#[derive(Clone, Copy)]
+struct CostMark {
+    ns: u64,
+    traps: Traps,
+    run_ns: u64,
+    entry: (u64, u64),
+    cpu_ns: u64,
 }
 
 /// A cost is measured over at least this long (the target's CPU time has 10 ms ticks).
@@ -918,10 +931,18 @@ impl Session {
         };
         let at_s = now_ns.saturating_sub(self.started_ns) as f64 / 1e9;
         let meter = &mut self.cost;
-        let frees = meter.report.frees_only.unwrap_or_default();
+        // What the frees cost alone: measured, or estimated until measured.
+        let measured = meter.report.frees_only;
+        let frees = measured.or(meter.frees_estimate).unwrap_or_default();
         match meter.out_since {
             Some(_) if meter.frees_fresh && cost::frees_over_budget(&frees, budget) => {
-                self.stop_tracing(now_ns, budget);
+                self.stop_tracing(now_ns, budget, frees);
+            }
+            None if meter.fresh
+                && measured.is_none()
+                && cost::frees_over_budget(&frees, budget * cost::FREES_ESTIMATE_MARGIN) =>
+            {
+                self.stop_tracing(now_ns, budget, frees);
             }
             None if meter.fresh && cost::over_budget(&meter.report, budget) => {
                 let on = cost::on_fraction(
@@ -991,28 +1012,34 @@ impl Session {
         // starts or ends (at least a second apart), not every sample.
         let due = meter
             .mark
-            .is_none_or(|(since, ..)| now_ns.saturating_sub(since) >= COST_MEASURE_NS);
+            .is_none_or(|mark| now_ns.saturating_sub(mark.ns) >= COST_MEASURE_NS);
         if !due {
             return;
         }
         let Some(cpu) = procfs::cpu_time_ns(self.pid) else {
             return;
         };
-        let traps = Traps {
-            allocations: self.collector.counter(Counter::Allocations)
-                + self.collector.counter(Counter::NestedCall),
-            frees: self.collector.counter(Counter::Frees),
-            returns_skipped: self.collector.counter(Counter::ReturnsSkipped),
+        let mark = CostMark {
+            ns: now_ns,
+            traps: Traps {
+                allocations: self.collector.counter(Counter::Allocations)
+                    + self.collector.counter(Counter::NestedCall),
+                frees: self.collector.counter(Counter::Frees),
+                returns_skipped: self.collector.counter(Counter::ReturnsSkipped),
+            },
+            run_ns: self.probes.probe_run_ns().unwrap_or(0),
+            entry: self.probes.entry_program_runs().unwrap_or((0, 0)),
+            cpu_ns: cpu,
         };
-        let run_ns = self.probes.probe_run_ns().unwrap_or(0);
         let allocations_in = self.probes.allocations_probed();
-        if let Some((since, traps_then, run_then, cpu_then)) = meter.mark {
-            let seconds = now_ns.saturating_sub(since) as f64 / 1e9;
-            let counted = traps.since(&traps_then);
-            let spent =
-                meter.report.trap.traps_ns(&counted) + run_ns.saturating_sub(run_then) as f64;
+        if let Some(then) = meter.mark {
+            let seconds = now_ns.saturating_sub(then.ns) as f64 / 1e9;
+            let counted = mark.traps.since(&then.traps);
+            let spent = meter.report.trap.traps_ns(&counted)
+                + mark.run_ns.saturating_sub(then.run_ns) as f64;
             let core_percent = spent / (seconds * 1e9).max(1.0) * 100.0;
-            let share = cost::cpu_share_percent(spent, cpu.saturating_sub(cpu_then));
+            let cpu_ns = cpu.saturating_sub(then.cpu_ns);
+            let share = cost::cpu_share_percent(spent, cpu_ns);
             if allocations_in {
                 meter.report.core_percent = core_percent;
                 if let Some(share) = share {
@@ -1022,30 +1049,51 @@ impl Session {
                     meter.fresh = true;
                 }
                 meter.report.traps_per_s = counted.total() as f64 / seconds;
+                let entry_runs = mark.entry.1.saturating_sub(then.entry.1);
+                let entry_ns = mark.entry.0.saturating_sub(then.entry.0);
+                meter.frees_estimate = cost::frees_estimate(
+                    &meter.report.trap,
+                    counted.frees,
+                    entry_ns as f64 / entry_runs.max(1) as f64,
+                    spent,
+                    seconds,
+                    cpu_ns,
+                );
+                log::debug!(
+                    "cost over {seconds:.1}s: {share:?}% of the target's CPU, {core_percent:.1}% of a core; {} frees, the entry program {entry_ns} ns in {entry_runs} runs: frees alone about {:?}",
+                    counted.frees,
+                    meter.frees_estimate
+                );
             } else if let Some(share) = share {
                 meter.report.frees_only = Some(cost::FreesCost {
                     cpu_share_percent: share,
                     core_percent,
+                    estimated: false,
                 });
                 meter.frees_fresh = true;
             }
         }
-        meter.mark = Some((now_ns, traps, run_ns, cpu));
+        meter.mark = Some(mark);
     }
 
     /// Takes every probe out: the free probes alone cost more than the budget, and a block
     /// freed unseen would read as leaked. What was recorded until then is reported; an
     /// attach ends there, a watch window closes.
-    fn stop_tracing(&mut self, now_ns: u64, budget: f64) {
+    fn stop_tracing(&mut self, now_ns: u64, budget: f64, frees: cost::FreesCost) {
         let at_s = now_ns.saturating_sub(self.started_ns) as f64 / 1e9;
         let meter = &mut self.cost;
-        let frees = meter.report.frees_only.unwrap_or_default();
         if let Some(out_since) = meter.out_since.take() {
             meter.out_total_ns += now_ns.saturating_sub(out_since);
         }
         meter.report.stopped_at_s = Some(at_s);
+        meter.report.frees_only = Some(frees);
+        let took = if frees.estimated {
+            "would take about"
+        } else {
+            "took"
+        };
         meter.report.actions.push(format!(
-            "{at_s:.1}s: the free probes alone took {:.1}% of the target's CPU ({:.1}% of a core), over the budget of {budget}%: tracing stopped, the report holds what was seen until then; to trace on, --max-overhead {} or off",
+            "{at_s:.1}s: the free probes alone {took} {:.1}% of the target's CPU ({:.1}% of a core), over the budget of {budget}%: tracing stopped, the report holds what was seen until then; to trace on, --max-overhead {} or off",
             frees.cpu_share_percent,
             frees.core_percent,
             (frees.cpu_share_percent * 2.0 / 5.0).ceil() * 5.0
