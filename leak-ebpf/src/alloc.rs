@@ -194,10 +194,12 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
 #[inline(always)]
 fn on_return<C: EbpfContext>(ctx: &C, regs: &pt_regs) {
     let Some(tid) = target_tid() else { return };
-    let entry = PENDING_CALLS.get_ptr_mut(tid);
-    // SAFETY: a live map value of this thread, copied out; only this thread touches it.
-    let pending = entry.map(|entry| unsafe { *entry });
-    let Some(pending) = pending.filter(|pending| pending.flags & PENDING_DONE == 0) else {
+    let Some(entry) = PENDING_CALLS
+        .get_ptr_mut(tid)
+        // SAFETY: a live map value of this thread; only this thread touches it.
+        .map(|entry| unsafe { &mut *entry })
+        .filter(|entry| entry.flags & PENDING_DONE == 0)
+    else {
         // Before the entries are armed, the call began before its entry probe was in: an
         // allocation from before the trace, not a lost one.
         if entries_armed() {
@@ -205,20 +207,17 @@ fn on_return<C: EbpfContext>(ctx: &C, regs: &pt_regs) {
         }
         return;
     };
-    if regs.rsp != pending.sp.wrapping_add(8) {
+    if regs.rsp != entry.sp.wrapping_add(8) {
         // The return of a nested call whose entry was left to the outer call.
         return;
     }
-    if let Some(entry) = entry {
-        // SAFETY: as above.
-        let entry = unsafe { &mut *entry };
-        if pending.tail_calls > 0 {
-            // Several return probes share this return; the last one records it.
-            entry.tail_calls -= 1;
-            return;
-        }
-        entry.flags |= PENDING_DONE;
+    if entry.tail_calls > 0 {
+        // Several return probes share this return; the last one records it.
+        entry.tail_calls -= 1;
+        return;
     }
+    entry.flags |= PENDING_DONE;
+    let pending = *entry;
     let ret = regs.rax;
     let addr = match tag_kind(pending.func) {
         Some(AllocFn::Realloc | AllocFn::Reallocarray) => {
