@@ -275,8 +275,17 @@ pub fn judge(history: &StackHistory, context: Context, thresholds: &Thresholds) 
     let series = &history.series;
     let enough_data = series.len() >= thresholds.min_samples;
     let rise = enough_data.then(|| rise(&bytes_points(series), thresholds));
-    if totals.outstanding_allocs == 0 || totals.outstanding_bytes == 0 {
+    if totals.outstanding_allocs == 0 {
         return trend(Verdict::Transient, 1.0, rise.as_ref());
+    }
+    if totals.outstanding_bytes == 0 {
+        // Zero-byte blocks: nothing to rise. Never freed by the end of the program, they
+        // are leaked all the same (malloc(0) returns a block that must be freed).
+        return if context.exited {
+            trend(Verdict::Leaking, 0.5, None)
+        } else {
+            trend(Verdict::Transient, 1.0, rise.as_ref())
+        };
     }
     let Some(rise) = rise else {
         // Too short to see a trend. After exit, what was never freed is a leak; while

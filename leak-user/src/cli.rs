@@ -59,6 +59,10 @@ pub enum Command {
     Run {
         #[command(flatten)]
         common: Common,
+        /// Exit with N when the command leaked (blocks lost, indirectly or possibly lost),
+        /// with the command's own status otherwise (valgrind's flag, for test suites).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
+        error_exitcode: Option<u8>,
         /// The command and its arguments.
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
@@ -905,7 +909,9 @@ mod tests {
         let cli = Cli::try_parse_from(["leaktrace", "run", "--top", "3", "--", "./prog", "-x"])
             .expect("parse");
         match cli.command {
-            Command::Run { common, command } => {
+            Command::Run {
+                common, command, ..
+            } => {
                 assert_eq!(common.top, 3);
                 assert_eq!(command, vec!["./prog", "-x"]);
             }

@@ -36,6 +36,57 @@ fn thread_ids(pid: u32) -> Vec<i32> {
         .unwrap_or_default()
 }
 
+/// One stopped thread's registers as the reachability scan takes them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ThreadRegisters {
+    /// Every general-purpose register and the TLS bases: values that may hold pointers.
+    pub values: Vec<u64>,
+    /// Where its live stack begins.
+    pub stack_pointer: u64,
+}
+
+/// The registers of thread `tid`, stopped under this thread's ptrace; None where they
+/// cannot be read.
+pub fn thread_registers(tid: i32) -> Option<ThreadRegisters> {
+    // SAFETY: zeroed is a valid user_regs_struct (plain integers).
+    let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
+    // SAFETY: the caller's ptrace stop; regs is a valid out buffer.
+    let got = unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETREGS,
+            tid,
+            std::ptr::null_mut::<libc::c_void>(),
+            (&raw mut regs).cast::<libc::c_void>(),
+        )
+    };
+    if got != 0 {
+        return None;
+    }
+    Some(ThreadRegisters {
+        values: vec![
+            regs.rax,
+            regs.rbx,
+            regs.rcx,
+            regs.rdx,
+            regs.rsi,
+            regs.rdi,
+            regs.rbp,
+            regs.rsp,
+            regs.r8,
+            regs.r9,
+            regs.r10,
+            regs.r11,
+            regs.r12,
+            regs.r13,
+            regs.r14,
+            regs.r15,
+            regs.fs_base,
+            regs.gs_base,
+        ],
+        stack_pointer: regs.rsp,
+    })
+}
+
 impl Frozen {
     /// Stops every thread of `pid`.
     pub fn freeze(pid: u32) -> Result<Frozen, String> {
@@ -148,41 +199,10 @@ impl Frozen {
         let mut values = Vec::new();
         let mut stack_pointers = Vec::new();
         for &tid in &self.threads {
-            // SAFETY: zeroed is a valid user_regs_struct (plain integers).
-            let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
-            // SAFETY: the thread is stopped under our ptrace; regs is a valid out buffer.
-            let got = unsafe {
-                libc::ptrace(
-                    libc::PTRACE_GETREGS,
-                    tid,
-                    std::ptr::null_mut::<libc::c_void>(),
-                    (&raw mut regs).cast::<libc::c_void>(),
-                )
-            };
-            if got != 0 {
-                continue;
+            if let Some(thread) = thread_registers(tid) {
+                values.extend(thread.values);
+                stack_pointers.push(thread.stack_pointer);
             }
-            values.extend([
-                regs.rax,
-                regs.rbx,
-                regs.rcx,
-                regs.rdx,
-                regs.rsi,
-                regs.rdi,
-                regs.rbp,
-                regs.rsp,
-                regs.r8,
-                regs.r9,
-                regs.r10,
-                regs.r11,
-                regs.r12,
-                regs.r13,
-                regs.r14,
-                regs.r15,
-                regs.fs_base,
-                regs.gs_base,
-            ]);
-            stack_pointers.push(regs.rsp);
         }
         (values, stack_pointers)
     }

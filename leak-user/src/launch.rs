@@ -19,8 +19,13 @@ pub enum ChildEvent {
     /// The program is about to run its first instruction (its entry point, after the
     /// dynamic loader mapped its libraries), held there until the ack is sent.
     Started { ack: mpsc::Sender<()> },
-    /// The child stopped at exit; its memory is intact until the ack is sent.
-    Exiting { ack: mpsc::Sender<()> },
+    /// The child stopped at exit; its memory is intact until the ack is sent. The
+    /// registers are those of the thread leaktrace started (where it was when the process
+    /// ended: in `exit`, or wherever another thread's exit found it), None if unreadable.
+    Exiting {
+        ack: mpsc::Sender<()>,
+        registers: Option<crate::freeze::ThreadRegisters>,
+    },
     /// The child is gone.
     Exited {
         code: Option<i32>,
@@ -322,7 +327,14 @@ unsafe fn wait_loop(
         unsafe {
             if event == libc::PTRACE_EVENT_EXIT {
                 let (ack_tx, ack_rx) = mpsc::channel();
-                if events.send(ChildEvent::Exiting { ack: ack_tx }).is_ok() {
+                let registers = crate::freeze::thread_registers(pid);
+                if events
+                    .send(ChildEvent::Exiting {
+                        ack: ack_tx,
+                        registers,
+                    })
+                    .is_ok()
+                {
                     let _ = ack_rx.recv();
                 }
                 libc::ptrace(libc::PTRACE_CONT, pid, null, null);

@@ -101,20 +101,35 @@ fn main() -> ExitCode {
                 status(err.status())
             }
         },
-        Command::Run { common, command } => {
+        Command::Run {
+            common,
+            command,
+            error_exitcode,
+        } => {
             let options = session::Options {
                 reachability: common.reachability(true),
                 ..common.options(None)
             };
             match runtime.block_on(session::run(&command, options)) {
-                Ok(outcome) => match outcome.exit {
-                    Some(exit) => match (exit.code, exit.signal) {
-                        (Some(code), _) => ExitCode::from(code as u8),
-                        (_, Some(signal)) => ExitCode::from(128u8.wrapping_add(signal as u8)),
-                        _ => status(Status::Internal),
-                    },
-                    None => ExitCode::SUCCESS,
-                },
+                Ok(outcome) => {
+                    let summary = outcome.report.leak_summary;
+                    if let Some(summary) = &summary {
+                        eprintln!("leaktrace: {}", summary.line());
+                    }
+                    match (error_exitcode, summary) {
+                        (Some(code), Some(summary)) if summary.any_leak() => ExitCode::from(code),
+                        _ => match outcome.exit {
+                            Some(exit) => match (exit.code, exit.signal) {
+                                (Some(code), _) => ExitCode::from(code as u8),
+                                (_, Some(signal)) => {
+                                    ExitCode::from(128u8.wrapping_add(signal as u8))
+                                }
+                                _ => status(Status::Internal),
+                            },
+                            None => ExitCode::SUCCESS,
+                        },
+                    }
+                }
                 Err(err) => {
                     eprintln!("leaktrace: {err}");
                     status(err.status())

@@ -120,6 +120,9 @@ pub enum Verdict {
     /// Memory rises but old allocations are being released: a queue or cache that keeps
     /// growing while it turns over.
     Growing,
+    /// Held when the program exited, and still pointed to then (valgrind's "still
+    /// reachable"): memory the program never freed but did not lose.
+    Reachable,
     /// Holds memory but does not grow.
     Stable,
     /// What it allocates is freed.
@@ -127,9 +130,10 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 4] = [
+    pub const ALL: [Verdict; 5] = [
         Verdict::Leaking,
         Verdict::Growing,
+        Verdict::Reachable,
         Verdict::Stable,
         Verdict::Transient,
     ];
@@ -138,6 +142,7 @@ impl Verdict {
         match self {
             Verdict::Leaking => "leaking",
             Verdict::Growing => "growing",
+            Verdict::Reachable => "reachable",
             Verdict::Stable => "stable",
             Verdict::Transient => "transient",
         }
@@ -434,6 +439,74 @@ pub struct Exit {
     pub signal: Option<i32>,
 }
 
+/// What a program never freed by its exit, in valgrind's terms: leaked (lost and
+/// indirectly lost; without a reachability scan, what the leaking stacks hold), possibly
+/// lost (only interior pointers), still reachable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeakSummary {
+    pub leaked_bytes: u64,
+    pub leaked_blocks: u64,
+    /// Stacks with a `leaking` verdict.
+    pub leaking_stacks: u64,
+    pub possibly_lost_bytes: u64,
+    pub possibly_lost_blocks: u64,
+    pub reachable_bytes: u64,
+    pub reachable_blocks: u64,
+}
+
+impl LeakSummary {
+    /// Adds one stack: its verdict, what it holds, and its classes when a scan ran.
+    pub fn add(
+        &mut self,
+        verdict: Verdict,
+        outstanding: (u64, u64),
+        reachability: Option<&Reachability>,
+    ) {
+        if verdict == Verdict::Leaking {
+            self.leaking_stacks += 1;
+        }
+        match reachability {
+            Some(found) => {
+                self.leaked_bytes += found.lost_bytes();
+                self.leaked_blocks += found.lost.blocks + found.indirectly_lost.blocks;
+                self.possibly_lost_bytes += found.interior.bytes;
+                self.possibly_lost_blocks += found.interior.blocks;
+                self.reachable_bytes += found.reachable.bytes;
+                self.reachable_blocks += found.reachable.blocks;
+            }
+            None if verdict == Verdict::Leaking => {
+                self.leaked_bytes += outstanding.0;
+                self.leaked_blocks += outstanding.1;
+            }
+            None => {}
+        }
+    }
+
+    /// Whether anything was leaked or possibly lost (valgrind's default
+    /// `--errors-for-leak-kinds=definite,possible`).
+    pub fn any_leak(&self) -> bool {
+        self.leaked_blocks > 0 || self.possibly_lost_blocks > 0
+    }
+
+    /// One line, as LeakSanitizer and valgrind end with one.
+    pub fn line(&self) -> String {
+        let blocks = |n: u64| if n == 1 { "block" } else { "blocks" };
+        format!(
+            "SUMMARY: {} bytes leaked in {} {} ({} leaking stacks), {} bytes possibly lost in {} {}, {} bytes still reachable in {} {}",
+            self.leaked_bytes,
+            self.leaked_blocks,
+            blocks(self.leaked_blocks),
+            self.leaking_stacks,
+            self.possibly_lost_bytes,
+            self.possibly_lost_blocks,
+            blocks(self.possibly_lost_blocks),
+            self.reachable_bytes,
+            self.reachable_blocks,
+            blocks(self.reachable_blocks),
+        )
+    }
+}
+
 /// A complete report: what `--format json` writes (schema: docs/report.schema.json).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -476,6 +549,10 @@ pub struct Report {
     /// The reachability scan, when one ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reachability_scan: Option<ReachabilityScan>,
+    /// At the end of a `run`: what the program never freed, over every stack (listed or
+    /// not), as LeakSanitizer's and valgrind's summaries give it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leak_summary: Option<LeakSummary>,
     /// Leaking stacks first, then growing, stable, transient; within each, by the sort key
     /// (at most --top of them).
     pub stacks: Vec<StackReport>,
@@ -660,6 +737,7 @@ impl Report {
             omitted_outstanding_bytes: 0,
             process: None,
             reachability_scan: None,
+            leak_summary: None,
             stacks: Vec::new(),
             scopes: Vec::new(),
             suspects: Vec::new(),

@@ -239,6 +239,38 @@ impl<M: Memory> Scanner<'_, M> {
         }
     }
 
+    /// Marks what the words of `range`, glibc's own data, point into, as `words` would,
+    /// except pointers at the chunk header after a block (see `glibc_next_chunk_header`).
+    fn glibc_words(&mut self, range: Range<u64>, pending: &mut Vec<usize>) {
+        let mut buffer = vec![0u8; CHUNK];
+        let mut at = range.start.next_multiple_of(8);
+        while at + 8 <= range.end {
+            let left =
+                usize::try_from(self.limit.saturating_sub(self.scanned)).unwrap_or(usize::MAX);
+            let want = ((range.end - at) as usize).min(CHUNK).min(left) & !7;
+            if want == 0 {
+                self.truncated = true;
+                return;
+            }
+            let got = self.memory.read(at, &mut buffer[..want]) & !7;
+            self.scanned += got as u64;
+            for word in buffer[..got].chunks_exact(8) {
+                let value = u64::from_le_bytes(word.try_into().unwrap_or([0; 8]));
+                if let Some((index, at_start)) = self.index.find(value)
+                    && !glibc_next_chunk_header(value, &self.blocks[index])
+                {
+                    self.mark(index, at_start, pending);
+                }
+            }
+            at = if got == 0 {
+                // Unreadable: skip to the next page.
+                (at + 1).next_multiple_of(4096)
+            } else {
+                at + got as u64
+            };
+        }
+    }
+
     /// Visits every block the words of `blocks` point into, as `words` would, reading many
     /// small blocks at a time.
     fn words_of_blocks(&mut self, blocks: &[usize], visit: &mut Visit<'_, Self>) {
@@ -358,6 +390,32 @@ pub fn classify(
     memory: &mut impl Memory,
     limit: u64,
 ) -> Classification {
+    classify_with_glibc(blocks, roots, &[], registers, memory, limit)
+}
+
+/// Whether `value`, pointing into `block` but not at its start, is where glibc keeps the
+/// header of the chunk after it: glibc's chunks are 16-byte aligned and a chunk's header
+/// (its size word, 8 bytes before the data; the chunk address 16 before) lies in the last 8
+/// bytes of the previous block's request when that request's size % 16 is 1 to 8. The
+/// arena's `top` and its bins point at chunk addresses: a 40-byte block followed by the top
+/// chunk is "pointed into" by `main_arena.top`, 32 bytes in.
+fn glibc_next_chunk_header(value: u64, block: &Block) -> bool {
+    let end = block.start.saturating_add(block.size);
+    value % 16 == 0 && value != block.start && value.saturating_add(8) >= end && value < end
+}
+
+/// `classify`, with `glibc_data`: root ranges that are glibc's own writable data (its
+/// arenas: `main_arena`, bins, `top`). A word there that points at the chunk header after
+/// a block (see `glibc_next_chunk_header`) is the allocator's bookkeeping, not the
+/// program's pointer, and marks nothing; every other word counts as in any root.
+pub fn classify_with_glibc(
+    blocks: &[Block],
+    roots: &[Range<u64>],
+    glibc_data: &[Range<u64>],
+    registers: &[u64],
+    memory: &mut impl Memory,
+    limit: u64,
+) -> Classification {
     let mut order: Vec<usize> = (0..blocks.len()).collect();
     order.sort_by_key(|&index| blocks[index].start);
     let sorted: Vec<Block> = order.iter().map(|&index| blocks[index]).collect();
@@ -384,6 +442,9 @@ pub fn classify(
                 scanner.mark(child, at_start, &mut pending);
             }
         });
+    }
+    for root in outside_blocks(glibc_data, &sorted) {
+        scanner.glibc_words(root, &mut pending);
     }
     scanner.propagate(pending);
     scanner.cliques();
@@ -487,6 +548,48 @@ mod tests {
             }
             buffer.len()
         }
+    }
+
+    #[test]
+    fn glibcs_pointer_to_the_next_chunk_is_not_the_programs() {
+        // A lost 40-byte block at 0x10000 (a 48-byte chunk): the top chunk starts 32 bytes
+        // in, and main_arena.top points there. A program's global points 32 bytes into
+        // another 40-byte block: that one is interior.
+        let lost = Block {
+            start: 0x10000,
+            size: 40,
+        };
+        let kept = Block {
+            start: 0x20000,
+            size: 40,
+        };
+        let mut memory = Words::default();
+        let arena: Range<u64> = 0x3000..0x3100;
+        memory.0.insert(0x3040, lost.start + 32);
+        memory.0.insert(0x1010, kept.start + 32);
+        let blocks = [lost, kept];
+        let out = classify_with_glibc(
+            &blocks,
+            &[GLOBALS],
+            &[arena.clone()],
+            &[],
+            &mut memory,
+            u64::MAX,
+        );
+        assert_eq!(out.classes, vec![Class::Lost, Class::Interior]);
+        // Any other pointer from glibc's data counts: to a block's start, or into its middle.
+        memory.0.insert(0x3048, lost.start + 8);
+        let out = classify_with_glibc(&blocks, &[GLOBALS], &[arena], &[], &mut memory, u64::MAX);
+        assert_eq!(out.classes, vec![Class::Interior, Class::Interior]);
+        assert!(!glibc_next_chunk_header(lost.start, &lost));
+        assert!(glibc_next_chunk_header(lost.start + 32, &lost));
+        assert!(!glibc_next_chunk_header(lost.start + 16, &lost));
+        // A 48-byte block fills its chunk: the next header lies past its end.
+        let full = Block {
+            start: 0x10000,
+            size: 48,
+        };
+        assert!(!glibc_next_chunk_header(full.start + 32, &full));
     }
 
     const GLOBALS: Range<u64> = 0x1000..0x2000;

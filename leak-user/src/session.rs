@@ -24,9 +24,10 @@ use crate::{
     launch::{self, ChildEvent},
     metrics,
     model::{
-        AllocatorInfo, Exit, Frame, GoroutineReport, GoroutineSiteReport, Held, Origin, ProbeInfo,
-        ProcessReport, ProcessSample, REPORT_VERSION, Reachability, ReachabilityScan, Report,
-        RuntimeInfo, StackHistory, StackKey, StackReport, Target, Trend, Verdict,
+        AllocatorInfo, Exit, Frame, GoroutineReport, GoroutineSiteReport, Held, LeakSummary,
+        Origin, ProbeInfo, ProcessReport, ProcessSample, REPORT_VERSION, Reachability,
+        ReachabilityScan, Report, RuntimeInfo, StackHistory, StackKey, StackReport, Target, Trend,
+        Verdict,
     },
     otel::{OtlpOptions, Telemetry},
     procfs, prometheus,
@@ -1283,14 +1284,14 @@ impl Session {
                         }
                         let _ = ack.send(());
                     }
-                    Some(ChildEvent::Exiting { ack }) => {
+                    Some(ChildEvent::Exiting { ack, registers }) => {
                         // Its memory is still mapped: read what it loaded before it goes,
                         // and its memory figures at the end.
                         let _ = self.modules.refresh(self.pid);
                         self.last_process_sample_ns = None;
                         self.tick()?;
                         if self.options.reachability {
-                            self.scan_reachability(true);
+                            self.scan_reachability(Some(registers.unwrap_or_default()));
                         }
                         let _ = ack.send(());
                     }
@@ -1330,13 +1331,16 @@ impl Session {
     }
 
     /// Classifies every live traced block by what still points to it. A running target is
-    /// stopped for it (every thread, released on return whatever happens); one `held` at
-    /// exit is already stopped, its threads' registers gone. Problems are said, not fatal:
-    /// the report goes on without reachability.
-    fn scan_reachability(&mut self, held: bool) {
+    /// stopped for it (every thread, released on return whatever happens). One held at
+    /// exit is already stopped: `at_exit` has the registers of the thread leaktrace
+    /// started, read at its exit stop (the others' are gone; their stacks are scanned
+    /// whole). As valgrind does, that thread's stack is scanned from its stack pointer up:
+    /// the frames below it are dead, whatever pointers they left. Problems are said, not
+    /// fatal: the report goes on without reachability.
+    fn scan_reachability(&mut self, at_exit: Option<crate::freeze::ThreadRegisters>) {
         // Frozen first: a block the target frees between the listing and the freeze would
         // be listed but referenced by nothing any more, so read as lost.
-        let frozen = if held {
+        let frozen = if at_exit.is_some() {
             None
         } else {
             match Frozen::freeze(self.pid) {
@@ -1354,17 +1358,38 @@ impl Session {
                 return;
             }
         };
-        let (registers, stack_pointers) =
-            frozen.as_ref().map(Frozen::registers).unwrap_or_default();
+        let (registers, stack_pointers) = match (&frozen, at_exit) {
+            (Some(frozen), _) => frozen.registers(),
+            (None, Some(exiting)) if exiting.stack_pointer != 0 => {
+                (exiting.values, vec![exiting.stack_pointer])
+            }
+            (None, _) => Default::default(),
+        };
         let maps = procfs::read_maps(self.pid).unwrap_or_default();
         let tracked: Vec<Block> = blocks.iter().map(|(block, _)| *block).collect();
         // `run` traced the program from its first instruction: memory around the tracked
         // blocks is the allocator's own.
         let roots = reachability::roots(&maps, &tracked, &stack_pointers, self.mode == "run");
+        // glibc's own writable data (its arenas) is scanned apart: see classify_with_glibc.
+        let glibc: Vec<&str> = self
+            .allocators
+            .iter()
+            .filter(|found| found.allocator == "glibc")
+            .map(|found| found.module.as_str())
+            .collect();
+        let in_glibc = |root: &std::ops::Range<u64>| {
+            maps.iter().any(|mapping| {
+                mapping.start <= root.start
+                    && root.end <= mapping.end
+                    && glibc.contains(&mapping.path.as_str())
+            })
+        };
+        let (glibc_data, roots): (Vec<_>, Vec<_>) = roots.into_iter().partition(in_glibc);
         let mut memory = ProcessMemory { pid: self.pid };
-        let classification = reachability::classify(
+        let classification = reachability::classify_with_glibc(
             &tracked,
             &roots,
+            &glibc_data,
             &registers,
             &mut memory,
             self.options.scan_limit,
@@ -1399,7 +1424,7 @@ impl Session {
 
     fn finish(mut self, exited: Option<Exit>) -> Result<Outcome, SessionError> {
         if self.options.reachability && self.reachability.is_none() && exited.is_none() {
-            self.scan_reachability(false);
+            self.scan_reachability(None);
         }
         let analysing = std::time::Instant::now();
         let report = self.analyse(exited, true)?;
@@ -1577,10 +1602,8 @@ impl Session {
             let mut trend = trend;
             // Rising memory that the program can still reach is a growing cache or
             // queue, not a leak.
-            if trend.verdict == Verdict::Leaking
-                && reachability.is_some_and(|r| r.lost_bytes() == 0 && r.reachable.bytes > 0)
-            {
-                trend.verdict = Verdict::Growing;
+            if let Some(found) = &reachability {
+                trend.verdict = verdict_with_reachability(trend.verdict, found, context.exited);
             }
             judged.push((history, trend, frames, reachability));
         }
@@ -1598,6 +1621,20 @@ impl Session {
                 .then(b.totals.outstanding_bytes.cmp(&a.totals.outstanding_bytes))
                 .then(b.totals.total_bytes.cmp(&a.totals.total_bytes))
                 .then(a.key.cmp(&b.key))
+        });
+        let leak_summary = exited.is_some().then(|| {
+            let mut summary = LeakSummary::default();
+            for (history, trend, _, reachability) in &judged {
+                summary.add(
+                    trend.verdict,
+                    (
+                        history.totals.outstanding_bytes,
+                        history.totals.outstanding_allocs,
+                    ),
+                    reachability.as_ref(),
+                );
+            }
+            summary
         });
         let mut kept = judged;
         let top = if top == 0 { usize::MAX } else { top };
@@ -1702,6 +1739,7 @@ impl Session {
             omitted_outstanding_bytes: omitted.1,
             process,
             reachability_scan: self.reachability.as_ref().map(|(_, scan)| *scan),
+            leak_summary,
             stacks,
             scopes,
             suspects,
@@ -1869,6 +1907,29 @@ fn evenly_spread<T: Copy>(series: &[T], points: usize) -> Vec<T> {
     (0..points)
         .map(|i| series[((i as f64 * step).round() as usize).min(series.len() - 1)])
         .collect()
+}
+
+/// A stack's verdict once the reachability scan has classified its blocks. After the
+/// program exited, the scan decides, as valgrind's does: a block lost or only reached from
+/// lost ones is a leak (a lost zero-byte block too), and memory all still pointed to is
+/// `reachable`, held but not lost, whatever its trend said (a block allocated once and kept
+/// in a global is not "growing"). While the program runs, rising memory it can still reach
+/// is a growing cache or queue, not a leak.
+fn verdict_with_reachability(verdict: Verdict, found: &Reachability, exited: bool) -> Verdict {
+    let lost_blocks = found.lost.blocks + found.indirectly_lost.blocks;
+    if exited {
+        if lost_blocks > 0 {
+            Verdict::Leaking
+        } else if found.interior.blocks == 0 && found.reachable.blocks > 0 {
+            Verdict::Reachable
+        } else {
+            verdict
+        }
+    } else if verdict == Verdict::Leaking && lost_blocks == 0 && found.reachable.bytes > 0 {
+        Verdict::Growing
+    } else {
+        verdict
+    }
 }
 
 /// Whether an mmap stack starts in the dynamic loader (ld-linux, ld-musl).

@@ -33,11 +33,14 @@ const CASES: [&str; 9] = [
 /// Bytes per class ("lost", "indirectly_lost", "interior", "reachable") for one case.
 type Classes = BTreeMap<String, u64>;
 
-/// The case a stack belongs to: the innermost of its frames that names one.
-fn case_of<'a>(functions: impl Iterator<Item = &'a str>) -> Option<&'static str> {
+/// The case of `cases` a stack belongs to: the innermost of its frames that names one.
+fn case_of<'a>(
+    cases: &[&'static str],
+    functions: impl Iterator<Item = &'a str>,
+) -> Option<&'static str> {
     let mut found = None;
     for function in functions {
-        if let Some(case) = CASES.iter().find(|case| **case == function) {
+        if let Some(case) = cases.iter().find(|case| **case == function) {
             found = Some(*case);
             break;
         }
@@ -45,8 +48,8 @@ fn case_of<'a>(functions: impl Iterator<Item = &'a str>) -> Option<&'static str>
     found
 }
 
-/// valgrind's loss records by case, in leaktrace's class names.
-fn valgrind_classes(program: &Path) -> BTreeMap<&'static str, Classes> {
+/// valgrind's loss records by case of `cases`, in leaktrace's class names.
+fn valgrind_classes(program: &Path, cases: &[&'static str]) -> BTreeMap<&'static str, Classes> {
     let out = Command::new("valgrind")
         .args([
             "--leak-check=full",
@@ -57,7 +60,7 @@ fn valgrind_classes(program: &Path) -> BTreeMap<&'static str, Classes> {
         .output()
         .expect("run valgrind");
     let text = String::from_utf8_lossy(&out.stderr);
-    let mut cases: BTreeMap<&'static str, Classes> = BTreeMap::new();
+    let mut found: BTreeMap<&'static str, Classes> = BTreeMap::new();
     let lines: Vec<&str> = text.lines().collect();
     for (index, line) in lines.iter().enumerate() {
         let Some(at) = line.find(" bytes in ") else {
@@ -91,32 +94,35 @@ fn valgrind_classes(program: &Path) -> BTreeMap<&'static str, Classes> {
                 let name = frame.split(": ").nth(1)?;
                 Some(name.split(' ').next().unwrap_or(name))
             });
-        if let Some(case) = case_of(frames) {
-            *cases
+        if let Some(case) = case_of(cases, frames) {
+            *found
                 .entry(case)
                 .or_default()
                 .entry(class.to_string())
                 .or_default() += bytes;
         }
     }
-    cases
+    found
 }
 
-/// leaktrace's reachability by case, from its JSON report.
-fn leaktrace_classes(report: &Value) -> BTreeMap<&'static str, Classes> {
-    let mut cases: BTreeMap<&'static str, Classes> = BTreeMap::new();
+/// leaktrace's reachability by case of `cases`, from its JSON report.
+fn leaktrace_classes(report: &Value, cases: &[&'static str]) -> BTreeMap<&'static str, Classes> {
+    let mut found: BTreeMap<&'static str, Classes> = BTreeMap::new();
     for stack in report["stacks"].as_array().expect("stacks") {
         let frames = stack["frames"].as_array().expect("frames");
-        let Some(case) = case_of(frames.iter().filter_map(|frame| frame["function"].as_str()))
-        else {
+        let Some(case) = case_of(
+            cases,
+            frames.iter().filter_map(|frame| frame["function"].as_str()),
+        ) else {
             continue;
         };
         let reachability = &stack["reachability"];
         assert!(reachability.is_object(), "no reachability in {stack}");
         for class in ["lost", "indirectly_lost", "interior", "reachable"] {
             let bytes = u64_of(&reachability[class]["bytes"]);
-            if bytes > 0 {
-                *cases
+            // Zero-byte blocks are counted too, as valgrind lists them ("0 bytes in 1 blocks").
+            if u64_of(&reachability[class]["blocks"]) > 0 {
+                *found
                     .entry(case)
                     .or_default()
                     .entry(class.to_string())
@@ -124,7 +130,7 @@ fn leaktrace_classes(report: &Value) -> BTreeMap<&'static str, Classes> {
             }
         }
     }
-    cases
+    found
 }
 
 #[test]
@@ -138,7 +144,7 @@ fn classes_match_valgrind_on_every_case() {
         return;
     }
     let program = build_c("reach_cases.c", &["-pthread"]);
-    let expected = valgrind_classes(&program);
+    let expected = valgrind_classes(&program, &CASES);
     assert_eq!(
         expected.len(),
         CASES.len(),
@@ -167,7 +173,7 @@ fn classes_match_valgrind_on_every_case() {
         ],
         || std::fs::write(&go, b"go").expect("tell the target to go"),
     );
-    let found = leaktrace_classes(&traced.report);
+    let found = leaktrace_classes(&traced.report, &CASES);
     for case in CASES {
         let mine = found.get(case).cloned().unwrap_or_default();
         let theirs = expected.get(case).cloned().unwrap_or_default();
@@ -225,6 +231,139 @@ fn classes_match_valgrind_on_every_case() {
     // The target runs on after the scan.
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("target alive");
     assert!(!stat.contains(") Z ") && !stat.contains(") T "), "{stat}");
+}
+
+/// valgrind's LEAK SUMMARY: bytes and blocks definitely and indirectly lost.
+fn valgrind_lost(program: &Path) -> (u64, u64) {
+    let out = Command::new("valgrind")
+        .args(["--leak-check=full"])
+        .arg(program)
+        .output()
+        .expect("run valgrind");
+    let text = String::from_utf8_lossy(&out.stderr);
+    let mut lost = (0, 0);
+    for line in text.lines() {
+        let Some((_, figures)) = line
+            .split_once("definitely lost: ")
+            .or_else(|| line.split_once("indirectly lost: "))
+        else {
+            continue;
+        };
+        // "1,234 bytes in 5 blocks"
+        let numbers: Vec<u64> = figures
+            .split_whitespace()
+            .filter_map(|word| word.replace(',', "").parse().ok())
+            .collect();
+        if let [bytes, blocks, ..] = numbers[..] {
+            lost.0 += bytes;
+            lost.1 += blocks;
+        }
+    }
+    lost
+}
+
+/// The cases of exit_cases.c, judged when the program exits.
+const EXIT_CASES: [&str; 7] = [
+    "lose_in_loop",
+    "lose_after_printf",
+    "lose_zero",
+    "lose_in_dead_frame",
+    "keep_once",
+    "keep_in_main",
+    "keep_on_thread",
+];
+
+/// `leaktrace run` judges what a program holds at its exit as valgrind does, case by case:
+/// the exiting thread's stack is a root from its stack pointer up only (a pointer left in a
+/// dead frame, or in fprintf's callees' frames, does not keep a block), a lost zero-byte
+/// block is a leak, and a block still pointed to is `reachable`, not growing. The summary
+/// line counts what was lost, and --error-exitcode turns it into the exit status.
+#[test]
+fn run_at_exit_matches_valgrind_on_every_case() {
+    let test = "run_at_exit_matches_valgrind_on_every_case";
+    if !bpf_available(test) || !tool_available(test, Path::new("/usr/bin/valgrind")) {
+        return;
+    }
+    let program = build_c("exit_cases.c", &["-O1", "-pthread"]);
+    let expected = valgrind_classes(&program, &EXIT_CASES);
+    assert_eq!(
+        expected.len(),
+        EXIT_CASES.len(),
+        "valgrind's records do not cover every case: {expected:?}"
+    );
+    let program_path = program.to_str().expect("utf-8");
+    let traced = leaktrace(
+        "exit_cases",
+        &[
+            "run",
+            "--top",
+            "0",
+            "--error-exitcode",
+            "9",
+            "--",
+            program_path,
+        ],
+    );
+    assert_eq!(
+        traced.output.status.code(),
+        Some(9),
+        "the program leaks: --error-exitcode; {}",
+        traced.stderr()
+    );
+    let found = leaktrace_classes(&traced.report, &EXIT_CASES);
+    for case in EXIT_CASES {
+        let mine = found.get(case).cloned().unwrap_or_default();
+        let theirs = expected.get(case).cloned().unwrap_or_default();
+        assert_eq!(mine, theirs, "{case}: leaktrace vs valgrind");
+    }
+    for stack in traced.stacks() {
+        let functions = stack["frames"].as_array().expect("frames");
+        let Some(case) = case_of(
+            &EXIT_CASES,
+            functions
+                .iter()
+                .filter_map(|frame| frame["function"].as_str()),
+        ) else {
+            continue;
+        };
+        // Lost at exit is a leak; all still pointed to is reachable (not growing).
+        let lost = expected[case].contains_key("lost");
+        let wanted = if lost { "leaking" } else { "reachable" };
+        assert_eq!(stack["verdict"], wanted, "{case}: {stack}");
+    }
+    // The cases were written to lose what their names say.
+    for case in EXIT_CASES {
+        assert_eq!(
+            expected[case].contains_key("lost"),
+            case.starts_with("lose_"),
+            "{case}: valgrind says {:?}",
+            expected[case]
+        );
+    }
+    // The summary agrees with valgrind's over the whole program, cases or not.
+    let (lost_bytes, lost_blocks) = valgrind_lost(&program);
+    let summary = &traced.report["leak_summary"];
+    assert_eq!(u64_of(&summary["leaked_bytes"]), lost_bytes, "{summary}");
+    assert_eq!(u64_of(&summary["leaked_blocks"]), lost_blocks, "{summary}");
+    assert!(
+        traced.stderr().contains(&format!(
+            "SUMMARY: {lost_bytes} bytes leaked in {lost_blocks} blocks"
+        )),
+        "{}",
+        traced.stderr()
+    );
+    // A program that frees what it allocates keeps its own status.
+    let clean = leaktrace(
+        "exit_cases_clean",
+        &["run", "--error-exitcode", "9", "--", program_path, "clean"],
+    );
+    assert_eq!(clean.output.status.code(), Some(3), "{}", clean.stderr());
+    assert_eq!(
+        u64_of(&clean.report["leak_summary"]["leaked_blocks"]),
+        0,
+        "{}",
+        clean.report["leak_summary"]
+    );
 }
 
 /// A redis connection speaking RESP, one command at a time.

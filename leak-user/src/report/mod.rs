@@ -285,6 +285,7 @@ pub mod fixtures {
                     .collect(),
             }),
             reachability_scan: None,
+            leak_summary: None,
             stacks,
             scopes: Vec::new(),
             suspects: Vec::new(),
@@ -465,6 +466,7 @@ pub mod fixtures {
             stacks: Vec::new(),
             process: None,
             reachability_scan: None,
+            leak_summary: None,
             omitted_stacks: 0,
             omitted_outstanding_bytes: 0,
             ..sample_report()

@@ -139,7 +139,7 @@ impl Highlight {
         match verdict {
             Verdict::Leaking => Highlight::Leaking,
             Verdict::Growing => Highlight::Growing,
-            Verdict::Stable | Verdict::Transient => Highlight::Calm,
+            Verdict::Reachable | Verdict::Stable | Verdict::Transient => Highlight::Calm,
         }
     }
 

@@ -34,7 +34,7 @@ impl Painter {
         let code = match verdict {
             Verdict::Leaking => RED,
             Verdict::Growing => YELLOW,
-            Verdict::Stable => "",
+            Verdict::Reachable | Verdict::Stable => "",
             Verdict::Transient => DIM,
         };
         self.paint(code, verdict.as_str())
@@ -212,6 +212,10 @@ pub fn render(report: &Report, color: bool) -> String {
             Verdict::Growing,
             "GROWING: rising, but old allocations are freed (a queue or cache that keeps growing)",
         ),
+        (
+            Verdict::Reachable,
+            "STILL REACHABLE: never freed, but still pointed to when the target exited",
+        ),
     ];
     let mut rank = 0;
     for (verdict, title) in sections {
@@ -232,7 +236,12 @@ pub fn render(report: &Report, color: bool) -> String {
     let rest: Vec<&StackReport> = report
         .stacks
         .iter()
-        .filter(|s| !matches!(s.verdict, Verdict::Leaking | Verdict::Growing))
+        .filter(|s| {
+            !matches!(
+                s.verdict,
+                Verdict::Leaking | Verdict::Growing | Verdict::Reachable
+            )
+        })
         .collect();
     if !rest.is_empty() {
         let _ = writeln!(out, "\n{}", painter.paint(BOLD, "OTHER STACKS"));
