@@ -1368,8 +1368,11 @@ impl Probes {
         let program = &go.program;
         let mut points: Vec<(&str, &GoProbe)> = Vec::new();
         if program.can_count_goroutines() {
-            points.extend(program.newproc.iter().map(|p| (GO_NEWPROC_PROGRAM, p)));
+            // Exits first: a goroutine counted created is then always seen ending. The other
+            // way round, those created and ended while the second probe was being placed
+            // (placing one can wait for the kernel for 100 ms) stayed alive forever.
             points.extend(program.goexit.iter().map(|p| (GO_GOEXIT_PROGRAM, p)));
+            points.extend(program.newproc.iter().map(|p| (GO_NEWPROC_PROGRAM, p)));
         }
         if program.can_follow_heap() {
             // Frees first: a span recorded is then always seen going back.

@@ -17,6 +17,7 @@ pub mod allocators;
 pub mod analysis;
 pub mod attach;
 pub mod bpf_call;
+pub mod c_runtime;
 pub mod cli;
 pub mod cost;
 pub mod drain;

@@ -354,6 +354,10 @@ pub struct StackReport {
     /// What still points to its live blocks, when a reachability scan ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reachability: Option<Reachability>,
+    /// Memory the C runtime keeps for itself (its thread-stack cache, malloc's arenas, the
+    /// loader's TLS blocks, stdio buffers), and which: not the program's, never leaking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_by_c_runtime: Option<String>,
     /// Outstanding memory over the session, at most a few dozen evenly spread points.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub series: Vec<Sample>,
@@ -452,16 +456,26 @@ pub struct LeakSummary {
     pub possibly_lost_blocks: u64,
     pub reachable_bytes: u64,
     pub reachable_blocks: u64,
+    /// What the C runtime keeps for itself (see `StackReport::held_by_c_runtime`), apart
+    /// from the rest.
+    #[serde(default)]
+    pub c_runtime_bytes: u64,
 }
 
 impl LeakSummary {
-    /// Adds one stack: its verdict, what it holds, and its classes when a scan ran.
+    /// Adds one stack: its verdict, what it holds, its classes when a scan ran, and
+    /// whether it is the C runtime's own memory (counted apart).
     pub fn add(
         &mut self,
         verdict: Verdict,
         outstanding: (u64, u64),
         reachability: Option<&Reachability>,
+        c_runtime: bool,
     ) {
+        if c_runtime {
+            self.c_runtime_bytes += outstanding.0;
+            return;
+        }
         if verdict == Verdict::Leaking {
             self.leaking_stacks += 1;
         }
@@ -492,7 +506,7 @@ impl LeakSummary {
     pub fn line(&self) -> String {
         let blocks = |n: u64| if n == 1 { "block" } else { "blocks" };
         format!(
-            "SUMMARY: {} bytes leaked in {} {} ({} leaking stacks), {} bytes possibly lost in {} {}, {} bytes still reachable in {} {}",
+            "SUMMARY: {} bytes leaked in {} {} ({} leaking stacks), {} bytes possibly lost in {} {}, {} bytes still reachable in {} {}; {} bytes held by the C runtime",
             self.leaked_bytes,
             self.leaked_blocks,
             blocks(self.leaked_blocks),
@@ -503,6 +517,7 @@ impl LeakSummary {
             self.reachable_bytes,
             self.reachable_blocks,
             blocks(self.reachable_blocks),
+            self.c_runtime_bytes,
         )
     }
 }

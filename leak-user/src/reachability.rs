@@ -401,7 +401,10 @@ pub fn classify(
 /// chunk is "pointed into" by `main_arena.top`, 32 bytes in.
 fn glibc_next_chunk_header(value: u64, block: &Block) -> bool {
     let end = block.start.saturating_add(block.size);
-    value % 16 == 0 && value != block.start && value.saturating_add(8) >= end && value < end
+    value.is_multiple_of(16)
+        && value != block.start
+        && value.saturating_add(8) >= end
+        && value < end
 }
 
 /// `classify`, with `glibc_data`: root ranges that are glibc's own writable data (its
@@ -571,7 +574,7 @@ mod tests {
         let out = classify_with_glibc(
             &blocks,
             &[GLOBALS],
-            &[arena.clone()],
+            std::slice::from_ref(&arena),
             &[],
             &mut memory,
             u64::MAX,

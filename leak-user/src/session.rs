@@ -15,6 +15,7 @@ use crate::{
     allocators::KnownFn,
     analysis::{self, Context, Thresholds},
     attach::{self, AllocatorModule, LoadOptions, Probes, ScopeProbe},
+    c_runtime,
     cli::Unwind,
     cost::{self, CostReport, Traps},
     drain::{Collector, KernelMaps},
@@ -216,7 +217,9 @@ struct Session {
     started_ns: u64,
     process_samples: Vec<ProcessSample>,
     last_process_sample_ns: Option<u64>,
-    /// `run` mode until the command has exec'd: the program it will run.
+    /// `run` mode until the command has exec'd: leaktrace's own executable, which the
+    /// forked child runs until then (whatever it execs next: a script's interpreter, the
+    /// program a wrapper execs in turn).
     launched_program: Option<PathBuf>,
     telemetry: Option<Telemetry>,
     endpoint: Option<prometheus::Endpoint>,
@@ -471,9 +474,14 @@ pub async fn run(command: &[String], options: Options) -> Result<Outcome, Sessio
         )));
     }
     let env: Vec<(String, String)> = std::env::vars().collect();
-    let go = GoTarget::of_file(program.clone(), program.display().to_string());
+    // What the kernel will run: a script's interpreter.
+    let image = launch::program_image(&program);
+    if image != program {
+        log::info!("{} runs {}", program.display(), image.display());
+    }
+    let go = GoTarget::of_file(image.clone(), image.display().to_string());
     let go_heap = go.as_ref().is_some_and(|go| go.program.can_follow_heap());
-    let allocators = match attach::allocators_for_program(&program, &env, &options.alloc_fns) {
+    let allocators = match attach::allocators_for_program(&image, &env, &options.alloc_fns) {
         Ok(found) => found,
         // A Go program without cgo: the Go heap is its only allocator.
         Err(attach::AttachError::NoAllocator { .. }) if go_heap => Vec::new(),
@@ -487,13 +495,13 @@ pub async fn run(command: &[String], options: Options) -> Result<Outcome, Sessio
     let scopes = if options.scopes.is_empty() {
         Vec::new()
     } else {
-        attach::find_scopes(&options.scopes, &attach::program_files(&program, &env)?)?
+        attach::find_scopes(&options.scopes, &attach::program_files(&image, &env)?)?
     };
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut options = options;
     options.unwind = options
         .unwind
-        .resolve(crate::file_bytes::open(&program).ok().as_deref());
+        .resolve(crate::file_bytes::open(&image).ok().as_deref());
     let hold_at_entry = options.unwind == Unwind::Dwarf;
     let keep =
         crate::privileges::Needs::new(options.output.clone(), options.prometheus).after_attach();
@@ -501,14 +509,14 @@ pub async fn run(command: &[String], options: Options) -> Result<Outcome, Sessio
         .map_err(|err| SessionError::Launch(format!("could not start {name}: {err}")))?;
     let pid = launched.pid;
     // Dropping `launched` without release makes the child exit without running.
-    let python = attach::program_files(&program, &env)
+    let python = attach::program_files(&image, &env)
         .ok()
         .and_then(|files| attach::python_interpreter(&files));
     // The command has not run yet: it has no goroutine before the probes, and its
     // interpreter is pointed at once it is mapped.
     let mut session = Session::start(pid, "run", &allocators, &scopes, go, python, options)?;
     session.target.exe = program.display().to_string();
-    session.launched_program = std::fs::canonicalize(&program).ok();
+    session.launched_program = std::fs::canonicalize("/proc/self/exe").ok();
     session.drop_privileges(&[launched.launcher_tid]);
     session.start_exports()?;
     session.target.command_line = command.join(" ");
@@ -1181,11 +1189,11 @@ impl Session {
             return;
         }
         // A launched command is measured once it runs its own program, not leaktrace's fork.
-        if let Some(program) = &self.launched_program {
-            if procfs::exe_path(self.pid).ok().as_ref() != Some(program) {
-                return;
+        if let Some(own) = &self.launched_program {
+            match procfs::exe_path(self.pid) {
+                Ok(exe) if exe != *own => self.launched_program = None,
+                _ => return,
             }
-            self.launched_program = None;
         }
         self.follow_new_allocators();
         let Some(usage) = procfs::memory_usage(self.pid, true) else {
@@ -1605,6 +1613,12 @@ impl Session {
             if let Some(found) = &reachability {
                 trend.verdict = verdict_with_reachability(trend.verdict, found, context.exited);
             }
+            // The C runtime's own memory is never the program's leak.
+            if c_runtime::held_by(history.key.origin, &frames, context.exited).is_some()
+                && matches!(trend.verdict, Verdict::Leaking | Verdict::Growing)
+            {
+                trend.verdict = Verdict::Stable;
+            }
             judged.push((history, trend, frames, reachability));
         }
         let sort = self.options.sort;
@@ -1624,7 +1638,7 @@ impl Session {
         });
         let leak_summary = exited.is_some().then(|| {
             let mut summary = LeakSummary::default();
-            for (history, trend, _, reachability) in &judged {
+            for (history, trend, frames, reachability) in &judged {
                 summary.add(
                     trend.verdict,
                     (
@@ -1632,6 +1646,7 @@ impl Session {
                         history.totals.outstanding_allocs,
                     ),
                     reachability.as_ref(),
+                    c_runtime::held_by(history.key.origin, frames, true).is_some(),
                 );
             }
             summary
@@ -1644,6 +1659,8 @@ impl Session {
         }
         let mut stacks = Vec::with_capacity(kept.len());
         for (history, trend, frames, reachability) in kept {
+            let held_by_c_runtime =
+                c_runtime::held_by(history.key.origin, &frames, context.exited).map(str::to_string);
             stacks.push(StackReport {
                 verdict: trend.verdict,
                 origin: history.key.origin,
@@ -1660,6 +1677,7 @@ impl Session {
                 survival_fraction: trend.survival_fraction,
                 frames,
                 reachability,
+                held_by_c_runtime,
                 series: evenly_spread(&history.series, REPORT_SERIES_POINTS),
             });
         }

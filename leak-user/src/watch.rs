@@ -1158,6 +1158,7 @@ fn touched_report(
             r_squared: 0.0,
             survival_fraction: 0.0,
             reachability: None,
+            held_by_c_runtime: None,
             frames: gear1.frames(stack.stack_id),
             series: Vec::new(),
         })

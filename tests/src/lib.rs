@@ -476,16 +476,18 @@ impl Drop for Target {
     }
 }
 
-/// The verdict a stack held at a run's exit gets: leaking, unless the reachability scan
-/// found every byte still reachable (then growing: a cache, not a leak).
+/// The verdict a stack held at a run's exit gets: leaking when the reachability scan found
+/// a block of it lost (or found none of it reachable), reachable when every block is still
+/// pointed to (valgrind's "still reachable").
 pub fn held_at_exit_verdict(stack: &Value) -> &'static str {
     let reachability = &stack["reachability"];
-    let bytes = |class: &str| reachability[class]["bytes"].as_u64().unwrap_or(0);
+    let blocks = |class: &str| reachability[class]["blocks"].as_u64().unwrap_or(0);
     if reachability.is_object()
-        && bytes("lost") + bytes("indirectly_lost") == 0
-        && bytes("reachable") > 0
+        && blocks("lost") + blocks("indirectly_lost") == 0
+        && blocks("interior") == 0
+        && blocks("reachable") > 0
     {
-        "growing"
+        "reachable"
     } else {
         "leaking"
     }

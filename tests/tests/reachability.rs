@@ -366,6 +366,60 @@ fn run_at_exit_matches_valgrind_on_every_case() {
     );
 }
 
+/// A threaded program that leaks nothing (tests/targets/threads_clean.c) has nothing
+/// leaking under `run`, as under valgrind: glibc's cache of ended threads' stacks, the arena
+/// a thread's first free reserves and each thread's loader TLS are the C runtime's, listed
+/// apart and never leaking, and --error-exitcode leaves the program's status alone.
+#[test]
+fn a_threaded_program_that_leaks_nothing_has_no_leak() {
+    let test = "a_threaded_program_that_leaks_nothing_has_no_leak";
+    if !bpf_available(test) || !tool_available(test, Path::new("/usr/bin/valgrind")) {
+        return;
+    }
+    let program = build_c("threads_clean.c", &["-O2", "-pthread"]);
+    assert_eq!(valgrind_lost(&program), (0, 0), "valgrind: nothing lost");
+    let traced = leaktrace(
+        "threads_clean",
+        &[
+            "run",
+            "--top",
+            "0",
+            "--error-exitcode",
+            "9",
+            "--",
+            program.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
+    for stack in traced.stacks() {
+        assert!(
+            !matches!(stack["verdict"].as_str(), Some("leaking" | "growing")),
+            "nothing of a leak-free program leaks: {stack}"
+        );
+    }
+    let summary = &traced.report["leak_summary"];
+    assert_eq!(u64_of(&summary["leaked_blocks"]), 0, "{summary}");
+    assert_eq!(u64_of(&summary["possibly_lost_blocks"]), 0, "{summary}");
+    let held: Vec<&str> = traced
+        .stacks()
+        .iter()
+        .filter_map(|stack| stack["held_by_c_runtime"].as_str())
+        .collect();
+    assert!(
+        held.iter().any(|what| what.starts_with("thread stacks")),
+        "the cached thread stacks are the C runtime's: {held:?}"
+    );
+    // At least the stacks of the last two threads (8 MiB each, glibc's default).
+    assert!(u64_of(&summary["c_runtime_bytes"]) >= 16 << 20, "{summary}");
+    assert!(
+        traced
+            .stderr()
+            .contains("SUMMARY: 0 bytes leaked in 0 blocks"),
+        "{}",
+        traced.stderr()
+    );
+}
+
 /// A redis connection speaking RESP, one command at a time.
 struct Redis {
     reader: std::io::BufReader<std::net::TcpStream>,

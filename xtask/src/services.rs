@@ -178,9 +178,22 @@ pub fn budget_summary(costs: &[serde_json::Value], whose: &str) -> String {
     );
     let frees = values(&|cost| cost["frees_only"]["cpu_share_percent"].as_f64());
     if !frees.is_empty() {
+        let estimated = costs
+            .iter()
+            .filter(|cost| cost["frees_only"]["estimated"].as_bool() == Some(true))
+            .count();
+        let how = match estimated {
+            0 => "measured while the allocation probes were out".to_string(),
+            n if n == frees.len() => {
+                "estimated from the first second's free calls, far over the budget".to_string()
+            }
+            n => format!(
+                "estimated from the first second's free calls in {n} runs, measured with the allocation probes out in the others"
+            ),
+        };
         let _ = write!(
             text,
-            ", the free probes alone {:.1}% (measured while the allocation probes were out)",
+            ", the free probes alone {:.1}% ({how})",
             median(frees)
         );
     }

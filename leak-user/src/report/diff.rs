@@ -185,6 +185,7 @@ mod tests {
             r_squared: 0.0,
             survival_fraction: 1.0,
             reachability: None,
+            held_by_c_runtime: None,
             frames: vec![
                 Frame {
                     function: Some(function.into()),

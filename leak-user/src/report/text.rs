@@ -222,7 +222,7 @@ pub fn render(report: &Report, color: bool) -> String {
         let stacks: Vec<&StackReport> = report
             .stacks
             .iter()
-            .filter(|s| s.verdict == verdict)
+            .filter(|s| s.verdict == verdict && s.held_by_c_runtime.is_none())
             .collect();
         if stacks.is_empty() {
             continue;
@@ -237,12 +237,42 @@ pub fn render(report: &Report, color: bool) -> String {
         .stacks
         .iter()
         .filter(|s| {
-            !matches!(
-                s.verdict,
-                Verdict::Leaking | Verdict::Growing | Verdict::Reachable
-            )
+            s.held_by_c_runtime.is_none()
+                && !matches!(
+                    s.verdict,
+                    Verdict::Leaking | Verdict::Growing | Verdict::Reachable
+                )
         })
         .collect();
+    let runtime: Vec<&StackReport> = report
+        .stacks
+        .iter()
+        .filter(|s| s.held_by_c_runtime.is_some())
+        .collect();
+    if !runtime.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{}",
+            painter.paint(
+                BOLD,
+                "HELD BY THE C RUNTIME: its own caches, not the program's leaks"
+            )
+        );
+        for stack in runtime {
+            rank += 1;
+            let site = stack
+                .frames
+                .first()
+                .map_or_else(|| "[stack not recorded]".to_string(), frame_line);
+            let _ = writeln!(
+                out,
+                "#{rank:<3} {:>10} in {:<18} {}: {site}",
+                human_bytes(stack.outstanding_bytes as f64),
+                plural(stack.outstanding_allocs, "allocation"),
+                stack.held_by_c_runtime.as_deref().unwrap_or_default(),
+            );
+        }
+    }
     if !rest.is_empty() {
         let _ = writeln!(out, "\n{}", painter.paint(BOLD, "OTHER STACKS"));
         for stack in rest {
