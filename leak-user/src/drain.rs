@@ -175,6 +175,41 @@ impl Collector {
         &self.scope_held
     }
 
+    /// The process executed a new program: the memory of the last one is gone with it. Its
+    /// live blocks are forgotten (in the kernel's map too) and its stacks hold nothing any
+    /// more; their counts of allocations and frees stay. Call while the process is stopped.
+    pub fn forget_live_memory(&mut self) -> Result<(), DrainError> {
+        self.drain_events();
+        let addresses: Vec<u64> = self.maps.allocs.keys().filter_map(Result::ok).collect();
+        for address in addresses {
+            // Gone already (freed meanwhile): nothing to forget.
+            let _ = self.maps.allocs.remove(&address);
+        }
+        let mut held = Vec::new();
+        for entry in self.maps.stack_totals.iter() {
+            let (stack_id, per_cpu) = entry.map_err(map_error(map_names::STACK_TOTALS))?;
+            let cleared: Vec<StackTotals> = per_cpu
+                .iter()
+                .map(|totals| StackTotals {
+                    outstanding_bytes: 0,
+                    outstanding_allocs: 0,
+                    ..*totals
+                })
+                .collect();
+            held.push((stack_id, cleared));
+        }
+        for (stack_id, cleared) in held {
+            let values = aya::maps::PerCpuValues::try_from(cleared)
+                .map_err(|err| DrainError::new(map_names::STACK_TOTALS, err.to_string()))?;
+            self.maps
+                .stack_totals
+                .insert(stack_id, values, 0)
+                .map_err(map_error(map_names::STACK_TOTALS))?;
+        }
+        self.regions.forget_live();
+        Ok(())
+    }
+
     /// The program break when tracing began (see `procfs::program_break`): the first brk
     /// seen is measured from it.
     pub fn set_program_break(&mut self, program_break: Option<u64>) {

@@ -19,6 +19,10 @@ pub enum ChildEvent {
     /// The program is about to run its first instruction (its entry point, after the
     /// dynamic loader mapped its libraries), held there until the ack is sent.
     Started { ack: mpsc::Sender<()> },
+    /// The child executed another program after its first (a script's interpreter, or
+    /// what a wrapper execs), stopped before that program's first instruction until the
+    /// ack is sent.
+    Executed { ack: mpsc::Sender<()> },
     /// The child stopped at exit; its memory is intact until the ack is sent. The
     /// registers are those of the thread leaktrace started (where it was when the process
     /// ended: in `exit`, or wherever another thread's exit found it), None if unreadable.
@@ -372,8 +376,15 @@ unsafe fn wait_loop(
                 }
                 libc::ptrace(libc::PTRACE_CONT, pid, null, null);
             } else if event == libc::PTRACE_EVENT_EXEC {
-                if std::mem::take(&mut first_exec) && hold_at_entry {
-                    entry = break_at_entry(pid);
+                if std::mem::take(&mut first_exec) {
+                    if hold_at_entry {
+                        entry = break_at_entry(pid);
+                    }
+                } else {
+                    let (ack_tx, ack_rx) = mpsc::channel();
+                    if events.send(ChildEvent::Executed { ack: ack_tx }).is_ok() {
+                        let _ = ack_rx.recv();
+                    }
                 }
                 libc::ptrace(libc::PTRACE_CONT, pid, null, null);
             } else if event == libc::PTRACE_EVENT_STOP {

@@ -19,6 +19,12 @@ pub struct Regions {
 }
 
 impl Regions {
+    /// The process's memory is gone (it executed a new program): no region is live any
+    /// more; the counts of maps and unmaps stay.
+    pub fn forget_live(&mut self) {
+        self.live.clear();
+    }
+
     /// Records a new mapping; anything it overlaps (MAP_FIXED) is unmapped first.
     pub fn map(&mut self, addr: u64, len: u64, stack: StackKey, mapped_ns: u64) {
         if len == 0 {

@@ -1292,6 +1292,29 @@ impl Session {
                         }
                         let _ = ack.send(());
                     }
+                    Some(ChildEvent::Executed { ack }) => {
+                        // A new program in the same process: what the last one left is read
+                        // first and then forgotten (its memory went with it), then the new
+                        // one's break, libraries and tables are taken.
+                        self.tick()?;
+                        if let Err(err) = self.collector.forget_live_memory() {
+                            log::warn!("the last program's memory is still counted: {err}");
+                        }
+                        self.collector
+                            .set_program_break(procfs::program_break(self.pid));
+                        let _ = self.modules.refresh(self.pid);
+                        if let Some(tables) = &mut self.unwind {
+                            tables.refresh(self.pid);
+                        }
+                        log::info!(
+                            "pid {} executed {}",
+                            self.pid,
+                            procfs::exe_path(self.pid)
+                                .map(|path| path.display().to_string())
+                                .unwrap_or_default()
+                        );
+                        let _ = ack.send(());
+                    }
                     Some(ChildEvent::Exiting { ack, registers }) => {
                         // Its memory is still mapped: read what it loaded before it goes,
                         // and its memory figures at the end.
@@ -1379,18 +1402,23 @@ impl Session {
         // blocks is the allocator's own.
         let roots = reachability::roots(&maps, &tracked, &stack_pointers, self.mode == "run");
         // glibc's own writable data (its arenas) is scanned apart: see classify_with_glibc.
-        let glibc: Vec<&str> = self
+        // The same file may be named by another path in the maps (/lib or /usr/lib).
+        let canonical = |path: &str| std::fs::canonicalize(procfs::path_in_root(self.pid, path));
+        let glibc: Vec<PathBuf> = self
             .allocators
             .iter()
             .filter(|found| found.allocator == "glibc")
-            .map(|found| found.module.as_str())
+            .filter_map(|found| canonical(&found.module).ok())
+            .collect();
+        let glibc_mappings: Vec<&procfs::Mapping> = maps
+            .iter()
+            .filter(|mapping| mapping.writable && mapping.is_file())
+            .filter(|mapping| canonical(&mapping.path).is_ok_and(|path| glibc.contains(&path)))
             .collect();
         let in_glibc = |root: &std::ops::Range<u64>| {
-            maps.iter().any(|mapping| {
-                mapping.start <= root.start
-                    && root.end <= mapping.end
-                    && glibc.contains(&mapping.path.as_str())
-            })
+            glibc_mappings
+                .iter()
+                .any(|mapping| mapping.start <= root.start && root.end <= mapping.end)
         };
         let (glibc_data, roots): (Vec<_>, Vec<_>) = roots.into_iter().partition(in_glibc);
         let mut memory = ProcessMemory { pid: self.pid };

@@ -366,6 +366,54 @@ fn run_at_exit_matches_valgrind_on_every_case() {
     );
 }
 
+/// `run -- script` where the script is a `#!/bin/sh` wrapper that execs the program: the
+/// allocator is found in the interpreter the kernel runs, the program the wrapper execs is
+/// followed (its break, libraries and tables taken afresh), and its leaks are named and
+/// counted as when it is run directly.
+#[test]
+fn a_wrapper_script_is_followed_into_the_program_it_execs() {
+    let test = "a_wrapper_script_is_followed_into_the_program_it_execs";
+    if !bpf_available(test) {
+        return;
+    }
+    let program = build_c("exit_cases.c", &["-O1", "-pthread"]);
+    let script = scratch_dir().join("exit_cases_wrapper.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/usr/bin/env sh\n# A wrapper, as test runners and version managers use.\nexec {} \"$@\"\n",
+            program.display()
+        ),
+    )
+    .expect("write the script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("make it executable");
+    let traced = leaktrace(
+        "exit_cases_wrapper",
+        &["run", "--top", "0", "--", script.to_str().expect("utf-8")],
+    );
+    assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
+    let direct = leaktrace(
+        "exit_cases_direct",
+        &["run", "--top", "0", "--", program.to_str().expect("utf-8")],
+    );
+    let summary = &traced.report["leak_summary"];
+    assert_eq!(
+        summary["leaked_bytes"], direct.report["leak_summary"]["leaked_bytes"],
+        "{summary}"
+    );
+    assert_eq!(u64_of(&summary["leaked_blocks"]), 6, "{summary}");
+    let classes = leaktrace_classes(&traced.report, &EXIT_CASES);
+    assert_eq!(classes["lose_in_loop"]["lost"], 3 * 48, "{classes:?}");
+    // The shell's break is not measured against the program's: nothing absurd held.
+    let held: u64 = traced
+        .stacks()
+        .iter()
+        .map(|stack| u64_of(&stack["outstanding_bytes"]))
+        .sum();
+    assert!(held < 1 << 30, "{held} bytes held: {}", traced.describe());
+}
+
 /// A threaded program that leaks nothing (tests/targets/threads_clean.c) has nothing
 /// leaking under `run`, as under valgrind: glibc's cache of ended threads' stacks, the arena
 /// a thread's first free reserves and each thread's loader TLS are the C runtime's, listed
