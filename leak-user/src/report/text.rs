@@ -260,34 +260,16 @@ pub fn render(report: &Report, color: bool) -> String {
         );
         for stack in runtime {
             rank += 1;
-            let site = stack
-                .frames
-                .first()
-                .map_or_else(|| "[stack not recorded]".to_string(), frame_line);
-            let _ = writeln!(
-                out,
-                "#{rank:<3} {:>10} in {:<18} {}: {site}",
-                human_bytes(stack.outstanding_bytes as f64),
-                plural(stack.outstanding_allocs, "allocation"),
-                stack.held_by_c_runtime.as_deref().unwrap_or_default(),
-            );
+            let what = stack.held_by_c_runtime.as_deref().unwrap_or_default();
+            render_brief(&mut out, rank, None, stack, Some(what));
         }
     }
     if !rest.is_empty() {
         let _ = writeln!(out, "\n{}", painter.paint(BOLD, "OTHER STACKS"));
         for stack in rest {
             rank += 1;
-            let site = stack
-                .frames
-                .first()
-                .map_or_else(|| "[stack not recorded]".to_string(), frame_line);
-            let _ = writeln!(
-                out,
-                "#{rank:<3} {:<9} {:>10} in {:<18} {site}",
-                painter.verdict(stack.verdict),
-                human_bytes(stack.outstanding_bytes as f64),
-                plural(stack.outstanding_allocs, "allocation"),
-            );
+            let verdict = format!("{:<9}", painter.verdict(stack.verdict));
+            render_brief(&mut out, rank, Some(&verdict), stack, None);
         }
     }
     if report.omitted_stacks > 0 {
@@ -506,6 +488,29 @@ fn process_line(process: &ProcessReport) -> String {
     )
 }
 
+/// One line for a stack listed briefly: rank, `label` (its verdict), bytes, allocations,
+/// and its first frame after `note` (what of the C runtime's it is).
+fn render_brief(
+    out: &mut String,
+    rank: usize,
+    label: Option<&str>,
+    stack: &StackReport,
+    note: Option<&str>,
+) {
+    let site = stack
+        .frames
+        .first()
+        .map_or_else(|| "[stack not recorded]".to_string(), frame_line);
+    let _ = writeln!(
+        out,
+        "#{rank:<3} {}{:>10} in {:<18} {}{site}",
+        label.map_or_else(String::new, |label| format!("{label} ")),
+        human_bytes(stack.outstanding_bytes as f64),
+        plural(stack.outstanding_allocs, "allocation"),
+        note.map_or_else(String::new, |note| format!("{note}: ")),
+    );
+}
+
 fn render_detailed(out: &mut String, rank: usize, stack: &StackReport, painter: &Painter) {
     let _ = writeln!(
         out,
@@ -597,6 +602,30 @@ mod tests {
     #[test]
     fn snapshot() {
         insta::assert_snapshot!(render(&crate::report::fixtures::sample_report(), false));
+    }
+
+    #[test]
+    fn the_c_runtimes_memory_and_reachable_stacks_have_their_sections() {
+        let mut report = crate::report::fixtures::sample_report();
+        report.stacks[0].verdict = Verdict::Reachable;
+        report.stacks[1].verdict = Verdict::Stable;
+        report.stacks[1].held_by_c_runtime = Some("thread stacks".into());
+        let text = render(&report, false);
+        let reachable = text
+            .find("STILL REACHABLE: never freed, but still pointed to")
+            .expect("a reachable section");
+        let runtime = text
+            .find("HELD BY THE C RUNTIME: its own caches")
+            .expect("a C runtime section");
+        assert!(reachable < runtime, "{text}");
+        let line = text[runtime..].lines().nth(1).expect("a line");
+        assert!(line.starts_with('#'), "{line}");
+        assert!(
+            line.contains(" in ") && line.contains("thread stacks: "),
+            "{line}"
+        );
+        // Listed once, in its own section.
+        assert_eq!(text.matches("thread stacks").count(), 1, "{text}");
     }
 
     #[test]
