@@ -472,6 +472,12 @@ pub struct Common {
     /// beyond it, blocks not reached count as lost and the report says the scan was cut.
     #[arg(long, value_parser = parse_size, default_value = "4G")]
     pub scan_limit: u64,
+    /// Stacks known and accepted, as LeakSanitizer (`leak:PATTERN` lines) or valgrind
+    /// (`{ … Memcheck:Leak … fun:… }` blocks) keep them; may be given again. A matching
+    /// stack is counted apart and never leaking. A default set for the C and C++ runtimes
+    /// is always applied.
+    #[arg(long = "suppressions", value_name = "FILE")]
+    pub suppressions: Vec<PathBuf>,
     /// Time between samples of the per-stack totals (resolution of growth trends).
     #[arg(long, default_value = "200ms", value_parser = parse_duration)]
     pub sample_interval: Duration,
@@ -615,6 +621,8 @@ impl Common {
             // Set per command: see `with_reachability`.
             reachability: false,
             scan_limit: self.scan_limit,
+            // Checked by `check` before: a file unreadable since then leaves the built-in set.
+            suppressions: self.suppressions().unwrap_or_default(),
             scopes: self.scope.scopes.clone(),
             scope_retain_after: self.scope.scope_retain_after,
             scope_max_labels: self.scope.scope_max_labels as usize,
@@ -663,7 +671,24 @@ impl Common {
                     .into(),
             );
         }
+        self.suppressions()?;
         Ok(())
+    }
+
+    /// The built-in suppressions and those of every --suppressions file; Err says which file
+    /// or line is wrong.
+    pub fn suppressions(&self) -> Result<Vec<crate::suppress::Suppression>, String> {
+        let mut rules = crate::suppress::parse(crate::suppress::DEFAULT, "built-in")?;
+        for path in &self.suppressions {
+            let text = std::fs::read_to_string(path).map_err(|err| {
+                format!(
+                    "cannot read the suppressions file {}: {err} (give a readable file to --suppressions)",
+                    path.display()
+                )
+            })?;
+            rules.extend(crate::suppress::parse(&text, &path.display().to_string())?);
+        }
+        Ok(rules)
     }
 }
 

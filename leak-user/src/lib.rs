@@ -45,6 +45,7 @@ pub mod regions;
 pub mod report;
 pub mod scope;
 pub mod session;
+pub mod suppress;
 pub mod suspects;
 pub mod symbolize;
 pub mod unwind_tables;

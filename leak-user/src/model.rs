@@ -358,6 +358,10 @@ pub struct StackReport {
     /// loader's TLS blocks, stdio buffers), and which: not the program's, never leaking.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_by_c_runtime: Option<String>,
+    /// The suppression (--suppressions, or the built-in set) that accepts this stack, by
+    /// name: known, never leaking, counted apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suppressed_by: Option<String>,
     /// Outstanding memory over the session, at most a few dozen evenly spread points.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub series: Vec<Sample>,
@@ -460,6 +464,9 @@ pub struct LeakSummary {
     /// from the rest.
     #[serde(default)]
     pub c_runtime_bytes: u64,
+    /// What suppressions accept (see `StackReport::suppressed_by`), apart from the rest.
+    #[serde(default)]
+    pub suppressed_bytes: u64,
 }
 
 impl LeakSummary {
@@ -506,7 +513,7 @@ impl LeakSummary {
     pub fn line(&self) -> String {
         let blocks = |n: u64| if n == 1 { "block" } else { "blocks" };
         format!(
-            "SUMMARY: {} bytes leaked in {} {} ({} leaking stacks), {} bytes possibly lost in {} {}, {} bytes still reachable in {} {}; {} bytes held by the C runtime",
+            "SUMMARY: {} bytes leaked in {} {} ({} leaking stacks), {} bytes possibly lost in {} {}, {} bytes still reachable in {} {}; {} bytes held by the C runtime, {} bytes suppressed",
             self.leaked_bytes,
             self.leaked_blocks,
             blocks(self.leaked_blocks),
@@ -518,6 +525,7 @@ impl LeakSummary {
             self.reachable_blocks,
             blocks(self.reachable_blocks),
             self.c_runtime_bytes,
+            self.suppressed_bytes,
         )
     }
 }

@@ -81,6 +81,8 @@ pub struct Options {
     pub reachability: bool,
     /// Most bytes of the target's memory the reachability scan reads.
     pub scan_limit: u64,
+    /// Stacks known and accepted (--suppressions and the built-in set).
+    pub suppressions: Vec<crate::suppress::Suppression>,
     /// --scope functions.
     pub scopes: Vec<ScopeSpec>,
     /// How long after a scope call returned to read what it still holds.
@@ -126,6 +128,8 @@ impl Default for Options {
             export_top: 20,
             reachability: false,
             scan_limit: DEFAULT_SCAN_LIMIT,
+            suppressions: crate::suppress::parse(crate::suppress::DEFAULT, "built-in")
+                .unwrap_or_default(),
             scopes: Vec::new(),
             scope_retain_after: Duration::from_secs(5),
             scope_max_labels: 32,
@@ -1599,7 +1603,7 @@ impl Session {
                 }
             }
         }
-        let mut judged: Vec<(StackHistory, Trend, Vec<Frame>, Option<Reachability>)> = Vec::new();
+        let mut judged: Vec<Judged> = Vec::new();
         let mut omitted = (0u64, 0u64);
         for (frames, members) in groups {
             let refs: Vec<&StackHistory> = members.iter().collect();
@@ -1641,16 +1645,27 @@ impl Session {
             if let Some(found) = &reachability {
                 trend.verdict = verdict_with_reachability(trend.verdict, found, context.exited);
             }
-            // The C runtime's own memory is never the program's leak.
-            if c_runtime::held_by(history.key.origin, &frames, context.exited).is_some()
+            // The C runtime's own memory is never the program's leak, nor is what a
+            // suppression accepts.
+            let lost = reachability
+                .as_ref()
+                .map_or(trend.verdict == Verdict::Leaking, |found| {
+                    found.lost.blocks + found.indirectly_lost.blocks + found.interior.blocks > 0
+                });
+            let excused = Excused {
+                c_runtime: c_runtime::held_by(history.key.origin, &frames, context.exited),
+                suppressed: crate::suppress::matching(&self.options.suppressions, &frames, lost)
+                    .map(str::to_string),
+            };
+            if (excused.c_runtime.is_some() || excused.suppressed.is_some())
                 && matches!(trend.verdict, Verdict::Leaking | Verdict::Growing)
             {
                 trend.verdict = Verdict::Stable;
             }
-            judged.push((history, trend, frames, reachability));
+            judged.push((history, trend, frames, reachability, excused));
         }
         let sort = self.options.sort;
-        judged.sort_by(|(a, a_trend, _, _), (b, b_trend, _, _)| {
+        judged.sort_by(|(a, a_trend, ..), (b, b_trend, ..)| {
             let key = |history: &StackHistory, trend: &Trend| match sort {
                 SortKey::Bytes => history.totals.outstanding_bytes as f64,
                 SortKey::Count => history.totals.outstanding_allocs as f64,
@@ -1666,29 +1681,32 @@ impl Session {
         });
         let leak_summary = exited.is_some().then(|| {
             let mut summary = LeakSummary::default();
-            for (history, trend, frames, reachability) in &judged {
+            for (history, trend, _, reachability, excused) in &judged {
+                let outstanding = (
+                    history.totals.outstanding_bytes,
+                    history.totals.outstanding_allocs,
+                );
+                if excused.suppressed.is_some() {
+                    summary.suppressed_bytes += outstanding.0;
+                    continue;
+                }
                 summary.add(
                     trend.verdict,
-                    (
-                        history.totals.outstanding_bytes,
-                        history.totals.outstanding_allocs,
-                    ),
+                    outstanding,
                     reachability.as_ref(),
-                    c_runtime::held_by(history.key.origin, frames, true).is_some(),
+                    excused.c_runtime.is_some(),
                 );
             }
             summary
         });
         let mut kept = judged;
         let top = if top == 0 { usize::MAX } else { top };
-        for (history, _, _, _) in kept.split_off(kept.len().min(top)) {
+        for (history, ..) in kept.split_off(kept.len().min(top)) {
             omitted.0 += 1;
             omitted.1 += history.totals.outstanding_bytes;
         }
         let mut stacks = Vec::with_capacity(kept.len());
-        for (history, trend, frames, reachability) in kept {
-            let held_by_c_runtime =
-                c_runtime::held_by(history.key.origin, &frames, context.exited).map(str::to_string);
+        for (history, trend, frames, reachability, excused) in kept {
             stacks.push(StackReport {
                 verdict: trend.verdict,
                 origin: history.key.origin,
@@ -1705,7 +1723,8 @@ impl Session {
                 survival_fraction: trend.survival_fraction,
                 frames,
                 reachability,
-                held_by_c_runtime,
+                held_by_c_runtime: excused.c_runtime.map(str::to_string),
+                suppressed_by: excused.suppressed,
                 series: evenly_spread(&history.series, REPORT_SERIES_POINTS),
             });
         }
@@ -1953,6 +1972,22 @@ fn evenly_spread<T: Copy>(series: &[T], points: usize) -> Vec<T> {
     (0..points)
         .map(|i| series[((i as f64 * step).round() as usize).min(series.len() - 1)])
         .collect()
+}
+
+/// A stack as judged for the report: its history, verdict, frames, classes and excuse.
+type Judged = (
+    StackHistory,
+    Trend,
+    Vec<Frame>,
+    Option<Reachability>,
+    Excused,
+);
+
+/// Why a stack's memory is not the program's leak, whatever its trend: the C runtime's
+/// own, or accepted by a suppression (its name).
+struct Excused {
+    c_runtime: Option<&'static str>,
+    suppressed: Option<String>,
 }
 
 /// A stack's verdict once the reachability scan has classified its blocks. After the

@@ -1159,6 +1159,7 @@ fn touched_report(
             survival_fraction: 0.0,
             reachability: None,
             held_by_c_runtime: None,
+            suppressed_by: None,
             frames: gear1.frames(stack.stack_id),
             series: Vec::new(),
         })

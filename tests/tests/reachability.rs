@@ -414,6 +414,97 @@ fn a_wrapper_script_is_followed_into_the_program_it_execs() {
     assert!(held < 1 << 30, "{held} bytes held: {}", traced.describe());
 }
 
+/// valgrind's suppressed bytes under `--suppressions FILE` of its own format.
+fn valgrind_suppressed(program: &Path, suppressions: &Path) -> u64 {
+    let out = Command::new("valgrind")
+        .args(["--leak-check=full"])
+        .arg(format!("--suppressions={}", suppressions.display()))
+        .arg(program)
+        .output()
+        .expect("run valgrind");
+    let text = String::from_utf8_lossy(&out.stderr);
+    text.lines()
+        .find_map(|line| line.split_once("suppressed: "))
+        .and_then(|(_, figures)| figures.split_whitespace().next())
+        .and_then(|bytes| bytes.replace(',', "").parse().ok())
+        .expect("valgrind's suppressed line")
+}
+
+/// Suppression files as test suites keep them: valgrind's format (the same file valgrind
+/// reads, and the same bytes suppressed) and LeakSanitizer's `leak:` lines. What they accept
+/// is counted apart and is no leak; what is left still fails --error-exitcode; a file with a
+/// line that is neither is refused with its name and line.
+#[test]
+fn suppressions_in_valgrind_and_leaksanitizer_formats() {
+    let test = "suppressions_in_valgrind_and_leaksanitizer_formats";
+    if !bpf_available(test) || !tool_available(test, Path::new("/usr/bin/valgrind")) {
+        return;
+    }
+    let program = build_c("exit_cases.c", &["-O1", "-pthread"]);
+    let valgrind_file = scratch_dir().join("exit_cases.vg.supp");
+    std::fs::write(
+        &valgrind_file,
+        "{\n   dropped in a loop\n   Memcheck:Leak\n   match-leak-kinds: definite\n   fun:malloc\n   fun:lose_in_loop\n   fun:drop_in_loop\n   ...\n   fun:main\n}\n",
+    )
+    .expect("write");
+    let lsan_file = scratch_dir().join("exit_cases.lsan.supp");
+    std::fs::write(
+        &lsan_file,
+        "# printed, then dropped\nleak:lose_after_printf\n",
+    )
+    .expect("write");
+    let suppressed_by_valgrind = valgrind_suppressed(&program, &valgrind_file);
+    assert_eq!(suppressed_by_valgrind, 3 * 48);
+    let traced = leaktrace(
+        "exit_cases_suppressed",
+        &[
+            "run",
+            "--top",
+            "0",
+            "--error-exitcode",
+            "9",
+            "--suppressions",
+            valgrind_file.to_str().expect("utf-8"),
+            "--suppressions",
+            lsan_file.to_str().expect("utf-8"),
+            "--",
+            program.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(traced.output.status.code(), Some(9), "{}", traced.stderr());
+    let summary = &traced.report["leak_summary"];
+    assert_eq!(
+        u64_of(&summary["suppressed_bytes"]),
+        suppressed_by_valgrind + 72,
+        "{summary}"
+    );
+    // Left: the zero-byte block and the 40 bytes in a dead frame.
+    assert_eq!(u64_of(&summary["leaked_bytes"]), 40, "{summary}");
+    assert_eq!(u64_of(&summary["leaked_blocks"]), 2, "{summary}");
+    for (function, by) in [
+        ("lose_in_loop", "dropped in a loop"),
+        ("lose_after_printf", "leak:lose_after_printf"),
+    ] {
+        let stack = traced.expect_stack_at(function);
+        assert_eq!(stack["suppressed_by"], by, "{stack}");
+        assert_ne!(stack["verdict"], "leaking", "{stack}");
+    }
+    // A line that is neither format: one clear line, status 2, nothing started.
+    let bad = scratch_dir().join("bad.supp");
+    std::fs::write(&bad, "leak:fine\nfun:malloc\n").expect("write");
+    let out = Command::new(leaktrace_bin())
+        .args(["run", "--suppressions", bad.to_str().expect("utf-8"), "--"])
+        .arg(&program)
+        .output()
+        .expect("run leaktrace");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:2: `fun:malloc`", bad.display())),
+        "{stderr}"
+    );
+}
+
 /// A threaded program that leaks nothing (tests/targets/threads_clean.c) has nothing
 /// leaking under `run`, as under valgrind: glibc's cache of ended threads' stacks, the arena
 /// a thread's first free reserves and each thread's loader TLS are the C runtime's, listed

@@ -186,6 +186,7 @@ mod tests {
             survival_fraction: 1.0,
             reachability: None,
             held_by_c_runtime: None,
+            suppressed_by: None,
             frames: vec![
                 Frame {
                     function: Some(function.into()),

@@ -124,6 +124,7 @@ pub mod fixtures {
             survival_fraction: outstanding_allocs as f64 / (outstanding_allocs + 40) as f64,
             reachability: None,
             held_by_c_runtime: None,
+            suppressed_by: None,
             frames,
             series: (0..4)
                 .map(|i| Sample {

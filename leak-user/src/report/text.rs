@@ -222,7 +222,7 @@ pub fn render(report: &Report, color: bool) -> String {
         let stacks: Vec<&StackReport> = report
             .stacks
             .iter()
-            .filter(|s| s.verdict == verdict && s.held_by_c_runtime.is_none())
+            .filter(|s| s.verdict == verdict && !excused(s))
             .collect();
         if stacks.is_empty() {
             continue;
@@ -237,7 +237,7 @@ pub fn render(report: &Report, color: bool) -> String {
         .stacks
         .iter()
         .filter(|s| {
-            s.held_by_c_runtime.is_none()
+            !excused(s)
                 && !matches!(
                     s.verdict,
                     Verdict::Leaking | Verdict::Growing | Verdict::Reachable
@@ -262,6 +262,23 @@ pub fn render(report: &Report, color: bool) -> String {
             rank += 1;
             let what = stack.held_by_c_runtime.as_deref().unwrap_or_default();
             render_brief(&mut out, rank, None, stack, Some(what));
+        }
+    }
+    let suppressed: Vec<&StackReport> = report
+        .stacks
+        .iter()
+        .filter(|s| s.held_by_c_runtime.is_none() && s.suppressed_by.is_some())
+        .collect();
+    if !suppressed.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{}",
+            painter.paint(BOLD, "SUPPRESSED: known and accepted (--suppressions)")
+        );
+        for stack in suppressed {
+            rank += 1;
+            let by = format!("by {}", stack.suppressed_by.as_deref().unwrap_or_default());
+            render_brief(&mut out, rank, None, stack, Some(&by));
         }
     }
     if !rest.is_empty() {
@@ -486,6 +503,11 @@ fn process_line(process: &ProcessReport) -> String {
         human_bytes(last.heap_bytes as f64),
         rate(process.heap_growth_bytes_per_s),
     )
+}
+
+/// Listed apart from the verdicts: the C runtime's own memory, or accepted by a suppression.
+fn excused(stack: &StackReport) -> bool {
+    stack.held_by_c_runtime.is_some() || stack.suppressed_by.is_some()
 }
 
 /// One line for a stack listed briefly: rank, `label` (its verdict), bytes, allocations,
