@@ -40,6 +40,11 @@ const C_FAMILY: [(&str, CallShape); 12] = [
     ("free_aligned_sized", CallShape::free(0)),
 ];
 
+/// The names of the C family (malloc, free and their kin), as every C allocator exports them.
+pub fn c_family_names() -> impl Iterator<Item = &'static str> {
+    C_FAMILY.iter().map(|(name, _)| *name)
+}
+
 /// jemalloc's own API (mallocx(size, flags), rallocx(ptr, size, flags), sdallocx(ptr, size,
 /// flags), dallocx(ptr, flags)). xallocx resizes in place and is not followed.
 const JEMALLOC_API: [(&str, CallShape); 4] = [

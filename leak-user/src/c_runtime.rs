@@ -28,7 +28,7 @@ pub fn held_by(origin: Origin, frames: &[Frame], exited: bool) -> Option<&'stati
                 if !in_c_library(frame) {
                     return None;
                 }
-                if function_is(frame, ALLOCATOR_FUNCTIONS) || function_is(frame, MALLOC_INTERNALS) {
+                if is_allocator_function(frame) || function_is(frame, MALLOC_INTERNALS) {
                     return Some("malloc arenas");
                 }
             }
@@ -48,18 +48,8 @@ pub fn held_by(origin: Origin, frames: &[Frame], exited: bool) -> Option<&'stati
     }
 }
 
-/// The allocator's entry points in the C library.
-const ALLOCATOR_FUNCTIONS: &[&str] = &[
-    "malloc",
-    "free",
-    "calloc",
-    "realloc",
-    "reallocarray",
-    "memalign",
-    "posix_memalign",
-    "aligned_alloc",
-    "valloc",
-    "pvalloc",
+/// glibc's own entry points into its allocator, besides the C family every allocator exports.
+const GLIBC_ALLOCATOR_FUNCTIONS: &[&str] = &[
     "malloc_trim",
     "__libc_malloc",
     "__libc_free",
@@ -87,13 +77,22 @@ const MALLOC_INTERNALS: &[&str] = &[
 
 /// Whether the frame's function is one of `names`, whatever symbol version or `__GI_`
 /// prefix it carries.
-fn function_is(frame: &Frame, names: &[&str]) -> bool {
-    let Some(function) = frame.function.as_deref() else {
-        return false;
-    };
+/// The function's name without a symbol version or glibc's `__GI_` alias prefix.
+fn plain_function(frame: &Frame) -> Option<&str> {
+    let function = frame.function.as_deref()?;
     let plain = function.split('@').next().unwrap_or(function);
-    let plain = plain.strip_prefix("__GI_").unwrap_or(plain);
-    names.contains(&plain)
+    Some(plain.strip_prefix("__GI_").unwrap_or(plain))
+}
+
+fn function_is(frame: &Frame, names: &[&str]) -> bool {
+    plain_function(frame).is_some_and(|plain| names.contains(&plain))
+}
+
+fn is_allocator_function(frame: &Frame) -> bool {
+    plain_function(frame).is_some_and(|plain| {
+        GLIBC_ALLOCATOR_FUNCTIONS.contains(&plain)
+            || crate::allocators::c_family_names().any(|name| name == plain)
+    })
 }
 
 fn module_name(frame: &Frame) -> Option<&str> {

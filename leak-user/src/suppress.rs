@@ -133,22 +133,19 @@ fn valgrind_block(body: &[String]) -> Option<Suppression> {
     })
 }
 
-/// The allocator functions valgrind's stacks start in.
-const ALLOCATORS: &[&str] = &[
-    "malloc",
-    "calloc",
-    "realloc",
-    "reallocarray",
-    "memalign",
-    "posix_memalign",
-    "aligned_alloc",
-    "valloc",
-    "pvalloc",
+/// valgrind's demangled names of the C++ allocation operators its stacks may start in.
+const CXX_DEMANGLED_NEW: [&str; 2] = [
     "operator new(unsigned long)",
     "operator new[](unsigned long)",
-    "_Znwm",
-    "_Znam",
 ];
+
+/// Whether valgrind's stacks may start in a function of this name (the allocator's entry).
+fn is_allocator(pattern: &str) -> bool {
+    crate::allocators::c_family_names()
+        .chain(CXX_DEMANGLED_NEW)
+        .chain(crate::allocators::CXX_NEW_SYMBOLS)
+        .any(|name| glob(pattern, name))
+}
 
 impl Suppression {
     /// Whether it matches a stack (innermost frame first) whose blocks are `lost` or not.
@@ -180,7 +177,7 @@ impl Suppression {
             Kind::Valgrind(patterns) => {
                 let mut patterns = patterns.as_slice();
                 while let [FramePattern::Fun(pattern), rest @ ..] = patterns
-                    && ALLOCATORS.iter().any(|name| glob(pattern, name))
+                    && is_allocator(pattern)
                 {
                     patterns = rest;
                 }

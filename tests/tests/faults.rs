@@ -9,8 +9,9 @@ use std::{
 
 use leaktrace_tests::{bpf_available, build_c, leaktrace_bin, private_libc_dir};
 
-/// Rounds of 10,000 allocations: about 2 s untraced.
-const ROUNDS: &str = "1500";
+/// Rounds of 10,000 allocations: about 4 s untraced, so every kill lands while the target still
+/// runs (the kill moment is chosen inside the untraced run's time; tracing only slows it).
+const ROUNDS: &str = "3000";
 
 fn start_worker(program: &std::path::Path) -> std::process::Child {
     Command::new(program)
@@ -27,9 +28,15 @@ fn sigkill_at_random_moments_leaves_the_target_unharmed() {
         return;
     }
     let program = build_c("steady_worker.c", &["-ldl"]);
+    let untraced_start = Instant::now();
     let untraced = start_worker(&program)
         .wait_with_output()
         .expect("untraced run");
+    // Kills land in the first 60% of the untraced run's time (at most 2.5 s): the traced
+    // target, started before leaktrace and never faster than untraced, is still running then.
+    // A kill after the target had finished would test nothing (and the target would rightly
+    // have seen the probes of a live leaktrace).
+    let window_ms = (untraced_start.elapsed().as_millis() as u64 * 6 / 10).clamp(100, 2500);
     assert_eq!(untraced.status.code(), Some(7));
     let expected = String::from_utf8_lossy(&untraced.stdout).to_string();
     assert!(
@@ -56,7 +63,7 @@ fn sigkill_at_random_moments_leaves_the_target_unharmed() {
     ];
     for trial in 0..6 {
         let mode = modes[trial % modes.len()];
-        let delay = Duration::from_millis(50 + next() % 2500);
+        let delay = Duration::from_millis(50 + next() % (window_ms - 50));
         eprintln!("trial {trial}: {mode:?}, SIGKILL after {delay:?}");
         let mut worker = start_worker(&program);
         let pid = worker.id().to_string();
@@ -69,6 +76,11 @@ fn sigkill_at_random_moments_leaves_the_target_unharmed() {
             .spawn()
             .expect("start leaktrace");
         std::thread::sleep(delay);
+        assert!(
+            matches!(worker.try_wait(), Ok(None)),
+            "trial {trial}: the target finished before the kill at {delay:?} (untraced run \
+             window {window_ms} ms): the trial would test nothing"
+        );
         // SIGKILL: no chance to clean up.
         let _ = tracer.kill();
         let _ = tracer.wait();
