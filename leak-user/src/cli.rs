@@ -63,6 +63,11 @@ pub enum Command {
         /// with the command's own status otherwise (valgrind's flag, for test suites).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
         error_exitcode: Option<u8>,
+        /// Also follow the forked children into the programs they execute, each reported
+        /// apart (valgrind's flag). Forked children are always traced until they execute
+        /// another program.
+        #[arg(long)]
+        trace_children: bool,
         /// The command and its arguments.
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
@@ -627,6 +632,8 @@ impl Common {
             scope_retain_after: self.scope.scope_retain_after,
             scope_max_labels: self.scope.scope_max_labels as usize,
             scope_span_threshold: self.scope.scope_span_threshold,
+            // Set by `run`.
+            trace_children: false,
         }
     }
 

@@ -5,6 +5,7 @@
 //! it with ptrace (PTRACE_O_TRACEEXIT only: signals pass through untouched, group stops are
 //! honoured). Ptrace is per thread, so every ptrace call stays on that thread.
 use std::{
+    collections::HashSet,
     ffi::CString,
     io,
     os::unix::ffi::OsStrExt,
@@ -13,25 +14,37 @@ use std::{
     thread,
 };
 
-/// What the launcher thread reports.
+/// What the launcher thread reports. `pid` is the process an event is about: the command
+/// leaktrace started, or a child it forked (followed from its first instruction).
 #[derive(Debug)]
 pub enum ChildEvent {
     /// The program is about to run its first instruction (its entry point, after the
     /// dynamic loader mapped its libraries), held there until the ack is sent.
     Started { ack: mpsc::Sender<()> },
-    /// The child executed another program after its first (a script's interpreter, or
+    /// A traced process forked: the child is held before its first instruction, and its
+    /// parent at the fork, until the ack is sent.
+    Forked {
+        pid: u32,
+        parent: u32,
+        ack: mpsc::Sender<()>,
+    },
+    /// The process executed another program after its first (a script's interpreter, or
     /// what a wrapper execs), stopped before that program's first instruction until the
-    /// ack is sent.
-    Executed { ack: mpsc::Sender<()> },
-    /// The child stopped at exit; its memory is intact until the ack is sent. The
-    /// registers are those of the thread leaktrace started (where it was when the process
+    /// ack is sent: true to go on tracing it, false to let it go (a child that executes a
+    /// program not followed).
+    Executed { pid: u32, ack: mpsc::Sender<bool> },
+    /// The process stopped at exit; its memory is intact until the ack is sent. The
+    /// registers are those of its thread leaktrace traces (where it was when the process
     /// ended: in `exit`, or wherever another thread's exit found it), None if unreadable.
     Exiting {
+        pid: u32,
         ack: mpsc::Sender<()>,
         registers: Option<crate::freeze::ThreadRegisters>,
     },
-    /// The child is gone.
+    /// The process is gone. After the command's own exit no event follows: children still
+    /// running are let go.
     Exited {
+        pid: u32,
         code: Option<i32>,
         signal: Option<i32>,
     },
@@ -186,8 +199,8 @@ pub fn launch(
                     libc::PTRACE_SEIZE,
                     pid,
                     std::ptr::null_mut::<libc::c_void>(),
-                    (libc::PTRACE_O_TRACEEXIT | libc::PTRACE_O_TRACEEXEC) as usize
-                        as *mut libc::c_void,
+                    (libc::PTRACE_O_TRACEEXIT | libc::PTRACE_O_TRACEEXEC | libc::PTRACE_O_TRACEFORK)
+                        as usize as *mut libc::c_void,
                 );
                 if seized != 0 {
                     let error = io::Error::last_os_error();
@@ -318,8 +331,11 @@ unsafe fn leave_entry_breakpoint(pid: libc::pid_t, breakpoint: &EntryBreakpoint)
     }
 }
 
-/// Passes signals through, honours group stops, holds the child at its exit (and, when
-/// asked, at its program's entry).
+/// Passes signals through, honours group stops, holds the command at its exit (and, when
+/// asked, at its program's entry). Children forked by a traced thread are attached by the
+/// kernel (PTRACE_O_TRACEFORK is inherited) and held until their probes are in place.
+/// vfork and posix_spawn children share their parent's memory until they exec and are not
+/// followed.
 unsafe fn wait_loop(
     pid: libc::pid_t,
     events: &tokio::sync::mpsc::UnboundedSender<ChildEvent>,
@@ -328,45 +344,60 @@ unsafe fn wait_loop(
     let null = std::ptr::null_mut::<libc::c_void>();
     let mut first_exec = true;
     let mut entry: Option<EntryBreakpoint> = None;
+    // Children whose probes are in place, and those that stopped before theirs were: a
+    // new child's first stop and its parent's fork event come in either order.
+    let mut ready: HashSet<libc::pid_t> = HashSet::new();
+    let mut held: HashSet<libc::pid_t> = HashSet::new();
+    let mut running: HashSet<libc::pid_t> = HashSet::new();
     loop {
         let mut status = 0;
-        // SAFETY: waiting on our own child.
-        let waited = unsafe { libc::waitpid(pid, &mut status, libc::__WALL) };
+        // SAFETY: waiting on our own tracees.
+        let waited = unsafe { libc::waitpid(-1, &mut status, libc::__WALL) };
         if waited < 0 {
             if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                 continue;
             }
             let _ = events.send(ChildEvent::Exited {
+                pid: pid as u32,
                 code: None,
                 signal: None,
             });
             return;
         }
-        if libc::WIFEXITED(status) {
+        let ended = if libc::WIFEXITED(status) {
+            Some((Some(libc::WEXITSTATUS(status)), None))
+        } else if libc::WIFSIGNALED(status) {
+            Some((None, Some(libc::WTERMSIG(status))))
+        } else {
+            None
+        };
+        if let Some((code, signal)) = ended {
+            ready.remove(&waited);
+            held.remove(&waited);
+            running.remove(&waited);
             let _ = events.send(ChildEvent::Exited {
-                code: Some(libc::WEXITSTATUS(status)),
-                signal: None,
+                pid: waited as u32,
+                code,
+                signal,
             });
-            return;
-        }
-        if libc::WIFSIGNALED(status) {
-            let _ = events.send(ChildEvent::Exited {
-                code: None,
-                signal: Some(libc::WTERMSIG(status)),
-            });
-            return;
+            if waited == pid {
+                // Children still running are let go as this thread ends.
+                return;
+            }
+            continue;
         }
         if !libc::WIFSTOPPED(status) {
             continue;
         }
         let event = (status >> 16) & 0xff;
-        // SAFETY: ptrace requests on our seized child, from the seizing thread.
+        // SAFETY: ptrace requests on our tracees, from the tracing thread.
         unsafe {
             if event == libc::PTRACE_EVENT_EXIT {
                 let (ack_tx, ack_rx) = mpsc::channel();
-                let registers = crate::freeze::thread_registers(pid);
+                let registers = crate::freeze::thread_registers(waited);
                 if events
                     .send(ChildEvent::Exiting {
+                        pid: waited as u32,
                         ack: ack_tx,
                         registers,
                     })
@@ -374,23 +405,74 @@ unsafe fn wait_loop(
                 {
                     let _ = ack_rx.recv();
                 }
-                libc::ptrace(libc::PTRACE_CONT, pid, null, null);
+                libc::ptrace(libc::PTRACE_CONT, waited, null, null);
+            } else if event == libc::PTRACE_EVENT_FORK {
+                let mut message: libc::c_ulong = 0;
+                libc::ptrace(libc::PTRACE_GETEVENTMSG, waited, null, &raw mut message);
+                let child = message as libc::pid_t;
+                if child > 0 {
+                    let (ack_tx, ack_rx) = mpsc::channel();
+                    if events
+                        .send(ChildEvent::Forked {
+                            pid: child as u32,
+                            parent: waited as u32,
+                            ack: ack_tx,
+                        })
+                        .is_ok()
+                    {
+                        let _ = ack_rx.recv();
+                    }
+                    if held.remove(&child) {
+                        running.insert(child);
+                        libc::ptrace(libc::PTRACE_CONT, child, null, null);
+                    } else {
+                        ready.insert(child);
+                    }
+                }
+                libc::ptrace(libc::PTRACE_CONT, waited, null, null);
             } else if event == libc::PTRACE_EVENT_EXEC {
-                if std::mem::take(&mut first_exec) {
+                if waited == pid && std::mem::take(&mut first_exec) {
                     if hold_at_entry {
                         entry = break_at_entry(pid);
                     }
+                    libc::ptrace(libc::PTRACE_CONT, waited, null, null);
                 } else {
                     let (ack_tx, ack_rx) = mpsc::channel();
-                    if events.send(ChildEvent::Executed { ack: ack_tx }).is_ok() {
-                        let _ = ack_rx.recv();
+                    let follow = events
+                        .send(ChildEvent::Executed {
+                            pid: waited as u32,
+                            ack: ack_tx,
+                        })
+                        .is_ok()
+                        && ack_rx.recv().unwrap_or(false);
+                    if follow || waited == pid {
+                        libc::ptrace(libc::PTRACE_CONT, waited, null, null);
+                    } else {
+                        // Not followed into the new program: no stop of it comes here
+                        // again, nor of its children.
+                        running.remove(&waited);
+                        libc::ptrace(libc::PTRACE_DETACH, waited, null, null);
                     }
                 }
-                libc::ptrace(libc::PTRACE_CONT, pid, null, null);
+            } else if event == libc::PTRACE_EVENT_STOP
+                && libc::WSTOPSIG(status) == libc::SIGTRAP
+            {
+                // Not a group stop (those carry the stopping signal): a forked child's
+                // first stop, which starts it once its probes are in place; or, for a
+                // tracee that runs already, the end of a group stop (SIGCONT).
+                if waited == pid || running.contains(&waited) {
+                    libc::ptrace(libc::PTRACE_CONT, waited, null, null);
+                } else if ready.remove(&waited) {
+                    running.insert(waited);
+                    libc::ptrace(libc::PTRACE_CONT, waited, null, null);
+                } else {
+                    held.insert(waited);
+                }
             } else if event == libc::PTRACE_EVENT_STOP {
                 // Group stop (SIGSTOP, SIGTSTP…): stay stopped until SIGCONT, as untraced.
-                libc::ptrace(libc::PTRACE_LISTEN, pid, null, null);
-            } else if libc::WSTOPSIG(status) == libc::SIGTRAP
+                libc::ptrace(libc::PTRACE_LISTEN, waited, null, null);
+            } else if waited == pid
+                && libc::WSTOPSIG(status) == libc::SIGTRAP
                 && entry
                     .as_ref()
                     .is_some_and(|breakpoint| leave_entry_breakpoint(pid, breakpoint))
@@ -400,11 +482,11 @@ unsafe fn wait_loop(
                 if events.send(ChildEvent::Started { ack: ack_tx }).is_ok() {
                     let _ = ack_rx.recv();
                 }
-                libc::ptrace(libc::PTRACE_CONT, pid, null, null);
+                libc::ptrace(libc::PTRACE_CONT, waited, null, null);
             } else {
                 // Signal-delivery stop: deliver the signal unchanged.
                 let signal = libc::WSTOPSIG(status) as usize;
-                libc::ptrace(libc::PTRACE_CONT, pid, null, signal as *mut libc::c_void);
+                libc::ptrace(libc::PTRACE_CONT, waited, null, signal as *mut libc::c_void);
             }
         }
     }

@@ -105,19 +105,34 @@ fn main() -> ExitCode {
             common,
             command,
             error_exitcode,
+            trace_children,
         } => {
             let options = session::Options {
                 reachability: common.reachability(true),
+                trace_children,
                 ..common.options(None)
             };
             match runtime.block_on(session::run(&command, options)) {
                 Ok(outcome) => {
-                    let summary = outcome.report.leak_summary;
-                    if let Some(summary) = &summary {
-                        eprintln!("leaktrace: {}", summary.line());
+                    // One line for the command, one for each forked child, as valgrind
+                    // ends each process with its own summary.
+                    let mut any_leak = false;
+                    for report in std::iter::once(&outcome.report).chain(&outcome.report.children) {
+                        let Some(summary) = &report.leak_summary else {
+                            continue;
+                        };
+                        any_leak |= summary.any_leak();
+                        match report.forked_by {
+                            Some(_) => eprintln!(
+                                "leaktrace: child {}: {}",
+                                report.target.pid,
+                                summary.line()
+                            ),
+                            None => eprintln!("leaktrace: {}", summary.line()),
+                        }
                     }
-                    match (error_exitcode, summary) {
-                        (Some(code), Some(summary)) if summary.any_leak() => ExitCode::from(code),
+                    match error_exitcode {
+                        Some(code) if any_leak => ExitCode::from(code),
                         _ => match outcome.exit {
                             Some(exit) => match (exit.code, exit.signal) {
                                 (Some(code), _) => ExitCode::from(code as u8),

@@ -591,6 +591,14 @@ pub struct Report {
     /// A Go program's goroutines per creation site.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub goroutines: Option<GoroutineReport>,
+    /// A forked child's report: the pid of the process that forked it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forked_by: Option<u32>,
+    /// `run`: each child the command (or a child of it) forked, traced from its first
+    /// instruction, in the order they ended (`exited` absent: still running when the
+    /// command ended).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<Report>,
 }
 
 /// A Go program's goroutines, per creation site (the `go` statement that started them).
@@ -766,6 +774,8 @@ impl Report {
             suspects: Vec::new(),
             runtimes: Vec::new(),
             goroutines: None,
+            forked_by: None,
+            children: Vec::new(),
         }
     }
 

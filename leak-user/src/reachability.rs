@@ -467,11 +467,14 @@ pub fn classify_with_glibc(
     }
 }
 
-/// Bytes below a thread's stack pointer that may still be live (the x86-64 red zone).
-const RED_ZONE: u64 = 128;
+/// Bytes below a thread's stack pointer that may still be live (the x86-64 red zone): a
+/// thread stopped anywhere may be in a leaf function that keeps data there. A thread stopped
+/// at its exit is in the exit system call, and its red zone is dead.
+pub const RED_ZONE: u64 = 128;
 
 /// The memory that may hold pointers into the heap: every writable mapping; a thread's
-/// stack only from its stack pointer up (what lies below is dead frames, as valgrind sees
+/// stack only from where its live part begins (`live_stacks_from`: its stack pointer, less
+/// the red zone where that may be live; what lies below is dead frames, as valgrind sees
 /// it). With `allocator_owned_excluded` (the whole process was traced, so the memory around
 /// tracked blocks is the allocator's own: free lists, freed data), mappings holding a
 /// tracked block are left out; otherwise untracked memory there may be blocks allocated
@@ -479,7 +482,7 @@ const RED_ZONE: u64 = 128;
 pub fn roots(
     maps: &[crate::procfs::Mapping],
     blocks: &[Block],
-    stack_pointers: &[u64],
+    live_stacks_from: &[u64],
     allocator_owned_excluded: bool,
 ) -> Vec<Range<u64>> {
     let mut sorted: Vec<Block> = blocks.to_vec();
@@ -497,11 +500,11 @@ pub fn roots(
                 .is_none_or(|block| block.start >= mapping.end)
         })
         .map(|mapping| {
-            let live_from = stack_pointers
+            let live_from = live_stacks_from
                 .iter()
-                .filter(|&&sp| sp >= mapping.start && sp < mapping.end)
-                .map(|&sp| sp.saturating_sub(RED_ZONE).max(mapping.start))
+                .filter(|&&from| from >= mapping.start && from < mapping.end)
                 .min()
+                .copied()
                 .unwrap_or(mapping.start);
             live_from..mapping.end
         })
@@ -706,7 +709,7 @@ mod tests {
              7ffc00100000-7ffc00102000 r--p 00000000 00:00 0 [vvar]\n",
         );
         let blocks = [block(0x5555_0010_0010)];
-        let sp = [0x7ffc_0002_0000];
+        let sp = [0x7ffc_0002_0000 - RED_ZONE];
         // Attach mode: the heap around tracked blocks may hold untracked live blocks.
         assert_eq!(
             roots(&maps, &blocks, &sp, false),

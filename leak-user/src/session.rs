@@ -91,6 +91,9 @@ pub struct Options {
     pub scope_max_labels: usize,
     /// A scope call holding at least this much when it returns gets a span of its own.
     pub scope_span_threshold: u64,
+    /// `run`: follow forked children into the programs they execute (valgrind's
+    /// --trace-children); forked children are followed until then in any case.
+    pub trace_children: bool,
 }
 
 /// What orders the stacks within a verdict.
@@ -134,6 +137,7 @@ impl Default for Options {
             scope_retain_after: Duration::from_secs(5),
             scope_max_labels: 32,
             scope_span_threshold: 64 << 10,
+            trace_children: false,
         }
     }
 }
@@ -248,6 +252,10 @@ struct Session {
     /// When to arm the entry probes (see `Probes::arm_entries`): a moment after they went
     /// in, so that no call begun before them is still running.
     arm_entries_at: Option<u64>,
+    /// A forked child of a `run`: the process that forked it.
+    forked_by: Option<u32>,
+    /// `run`: the reports of the forked children that ended.
+    child_reports: Vec<Report>,
 }
 
 /// How long after the entry probes go in a return without its entry counts as lost.
@@ -745,6 +753,8 @@ impl Session {
             process_samples: Vec::new(),
             last_process_sample_ns: None,
             launched_program: None,
+            forked_by: None,
+            child_reports: Vec::new(),
             telemetry: None,
             endpoint: None,
             unwind,
@@ -1280,9 +1290,18 @@ impl Session {
         // The report comes at exit; exporters still get an analysis every interval.
         let mut publish_every = tokio::time::interval(self.options.interval);
         publish_every.tick().await;
+        // Forked children, each traced in a session of its own until it ends.
+        let mut children: BTreeMap<u32, Session> = BTreeMap::new();
         loop {
             tokio::select! {
-                _ = sample.tick() => self.tick()?,
+                _ = sample.tick() => {
+                    self.tick()?;
+                    for (pid, child) in &mut children {
+                        if let Err(err) = child.tick() {
+                            log::warn!("forked child {pid}: {err}");
+                        }
+                    }
+                }
                 _ = publish_every.tick(), if self.exporting() => {
                     self.analyse(None, false)?;
                 }
@@ -1296,47 +1315,154 @@ impl Session {
                         }
                         let _ = ack.send(());
                     }
-                    Some(ChildEvent::Executed { ack }) => {
-                        // A new program in the same process: what the last one left is read
-                        // first and then forgotten (its memory went with it), then the new
-                        // one's break, libraries and tables are taken.
-                        self.tick()?;
-                        if let Err(err) = self.collector.forget_live_memory() {
-                            log::warn!("the last program's memory is still counted: {err}");
-                        }
-                        self.collector
-                            .set_program_break(procfs::program_break(self.pid));
-                        let _ = self.modules.refresh(self.pid);
-                        if let Some(tables) = &mut self.unwind {
-                            tables.refresh(self.pid);
-                        }
-                        log::info!(
-                            "pid {} executed {}",
-                            self.pid,
-                            procfs::exe_path(self.pid)
-                                .map(|path| path.display().to_string())
-                                .unwrap_or_default()
-                        );
-                        let _ = ack.send(());
-                    }
-                    Some(ChildEvent::Exiting { ack, registers }) => {
-                        // Its memory is still mapped: read what it loaded before it goes,
-                        // and its memory figures at the end.
-                        let _ = self.modules.refresh(self.pid);
-                        self.last_process_sample_ns = None;
-                        self.tick()?;
-                        if self.options.reachability {
-                            self.scan_reachability(Some(registers.unwrap_or_default()));
+                    Some(ChildEvent::Forked { pid, parent, ack }) => {
+                        match self.trace_forked_child(pid, parent) {
+                            Ok(child) => {
+                                children.insert(pid, child);
+                            }
+                            Err(err) => {
+                                eprintln!("leaktrace: child {pid} (forked by {parent}) is not traced: {err}");
+                            }
                         }
                         let _ = ack.send(());
                     }
-                    Some(ChildEvent::Exited { code, signal }) => {
+                    Some(ChildEvent::Executed { pid, ack }) if pid != self.pid => {
+                        // A child that executes a program: followed into it with
+                        // --trace-children, let go otherwise (as valgrind does).
+                        let follow = self.options.trace_children && children.contains_key(&pid);
+                        let dropped = if follow {
+                            if let Some(child) = children.get_mut(&pid) {
+                                child.executed()?;
+                            }
+                            None
+                        } else {
+                            children.remove(&pid)
+                        };
+                        let _ = ack.send(follow);
+                        if let Some(child) = dropped {
+                            child.end_in_background();
+                        }
+                    }
+                    Some(ChildEvent::Executed { ack, .. }) => {
+                        self.executed()?;
+                        let _ = ack.send(true);
+                    }
+                    Some(ChildEvent::Exiting { pid, ack, registers }) => {
+                        if pid == self.pid {
+                            self.exiting(registers)?;
+                        } else if let Some(child) = children.get_mut(&pid)
+                            && let Err(err) = child.exiting(registers)
+                        {
+                            log::warn!("forked child {pid}: {err}");
+                        }
+                        let _ = ack.send(());
+                    }
+                    Some(ChildEvent::Exited { pid, code, signal }) if pid != self.pid => {
+                        if let Some(mut child) = children.remove(&pid) {
+                            match child.child_report(Some(Exit { code, signal })) {
+                                Ok(report) => self.child_reports.push(report),
+                                Err(err) => eprintln!("leaktrace: child {pid}: no report: {err}"),
+                            }
+                            child.end_in_background();
+                        }
+                    }
+                    Some(ChildEvent::Exited { code, signal, .. }) => {
                         self.tick()?;
+                        self.children_still_running(children);
                         return Ok(Exit { code, signal });
                     }
                     Some(ChildEvent::Failed(message)) => return Err(SessionError::Launch(message)),
-                    None => return Ok(Exit { code: None, signal: None }),
+                    None => {
+                        self.children_still_running(children);
+                        return Ok(Exit { code: None, signal: None });
+                    }
                 }
+            }
+        }
+    }
+
+    /// A new program in the same process: what the last one left is read first and then
+    /// forgotten (its memory went with it), then the new one's break, libraries and tables
+    /// are taken.
+    fn executed(&mut self) -> Result<(), SessionError> {
+        self.tick()?;
+        if let Err(err) = self.collector.forget_live_memory() {
+            log::warn!("the last program's memory is still counted: {err}");
+        }
+        self.collector
+            .set_program_break(procfs::program_break(self.pid));
+        let _ = self.modules.refresh(self.pid);
+        if let Some(tables) = &mut self.unwind {
+            tables.refresh(self.pid);
+        }
+        let exe = procfs::exe_path(self.pid)
+            .map(|path| path.display().to_string())
+            .unwrap_or_default();
+        log::info!("pid {} executed {exe}", self.pid);
+        if self.forked_by.is_some() {
+            // A child's report names what it runs now (the command's names what was asked).
+            self.target.exe = exe;
+            self.target.command_line = procfs::command_line(self.pid).unwrap_or_default();
+        }
+        Ok(())
+    }
+
+    /// The process stopped at its exit with its memory still mapped: what it loaded is
+    /// read before it goes, its memory figures taken at the end, and what still points to
+    /// each block.
+    fn exiting(
+        &mut self,
+        registers: Option<crate::freeze::ThreadRegisters>,
+    ) -> Result<(), SessionError> {
+        let _ = self.modules.refresh(self.pid);
+        self.last_process_sample_ns = None;
+        self.tick()?;
+        if self.options.reachability {
+            self.scan_reachability(Some(registers.unwrap_or_default()));
+        }
+        Ok(())
+    }
+
+    /// A session for a child a traced process just forked, held before its first
+    /// instruction: the probes go in on its copy of its parent's libraries. What it
+    /// inherited was allocated before it existed and is not its own.
+    fn trace_forked_child(&self, pid: u32, parent: u32) -> Result<Session, SessionError> {
+        let started = std::time::Instant::now();
+        let mut child = Session::attach(pid, "attach", self.options.clone())?;
+        child.mode = "run";
+        child.forked_by = Some(parent);
+        log::info!(
+            "child {pid} forked by {parent}: probes in place in {:.0} ms",
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        Ok(child)
+    }
+
+    /// A forked child's report, at its end (or the command's); its probes come out.
+    fn child_report(&mut self, exit: Option<Exit>) -> Result<Report, SessionError> {
+        self.tick()?;
+        self.analyse(exit, true)
+    }
+
+    /// Ends a forked child's session without waiting: taking its probes out waits for the
+    /// kernel (tens of milliseconds), and the next fork would wait behind it.
+    fn end_in_background(self) {
+        let Session { pid, probes, .. } = self;
+        if let Err(err) = std::thread::Builder::new()
+            .name("leaktrace-child-end".into())
+            .spawn(move || drop(probes))
+        {
+            log::debug!("child {pid}: its probes come out in the foreground: {err}");
+        }
+    }
+
+    /// The command ended before these children: what they hold so far is reported, with
+    /// no exit and no scan (they go on running, untraced, once leaktrace ends).
+    fn children_still_running(&mut self, children: BTreeMap<u32, Session>) {
+        for (pid, mut child) in children {
+            match child.child_report(None) {
+                Ok(report) => self.child_reports.push(report),
+                Err(err) => eprintln!("leaktrace: child {pid}: no report: {err}"),
             }
         }
     }
@@ -1393,8 +1519,17 @@ impl Session {
                 return;
             }
         };
-        let (registers, stack_pointers) = match (&frozen, at_exit) {
-            (Some(frozen), _) => frozen.registers(),
+        // Where each thread's live stack begins: a frozen thread may be in a leaf function
+        // using its red zone; at the exit stop the thread is in the exit system call.
+        let (registers, live_stacks_from) = match (&frozen, at_exit) {
+            (Some(frozen), _) => {
+                let (registers, stack_pointers) = frozen.registers();
+                let from = stack_pointers
+                    .iter()
+                    .map(|sp| sp.saturating_sub(reachability::RED_ZONE))
+                    .collect();
+                (registers, from)
+            }
             (None, Some(exiting)) if exiting.stack_pointer != 0 => {
                 (exiting.values, vec![exiting.stack_pointer])
             }
@@ -1404,7 +1539,9 @@ impl Session {
         let tracked: Vec<Block> = blocks.iter().map(|(block, _)| *block).collect();
         // `run` traced the program from its first instruction: memory around the tracked
         // blocks is the allocator's own.
-        let roots = reachability::roots(&maps, &tracked, &stack_pointers, self.mode == "run");
+        // A forked child inherited blocks it never saw allocated: those are roots.
+        let traced_from_start = self.mode == "run" && self.forked_by.is_none();
+        let roots = reachability::roots(&maps, &tracked, &live_stacks_from, traced_from_start);
         // glibc's own writable data (its arenas) is scanned apart: see classify_with_glibc.
         // The same file may be named by another path in the maps (/lib or /usr/lib).
         let canonical = |path: &str| std::fs::canonicalize(procfs::path_in_root(self.pid, path));
@@ -1467,7 +1604,8 @@ impl Session {
             self.scan_reachability(None);
         }
         let analysing = std::time::Instant::now();
-        let report = self.analyse(exited, true)?;
+        let mut report = self.analyse(exited, true)?;
+        report.children = std::mem::take(&mut self.child_reports);
         log::debug!(
             "final report built in {:.0} ms",
             analysing.elapsed().as_secs_f64() * 1e3
@@ -1810,6 +1948,8 @@ impl Session {
             suspects,
             runtimes: self.runtimes(),
             goroutines: self.goroutine_report(top, &context),
+            forked_by: self.forked_by,
+            children: Vec::new(),
         })
     }
 

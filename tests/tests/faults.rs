@@ -107,3 +107,65 @@ fn sigkill_at_random_moments_leaves_the_target_unharmed() {
         );
     }
 }
+
+/// The state letter of a process (/proc/PID/stat), None once it is gone.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(") ").next()?.chars().next()
+}
+
+/// A command that `run` traces, stopped with SIGSTOP and continued with SIGCONT, goes on
+/// and ends as it would untraced (it once stayed in its tracing stop for good).
+#[test]
+fn a_command_stopped_and_continued_goes_on() {
+    if !bpf_available("a_command_stopped_and_continued_goes_on") {
+        return;
+    }
+    let mut tracer = Command::new(leaktrace_bin())
+        .args(["run", "--format", "json", "--output", "/dev/null", "--"])
+        .args(["/bin/sleep", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start leaktrace");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let wait = |what: &str| {
+        assert!(Instant::now() < deadline, "{what} within 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // The command is leaktrace's child, once it runs sleep.
+    let command = loop {
+        let children = std::fs::read_dir(format!("/proc/{}/task", tracer.id()))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+            .flat_map(|pids| {
+                pids.split_whitespace()
+                    .filter_map(|pid| pid.parse::<u32>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .find(|pid| {
+                std::fs::read_link(format!("/proc/{pid}/exe"))
+                    .is_ok_and(|exe| exe.ends_with("sleep"))
+            });
+        if let Some(pid) = children {
+            break pid;
+        }
+        wait("sleep started");
+    };
+    // SAFETY: signals to the command this test started (through leaktrace).
+    unsafe { libc::kill(command as i32, libc::SIGSTOP) };
+    while !matches!(process_state(command), Some('t' | 'T') | None) {
+        wait("the stop");
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(command as i32, libc::SIGCONT) };
+    let status = loop {
+        if let Some(status) = tracer.try_wait().expect("wait for leaktrace") {
+            break status;
+        }
+        wait("the command's end after SIGCONT");
+    };
+    assert_eq!(status.code(), Some(0), "sleep's own status");
+}

@@ -48,8 +48,8 @@ fn case_of<'a>(
     found
 }
 
-/// valgrind's loss records by case of `cases`, in leaktrace's class names.
-fn valgrind_classes(program: &Path, cases: &[&'static str]) -> BTreeMap<&'static str, Classes> {
+/// valgrind's report (its standard error) on `program`, every leak kind listed.
+fn valgrind_report(program: &Path) -> String {
     let out = Command::new("valgrind")
         .args([
             "--leak-check=full",
@@ -59,9 +59,22 @@ fn valgrind_classes(program: &Path, cases: &[&'static str]) -> BTreeMap<&'static
         .arg(program)
         .output()
         .expect("run valgrind");
-    let text = String::from_utf8_lossy(&out.stderr);
-    let mut found: BTreeMap<&'static str, Classes> = BTreeMap::new();
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// valgrind's loss records by case of `cases`, in leaktrace's class names.
+fn valgrind_classes(program: &Path, cases: &[&'static str]) -> BTreeMap<&'static str, Classes> {
+    let text = valgrind_report(program);
     let lines: Vec<&str> = text.lines().collect();
+    classes_in_valgrind_lines(&lines, cases)
+}
+
+/// The loss records of valgrind's report lines by case of `cases`.
+fn classes_in_valgrind_lines(
+    lines: &[&str],
+    cases: &[&'static str],
+) -> BTreeMap<&'static str, Classes> {
+    let mut found: BTreeMap<&'static str, Classes> = BTreeMap::new();
     for (index, line) in lines.iter().enumerate() {
         let Some(at) = line.find(" bytes in ") else {
             continue;
@@ -776,4 +789,165 @@ fn a_server_under_load_keeps_serving_through_a_scan() {
         );
     }
     drop(server);
+}
+
+/// The cases of forks.c, each in the process that allocates it.
+const FORK_CASES: [&str; 4] = ["parent_lose", "child_lose", "grandchild_lose", "child_keep"];
+
+/// `run` follows forked children from their first instruction, each reported apart with its
+/// own summary line, as valgrind reports each process it traced: a child's own blocks match
+/// valgrind's records for that process case by case (valgrind also lists the blocks a child
+/// inherited; leaktrace reports only what the child allocated). A child that executes
+/// another program is let go, unless --trace-children.
+#[test]
+fn forked_children_are_reported_apart_as_valgrind_reports_them() {
+    let test = "forked_children_are_reported_apart_as_valgrind_reports_them";
+    if !bpf_available(test) || !tool_available(test, Path::new("/usr/bin/valgrind")) {
+        return;
+    }
+    let program = build_c("forks.c", &["-O1"]);
+    // valgrind's records, by process ("==PID== " starts each line).
+    let text = valgrind_report(&program);
+    let mut by_pid: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(pid) = line
+            .strip_prefix("==")
+            .and_then(|rest| rest.split("==").next())
+        {
+            by_pid.entry(pid).or_default().push(line);
+        }
+    }
+    let valgrind: Vec<BTreeMap<&'static str, Classes>> = by_pid
+        .values()
+        .map(|lines| classes_in_valgrind_lines(lines, &FORK_CASES))
+        .collect();
+    // Where a case is the process's own: in valgrind's one process that has it alone
+    // (parent_lose is in every process, child_keep also in the grandchild, inherited).
+    let valgrind_own = |case: &str, without: &[&str]| -> Classes {
+        let owners: Vec<&BTreeMap<&str, Classes>> = valgrind
+            .iter()
+            .filter(|classes| classes.contains_key(case))
+            .filter(|classes| without.iter().all(|other| !classes.contains_key(other)))
+            .collect();
+        assert_eq!(owners.len(), 1, "{case}: valgrind's processes {valgrind:?}");
+        let mut own = owners[0][case].clone();
+        own.retain(|_, bytes| *bytes > 0);
+        own
+    };
+
+    let traced = leaktrace(
+        "forks",
+        &["run", "--top", "0", "--", program.to_str().expect("utf-8")],
+    );
+    assert_eq!(traced.output.status.code(), Some(5), "{}", traced.stderr());
+    assert_eq!(
+        String::from_utf8_lossy(&traced.output.stdout),
+        "children exited with 4 0 0\n",
+        "the program's output is its own"
+    );
+    let report = &traced.report;
+    let main_pid = u64_of(&report["target"]["pid"]);
+    let children = report["children"].as_array().expect("children");
+    // Two children and a grandchild; the child that executed /bin/true was let go.
+    assert_eq!(children.len(), 3, "{}", traced.describe());
+    let child_with = |case: &str| -> &Value {
+        let with: Vec<&Value> = children
+            .iter()
+            .filter(|child| leaktrace_classes(child, &FORK_CASES).contains_key(case))
+            .collect();
+        assert_eq!(with.len(), 1, "{case} in {} children", with.len());
+        with[0]
+    };
+    let own = |child: &Value, case: &str| -> Classes {
+        let mut classes = leaktrace_classes(child, &FORK_CASES)
+            .remove(case)
+            .unwrap_or_default();
+        classes.retain(|_, bytes| *bytes > 0);
+        classes
+    };
+
+    let first = child_with("child_lose");
+    assert_eq!(
+        own(first, "child_lose"),
+        valgrind_own("child_lose", &["child_keep"])
+    );
+    assert_eq!(own(first, "child_lose")["lost"], 10 * 1337);
+    assert_eq!(u64_of(&first["forked_by"]), main_pid);
+    assert_eq!(first["exited"]["code"], 4, "{first}");
+
+    let second = child_with("child_keep");
+    assert_eq!(
+        own(second, "child_keep"),
+        valgrind_own("child_keep", &["grandchild_lose"])
+    );
+    assert_eq!(u64_of(&second["forked_by"]), main_pid);
+
+    let grandchild = child_with("grandchild_lose");
+    assert_eq!(
+        own(grandchild, "grandchild_lose"),
+        valgrind_own("grandchild_lose", &[])
+    );
+    assert_eq!(own(grandchild, "grandchild_lose")["lost"], 3 * 96);
+    assert_eq!(
+        u64_of(&grandchild["forked_by"]),
+        u64_of(&second["target"]["pid"]),
+        "the grandchild is the second child's"
+    );
+    // What a child inherited is not its own.
+    for child in children {
+        assert!(
+            !leaktrace_classes(child, &FORK_CASES).contains_key("parent_lose"),
+            "{child}"
+        );
+    }
+    // The parent's own: both its lost blocks, as valgrind's parent process says.
+    let parent = leaktrace_classes(report, &FORK_CASES);
+    assert_eq!(
+        parent.keys().copied().collect::<Vec<&str>>(),
+        ["parent_lose"],
+        "{parent:?}"
+    );
+    assert_eq!(parent["parent_lose"]["lost"], 1000);
+    // A summary line for each process.
+    let stderr = traced.stderr();
+    for child in children {
+        let pid = u64_of(&child["target"]["pid"]);
+        let leaked = u64_of(&child["leak_summary"]["leaked_bytes"]);
+        assert!(
+            stderr.contains(&format!("child {pid}: SUMMARY: {leaked} bytes leaked")),
+            "{stderr}"
+        );
+    }
+    assert!(
+        stderr.contains("leaktrace: SUMMARY: 1000 bytes leaked in 2 blocks"),
+        "{stderr}"
+    );
+
+    // With --trace-children, the child that executed /bin/true is followed into it.
+    let following = leaktrace(
+        "forks_trace_children",
+        &[
+            "run",
+            "--top",
+            "0",
+            "--trace-children",
+            "--",
+            program.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(
+        following.output.status.code(),
+        Some(5),
+        "{}",
+        following.stderr()
+    );
+    let children = following.report["children"].as_array().expect("children");
+    assert_eq!(children.len(), 4, "{}", following.describe());
+    assert!(
+        children.iter().any(|child| child["target"]["exe"]
+            .as_str()
+            .is_some_and(|exe| exe.ends_with("/true"))),
+        "{}",
+        following.describe()
+    );
 }

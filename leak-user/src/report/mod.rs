@@ -293,6 +293,8 @@ pub mod fixtures {
             suspects: Vec::new(),
             runtimes: Vec::new(),
             goroutines: None,
+            forked_by: None,
+            children: Vec::new(),
         }
     }
 

@@ -64,9 +64,13 @@ pub fn render(report: &Report, color: bool) -> String {
     let (leaking, growing) = (count(Verdict::Leaking), count(Verdict::Growing));
     let others = report.stacks.len() as u64 - leaking - growing + report.omitted_stacks;
     let held = report.outstanding_bytes();
+    let forked = report
+        .forked_by
+        .map(|parent| format!(", a child forked by pid {parent}"))
+        .unwrap_or_default();
     let _ = writeln!(
         out,
-        "leaktrace: pid {} ({}) traced for {:.1}s: {}, {}, {}; {} outstanding",
+        "leaktrace: pid {} ({}{forked}) traced for {:.1}s: {}, {}, {}; {} outstanding",
         report.target.pid,
         report.target.exe,
         report.duration_s,
@@ -180,6 +184,11 @@ pub fn render(report: &Report, color: bool) -> String {
             _ => "exited".to_string(),
         };
         let _ = writeln!(out, "the target {how}; memory below was never freed");
+    } else if report.forked_by.is_some() {
+        let _ = writeln!(
+            out,
+            "still running when the command ended (let go untraced): memory below is held so far"
+        );
     }
     let dropped: Vec<String> = report
         .dropped
@@ -300,6 +309,11 @@ pub fn render(report: &Report, color: bool) -> String {
     }
     render_goroutines(&mut out, report, &painter);
     render_scopes(&mut out, report, &painter);
+    // Each forked child apart, as valgrind reports each process.
+    for child in &report.children {
+        out.push('\n');
+        out.push_str(&render(child, color));
+    }
     out
 }
 
@@ -648,6 +662,41 @@ mod tests {
         );
         // Listed once, in its own section.
         assert_eq!(text.matches("thread stacks").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn each_forked_child_follows_with_its_own_header() {
+        let mut report = crate::report::fixtures::sample_report();
+        let mut ended = crate::report::fixtures::sample_report();
+        ended.target.pid = 4243;
+        ended.forked_by = Some(report.target.pid);
+        let mut running = ended.clone();
+        running.target.pid = 4244;
+        running.exited = None;
+        report.children = vec![ended, running];
+        let text = render(&report, false);
+        let parent = report.target.pid;
+        let headers: Vec<&str> = text
+            .lines()
+            .filter(|line| line.starts_with("leaktrace: pid "))
+            .collect();
+        assert_eq!(headers.len(), 3, "{text}");
+        assert!(!headers[0].contains("forked"), "{}", headers[0]);
+        assert!(
+            headers[1].starts_with("leaktrace: pid 4243 ("),
+            "{}",
+            headers[1]
+        );
+        assert!(
+            headers[1].contains(&format!(", a child forked by pid {parent})")),
+            "{}",
+            headers[1]
+        );
+        let last = &text[text.find("leaktrace: pid 4244").expect("the running child")..];
+        assert!(
+            last.contains("still running when the command ended"),
+            "{last}"
+        );
     }
 
     #[test]
