@@ -43,6 +43,9 @@ pub struct ThreadRegisters {
     pub values: Vec<u64>,
     /// Where its live stack begins.
     pub stack_pointer: u64,
+    /// rip and rbp, where a walk of its stack starts.
+    pub instruction_pointer: u64,
+    pub frame_pointer: u64,
 }
 
 /// The registers of thread `tid`, stopped under this thread's ptrace; None where they
@@ -84,6 +87,8 @@ pub fn thread_registers(tid: i32) -> Option<ThreadRegisters> {
             regs.gs_base,
         ],
         stack_pointer: regs.rsp,
+        instruction_pointer: regs.rip,
+        frame_pointer: regs.rbp,
     })
 }
 

@@ -454,9 +454,7 @@ unsafe fn wait_loop(
                         libc::ptrace(libc::PTRACE_DETACH, waited, null, null);
                     }
                 }
-            } else if event == libc::PTRACE_EVENT_STOP
-                && libc::WSTOPSIG(status) == libc::SIGTRAP
-            {
+            } else if event == libc::PTRACE_EVENT_STOP && libc::WSTOPSIG(status) == libc::SIGTRAP {
                 // Not a group stop (those carry the stopping signal): a forked child's
                 // first stop, which starts it once its probes are in place; or, for a
                 // tracee that runs already, the end of a group stop (SIGCONT).

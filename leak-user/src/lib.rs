@@ -22,6 +22,7 @@ pub mod cli;
 pub mod cost;
 pub mod drain;
 pub mod exit;
+pub mod exit_stack;
 pub mod file_bytes;
 pub mod freeze;
 pub mod golang;

@@ -1531,7 +1531,17 @@ impl Session {
                 (registers, from)
             }
             (None, Some(exiting)) if exiting.stack_pointer != 0 => {
-                (exiting.values, vec![exiting.stack_pointer])
+                // From the frame that called exit: the exit path's frames are left out.
+                let mut memory = ProcessMemory { pid: self.pid };
+                let from =
+                    crate::exit_stack::program_stack_at_exit(self.pid, &exiting, &mut memory)
+                        .filter(|&from| from >= exiting.stack_pointer)
+                        .unwrap_or(exiting.stack_pointer);
+                log::debug!(
+                    "exit stop: stack scanned from {from:#x} ({} bytes above the stack pointer)",
+                    from - exiting.stack_pointer
+                );
+                (exiting.values, vec![from])
             }
             (None, _) => Default::default(),
         };

@@ -197,7 +197,7 @@ fn compact(mut rows: Vec<UnwindRow>) -> Vec<UnwindRow> {
 /// module's virtual address. The mapping starts at a page boundary, which may lie before its
 /// segment's first byte (rustc's segments are not page-aligned in the file): the bias comes
 /// from the executable segment the mapping holds.
-fn mapping_bias(elf: &[u8], mapping: &Mapping) -> Option<u64> {
+pub(crate) fn mapping_bias(elf: &[u8], mapping: &Mapping) -> Option<u64> {
     let file = object::File::parse(elf).ok()?;
     let length = mapping.end - mapping.start;
     file.segments().find_map(|segment| {

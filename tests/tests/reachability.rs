@@ -12,8 +12,8 @@ use std::{
 };
 
 use leaktrace_tests::{
-    Background, Target, bpf_available, build_c, free_port, leaktrace, leaktrace_bin,
-    leaktrace_then, scratch_dir, tool_available, u64_of,
+    Background, Target, bpf_available, build_c, build_c_variant, free_port, leaktrace,
+    leaktrace_bin, leaktrace_then, scratch_dir, tool_available, u64_of,
 };
 use serde_json::Value;
 
@@ -950,4 +950,62 @@ fn forked_children_are_reported_apart_as_valgrind_reports_them() {
         "{}",
         following.describe()
     );
+}
+
+/// Blocks lost after the allocator reused freed memory for them stay lost with every
+/// allocator: neither the allocator's caches (jemalloc's and tcmalloc's thread caches,
+/// mimalloc's pages, glibc's tcache) nor the slots the exit path's frames leave unwritten
+/// (the scan at exit starts at the frame that called exit, as LeakSanitizer's does) keep
+/// them; with glibc, valgrind says the same.
+#[test]
+fn blocks_lost_after_reuse_are_lost_with_every_allocator() {
+    let test = "blocks_lost_after_reuse_are_lost_with_every_allocator";
+    if !bpf_available(test) || !tool_available(test, Path::new("/usr/bin/valgrind")) {
+        return;
+    }
+    let variants: [(&str, &[&str], &str); 4] = [
+        ("reuse_lost_glibc", &[], "/usr/include/stdlib.h"),
+        (
+            "reuse_lost_jemalloc",
+            &["-ljemalloc"],
+            "/usr/include/jemalloc/jemalloc.h",
+        ),
+        (
+            "reuse_lost_tcmalloc",
+            &["-ltcmalloc"],
+            "/usr/include/gperftools/tcmalloc.h",
+        ),
+        (
+            "reuse_lost_mimalloc",
+            &["-lmimalloc"],
+            "/usr/include/mimalloc.h",
+        ),
+    ];
+    for (name, libs, header) in variants {
+        if !tool_available(test, Path::new(header)) {
+            return;
+        }
+        let program = build_c_variant("reuse_lost.c", name, "gcc", &["-O1"], libs);
+        let traced = leaktrace(
+            name,
+            &["run", "--top", "0", "--", program.to_str().expect("utf-8")],
+        );
+        assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
+        let classes = leaktrace_classes(&traced.report, &["lose_reused"]);
+        let mut lost = classes.get("lose_reused").cloned().unwrap_or_default();
+        lost.retain(|_, bytes| *bytes > 0);
+        assert_eq!(
+            lost,
+            Classes::from([("lost".to_string(), 20 * 48)]),
+            "{name}: {}",
+            traced.describe()
+        );
+        if libs.is_empty() {
+            let mut theirs = valgrind_classes(&program, &["lose_reused"])
+                .remove("lose_reused")
+                .unwrap_or_default();
+            theirs.retain(|_, bytes| *bytes > 0);
+            assert_eq!(lost, theirs, "{name}: leaktrace vs valgrind");
+        }
+    }
 }

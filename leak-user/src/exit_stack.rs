@@ -1,0 +1,140 @@
+//! Where the program's own stack begins at its exit stop. The thread is deep in the exit
+//! path then (`exit`, the handlers it runs, `_exit`), and those frames' unwritten slots
+//! still hold what the program's dead frames left there: a pointer to a block lost long ago
+//! would read as live. As LeakSanitizer ignores the frames below `exit()`'s entry, the scan
+//! starts at the frame that called `exit` (or `_exit`, called directly): the walk goes
+//! through the exit path with the modules' `.eh_frame` rules (as the kernel side walks
+//! stacks) and takes the canonical frame address of its outermost frame.
+use std::{collections::HashMap, ops::Range};
+
+use leak_common::{CFA_RBP, CFA_RSP, UnwindRow};
+use object::{Object, ObjectSymbol};
+
+use crate::{
+    freeze::ThreadRegisters,
+    procfs::{self, Mapping},
+    reachability::Memory,
+};
+
+/// The C library's functions that end a process: their frames are the exit path.
+const EXIT_FUNCTIONS: [&str; 3] = ["exit", "_exit", "_Exit"];
+
+/// Frames walked at most before giving up.
+const MAX_FRAMES: usize = 64;
+
+/// A module's rows and its exit functions (module addresses), read once per walk.
+struct Module {
+    bias: u64,
+    rows: Vec<UnwindRow>,
+    exit_functions: Vec<Range<u64>>,
+}
+
+impl Module {
+    fn load(pid: u32, mapping: &Mapping) -> Option<Module> {
+        let elf = crate::file_bytes::open(procfs::map_file_path(pid, mapping))
+            .or_else(|_| crate::file_bytes::open(procfs::path_in_root(pid, mapping.file_path())))
+            .ok()?;
+        let bias = crate::unwind_tables::mapping_bias(&elf, mapping)?;
+        let rows = crate::unwind_tables::module_rows(&elf);
+        let file = object::File::parse(&*elf).ok()?;
+        let exit_functions = file
+            .dynamic_symbols()
+            .filter(|symbol| symbol.is_definition())
+            .filter(|symbol| {
+                symbol.name().is_ok_and(|name| {
+                    EXIT_FUNCTIONS.contains(&name.split('@').next().unwrap_or(name))
+                })
+            })
+            .map(|symbol| symbol.address()..symbol.address() + symbol.size().max(1))
+            .collect();
+        Some(Module {
+            bias,
+            rows,
+            exit_functions,
+        })
+    }
+
+    /// The row in force at module address `pc`.
+    fn row(&self, pc: u64) -> Option<UnwindRow> {
+        let at = self.rows.partition_point(|row| u64::from(row.pc) <= pc);
+        at.checked_sub(1).map(|index| self.rows[index])
+    }
+}
+
+/// Where the stack of the program that called `exit` (or `_exit`) begins, for a thread
+/// stopped at its exit with `registers`: the canonical frame address of the outermost exit
+/// function's frame. None when the walk finds no exit function (the thread was elsewhere:
+/// another thread ended the process) or cannot go on.
+pub fn program_stack_at_exit(
+    pid: u32,
+    registers: &ThreadRegisters,
+    memory: &mut impl Memory,
+) -> Option<u64> {
+    let maps = procfs::read_maps(pid).ok()?;
+    let mut modules: HashMap<(String, u64), Option<Module>> = HashMap::new();
+    let (mut pc, mut sp, mut bp) = (
+        registers.instruction_pointer,
+        registers.stack_pointer,
+        registers.frame_pointer,
+    );
+    // The outermost exit function's frame so far; the walk goes on past the C library's
+    // own functions between them (exit's handlers are not exported).
+    let mut found = None;
+    for depth in 0..MAX_FRAMES {
+        let Some(mapping) = maps.iter().find(|mapping| {
+            mapping.executable && mapping.is_file() && mapping.start <= pc && pc < mapping.end
+        }) else {
+            break;
+        };
+        let Some(module) = modules
+            .entry((mapping.dev.clone(), mapping.inode))
+            .or_insert_with(|| Module::load(pid, mapping))
+            .as_ref()
+        else {
+            break;
+        };
+        // A return address points after its call: the call's own row is the byte before.
+        let at = pc
+            .wrapping_sub(module.bias)
+            .wrapping_sub(u64::from(depth > 0));
+        let Some(row) = module.row(at) else {
+            break;
+        };
+        let base = match row.kind {
+            CFA_RSP => sp,
+            CFA_RBP => bp,
+            _ => break,
+        };
+        let cfa = base.wrapping_add_signed(i64::from(row.cfa_offset));
+        if module
+            .exit_functions
+            .iter()
+            .any(|range| range.contains(&at))
+        {
+            found = Some(cfa);
+        }
+        let Some(return_address) = read_word(memory, cfa.wrapping_sub(8)) else {
+            break;
+        };
+        if row.rbp_offset_words != 0 {
+            let Some(saved) = read_word(
+                memory,
+                cfa.wrapping_add_signed(i64::from(row.rbp_offset_words) * 8),
+            ) else {
+                break;
+            };
+            bp = saved;
+        }
+        // Frames only go up the stack.
+        if return_address == 0 || cfa <= sp {
+            break;
+        }
+        (pc, sp) = (return_address, cfa);
+    }
+    found
+}
+
+fn read_word(memory: &mut impl Memory, address: u64) -> Option<u64> {
+    let mut word = [0u8; 8];
+    (memory.read(address, &mut word) == 8).then(|| u64::from_le_bytes(word))
+}
