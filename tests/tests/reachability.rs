@@ -48,6 +48,11 @@ fn case_of<'a>(
     found
 }
 
+/// Whether a test that compares with valgrind can run: eBPF, and valgrind installed.
+fn with_valgrind(test: &str) -> bool {
+    bpf_available(test) && tool_available(test, Path::new("/usr/bin/valgrind"))
+}
+
 /// valgrind's report (its standard error) on `program`, every leak kind listed.
 fn valgrind_report(program: &Path) -> String {
     let out = Command::new("valgrind")
@@ -148,12 +153,7 @@ fn leaktrace_classes(report: &Value, cases: &[&'static str]) -> BTreeMap<&'stati
 
 #[test]
 fn classes_match_valgrind_on_every_case() {
-    if !bpf_available("classes_match_valgrind_on_every_case")
-        || !tool_available(
-            "classes_match_valgrind_on_every_case",
-            Path::new("/usr/bin/valgrind"),
-        )
-    {
+    if !with_valgrind("classes_match_valgrind_on_every_case") {
         return;
     }
     let program = build_c("reach_cases.c", &["-pthread"]);
@@ -294,7 +294,7 @@ const EXIT_CASES: [&str; 7] = [
 #[test]
 fn run_at_exit_matches_valgrind_on_every_case() {
     let test = "run_at_exit_matches_valgrind_on_every_case";
-    if !bpf_available(test) || !tool_available(test, Path::new("/usr/bin/valgrind")) {
+    if !with_valgrind(test) {
         return;
     }
     let program = build_c("exit_cases.c", &["-O1", "-pthread"]);
@@ -450,7 +450,7 @@ fn valgrind_suppressed(program: &Path, suppressions: &Path) -> u64 {
 #[test]
 fn suppressions_in_valgrind_and_leaksanitizer_formats() {
     let test = "suppressions_in_valgrind_and_leaksanitizer_formats";
-    if !bpf_available(test) || !tool_available(test, Path::new("/usr/bin/valgrind")) {
+    if !with_valgrind(test) {
         return;
     }
     let program = build_c("exit_cases.c", &["-O1", "-pthread"]);
@@ -525,7 +525,7 @@ fn suppressions_in_valgrind_and_leaksanitizer_formats() {
 #[test]
 fn a_threaded_program_that_leaks_nothing_has_no_leak() {
     let test = "a_threaded_program_that_leaks_nothing_has_no_leak";
-    if !bpf_available(test) || !tool_available(test, Path::new("/usr/bin/valgrind")) {
+    if !with_valgrind(test) {
         return;
     }
     let program = build_c("threads_clean.c", &["-O2", "-pthread"]);
@@ -802,7 +802,7 @@ const FORK_CASES: [&str; 4] = ["parent_lose", "child_lose", "grandchild_lose", "
 #[test]
 fn forked_children_are_reported_apart_as_valgrind_reports_them() {
     let test = "forked_children_are_reported_apart_as_valgrind_reports_them";
-    if !bpf_available(test) || !tool_available(test, Path::new("/usr/bin/valgrind")) {
+    if !with_valgrind(test) {
         return;
     }
     let program = build_c("forks.c", &["-O1"]);
@@ -960,7 +960,7 @@ fn forked_children_are_reported_apart_as_valgrind_reports_them() {
 #[test]
 fn blocks_lost_after_reuse_are_lost_with_every_allocator() {
     let test = "blocks_lost_after_reuse_are_lost_with_every_allocator";
-    if !bpf_available(test) || !tool_available(test, Path::new("/usr/bin/valgrind")) {
+    if !with_valgrind(test) {
         return;
     }
     let variants: [(&str, &[&str], &str); 4] = [
