@@ -37,8 +37,9 @@ enum FramePattern {
     Any,
 }
 
-/// Built in: what the C and C++ runtimes allocate on purpose and keep (LeakSanitizer's own
-/// default suppressions, and libstdc++'s exception-handling pool and globals).
+/// Built in: what the C and C++ runtimes and allocators allocate on purpose and keep
+/// (LeakSanitizer's own default suppressions, libstdc++'s exception-handling pool and
+/// globals, tcmalloc's extension registry).
 pub const DEFAULT: &str = "\
 # A thread that ends in pthread_exit leaves its cleanup buffers to the runtime.
 leak:pthread_exit
@@ -49,6 +50,8 @@ leak:__tls_get_addr
 # exception globals.
 leak:(anonymous namespace)::pool::pool
 leak:__cxa_get_globals
+# gperftools' tcmalloc: its registry of malloc extensions, allocated through itself.
+leak:MallocExtension::Register
 ";
 
 /// Reads suppressions from `text` (from `source`, for the message); Err names the line that
@@ -370,6 +373,6 @@ mod tests {
             error.contains("y.supp:1: a valgrind suppression without its closing"),
             "{error}"
         );
-        assert!(parse(DEFAULT, "default").is_ok_and(|rules| rules.len() == 5));
+        assert!(parse(DEFAULT, "default").is_ok_and(|rules| rules.len() == 6));
     }
 }

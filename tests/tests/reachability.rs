@@ -1000,6 +1000,9 @@ fn blocks_lost_after_reuse_are_lost_with_every_allocator() {
             "{name}: {}",
             traced.describe()
         );
+        // Nothing else is lost: the allocators' own blocks are not the program's.
+        let summary = &traced.report["leak_summary"];
+        assert_eq!(u64_of(&summary["leaked_blocks"]), 20, "{name}: {summary}");
         if libs.is_empty() {
             let mut theirs = valgrind_classes(&program, &["lose_reused"])
                 .remove("lose_reused")
