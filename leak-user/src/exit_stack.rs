@@ -25,7 +25,7 @@ const MAX_FRAMES: usize = 64;
 /// A module's rows and its exit functions (module addresses), read once per walk.
 struct Module {
     bias: u64,
-    rows: Vec<UnwindRow>,
+    rows: std::sync::Arc<Vec<UnwindRow>>,
     exit_functions: Vec<Range<u64>>,
 }
 
@@ -35,7 +35,8 @@ impl Module {
             .or_else(|_| crate::file_bytes::open(procfs::path_in_root(pid, mapping.file_path())))
             .ok()?;
         let bias = crate::unwind_tables::mapping_bias(&elf, mapping)?;
-        let rows = crate::unwind_tables::module_rows(&elf);
+        let rows =
+            crate::unwind_tables::cached_module_rows(&(mapping.dev.clone(), mapping.inode), &elf);
         let file = object::File::parse(&*elf).ok()?;
         let exit_functions = file
             .dynamic_symbols()

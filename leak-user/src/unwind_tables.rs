@@ -58,6 +58,34 @@ fn for_each_function<'data>(
     true
 }
 
+/// `module_rows` of the file `id` (device, inode), read once per leaktrace process: each
+/// session (a forked child's, a watch window's) and the exit walk take the same files' rows.
+/// The file's length and build id are part of the key: an inode number is reused once its
+/// file is deleted (a service redeployed while `watch` runs).
+pub fn cached_module_rows(id: &(String, u64), elf: &[u8]) -> std::sync::Arc<Vec<UnwindRow>> {
+    type Key = (String, u64, usize, Option<Vec<u8>>);
+    static CACHE: std::sync::Mutex<Option<HashMap<Key, std::sync::Arc<Vec<UnwindRow>>>>> =
+        std::sync::Mutex::new(None);
+    let build_id = object::File::parse(elf)
+        .ok()
+        .and_then(|file| file.build_id().ok().flatten().map(<[u8]>::to_vec));
+    let key = (id.0.clone(), id.1, elf.len(), build_id);
+    if let Some(rows) = CACHE
+        .lock()
+        .ok()
+        .and_then(|cache| cache.as_ref()?.get(&key).cloned())
+    {
+        return rows;
+    }
+    let rows = std::sync::Arc::new(module_rows(elf));
+    if let Ok(mut cache) = CACHE.lock() {
+        cache
+            .get_or_insert_with(HashMap::new)
+            .insert(key, rows.clone());
+    }
+    rows
+}
+
 /// A module's rows, sorted by pc, with runs of equal rules merged. Empty when it has no
 /// usable `.eh_frame`.
 pub fn module_rows(elf: &[u8]) -> Vec<UnwindRow> {
@@ -289,7 +317,7 @@ impl UnwindTables {
             let (first_row, rows) = match self.files.get(&id) {
                 Some(loaded) => *loaded,
                 None => {
-                    let loaded = self.load_rows(&module_rows(&elf));
+                    let loaded = self.load_rows(&cached_module_rows(&id, &elf));
                     self.files.insert(id, loaded);
                     loaded
                 }
