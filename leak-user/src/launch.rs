@@ -351,6 +351,9 @@ unsafe fn wait_loop(
     let mut running: HashSet<libc::pid_t> = HashSet::new();
     loop {
         let mut status = 0;
+        // Any child of leaktrace's: while this runs, leaktrace starts no process of its own
+        // (`ld.so --list` runs before the command is released; the link keeper of
+        // `detach_after_exit` after this thread has ended).
         // SAFETY: waiting on our own tracees.
         let waited = unsafe { libc::waitpid(-1, &mut status, libc::__WALL) };
         if waited < 0 {
