@@ -24,6 +24,7 @@ const MAX_FRAMES: usize = 64;
 
 /// A module's rows and its exit functions (module addresses), read once per walk.
 struct Module {
+    elf: crate::file_bytes::FileBytes,
     bias: u64,
     rows: std::sync::Arc<Vec<UnwindRow>>,
     exit_functions: Vec<Range<u64>>,
@@ -49,6 +50,7 @@ impl Module {
             .map(|symbol| symbol.address()..symbol.address() + symbol.size().max(1))
             .collect();
         Some(Module {
+            elf,
             bias,
             rows,
             exit_functions,
@@ -62,15 +64,26 @@ impl Module {
     }
 }
 
-/// Where the stack of the program that called `exit` (or `_exit`) begins, for a thread
-/// stopped at its exit with `registers`: the canonical frame address of the outermost exit
-/// function's frame. None when the walk finds no exit function (the thread was elsewhere:
+/// The program's part of a thread's state at its exit stop.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ProgramAtExit {
+    /// Where the stack of the code that called `exit` (or `_exit`) begins: the canonical
+    /// frame address of the outermost exit function's frame.
+    pub stack_from: u64,
+    /// What the exit path's frames saved of the registers they keep for their callers
+    /// (rbx, rbp, r12 to r15): the caller's pointers held in registers when it called
+    /// `exit`, which the exit path then put in frames that are left out.
+    pub saved_registers: Vec<u64>,
+}
+
+/// The program's part of the stack and registers of a thread stopped at its exit with
+/// `registers`. None when the walk finds no exit function (the thread was elsewhere:
 /// another thread ended the process) or cannot go on.
-pub fn program_stack_at_exit(
+pub fn program_at_exit(
     pid: u32,
     registers: &ThreadRegisters,
     memory: &mut impl Memory,
-) -> Option<u64> {
+) -> Option<ProgramAtExit> {
     let maps = procfs::read_maps(pid).ok()?;
     let mut modules: HashMap<(String, u64), Option<Module>> = HashMap::new();
     let (mut pc, mut sp, mut bp) = (
@@ -81,6 +94,8 @@ pub fn program_stack_at_exit(
     // The outermost exit function's frame so far; the walk goes on past the C library's
     // own functions between them (exit's handlers are not exported).
     let mut found = None;
+    // Callee-saved registers saved by each frame walked, by the frame's CFA.
+    let mut saved: Vec<(u64, u64)> = Vec::new();
     for depth in 0..MAX_FRAMES {
         let Some(mapping) = maps.iter().find(|mapping| {
             mapping.executable && mapping.is_file() && mapping.start <= pc && pc < mapping.end
@@ -107,6 +122,11 @@ pub fn program_stack_at_exit(
             _ => break,
         };
         let cfa = base.wrapping_add_signed(i64::from(row.cfa_offset));
+        for offset in crate::unwind_tables::saved_registers_at(&module.elf, at) {
+            if let Some(value) = read_word(memory, cfa.wrapping_add_signed(offset)) {
+                saved.push((cfa, value));
+            }
+        }
         if module
             .exit_functions
             .iter()
@@ -132,7 +152,16 @@ pub fn program_stack_at_exit(
         }
         (pc, sp) = (return_address, cfa);
     }
-    found
+    let stack_from = found?;
+    Some(ProgramAtExit {
+        stack_from,
+        // Saved in the frames left out (at or below the outermost exit function's CFA).
+        saved_registers: saved
+            .into_iter()
+            .filter(|&(cfa, _)| cfa <= stack_from)
+            .map(|(_, value)| value)
+            .collect(),
+    })
 }
 
 fn read_word(memory: &mut impl Memory, address: u64) -> Option<u64> {

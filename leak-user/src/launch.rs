@@ -2,8 +2,9 @@
 //! instruction, and holding it at exit until its memory has been read.
 //!
 //! A dedicated thread forks the child, which waits on a pipe before exec; the thread seizes
-//! it with ptrace (PTRACE_O_TRACEEXIT only: signals pass through untouched, group stops are
-//! honoured). Ptrace is per thread, so every ptrace call stays on that thread.
+//! it with ptrace (exit, exec and fork events only: signals pass through untouched, group
+//! stops are honoured), and the children it forks with it. Ptrace is per thread, so every
+//! ptrace call stays on that thread.
 use std::{
     collections::HashSet,
     ffi::CString,

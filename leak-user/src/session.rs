@@ -1531,17 +1531,24 @@ impl Session {
                 (registers, from)
             }
             (None, Some(exiting)) if exiting.stack_pointer != 0 => {
-                // From the frame that called exit: the exit path's frames are left out.
+                // From the frame that called exit: the exit path's frames are left out,
+                // but not what they saved of the caller's registers.
                 let mut memory = ProcessMemory { pid: self.pid };
-                let from =
-                    crate::exit_stack::program_stack_at_exit(self.pid, &exiting, &mut memory)
-                        .filter(|&from| from >= exiting.stack_pointer)
-                        .unwrap_or(exiting.stack_pointer);
+                let program = crate::exit_stack::program_at_exit(self.pid, &exiting, &mut memory)
+                    .filter(|program| program.stack_from >= exiting.stack_pointer)
+                    .unwrap_or_else(|| crate::exit_stack::ProgramAtExit {
+                        stack_from: exiting.stack_pointer,
+                        saved_registers: Vec::new(),
+                    });
                 log::debug!(
-                    "exit stop: stack scanned from {from:#x} ({} bytes above the stack pointer)",
-                    from - exiting.stack_pointer
+                    "exit stop: stack scanned from {:#x} ({} bytes above the stack pointer), {} saved registers",
+                    program.stack_from,
+                    program.stack_from - exiting.stack_pointer,
+                    program.saved_registers.len()
                 );
-                (exiting.values, vec![from])
+                let mut values = exiting.values;
+                values.extend(program.saved_registers);
+                (values, vec![program.stack_from])
             }
             (None, _) => Default::default(),
         };

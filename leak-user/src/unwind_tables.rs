@@ -58,6 +58,46 @@ fn for_each_function<'data>(
     true
 }
 
+/// The registers a function keeps for its caller (rbx, rbp, r12 to r15) that it has saved on
+/// the stack at module address `pc`, each as its offset from the canonical frame address.
+/// Empty when `pc` has no `.eh_frame` entry.
+pub fn saved_registers_at(elf: &[u8], pc: u64) -> Vec<i64> {
+    let Ok(file) = object::File::parse(elf) else {
+        return Vec::new();
+    };
+    let Some(section) = file.section_by_name(".eh_frame") else {
+        return Vec::new();
+    };
+    let Ok(data) = section.data() else {
+        return Vec::new();
+    };
+    let eh_frame = EhFrame::new(data, LittleEndian);
+    let mut bases = BaseAddresses::default().set_eh_frame(section.address());
+    if let Some(text) = file.section_by_name(".text") {
+        bases = bases.set_text(text.address());
+    }
+    let mut context = Box::new(UnwindContext::new());
+    let Ok(row) =
+        eh_frame.unwind_info_for_address(&bases, &mut context, pc, EhFrame::cie_from_offset)
+    else {
+        return Vec::new();
+    };
+    [
+        X86_64::RBX,
+        X86_64::RBP,
+        X86_64::R12,
+        X86_64::R13,
+        X86_64::R14,
+        X86_64::R15,
+    ]
+    .into_iter()
+    .filter_map(|register| match row.register(register) {
+        Some(RegisterRule::Offset(offset)) => Some(offset),
+        _ => None,
+    })
+    .collect()
+}
+
 /// `module_rows` of the file `id` (device, inode), read once per leaktrace process: each
 /// session (a forked child's, a watch window's) and the exit walk take the same files' rows.
 /// The file's length and build id are part of the key: an inode number is reused once its

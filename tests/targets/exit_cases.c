@@ -10,7 +10,10 @@
 //   keep_in_main        64 bytes still reachable: only main's live frame points to it when
 //                       main calls exit()
 //   keep_on_thread      256 bytes still reachable: only a sleeping thread's stack points to it
-// With "clean" it frees everything it allocates and exits with status 3.
+// With "clean" it frees everything it allocates and exits with status 3. With "register":
+//   keep_in_saved_register  24 bytes still reachable: only callee-saved registers point to
+//                       it when main calls exit(), and the exit path saves them in frames of
+//                       its own before it uses them; exits with status 0.
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +34,7 @@ NOINLINE static void *lose_in_dead_frame(void) { return malloc(40); }
 NOINLINE static void *keep_once(void) { return malloc(100); }
 NOINLINE static void *keep_in_main(void) { return malloc(64); }
 NOINLINE static void *keep_on_thread(void) { return malloc(256); }
+NOINLINE static void *keep_in_saved_register(void) { return malloc(24); }
 
 // Leaves its block's only pointer in its own frame, which is dead once it returns.
 NOINLINE static void drop_in_helper(void) {
@@ -74,6 +78,17 @@ int main(int argc, char **argv) {
             free(malloc(64 + i));
         }
         return 3;
+    }
+    if (argc > 1 && strcmp(argv[1], "register") == 0) {
+        void *p = keep_in_saved_register();
+        memset(p, 6, 24);
+        // exit(0) with the pointer in rbx (and wherever else the compiler keeps it across
+        // memset: a callee-saved register too), in no memory of main's.
+        __asm__ volatile("mov %0, %%rbx\n\txor %%edi, %%edi\n\tcall exit"
+                         :
+                         : "r"(p)
+                         : "rbx", "rdi", "memory");
+        __builtin_unreachable();
     }
     global_once = keep_once();
     memset(global_once, 4, 100);
