@@ -1737,15 +1737,63 @@ impl Probes {
     }
 }
 
-/// Detaches `links` on a thread of its own (`name`), in parallel: the caller does not wait
-/// for the kernel.
+/// Detaches `links` without the caller waiting for the kernel: in a process of its own
+/// (see `detach_in_helper`), else on a thread of its own (`name`), in parallel.
 fn detach_in_background(links: Vec<ProbeLink>, name: &str) {
     if links.is_empty() {
         return;
     }
+    let Err(links) = detach_in_helper(links) else {
+        return;
+    };
     let _ = std::thread::Builder::new()
         .name(name.into())
         .spawn(move || detach_in_parallel(links));
+}
+
+/// Detaches `links` in a process of its own, which nobody signals: a uprobe taken out by a
+/// thread that a SIGKILL reaches midway keeps its breakpoint in the target (the kernel's
+/// write of the original instruction gives up on a fatal signal) while the probe is gone,
+/// and the target then dies of SIGTRAP at its next call. A grandchild (reparented at once:
+/// no zombie) keeps a copy of every descriptor; this process drops its own copies of
+/// `links`, which does not wait; the grandchild then closes everything, which for those
+/// links is the last reference, and exits. If this process dies first, the grandchild
+/// closes everything when its pipe ends, and every link comes out there. Err gives the
+/// links back when no process can be started.
+fn detach_in_helper(links: Vec<ProbeLink>) -> Result<(), Vec<ProbeLink>> {
+    use std::os::fd::AsRawFd;
+    let Ok((reader, writer)) = std::io::pipe() else {
+        return Err(links);
+    };
+    let (reader_fd, writer_fd) = (reader.as_raw_fd(), writer.as_raw_fd());
+    // SAFETY: the children run only async-signal-safe system calls (fork, setsid, close,
+    // read, close_range, _exit) on values prepared before the fork, then exit.
+    let middle = unsafe { libc::fork() };
+    if middle < 0 {
+        return Err(links);
+    }
+    if middle == 0 {
+        // SAFETY: as above.
+        unsafe {
+            if libc::fork() == 0 {
+                libc::setsid();
+                libc::close(writer_fd);
+                let mut byte = 0u8;
+                while libc::read(reader_fd, (&raw mut byte).cast(), 1) < 0
+                    && *libc::__errno_location() == libc::EINTR
+                {}
+                libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
+                libc::_exit(0);
+            }
+            libc::_exit(0);
+        }
+    }
+    // SAFETY: reaping our own child, which exits at once.
+    unsafe { libc::waitpid(middle, std::ptr::null_mut(), 0) };
+    drop(reader);
+    drop(links);
+    drop(writer);
+    Ok(())
 }
 
 /// Detaching a uprobe waits for RCU grace periods, about 90 ms each here, and the kernel
@@ -1800,6 +1848,8 @@ fn hand_off_links() -> std::io::Result<()> {
         return Ok(());
     }
     let (reader, writer) = std::io::pipe()?;
+    let writer_fd = writer.as_raw_fd();
+    keep.retain(|&fd| fd != writer_fd);
     keep.push(reader.as_raw_fd());
     keep.sort_unstable();
     // SAFETY: the child runs only async-signal-safe system calls (close_range, setsid,
@@ -1820,6 +1870,9 @@ fn hand_off_links() -> std::io::Result<()> {
                     from = fd + 1;
                 }
                 libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32);
+                // The writing end's number may have been a link's when the list was read
+                // (a link detached meanwhile): this process must not keep its own pipe open.
+                libc::close(writer_fd);
                 let mut byte = 0u8;
                 while libc::read(reader.as_raw_fd(), (&raw mut byte).cast(), 1) < 0
                     && *libc::__errno_location() == libc::EINTR
@@ -1837,13 +1890,16 @@ fn hand_off_links() -> std::io::Result<()> {
 }
 
 impl Drop for Probes {
-    /// Detaches everything (see `detach_in_parallel`): 17 probes take about 1.5 s here.
+    /// Detaches everything, in a process of its own (see `detach_in_helper`), else here
+    /// (see `detach_in_parallel`: 17 probes take about 1.5 s here).
     fn drop(&mut self) {
         let mut links = std::mem::take(&mut self.links);
         links.append(&mut self.allocation_links);
         let started = std::time::Instant::now();
         let count = links.len();
-        detach_in_parallel(links);
+        if let Err(links) = detach_in_helper(links) {
+            detach_in_parallel(links);
+        }
         log::debug!(
             "{count} uprobes detached in {:.0} ms",
             started.elapsed().as_secs_f64() * 1e3

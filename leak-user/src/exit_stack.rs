@@ -94,6 +94,7 @@ pub fn program_at_exit(
     // The outermost exit function's frame so far; the walk goes on past the C library's
     // own functions between them (exit's handlers are not exported).
     let mut found = None;
+    let mut exit_module: Option<(String, u64)> = None;
     // Callee-saved registers saved by each frame walked, by the frame's CFA.
     let mut saved: Vec<(u64, u64)> = Vec::new();
     for depth in 0..MAX_FRAMES {
@@ -102,8 +103,13 @@ pub fn program_at_exit(
         }) else {
             break;
         };
+        let file = (mapping.dev.clone(), mapping.inode);
+        if found.is_some() && exit_module.as_ref() != Some(&file) {
+            // Out of the C library that holds the exit path: nothing more to find.
+            break;
+        }
         let Some(module) = modules
-            .entry((mapping.dev.clone(), mapping.inode))
+            .entry(file.clone())
             .or_insert_with(|| Module::load(pid, mapping))
             .as_ref()
         else {
@@ -133,6 +139,7 @@ pub fn program_at_exit(
             .any(|range| range.contains(&at))
         {
             found = Some(cfa);
+            exit_module = Some(file);
         }
         let Some(return_address) = read_word(memory, cfa.wrapping_sub(8)) else {
             break;

@@ -256,6 +256,17 @@ pub fn launch(
     })
 }
 
+/// Whether `tid` leads its own process (a thread attached with CLONE_PTRACE does not).
+fn is_process(tid: libc::pid_t) -> bool {
+    std::fs::read_to_string(format!("/proc/{tid}/status")).is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("Tgid:"))
+            .and_then(|tgid| tgid.trim().parse::<libc::pid_t>().ok())
+            == Some(tid)
+    })
+}
+
 /// The program's entry point, from the auxiliary vector the kernel gave it (AT_ENTRY).
 fn entry_point(pid: libc::pid_t) -> Option<u64> {
     let auxv = std::fs::read(format!("/proc/{pid}/auxv")).ok()?;
@@ -334,7 +345,8 @@ unsafe fn leave_entry_breakpoint(pid: libc::pid_t, breakpoint: &EntryBreakpoint)
 
 /// Passes signals through, honours group stops, holds the command at its exit (and, when
 /// asked, at its program's entry). Children forked by a traced thread are attached by the
-/// kernel (PTRACE_O_TRACEFORK is inherited) and held until their probes are in place.
+/// kernel (PTRACE_O_TRACEFORK is inherited) and held at their first stop until their probes
+/// are in place.
 /// vfork and posix_spawn children share their parent's memory until they exec and are not
 /// followed.
 unsafe fn wait_loop(
@@ -345,18 +357,14 @@ unsafe fn wait_loop(
     let null = std::ptr::null_mut::<libc::c_void>();
     let mut first_exec = true;
     let mut entry: Option<EntryBreakpoint> = None;
-    // Children whose probes are in place, and those that stopped before theirs were: a
-    // new child's first stop and its parent's fork event come in either order.
-    let mut ready: HashSet<libc::pid_t> = HashSet::new();
-    let mut held: HashSet<libc::pid_t> = HashSet::new();
+    // Forked children past their first stop.
     let mut running: HashSet<libc::pid_t> = HashSet::new();
     loop {
         let mut status = 0;
-        // Any child of leaktrace's: while this runs, leaktrace starts no process of its own
-        // (`ld.so --list` runs before the command is released; the link keeper of
-        // `detach_after_exit` after this thread has ended).
+        // This thread's children and tracees only (__WNOTHREAD): the command and every
+        // child it forked, not what other threads of leaktrace start or stop.
         // SAFETY: waiting on our own tracees.
-        let waited = unsafe { libc::waitpid(-1, &mut status, libc::__WALL) };
+        let waited = unsafe { libc::waitpid(-1, &mut status, libc::__WALL | libc::__WNOTHREAD) };
         if waited < 0 {
             if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                 continue;
@@ -376,8 +384,6 @@ unsafe fn wait_loop(
             None
         };
         if let Some((code, signal)) = ended {
-            ready.remove(&waited);
-            held.remove(&waited);
             running.remove(&waited);
             let _ = events.send(ChildEvent::Exited {
                 pid: waited as u32,
@@ -411,28 +417,7 @@ unsafe fn wait_loop(
                 }
                 libc::ptrace(libc::PTRACE_CONT, waited, null, null);
             } else if event == libc::PTRACE_EVENT_FORK {
-                let mut message: libc::c_ulong = 0;
-                libc::ptrace(libc::PTRACE_GETEVENTMSG, waited, null, &raw mut message);
-                let child = message as libc::pid_t;
-                if child > 0 {
-                    let (ack_tx, ack_rx) = mpsc::channel();
-                    if events
-                        .send(ChildEvent::Forked {
-                            pid: child as u32,
-                            parent: waited as u32,
-                            ack: ack_tx,
-                        })
-                        .is_ok()
-                    {
-                        let _ = ack_rx.recv();
-                    }
-                    if held.remove(&child) {
-                        running.insert(child);
-                        libc::ptrace(libc::PTRACE_CONT, child, null, null);
-                    } else {
-                        ready.insert(child);
-                    }
-                }
+                // The child reports its own first stop, where it is held (below).
                 libc::ptrace(libc::PTRACE_CONT, waited, null, null);
             } else if event == libc::PTRACE_EVENT_EXEC {
                 if waited == pid && std::mem::take(&mut first_exec) {
@@ -459,17 +444,25 @@ unsafe fn wait_loop(
                     }
                 }
             } else if event == libc::PTRACE_EVENT_STOP && libc::WSTOPSIG(status) == libc::SIGTRAP {
-                // Not a group stop (those carry the stopping signal): a forked child's
-                // first stop, which starts it once its probes are in place; or, for a
-                // tracee that runs already, the end of a group stop (SIGCONT).
-                if waited == pid || running.contains(&waited) {
-                    libc::ptrace(libc::PTRACE_CONT, waited, null, null);
-                } else if ready.remove(&waited) {
-                    running.insert(waited);
-                    libc::ptrace(libc::PTRACE_CONT, waited, null, null);
-                } else {
-                    held.insert(waited);
+                // Not a group stop (those carry the stopping signal): for a tracee that
+                // runs already, the end of a group stop (SIGCONT); otherwise a forked
+                // child's first stop, before its first instruction: it starts once its
+                // probes are in place. (It does not wait for its parent's fork event,
+                // which a parent killed meanwhile never reports.)
+                if waited != pid && running.insert(waited) && is_process(waited) {
+                    let (ack_tx, ack_rx) = mpsc::channel();
+                    if events
+                        .send(ChildEvent::Forked {
+                            pid: waited as u32,
+                            parent: crate::procfs::parent_pid(waited as u32).unwrap_or(0),
+                            ack: ack_tx,
+                        })
+                        .is_ok()
+                    {
+                        let _ = ack_rx.recv();
+                    }
                 }
+                libc::ptrace(libc::PTRACE_CONT, waited, null, null);
             } else if event == libc::PTRACE_EVENT_STOP {
                 // Group stop (SIGSTOP, SIGTSTP…): stay stopped until SIGCONT, as untraced.
                 libc::ptrace(libc::PTRACE_LISTEN, waited, null, null);

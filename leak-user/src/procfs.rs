@@ -162,6 +162,17 @@ pub fn parse_stat_state(stat: &str) -> Option<char> {
     after.trim_start().chars().next()
 }
 
+/// The parent's pid (field 4 of /proc/PID/stat).
+pub fn parse_stat_parent(stat: &str) -> Option<u32> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(4 - 3)?.parse().ok()
+}
+
+/// The process's parent (see `parse_stat_parent`).
+pub fn parent_pid(pid: u32) -> Option<u32> {
+    parse_stat_parent(&read_text(format!("/proc/{pid}/stat")).ok()?)
+}
+
 /// The start time of a process (clock ticks after boot, field 22 of /proc/PID/stat): with
 /// the pid, it names one process even after the pid is reused.
 pub fn parse_stat_start_time(stat: &str) -> Option<u64> {
@@ -460,6 +471,11 @@ mod tests {
     fn stat_state_survives_odd_command_names() {
         assert_eq!(parse_stat_state("42 (a) b (c)) S 1 2"), Some('S'));
         assert_eq!(parse_stat_state("42 (demo) Z 1"), Some('Z'));
+        assert_eq!(parse_stat_parent("42 (a) b (c)) S 17 2"), Some(17));
+        assert_eq!(
+            parent_pid(std::process::id()),
+            Some(std::os::unix::process::parent_id())
+        );
     }
 
     #[test]

@@ -473,16 +473,17 @@ pub fn classify_with_glibc(
 pub const RED_ZONE: u64 = 128;
 
 /// The memory that may hold pointers into the heap: every writable mapping; a thread's
-/// stack only from where its live part begins (`live_stacks_from`: its stack pointer, less
-/// the red zone where that may be live; what lies below is dead frames, as valgrind sees
-/// it). With `allocator_owned_excluded` (the whole process was traced, so the memory around
+/// stack only from where its live part begins (`live_stacks`: each thread's stack pointer,
+/// which finds its stack mapping, and where its live part begins: the stack pointer less
+/// the red zone where that may be live, or higher; what lies below is dead frames, as
+/// valgrind sees it). With `allocator_owned_excluded` (the whole process was traced, so the memory around
 /// tracked blocks is the allocator's own: free lists, freed data), mappings holding a
 /// tracked block are left out; otherwise untracked memory there may be blocks allocated
 /// before tracing began and counts as a root.
 pub fn roots(
     maps: &[crate::procfs::Mapping],
     blocks: &[Block],
-    live_stacks_from: &[u64],
+    live_stacks: &[(u64, u64)],
     allocator_owned_excluded: bool,
 ) -> Vec<Range<u64>> {
     let mut sorted: Vec<Block> = blocks.to_vec();
@@ -500,11 +501,11 @@ pub fn roots(
                 .is_none_or(|block| block.start >= mapping.end)
         })
         .map(|mapping| {
-            let live_from = live_stacks_from
+            let live_from = live_stacks
                 .iter()
-                .filter(|&&from| from >= mapping.start && from < mapping.end)
+                .filter(|&&(sp, _)| sp >= mapping.start && sp < mapping.end)
+                .map(|&(_, from)| from.clamp(mapping.start, mapping.end))
                 .min()
-                .copied()
                 .unwrap_or(mapping.start);
             live_from..mapping.end
         })
@@ -709,7 +710,7 @@ mod tests {
              7ffc00100000-7ffc00102000 r--p 00000000 00:00 0 [vvar]\n",
         );
         let blocks = [block(0x5555_0010_0010)];
-        let sp = [0x7ffc_0002_0000 - RED_ZONE];
+        let sp = [(0x7ffc_0002_0000, 0x7ffc_0002_0000 - RED_ZONE)];
         // Attach mode: the heap around tracked blocks may hold untracked live blocks.
         assert_eq!(
             roots(&maps, &blocks, &sp, false),

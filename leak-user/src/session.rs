@@ -254,6 +254,9 @@ struct Session {
     arm_entries_at: Option<u64>,
     /// A forked child of a `run`: the process that forked it.
     forked_by: Option<u32>,
+    /// Every allocation of the program was seen (`run`, or a forked child since it executed
+    /// a program): memory around the tracked blocks is the allocator's own.
+    traced_from_start: bool,
     /// `run`: the reports of the forked children that ended.
     child_reports: Vec<Report>,
 }
@@ -529,6 +532,7 @@ pub async fn run(command: &[String], options: Options) -> Result<Outcome, Sessio
     let mut session = Session::start(pid, "run", &allocators, &scopes, go, python, options)?;
     session.target.exe = program.display().to_string();
     session.launched_program = std::fs::canonicalize("/proc/self/exe").ok();
+    session.traced_from_start = true;
     session.drop_privileges(&[launched.launcher_tid]);
     session.start_exports()?;
     session.target.command_line = command.join(" ");
@@ -754,6 +758,7 @@ impl Session {
             last_process_sample_ns: None,
             launched_program: None,
             forked_by: None,
+            traced_from_start: false,
             child_reports: Vec::new(),
             telemetry: None,
             endpoint: None,
@@ -1329,15 +1334,15 @@ impl Session {
                     Some(ChildEvent::Executed { pid, ack }) if pid != self.pid => {
                         // A child that executes a program: followed into it with
                         // --trace-children, let go otherwise (as valgrind does).
-                        let follow = self.options.trace_children && children.contains_key(&pid);
-                        let dropped = if follow {
-                            if let Some(child) = children.get_mut(&pid) {
-                                child.executed()?;
-                            }
-                            None
-                        } else {
-                            children.remove(&pid)
-                        };
+                        let mut follow = self.options.trace_children && children.contains_key(&pid);
+                        if follow
+                            && let Some(child) = children.get_mut(&pid)
+                            && let Err(err) = child.executed()
+                        {
+                            eprintln!("leaktrace: child {pid} is not followed into the program it executed: {err}");
+                            follow = false;
+                        }
+                        let dropped = if follow { None } else { children.remove(&pid) };
                         let _ = ack.send(follow);
                         if let Some(child) = dropped {
                             child.end_in_background();
@@ -1399,6 +1404,8 @@ impl Session {
             .map(|path| path.display().to_string())
             .unwrap_or_default();
         log::info!("pid {} executed {exe}", self.pid);
+        // A new address space, seen from its start.
+        self.traced_from_start = true;
         if self.forked_by.is_some() {
             // A child's report names what it runs now (the command's names what was asked).
             self.target.exe = exe;
@@ -1464,6 +1471,7 @@ impl Session {
                 Ok(report) => self.child_reports.push(report),
                 Err(err) => eprintln!("leaktrace: child {pid}: no report: {err}"),
             }
+            child.end_in_background();
         }
     }
 
@@ -1521,44 +1529,46 @@ impl Session {
         };
         // Where each thread's live stack begins: a frozen thread may be in a leaf function
         // using its red zone; at the exit stop the thread is in the exit system call.
-        let (registers, live_stacks_from) = match (&frozen, at_exit) {
+        let (registers, live_stacks) = match (&frozen, at_exit) {
             (Some(frozen), _) => {
                 let (registers, stack_pointers) = frozen.registers();
-                let from = stack_pointers
+                let live = stack_pointers
                     .iter()
-                    .map(|sp| sp.saturating_sub(reachability::RED_ZONE))
+                    .map(|&sp| (sp, sp.saturating_sub(reachability::RED_ZONE)))
                     .collect();
-                (registers, from)
+                (registers, live)
             }
             (None, Some(exiting)) if exiting.stack_pointer != 0 => {
                 // From the frame that called exit: the exit path's frames are left out,
                 // but not what they saved of the caller's registers.
                 let mut memory = ProcessMemory { pid: self.pid };
+                // Without an exit frame (a fatal signal, another thread's exit found it
+                // elsewhere) the thread may have stopped in a leaf function: its red zone
+                // counts.
+                let sp = exiting.stack_pointer;
                 let program = crate::exit_stack::program_at_exit(self.pid, &exiting, &mut memory)
-                    .filter(|program| program.stack_from >= exiting.stack_pointer)
+                    .filter(|program| program.stack_from >= sp)
                     .unwrap_or_else(|| crate::exit_stack::ProgramAtExit {
-                        stack_from: exiting.stack_pointer,
+                        stack_from: sp.saturating_sub(reachability::RED_ZONE),
                         saved_registers: Vec::new(),
                     });
                 log::debug!(
-                    "exit stop: stack scanned from {:#x} ({} bytes above the stack pointer), {} saved registers",
+                    "exit stop: stack scanned from {:#x} (stack pointer {sp:#x}), {} saved registers",
                     program.stack_from,
-                    program.stack_from - exiting.stack_pointer,
                     program.saved_registers.len()
                 );
                 let mut values = exiting.values;
                 values.extend(program.saved_registers);
-                (values, vec![program.stack_from])
+                (values, vec![(sp, program.stack_from)])
             }
             (None, _) => Default::default(),
         };
         let maps = procfs::read_maps(self.pid).unwrap_or_default();
         let tracked: Vec<Block> = blocks.iter().map(|(block, _)| *block).collect();
         // `run` traced the program from its first instruction: memory around the tracked
-        // blocks is the allocator's own.
-        // A forked child inherited blocks it never saw allocated: those are roots.
-        let traced_from_start = self.mode == "run" && self.forked_by.is_none();
-        let roots = reachability::roots(&maps, &tracked, &live_stacks_from, traced_from_start);
+        // blocks is the allocator's own. A forked child inherited blocks it never saw
+        // allocated (until it executes a program): those are roots.
+        let roots = reachability::roots(&maps, &tracked, &live_stacks, self.traced_from_start);
         // glibc's own writable data (its arenas) is scanned apart: see classify_with_glibc.
         // The same file may be named by another path in the maps (/lib or /usr/lib).
         let canonical = |path: &str| std::fs::canonicalize(procfs::path_in_root(self.pid, path));

@@ -98,6 +98,9 @@ pub fn saved_registers_at(elf: &[u8], pc: u64) -> Vec<i64> {
     .collect()
 }
 
+/// Files whose rows `cached_module_rows` keeps at most.
+const MAX_CACHED_MODULES: usize = 512;
+
 /// `module_rows` of the file `id` (device, inode), read once per leaktrace process: each
 /// session (a forked child's, a watch window's) and the exit walk take the same files' rows.
 /// The file's length and build id are part of the key: an inode number is reused once its
@@ -119,9 +122,12 @@ pub fn cached_module_rows(id: &(String, u64), elf: &[u8]) -> std::sync::Arc<Vec<
     }
     let rows = std::sync::Arc::new(module_rows(elf));
     if let Ok(mut cache) = CACHE.lock() {
-        cache
-            .get_or_insert_with(HashMap::new)
-            .insert(key, rows.clone());
+        let cache = cache.get_or_insert_with(HashMap::new);
+        // Bounded: a long watch across redeployments sees ever new files.
+        if cache.len() >= MAX_CACHED_MODULES {
+            cache.clear();
+        }
+        cache.insert(key, rows.clone());
     }
     rows
 }

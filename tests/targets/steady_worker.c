@@ -1,7 +1,9 @@
 // A program that allocates at full speed and prints what it computed, for the fault tests:
 // leaktrace is killed while tracing it, and its output and exit status must be what an
 // untraced run gives. It also prints where malloc and free hold a breakpoint (0xcc) in their
-// first 16 bytes, as a bitmask: a probe left behind would show there.
+// first 16 bytes, as a bitmask: a probe left behind would show there. leaktrace's probes go
+// out a moment after it ends (a child of it closes their links once leaktrace is gone, which
+// waits for the kernel), so breakpoints still there at the end are given 10 s to go.
 //
 //   steady_worker ROUNDS    ROUNDS × 10000 malloc/free of varying sizes; exits 7
 #include <dlfcn.h>
@@ -9,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static unsigned breakpoints(const char *name) {
     void *libc = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
@@ -37,6 +40,8 @@ int main(int argc, char **argv) {
         }
     }
     for (int slot = 0; slot < 64; slot++) free(kept[slot]);
+    for (int tries = 0; tries < 200 && (breakpoints("malloc") || breakpoints("free")); tries++)
+        usleep(50000);
     printf("sum=%llu malloc_breakpoints=%x free_breakpoints=%x\n", (unsigned long long)sum,
            breakpoints("malloc"), breakpoints("free"));
     return 7;

@@ -1,7 +1,8 @@
 //! End-to-end fault injection: leaktrace killed with SIGKILL at random moments (placing
 //! probes, tracing, scanning for reachability with the target stopped, reporting, detaching)
 //! while the target allocates at full speed. The target must finish with the output and exit
-//! status of an untraced run, with no probe left in malloc or free.
+//! status of an untraced run, with no probe left in malloc or free (once leaktrace's link
+//! keeper, which closes the links after a report, has done so: steady_worker waits for it).
 use std::{
     process::{Command, Stdio},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
