@@ -1766,7 +1766,7 @@ fn detach_in_helper(links: Vec<ProbeLink>) -> Result<(), Vec<ProbeLink>> {
         return Err(links);
     };
     let (reader_fd, writer_fd) = (reader.as_raw_fd(), writer.as_raw_fd());
-    // SAFETY: the children run only async-signal-safe system calls (fork, setsid, close,
+    // SAFETY: the children run only async-signal-safe calls (fork, setsid, signal, close,
     // read, close_range, _exit) on values prepared before the fork, then exit.
     let middle = unsafe { libc::fork() };
     if middle < 0 {
@@ -1777,6 +1777,9 @@ fn detach_in_helper(links: Vec<ProbeLink>) -> Result<(), Vec<ProbeLink>> {
         unsafe {
             if libc::fork() == 0 {
                 libc::setsid();
+                for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1] {
+                    libc::signal(signal, libc::SIG_DFL);
+                }
                 libc::close(writer_fd);
                 let mut byte = 0u8;
                 while libc::read(reader_fd, (&raw mut byte).cast(), 1) < 0
@@ -1852,8 +1855,8 @@ fn hand_off_links() -> std::io::Result<()> {
     keep.retain(|&fd| fd != writer_fd);
     keep.push(reader.as_raw_fd());
     keep.sort_unstable();
-    // SAFETY: the child runs only async-signal-safe system calls (close_range, setsid,
-    // read, _exit) on memory allocated before the fork, then exits.
+    // SAFETY: the child runs only async-signal-safe calls (setsid, signal, close_range,
+    // close, read, _exit) on memory allocated before the fork, then exits.
     let child = unsafe { libc::fork() };
     match child {
         -1 => Err(std::io::Error::last_os_error()),
@@ -1861,6 +1864,11 @@ fn hand_off_links() -> std::io::Result<()> {
             // SAFETY: as above.
             unsafe {
                 libc::setsid();
+                // leaktrace's own handlers (which only note the signal) are not this
+                // process's: a SIGTERM or SIGINT ends it, as for any process.
+                for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1] {
+                    libc::signal(signal, libc::SIG_DFL);
+                }
                 let mut from: u32 = 0;
                 for &fd in &keep {
                     let fd = fd as u32;
