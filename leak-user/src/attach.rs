@@ -1776,15 +1776,9 @@ fn detach_in_helper(links: Vec<ProbeLink>) -> Result<(), Vec<ProbeLink>> {
         // SAFETY: as above.
         unsafe {
             if libc::fork() == 0 {
-                libc::setsid();
-                for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1] {
-                    libc::signal(signal, libc::SIG_DFL);
-                }
+                become_link_keeper();
                 libc::close(writer_fd);
-                let mut byte = 0u8;
-                while libc::read(reader_fd, (&raw mut byte).cast(), 1) < 0
-                    && *libc::__errno_location() == libc::EINTR
-                {}
+                wait_for_pipe_end(reader_fd);
                 libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
                 libc::_exit(0);
             }
@@ -1797,6 +1791,37 @@ fn detach_in_helper(links: Vec<ProbeLink>) -> Result<(), Vec<ProbeLink>> {
     drop(links);
     drop(writer);
     Ok(())
+}
+
+/// In a forked keeper of links (see `detach_in_helper`, `hand_off_links`): a session of its
+/// own, out of leaktrace's process group, and the default action for the signals leaktrace
+/// handles (its handlers only note them): a SIGTERM or SIGINT ends it, as any process.
+///
+/// # Safety
+/// Async-signal-safe calls only: fine in a child forked from a threaded process.
+unsafe fn become_link_keeper() {
+    // SAFETY: setsid and signal are async-signal-safe.
+    unsafe {
+        libc::setsid();
+        for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1] {
+            libc::signal(signal, libc::SIG_DFL);
+        }
+    }
+}
+
+/// Blocks until every writing end of the pipe `reader` reads from is closed (or a byte
+/// comes).
+///
+/// # Safety
+/// As for `become_link_keeper`.
+unsafe fn wait_for_pipe_end(reader: i32) {
+    let mut byte = 0u8;
+    // SAFETY: read into a local byte; errno of this thread.
+    unsafe {
+        while libc::read(reader, (&raw mut byte).cast(), 1) < 0
+            && *libc::__errno_location() == libc::EINTR
+        {}
+    }
 }
 
 /// Detaching a uprobe waits for RCU grace periods, about 90 ms each here, and the kernel
@@ -1863,12 +1888,7 @@ fn hand_off_links() -> std::io::Result<()> {
         0 => {
             // SAFETY: as above.
             unsafe {
-                libc::setsid();
-                // leaktrace's own handlers (which only note the signal) are not this
-                // process's: a SIGTERM or SIGINT ends it, as for any process.
-                for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1] {
-                    libc::signal(signal, libc::SIG_DFL);
-                }
+                become_link_keeper();
                 let mut from: u32 = 0;
                 for &fd in &keep {
                     let fd = fd as u32;
@@ -1881,10 +1901,7 @@ fn hand_off_links() -> std::io::Result<()> {
                 // The writing end's number may have been a link's when the list was read
                 // (a link detached meanwhile): this process must not keep its own pipe open.
                 libc::close(writer_fd);
-                let mut byte = 0u8;
-                while libc::read(reader.as_raw_fd(), (&raw mut byte).cast(), 1) < 0
-                    && *libc::__errno_location() == libc::EINTR
-                {}
+                wait_for_pipe_end(reader.as_raw_fd());
                 libc::_exit(0);
             }
         }

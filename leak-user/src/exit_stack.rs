@@ -32,9 +32,7 @@ struct Module {
 
 impl Module {
     fn load(pid: u32, mapping: &Mapping) -> Option<Module> {
-        let elf = crate::file_bytes::open(procfs::map_file_path(pid, mapping))
-            .or_else(|_| crate::file_bytes::open(procfs::path_in_root(pid, mapping.file_path())))
-            .ok()?;
+        let elf = crate::file_bytes::open_mapped(pid, mapping).ok()?;
         let bias = crate::unwind_tables::mapping_bias(&elf, mapping)?;
         let rows =
             crate::unwind_tables::cached_module_rows(&(mapping.dev.clone(), mapping.inode), &elf);
@@ -129,7 +127,7 @@ pub fn program_at_exit(
         };
         let cfa = base.wrapping_add_signed(i64::from(row.cfa_offset));
         for offset in crate::unwind_tables::saved_registers_at(&module.elf, at) {
-            if let Some(value) = read_word(memory, cfa.wrapping_add_signed(offset)) {
+            if let Some(value) = memory.read_u64(cfa.wrapping_add_signed(offset)) {
                 saved.push((cfa, value));
             }
         }
@@ -141,14 +139,13 @@ pub fn program_at_exit(
             found = Some(cfa);
             exit_module = Some(file);
         }
-        let Some(return_address) = read_word(memory, cfa.wrapping_sub(8)) else {
+        let Some(return_address) = memory.read_u64(cfa.wrapping_sub(8)) else {
             break;
         };
         if row.rbp_offset_words != 0 {
-            let Some(saved) = read_word(
-                memory,
-                cfa.wrapping_add_signed(i64::from(row.rbp_offset_words) * 8),
-            ) else {
+            let Some(saved) =
+                memory.read_u64(cfa.wrapping_add_signed(i64::from(row.rbp_offset_words) * 8))
+            else {
                 break;
             };
             bp = saved;
@@ -169,9 +166,4 @@ pub fn program_at_exit(
             .map(|(_, value)| value)
             .collect(),
     })
-}
-
-fn read_word(memory: &mut impl Memory, address: u64) -> Option<u64> {
-    let mut word = [0u8; 8];
-    (memory.read(address, &mut word) == 8).then(|| u64::from_le_bytes(word))
 }

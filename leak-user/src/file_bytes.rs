@@ -27,6 +27,13 @@ impl Deref for FileBytes {
     }
 }
 
+/// The file a process has mapped: through /proc/PID/map_files (the very file, even deleted),
+/// else by its path in the process's root.
+pub fn open_mapped(pid: u32, mapping: &crate::procfs::Mapping) -> io::Result<FileBytes> {
+    open(crate::procfs::map_file_path(pid, mapping))
+        .or_else(|_| open(crate::procfs::path_in_root(pid, mapping.file_path())))
+}
+
 /// Maps `path`, or reads it where it cannot be mapped.
 pub fn open(path: impl AsRef<Path>) -> io::Result<FileBytes> {
     let path = path.as_ref();

@@ -177,19 +177,14 @@ impl PythonNames {
     }
 }
 
-fn read_u64(memory: &mut dyn Memory, address: u64) -> Option<u64> {
-    let mut bytes = [0u8; 8];
-    (memory.read(address, &mut bytes) == 8).then(|| u64::from_le_bytes(bytes))
-}
-
 /// A Python str's text: compact ASCII or compact Latin-1/UCS-2/UCS-4.
 fn read_str(memory: &mut dyn Memory, object: u64) -> Option<String> {
     use code_3_11::*;
-    let length = read_u64(memory, object + STR_LENGTH)?;
+    let length = memory.read_u64(object + STR_LENGTH)?;
     if length > 4096 {
         return None;
     }
-    let state = read_u64(memory, object + STR_STATE)? as u32;
+    let state = memory.read_u64(object + STR_STATE)? as u32;
     let (kind, compact, ascii) = ((state >> 2) & 7, (state >> 5) & 1, (state >> 6) & 1);
     if compact == 0 {
         return None;
@@ -225,11 +220,16 @@ fn read_code(memory: &mut dyn Memory, code: u64) -> Option<Code> {
     if memory.read(code + FIRST_LINE, &mut first_line) != 4 {
         return None;
     }
-    let qualname = read_u64(memory, code + QUALNAME).and_then(|s| read_str(memory, s));
-    let filename = read_u64(memory, code + FILENAME).and_then(|s| read_str(memory, s));
-    let line_table = read_u64(memory, code + LINE_TABLE)
+    let qualname = memory
+        .read_u64(code + QUALNAME)
+        .and_then(|s| read_str(memory, s));
+    let filename = memory
+        .read_u64(code + FILENAME)
+        .and_then(|s| read_str(memory, s));
+    let line_table = memory
+        .read_u64(code + LINE_TABLE)
         .and_then(|bytes| {
-            let size = read_u64(memory, bytes + BYTES_SIZE)?;
+            let size = memory.read_u64(bytes + BYTES_SIZE)?;
             if size > 1 << 20 {
                 return None;
             }

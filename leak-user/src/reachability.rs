@@ -65,6 +65,12 @@ pub trait Memory {
             .map(|(address, buffer)| self.read(*address, buffer))
             .collect()
     }
+
+    /// The little-endian word at `address`, None where it cannot be read whole.
+    fn read_u64(&mut self, address: u64) -> Option<u64> {
+        let mut bytes = [0u8; 8];
+        (self.read(address, &mut bytes) == 8).then(|| u64::from_le_bytes(bytes))
+    }
 }
 
 /// The outcome of a scan.

@@ -19,6 +19,19 @@ use crate::procfs::{self, Mapping};
 
 type Reader<'data> = EndianSlice<'data, LittleEndian>;
 
+/// A module's `.eh_frame` and the base addresses its pointers are relative to.
+fn eh_frame_of<'data>(
+    file: &object::File<'data>,
+) -> Option<(EhFrame<Reader<'data>>, BaseAddresses)> {
+    let section = file.section_by_name(".eh_frame")?;
+    let data = section.data().ok()?;
+    let mut bases = BaseAddresses::default().set_eh_frame(section.address());
+    if let Some(text) = file.section_by_name(".text") {
+        bases = bases.set_text(text.address());
+    }
+    Some((EhFrame::new(data, LittleEndian), bases))
+}
+
 /// Calls `visit` with each function's (FDE's) start, end and unwind table from a module's
 /// `.eh_frame`, until it returns false. False when the module has no usable `.eh_frame`.
 fn for_each_function<'data>(
@@ -28,17 +41,9 @@ fn for_each_function<'data>(
         &mut UnwindTable<'_, '_, Reader<'data>>,
     ) -> bool,
 ) -> bool {
-    let Some(section) = file.section_by_name(".eh_frame") else {
+    let Some((eh_frame, bases)) = eh_frame_of(file) else {
         return false;
     };
-    let Ok(data) = section.data() else {
-        return false;
-    };
-    let eh_frame = EhFrame::new(data, LittleEndian);
-    let mut bases = BaseAddresses::default().set_eh_frame(section.address());
-    if let Some(text) = file.section_by_name(".text") {
-        bases = bases.set_text(text.address());
-    }
     let mut context = Box::new(UnwindContext::new());
     let mut entries = eh_frame.entries(&bases);
     while let Ok(Some(entry)) = entries.next() {
@@ -62,20 +67,12 @@ fn for_each_function<'data>(
 /// the stack at module address `pc`, each as its offset from the canonical frame address.
 /// Empty when `pc` has no `.eh_frame` entry.
 pub fn saved_registers_at(elf: &[u8], pc: u64) -> Vec<i64> {
-    let Ok(file) = object::File::parse(elf) else {
+    let Some((eh_frame, bases)) = object::File::parse(elf)
+        .ok()
+        .and_then(|file| eh_frame_of(&file))
+    else {
         return Vec::new();
     };
-    let Some(section) = file.section_by_name(".eh_frame") else {
-        return Vec::new();
-    };
-    let Ok(data) = section.data() else {
-        return Vec::new();
-    };
-    let eh_frame = EhFrame::new(data, LittleEndian);
-    let mut bases = BaseAddresses::default().set_eh_frame(section.address());
-    if let Some(text) = file.section_by_name(".text") {
-        bases = bases.set_text(text.address());
-    }
     let mut context = Box::new(UnwindContext::new());
     let Ok(row) =
         eh_frame.unwind_info_for_address(&bases, &mut context, pc, EhFrame::cie_from_offset)
@@ -351,10 +348,7 @@ impl UnwindTables {
                 continue;
             }
             let id = (mapping.dev.clone(), mapping.inode);
-            let path = procfs::map_file_path(pid, mapping);
-            let Ok(elf) = crate::file_bytes::open(&path).or_else(|_| {
-                crate::file_bytes::open(procfs::path_in_root(pid, mapping.file_path()))
-            }) else {
+            let Ok(elf) = crate::file_bytes::open_mapped(pid, mapping) else {
                 continue;
             };
             let Some(bias) = mapping_bias(&elf, mapping) else {
