@@ -1344,9 +1344,8 @@ impl Session {
                         }
                         let dropped = if follow { None } else { children.remove(&pid) };
                         let _ = ack.send(follow);
-                        if let Some(child) = dropped {
-                            child.end_in_background();
-                        }
+                        // Its probes come out in a process of their own (Probes::drop).
+                        drop(dropped);
                     }
                     Some(ChildEvent::Executed { ack, .. }) => {
                         self.executed()?;
@@ -1368,7 +1367,6 @@ impl Session {
                                 Ok(report) => self.child_reports.push(report),
                                 Err(err) => eprintln!("leaktrace: child {pid}: no report: {err}"),
                             }
-                            child.end_in_background();
                         }
                     }
                     Some(ChildEvent::Exited { code, signal, .. }) => {
@@ -1451,18 +1449,6 @@ impl Session {
         self.analyse(exit, true)
     }
 
-    /// Ends a forked child's session without waiting: taking its probes out waits for the
-    /// kernel (tens of milliseconds), and the next fork would wait behind it.
-    fn end_in_background(self) {
-        let Session { pid, probes, .. } = self;
-        if let Err(err) = std::thread::Builder::new()
-            .name("leaktrace-child-end".into())
-            .spawn(move || drop(probes))
-        {
-            log::debug!("child {pid}: its probes come out in the foreground: {err}");
-        }
-    }
-
     /// The command ended before these children: what they hold so far is reported, with
     /// no exit and no scan (they go on running, untraced, once leaktrace ends).
     fn children_still_running(&mut self, children: BTreeMap<u32, Session>) {
@@ -1471,7 +1457,6 @@ impl Session {
                 Ok(report) => self.child_reports.push(report),
                 Err(err) => eprintln!("leaktrace: child {pid}: no report: {err}"),
             }
-            child.end_in_background();
         }
     }
 
