@@ -664,18 +664,22 @@ pub fn program_files(
     Ok(files)
 }
 
-/// Allocator modules a program will load (see `program_files`).
-pub fn allocators_for_program(
-    program: &Path,
-    env: &[(String, String)],
+/// Allocator modules among the files a program will load (from `program_files`).
+pub fn allocators_in_files(
+    files: &[(PathBuf, String)],
     extra: &[KnownFn],
 ) -> Result<Vec<AllocatorModule>, AttachError> {
     let mut modules = Vec::new();
-    for (path, display_path) in program_files(program, env)? {
-        let Ok(data) = crate::file_bytes::open(&path) else {
+    for (path, display_path) in files {
+        let Ok(data) = crate::file_bytes::open(path) else {
             continue;
         };
-        modules.extend(module_probes(&data, path, display_path, extra));
+        modules.extend(module_probes(
+            &data,
+            path.clone(),
+            display_path.clone(),
+            extra,
+        ));
     }
     require_allocator(modules, 0, extra)
 }
@@ -1454,6 +1458,16 @@ impl Probes {
             ));
         }
         Ok(())
+    }
+
+    /// Those of `modules` whose files are not probed yet.
+    pub fn unprobed(&self, modules: Vec<AllocatorModule>) -> Vec<AllocatorModule> {
+        modules
+            .into_iter()
+            .filter(|module| {
+                file_id(&module.probe_path).is_none_or(|id| !self.probed_files.contains(&id))
+            })
+            .collect()
     }
 
     /// Allocator modules the process mapped since the probes were placed (or since the last

@@ -6,7 +6,7 @@
 //! stops are honoured), and the children it forks with it. Ptrace is per thread, so every
 //! ptrace call stays on that thread.
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     ffi::CString,
     io,
     os::unix::ffi::OsStrExt,
@@ -19,9 +19,10 @@ use std::{
 /// leaktrace started, or a child it forked (followed from its first instruction).
 #[derive(Debug)]
 pub enum ChildEvent {
-    /// The program is about to run its first instruction (its entry point, after the
-    /// dynamic loader mapped its libraries), held there until the ack is sent.
-    Started { ack: mpsc::Sender<()> },
+    /// A program is about to run its first instruction (its entry point, after the
+    /// dynamic loader mapped its libraries), held there until the ack is sent: the
+    /// command's first, or one a followed process executed later.
+    Started { pid: u32, ack: mpsc::Sender<()> },
     /// A traced process forked: the child is held before its first instruction, and its
     /// parent at the fork, until the ack is sent.
     Forked {
@@ -32,8 +33,13 @@ pub enum ChildEvent {
     /// The process executed another program after its first (a script's interpreter, or
     /// what a wrapper execs), stopped before that program's first instruction until the
     /// ack is sent: true to go on tracing it, false to let it go (a child that executes a
-    /// program not followed).
-    Executed { pid: u32, ack: mpsc::Sender<bool> },
+    /// program not followed). `spawned`: a vfork or posix_spawn child, which ran in its
+    /// parent's memory until now and had no event before this one.
+    Executed {
+        pid: u32,
+        spawned: bool,
+        ack: mpsc::Sender<bool>,
+    },
     /// The process stopped at exit; its memory is intact until the ack is sent. The
     /// registers are those of its thread leaktrace traces (where it was when the process
     /// ended: in `exit`, or wherever another thread's exit found it), None if unreadable.
@@ -200,8 +206,11 @@ pub fn launch(
                     libc::PTRACE_SEIZE,
                     pid,
                     std::ptr::null_mut::<libc::c_void>(),
-                    (libc::PTRACE_O_TRACEEXIT | libc::PTRACE_O_TRACEEXEC | libc::PTRACE_O_TRACEFORK)
-                        as usize as *mut libc::c_void,
+                    (libc::PTRACE_O_TRACEEXIT
+                        | libc::PTRACE_O_TRACEEXEC
+                        | libc::PTRACE_O_TRACEFORK
+                        | libc::PTRACE_O_TRACEVFORK) as usize
+                        as *mut libc::c_void,
                 );
                 if seized != 0 {
                     let error = io::Error::last_os_error();
@@ -343,12 +352,19 @@ unsafe fn leave_entry_breakpoint(pid: libc::pid_t, breakpoint: &EntryBreakpoint)
     }
 }
 
+/// Whether two processes share one address space (a vfork or posix_spawn child and its
+/// parent until the child executes a program, or a clone(CLONE_VM) child).
+fn share_memory(a: libc::pid_t, b: libc::pid_t) -> bool {
+    const KCMP_VM: libc::c_long = 1;
+    // SAFETY: kcmp only compares kernel objects of the two processes.
+    unsafe { libc::syscall(libc::SYS_kcmp, a, b, KCMP_VM, 0, 0) == 0 }
+}
+
 /// Passes signals through, honours group stops, holds the command at its exit (and, when
 /// asked, at its program's entry). Children forked by a traced thread are attached by the
-/// kernel (PTRACE_O_TRACEFORK is inherited) and held at their first stop until their probes
-/// are in place.
-/// vfork and posix_spawn children share their parent's memory until they exec and are not
-/// followed.
+/// kernel (PTRACE_O_TRACEFORK and TRACEVFORK are inherited) and held at their first stop
+/// until their probes are in place. A vfork or posix_spawn child runs in its parent's
+/// memory until it executes a program: it is only reported then, as a new program.
 unsafe fn wait_loop(
     pid: libc::pid_t,
     events: &tokio::sync::mpsc::UnboundedSender<ChildEvent>,
@@ -356,9 +372,12 @@ unsafe fn wait_loop(
 ) {
     let null = std::ptr::null_mut::<libc::c_void>();
     let mut first_exec = true;
-    let mut entry: Option<EntryBreakpoint> = None;
+    // Entry breakpoints of followed programs not yet at their first instruction.
+    let mut entries: HashMap<libc::pid_t, EntryBreakpoint> = HashMap::new();
     // Forked children past their first stop.
     let mut running: HashSet<libc::pid_t> = HashSet::new();
+    // Children in their parent's memory (vfork, posix_spawn) until they execute a program.
+    let mut spawned: HashSet<libc::pid_t> = HashSet::new();
     loop {
         let mut status = 0;
         // This thread's children and tracees only (__WNOTHREAD): the command and every
@@ -385,6 +404,8 @@ unsafe fn wait_loop(
         };
         if let Some((code, signal)) = ended {
             running.remove(&waited);
+            spawned.remove(&waited);
+            entries.remove(&waited);
             let _ = events.send(ChildEvent::Exited {
                 pid: waited as u32,
                 code,
@@ -405,24 +426,25 @@ unsafe fn wait_loop(
             if event == libc::PTRACE_EVENT_EXIT {
                 let (ack_tx, ack_rx) = mpsc::channel();
                 let registers = crate::freeze::thread_registers(waited);
-                if events
-                    .send(ChildEvent::Exiting {
-                        pid: waited as u32,
-                        ack: ack_tx,
-                        registers,
-                    })
-                    .is_ok()
+                if !spawned.contains(&waited)
+                    && events
+                        .send(ChildEvent::Exiting {
+                            pid: waited as u32,
+                            ack: ack_tx,
+                            registers,
+                        })
+                        .is_ok()
                 {
                     let _ = ack_rx.recv();
                 }
                 libc::ptrace(libc::PTRACE_CONT, waited, null, null);
-            } else if event == libc::PTRACE_EVENT_FORK {
+            } else if event == libc::PTRACE_EVENT_FORK || event == libc::PTRACE_EVENT_VFORK {
                 // The child reports its own first stop, where it is held (below).
                 libc::ptrace(libc::PTRACE_CONT, waited, null, null);
             } else if event == libc::PTRACE_EVENT_EXEC {
                 if waited == pid && std::mem::take(&mut first_exec) {
-                    if hold_at_entry {
-                        entry = break_at_entry(pid);
+                    if hold_at_entry && let Some(breakpoint) = break_at_entry(pid) {
+                        entries.insert(pid, breakpoint);
                     }
                     libc::ptrace(libc::PTRACE_CONT, waited, null, null);
                 } else {
@@ -430,11 +452,19 @@ unsafe fn wait_loop(
                     let follow = events
                         .send(ChildEvent::Executed {
                             pid: waited as u32,
+                            spawned: spawned.remove(&waited),
                             ack: ack_tx,
                         })
                         .is_ok()
                         && ack_rx.recv().unwrap_or(false);
                     if follow || waited == pid {
+                        if follow
+                            && hold_at_entry
+                            && let Some(breakpoint) = break_at_entry(waited)
+                        {
+                            entries.insert(waited, breakpoint);
+                        }
+                        running.insert(waited);
                         libc::ptrace(libc::PTRACE_CONT, waited, null, null);
                     } else {
                         // Not followed into the new program: no stop of it comes here
@@ -449,32 +479,50 @@ unsafe fn wait_loop(
                 // child's first stop, before its first instruction: it starts once its
                 // probes are in place. (It does not wait for its parent's fork event,
                 // which a parent killed meanwhile never reports.)
-                if waited != pid && running.insert(waited) && is_process(waited) {
-                    let (ack_tx, ack_rx) = mpsc::channel();
-                    if events
-                        .send(ChildEvent::Forked {
-                            pid: waited as u32,
-                            parent: crate::procfs::parent_pid(waited as u32).unwrap_or(0),
-                            ack: ack_tx,
-                        })
-                        .is_ok()
-                    {
-                        let _ = ack_rx.recv();
+                if waited != pid
+                    && !spawned.contains(&waited)
+                    && running.insert(waited)
+                    && is_process(waited)
+                {
+                    let parent = crate::procfs::parent_pid(waited as u32).unwrap_or(0);
+                    if parent != 0 && share_memory(parent as libc::pid_t, waited) {
+                        // Its parent's probes see nothing of it (another process), and
+                        // what it does happens in its parent's memory: nothing of its own
+                        // to trace before it executes a program.
+                        running.remove(&waited);
+                        spawned.insert(waited);
+                    } else {
+                        let (ack_tx, ack_rx) = mpsc::channel();
+                        if events
+                            .send(ChildEvent::Forked {
+                                pid: waited as u32,
+                                parent,
+                                ack: ack_tx,
+                            })
+                            .is_ok()
+                        {
+                            let _ = ack_rx.recv();
+                        }
                     }
                 }
                 libc::ptrace(libc::PTRACE_CONT, waited, null, null);
             } else if event == libc::PTRACE_EVENT_STOP {
                 // Group stop (SIGSTOP, SIGTSTP…): stay stopped until SIGCONT, as untraced.
                 libc::ptrace(libc::PTRACE_LISTEN, waited, null, null);
-            } else if waited == pid
-                && libc::WSTOPSIG(status) == libc::SIGTRAP
-                && entry
-                    .as_ref()
-                    .is_some_and(|breakpoint| leave_entry_breakpoint(pid, breakpoint))
+            } else if libc::WSTOPSIG(status) == libc::SIGTRAP
+                && entries
+                    .get(&waited)
+                    .is_some_and(|breakpoint| leave_entry_breakpoint(waited, breakpoint))
             {
-                entry = None;
+                entries.remove(&waited);
                 let (ack_tx, ack_rx) = mpsc::channel();
-                if events.send(ChildEvent::Started { ack: ack_tx }).is_ok() {
+                if events
+                    .send(ChildEvent::Started {
+                        pid: waited as u32,
+                        ack: ack_tx,
+                    })
+                    .is_ok()
+                {
                     let _ = ack_rx.recv();
                 }
                 libc::ptrace(libc::PTRACE_CONT, waited, null, null);

@@ -277,6 +277,24 @@ pub fn command_line(pid: u32) -> io::Result<String> {
         .join(" "))
 }
 
+/// The process's environment (as it was at its last exec), variable by variable.
+pub fn environment(pid: u32) -> io::Result<Vec<(String, String)>> {
+    Ok(parse_environment(&fs::read(format!(
+        "/proc/{pid}/environ"
+    ))?))
+}
+
+/// NUL-separated KEY=VALUE entries; one without `=` is skipped.
+pub fn parse_environment(raw: &[u8]) -> Vec<(String, String)> {
+    raw.split(|byte| *byte == 0)
+        .filter_map(|entry| {
+            let entry = String::from_utf8_lossy(entry);
+            let (key, value) = entry.split_once('=')?;
+            Some((key.to_string(), value.to_string()))
+        })
+        .collect()
+}
+
 /// The process's memory as /proc reports it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemoryUsage {
@@ -378,6 +396,19 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn environment_entries_split_at_the_first_equals() {
+        let raw = b"PATH=/usr/bin:/bin\0LD_PRELOAD=/x/lib.so\0EQ=a=b\0junk\0\0";
+        assert_eq!(
+            parse_environment(raw),
+            vec![
+                ("PATH".to_string(), "/usr/bin:/bin".to_string()),
+                ("LD_PRELOAD".to_string(), "/x/lib.so".to_string()),
+                ("EQ".to_string(), "a=b".to_string()),
+            ]
+        );
+    }
 
     #[test]
     fn text_that_is_not_utf8_is_read_lossily() {

@@ -494,24 +494,7 @@ pub async fn run(command: &[String], options: Options) -> Result<Outcome, Sessio
     if image != program {
         log::info!("{} runs {}", program.display(), image.display());
     }
-    let go = GoTarget::of_file(image.clone(), image.display().to_string());
-    let go_heap = go.as_ref().is_some_and(|go| go.program.can_follow_heap());
-    let allocators = match attach::allocators_for_program(&image, &env, &options.alloc_fns) {
-        Ok(found) => found,
-        // A Go program without cgo: the Go heap is its only allocator.
-        Err(attach::AttachError::NoAllocator { .. }) if go_heap => Vec::new(),
-        Err(attach::AttachError::NoAllocator { .. }) => {
-            return Err(SessionError::ProgramWithoutAllocator(
-                program.display().to_string(),
-            ));
-        }
-        Err(other) => return Err(SessionError::Attach(other)),
-    };
-    let scopes = if options.scopes.is_empty() {
-        Vec::new()
-    } else {
-        attach::find_scopes(&options.scopes, &attach::program_files(&image, &env)?)?
-    };
+    let plan = ProgramProbes::for_program(&image, &env, &options, &program.display().to_string())?;
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut options = options;
     options.unwind = options
@@ -524,12 +507,9 @@ pub async fn run(command: &[String], options: Options) -> Result<Outcome, Sessio
         .map_err(|err| SessionError::Launch(format!("could not start {name}: {err}")))?;
     let pid = launched.pid;
     // Dropping `launched` without release makes the child exit without running.
-    let python = attach::program_files(&image, &env)
-        .ok()
-        .and_then(|files| attach::python_interpreter(&files));
     // The command has not run yet: it has no goroutine before the probes, and its
     // interpreter is pointed at once it is mapped.
-    let mut session = Session::start(pid, "run", &allocators, &scopes, go, python, options)?;
+    let mut session = plan.start(pid, options)?;
     session.target.exe = program.display().to_string();
     session.launched_program = std::fs::canonicalize("/proc/self/exe").ok();
     session.traced_from_start = true;
@@ -542,6 +522,63 @@ pub async fn run(command: &[String], options: Options) -> Result<Outcome, Sessio
     let mut outcome = session.finish(Some(exit.clone()))?;
     outcome.exit = Some(exit);
     Ok(outcome)
+}
+
+/// What to probe in a program about to run, found from its files before its first
+/// instruction (the command, or a program a followed child executes).
+struct ProgramProbes {
+    allocators: Vec<AllocatorModule>,
+    scopes: Vec<ScopeProbe>,
+    go: Option<GoTarget>,
+    python: Option<PythonInterpreter>,
+}
+
+impl ProgramProbes {
+    /// `image`: the file the kernel runs (a script's interpreter); `env`: the environment
+    /// the program gets; `shown`: the name errors give.
+    fn for_program(
+        image: &std::path::Path,
+        env: &[(String, String)],
+        options: &Options,
+        shown: &str,
+    ) -> Result<ProgramProbes, SessionError> {
+        let go = GoTarget::of_file(image.to_path_buf(), image.display().to_string());
+        let go_heap = go.as_ref().is_some_and(|go| go.program.can_follow_heap());
+        let files = attach::program_files(image, env)?;
+        let allocators = match attach::allocators_in_files(&files, &options.alloc_fns) {
+            Ok(found) => found,
+            // A Go program without cgo: the Go heap is its only allocator.
+            Err(attach::AttachError::NoAllocator { .. }) if go_heap => Vec::new(),
+            Err(attach::AttachError::NoAllocator { .. }) => {
+                return Err(SessionError::ProgramWithoutAllocator(shown.to_string()));
+            }
+            Err(other) => return Err(SessionError::Attach(other)),
+        };
+        let scopes = if options.scopes.is_empty() {
+            Vec::new()
+        } else {
+            attach::find_scopes(&options.scopes, &files)?
+        };
+        Ok(ProgramProbes {
+            allocators,
+            scopes,
+            go,
+            python: attach::python_interpreter(&files),
+        })
+    }
+
+    /// The probes in place for process `pid`, which has not run this program yet.
+    fn start(self, pid: u32, options: Options) -> Result<Session, SessionError> {
+        Session::start(
+            pid,
+            "run",
+            &self.allocators,
+            &self.scopes,
+            self.go,
+            self.python,
+            options,
+        )
+    }
 }
 
 /// A precise window of `leaktrace watch`: the allocation probes on one running process for
@@ -1312,11 +1349,14 @@ impl Session {
                 }
                 _ = ctrl_c.recv() => {}
                 event = events.recv() => match event {
-                    Some(ChildEvent::Started { ack }) => {
+                    Some(ChildEvent::Started { pid, ack }) => {
                         // Its libraries are mapped and nothing of the program has run:
                         // their unwind tables go in before its first allocation.
-                        if let Some(tables) = &mut self.unwind {
-                            tables.refresh(self.pid);
+                        let session = if pid == self.pid { Some(&mut *self) } else { children.get_mut(&pid) };
+                        if let Some(session) = session
+                            && let Some(tables) = &mut session.unwind
+                        {
+                            tables.refresh(pid);
                         }
                         let _ = ack.send(());
                     }
@@ -1331,17 +1371,25 @@ impl Session {
                         }
                         let _ = ack.send(());
                     }
-                    Some(ChildEvent::Executed { pid, ack }) if pid != self.pid => {
+                    Some(ChildEvent::Executed { pid, spawned, ack }) if pid != self.pid => {
                         // A child that executes a program: followed into it with
                         // --trace-children, let go otherwise (as valgrind does).
-                        let mut follow = self.options.trace_children && children.contains_key(&pid);
-                        if follow
-                            && let Some(child) = children.get_mut(&pid)
-                            && let Err(err) = child.executed()
-                        {
-                            eprintln!("leaktrace: child {pid} is not followed into the program it executed: {err}");
-                            follow = false;
-                        }
+                        let follow = self.options.trace_children
+                            && match children.get_mut(&pid) {
+                                Some(child) => child.executed().map_err(|err| {
+                                    eprintln!("leaktrace: child {pid} is not followed into the program it executed: {err}");
+                                }).is_ok(),
+                                None => match self.trace_executed_child(pid, spawned) {
+                                    Ok(child) => {
+                                        children.insert(pid, child);
+                                        true
+                                    }
+                                    Err(err) => {
+                                        eprintln!("leaktrace: child {pid} is not followed into the program it executed: {err}");
+                                        false
+                                    }
+                                },
+                            };
                         let dropped = if follow { None } else { children.remove(&pid) };
                         let _ = ack.send(follow);
                         // Its probes come out in a process of their own (Probes::drop).
@@ -1402,6 +1450,7 @@ impl Session {
             .map(|path| path.display().to_string())
             .unwrap_or_default();
         log::info!("pid {} executed {exe}", self.pid);
+        self.probe_new_program();
         // A new address space, seen from its start.
         self.traced_from_start = true;
         if self.forked_by.is_some() {
@@ -1410,6 +1459,45 @@ impl Session {
             self.target.command_line = procfs::command_line(self.pid).unwrap_or_default();
         }
         Ok(())
+    }
+
+    /// Probes the allocators of the program the process just executed that are not probed
+    /// yet (the probes on a library it shares with the last program stay: they follow the
+    /// process). Found from the program's files, so those its loader maps next are
+    /// probed before they run.
+    fn probe_new_program(&mut self) {
+        let Ok(exe) = procfs::exe_path(self.pid) else {
+            return;
+        };
+        let env = procfs::environment(self.pid).unwrap_or_default();
+        let modules = match attach::program_files(&exe, &env)
+            .and_then(|files| attach::allocators_in_files(&files, &self.options.alloc_fns))
+        {
+            Ok(modules) => modules,
+            Err(err) => {
+                log::info!(
+                    "pid {}: no allocator probed in {}: {err}",
+                    self.pid,
+                    exe.display()
+                );
+                return;
+            }
+        };
+        for module in self.probes.unprobed(modules) {
+            match self.probes.attach_module(&module) {
+                Ok(()) => {
+                    log::info!(
+                        "pid {}: probing {} in {}",
+                        self.pid,
+                        module.allocator,
+                        module.display_path
+                    );
+                    self.allocators
+                        .push(allocator_info(&module, &self.options.alloc_fns));
+                }
+                Err(err) => log::warn!("could not probe {}: {err}", module.display_path),
+            }
+        }
     }
 
     /// The process stopped at its exit with its memory still mapped: what it loaded is
@@ -1438,6 +1526,30 @@ impl Session {
         child.forked_by = Some(parent);
         log::info!(
             "child {pid} forked by {parent}: probes in place in {:.0} ms",
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        Ok(child)
+    }
+
+    /// A session for a child that just executed a program with no session of its own yet
+    /// (a vfork or posix_spawn child, which ran in its parent's memory until now), held
+    /// before the program's first instruction: probed as the command is.
+    fn trace_executed_child(&self, pid: u32, spawned: bool) -> Result<Session, SessionError> {
+        let started = std::time::Instant::now();
+        let exe = procfs::exe_path(pid).map_err(|_| SessionError::NoSuchProcess(pid))?;
+        let env = procfs::environment(pid).unwrap_or_default();
+        let plan =
+            ProgramProbes::for_program(&exe, &env, &self.options, &exe.display().to_string())?;
+        let mut child = plan.start(pid, self.options.clone())?;
+        child.forked_by = procfs::parent_pid(pid);
+        child.traced_from_start = true;
+        child
+            .collector
+            .set_program_break(procfs::program_break(pid));
+        log::info!(
+            "child {pid} ({}) executed {}: probes in place in {:.0} ms",
+            if spawned { "spawned" } else { "forked" },
+            exe.display(),
             started.elapsed().as_secs_f64() * 1e3
         );
         Ok(child)

@@ -55,12 +55,18 @@ fn with_valgrind(test: &str) -> bool {
 
 /// valgrind's report (its standard error) on `program ARGS`, every leak kind listed.
 fn valgrind_report(program: &Path, args: &[&str]) -> String {
+    valgrind_report_with(&[], program, args)
+}
+
+/// valgrind's report with valgrind options `options` too.
+fn valgrind_report_with(options: &[&str], program: &Path, args: &[&str]) -> String {
     let out = Command::new("valgrind")
         .args([
             "--leak-check=full",
             "--show-leak-kinds=all",
             "--num-callers=30",
         ])
+        .args(options)
         .arg(program)
         .args(args)
         .output()
@@ -825,6 +831,27 @@ fn a_server_under_load_keeps_serving_through_a_scan() {
     drop(server);
 }
 
+/// valgrind's loss records by case of `cases`, for each process of its report ("==PID== "
+/// starts each line).
+fn valgrind_classes_by_process(
+    text: &str,
+    cases: &[&'static str],
+) -> Vec<BTreeMap<&'static str, Classes>> {
+    let mut by_pid: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(pid) = line
+            .strip_prefix("==")
+            .and_then(|rest| rest.split("==").next())
+        {
+            by_pid.entry(pid).or_default().push(line);
+        }
+    }
+    by_pid
+        .values()
+        .map(|lines| classes_in_valgrind_lines(lines, cases))
+        .collect()
+}
+
 /// The cases of forks.c, each in the process that allocates it.
 const FORK_CASES: [&str; 4] = ["parent_lose", "child_lose", "grandchild_lose", "child_keep"];
 
@@ -841,20 +868,7 @@ fn forked_children_are_reported_apart_as_valgrind_reports_them() {
     }
     let program = build_c("forks.c", &["-O1"]);
     // valgrind's records, by process ("==PID== " starts each line).
-    let text = valgrind_report(&program, &[]);
-    let mut by_pid: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for line in text.lines() {
-        if let Some(pid) = line
-            .strip_prefix("==")
-            .and_then(|rest| rest.split("==").next())
-        {
-            by_pid.entry(pid).or_default().push(line);
-        }
-    }
-    let valgrind: Vec<BTreeMap<&'static str, Classes>> = by_pid
-        .values()
-        .map(|lines| classes_in_valgrind_lines(lines, &FORK_CASES))
-        .collect();
+    let valgrind = valgrind_classes_by_process(&valgrind_report(&program, &[]), &FORK_CASES);
     // Where a case is the process's own: in valgrind's one process that has it alone
     // (parent_lose is in every process, child_keep also in the grandchild, inherited).
     let valgrind_own = |case: &str, without: &[&str]| -> Classes {
@@ -984,6 +998,132 @@ fn forked_children_are_reported_apart_as_valgrind_reports_them() {
         "{}",
         following.describe()
     );
+}
+
+/// The cases of spawns.c, one in each child.
+const SPAWN_CASES: [&str; 3] = ["spawned_lose", "vforked_lose", "forked_lose"];
+
+/// Children started the ways test runners and build tools start them — posix_spawn, vfork
+/// then exec, fork then exec of a program with another allocator — are followed into what
+/// they execute with --trace-children, from its first instruction, each reported apart with
+/// the loss records valgrind --trace-children=yes gives that process; without the flag none
+/// is traced (they all execute a program).
+#[test]
+fn spawned_children_are_followed_into_their_programs_as_valgrind_follows_them() {
+    let test = "spawned_children_are_followed_into_their_programs_as_valgrind_follows_them";
+    if !with_valgrind(test) || !tool_available(test, Path::new("/usr/include/jemalloc/jemalloc.h"))
+    {
+        return;
+    }
+    let program = build_c("spawns.c", &["-O1"]);
+    let with_jemalloc = build_c_variant(
+        "spawns.c",
+        "spawns_jemalloc",
+        "gcc",
+        &["-O1"],
+        &["-ljemalloc"],
+    );
+    let valgrind = valgrind_classes_by_process(
+        &valgrind_report_with(&["--trace-children=yes"], &program, &[]),
+        &SPAWN_CASES,
+    );
+    let theirs = |case: &str| -> Classes {
+        let owners: Vec<&BTreeMap<&str, Classes>> = valgrind
+            .iter()
+            .filter(|classes| classes.contains_key(case))
+            .collect();
+        assert_eq!(owners.len(), 1, "{case}: valgrind's processes {valgrind:?}");
+        owners[0][case].clone()
+    };
+    let expected = [
+        ("spawned_lose", 7 * 211, 11, program.as_path()),
+        ("vforked_lose", 5 * 99, 12, program.as_path()),
+        ("forked_lose", 4 * 333, 13, with_jemalloc.as_path()),
+    ];
+
+    let following = leaktrace(
+        "spawns_trace_children",
+        &[
+            "run",
+            "--top",
+            "0",
+            "--trace-children",
+            "--",
+            program.to_str().expect("utf-8"),
+            with_jemalloc.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(
+        following.output.status.code(),
+        Some(3),
+        "{}",
+        following.stderr()
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&following.output.stdout),
+        "children exited with 11 12 13\n",
+        "the program's output is its own"
+    );
+    let main_pid = u64_of(&following.report["target"]["pid"]);
+    let children = following.report["children"].as_array().expect("children");
+    assert_eq!(children.len(), 3, "{}", following.describe());
+    for (case, bytes, status, exe) in expected {
+        let with: Vec<&Value> = children
+            .iter()
+            .filter(|child| leaktrace_classes(child, &SPAWN_CASES).contains_key(case))
+            .collect();
+        assert_eq!(
+            with.len(),
+            1,
+            "{case} in {} children: {}",
+            with.len(),
+            following.describe()
+        );
+        let child = with[0];
+        let mut own = leaktrace_classes(child, &SPAWN_CASES);
+        assert_eq!(own.len(), 1, "{case}: {own:?}");
+        let mut classes = own.remove(case).unwrap_or_default();
+        classes.retain(|_, bytes| *bytes > 0);
+        assert_eq!(
+            classes,
+            Classes::from([("lost".to_string(), bytes)]),
+            "{case}: {child}"
+        );
+        if exe == program.as_path() {
+            assert_eq!(classes, theirs(case), "{case}: leaktrace vs valgrind");
+        }
+        assert_eq!(u64_of(&child["forked_by"]), main_pid, "{case}: {child}");
+        assert_eq!(child["exited"]["code"], status, "{case}: {child}");
+        assert_eq!(
+            child["target"]["exe"],
+            exe.to_str().expect("utf-8"),
+            "{case}"
+        );
+    }
+    // The jemalloc child's allocator is found in the program it executed.
+    let jemalloc_child = children
+        .iter()
+        .find(|child| child["target"]["exe"] == with_jemalloc.to_str().expect("utf-8"))
+        .expect("the jemalloc child");
+    assert!(
+        jemalloc_child["allocators"]
+            .to_string()
+            .contains("jemalloc"),
+        "{jemalloc_child}"
+    );
+    assert_eq!(
+        u64_of(&following.report["leak_summary"]["leaked_blocks"]),
+        0
+    );
+
+    // Without --trace-children, children that execute a program are let go.
+    let alone = leaktrace(
+        "spawns",
+        &["run", "--top", "0", "--", program.to_str().expect("utf-8")],
+    );
+    assert_eq!(alone.output.status.code(), Some(3), "{}", alone.stderr());
+    let children = alone.report["children"].as_array().map_or(0, Vec::len);
+    assert_eq!(children, 0, "{}", alone.describe());
 }
 
 /// Blocks lost after the allocator reused freed memory for them stay lost with every
