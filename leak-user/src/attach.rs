@@ -835,6 +835,30 @@ fn object_error(err: aya::EbpfError) -> AttachError {
     }
 }
 
+/// The loader of the allocation probes' object, kept for the life of leaktrace: making one
+/// parses the kernel's BTF, about 20 ms of each forked child's wait.
+static ALLOCATION_LOADER: std::sync::Mutex<Option<EbpfLoader<'static>>> =
+    std::sync::Mutex::new(None);
+
+/// The bytes of `value`, kept for the life of leaktrace, once per distinct value: the
+/// settings the kept loader holds (a process id per traced process, a few bytes each).
+fn interned<T: aya::Pod>(value: &T) -> &'static [u8] {
+    static VALUES: std::sync::Mutex<Option<HashSet<&'static [u8]>>> = std::sync::Mutex::new(None);
+    // SAFETY: a Pod value is plain bytes, read within its size.
+    let bytes =
+        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) };
+    let mut values = VALUES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let values = values.get_or_insert_with(HashSet::new);
+    if let Some(kept) = values.get(bytes) {
+        return kept;
+    }
+    let kept: &'static [u8] = Box::leak(bytes.to_vec().into_boxed_slice());
+    values.insert(kept);
+    kept
+}
+
 /// Loads the programs for `pid` and attaches them to `modules` and the mmap tracepoints.
 pub fn attach(
     pid: u32,
@@ -844,13 +868,31 @@ pub fn attach(
     options: LoadOptions,
 ) -> Result<Probes, AttachError> {
     check_kernel(true)?;
+    let phase = std::time::Instant::now();
     let (unwind_mode, unwind_rows) = unwind_settings(options.unwind);
     let scope_count = scopes.len() as u32;
     let go_layout = go.and_then(|go| go.program.layout).unwrap_or_default();
-    let mut ebpf = EbpfLoader::new()
-        .override_global(GO_LAYOUT_GLOBAL, &go_layout, true)
-        .override_global(leak_common::PY_LAYOUT_GLOBAL, &options.python, true)
-        .override_global(SCOPE_COUNT_GLOBAL, &scope_count, true)
+    let mut kept = ALLOCATION_LOADER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let loader = kept.get_or_insert_with(|| {
+        let mut loader = EbpfLoader::new();
+        // The kernel's BTF, parsed as the loader is made (about 20 ms), serves CO-RE
+        // relocations alone.
+        if !crate::multi_link::has_core_relocations(LEAK_EBPF_OBJECT) {
+            loader.btf(None);
+        }
+        loader
+    });
+    // Every setting is given on every load: the loader keeps the last ones.
+    let mut ebpf = loader
+        .override_global(GO_LAYOUT_GLOBAL, interned(&go_layout), true)
+        .override_global(
+            leak_common::PY_LAYOUT_GLOBAL,
+            interned(&options.python),
+            true,
+        )
+        .override_global(SCOPE_COUNT_GLOBAL, interned(&scope_count), true)
         // Without scopes, the scope maps that take memory up front take the least.
         .map_max_entries(
             map_names::SCOPE_TOTALS,
@@ -864,22 +906,21 @@ pub fn attach(
                 SCOPE_EVENTS_BYTES
             },
         )
-        .override_global(TARGET_TGID_GLOBAL, &pid, true)
-        .override_global(MIN_SIZE_GLOBAL, &options.min_size, true)
-        .override_global(MAX_SIZE_GLOBAL, &options.max_size, true)
-        .override_global(SAMPLE_RATE_GLOBAL, &options.sample_rate, true)
-        .override_global(UNWIND_MODE_GLOBAL, &unwind_mode, true)
+        .override_global(TARGET_TGID_GLOBAL, interned(&pid), true)
+        .override_global(MIN_SIZE_GLOBAL, interned(&options.min_size), true)
+        .override_global(MAX_SIZE_GLOBAL, interned(&options.max_size), true)
+        .override_global(SAMPLE_RATE_GLOBAL, interned(&options.sample_rate), true)
+        .override_global(UNWIND_MODE_GLOBAL, interned(&unwind_mode), true)
         .map_max_entries(map_names::ALLOCS, options.max_allocs)
         .map_max_entries(map_names::UNWIND_ROWS, unwind_rows)
         // Watch's fault sampler alone uses it.
         .map_max_entries(map_names::FAULT_SAMPLES, 1)
         .load(LEAK_EBPF_OBJECT)
         .map_err(object_error)?;
+    drop(kept);
+    let object_ms = phase.elapsed().as_secs_f64() * 1e3;
 
     let mut programs = Vec::new();
-    for name in [ENTRY_PROGRAM, ALLOC_RETURN_PROGRAM] {
-        load_program(&mut ebpf, name, &mut programs)?;
-    }
     let mode = link_mode();
     let multi = match mode {
         LinkMode::PerProbe => None,
@@ -896,6 +937,15 @@ pub fn attach(
     if let Some(multi) = &multi {
         programs.extend(multi_loads(multi));
     }
+    // The programs for a link per probe: where uprobe_multi links serve, only to measure
+    // what a trap costs (once per leaktrace process), or for a file whose multi link the
+    // kernel refuses (loaded then).
+    if multi.is_none() || !trap_cost_measured() {
+        for name in [ENTRY_PROGRAM, ALLOC_RETURN_PROGRAM] {
+            load_program(&mut ebpf, name, &mut programs)?;
+        }
+    }
+    let programs_ms = phase.elapsed().as_secs_f64() * 1e3 - object_ms;
     // The unwind tables go in before any probe: a stack walked without them would be cut
     // short, or followed through garbage, for as long as loading them takes.
     let unwind = match options.unwind {
@@ -945,6 +995,10 @@ pub fn attach(
     probes.attached.extend(tracepoints);
     // Detached with the uprobes, in parallel: each waits for the kernel too.
     probes.links.extend(links);
+    log::debug!(
+        "pid {pid}: object and maps in {object_ms:.0} ms, allocation programs in {programs_ms:.0} ms, all in place in {:.0} ms",
+        phase.elapsed().as_secs_f64() * 1e3
+    );
     Ok(probes)
 }
 
@@ -987,10 +1041,17 @@ const CALIBRATION_STEPPED_CALLS: u64 = 300;
 /// others at the end (the functions are not called again, so they cost nothing meanwhile,
 /// and detaching now would wait for the kernel). None when a probe cannot be placed.
 ///
+/// What a trap costs here, once measured.
+static MEASURED: std::sync::OnceLock<TrapCost> = std::sync::OnceLock::new();
+
+/// Whether a trap's cost has been measured (by an earlier session of this process).
+fn trap_cost_measured() -> bool {
+    MEASURED.get().is_some()
+}
+
 /// A trap's cost is the machine's: measured once per leaktrace process, and remembered for
 /// the next session (each of watch's windows is one).
 pub fn calibrate_trap_cost(ebpf: &mut Ebpf) -> (Option<TrapCost>, Vec<UProbeLink>) {
-    static MEASURED: std::sync::OnceLock<TrapCost> = std::sync::OnceLock::new();
     if let Some(cost) = MEASURED.get() {
         return (Some(*cost), Vec::new());
     }
@@ -1128,21 +1189,19 @@ fn multi_loads(multi: &crate::multi_link::MultiPrograms) -> Vec<ProgramLoad> {
         .session
         .as_ref()
         .map(|(fd, load_ms)| (SESSION_PROGRAM, "uprobe session", fd, *load_ms));
-    [
-        (
-            ENTRY_PROGRAM,
-            "uprobe_multi",
-            &multi.entry,
-            multi.entry_load_ms,
-        ),
-        (
-            ALLOC_RETURN_PROGRAM,
-            "uprobe_multi",
-            &multi.ret,
-            multi.ret_load_ms,
-        ),
-    ]
+    [(
+        ENTRY_PROGRAM,
+        "uprobe_multi",
+        &multi.entry,
+        multi.entry_load_ms,
+    )]
     .into_iter()
+    .chain(
+        multi
+            .ret
+            .as_ref()
+            .map(|(fd, load_ms)| (ALLOC_RETURN_PROGRAM, "uprobe_multi", fd, *load_ms)),
+    )
     .chain(session)
     .filter_map(|(name, kind, fd, load_ms)| {
         let info = prog_info(fd.as_fd())?;
@@ -1521,8 +1580,8 @@ impl Probes {
         self.multi
             .iter()
             .flat_map(|multi| {
-                [&multi.entry, &multi.ret]
-                    .into_iter()
+                std::iter::once(&multi.entry)
+                    .chain(multi.ret.as_ref().map(|(fd, _)| fd))
                     .chain(multi.session.as_ref().map(|(fd, _)| fd))
             })
             .filter_map(|fd| prog_info(fd.as_fd()))
@@ -1570,25 +1629,27 @@ impl Probes {
         scope: UProbeScope,
     ) -> Result<Vec<ProbeLink>, (u64, aya::programs::ProgramError)> {
         use crate::multi_link::LinkKind;
-        if let Some(multi) = &self.multi {
-            let (program, kind) = match (set.program, &multi.session) {
-                (SESSION_PROGRAM, Some((session, _))) => (session, LinkKind::Session),
-                (ALLOC_RETURN_PROGRAM, _) => (&multi.ret, LinkKind::Return),
-                _ => (&multi.entry, LinkKind::Entry),
+        if let Some(multi) = &mut self.multi {
+            let program = match (set.program, &multi.session) {
+                (SESSION_PROGRAM, Some((session, _))) => Ok((session, LinkKind::Session)),
+                (ALLOC_RETURN_PROGRAM, _) => multi
+                    .ret(ALLOC_RETURN_PROGRAM)
+                    .map(|ret| (ret, LinkKind::Return)),
+                _ => Ok((&multi.entry, LinkKind::Entry)),
             };
-            match crate::multi_link::attach(
-                program,
-                &set.path,
-                &set.offsets,
-                &set.cookies,
-                kind,
-                self.pid,
-            ) {
+            match program.and_then(|(program, kind)| {
+                crate::multi_link::attach(
+                    program,
+                    &set.path,
+                    &set.offsets,
+                    &set.cookies,
+                    kind,
+                    self.pid,
+                )
+                .map_err(|err| format!("{kind:?} uprobe_multi link refused: {err}"))
+            }) {
                 Ok(link) => return Ok(vec![ProbeLink::Multi(link)]),
-                Err(err) => log::info!(
-                    "{kind:?} uprobe_multi link on {} refused ({err}): a link per probe",
-                    set.path.display()
-                ),
+                Err(err) => log::info!("on {}, {err}: a link per probe", set.path.display()),
             }
         }
         if set.program == SESSION_PROGRAM {
@@ -1602,6 +1663,14 @@ impl Probes {
                 links.extend(self.attach_set(&per_probe, scope)?);
             }
             return Ok(links);
+        }
+        // Loaded on first use where uprobe_multi links serve the rest.
+        if let Err(err) = load_program(&mut self.ebpf, set.program, &mut self.programs) {
+            log::warn!("{err}");
+            return Err((
+                set.offsets.first().copied().unwrap_or_default(),
+                aya::programs::ProgramError::NotLoaded,
+            ));
         }
         let mut links = Vec::new();
         for (&offset, &cookie) in set.offsets.iter().zip(&set.cookies) {

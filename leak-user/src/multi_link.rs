@@ -41,11 +41,29 @@ const CMD_LINK_CREATE: libc::c_long = 28;
 /// Programs loaded for uprobe_multi links, and how long each load (verification) took.
 pub struct MultiPrograms {
     pub entry: OwnedFd,
-    pub ret: OwnedFd,
     pub entry_load_ms: f64,
-    pub ret_load_ms: f64,
+    /// The return program and its load time: loaded up front where the kernel has no uprobe
+    /// sessions, else only for a file whose session link it refuses.
+    pub ret: Option<(OwnedFd, f64)>,
     /// The session program, where the kernel has uprobe sessions, and its load time.
     pub session: Option<(OwnedFd, f64)>,
+    /// The object, ready to load the return program later.
+    prepared: Option<Prepared>,
+}
+
+impl MultiPrograms {
+    /// The return program, loaded now if it was not: `name` is its name in the object.
+    pub fn ret(&mut self, name: &str) -> Result<&OwnedFd, String> {
+        if self.ret.is_none() {
+            let prepared = self
+                .prepared
+                .as_ref()
+                .ok_or("the object was not kept to load the return program")?;
+            self.ret = Some(prepared.load(name, ATTACH_UPROBE_MULTI)?);
+            self.prepared = None;
+        }
+        Ok(&self.ret.as_ref().expect("loaded above").0)
+    }
 }
 
 /// What a link's probes run.
@@ -73,9 +91,10 @@ fn map_fd(map: &Map) -> Option<std::os::fd::BorrowedFd<'_>> {
     Some(data.fd().as_fd())
 }
 
-/// Loads `entry` and `ret` of `object` for uprobe_multi, sharing the maps `ebpf` created,
-/// and `session` for uprobe sessions if given and the kernel has them. Call before any map
-/// is taken out of `ebpf`.
+/// Loads `entry` of `object` for uprobe_multi, sharing the maps `ebpf` created, and
+/// `session` for uprobe sessions if given and the kernel has them; `ret` too where there is
+/// no session program (else on demand: [`MultiPrograms::ret`]). Call before any map is taken out of
+/// `ebpf`.
 pub fn load(
     ebpf: &Ebpf,
     object: &[u8],
@@ -83,71 +102,94 @@ pub fn load(
     ret: &str,
     session: Option<&str>,
 ) -> Result<MultiPrograms, String> {
-    let mut obj = aya_obj::Object::parse(object).map_err(|err| err.to_string())?;
-    // The kernel wants the object's BTF and each program's function records: the stack
-    // walks pass callbacks to bpf_loop ("missing btf func_info" without them).
-    let features = aya_obj::btf::BtfFeatures::new(true, true, true, true, true, true, true, true);
-    let btf_bytes = obj
-        .fixup_and_sanitize_btf(&features)
-        .map_err(|err| err.to_string())?
-        .map(|btf| btf.to_bytes())
-        .ok_or("the object has no BTF")?;
-    let btf = load_btf(&btf_bytes)?;
-    // The kernel's own BTF (about 20 ms to parse) only matters to CO-RE relocations.
-    if has_core_relocations(object)
-        && let Ok(kernel) = aya::Btf::from_sys_fs()
-    {
-        obj.relocate_btf(&kernel).map_err(|err| err.to_string())?;
+    let prepared = Prepared::new(ebpf, object)?;
+    let (entry, entry_load_ms) = prepared.load(entry, ATTACH_UPROBE_MULTI)?;
+    let session = session.and_then(|name| {
+        prepared
+            .load(name, ATTACH_UPROBE_SESSION)
+            .map_err(|err| log::info!("no uprobe sessions (Linux 6.13+): {err}"))
+            .ok()
+    });
+    let (ret, prepared) = if session.is_none() {
+        (Some(prepared.load(ret, ATTACH_UPROBE_MULTI)?), None)
+    } else {
+        (None, Some(prepared))
+    };
+    Ok(MultiPrograms {
+        entry,
+        entry_load_ms,
+        ret,
+        session,
+        prepared,
+    })
+}
+
+/// The object parsed, its BTF in the kernel, and its code relocated against `ebpf`'s maps.
+struct Prepared {
+    obj: aya_obj::Object,
+    btf: OwnedFd,
+}
+
+impl Prepared {
+    fn new(ebpf: &Ebpf, object: &[u8]) -> Result<Prepared, String> {
+        let mut obj = aya_obj::Object::parse(object).map_err(|err| err.to_string())?;
+        // The kernel wants the object's BTF and each program's function records: the stack
+        // walks pass callbacks to bpf_loop ("missing btf func_info" without them).
+        let features =
+            aya_obj::btf::BtfFeatures::new(true, true, true, true, true, true, true, true);
+        let btf_bytes = obj
+            .fixup_and_sanitize_btf(&features)
+            .map_err(|err| err.to_string())?
+            .map(|btf| btf.to_bytes())
+            .ok_or("the object has no BTF")?;
+        let btf = load_btf(&btf_bytes)?;
+        // The kernel's own BTF (about 20 ms to parse) only matters to CO-RE relocations.
+        if has_core_relocations(object)
+            && let Ok(kernel) = aya::Btf::from_sys_fs()
+        {
+            obj.relocate_btf(&kernel).map_err(|err| err.to_string())?;
+        }
+        let mut fds = Vec::new();
+        for (name, map) in ebpf.maps() {
+            let Some(fd) = map_fd(map) else {
+                return Err(format!("map {name} is of a kind not shared here"));
+            };
+            fds.push((name.to_string(), fd.as_raw_fd()));
+        }
+        let definitions = obj.maps.clone();
+        let maps = fds
+            .iter()
+            .filter_map(|(name, fd)| Some((name.as_str(), *fd, definitions.get(name)?)));
+        let text_sections: HashSet<usize> =
+            obj.functions.keys().map(|(section, _)| *section).collect();
+        obj.relocate_maps(maps, &text_sections)
+            .map_err(|err| err.to_string())?;
+        obj.relocate_calls(&text_sections)
+            .map_err(|err| err.to_string())?;
+        Ok(Prepared { obj, btf })
     }
-    let mut fds = Vec::new();
-    for (name, map) in ebpf.maps() {
-        let Some(fd) = map_fd(map) else {
-            return Err(format!("map {name} is of a kind not shared here"));
-        };
-        fds.push((name.to_string(), fd.as_raw_fd()));
-    }
-    let definitions = obj.maps.clone();
-    let maps = fds
-        .iter()
-        .filter_map(|(name, fd)| Some((name.as_str(), *fd, definitions.get(name)?)));
-    let text_sections: HashSet<usize> = obj.functions.keys().map(|(section, _)| *section).collect();
-    obj.relocate_maps(maps, &text_sections)
-        .map_err(|err| err.to_string())?;
-    obj.relocate_calls(&text_sections)
-        .map_err(|err| err.to_string())?;
-    let license = obj.license.clone();
-    let load_one = |name: &str, attach_type: u32| -> Result<(OwnedFd, f64), String> {
-        let program = obj
+
+    /// Loads program `name` with `attach_type`: its descriptor and the load's time in ms.
+    fn load(&self, name: &str, attach_type: u32) -> Result<(OwnedFd, f64), String> {
+        let program = self
+            .obj
             .programs
             .get(name)
             .ok_or_else(|| format!("program {name} missing from the object"))?;
-        let function = obj
+        let function = self
+            .obj
             .functions
             .get(&program.function_key())
             .ok_or_else(|| format!("program {name} has no code"))?;
         let started = Instant::now();
-        let fd = load_program(name, function, &license, &btf, attach_type)?;
+        let fd = load_program(name, function, &self.obj.license, &self.btf, attach_type)?;
         Ok((fd, started.elapsed().as_secs_f64() * 1e3))
-    };
-    let (entry, entry_load_ms) = load_one(entry, ATTACH_UPROBE_MULTI)?;
-    let (ret, ret_load_ms) = load_one(ret, ATTACH_UPROBE_MULTI)?;
-    let session = session.and_then(|name| {
-        load_one(name, ATTACH_UPROBE_SESSION)
-            .map_err(|err| log::info!("no uprobe sessions (Linux 6.13+): {err}"))
-            .ok()
-    });
-    Ok(MultiPrograms {
-        entry,
-        ret,
-        entry_load_ms,
-        ret_load_ms,
-        session,
-    })
+    }
 }
 
 /// Whether the object's .BTF.ext has CO-RE relocations: its header's `core_relo_len` (bytes
 /// 28 to 32, in headers of 32 bytes or more) is not zero. Unreadable: assume it has.
-fn has_core_relocations(elf: &[u8]) -> bool {
+pub fn has_core_relocations(elf: &[u8]) -> bool {
     use object::{Object as _, ObjectSection as _};
     let Ok(file) = object::File::parse(elf) else {
         return true;
