@@ -63,9 +63,10 @@ pub enum Command {
         /// with the command's own status otherwise (valgrind's flag, for test suites).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
         error_exitcode: Option<u8>,
-        /// Also follow the forked children into the programs they execute, each reported
-        /// apart (valgrind's flag). Forked children are always traced until they execute
-        /// another program.
+        /// Also follow children into the programs they execute (vfork and posix_spawn
+        /// children too), and the children forked by any thread, each reported apart
+        /// (valgrind's flag). Without it, children forked by each process's first thread
+        /// are traced until they execute another program.
         #[arg(long)]
         trace_children: bool,
         /// The command and its arguments.

@@ -131,6 +131,11 @@ pub fn is_executable(path: &Path) -> bool {
 /// With `hold_at_entry`, the child also stops at its program's entry point (a breakpoint the
 /// launcher places after exec and removes when it is hit) and reports `Started`.
 ///
+/// With `every_thread`, every thread of the command and its children is traced, so that the
+/// children any of them forks are followed; otherwise only each process's first thread is
+/// (each thread's start and end is then no stop of leaktrace's: a stop costs tens of
+/// microseconds, more on a virtual machine waking an idle CPU).
+///
 /// Once the command has been executed (its capabilities are set then), the launcher thread
 /// keeps only the capabilities in `keep_after_exec`: capabilities belong to each thread, and
 /// it cannot be dropped from the main thread.
@@ -139,6 +144,7 @@ pub fn launch(
     args: &[String],
     events: tokio::sync::mpsc::UnboundedSender<ChildEvent>,
     hold_at_entry: bool,
+    every_thread: bool,
     keep_after_exec: u64,
 ) -> io::Result<Launched> {
     let to_c = |bytes: &[u8]| {
@@ -202,15 +208,18 @@ pub fn launch(
                 }
                 libc::close(go_pipe[0]);
                 libc::close(err_pipe[1]);
+                let mut options = libc::PTRACE_O_TRACEEXIT
+                    | libc::PTRACE_O_TRACEEXEC
+                    | libc::PTRACE_O_TRACEFORK
+                    | libc::PTRACE_O_TRACEVFORK;
+                if every_thread {
+                    options |= libc::PTRACE_O_TRACECLONE;
+                }
                 let seized = libc::ptrace(
                     libc::PTRACE_SEIZE,
                     pid,
                     std::ptr::null_mut::<libc::c_void>(),
-                    (libc::PTRACE_O_TRACEEXIT
-                        | libc::PTRACE_O_TRACEEXEC
-                        | libc::PTRACE_O_TRACEFORK
-                        | libc::PTRACE_O_TRACEVFORK) as usize
-                        as *mut libc::c_void,
+                    options as usize as *mut libc::c_void,
                 );
                 if seized != 0 {
                     let error = io::Error::last_os_error();
@@ -361,9 +370,9 @@ fn share_memory(a: libc::pid_t, b: libc::pid_t) -> bool {
 }
 
 /// Passes signals through, honours group stops, holds the command at its exit (and, when
-/// asked, at its program's entry). Children forked by a traced thread are attached by the
-/// kernel (PTRACE_O_TRACEFORK and TRACEVFORK are inherited) and held at their first stop
-/// until their probes are in place. A vfork or posix_spawn child runs in its parent's
+/// asked, at its program's entry). Children forked by a traced thread (each process's first,
+/// or every one with PTRACE_O_TRACECLONE) are attached by the kernel (the options are
+/// inherited) and held at their first stop until their probes are in place. A vfork or posix_spawn child runs in its parent's
 /// memory until it executes a program: it is only reported then, as a new program.
 unsafe fn wait_loop(
     pid: libc::pid_t,
@@ -378,6 +387,9 @@ unsafe fn wait_loop(
     let mut running: HashSet<libc::pid_t> = HashSet::new();
     // Children in their parent's memory (vfork, posix_spawn) until they execute a program.
     let mut spawned: HashSet<libc::pid_t> = HashSet::new();
+    // Threads past their first stop, other than each process's first (all are traced, so
+    // that a fork from any of them is followed).
+    let mut threads: HashSet<libc::pid_t> = HashSet::new();
     loop {
         let mut status = 0;
         // This thread's children and tracees only (__WNOTHREAD): the command and every
@@ -403,6 +415,9 @@ unsafe fn wait_loop(
             None
         };
         if let Some((code, signal)) = ended {
+            if threads.remove(&waited) {
+                continue;
+            }
             running.remove(&waited);
             spawned.remove(&waited);
             entries.remove(&waited);
@@ -426,7 +441,10 @@ unsafe fn wait_loop(
             if event == libc::PTRACE_EVENT_EXIT {
                 let (ack_tx, ack_rx) = mpsc::channel();
                 let registers = crate::freeze::thread_registers(waited);
+                // A thread's end is not its process's (each process stops at its main
+                // thread's).
                 if !spawned.contains(&waited)
+                    && !threads.contains(&waited)
                     && events
                         .send(ChildEvent::Exiting {
                             pid: waited as u32,
@@ -438,8 +456,21 @@ unsafe fn wait_loop(
                     let _ = ack_rx.recv();
                 }
                 libc::ptrace(libc::PTRACE_CONT, waited, null, null);
-            } else if event == libc::PTRACE_EVENT_FORK || event == libc::PTRACE_EVENT_VFORK {
-                // The child reports its own first stop, where it is held (below).
+            } else if event == libc::PTRACE_EVENT_FORK
+                || event == libc::PTRACE_EVENT_VFORK
+                || event == libc::PTRACE_EVENT_CLONE
+            {
+                // The child reports its own first stop, where it is held (below). What
+                // clone makes (without CLONE_VFORK, and with another signal than SIGCHLD
+                // at its end) is a thread, save for rare clone(2) calls /proc tells apart.
+                let mut new: libc::c_ulong = 0;
+                if event == libc::PTRACE_EVENT_CLONE
+                    && libc::ptrace(libc::PTRACE_GETEVENTMSG, waited, null, &raw mut new) == 0
+                    && !running.contains(&(new as libc::pid_t))
+                    && !is_process(new as libc::pid_t)
+                {
+                    threads.insert(new as libc::pid_t);
+                }
                 libc::ptrace(libc::PTRACE_CONT, waited, null, null);
             } else if event == libc::PTRACE_EVENT_EXEC {
                 if waited == pid && std::mem::take(&mut first_exec) {
@@ -479,11 +510,15 @@ unsafe fn wait_loop(
                 // child's first stop, before its first instruction: it starts once its
                 // probes are in place. (It does not wait for its parent's fork event,
                 // which a parent killed meanwhile never reports.)
-                if waited != pid
+                let first_stop = waited != pid
                     && !spawned.contains(&waited)
-                    && running.insert(waited)
-                    && is_process(waited)
-                {
+                    && !threads.contains(&waited)
+                    && !running.contains(&waited);
+                if first_stop && !is_process(waited) {
+                    // A new thread: nothing to hold it for.
+                    threads.insert(waited);
+                } else if first_stop {
+                    running.insert(waited);
                     let parent = crate::procfs::parent_pid(waited as u32).unwrap_or(0);
                     if parent != 0 && share_memory(parent as libc::pid_t, waited) {
                         // Its parent's probes see nothing of it (another process), and

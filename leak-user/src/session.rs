@@ -503,8 +503,15 @@ pub async fn run(command: &[String], options: Options) -> Result<Outcome, Sessio
     let hold_at_entry = options.unwind == Unwind::Dwarf;
     let keep =
         crate::privileges::Needs::new(options.output.clone(), options.prometheus).after_attach();
-    let launched = launch::launch(&program, command, events_tx, hold_at_entry, keep)
-        .map_err(|err| SessionError::Launch(format!("could not start {name}: {err}")))?;
+    let launched = launch::launch(
+        &program,
+        command,
+        events_tx,
+        hold_at_entry,
+        options.trace_children,
+        keep,
+    )
+    .map_err(|err| SessionError::Launch(format!("could not start {name}: {err}")))?;
     let pid = launched.pid;
     // Dropping `launched` without release makes the child exit without running.
     // The command has not run yet: it has no goroutine before the probes, and its

@@ -5,7 +5,9 @@
 //   vfork+execv  itself as "vforked":  vforked_lose loses 5 × 99 bytes, exit status 12
 //   fork+execv   OTHER (or itself) as "forked": forked_lose loses 4 × 333 bytes, exit
 //                status 13 (OTHER may use another allocator than this program)
+//   a thread's fork (no exec): thread_forked_lose loses 6 × 77 bytes, exit status 14
 // then waits for each and exits with status 3. The parent loses nothing.
+#include <pthread.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +23,7 @@ extern char **environ;
 NOINLINE static void *spawned_lose(void) { return malloc(211); }
 NOINLINE static void *vforked_lose(void) { return malloc(99); }
 NOINLINE static void *forked_lose(void) { return malloc(333); }
+NOINLINE static void *thread_forked_lose(void) { return malloc(77); }
 
 NOINLINE static void lose(void *(*make)(void), int times, int size) {
     for (int i = 0; i < times; i++) {
@@ -35,6 +38,17 @@ static int wait_for(pid_t pid) {
     while (waitpid(pid, &status, 0) < 0) {
     }
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+// Forks from a thread other than the first; the child loses its blocks and exits.
+static void *fork_from_thread(void *unused) {
+    (void)unused;
+    pid_t child = fork();
+    if (child == 0) {
+        lose(thread_forked_lose, 6, 77);
+        exit(14);
+    }
+    return (void *)(long)wait_for(child);
 }
 
 int main(int argc, char **argv) {
@@ -81,9 +95,17 @@ int main(int argc, char **argv) {
         _exit(127);
     }
 
+    pthread_t thread;
+    void *d = NULL;
+    if (pthread_create(&thread, NULL, fork_from_thread, NULL) != 0 ||
+        pthread_join(thread, &d) != 0) {
+        perror("pthread");
+        return 1;
+    }
+
     int a = wait_for(spawned);
     int b = wait_for(vforked);
     int c = wait_for(forked);
-    printf("children exited with %d %d %d\n", a, b, c);
+    printf("children exited with %d %d %d %d\n", a, b, c, (int)(long)d);
     return 3;
 }

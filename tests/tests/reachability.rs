@@ -1001,13 +1001,19 @@ fn forked_children_are_reported_apart_as_valgrind_reports_them() {
 }
 
 /// The cases of spawns.c, one in each child.
-const SPAWN_CASES: [&str; 3] = ["spawned_lose", "vforked_lose", "forked_lose"];
+const SPAWN_CASES: [&str; 4] = [
+    "spawned_lose",
+    "vforked_lose",
+    "forked_lose",
+    "thread_forked_lose",
+];
 
 /// Children started the ways test runners and build tools start them — posix_spawn, vfork
 /// then exec, fork then exec of a program with another allocator — are followed into what
 /// they execute with --trace-children, from its first instruction, each reported apart with
-/// the loss records valgrind --trace-children=yes gives that process; without the flag none
-/// is traced (they all execute a program).
+/// the loss records valgrind --trace-children=yes gives that process, and so is a child a
+/// second thread forked; without the flag none is traced (the first three execute a
+/// program, and threads other than the first are not traced).
 #[test]
 fn spawned_children_are_followed_into_their_programs_as_valgrind_follows_them() {
     let test = "spawned_children_are_followed_into_their_programs_as_valgrind_follows_them";
@@ -1039,6 +1045,7 @@ fn spawned_children_are_followed_into_their_programs_as_valgrind_follows_them() 
         ("spawned_lose", 7 * 211, 11, program.as_path()),
         ("vforked_lose", 5 * 99, 12, program.as_path()),
         ("forked_lose", 4 * 333, 13, with_jemalloc.as_path()),
+        ("thread_forked_lose", 6 * 77, 14, program.as_path()),
     ];
 
     let following = leaktrace(
@@ -1061,12 +1068,12 @@ fn spawned_children_are_followed_into_their_programs_as_valgrind_follows_them() 
     );
     assert_eq!(
         String::from_utf8_lossy(&following.output.stdout),
-        "children exited with 11 12 13\n",
+        "children exited with 11 12 13 14\n",
         "the program's output is its own"
     );
     let main_pid = u64_of(&following.report["target"]["pid"]);
     let children = following.report["children"].as_array().expect("children");
-    assert_eq!(children.len(), 3, "{}", following.describe());
+    assert_eq!(children.len(), 4, "{}", following.describe());
     for (case, bytes, status, exe) in expected {
         let with: Vec<&Value> = children
             .iter()
@@ -1122,6 +1129,10 @@ fn spawned_children_are_followed_into_their_programs_as_valgrind_follows_them() 
         &["run", "--top", "0", "--", program.to_str().expect("utf-8")],
     );
     assert_eq!(alone.output.status.code(), Some(3), "{}", alone.stderr());
+    assert_eq!(
+        String::from_utf8_lossy(&alone.output.stdout),
+        "children exited with 11 12 13 14\n"
+    );
     let children = alone.report["children"].as_array().map_or(0, Vec::len);
     assert_eq!(children, 0, "{}", alone.describe());
 }
