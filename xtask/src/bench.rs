@@ -222,7 +222,9 @@ pub fn services(pairs: u64, runs: usize) -> Result<String> {
          its programs, measures a trap's cost and places its probes before the command \
          starts; at the end it writes the report and leaves removing the probes (which \
          waits for the kernel) to a child process that outlives it by a fraction of a \
-         second.\n\n{start_and_end}\n\
+         second. Each child a traced process forks gets probes of its own before its first \
+         instruction (and so does each program a child executes, with --trace-children): \
+         the shell loop shows what that adds per child.\n\n{start_and_end}\n\
          ## What the kernel's verifier takes\n\n`leaktrace programs`: each program loaded \
          as the most demanding target needs it (CPython's layout, a Go layout, 16 scopes, \
          sampling, a size range); nothing is attached.\n\n{programs}",

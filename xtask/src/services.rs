@@ -696,6 +696,50 @@ pub fn start_and_end(runs: usize) -> Result<String> {
         })?;
         let _ = writeln!(table, "| `heaptrack /bin/true` | {heaptrack:.2} s |");
     }
+    // A shell starting 20 programs, as test suites do by the thousand: each fork is a new
+    // session held until its probes are in; with --trace-children each program executed
+    // is one too.
+    let script = "for i in $(seq 20); do /bin/true; done";
+    let shell = wall(&|| {
+        let mut command = Command::new("sh");
+        command.args(["-c", script]);
+        command
+    })?;
+    let _ = writeln!(table, "| `sh -c '{script}'` untraced | {shell:.2} s |");
+    for follow in [false, true] {
+        let flag = if follow { " --trace-children" } else { "" };
+        let traced = wall(&|| {
+            let mut command = Command::new(leaktrace_bin());
+            command.args(["run", "--format", "json", "--output", "/dev/null"]);
+            if follow {
+                command.arg("--trace-children");
+            }
+            command.args(["--", "sh", "-c", script]);
+            command
+        })?;
+        let mut row = format!(
+            "| `leaktrace run{flag} -- sh -c '…'` | {traced:.2} s ({:.0} ms a child more than `run -- /bin/true`)",
+            (traced - leaktrace) * 1e3 / 20.0
+        );
+        if which::which("valgrind").is_ok() {
+            let valgrind = wall(&|| {
+                let mut command = Command::new("valgrind");
+                command.args(["--leak-check=full", "--quiet"]);
+                if follow {
+                    command.arg("--trace-children=yes");
+                }
+                command.args(["sh", "-c", script]);
+                command
+            })?;
+            let _ = write!(
+                row,
+                "; valgrind{}: {valgrind:.2} s (leaktrace: {:.1}×)",
+                if follow { " --trace-children=yes" } else { "" },
+                traced / valgrind
+            );
+        }
+        let _ = writeln!(table, "{row} |");
+    }
     let mut sleeper = Command::new("sleep")
         .arg("600")
         .spawn()
