@@ -372,8 +372,9 @@ fn share_memory(a: libc::pid_t, b: libc::pid_t) -> bool {
 /// Passes signals through, honours group stops, holds the command at its exit (and, when
 /// asked, at its program's entry). Children forked by a traced thread (each process's first,
 /// or every one with PTRACE_O_TRACECLONE) are attached by the kernel (the options are
-/// inherited) and held at their first stop until their probes are in place. A vfork or posix_spawn child runs in its parent's
-/// memory until it executes a program: it is only reported then, as a new program.
+/// inherited) and held at their first stop until their probes are in place. A vfork or
+/// posix_spawn child runs in its parent's memory until it executes a program: it is only
+/// reported then, as a new program.
 unsafe fn wait_loop(
     pid: libc::pid_t,
     events: &tokio::sync::mpsc::UnboundedSender<ChildEvent>,
@@ -387,8 +388,8 @@ unsafe fn wait_loop(
     let mut running: HashSet<libc::pid_t> = HashSet::new();
     // Children in their parent's memory (vfork, posix_spawn) until they execute a program.
     let mut spawned: HashSet<libc::pid_t> = HashSet::new();
-    // Threads past their first stop, other than each process's first (all are traced, so
-    // that a fork from any of them is followed).
+    // Threads past their first stop, other than each process's first (traced when every
+    // thread is, so that a fork from any of them is followed).
     let mut threads: HashSet<libc::pid_t> = HashSet::new();
     loop {
         let mut status = 0;
