@@ -1220,11 +1220,18 @@ impl Session {
 
     /// Probes allocators the process loaded since the start (a plugin with its own).
     fn follow_new_allocators(&mut self) {
-        for module in self.probes.new_allocator_modules(&self.options.alloc_fns) {
+        let modules = self.probes.new_allocator_modules(&self.options.alloc_fns);
+        self.probe_modules(modules, "loaded after the start");
+    }
+
+    /// Probes each of `modules` (`why` they are new, for the log) and lists its allocator.
+    fn probe_modules(&mut self, modules: Vec<AllocatorModule>, why: &str) {
+        for module in modules {
             match self.probes.attach_module(&module) {
                 Ok(()) => {
                     log::info!(
-                        "probing {} in {}, loaded after the start: {}",
+                        "pid {}: probing {} in {}, {why}: {}",
+                        self.pid,
                         module.allocator,
                         module.display_path,
                         module
@@ -1490,21 +1497,8 @@ impl Session {
                 return;
             }
         };
-        for module in self.probes.unprobed(modules) {
-            match self.probes.attach_module(&module) {
-                Ok(()) => {
-                    log::info!(
-                        "pid {}: probing {} in {}",
-                        self.pid,
-                        module.allocator,
-                        module.display_path
-                    );
-                    self.allocators
-                        .push(allocator_info(&module, &self.options.alloc_fns));
-                }
-                Err(err) => log::warn!("could not probe {}: {err}", module.display_path),
-            }
-        }
+        let modules = self.probes.unprobed(modules);
+        self.probe_modules(modules, "in the program it executed");
     }
 
     /// The process stopped at its exit with its memory still mapped: what it loaded is

@@ -410,11 +410,23 @@ pub fn leaktrace_as(
 /// `leaktrace run [OPTIONS] -- TARGET`: checks leaktrace passed on the target's exit
 /// `status`, and returns the report.
 pub fn run_to_exit(name: &str, target: &Path, options: &[&str], status: i32) -> Traced {
+    run_to_exit_with(name, target, &[], options, status)
+}
+
+/// `leaktrace run [OPTIONS] -- TARGET ARGS`, as [`run_to_exit`].
+pub fn run_to_exit_with(
+    name: &str,
+    target: &Path,
+    target_args: &[&str],
+    options: &[&str],
+    status: i32,
+) -> Traced {
     let target = target.to_str().expect("target path is UTF-8");
     let args: Vec<&str> = ["run"]
         .into_iter()
         .chain(options.iter().copied())
         .chain(["--", target])
+        .chain(target_args.iter().copied())
         .collect();
     let traced = leaktrace(name, &args);
     assert_eq!(

@@ -13,7 +13,8 @@ use std::{
 
 use leaktrace_tests::{
     Background, Target, bpf_available, build_c, build_c_variant, free_port, leaktrace,
-    leaktrace_bin, leaktrace_then, scratch_dir, tool_available, u64_of,
+    leaktrace_bin, leaktrace_then, run_to_exit, run_to_exit_with, scratch_dir, tool_available,
+    u64_of,
 };
 use serde_json::Value;
 
@@ -972,22 +973,11 @@ fn forked_children_are_reported_apart_as_valgrind_reports_them() {
     );
 
     // With --trace-children, the child that executed /bin/true is followed into it.
-    let following = leaktrace(
+    let following = run_to_exit(
         "forks_trace_children",
-        &[
-            "run",
-            "--top",
-            "0",
-            "--trace-children",
-            "--",
-            program.to_str().expect("utf-8"),
-        ],
-    );
-    assert_eq!(
-        following.output.status.code(),
-        Some(5),
-        "{}",
-        following.stderr()
+        &program,
+        &["--top", "0", "--trace-children"],
+        5,
     );
     let children = following.report["children"].as_array().expect("children");
     assert_eq!(children.len(), 4, "{}", following.describe());
@@ -1048,23 +1038,12 @@ fn spawned_children_are_followed_into_their_programs_as_valgrind_follows_them() 
         ("thread_forked_lose", 6 * 77, 14, program.as_path()),
     ];
 
-    let following = leaktrace(
+    let following = run_to_exit_with(
         "spawns_trace_children",
-        &[
-            "run",
-            "--top",
-            "0",
-            "--trace-children",
-            "--",
-            program.to_str().expect("utf-8"),
-            with_jemalloc.to_str().expect("utf-8"),
-        ],
-    );
-    assert_eq!(
-        following.output.status.code(),
-        Some(3),
-        "{}",
-        following.stderr()
+        &program,
+        &[with_jemalloc.to_str().expect("utf-8")],
+        &["--top", "0", "--trace-children"],
+        3,
     );
     assert_eq!(
         String::from_utf8_lossy(&following.output.stdout),
@@ -1124,11 +1103,7 @@ fn spawned_children_are_followed_into_their_programs_as_valgrind_follows_them() 
     );
 
     // Without --trace-children, children that execute a program are let go.
-    let alone = leaktrace(
-        "spawns",
-        &["run", "--top", "0", "--", program.to_str().expect("utf-8")],
-    );
-    assert_eq!(alone.output.status.code(), Some(3), "{}", alone.stderr());
+    let alone = run_to_exit("spawns", &program, &["--top", "0"], 3);
     assert_eq!(
         String::from_utf8_lossy(&alone.output.stdout),
         "children exited with 11 12 13 14\n"
