@@ -461,17 +461,8 @@ unsafe fn wait_loop(
                 || event == libc::PTRACE_EVENT_VFORK
                 || event == libc::PTRACE_EVENT_CLONE
             {
-                // The child reports its own first stop, where it is held (below). What
-                // clone makes (without CLONE_VFORK, and with another signal than SIGCHLD
-                // at its end) is a thread, save for rare clone(2) calls /proc tells apart.
-                let mut new: libc::c_ulong = 0;
-                if event == libc::PTRACE_EVENT_CLONE
-                    && libc::ptrace(libc::PTRACE_GETEVENTMSG, waited, null, &raw mut new) == 0
-                    && !running.contains(&(new as libc::pid_t))
-                    && !is_process(new as libc::pid_t)
-                {
-                    threads.insert(new as libc::pid_t);
-                }
+                // The child (or thread) reports its own first stop, where a child is held
+                // (below).
                 libc::ptrace(libc::PTRACE_CONT, waited, null, null);
             } else if event == libc::PTRACE_EVENT_EXEC {
                 if waited == pid && std::mem::take(&mut first_exec) {
@@ -519,15 +510,14 @@ unsafe fn wait_loop(
                     // A new thread: nothing to hold it for.
                     threads.insert(waited);
                 } else if first_stop {
-                    running.insert(waited);
                     let parent = crate::procfs::parent_pid(waited as u32).unwrap_or(0);
                     if parent != 0 && share_memory(parent as libc::pid_t, waited) {
                         // Its parent's probes see nothing of it (another process), and
                         // what it does happens in its parent's memory: nothing of its own
                         // to trace before it executes a program.
-                        running.remove(&waited);
                         spawned.insert(waited);
                     } else {
+                        running.insert(waited);
                         let (ack_tx, ack_rx) = mpsc::channel();
                         if events
                             .send(ChildEvent::Forked {

@@ -93,8 +93,8 @@ fn map_fd(map: &Map) -> Option<std::os::fd::BorrowedFd<'_>> {
 
 /// Loads `entry` of `object` for uprobe_multi, sharing the maps `ebpf` created, and
 /// `session` for uprobe sessions if given and the kernel has them; `ret` too where there is
-/// no session program (else on demand: [`MultiPrograms::ret`]). Call before any map is taken out of
-/// `ebpf`.
+/// no session program (else on demand: [`MultiPrograms::ret`]). Call before any map is
+/// taken out of `ebpf`.
 pub fn load(
     ebpf: &Ebpf,
     object: &[u8],

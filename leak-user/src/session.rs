@@ -1460,16 +1460,20 @@ impl Session {
         if let Some(tables) = &mut self.unwind {
             tables.refresh(self.pid);
         }
-        let exe = procfs::exe_path(self.pid)
+        let exe = procfs::exe_path(self.pid).ok();
+        let shown = exe
+            .as_ref()
             .map(|path| path.display().to_string())
             .unwrap_or_default();
-        log::info!("pid {} executed {exe}", self.pid);
-        self.probe_new_program();
+        log::info!("pid {} executed {shown}", self.pid);
+        if let Some(exe) = &exe {
+            self.probe_new_program(exe);
+        }
         // A new address space, seen from its start.
         self.traced_from_start = true;
         if self.forked_by.is_some() {
             // A child's report names what it runs now (the command's names what was asked).
-            self.target.exe = exe;
+            self.target.exe = shown;
             self.target.command_line = procfs::command_line(self.pid).unwrap_or_default();
         }
         Ok(())
@@ -1479,12 +1483,9 @@ impl Session {
     /// yet (the probes on a library it shares with the last program stay: they follow the
     /// process). Found from the program's files, so those its loader maps next are
     /// probed before they run.
-    fn probe_new_program(&mut self) {
-        let Ok(exe) = procfs::exe_path(self.pid) else {
-            return;
-        };
+    fn probe_new_program(&mut self, exe: &std::path::Path) {
         let env = procfs::environment(self.pid).unwrap_or_default();
-        let modules = match attach::program_files(&exe, &env)
+        let modules = match attach::program_files(exe, &env)
             .and_then(|files| attach::allocators_in_files(&files, &self.options.alloc_fns))
         {
             Ok(modules) => modules,
