@@ -33,6 +33,7 @@ pub mod map_names {
     pub const SCOPE_EVENTS: &str = "SCOPE_EVENTS";
     pub const GOROUTINE_SITES: &str = "GOROUTINE_SITES";
     pub const PY_RUNTIME: &str = "PY_RUNTIME";
+    pub const THREAD_ENDS: &str = "THREAD_ENDS";
 }
 
 /// Name of the global holding the traced process id (tgid); set by user space at load time.
@@ -319,7 +320,7 @@ pub const ALLOC_RETURN_PROGRAM: &str = "alloc_return";
 pub const SESSION_PROGRAM: &str = "alloc_session";
 
 /// Names of the syscall tracepoint programs, as (program, category, tracepoint).
-pub const SYSCALL_PROGRAMS: [(&str, &str, &str); 7] = [
+pub const SYSCALL_PROGRAMS: [(&str, &str, &str); 8] = [
     ("mmap_enter", "syscalls", "sys_enter_mmap"),
     ("mmap_exit", "syscalls", "sys_exit_mmap"),
     ("munmap_enter", "syscalls", "sys_enter_munmap"),
@@ -327,7 +328,35 @@ pub const SYSCALL_PROGRAMS: [(&str, &str, &str); 7] = [
     ("mremap_enter", "syscalls", "sys_enter_mremap"),
     ("mremap_exit", "syscalls", "sys_exit_mremap"),
     ("brk_exit", "syscalls", "sys_exit_brk"),
+    ("thread_exit", "sched", "sched_process_exit"),
 ];
+
+/// Threads whose end `THREAD_ENDS` keeps (the most recent).
+pub const MAX_THREAD_ENDS: u32 = 1024;
+
+/// `ThreadEnd::syscall` of a thread that ended itself (the exit system call: a thread
+/// function returned, pthread_exit), as opposed to one the end of its process took.
+pub const SYS_EXIT: u64 = 60;
+
+/// A thread of the target as it ended, by thread id in `THREAD_ENDS`: its user registers as
+/// the kernel saved them when it last entered the kernel (the system call it was in, or
+/// the interrupt that stopped it where it ran).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadEnd {
+    /// rax, rbx, rcx, rdx, rsi, rdi, rbp, rsp, r8 to r15.
+    pub registers: [u64; 16],
+    pub ip: u64,
+    /// The system call it was in (orig_ax), u64::MAX in none.
+    pub syscall: u64,
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub ended_ns: u64,
+}
+
+impl ThreadEnd {
+    pub const STACK_POINTER: usize = 7;
+    pub const FRAME_POINTER: usize = 6;
+}
 
 /// One live allocation, keyed by its address in `ALLOCS`.
 #[repr(C)]
@@ -967,6 +996,7 @@ mod pod {
     unsafe impl aya::Pod for super::PendingCall {}
     unsafe impl aya::Pod for super::PendingSyscall {}
     unsafe impl aya::Pod for super::MmapEvent {}
+    unsafe impl aya::Pod for super::ThreadEnd {}
     unsafe impl aya::Pod for super::StackFrames {}
     unsafe impl aya::Pod for super::UnwindRow {}
     unsafe impl aya::Pod for super::UnwindMapping {}

@@ -15,8 +15,8 @@ use aya_ebpf::{
 };
 use leak_common::{
     ARGUMENT_SLOTS, AllocRecord, Counter, DEFAULT_MAX_ALLOCS, MAX_PENDING_CALLS, MAX_STACK_DEPTH,
-    MAX_STACKS, MMAP_EVENTS_BYTES, PendingCall, PendingSyscall, STACK_ID_PROBES, StackFrames,
-    StackTotals, UNKNOWN_STACK_ID, UNWIND_DWARF, UNWIND_FRAME_POINTERS,
+    MAX_STACKS, MAX_THREAD_ENDS, MMAP_EVENTS_BYTES, PendingCall, PendingSyscall, STACK_ID_PROBES,
+    StackFrames, StackTotals, ThreadEnd, UNKNOWN_STACK_ID, UNWIND_DWARF, UNWIND_FRAME_POINTERS,
 };
 
 const BPF_NOEXIST: u64 = 1;
@@ -89,6 +89,11 @@ pub static PENDING_CALLS: LruHashMap<u32, PendingCall> =
 #[map(name = "PENDING_SYSCALLS")]
 pub static PENDING_SYSCALLS: HashMap<u32, PendingSyscall> =
     HashMap::with_max_entries(MAX_PENDING_CALLS, 0);
+
+/// The most recent ends of the target's threads (see `ThreadEnd`), by thread id.
+#[map(name = "THREAD_ENDS")]
+pub static THREAD_ENDS: LruHashMap<u32, ThreadEnd> =
+    LruHashMap::with_max_entries(MAX_THREAD_ENDS, 0);
 
 #[map(name = "MMAP_EVENTS")]
 pub static MMAP_EVENTS: RingBuf = RingBuf::with_byte_size(MMAP_EVENTS_BYTES, 0);

@@ -1,4 +1,5 @@
-//! Syscall tracepoints for anonymous mmap, munmap and mremap, and brk, of the target.
+//! Syscall tracepoints for anonymous mmap, munmap and mremap, and brk, of the target; and
+//! the end of each of its threads (`thread_exit`).
 //!
 //! Each completed call becomes an [`MmapEvent`] for user space, which tracks regions by range.
 //! Calls made from inside an allocator call (malloc's own arenas, realloc's mremap) belong to
@@ -14,13 +15,13 @@ use aya_ebpf::{
 };
 use leak_common::{
     BRK_BY_ALLOCATOR, Counter, INSIDE_ALLOCATOR_MAX_AGE_NS, MmapEvent, MmapEventKind,
-    PendingSyscall, UNKNOWN_STACK_ID,
+    PendingSyscall, ThreadEnd, UNKNOWN_STACK_ID,
 };
 
 use crate::alloc::still_running;
 use crate::maps::{
-    FirstFrame, MMAP_EVENTS, PENDING_CALLS, PENDING_SYSCALLS, count, target_tid, user_regs,
-    user_stack_id,
+    FirstFrame, MMAP_EVENTS, PENDING_CALLS, PENDING_SYSCALLS, THREAD_ENDS, count, target_tid,
+    user_regs, user_stack_id,
 };
 
 const MAP_ANONYMOUS: u64 = 0x20;
@@ -276,3 +277,36 @@ pub fn brk_exit(ctx: TracePointContext) -> u32 {
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "license")]
 pub static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+/// A thread of the target ends (sched_process_exit): its user registers, as the kernel saved
+/// them, go into THREAD_ENDS. At the process's exit the threads its end took were live then:
+/// their registers are roots and their stacks live from their stack pointers up (what
+/// valgrind and LeakSanitizer read of every thread); a thread that ended itself before
+/// leaves a stack whose frames are all dead.
+#[tracepoint]
+pub fn thread_exit(_ctx: TracePointContext) -> u32 {
+    let Some(tid) = target_tid() else { return 0 };
+    // SAFETY: helpers check their pointers; a failed read records nothing.
+    let Some(regs) = (unsafe {
+        let task = bpf_get_current_task_btf();
+        let regs = bpf_task_pt_regs(task) as *const pt_regs;
+        if regs.is_null() {
+            return 0;
+        }
+        bpf_probe_read_kernel(regs).ok()
+    }) else {
+        return 0;
+    };
+    let end = ThreadEnd {
+        registers: [
+            regs.rax, regs.rbx, regs.rcx, regs.rdx, regs.rsi, regs.rdi, regs.rbp, regs.rsp,
+            regs.r8, regs.r9, regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15,
+        ],
+        ip: regs.rip,
+        syscall: regs.orig_rax,
+        // SAFETY: helper without arguments.
+        ended_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    let _ = THREAD_ENDS.insert(&tid, &end, 0);
+    0
+}

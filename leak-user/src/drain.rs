@@ -67,6 +67,7 @@ pub struct KernelMaps {
     stacks: BpfHashMap<MapData, u32, StackFrames>,
     counters: PerCpuArray<MapData, u64>,
     mmap_events: RingBuf<MapData>,
+    thread_ends: BpfHashMap<MapData, u32, leak_common::ThreadEnd>,
 }
 
 impl KernelMaps {
@@ -87,6 +88,7 @@ impl KernelMaps {
             stacks: take(ebpf, map_names::STACKS)?,
             counters: take(ebpf, map_names::COUNTERS)?,
             mmap_events: take(ebpf, map_names::MMAP_EVENTS)?,
+            thread_ends: take(ebpf, map_names::THREAD_ENDS)?,
         })
     }
 
@@ -207,6 +209,16 @@ impl Collector {
                 .map_err(map_error(map_names::STACK_TOTALS))?;
         }
         self.regions.forget_live();
+        // The old program's threads ended with it, on stacks that are gone.
+        let ended: Vec<u32> = self
+            .maps
+            .thread_ends
+            .keys()
+            .filter_map(Result::ok)
+            .collect();
+        for tid in ended {
+            let _ = self.maps.thread_ends.remove(&tid);
+        }
         Ok(())
     }
 
@@ -374,6 +386,22 @@ impl Collector {
     /// it holds born by `born_by_ns`, and what the walk cost per entry.
     /// Every live traced allocation (address and size) with its stack, for the reachability
     /// scan.
+    /// The most recent ends of the process's threads (see `leak_common::ThreadEnd`), by
+    /// thread id.
+    pub fn thread_ends(&self) -> Vec<(u32, leak_common::ThreadEnd)> {
+        self.maps
+            .thread_ends
+            .iter()
+            .filter_map(Result::ok)
+            .collect()
+    }
+
+    /// Where the program (or the C runtime for it, not the allocator) mapped anonymous
+    /// memory or moved the break itself, still mapped: address ranges in order.
+    pub fn program_regions(&self) -> Vec<std::ops::Range<u64>> {
+        self.regions.ranges()
+    }
+
     pub fn live_blocks(&self) -> Result<Vec<(Block, StackKey)>, DrainError> {
         let mut blocks = Vec::new();
         self.maps.for_each_allocation(|address, record| {

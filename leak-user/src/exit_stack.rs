@@ -82,6 +82,48 @@ pub fn program_at_exit(
     registers: &ThreadRegisters,
     memory: &mut impl Memory,
 ) -> Option<ProgramAtExit> {
+    program_part(pid, registers, memory, Skip::ExitPath)
+}
+
+/// The program's part of the stack and registers of a thread stopped in a system call the
+/// C library made for it (a thread waiting in `pause`, `nanosleep`, `pthread_join`…): the
+/// stack from the frame that called into the C library. The library's own frames below it
+/// are new frames over old ones, and their slots never written keep what the program's
+/// dead frames left (valgrind sees those slots as undefined and skips them). What those
+/// frames saved of the caller's registers counts. None when the thread is not in the C
+/// library (a static program, a system call of the program's own) or the walk cannot go on.
+pub fn program_in_library_call(
+    pid: u32,
+    registers: &ThreadRegisters,
+    memory: &mut impl Memory,
+) -> Option<ProgramAtExit> {
+    program_part(pid, registers, memory, Skip::LibraryCall)
+}
+
+/// The frames left out of a thread's stack, innermost first.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Skip {
+    /// The exit path, to the outermost exit function's frame.
+    ExitPath,
+    /// The C library's frames, to the outermost before the first frame outside it.
+    LibraryCall,
+}
+
+/// Whether `path` is the C library (glibc or musl, its loader, glibc's old libpthread),
+/// whose frames a thread waiting in a system call it made is in.
+fn is_c_library(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    ["libc.so", "libc-2.", "libpthread", "ld-linux", "ld-musl", "libc.musl"]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+}
+
+fn program_part(
+    pid: u32,
+    registers: &ThreadRegisters,
+    memory: &mut impl Memory,
+    skip: Skip,
+) -> Option<ProgramAtExit> {
     let maps = procfs::read_maps(pid).ok()?;
     let mut modules: HashMap<(String, u64), Option<Module>> = HashMap::new();
     let (mut pc, mut sp, mut bp) = (
@@ -102,6 +144,10 @@ pub fn program_at_exit(
             break;
         };
         let file = (mapping.dev.clone(), mapping.inode);
+        if skip == Skip::LibraryCall && !is_c_library(&mapping.path) {
+            // The first frame outside the C library: the program's.
+            break;
+        }
         if found.is_some() && exit_module.as_ref() != Some(&file) {
             // Out of the C library that holds the exit path: nothing more to find.
             break;
@@ -131,10 +177,11 @@ pub fn program_at_exit(
                 saved.push((cfa, value));
             }
         }
-        if module
-            .exit_functions
-            .iter()
-            .any(|range| range.contains(&at))
+        if skip == Skip::LibraryCall
+            || module
+                .exit_functions
+                .iter()
+                .any(|range| range.contains(&at))
         {
             found = Some(cfa);
             exit_module = Some(file);

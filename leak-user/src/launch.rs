@@ -361,6 +361,81 @@ unsafe fn leave_entry_breakpoint(pid: libc::pid_t, breakpoint: &EntryBreakpoint)
     }
 }
 
+/// How long a process's end may wait for its other threads to end (see
+/// `wait_for_dying_threads`): each takes microseconds unless stuck in the kernel.
+const DYING_THREADS_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Whether thread `tid` is on its way out: a SIGKILL pending (the end of its process takes
+/// every other thread with one) or already exiting (PF_EXITING).
+fn thread_dying(pid: libc::pid_t, tid: libc::pid_t) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    let task = format!("/proc/{pid}/task/{tid}");
+    let exiting = std::fs::read_to_string(format!("{task}/stat")).is_ok_and(|stat| {
+        // The fields after the command (which may hold spaces), from the state on: flags
+        // is the 9th field, the 7th after the state.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(6)?.parse::<u64>().ok())
+            .is_some_and(|flags| flags & PF_EXITING != 0)
+    });
+    let killed = std::fs::read_to_string(format!("{task}/status")).is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("SigPnd:"))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .is_some_and(|mask| mask & (1 << (libc::SIGKILL - 1)) != 0)
+    });
+    exiting || killed
+}
+
+/// At a process's exit stop (its main thread's), waits until the other threads its end
+/// takes are gone, a while at most: each one's registers are recorded as it ends (the
+/// kernel side's thread_exit), and the scan of the process's memory takes them as
+/// valgrind takes every thread's. Threads that are not ending (the main thread ended
+/// alone, pthread_exit) are not waited for. Threads traced by this thread (with every
+/// thread traced) that stop at their own exit are let go on.
+fn wait_for_dying_threads(pid: libc::pid_t, threads: &mut HashSet<libc::pid_t>) {
+    let started = std::time::Instant::now();
+    loop {
+        let dying: Vec<libc::pid_t> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|entries| {
+                entries
+                    .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+                    .filter(|&tid| tid != pid && thread_dying(pid, tid))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if dying.is_empty() || started.elapsed() > DYING_THREADS_WAIT {
+            if !dying.is_empty() {
+                log::debug!("process {pid}: {} threads still ending", dying.len());
+            }
+            return;
+        }
+        let traced: Vec<libc::pid_t> = dying
+            .into_iter()
+            .filter(|tid| threads.contains(tid))
+            .collect();
+        for tid in &traced {
+            let mut status = 0;
+            // SAFETY: our own tracee; no hang (WNOHANG).
+            let waited = unsafe { libc::waitpid(*tid, &mut status, libc::__WALL | libc::WNOHANG) };
+            if waited == *tid && libc::WIFSTOPPED(status) {
+                // SAFETY: resuming our own stopped tracee.
+                unsafe {
+                    libc::ptrace(
+                        libc::PTRACE_CONT,
+                        *tid,
+                        std::ptr::null_mut::<libc::c_void>(),
+                        std::ptr::null_mut::<libc::c_void>(),
+                    )
+                };
+            } else if waited == *tid {
+                threads.remove(tid);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+}
+
 /// Whether two processes share one address space (a vfork or posix_spawn child and its
 /// parent until the child executes a program, or a clone(CLONE_VM) child).
 fn share_memory(a: libc::pid_t, b: libc::pid_t) -> bool {
@@ -444,8 +519,11 @@ unsafe fn wait_loop(
                 let registers = crate::freeze::thread_registers(waited);
                 // A thread's end is not its process's (each process stops at its main
                 // thread's).
-                if !spawned.contains(&waited)
-                    && !threads.contains(&waited)
+                let process_end = !spawned.contains(&waited) && !threads.contains(&waited);
+                if process_end {
+                    wait_for_dying_threads(waited, &mut threads);
+                }
+                if process_end
                     && events
                         .send(ChildEvent::Exiting {
                             pid: waited as u32,

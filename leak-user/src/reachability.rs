@@ -480,40 +480,60 @@ pub const RED_ZONE: u64 = 128;
 
 /// The memory that may hold pointers into the heap: every writable mapping; a thread's
 /// stack only from where its live part begins (`live_stacks`: each thread's stack pointer,
-/// which finds its stack mapping, and where its live part begins: the stack pointer less
-/// the red zone where that may be live, or higher; what lies below is dead frames, as
-/// valgrind sees it). With `allocator_owned_excluded` (the whole process was traced, so the memory around
-/// tracked blocks is the allocator's own: free lists, freed data), mappings holding a
-/// tracked block are left out; otherwise untracked memory there may be blocks allocated
-/// before tracing began and counts as a root.
+/// which finds its stack, and where its live part begins: the stack pointer less the red
+/// zone where that may be live, or higher; what lies below is dead frames, as valgrind sees
+/// it). With `allocator_owned_excluded` (the whole process was traced, so the memory around
+/// tracked blocks is the allocator's own: free lists, freed data), a mapping holding a
+/// tracked block is left out but for the `program_regions` in it (what the program or the
+/// C runtime mapped itself, address ordered) that hold none: the kernel merges neighbouring
+/// anonymous mappings, so a thread's TCB and TLS, or its stack, may share one mapping with
+/// a chunk malloc mapped. Otherwise untracked memory there may be blocks allocated before
+/// tracing began and counts as a root.
 pub fn roots(
     maps: &[crate::procfs::Mapping],
     blocks: &[Block],
     live_stacks: &[(u64, u64)],
     allocator_owned_excluded: bool,
+    program_regions: &[Range<u64>],
 ) -> Vec<Range<u64>> {
     let mut sorted: Vec<Block> = blocks.to_vec();
     sorted.sort_by_key(|block| block.start);
-    maps.iter()
+    let holds_block = |range: &Range<u64>| {
+        let first = sorted.partition_point(|block| block.start < range.start);
+        sorted
+            .get(first)
+            .is_some_and(|block| block.start < range.end)
+    };
+    let mut pieces = Vec::new();
+    for mapping in maps
+        .iter()
         .filter(|mapping| mapping.writable && mapping.readable)
         .filter(|mapping| !matches!(mapping.path.as_str(), "[vvar]" | "[vsyscall]" | "[vdso]"))
-        .filter(|mapping| {
-            if !allocator_owned_excluded {
-                return true;
-            }
-            let first = sorted.partition_point(|block| block.start < mapping.start);
-            sorted
-                .get(first)
-                .is_none_or(|block| block.start >= mapping.end)
-        })
-        .map(|mapping| {
+    {
+        let whole = mapping.start..mapping.end;
+        if !allocator_owned_excluded || !holds_block(&whole) {
+            pieces.push(whole);
+            continue;
+        }
+        let first = program_regions.partition_point(|region| region.end <= mapping.start);
+        pieces.extend(
+            program_regions[first..]
+                .iter()
+                .take_while(|region| region.start < mapping.end)
+                .map(|region| region.start.max(mapping.start)..region.end.min(mapping.end))
+                .filter(|piece| !holds_block(piece)),
+        );
+    }
+    pieces
+        .into_iter()
+        .map(|piece| {
             let live_from = live_stacks
                 .iter()
-                .filter(|&&(sp, _)| sp >= mapping.start && sp < mapping.end)
-                .map(|&(_, from)| from.clamp(mapping.start, mapping.end))
+                .filter(|&&(sp, _)| piece.contains(&sp))
+                .map(|&(_, from)| from.clamp(piece.start, piece.end))
                 .min()
-                .unwrap_or(mapping.start);
-            live_from..mapping.end
+                .unwrap_or(piece.start);
+            live_from..piece.end
         })
         .collect()
 }
@@ -719,7 +739,7 @@ mod tests {
         let sp = [(0x7ffc_0002_0000, 0x7ffc_0002_0000 - RED_ZONE)];
         // Attach mode: the heap around tracked blocks may hold untracked live blocks.
         assert_eq!(
-            roots(&maps, &blocks, &sp, false),
+            roots(&maps, &blocks, &sp, false, &[]),
             vec![
                 0x5555_0000_1000..0x5555_0000_2000,
                 0x5555_0010_0000..0x5555_0020_0000,
@@ -728,7 +748,36 @@ mod tests {
             ]
         );
         // Run mode: the mapping that holds tracked blocks is the allocator's.
-        assert_eq!(roots(&maps, &blocks, &sp, true).len(), 3);
+        assert_eq!(roots(&maps, &blocks, &sp, true, &[]).len(), 3);
+        // ... but for what the program mapped itself in it that holds no block: a TCB the
+        // kernel merged with a chunk malloc mapped next to it, a thread's stack (live from
+        // its stack pointer), not an arena made inside free.
+        let merged = [block(0x7f00_0000_8010)];
+        let regions = [
+            0x7f00_0000_0000..0x7f00_0000_4000,
+            0x7f00_0000_4000..0x7f00_0000_8000,
+            0x7f00_0008_0000..0x7f00_0010_0000,
+        ];
+        let thread = [(0x7f00_0000_6000, 0x7f00_0000_6000 - RED_ZONE)];
+        let found = roots(&maps, &merged, &thread, true, &regions);
+        assert!(
+            found.contains(&(0x7f00_0000_0000..0x7f00_0000_4000)),
+            "{found:x?}"
+        );
+        assert!(
+            found.contains(&(0x7f00_0000_6000 - RED_ZONE..0x7f00_0000_8000)),
+            "{found:x?}"
+        );
+        assert!(
+            found.contains(&(0x7f00_0008_0000..0x7f00_0010_0000)),
+            "{found:x?}"
+        );
+        let arena = [block(0x7f00_0000_0010), block(0x7f00_0000_8010)];
+        let found = roots(&maps, &arena, &thread, true, &regions);
+        assert!(
+            !found.iter().any(|root| root.start == 0x7f00_0000_0000),
+            "{found:x?}"
+        );
     }
 
     /// The page index finds the same block as a search of every block would, for blocks

@@ -146,6 +146,14 @@ impl Regions {
         held
     }
 
+    /// The address ranges of the live regions, in address order.
+    pub fn ranges(&self) -> Vec<std::ops::Range<u64>> {
+        self.live
+            .iter()
+            .map(|(&start, region)| start..start.saturating_add(region.len))
+            .collect()
+    }
+
     pub fn live_bytes(&self) -> u64 {
         self.live.values().map(|region| region.len).sum()
     }

@@ -1598,13 +1598,108 @@ impl Session {
         Ok(())
     }
 
+    /// The registers and the live stack (stack pointer, where its live part begins) of a
+    /// thread stopped at the process's exit: from the frame that called exit, as
+    /// LeakSanitizer ignores the frames below `exit()`'s entry; the exit path's frames are
+    /// left out, but not what they saved of the caller's registers. A thread that was
+    /// waiting `in_syscall` is taken from the frame that called into the C library for it
+    /// (`program_in_library_call`). Otherwise (a fatal signal, another thread's exit found
+    /// it running) the thread may have stopped in a leaf function: its red zone counts.
+    fn program_part(
+        &self,
+        thread: &crate::freeze::ThreadRegisters,
+        in_syscall: bool,
+    ) -> (Vec<u64>, (u64, u64)) {
+        let mut memory = ProcessMemory { pid: self.pid };
+        let sp = thread.stack_pointer;
+        let program = crate::exit_stack::program_at_exit(self.pid, thread, &mut memory)
+            .or_else(|| {
+                in_syscall
+                    .then(|| {
+                        crate::exit_stack::program_in_library_call(self.pid, thread, &mut memory)
+                    })
+                    .flatten()
+            })
+            .filter(|program| program.stack_from >= sp)
+            .unwrap_or_else(|| crate::exit_stack::ProgramAtExit {
+                stack_from: sp.saturating_sub(reachability::RED_ZONE),
+                saved_registers: Vec::new(),
+            });
+        log::debug!(
+            "thread at exit: stack scanned from {:#x} (stack pointer {sp:#x}), {} saved registers",
+            program.stack_from,
+            program.saved_registers.len()
+        );
+        let mut values = thread.values.clone();
+        values.extend(program.saved_registers);
+        (values, (sp, program.stack_from))
+    }
+
+    /// What the ends of the process's other threads (`thread_exit`) add to a scan. At the
+    /// exit, the threads the process's end took were live until then: their registers are
+    /// roots and their stacks live from their stack pointers up, as valgrind takes every
+    /// thread's. A thread that ended itself (its function returned) left a stack of dead
+    /// frames below where it ended: a stack no live thread runs on is live only above the
+    /// last end on it (the thread's descriptor and TLS), not in the frames below, which
+    /// glibc keeps mapped for the next thread.
+    fn add_thread_ends(
+        &self,
+        at_exit: bool,
+        maps: &[procfs::Mapping],
+        registers: &mut Vec<u64>,
+        live_stacks: &mut Vec<(u64, u64)>,
+    ) {
+        let ends = self.collector.thread_ends();
+        let mut taken = 0;
+        for (tid, end) in &ends {
+            if *tid == self.pid || end.syscall == leak_common::SYS_EXIT || !at_exit {
+                continue;
+            }
+            let thread = crate::freeze::ThreadRegisters {
+                values: end.registers.to_vec(),
+                stack_pointer: end.registers[leak_common::ThreadEnd::STACK_POINTER],
+                instruction_pointer: end.ip,
+                frame_pointer: end.registers[leak_common::ThreadEnd::FRAME_POINTER],
+            };
+            let (values, live) = self.program_part(&thread, end.syscall != u64::MAX);
+            registers.extend(values);
+            live_stacks.push(live);
+            taken += 1;
+        }
+        let mapping_of = |sp: u64| maps.iter().position(|m| m.start <= sp && sp < m.end);
+        let live_in: std::collections::HashSet<usize> = live_stacks
+            .iter()
+            .filter_map(|&(sp, _)| mapping_of(sp))
+            .collect();
+        // The last end on each stack no live thread runs on.
+        let mut last_end: HashMap<usize, (u64, u64)> = HashMap::new();
+        for (_, end) in ends
+            .iter()
+            .filter(|(tid, end)| *tid != self.pid && end.syscall == leak_common::SYS_EXIT)
+        {
+            let sp = end.registers[leak_common::ThreadEnd::STACK_POINTER];
+            let Some(mapping) = mapping_of(sp).filter(|mapping| !live_in.contains(mapping)) else {
+                continue;
+            };
+            let slot = last_end.entry(mapping).or_insert((end.ended_ns, sp));
+            if end.ended_ns >= slot.0 {
+                *slot = (end.ended_ns, sp);
+            }
+        }
+        log::debug!(
+            "thread ends: {taken} threads taken by the exit, {} stacks of ended threads",
+            last_end.len()
+        );
+        live_stacks.extend(last_end.into_values().map(|(_, sp)| (sp, sp)));
+    }
+
     /// Classifies every live traced block by what still points to it. A running target is
     /// stopped for it (every thread, released on return whatever happens). One held at
     /// exit is already stopped: `at_exit` has the registers of the thread leaktrace
-    /// started, read at its exit stop (the others' are gone; their stacks are scanned
-    /// whole). As valgrind does, that thread's stack is scanned from its stack pointer up:
-    /// the frames below it are dead, whatever pointers they left. Problems are said, not
-    /// fatal: the report goes on without reachability.
+    /// started, read at its exit stop; the other threads' are those they ended with
+    /// (`add_thread_ends`). As valgrind does, each thread's stack is scanned from its
+    /// stack pointer up: the frames below it are dead, whatever pointers they left.
+    /// Problems are said, not fatal: the report goes on without reachability.
     fn scan_reachability(&mut self, at_exit: Option<crate::freeze::ThreadRegisters>) {
         // Frozen first: a block the target frees between the listing and the freeze would
         // be listed but referenced by nothing any more, so read as lost.
@@ -1628,7 +1723,7 @@ impl Session {
         };
         // Where each thread's live stack begins: a frozen thread may be in a leaf function
         // using its red zone; at the exit stop the thread is in the exit system call.
-        let (registers, live_stacks) = match (&frozen, at_exit) {
+        let (mut registers, mut live_stacks) = match (&frozen, &at_exit) {
             (Some(frozen), _) => {
                 let (registers, stack_pointers) = frozen.registers();
                 let live = stack_pointers
@@ -1638,36 +1733,24 @@ impl Session {
                 (registers, live)
             }
             (None, Some(exiting)) if exiting.stack_pointer != 0 => {
-                // From the frame that called exit: the exit path's frames are left out,
-                // but not what they saved of the caller's registers.
-                let mut memory = ProcessMemory { pid: self.pid };
-                // Without an exit frame (a fatal signal, another thread's exit found it
-                // elsewhere) the thread may have stopped in a leaf function: its red zone
-                // counts.
-                let sp = exiting.stack_pointer;
-                let program = crate::exit_stack::program_at_exit(self.pid, &exiting, &mut memory)
-                    .filter(|program| program.stack_from >= sp)
-                    .unwrap_or_else(|| crate::exit_stack::ProgramAtExit {
-                        stack_from: sp.saturating_sub(reachability::RED_ZONE),
-                        saved_registers: Vec::new(),
-                    });
-                log::debug!(
-                    "exit stop: stack scanned from {:#x} (stack pointer {sp:#x}), {} saved registers",
-                    program.stack_from,
-                    program.saved_registers.len()
-                );
-                let mut values = exiting.values;
-                values.extend(program.saved_registers);
-                (values, vec![(sp, program.stack_from)])
+                let (values, live) = self.program_part(exiting, false);
+                (values, vec![live])
             }
             (None, _) => Default::default(),
         };
         let maps = procfs::read_maps(self.pid).unwrap_or_default();
+        self.add_thread_ends(at_exit.is_some(), &maps, &mut registers, &mut live_stacks);
         let tracked: Vec<Block> = blocks.iter().map(|(block, _)| *block).collect();
         // `run` traced the program from its first instruction: memory around the tracked
         // blocks is the allocator's own. A forked child inherited blocks it never saw
         // allocated (until it executes a program): those are roots.
-        let roots = reachability::roots(&maps, &tracked, &live_stacks, self.traced_from_start);
+        let roots = reachability::roots(
+            &maps,
+            &tracked,
+            &live_stacks,
+            self.traced_from_start,
+            &self.collector.program_regions(),
+        );
         // glibc's own writable data (its arenas) is scanned apart: see classify_with_glibc.
         // The same file may be named by another path in the maps (/lib or /usr/lib).
         let canonical = |path: &str| std::fs::canonicalize(procfs::path_in_root(self.pid, path));
