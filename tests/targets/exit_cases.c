@@ -34,10 +34,17 @@
 //                       of another block frees it (gone_in_realloc: nothing left)
 //   keep_on_coroutine   296 bytes still reachable: only the frame of a swapcontext
 //                       coroutine, on a heap-allocated stack, points to it
+//   keep_in_static_tls  360 bytes still reachable: only a thread-local of the main thread
+//                       points to it
+// With the path of the library built from exit_cases_tls.c as its argument, it also loads it
+// with dlopen and:
+//   keep_in_dynamic_tls 344 bytes still reachable: only the library's thread-local (dynamic
+//                       TLS, which the loader allocated) points to it
 // With "clean" it frees everything it allocates and exits with status 3. With "register":
 //   keep_in_saved_register  24 bytes still reachable: only callee-saved registers point to
 //                       it when main calls exit(), and the exit path saves them in frames of
 //                       its own before it uses them; exits with status 0.
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -57,6 +64,7 @@ char volatile global_bytes[64];
 void *volatile coroutine_stack;
 static volatile int thread_ready;
 static pthread_key_t key;
+static __thread void *volatile static_tls_slot;
 static ucontext_t main_context, coroutine_context;
 
 NOINLINE static void *lose_in_loop(void) { return malloc(48); }
@@ -84,6 +92,7 @@ NOINLINE static void *lose_huge(void) { return malloc(32 << 20); }
 NOINLINE static void *lose_realloc_zero(void) { return realloc(NULL, 0); }
 NOINLINE static void *gone_in_realloc(void) { return malloc(280); }
 NOINLINE static void *keep_on_coroutine(void) { return malloc(296); }
+NOINLINE static void *keep_in_static_tls(void) { return malloc(360); }
 
 // Leaves its block's only pointer in its own frame, which is dead once it returns.
 NOINLINE static void drop_in_helper(void) {
@@ -256,6 +265,17 @@ int main(int argc, char **argv) {
                          : "rbx", "rdi", "memory");
         __builtin_unreachable();
     }
+    if (argc > 1 && strchr(argv[1], '/') != NULL) {
+        void *library = dlopen(argv[1], RTLD_NOW);
+        void (*fill)(void) = library ? (void (*)(void))dlsym(library, "fill_dynamic_tls") : NULL;
+        if (fill == NULL) {
+            fprintf(stderr, "exit_cases: %s: %s\n", argv[1], dlerror());
+            return 1;
+        }
+        fill();
+    }
+    static_tls_slot = keep_in_static_tls();
+    memset(static_tls_slot, 17, 360);
     pthread_key_create(&key, NULL);
     pthread_setspecific(key, keep_in_specific());
     global_huge = keep_huge();

@@ -77,7 +77,16 @@ fn valgrind_report_with(options: &[&str], program: &Path, args: &[&str]) -> Stri
 
 /// valgrind's loss records by case of `cases`, in leaktrace's class names.
 fn valgrind_classes(program: &Path, cases: &[&'static str]) -> BTreeMap<&'static str, Classes> {
-    let text = valgrind_report(program, &[]);
+    valgrind_classes_with(program, &[], cases)
+}
+
+/// valgrind's loss records on `program ARGS` by case of `cases`.
+fn valgrind_classes_with(
+    program: &Path,
+    args: &[&str],
+    cases: &[&'static str],
+) -> BTreeMap<&'static str, Classes> {
+    let text = valgrind_report(program, args);
     let lines: Vec<&str> = text.lines().collect();
     classes_in_valgrind_lines(&lines, cases)
 }
@@ -256,9 +265,15 @@ fn classes_match_valgrind_on_every_case() {
 
 /// valgrind's LEAK SUMMARY: bytes and blocks definitely and indirectly lost.
 fn valgrind_lost(program: &Path) -> (u64, u64) {
+    valgrind_lost_with(program, &[])
+}
+
+/// valgrind's LEAK SUMMARY on `program ARGS`.
+fn valgrind_lost_with(program: &Path, args: &[&str]) -> (u64, u64) {
     let out = Command::new("valgrind")
         .args(["--leak-check=full"])
         .arg(program)
+        .args(args)
         .output()
         .expect("run valgrind");
     let text = String::from_utf8_lossy(&out.stderr);
@@ -284,7 +299,7 @@ fn valgrind_lost(program: &Path) -> (u64, u64) {
 }
 
 /// The cases of exit_cases.c, judged when the program exits.
-const EXIT_CASES: [&str; 23] = [
+const EXIT_CASES: [&str; 25] = [
     "lose_in_loop",
     "lose_after_printf",
     "lose_zero",
@@ -308,6 +323,8 @@ const EXIT_CASES: [&str; 23] = [
     "lose_huge",
     "lose_realloc_zero",
     "keep_on_coroutine",
+    "keep_in_static_tls",
+    "keep_in_dynamic_tls",
 ];
 
 /// `leaktrace run` judges what a program holds at its exit as valgrind does, case by case
@@ -315,8 +332,9 @@ const EXIT_CASES: [&str; 23] = [
 /// frame that called exit up only (a pointer left in a dead frame, or in fprintf's callees'
 /// frames, does not keep a block; one the caller held in a register the exit path saved
 /// does); every other live thread's registers are roots and its stack from its stack
-/// pointer up, a thread that ended leaves only dead frames; a thread's descriptor is a root
-/// even where the kernel merged its mapping with a chunk malloc mapped; a lost zero-byte
+/// pointer up, a thread that ended leaves only dead frames; a thread's descriptor and its
+/// static and dynamic TLS are roots, even where the kernel merged the main thread's mapping
+/// with a chunk malloc mapped; a lost zero-byte
 /// block is a leak, and a block still pointed to is `reachable`, not growing. The summary
 /// line counts what was lost, and --error-exitcode turns it into the exit status.
 #[test]
@@ -326,7 +344,16 @@ fn run_at_exit_matches_valgrind_on_every_case() {
         return;
     }
     let program = build_c("exit_cases.c", &["-O1", "-pthread"]);
-    let expected = valgrind_classes(&program, &EXIT_CASES);
+    // The library it loads with dlopen, for a thread-local in dynamic TLS.
+    let library = build_c_variant(
+        "exit_cases_tls.c",
+        "libexit_cases_tls.so",
+        "gcc",
+        &["-shared", "-fPIC"],
+        &[],
+    );
+    let library_path = library.to_str().expect("utf-8");
+    let expected = valgrind_classes_with(&program, &[library_path], &EXIT_CASES);
     assert_eq!(
         expected.len(),
         EXIT_CASES.len(),
@@ -343,6 +370,7 @@ fn run_at_exit_matches_valgrind_on_every_case() {
             "9",
             "--",
             program_path,
+            library_path,
         ],
     );
     assert_eq!(
@@ -396,7 +424,7 @@ fn run_at_exit_matches_valgrind_on_every_case() {
         );
     }
     // The summary agrees with valgrind's over the whole program, cases or not.
-    let (lost_bytes, lost_blocks) = valgrind_lost(&program);
+    let (lost_bytes, lost_blocks) = valgrind_lost_with(&program, &[library_path]);
     let summary = &traced.report["leak_summary"];
     assert_eq!(u64_of(&summary["leaked_bytes"]), lost_bytes, "{summary}");
     assert_eq!(u64_of(&summary["leaked_blocks"]), lost_blocks, "{summary}");
