@@ -74,30 +74,50 @@ pub struct ProgramAtExit {
     pub saved_registers: Vec<u64>,
 }
 
-/// The program's part of the stack and registers of a thread stopped at its exit with
-/// `registers`. None when the walk finds no exit function (the thread was elsewhere:
-/// another thread ended the process) or cannot go on.
-pub fn program_at_exit(
+/// Walks the stacks of one stopped process's threads: its mappings and the modules met
+/// are read once for all of them.
+pub struct Walker {
     pid: u32,
-    registers: &ThreadRegisters,
-    memory: &mut impl Memory,
-) -> Option<ProgramAtExit> {
-    program_part(pid, registers, memory, Skip::ExitPath)
+    maps: Vec<Mapping>,
+    modules: HashMap<(String, u64), Option<Module>>,
 }
 
-/// The program's part of the stack and registers of a thread stopped in a system call the
-/// C library made for it (a thread waiting in `pause`, `nanosleep`, `pthread_join`…): the
-/// stack from the frame that called into the C library. The library's own frames below it
-/// are new frames over old ones, and their slots never written keep what the program's
-/// dead frames left (valgrind sees those slots as undefined and skips them). What those
-/// frames saved of the caller's registers counts. None when the thread is not in the C
-/// library (a static program, a system call of the program's own) or the walk cannot go on.
-pub fn program_in_library_call(
-    pid: u32,
-    registers: &ThreadRegisters,
-    memory: &mut impl Memory,
-) -> Option<ProgramAtExit> {
-    program_part(pid, registers, memory, Skip::LibraryCall)
+impl Walker {
+    /// None when the process's mappings cannot be read.
+    pub fn new(pid: u32) -> Option<Walker> {
+        Some(Walker {
+            pid,
+            maps: procfs::read_maps(pid).ok()?,
+            modules: HashMap::new(),
+        })
+    }
+
+    /// The program's part of the stack and registers of a thread stopped at its exit with
+    /// `registers`. None when the walk finds no exit function (the thread was elsewhere:
+    /// another thread ended the process) or cannot go on.
+    pub fn program_at_exit(
+        &mut self,
+        registers: &ThreadRegisters,
+        memory: &mut impl Memory,
+    ) -> Option<ProgramAtExit> {
+        self.program_part(registers, memory, Skip::ExitPath)
+    }
+
+    /// The program's part of the stack and registers of a thread stopped in a system call
+    /// the C library made for it (a thread waiting in `pause`, `nanosleep`,
+    /// `pthread_join`…): the stack from the frame that called into the C library. The
+    /// library's own frames below it are new frames over old ones, and their slots never
+    /// written keep what the program's dead frames left (valgrind sees those slots as
+    /// undefined and skips them). What those frames saved of the caller's registers counts.
+    /// None when the thread is not in the C library (a static program, a system call of the
+    /// program's own) or the walk cannot go on.
+    pub fn program_in_library_call(
+        &mut self,
+        registers: &ThreadRegisters,
+        memory: &mut impl Memory,
+    ) -> Option<ProgramAtExit> {
+        self.program_part(registers, memory, Skip::LibraryCall)
+    }
 }
 
 /// The frames left out of a thread's stack, innermost first.
@@ -113,104 +133,112 @@ enum Skip {
 /// whose frames a thread waiting in a system call it made is in.
 fn is_c_library(path: &str) -> bool {
     let name = path.rsplit('/').next().unwrap_or(path);
-    ["libc.so", "libc-2.", "libpthread", "ld-linux", "ld-musl", "libc.musl"]
-        .iter()
-        .any(|prefix| name.starts_with(prefix))
+    [
+        "libc.so",
+        "libc-2.",
+        "libpthread",
+        "ld-linux",
+        "ld-musl",
+        "libc.musl",
+    ]
+    .iter()
+    .any(|prefix| name.starts_with(prefix))
 }
 
-fn program_part(
-    pid: u32,
-    registers: &ThreadRegisters,
-    memory: &mut impl Memory,
-    skip: Skip,
-) -> Option<ProgramAtExit> {
-    let maps = procfs::read_maps(pid).ok()?;
-    let mut modules: HashMap<(String, u64), Option<Module>> = HashMap::new();
-    let (mut pc, mut sp, mut bp) = (
-        registers.instruction_pointer,
-        registers.stack_pointer,
-        registers.frame_pointer,
-    );
-    // The outermost exit function's frame so far; the walk goes on past the C library's
-    // own functions between them (exit's handlers are not exported).
-    let mut found = None;
-    let mut exit_module: Option<(String, u64)> = None;
-    // Callee-saved registers saved by each frame walked, by the frame's CFA.
-    let mut saved: Vec<(u64, u64)> = Vec::new();
-    for depth in 0..MAX_FRAMES {
-        let Some(mapping) = maps.iter().find(|mapping| {
-            mapping.executable && mapping.is_file() && mapping.start <= pc && pc < mapping.end
-        }) else {
-            break;
-        };
-        let file = (mapping.dev.clone(), mapping.inode);
-        if skip == Skip::LibraryCall && !is_c_library(&mapping.path) {
-            // The first frame outside the C library: the program's.
-            break;
-        }
-        if found.is_some() && exit_module.as_ref() != Some(&file) {
-            // Out of the C library that holds the exit path: nothing more to find.
-            break;
-        }
-        let Some(module) = modules
-            .entry(file.clone())
-            .or_insert_with(|| Module::load(pid, mapping))
-            .as_ref()
-        else {
-            break;
-        };
-        // A return address points after its call: the call's own row is the byte before.
-        let at = pc
-            .wrapping_sub(module.bias)
-            .wrapping_sub(u64::from(depth > 0));
-        let Some(row) = module.row(at) else {
-            break;
-        };
-        let base = match row.kind {
-            CFA_RSP => sp,
-            CFA_RBP => bp,
-            _ => break,
-        };
-        let cfa = base.wrapping_add_signed(i64::from(row.cfa_offset));
-        for offset in crate::unwind_tables::saved_registers_at(&module.elf, at) {
-            if let Some(value) = memory.read_u64(cfa.wrapping_add_signed(offset)) {
-                saved.push((cfa, value));
+impl Walker {
+    fn program_part(
+        &mut self,
+        registers: &ThreadRegisters,
+        memory: &mut impl Memory,
+        skip: Skip,
+    ) -> Option<ProgramAtExit> {
+        let (pid, maps, modules) = (self.pid, &self.maps, &mut self.modules);
+        let (mut pc, mut sp, mut bp) = (
+            registers.instruction_pointer,
+            registers.stack_pointer,
+            registers.frame_pointer,
+        );
+        // The outermost exit function's frame so far; the walk goes on past the C library's
+        // own functions between them (exit's handlers are not exported).
+        let mut found = None;
+        let mut exit_module: Option<(String, u64)> = None;
+        // Callee-saved registers saved by each frame walked, by the frame's CFA.
+        let mut saved: Vec<(u64, u64)> = Vec::new();
+        for depth in 0..MAX_FRAMES {
+            let Some(mapping) = maps.iter().find(|mapping| {
+                mapping.executable && mapping.is_file() && mapping.start <= pc && pc < mapping.end
+            }) else {
+                break;
+            };
+            let file = (mapping.dev.clone(), mapping.inode);
+            if skip == Skip::LibraryCall && !is_c_library(&mapping.path) {
+                // The first frame outside the C library: the program's.
+                break;
             }
-        }
-        if skip == Skip::LibraryCall
-            || module
-                .exit_functions
-                .iter()
-                .any(|range| range.contains(&at))
-        {
-            found = Some(cfa);
-            exit_module = Some(file);
-        }
-        let Some(return_address) = memory.read_u64(cfa.wrapping_sub(8)) else {
-            break;
-        };
-        if row.rbp_offset_words != 0 {
-            let Some(saved) =
-                memory.read_u64(cfa.wrapping_add_signed(i64::from(row.rbp_offset_words) * 8))
+            if found.is_some() && exit_module.as_ref() != Some(&file) {
+                // Out of the C library that holds the exit path: nothing more to find.
+                break;
+            }
+            let Some(module) = modules
+                .entry(file.clone())
+                .or_insert_with(|| Module::load(pid, mapping))
+                .as_ref()
             else {
                 break;
             };
-            bp = saved;
+            // A return address points after its call: the call's own row is the byte before.
+            let at = pc
+                .wrapping_sub(module.bias)
+                .wrapping_sub(u64::from(depth > 0));
+            let Some(row) = module.row(at) else {
+                break;
+            };
+            let base = match row.kind {
+                CFA_RSP => sp,
+                CFA_RBP => bp,
+                _ => break,
+            };
+            let cfa = base.wrapping_add_signed(i64::from(row.cfa_offset));
+            for offset in crate::unwind_tables::saved_registers_at(&module.elf, at) {
+                if let Some(value) = memory.read_u64(cfa.wrapping_add_signed(offset)) {
+                    saved.push((cfa, value));
+                }
+            }
+            if skip == Skip::LibraryCall
+                || module
+                    .exit_functions
+                    .iter()
+                    .any(|range| range.contains(&at))
+            {
+                found = Some(cfa);
+                exit_module = Some(file);
+            }
+            let Some(return_address) = memory.read_u64(cfa.wrapping_sub(8)) else {
+                break;
+            };
+            if row.rbp_offset_words != 0 {
+                let Some(saved) =
+                    memory.read_u64(cfa.wrapping_add_signed(i64::from(row.rbp_offset_words) * 8))
+                else {
+                    break;
+                };
+                bp = saved;
+            }
+            // Frames only go up the stack.
+            if return_address == 0 || cfa <= sp {
+                break;
+            }
+            (pc, sp) = (return_address, cfa);
         }
-        // Frames only go up the stack.
-        if return_address == 0 || cfa <= sp {
-            break;
-        }
-        (pc, sp) = (return_address, cfa);
+        let stack_from = found?;
+        Some(ProgramAtExit {
+            stack_from,
+            // Saved in the frames left out (at or below the outermost exit function's CFA).
+            saved_registers: saved
+                .into_iter()
+                .filter(|&(cfa, _)| cfa <= stack_from)
+                .map(|(_, value)| value)
+                .collect(),
+        })
     }
-    let stack_from = found?;
-    Some(ProgramAtExit {
-        stack_from,
-        // Saved in the frames left out (at or below the outermost exit function's CFA).
-        saved_registers: saved
-            .into_iter()
-            .filter(|&(cfa, _)| cfa <= stack_from)
-            .map(|(_, value)| value)
-            .collect(),
-    })
 }

@@ -1607,18 +1607,20 @@ impl Session {
     /// it running) the thread may have stopped in a leaf function: its red zone counts.
     fn program_part(
         &self,
+        walker: &mut Option<crate::exit_stack::Walker>,
         thread: &crate::freeze::ThreadRegisters,
         in_syscall: bool,
     ) -> (Vec<u64>, (u64, u64)) {
         let mut memory = ProcessMemory { pid: self.pid };
         let sp = thread.stack_pointer;
-        let program = crate::exit_stack::program_at_exit(self.pid, thread, &mut memory)
-            .or_else(|| {
-                in_syscall
-                    .then(|| {
-                        crate::exit_stack::program_in_library_call(self.pid, thread, &mut memory)
-                    })
-                    .flatten()
+        let program = walker
+            .as_mut()
+            .and_then(|walker| {
+                walker.program_at_exit(thread, &mut memory).or_else(|| {
+                    in_syscall
+                        .then(|| walker.program_in_library_call(thread, &mut memory))
+                        .flatten()
+                })
             })
             .filter(|program| program.stack_from >= sp)
             .unwrap_or_else(|| crate::exit_stack::ProgramAtExit {
@@ -1644,6 +1646,7 @@ impl Session {
     /// glibc keeps mapped for the next thread.
     fn add_thread_ends(
         &self,
+        walker: &mut Option<crate::exit_stack::Walker>,
         at_exit: bool,
         maps: &[procfs::Mapping],
         registers: &mut Vec<u64>,
@@ -1661,7 +1664,7 @@ impl Session {
                 instruction_pointer: end.ip,
                 frame_pointer: end.registers[leak_common::ThreadEnd::FRAME_POINTER],
             };
-            let (values, live) = self.program_part(&thread, end.syscall != u64::MAX);
+            let (values, live) = self.program_part(walker, &thread, end.syscall != u64::MAX);
             registers.extend(values);
             live_stacks.push(live);
             taken += 1;
@@ -1723,6 +1726,9 @@ impl Session {
         };
         // Where each thread's live stack begins: a frozen thread may be in a leaf function
         // using its red zone; at the exit stop the thread is in the exit system call.
+        let mut walker = at_exit
+            .as_ref()
+            .and_then(|_| crate::exit_stack::Walker::new(self.pid));
         let (mut registers, mut live_stacks) = match (&frozen, &at_exit) {
             (Some(frozen), _) => {
                 let (registers, stack_pointers) = frozen.registers();
@@ -1733,13 +1739,19 @@ impl Session {
                 (registers, live)
             }
             (None, Some(exiting)) if exiting.stack_pointer != 0 => {
-                let (values, live) = self.program_part(exiting, false);
+                let (values, live) = self.program_part(&mut walker, exiting, false);
                 (values, vec![live])
             }
             (None, _) => Default::default(),
         };
         let maps = procfs::read_maps(self.pid).unwrap_or_default();
-        self.add_thread_ends(at_exit.is_some(), &maps, &mut registers, &mut live_stacks);
+        self.add_thread_ends(
+            &mut walker,
+            at_exit.is_some(),
+            &maps,
+            &mut registers,
+            &mut live_stacks,
+        );
         let tracked: Vec<Block> = blocks.iter().map(|(block, _)| *block).collect();
         // `run` traced the program from its first instruction: memory around the tracked
         // blocks is the allocator's own. A forked child inherited blocks it never saw
