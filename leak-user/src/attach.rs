@@ -811,7 +811,7 @@ static LEAK_EBPF_OBJECT: &[u8] =
 /// (16 MiB), so only with dwarf.
 fn unwind_settings(unwind: crate::cli::Unwind) -> (u32, u32) {
     match unwind {
-        crate::cli::Unwind::Dwarf => (UNWIND_DWARF, MAX_UNWIND_ROWS),
+        crate::cli::Unwind::Dwarf | crate::cli::Unwind::Hybrid => (UNWIND_DWARF, MAX_UNWIND_ROWS),
         crate::cli::Unwind::Fp | crate::cli::Unwind::Auto => (UNWIND_FRAME_POINTERS, 1),
     }
 }
@@ -949,8 +949,9 @@ pub fn attach(
     // The unwind tables go in before any probe: a stack walked without them would be cut
     // short, or followed through garbage, for as long as loading them takes.
     let unwind = match options.unwind {
-        crate::cli::Unwind::Dwarf => {
-            let mut tables = UnwindTables::take(&mut ebpf).map_err(AttachError::Load)?;
+        crate::cli::Unwind::Dwarf | crate::cli::Unwind::Hybrid => {
+            let hybrid = options.unwind == crate::cli::Unwind::Hybrid;
+            let mut tables = UnwindTables::take(&mut ebpf, hybrid).map_err(AttachError::Load)?;
             if !options.before_exec {
                 tables.refresh(pid);
             }

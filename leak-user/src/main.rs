@@ -209,7 +209,7 @@ fn programs(unwind: Option<Unwind>, format: DiffFormat) -> ExitCode {
     for mode in modes {
         match verify_programs(std::process::id(), mode) {
             Ok(loads) => {
-                let mode = if mode == Unwind::Dwarf { "dwarf" } else { "fp" };
+                let mode = if mode.uses_tables() { "dwarf" } else { "fp" };
                 rows.extend(loads.into_iter().map(|load| (mode, load)));
             }
             Err(err) => {

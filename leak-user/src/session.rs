@@ -500,7 +500,7 @@ pub async fn run(command: &[String], options: Options) -> Result<Outcome, Sessio
     options.unwind = options
         .unwind
         .resolve(crate::file_bytes::open(&image).ok().as_deref());
-    let hold_at_entry = options.unwind == Unwind::Dwarf;
+    let hold_at_entry = options.unwind.uses_tables();
     let keep =
         crate::privileges::Needs::new(options.output.clone(), options.prometheus).after_attach();
     let launched = launch::launch(
@@ -2148,11 +2148,7 @@ impl Session {
             mode: self.mode.to_string(),
             duration_s: span_s,
             sample_rate: self.options.sample_rate,
-            unwind: match self.options.unwind {
-                Unwind::Dwarf => "dwarf",
-                _ => "fp",
-            }
-            .to_string(),
+            unwind: self.options.unwind.report_name().to_string(),
             allocators: self.allocators.clone(),
             programs: self.probes.programs.clone(),
             cost: self.cost_report(procfs::monotonic_ns()),

@@ -305,10 +305,20 @@ pub struct UnwindTables {
     generation: u32,
     /// Modules left without tables because the row map was full.
     pub modules_without_room: u64,
+    /// Hybrid walks: the modules that keep frame pointers get no table (the kernel side
+    /// follows the frame-pointer chain through a mapping without one).
+    only_without_frame_pointers: bool,
+    /// Files left to the frame-pointer chain (hybrid walks).
+    chained: std::collections::HashSet<(String, u64)>,
 }
 
 impl UnwindTables {
-    pub fn take(ebpf: &mut aya::Ebpf) -> Result<UnwindTables, String> {
+    /// The unwind maps of `ebpf`; with `only_without_frame_pointers` (hybrid walks) only
+    /// the modules that do not keep frame pointers get their tables.
+    pub fn take(
+        ebpf: &mut aya::Ebpf,
+        only_without_frame_pointers: bool,
+    ) -> Result<UnwindTables, String> {
         fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
             ebpf: &mut aya::Ebpf,
             name: &str,
@@ -328,6 +338,8 @@ impl UnwindTables {
             half: 0,
             generation: 0,
             modules_without_room: 0,
+            only_without_frame_pointers,
+            chained: std::collections::HashSet::new(),
         })
     }
 
@@ -348,9 +360,20 @@ impl UnwindTables {
                 continue;
             }
             let id = (mapping.dev.clone(), mapping.inode);
+            if self.chained.contains(&id) {
+                continue;
+            }
             let Ok(elf) = crate::file_bytes::open_mapped(pid, mapping) else {
                 continue;
             };
+            if self.only_without_frame_pointers
+                && !self.files.contains_key(&id)
+                && keeps_frame_pointers(&elf) == Some(true)
+            {
+                log::debug!("unwind: {} keeps frame pointers: no table", mapping.path);
+                self.chained.insert(id);
+                continue;
+            }
             let Some(bias) = mapping_bias(&elf, mapping) else {
                 continue;
             };

@@ -370,8 +370,8 @@ impl Gear1 {
             Collector::new(maps, procfs::monotonic_ns(), page_size, 0..=u64::MAX, 1);
         collector.set_program_break(procfs::program_break(pid));
         let tables = match unwind {
-            Unwind::Dwarf => {
-                let mut tables = UnwindTables::take(&mut sampler.ebpf)?;
+            Unwind::Dwarf | Unwind::Hybrid => {
+                let mut tables = UnwindTables::take(&mut sampler.ebpf, unwind == Unwind::Hybrid)?;
                 tables.refresh(pid);
                 Some(tables)
             }
@@ -687,6 +687,7 @@ impl Watcher {
         // reach the program's own frames from there.
         let unwind = match self.options.precise.unwind {
             Unwind::Fp => Unwind::Fp,
+            Unwind::Hybrid => Unwind::Hybrid,
             Unwind::Auto | Unwind::Dwarf => Unwind::Dwarf,
         };
         let gear1 = match Gear1::start(

@@ -1,5 +1,7 @@
 //! End-to-end: stacks through code built without frame pointers, walked with the modules'
-//! .eh_frame tables (`--unwind dwarf`): the allocating function and every caller up to main.
+//! .eh_frame tables (`--unwind dwarf`; `hybrid`, the default for a program that keeps frame
+//! pointers, for the libraries that do not): the allocating function and every caller up to
+//! main.
 use leaktrace_tests::{
     Target, Traced, bpf_available, build_c_variant, build_rust_variant, leaktrace, run_to_exit,
     u64_of,
@@ -186,4 +188,42 @@ fn deep_stacks_are_walked_whole() {
     let depth = names.iter().filter(|name| *name == "descend").count();
     assert_eq!(depth, 101, "every level of the recursion: {names:?}");
     assert!(names.iter().any(|name| name == "main"), "{names:?}");
+}
+
+/// A program built with frame pointers that leaks through glibc and libstdc++, which are
+/// built without them (tests/targets/through_libraries.cpp): `--unwind auto` walks it the
+/// hybrid way (the frame-pointer chain through the program, the libraries' tables through
+/// them) and names each leaking function and its callers, where frame pointers alone stop
+/// in the library.
+#[test]
+fn a_frame_pointer_program_is_walked_through_libraries_without_them() {
+    if !bpf_available("a_frame_pointer_program_is_walked_through_libraries_without_them") {
+        return;
+    }
+    let target = build_c_variant(
+        "through_libraries.cpp",
+        "through_libraries",
+        "g++",
+        &["-O1"],
+        &[],
+    );
+    let traced = run_to_exit("through_libraries", &target, &[], 0);
+    assert_eq!(traced.report["unwind"], "hybrid", "{}", traced.describe());
+    for function in [
+        "leak_via_strdup",
+        "leak_via_asprintf",
+        "leak_via_getline",
+        "leak_via_fopen",
+        "leak_via_string",
+    ] {
+        assert_chain(&traced, function, &["leak_everything", "main"], 50);
+    }
+    // Frame pointers alone: the walk stops inside strdup, which keeps none.
+    let chained = run_to_exit("through_libraries_fp", &target, &["--unwind", "fp"], 0);
+    assert_eq!(chained.report["unwind"], "fp");
+    assert!(
+        chained.stacks_through("leak_via_strdup").is_empty(),
+        "{}",
+        chained.describe()
+    );
 }

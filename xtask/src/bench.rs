@@ -338,9 +338,13 @@ pub fn run(pairs: u64, runs: usize) -> Result<()> {
          ## The agent's own cost\n\n{agent}\n\
          ## Stack quality\n\n`tests/targets/stack_chain.{{c,cpp,rs}}` keep allocations made \
          three calls below main; each built with and without frame pointers and run under \
-         `leaktrace run`. Frames are walked with frame pointers; the allocating function is \
-         always there (the stack is captured on return into it), the callers above it only \
-         while the frame-pointer chain holds.\n\n{quality}\n{WHERE_THE_TIME_GOES}",
+         `leaktrace run` with each way of walking stacks. With frame pointers alone the \
+         allocating function is always there (the stack is captured on return into it), the \
+         callers above it only while the frame-pointer chain holds; `hybrid` (what `auto` \
+         picks for a program that keeps frame pointers) follows the chain through the modules \
+         that keep it and the `.eh_frame` tables of the others; `dwarf` follows every \
+         module's tables. `tests/targets/through_libraries.cpp` keeps frame pointers and \
+         allocates inside glibc and libstdc++, which keep none.\n\n{quality}\n{WHERE_THE_TIME_GOES}",
         pairs / 5
     );
     // The soak section comes from `cargo xtask soak`, which takes an hour: kept as it is.
@@ -355,18 +359,22 @@ pub fn run(pairs: u64, runs: usize) -> Result<()> {
 }
 
 /// The cost of each way to walk stacks, on a shallow stack (pairs: 4 frames) and a deep one
-/// (deep: 37 frames).
+/// (deep: 37 frames), and what each frame adds (the difference over the 33 frames more).
+/// bench_pairs keeps frame pointers and calls malloc from its own code: `hybrid` follows
+/// the frame-pointer chain through every frame, after a lookup that finds no table there.
 fn stack_walking(bench_bin: &std::path::Path, pairs: u64, runs: usize) -> Result<String> {
+    const WAYS: [&str; 3] = ["fp", "hybrid", "dwarf"];
     let count = pairs.to_string();
     let mut table = String::from(
-        "| workload | untraced ns | `--unwind fp` ns | `--unwind dwarf` ns | dwarf − fp |\n|---|---|---|---|---|\n",
+        "| workload | untraced ns | `--unwind fp` ns | `--unwind hybrid` ns | `--unwind dwarf` ns |\n|---|---|---|---|---|\n",
     );
+    let mut rows = Vec::new();
     for (mode, what) in [
         ("pairs", "malloc(64)+free, 4 frames deep"),
         ("deep", "malloc(64)+free, 37 frames deep"),
     ] {
         let mut columns = Vec::new();
-        for unwind in [None, Some("fp"), Some("dwarf")] {
+        for unwind in std::iter::once(None).chain(WAYS.map(Some)) {
             let mut times = Vec::new();
             for _ in 0..runs {
                 times.push(match unwind {
@@ -384,13 +392,24 @@ fn stack_walking(bench_bin: &std::path::Path, pairs: u64, runs: usize) -> Result
         }
         let _ = writeln!(
             table,
-            "| {what} | {:.0} | {:.0} | {:.0} | {:+.0} |",
-            columns[0],
-            columns[1],
-            columns[2],
-            columns[2] - columns[1]
+            "| {what} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            columns[0], columns[1], columns[2], columns[3]
         );
+        rows.push(columns);
     }
+    let per_frame: Vec<String> = WAYS
+        .iter()
+        .enumerate()
+        .map(|(way, name)| {
+            let added = (rows[1][way + 1] - rows[1][0]) - (rows[0][way + 1] - rows[0][0]);
+            format!("{name} {:.0} ns", added / 33.0)
+        })
+        .collect();
+    let _ = writeln!(
+        table,
+        "\nWhat a frame adds to a walk (the 33 frames more of the deep stack): {}.",
+        per_frame.join(", ")
+    );
     println!("{table}");
     Ok(table)
 }
@@ -1110,9 +1129,35 @@ fn symbolization() -> Result<String> {
     ))
 }
 
-/// The allocation-site functions of the stack_chain targets, and how many of their
-/// allocations each target keeps.
-const CHAIN_FUNCTIONS: [&str; 3] = ["store_record", "parse_body", "log_line"];
+/// What a target's kept allocations should show: the functions that made them (one of
+/// `made_by`), and for the whole chain each of `callers` and one of `one_of`.
+struct Chain {
+    made_by: &'static [&'static str],
+    callers: &'static [&'static str],
+    one_of: &'static [&'static str],
+}
+
+/// The stack_chain targets: main → handle_request → parse_body or log_line (which store
+/// through store_record).
+const STACK_CHAIN: Chain = Chain {
+    made_by: &["store_record", "parse_body", "log_line"],
+    callers: &["main", "handle_request"],
+    one_of: &["parse_body", "log_line"],
+};
+
+/// through_libraries.cpp: main → leak_everything → one leak_via_… function, whose library
+/// call (strdup, asprintf, getline, fopen, std::string's reserve) allocates.
+const THROUGH_LIBRARIES: Chain = Chain {
+    made_by: &[
+        "leak_via_strdup",
+        "leak_via_asprintf",
+        "leak_via_getline",
+        "leak_via_fopen",
+        "leak_via_string",
+    ],
+    callers: &["main", "leak_everything"],
+    one_of: &["leak_everything"],
+};
 
 /// Whether a symbolized frame name is `function` (plain, C++ with parameters, Rust path).
 fn frame_is(name: &str, function: &str) -> bool {
@@ -1121,10 +1166,15 @@ fn frame_is(name: &str, function: &str) -> bool {
         || name.ends_with(&format!("::{function}"))
 }
 
-/// Of the allocations a stack_chain target keeps, how many have a stack with the program
-/// function that made them, and how many also every caller up to main.
-fn chain_shares(binary: &std::path::Path, index: usize, unwind: &str) -> Result<(u64, u64)> {
-    let report_path = root().join(format!("target/xtask/stack_chain_{index}_{unwind}.json"));
+/// Of the allocations a target keeps, how many have a stack with the program function that
+/// made them, and how many also every caller up to main.
+fn chain_shares(
+    binary: &std::path::Path,
+    name: &str,
+    unwind: &str,
+    chain: &Chain,
+) -> Result<(u64, u64)> {
+    let report_path = root().join(format!("target/xtask/{name}_{unwind}.json"));
     crate::run_checked(
         Command::new(leaktrace_bin())
             .args([
@@ -1145,10 +1195,11 @@ fn chain_shares(binary: &std::path::Path, index: usize, unwind: &str) -> Result<
             .filter_map(|frame| frame["function"].as_str())
             .collect();
         let has = |function: &str| names.iter().any(|name| frame_is(name, function));
-        if CHAIN_FUNCTIONS.iter().any(|function| has(function)) {
+        if chain.made_by.iter().any(|function| has(function)) {
             with_caller += allocs;
-            // The true chain: main → handle_request → parse_body or log_line.
-            if has("main") && has("handle_request") && (has("parse_body") || has("log_line")) {
+            if chain.callers.iter().all(|function| has(function))
+                && chain.one_of.iter().any(|function| has(function))
+            {
                 complete += allocs;
             }
         }
@@ -1199,8 +1250,28 @@ pub fn stack_quality() -> Result<String> {
         ),
     ];
     let mut table = String::from(
-        "| target | build | allocations kept | `--unwind fp`: stack has the allocating function / every caller up to main | `--unwind dwarf`: the same |\n|---|---|---|---|---|\n",
+        "| target | build | allocations kept | `--unwind fp`: stack has the allocating function / every caller up to main | `--unwind hybrid`: the same | `--unwind dwarf`: the same |\n|---|---|---|---|---|---|\n",
     );
+    let mut row = |what: &str,
+                   build: &str,
+                   binary: &std::path::Path,
+                   name: &str,
+                   expected: u64,
+                   chain: &Chain|
+     -> Result<()> {
+        let mut cells = Vec::new();
+        for unwind in ["fp", "hybrid", "dwarf"] {
+            let (with_caller, complete) = chain_shares(binary, name, unwind, chain)?;
+            let share = |n: u64| format!("{:.0}%", 100.0 * n as f64 / expected as f64);
+            cells.push(format!("{} / {}", share(with_caller), share(complete)));
+        }
+        let _ = writeln!(
+            table,
+            "| {what} | {build} | {expected} | {} | {} | {} |",
+            cells[0], cells[1], cells[2]
+        );
+        Ok(())
+    };
     for (index, (what, build, expected, command)) in builds.iter().enumerate() {
         let binary = out_dir.join(format!("stack_chain_{index}"));
         let mut compile = Command::new(&command[0]);
@@ -1223,18 +1294,33 @@ pub fn stack_quality() -> Result<String> {
             }
         }
         crate::run_checked(compile.arg("-o").arg(&binary))?;
-        let mut cells = Vec::new();
-        for unwind in ["fp", "dwarf"] {
-            let (with_caller, complete) = chain_shares(&binary, index, unwind)?;
-            let share = |n: u64| format!("{:.0}%", 100.0 * n as f64 / *expected as f64);
-            cells.push(format!("{} / {}", share(with_caller), share(complete)));
-        }
-        let _ = writeln!(
-            table,
-            "| {what} | {build} | {expected} | {} | {} |",
-            cells[0], cells[1]
-        );
+        row(
+            what,
+            build,
+            &binary,
+            &format!("stack_chain_{index}"),
+            *expected,
+            &STACK_CHAIN,
+        )?;
     }
+    // A program with frame pointers whose allocations happen inside glibc and libstdc++,
+    // built without them (Debian's).
+    let binary = out_dir.join("through_libraries");
+    crate::run_checked(
+        Command::new("g++")
+            .args(["-O2", "-g", "-fno-omit-frame-pointer"])
+            .arg(targets.join("through_libraries.cpp"))
+            .arg("-o")
+            .arg(&binary),
+    )?;
+    row(
+        "C++, g++ -O2, allocating in glibc and libstdc++ (strdup, asprintf, getline, fopen, std::string)",
+        "with frame pointers; the libraries without",
+        &binary,
+        "through_libraries",
+        250,
+        &THROUGH_LIBRARIES,
+    )?;
     println!("{table}");
     Ok(table)
 }
