@@ -599,7 +599,8 @@ pub struct ScopeLabel {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ScopeFrame {
     pub tag: u32,
-    pub _pad: u32,
+    /// The scope's number (`ScopeShape::index`).
+    pub scope: u32,
     pub call: u64,
     /// Stack pointer at entry: the matching return sees `sp + 8`.
     pub sp: u64,

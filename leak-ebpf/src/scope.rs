@@ -196,12 +196,24 @@ pub fn scope_enter(ctx: ProbeContext) -> u32 {
         count(Counter::ScopeTooDeep);
         return 0;
     }
+    // Inside a call of the same scope (the function recursing, or calling a part of itself
+    // the compiler outlined, `.part.N`, also probed): one call, the outer one. Its return
+    // finds no frame of its own and leaves the stack alone.
+    stack.depth = depth as u64;
+    for i in 0..MAX_SCOPE_DEPTH {
+        if i + 1 == depth {
+            if stack.frames[i].scope == u32::from(shape.index) {
+                return 0;
+            }
+            break;
+        }
+    }
     let call = next_call();
     for i in 0..MAX_SCOPE_DEPTH {
         if i == depth {
             stack.frames[i] = ScopeFrame {
                 tag,
-                _pad: 0,
+                scope: u32::from(shape.index),
                 call,
                 sp,
             };

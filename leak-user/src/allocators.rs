@@ -254,13 +254,35 @@ pub fn identify(symbols: &[&str], module_path: &str) -> &'static str {
     }
 }
 
+/// `text` split at the colons that are not part of a `::`, into `limit` parts at most (the
+/// last keeps the rest).
+fn split_at_single_colons(text: &str, limit: usize) -> Vec<&str> {
+    let bytes = text.as_bytes();
+    let mut parts = Vec::new();
+    let mut start = 0;
+    for (at, &byte) in bytes.iter().enumerate() {
+        if parts.len() + 1 == limit {
+            break;
+        }
+        let single =
+            byte == b':' && bytes.get(at + 1) != Some(&b':') && (at == 0 || bytes[at - 1] != b':');
+        if single {
+            parts.push(&text[start..at]);
+            start = at + 1;
+        }
+    }
+    parts.push(&text[start..]);
+    parts
+}
+
 /// A user-named allocator function from `--alloc-fn NAME:KIND[:ARGS]`.
 ///
 /// KIND is malloc (size in argument 1), calloc (count 1, size 2), realloc (block 1, size 2)
 /// or free (block 1); ARGS moves them, as comma-separated `size=N`, `count=N`, `ptr=N` with
 /// 1-based argument positions (at most 6): `pool_alloc:malloc:size=2`.
 pub fn parse_alloc_fn(text: &str) -> Result<KnownFn, String> {
-    let mut parts = text.splitn(3, ':');
+    // The fields are split at single colons: a C++ or Rust name keeps its `::`.
+    let mut parts = split_at_single_colons(text, 3).into_iter();
     let name = parts.next().unwrap_or("").trim();
     let kind = parts.next().map(str::trim);
     let args = parts.next();
@@ -404,6 +426,16 @@ mod tests {
         assert_eq!(
             parse_alloc_fn("grow:realloc").expect("valid").shape.func,
             AllocFn::Realloc
+        );
+        // C++ and Rust names keep their `::`.
+        let method = parse_alloc_fn("arena::Pool::take:malloc:size=2").expect("valid");
+        assert_eq!(method.symbol, "arena::Pool::take");
+        assert_eq!(method.shape, CallShape::malloc(1));
+        assert_eq!(
+            parse_alloc_fn("pool_free(pool*, void*):free:ptr=2")
+                .expect("valid")
+                .symbol,
+            "pool_free(pool*, void*)"
         );
         for bad in [
             "",

@@ -85,13 +85,13 @@ pub enum AttachError {
     )]
     ProbeConflict { function: String, module: String },
     #[error(
-        "--alloc-fn {symbol}: no module of the target defines a function of that name (it must be in the dynamic or static symbol table; `nm -D FILE` lists them)"
+        "--alloc-fn {symbol}: no module of the target defines a function of that name (a plain or C++ name with or without its parameters, a Rust path, or a symbol as `nm` lists it){closest}"
     )]
-    NoSuchFunction { symbol: String },
+    NoSuchFunction { symbol: String, closest: String },
     #[error(
-        "--scope {function}: no module of the target defines a function of that name (it must be in the dynamic or static symbol table, as `nm` lists it; C++ names are the mangled ones)"
+        "--scope {function}: no module of the target defines a function of that name (a plain or C++ name with or without its parameters, a Rust path, or a symbol as `nm` lists it){closest}"
     )]
-    NoSuchScope { function: String },
+    NoSuchScope { function: String, closest: String },
     #[error("could not load the eBPF programs: {0}")]
     Load(String),
     #[error("could not probe {function} in {module}: {reason}")]
@@ -173,7 +173,16 @@ pub fn find_allocator_functions(
             })
         }));
     }
-    wanted.extend(extra.iter().cloned());
+    // User-named functions as users write them: a clone's plain name, a C++ name without
+    // its mangling (every overload), a Rust path.
+    for known in extra {
+        for name in crate::names::matching(&known.symbol, names.iter().copied()) {
+            wanted.push(KnownFn {
+                symbol: name.to_string(),
+                shape: known.shape,
+            });
+        }
+    }
     let mut found: Vec<AllocatorFn> = Vec::new();
     // Single-stepped ones: (what it is, its address, its file offset).
     let mut unplaced: Vec<(&KnownFn, u64, u64)> = Vec::new();
@@ -474,19 +483,35 @@ pub fn allocators_in_process(
     extra: &[KnownFn],
 ) -> Result<Vec<AllocatorModule>, AttachError> {
     let mut modules: Vec<AllocatorModule> = Vec::new();
-    for (probe_path, display_path) in process_files(pid)? {
-        let Ok(data) = crate::file_bytes::open(&probe_path) else {
+    let files = process_files(pid)?;
+    for (probe_path, display_path) in &files {
+        let Ok(data) = crate::file_bytes::open(probe_path) else {
             continue;
         };
-        modules.extend(module_probes(&data, probe_path, display_path, extra));
+        modules.extend(module_probes(
+            &data,
+            probe_path.clone(),
+            display_path.clone(),
+            extra,
+        ));
     }
-    require_allocator(modules, pid, extra)
+    require_allocator(modules, pid, extra, &files)
 }
 
 /// A --scope function found in one of the target's files.
 #[derive(Clone, Debug)]
 pub struct ScopeProbe {
     pub spec: ScopeSpec,
+    /// Every function the name matched: a function and its compiler clones, every overload
+    /// of a C++ name (see `names::matching`).
+    pub points: Vec<ScopePoint>,
+}
+
+/// One function probed for a --scope.
+#[derive(Clone, Debug)]
+pub struct ScopePoint {
+    /// The symbol, as the file names it.
+    pub symbol: String,
     pub probe_path: PathBuf,
     pub display_path: String,
     /// File offset of the probe (see `probe_site`), and the function's own.
@@ -499,15 +524,24 @@ pub struct ScopeProbe {
     pub emulated: bool,
 }
 
-/// Finds each --scope function in `files` (the first file defining it wins: the executable
-/// comes first).
+/// Finds each --scope function in `files` (the first file that defines it wins: the
+/// executable comes first): every function the name matches there, as users write names
+/// (`names::matching`). When a name matches nothing anywhere, the error names the closest
+/// functions the files define.
 pub fn find_scopes(
     specs: &[ScopeSpec],
     files: &[(PathBuf, String)],
 ) -> Result<Vec<ScopeProbe>, AttachError> {
-    let mut found: Vec<ScopeProbe> = Vec::new();
+    let mut found: Vec<ScopeProbe> = specs
+        .iter()
+        .map(|spec| ScopeProbe {
+            spec: spec.clone(),
+            points: Vec::new(),
+        })
+        .collect();
+    let mut close: Vec<Vec<String>> = vec![Vec::new(); specs.len()];
     for (probe_path, display_path) in files {
-        if found.len() == specs.len() {
+        if found.iter().all(|probe| !probe.points.is_empty()) {
             break;
         }
         let Ok(data) = crate::file_bytes::open(probe_path) else {
@@ -517,60 +551,84 @@ pub fn find_scopes(
             continue;
         };
         let symbols = function_symbols(&file);
-        for spec in specs {
-            if found
-                .iter()
-                .any(|probe| probe.spec.function == spec.function)
-            {
+        for (index, probe) in found.iter_mut().enumerate() {
+            if !probe.points.is_empty() {
                 continue;
             }
-            let Some(&symbol) = symbols.get(&spec.function) else {
+            let spec = &probe.spec;
+            let matched =
+                crate::names::matching(&spec.function, symbols.keys().map(String::as_str));
+            if matched.is_empty() {
+                close[index].extend(crate::names::closest(
+                    &spec.function,
+                    symbols.keys().map(String::as_str),
+                ));
                 continue;
-            };
+            }
             let label = argument_or_none(spec.shape(0).label_arg);
             let reads = probe_site::Reads {
                 arguments: [label, NO_ARG, NO_ARG, NO_ARG],
                 product: None,
                 stack_pointer: true,
             };
-            let Some(point) = probe_point(&data, &file, symbol, &reads) else {
-                continue;
-            };
-            found.push(ScopeProbe {
-                spec: spec.clone(),
-                probe_path: probe_path.clone(),
-                display_path: display_path.clone(),
-                probe_offset: point.file_offset + point.placement.offset,
-                file_offset: point.file_offset,
-                label_slot: if label == NO_ARG {
-                    leak_common::SCOPE_NO_LABEL
-                } else {
-                    point.placement.slots[0]
-                },
-                instruction: point.instruction,
-                emulated: point.emulated,
-            });
+            for name in matched {
+                let symbol = symbols[name];
+                let Some(point) = probe_point(&data, &file, symbol, &reads) else {
+                    continue;
+                };
+                if probe
+                    .points
+                    .iter()
+                    .any(|known| known.file_offset == point.file_offset)
+                {
+                    // An alias of one already probed.
+                    continue;
+                }
+                probe.points.push(ScopePoint {
+                    symbol: name.to_string(),
+                    probe_path: probe_path.clone(),
+                    display_path: display_path.clone(),
+                    probe_offset: point.file_offset + point.placement.offset,
+                    file_offset: point.file_offset,
+                    label_slot: if label == NO_ARG {
+                        leak_common::SCOPE_NO_LABEL
+                    } else {
+                        point.placement.slots[0]
+                    },
+                    instruction: point.instruction,
+                    emulated: point.emulated,
+                });
+            }
         }
     }
-    match specs.iter().find(|spec| {
-        !found
-            .iter()
-            .any(|probe| probe.spec.function == spec.function)
-    }) {
-        Some(missing) => Err(AttachError::NoSuchScope {
-            function: missing.function.clone(),
-        }),
-        // In the order given: scope numbers follow the flags.
-        None => Ok(specs
-            .iter()
-            .filter_map(|spec| {
-                found
-                    .iter()
-                    .find(|probe| probe.spec.function == spec.function)
-                    .cloned()
-            })
-            .collect()),
+    if let Some(index) = found.iter().position(|probe| probe.points.is_empty()) {
+        let mut nearby = std::mem::take(&mut close[index]);
+        nearby.sort();
+        nearby.dedup();
+        return Err(AttachError::NoSuchScope {
+            function: specs[index].function.clone(),
+            closest: closest_hint(&nearby),
+        });
     }
+    // In the order given: scope numbers follow the flags.
+    Ok(found)
+}
+
+/// " (closest: a, b)" for an error about a name that matched nothing, or "".
+fn closest_hint(names: &[String]) -> String {
+    if names.is_empty() {
+        String::new()
+    } else {
+        format!("; closest: {}", names.join(", "))
+    }
+}
+
+/// Whether `symbol` is one of the functions named with --alloc-fn (as users write names:
+/// see `names::matching`).
+fn user_named(symbol: &str, extra: &[KnownFn]) -> bool {
+    extra.iter().any(|known| {
+        known.symbol == symbol || !crate::names::matching(&known.symbol, [symbol]).is_empty()
+    })
 }
 
 /// Whether everything probed in a module was named with --alloc-fn.
@@ -578,7 +636,7 @@ pub fn only_user_named(module: &AllocatorModule, extra: &[KnownFn]) -> bool {
     module
         .functions
         .iter()
-        .all(|f| extra.iter().any(|known| known.symbol == f.symbol))
+        .all(|f| user_named(&f.symbol, extra))
 }
 
 /// The probes one ELF file gets, if any.
@@ -606,15 +664,32 @@ fn require_allocator(
     modules: Vec<AllocatorModule>,
     pid: u32,
     extra: &[KnownFn],
+    files: &[(PathBuf, String)],
 ) -> Result<Vec<AllocatorModule>, AttachError> {
     if let Some(missing) = extra.iter().find(|known| {
         !modules
             .iter()
             .flat_map(|module| &module.functions)
-            .any(|f| f.symbol == known.symbol)
+            .any(|f| user_named(&f.symbol, std::slice::from_ref(known)))
     }) {
+        // The names the files define closest to it, for the message.
+        let mut nearby: Vec<String> = files
+            .iter()
+            .filter_map(|(path, _)| crate::file_bytes::open(path).ok())
+            .flat_map(|data| {
+                object::File::parse(&*data)
+                    .map(|file| {
+                        let symbols = function_symbols(&file);
+                        crate::names::closest(&missing.symbol, symbols.keys().map(String::as_str))
+                    })
+                    .unwrap_or_default()
+            })
+            .collect();
+        nearby.sort();
+        nearby.dedup();
         return Err(AttachError::NoSuchFunction {
             symbol: missing.symbol.clone(),
+            closest: closest_hint(&nearby),
         });
     }
     if modules.iter().any(|module| is_allocator(&module.functions)) {
@@ -681,7 +756,7 @@ pub fn allocators_in_files(
             extra,
         ));
     }
-    require_allocator(modules, 0, extra)
+    require_allocator(modules, 0, extra, files)
 }
 
 /// The PT_INTERP of an ELF executable, if it is dynamically linked.
@@ -1494,28 +1569,32 @@ impl Probes {
                 .ok_or(AttachError::Load("process id 0 cannot be traced".into()))?,
         );
         for (index, scope) in scopes.iter().enumerate() {
-            let shape = ScopeShape {
-                label_arg: scope.label_slot,
-                ..scope.spec.shape(index as u8)
-            };
-            // Return probe first: an entry that fires is then always matched by its return.
-            for program in [SCOPE_RETURN_PROGRAM, SCOPE_ENTRY_PROGRAM] {
-                let probe = uprobe(&mut self.ebpf, program)?;
-                let point = UProbeAttachPoint {
-                    location: UProbeAttachLocation::AbsoluteOffset(scope.probe_offset),
-                    cookie: Some(shape.cookie()),
+            for at in &scope.points {
+                let shape = ScopeShape {
+                    label_arg: at.label_slot,
+                    ..scope.spec.shape(index as u8)
                 };
-                let link = probe
-                    .attach(point, &scope.probe_path, target)
-                    .and_then(|id| probe.take_link(id))
-                    .map_err(|err| probe_error(&scope.spec.function, &scope.display_path, err))?;
-                self.links.push(ProbeLink::PerProbe(link));
+                // Return probe first: an entry that fires is then always matched by its
+                // return.
+                for program in [SCOPE_RETURN_PROGRAM, SCOPE_ENTRY_PROGRAM] {
+                    let probe = uprobe(&mut self.ebpf, program)?;
+                    let point = UProbeAttachPoint {
+                        location: UProbeAttachLocation::AbsoluteOffset(at.probe_offset),
+                        cookie: Some(shape.cookie()),
+                    };
+                    let link = probe
+                        .attach(point, &at.probe_path, target)
+                        .and_then(|id| probe.take_link(id))
+                        .map_err(|err| probe_error(&at.symbol, &at.display_path, err))?;
+                    self.links.push(ProbeLink::PerProbe(link));
+                }
+                self.attached.push(format!(
+                    "scope {} at {} in {}",
+                    scope.spec.describe(),
+                    at.symbol,
+                    at.display_path
+                ));
             }
-            self.attached.push(format!(
-                "scope {} in {}",
-                scope.spec.describe(),
-                scope.display_path
-            ));
         }
         Ok(())
     }

@@ -32,6 +32,7 @@ pub mod map_batch;
 pub mod metrics;
 pub mod model;
 pub mod multi_link;
+pub mod names;
 pub mod otel;
 pub mod pclntab;
 pub mod perf_map;

@@ -665,6 +665,10 @@ pub struct RuntimeInfo {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ScopeReport {
     pub function: String,
+    /// The functions probed for it ("symbol in module"): a function and its compiler
+    /// clones, every overload of a C++ name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probed: Vec<String>,
     /// The argument that labels its calls ("arg1=str"), when one does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label_argument: Option<String>,

@@ -80,7 +80,9 @@ pub fn parse_scope(text: &str) -> Result<ScopeSpec, String> {
         }
         _ => (text, None),
     };
-    if function.is_empty() || function.contains(char::is_whitespace) {
+    // Whitespace only inside a C++ parameter list ("parse(char const*)").
+    let outside_parameters = function.split('(').next().unwrap_or(function);
+    if function.is_empty() || outside_parameters.contains(char::is_whitespace) {
         return Err(format!(
             "'{text}': give a function name, optionally with :argN=str or :argN=int"
         ));
@@ -201,6 +203,9 @@ pub struct ScopeCollector {
     pub retaining_skipped: u64,
     /// When the label map was last listed.
     labels_read_ns: Option<u64>,
+    /// By scope index: the functions probed for it ("symbol in module"), as the report
+    /// lists them.
+    pub probed: Vec<Vec<String>>,
 }
 
 /// How often the label map is listed: each listing costs two syscalls per label (up to
@@ -244,6 +249,7 @@ impl ScopeCollector {
             retaining: Vec::new(),
             retaining_skipped: 0,
             labels_read_ns: None,
+            probed: Vec::new(),
         })
     }
 
@@ -547,6 +553,7 @@ impl ScopeCollector {
             }
             reports.push(ScopeReport {
                 function: spec.function.clone(),
+                probed: self.probed.get(index as usize).cloned().unwrap_or_default(),
                 label_argument: spec.label.map(|_| {
                     spec.describe()
                         .rsplit_once(':')
@@ -686,6 +693,11 @@ mod tests {
             Ok("Server::handle".to_string())
         );
         assert_eq!(parse_scope("Server::handle").map(|s| s.label), Ok(None));
+        assert_eq!(
+            parse_scope("Parser::parse(char const*)").map(|s| s.function),
+            Ok("Parser::parse(char const*)".to_string())
+        );
+        assert!(parse_scope("handle request").is_err());
         for bad in [
             "",
             ":arg1=str",

@@ -723,13 +723,24 @@ impl Session {
         let scope_collector = if scopes.is_empty() {
             None
         } else {
-            Some(ScopeCollector::take(
+            let mut collector = ScopeCollector::take(
                 &mut probes.ebpf,
                 scopes.len() as u32,
                 options.scope_retain_after,
                 options.scope_span_threshold,
                 MAX_SERIES_LEN,
-            )?)
+            )?;
+            collector.probed = scopes
+                .iter()
+                .map(|scope| {
+                    scope
+                        .points
+                        .iter()
+                        .map(|point| format!("{} in {}", point.symbol, point.display_path))
+                        .collect()
+                })
+                .collect();
+            Some(collector)
         };
         let unwind = probes.unwind.take();
         let started_ns = procfs::monotonic_ns();

@@ -326,6 +326,39 @@ fn user_named_pool_allocator() {
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("no_such_fn"), "{stderr}");
+    // A near miss is told the names closest to it.
+    let near = std::process::Command::new(leaktrace_bin())
+        .args(["run", "--alloc-fn", "pool_allc:malloc:size=2", "--"])
+        .arg(&target)
+        .output()
+        .expect("run leaktrace");
+    let stderr = String::from_utf8_lossy(&near.stderr);
+    assert!(stderr.contains("closest: pool_alloc"), "{stderr}");
+
+    // The same pool built as C++: its functions are found by the names users write, not
+    // the mangled ones (_Z10pool_allocP4poolm).
+    let cxx = build_c_variant("pool.c", "pool_cxx", "g++", &["-x", "c++"], &[]);
+    let traced = run_to_exit(
+        "pool_cxx",
+        &cxx,
+        &[
+            "--top",
+            "0",
+            "--alloc-fn",
+            "pool_alloc:malloc:size=2",
+            "--alloc-fn",
+            "pool_free(pool*, void*):free:ptr=2",
+        ],
+        0,
+    );
+    assert_leaks(&traced, &[("leak_from_pool", 128)]);
+    assert_clean(&traced, "churn_pool");
+    let symbols = probed(&traced, "custom");
+    assert_eq!(symbols.len(), 2, "{symbols:?}");
+    assert!(
+        symbols.iter().all(|symbol| symbol.starts_with("_Z")),
+        "{symbols:?}"
+    );
 }
 
 /// Debian's redis-server (jemalloc, no frame pointers) under a balanced redis-benchmark load

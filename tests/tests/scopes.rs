@@ -1,7 +1,9 @@
 //! End-to-end: --scope attributes allocations to the calls of request handlers
 //! (tests/targets/scope_handlers.c), per handler and per label, and names the scope calls
 //! that go with a leak.
-use leaktrace_tests::{Target, bpf_available, build_c, leaktrace, leaktrace_then, scratch_dir};
+use leaktrace_tests::{
+    Target, bpf_available, build_c, build_c_variant, leaktrace, leaktrace_then, scratch_dir,
+};
 use serde_json::Value;
 
 fn scope<'a>(report: &'a Value, function: &str) -> &'a Value {
@@ -231,6 +233,10 @@ fn bad_scopes_get_one_clear_line() {
             "--scope no_such_handler: no module of the target defines a function of that name",
         ),
         (
+            vec!["--scope".into(), "handle_gett".into()],
+            "closest: handle_get",
+        ),
+        (
             vec!["--scope".into(), "handle_get:arg7=str".into()],
             "the label is argN=str or argN=int",
         ),
@@ -265,4 +271,91 @@ fn bad_scopes_get_one_clear_line() {
             .collect();
         assert_eq!(lines.len(), 1, "{flags:?}: {stderr}");
     }
+}
+
+/// --scope by the names users write (tests/targets/scope_names.cpp, g++ -O2): a static
+/// handler g++ kept only as a clone (`.constprop`, `.isra`) is found by its plain name, and
+/// a C++ method by its demangled name, every overload of it; each call's allocated and
+/// retained bytes are right, and the report lists what was probed.
+#[test]
+fn scopes_by_the_names_users_write() {
+    if !bpf_available("scopes_by_the_names_users_write") {
+        return;
+    }
+    let program = build_c_variant("scope_names.cpp", "scope_names", "g++", &["-O2"], &[]);
+    // The handler has no symbol of its own name, only clones of it.
+    let nm = std::process::Command::new("nm")
+        .arg(&program)
+        .output()
+        .expect("run nm");
+    let symbols = String::from_utf8_lossy(&nm.stdout);
+    let clones: Vec<&str> = symbols
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(2))
+        .filter(|name| name.contains("qz_ingest_record"))
+        .collect();
+    assert!(
+        !clones.is_empty() && clones.iter().all(|name| name.contains('.')),
+        "{clones:?}"
+    );
+    let target = Target::start(&program, &[]);
+    let pid = target.pid();
+    let traced = leaktrace(
+        "scope_names",
+        &[
+            "attach",
+            "--pid",
+            &pid,
+            "--scope",
+            "qz_ingest_record",
+            "--scope",
+            "ingest::Parser::parse",
+            "-i",
+            "1s",
+            "-d",
+            "3s",
+        ],
+    );
+    assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
+    let report = &traced.report;
+    let ingest = scope(report, "qz_ingest_record");
+    assert!(number(&ingest["calls"]) > 500.0, "{ingest:#}");
+    assert_eq!(
+        number(&ingest["allocated_bytes_per_call"]),
+        384.0,
+        "{ingest:#}"
+    );
+    assert_eq!(
+        number(&ingest["retained_bytes_per_call"]),
+        128.0,
+        "{ingest:#}"
+    );
+    let probed: Vec<&str> = ingest["probed"]
+        .as_array()
+        .expect("probed")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        !probed.is_empty()
+            && probed
+                .iter()
+                .all(|symbol| clones.iter().any(|clone| symbol.starts_with(clone))),
+        "{probed:?} of {clones:?}"
+    );
+    let parse = scope(report, "ingest::Parser::parse");
+    assert!(number(&parse["calls"]) > 500.0, "{parse:#}");
+    assert_eq!(
+        number(&parse["allocated_bytes_per_call"]),
+        192.0,
+        "{parse:#}"
+    );
+    assert_eq!(
+        number(&parse["retained_bytes_per_call"]),
+        128.0,
+        "{parse:#}"
+    );
+    // Both overloads: parse(const char*) and parse(long).
+    let overloads = parse["probed"].as_array().expect("probed");
+    assert_eq!(overloads.len(), 2, "{parse:#}");
 }

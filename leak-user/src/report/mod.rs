@@ -436,6 +436,7 @@ pub mod fixtures {
         let mut all = figures(420, 10240, 0.1);
         all.allocated_bytes_per_call = 768.0;
         report.scopes = vec![ScopeReport {
+            probed: Vec::new(),
             function: "handle_request".into(),
             label_argument: Some("arg0=str".into()),
             figures: all,

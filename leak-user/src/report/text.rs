@@ -422,6 +422,12 @@ fn render_scopes(out: &mut String, report: &Report, painter: &Painter) {
             scope.function,
             scope_line(&scope.figures)
         );
+        // Where the name is not one symbol of that name: what was probed for it.
+        let plain = scope.probed.len() == 1
+            && scope.probed[0].starts_with(&format!("{} in ", scope.function));
+        if !scope.probed.is_empty() && !plain {
+            let _ = writeln!(out, "    probed: {}", scope.probed.join(", "));
+        }
         let keeps = |out: &mut String, indent: &str, stack: &ScopeStackReport| {
             let _ = writeln!(
                 out,
