@@ -447,9 +447,11 @@ pub struct ProcessTrend {
 }
 
 pub fn process_trend(samples: &[ProcessSample], thresholds: &Thresholds) -> ProcessTrend {
+    // The process's own memory: resident anonymous plus swapped out. Shared memory (a
+    // database's shared buffers, touched page by page) and file pages are not its growth.
     let rss: Vec<(f64, f64)> = samples
         .iter()
-        .map(|s| (s.at_s, s.rss_bytes as f64))
+        .map(|s| (s.at_s, s.anon_bytes.saturating_add(s.swap_bytes) as f64))
         .collect();
     let heap: Vec<(f64, f64)> = samples
         .iter()
@@ -984,13 +986,16 @@ mod tests {
         let samples: Vec<ProcessSample> = (0..40)
             .map(|i| {
                 let t = i as f64;
+                let private = if t < 10.0 {
+                    50 << 20
+                } else {
+                    (50 << 20) + (t as u64 - 10) * (1 << 20)
+                };
                 ProcessSample {
                     at_s: t,
-                    rss_bytes: if t < 10.0 {
-                        50 << 20
-                    } else {
-                        (50 << 20) + (t as u64 - 10) * (1 << 20)
-                    },
+                    rss_bytes: private + (8 << 20),
+                    anon_bytes: private - (1 << 20),
+                    swap_bytes: 1 << 20,
                     heap_bytes: 1000 * i,
                     ..ProcessSample::default()
                 }
@@ -1009,6 +1014,17 @@ mod tests {
             })
             .collect();
         assert!(!process_trend(&flat, &Thresholds::default()).rss.steady);
+        // Resident memory that rises by shared pages alone (a database touching its shared
+        // buffers) is not the process's growth.
+        let shared: Vec<ProcessSample> = (0..40)
+            .map(|i| ProcessSample {
+                at_s: i as f64,
+                rss_bytes: (50 << 20) + i * (1 << 20),
+                anon_bytes: 10 << 20,
+                ..ProcessSample::default()
+            })
+            .collect();
+        assert!(!process_trend(&shared, &Thresholds::default()).rss.steady);
     }
 
     #[test]

@@ -430,13 +430,20 @@ impl Unwind {
     }
 }
 
+/// --top: a count of stacks, 0 for all.
+fn parse_top(text: &str) -> Result<usize, String> {
+    text.trim().parse::<usize>().map_err(|_| {
+        format!("--top takes a count of stacks to list (0 lists all), not '{text}'")
+    })
+}
+
 #[derive(Debug, Args)]
 pub struct Common {
     /// Time between reports (attach mode), e.g. 5s.
     #[arg(long, short, default_value = "5s", value_parser = parse_duration)]
     pub interval: Duration,
     /// Stacks to list (0: all). Leaking stacks come first, then growing, stable, transient.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, allow_negative_numbers = true, value_parser = parse_top)]
     pub top: usize,
     /// Order within each verdict: outstanding bytes, outstanding allocation count, or growth
     /// rate.

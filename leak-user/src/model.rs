@@ -429,12 +429,33 @@ pub struct Target {
     pub exe: String,
     #[serde(default)]
     pub command_line: String,
+    /// The name it was started by (its `comm`: "redis-server" where the file it runs is
+    /// redis-check-rdb, which Debian's redis-server links to).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
 }
 
 impl Target {
-    /// The executable's file name ("redis-server" for /usr/bin/redis-server).
+    /// The name the process goes by: the one it was started by, else the executable's file
+    /// name ("redis-server" for /usr/bin/redis-server).
     pub fn executable_name(&self) -> &str {
-        self.exe.rsplit('/').next().unwrap_or(&self.exe)
+        if self.name.is_empty() {
+            self.exe.rsplit('/').next().unwrap_or(&self.exe)
+        } else {
+            &self.name
+        }
+    }
+
+    /// "/usr/bin/redis-server", or "redis-server, running /usr/bin/redis-check-rdb" when
+    /// the file it runs goes by another name.
+    pub fn describe(&self) -> String {
+        let file = self.exe.rsplit('/').next().unwrap_or(&self.exe);
+        // comm is cut to 15 bytes.
+        if self.name.is_empty() || file.starts_with(self.name.as_str()) {
+            self.exe.clone()
+        } else {
+            format!("{}, running {}", self.name, self.exe)
+        }
     }
 }
 

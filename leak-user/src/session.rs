@@ -158,6 +158,10 @@ pub enum SessionError {
         "process {0} is a kernel thread: it has no user-space memory or allocator; give the pid of a user-space process"
     )]
     KernelThread(u32),
+    #[error(
+        "process {0} is this leaktrace itself: it cannot trace its own allocations; give the pid of the process to trace"
+    )]
+    Itself(u32),
     #[error("command not found: {0} (give a path or put it on PATH)")]
     CommandNotFound(String),
     #[error("no allocator found for {0}: neither it nor its libraries define malloc and free")]
@@ -189,7 +193,8 @@ impl SessionError {
         match self {
             SessionError::NoSuchProcess(_)
             | SessionError::Zombie(_)
-            | SessionError::KernelThread(_) => Status::NoTarget,
+            | SessionError::KernelThread(_)
+            | SessionError::Itself(_) => Status::NoTarget,
             SessionError::CommandNotFound(_) => Status::CommandNotFound,
             SessionError::Launch(_) => Status::CommandNotRunnable,
             SessionError::ProgramWithoutAllocator(_) => Status::NotInTarget,
@@ -518,6 +523,10 @@ pub async fn run(command: &[String], options: Options) -> Result<Outcome, Sessio
     // interpreter is pointed at once it is mapped.
     let mut session = plan.start(pid, options)?;
     session.target.exe = program.display().to_string();
+    session.target.name = program
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
     session.launched_program = std::fs::canonicalize("/proc/self/exe").ok();
     session.traced_from_start = true;
     session.drop_privileges(&[launched.launcher_tid]);
@@ -640,6 +649,9 @@ impl Session {
             procfs::ProcessKind::KernelThread => return Err(SessionError::KernelThread(pid)),
             procfs::ProcessKind::User => {}
         }
+        if pid == std::process::id() {
+            return Err(SessionError::Itself(pid));
+        }
         let mut options = options;
         options.unwind = options.unwind.resolve(
             crate::file_bytes::open(format!("/proc/{pid}/exe"))
@@ -750,6 +762,7 @@ impl Session {
                 .map(|path| path.display().to_string())
                 .unwrap_or_default(),
             command_line: procfs::command_line(pid).unwrap_or_default(),
+            name: procfs::comm(pid).unwrap_or_default(),
         };
         let mut modules = Modules::default();
         let _ = modules.refresh(pid);
@@ -1486,6 +1499,7 @@ impl Session {
             // A child's report names what it runs now (the command's names what was asked).
             self.target.exe = shown;
             self.target.command_line = procfs::command_line(self.pid).unwrap_or_default();
+            self.target.name = procfs::comm(self.pid).unwrap_or_default();
         }
         Ok(())
     }
@@ -2128,7 +2142,14 @@ impl Session {
             rss_growth_onset: process.rss.onset,
             heap_growth_bytes_per_s: process.heap_growth_bytes_per_s,
             memory_limit_bytes: procfs::memory_limit(self.pid),
-            samples: evenly_spread(&self.process_samples, REPORT_PROCESS_POINTS),
+            samples: {
+                let mut samples = evenly_spread(&self.process_samples, REPORT_PROCESS_POINTS);
+                // The traced heap as the stacks count it now: one total across the report.
+                if let Some(last) = samples.last_mut() {
+                    last.heap_bytes = self.collector.heap_outstanding_bytes();
+                }
+                samples
+            },
         });
         let (scopes, suspects) = match &self.scopes {
             Some(collector) => {

@@ -681,6 +681,7 @@ impl Watcher {
                 .map(|exe| exe.display().to_string())
                 .unwrap_or_default(),
             command_line: procfs::command_line(pid).unwrap_or_default(),
+            name: procfs::comm(pid).unwrap_or_default(),
         };
         // Page faults land inside the allocator (glibc's _int_malloc, memset), which is
         // built without frame pointers whatever the program is: only the unwind tables

@@ -208,6 +208,7 @@ mod tests {
             pid: 1,
             exe: "/bin/demo".into(),
             command_line: String::new(),
+            name: String::new(),
         };
         Report {
             duration_s: 10.0,

@@ -231,6 +231,7 @@ pub mod fixtures {
                 pid: 42,
                 exe: DEMO.into(),
                 command_line: "demo --leak".into(),
+                name: String::new(),
             },
             mode: "attach".into(),
             duration_s: 10.0,

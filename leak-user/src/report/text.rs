@@ -72,7 +72,7 @@ pub fn render(report: &Report, color: bool) -> String {
         out,
         "leaktrace: pid {} ({}{forked}) traced for {:.1}s: {}, {}, {}; {} outstanding",
         report.target.pid,
-        report.target.exe,
+        report.target.describe(),
         report.duration_s,
         painter.paint(
             if leaking > 0 { RED } else { "" },
@@ -501,7 +501,9 @@ fn reachability_line(reachability: &Reachability) -> String {
     }
 }
 
-/// "process: RSS 10.00 MiB → 14.00 MiB, rising +400.00 KiB/s since 3.0s; anonymous …"
+/// "process: private 8.00 MiB → 12.00 MiB, rising +400.00 KiB/s since 3.0s; RSS … (shared
+/// and file-backed …); traced heap …": the trend is judged on private memory (resident
+/// anonymous plus swap), shared memory and file pages are shown apart.
 fn process_line(process: &ProcessReport) -> String {
     let (Some(first), Some(last)) = (process.samples.first(), process.samples.last()) else {
         return "process: memory not readable".to_string();
@@ -515,11 +517,16 @@ fn process_line(process: &ProcessReport) -> String {
     } else {
         "no steady rise".to_string()
     };
+    let private = |sample: &crate::model::ProcessSample| {
+        sample.anon_bytes.saturating_add(sample.swap_bytes) as f64
+    };
     format!(
-        "process: RSS {} → {}, {trend}; anonymous {}, traced heap {} ({})",
+        "process: private (anonymous + swap) {} → {}, {trend}; RSS {} → {} ({} shared and file-backed); traced heap {} ({})",
+        human_bytes(private(first)),
+        human_bytes(private(last)),
         human_bytes(first.rss_bytes as f64),
         human_bytes(last.rss_bytes as f64),
-        human_bytes(last.anon_bytes as f64),
+        human_bytes(last.rss_bytes.saturating_sub(last.anon_bytes) as f64),
         human_bytes(last.heap_bytes as f64),
         rate(process.heap_growth_bytes_per_s),
     )
