@@ -6,7 +6,7 @@ use std::path::Path;
 
 use leaktrace_tests::{
     Background, Traced, bpf_available, build_c_variant, build_rust_variant, free_port, leaktrace,
-    leaktrace_bin, run_to_exit, tool_available, u64_of,
+    leaktrace_bin, run_to_exit, scratch_dir, tool_available, u64_of,
 };
 
 /// Leaks of 20 blocks each: (function, bytes per block).
@@ -427,6 +427,21 @@ fn redis_server_under_a_balanced_load_does_not_leak() {
     assert!(total > 10_000, "{total} allocations seen under load");
     // Debian builds redis without frame pointers: auto walks its stacks with .eh_frame.
     assert_eq!(traced.report["unwind"], "dwarf");
+    // Debian's redis-server is a link to redis-check-rdb: the report names it as started.
+    assert_eq!(traced.report["target"]["name"], "redis-server");
+    let exe = traced.report["target"]["exe"].as_str().unwrap_or_default();
+    if !exe.ends_with("/redis-server") {
+        let text = std::process::Command::new(leaktrace_bin())
+            .arg("report")
+            .arg(scratch_dir().join("redis_balanced.json"))
+            .output()
+            .expect("leaktrace report");
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(
+            text.contains(&format!("(redis-server, running {exe})")),
+            "{text}"
+        );
+    }
     let deep = traced
         .stacks()
         .iter()

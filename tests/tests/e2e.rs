@@ -1,7 +1,7 @@
 //! End-to-end: the real leaktrace binary, as root, against real processes with known leaks.
 use leaktrace_tests::{
     Target, bpf_available, build_c, build_c_shared, build_rust, held_at_exit_verdict, leaktrace,
-    leaktrace_bin, leaktrace_then, run_to_exit, scratch_dir, u64_of,
+    leaktrace_bin, leaktrace_then, run_to_exit, run_to_exit_with, scratch_dir, u64_of,
 };
 
 /// Every family member leaks N blocks of a known size; leaktrace run reports each exactly,
@@ -708,4 +708,32 @@ fn a_heap_that_free_trims_is_not_a_leak() {
     assert!(u64_of(&burst["total_allocs"]) >= 40 * 40, "{burst}");
     assert_eq!(u64_of(&burst["outstanding_bytes"]), 0, "{burst}");
     assert_eq!(traced.dropped_total(), 0, "{}", traced.report["dropped"]);
+}
+
+/// The process's trend is its private memory's (resident anonymous plus swap): resident
+/// memory that rises by shared pages alone (a database filling its shared buffers,
+/// tests/targets/shared_touch.c) is shown apart and is no rise; the same growth in private
+/// memory is one.
+#[test]
+fn shared_memory_is_not_the_process_rising() {
+    if !bpf_available("shared_memory_is_not_the_process_rising") {
+        return;
+    }
+    let target = build_c("shared_touch.c", &[]);
+    let shared = run_to_exit_with("shared_touch_shared", &target, &["shared", "6"], &[], 0);
+    let process = &shared.report["process"];
+    assert_eq!(process["rss_rising"], false, "{process:#}");
+    let last = process["samples"]
+        .as_array()
+        .and_then(|samples| samples.last())
+        .expect("samples");
+    assert!(
+        u64_of(&last["rss_bytes"]) > u64_of(&last["anon_bytes"]) + (32 << 20),
+        "the shared pages are resident: {last}"
+    );
+    let private = run_to_exit_with("shared_touch_private", &target, &["private", "9"], &[], 0);
+    let process = &private.report["process"];
+    assert_eq!(process["rss_rising"], true, "{process:#}");
+    let growth = process["rss_growth_bytes_per_s"].as_f64().unwrap_or(0.0);
+    assert!((4e6..16e6).contains(&growth), "about 8 MiB/s: {process:#}");
 }

@@ -62,6 +62,16 @@ fn processes_that_cannot_be_traced() {
         &format!("process {pid} is a zombie"),
     );
     let _ = child.wait();
+    // leaktrace itself: a shell that execs leaktrace with its own pid.
+    let itself = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec {} attach --pid $$ --duration 1s",
+            leaktrace_bin().display()
+        ))
+        .output()
+        .expect("run leaktrace through sh");
+    assert_fails(&itself, NO_TARGET, "is this leaktrace itself");
 }
 
 #[test]
@@ -108,6 +118,11 @@ fn bad_flags_reports_and_outputs() {
         &leaktrace(&["attach", "--pid", "1", "--duration", "soon"]),
         USAGE,
         "not a duration",
+    );
+    assert_fails(
+        &leaktrace(&["attach", "--pid", "1", "--top", "-1"]),
+        USAGE,
+        "--top takes a count of stacks to list (0 lists all)",
     );
     let config = scratch_dir().join("bad-config.toml");
     std::fs::write(&config, "no_such_setting = 1\n").expect("write");
