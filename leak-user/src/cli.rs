@@ -432,9 +432,9 @@ impl Unwind {
 
 /// --top: a count of stacks, 0 for all.
 fn parse_top(text: &str) -> Result<usize, String> {
-    text.trim().parse::<usize>().map_err(|_| {
-        format!("--top takes a count of stacks to list (0 lists all), not '{text}'")
-    })
+    text.trim()
+        .parse::<usize>()
+        .map_err(|_| format!("--top takes a count of stacks to list (0 lists all), not '{text}'"))
 }
 
 #[derive(Debug, Args)]

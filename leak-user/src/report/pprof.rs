@@ -64,7 +64,9 @@ pub fn profile(report: &Report) -> Profile {
     let default_sample_type = builder.strings.intern(DEFAULT_SAMPLE_TYPE);
     let mut comments = vec![format!(
         "leaktrace: pid {} ({}) traced for {:.1}s",
-        report.target.pid, report.target.describe(), report.duration_s
+        report.target.pid,
+        report.target.describe(),
+        report.duration_s
     )];
     if report.omitted_stacks > 0 {
         comments.push(format!(

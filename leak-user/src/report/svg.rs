@@ -14,7 +14,8 @@ use crate::{
 pub fn render(report: &Report) -> Vec<u8> {
     let title = format!(
         "leaktrace: outstanding memory of pid {} ({})",
-        report.target.pid, report.target.describe()
+        report.target.pid,
+        report.target.describe()
     );
     let mut colors = PaletteMap::default();
     let mut lines = Vec::new();
