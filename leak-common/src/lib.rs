@@ -126,11 +126,6 @@ pub struct UnwindIndex {
     pub count: u32,
     pub generation: u32,
     pub _pad: u32,
-    /// The lowest start and highest end of the mappings with tables: an address outside
-    /// them has none, and is stepped with the frame-pointer chain at once (hybrid walks,
-    /// where the program's own code keeps frame pointers and has no table).
-    pub low: u64,
-    pub high: u64,
 }
 
 /// Slots tried after a stack's hash before giving up on it as a collision (open addressing).

@@ -74,9 +74,6 @@ struct Walk {
     ip: u64,
     sp: u64,
     bp: u64,
-    /// Where the mappings with tables lie (see `UnwindIndex::low`).
-    low: u64,
-    high: u64,
     half: u32,
     /// Mappings with tables (0 before user space has loaded any).
     mappings: u32,
@@ -105,8 +102,6 @@ pub fn unwind(stack: &mut StackFrames, ip: u64, sp: u64, bp: u64, exact: bool, t
         ip,
         sp,
         bp,
-        low: index.low,
-        high: index.high,
         half: index.half & 1,
         mappings: index.count.min(MAX_UNWIND_MAPPINGS),
         generation: index.generation,
@@ -152,7 +147,7 @@ extern "C" fn step(_index: u64, context: *mut c_void) -> i64 {
     } else {
         walk.ip - 1
     };
-    let row = if walk.mappings == 0 || lookup < walk.low || lookup >= walk.high {
+    let row = if walk.mappings == 0 {
         NO_ROW
     } else {
         leaktrace_find_row(lookup, walk.half, walk.mappings, walk.generation)

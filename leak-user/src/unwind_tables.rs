@@ -410,8 +410,6 @@ impl UnwindTables {
             count: wanted.len() as u32,
             generation: self.generation + 1,
             _pad: 0,
-            low: wanted.first().map_or(0, |mapping| mapping.start),
-            high: wanted.iter().map(|mapping| mapping.end).max().unwrap_or(0),
         };
         if self.index.set(0, index, 0).is_ok() {
             self.half = half;
