@@ -539,7 +539,6 @@ pub fn find_scopes(
             points: Vec::new(),
         })
         .collect();
-    let mut close: Vec<Vec<String>> = vec![Vec::new(); specs.len()];
     for (probe_path, display_path) in files {
         if found.iter().all(|probe| !probe.points.is_empty()) {
             break;
@@ -551,7 +550,7 @@ pub fn find_scopes(
             continue;
         };
         let symbols = function_symbols(&file);
-        for (index, probe) in found.iter_mut().enumerate() {
+        for probe in found.iter_mut() {
             if !probe.points.is_empty() {
                 continue;
             }
@@ -559,10 +558,6 @@ pub fn find_scopes(
             let matched =
                 crate::names::matching(&spec.function, symbols.keys().map(String::as_str));
             if matched.is_empty() {
-                close[index].extend(crate::names::closest(
-                    &spec.function,
-                    symbols.keys().map(String::as_str),
-                ));
                 continue;
             }
             let label = argument_or_none(spec.shape(0).label_arg);
@@ -601,25 +596,38 @@ pub fn find_scopes(
             }
         }
     }
-    if let Some(index) = found.iter().position(|probe| probe.points.is_empty()) {
-        let mut nearby = std::mem::take(&mut close[index]);
-        nearby.sort();
-        nearby.dedup();
+    if let Some(missing) = found.iter().find(|probe| probe.points.is_empty()) {
         return Err(AttachError::NoSuchScope {
-            function: specs[index].function.clone(),
-            closest: closest_hint(&nearby),
+            function: missing.spec.function.clone(),
+            closest: closest_in_files(&missing.spec.function, files),
         });
     }
     // In the order given: scope numbers follow the flags.
     Ok(found)
 }
 
-/// " (closest: a, b)" for an error about a name that matched nothing, or "".
-fn closest_hint(names: &[String]) -> String {
-    if names.is_empty() {
+/// "; closest: a, b" for an error about `wanted`, a name that matched nothing in `files`:
+/// the names they define closest to it, or "". Worked out only then: it takes every
+/// symbol of every file demangled.
+fn closest_in_files(wanted: &str, files: &[(PathBuf, String)]) -> String {
+    let mut nearby: Vec<String> = files
+        .iter()
+        .filter_map(|(path, _)| crate::file_bytes::open(path).ok())
+        .flat_map(|data| {
+            object::File::parse(&*data)
+                .map(|file| {
+                    let symbols = function_symbols(&file);
+                    crate::names::closest(wanted, symbols.keys().map(String::as_str))
+                })
+                .unwrap_or_default()
+        })
+        .collect();
+    nearby.sort();
+    nearby.dedup();
+    if nearby.is_empty() {
         String::new()
     } else {
-        format!("; closest: {}", names.join(", "))
+        format!("; closest: {}", nearby.join(", "))
     }
 }
 
@@ -672,24 +680,9 @@ fn require_allocator(
             .flat_map(|module| &module.functions)
             .any(|f| user_named(&f.symbol, std::slice::from_ref(known)))
     }) {
-        // The names the files define closest to it, for the message.
-        let mut nearby: Vec<String> = files
-            .iter()
-            .filter_map(|(path, _)| crate::file_bytes::open(path).ok())
-            .flat_map(|data| {
-                object::File::parse(&*data)
-                    .map(|file| {
-                        let symbols = function_symbols(&file);
-                        crate::names::closest(&missing.symbol, symbols.keys().map(String::as_str))
-                    })
-                    .unwrap_or_default()
-            })
-            .collect();
-        nearby.sort();
-        nearby.dedup();
         return Err(AttachError::NoSuchFunction {
             symbol: missing.symbol.clone(),
-            closest: closest_hint(&nearby),
+            closest: closest_in_files(&missing.symbol, files),
         });
     }
     if modules.iter().any(|module| is_allocator(&module.functions)) {

@@ -10,11 +10,7 @@ use std::{collections::HashMap, ops::Range};
 use leak_common::{CFA_RBP, CFA_RSP, UnwindRow};
 use object::{Object, ObjectSymbol};
 
-use crate::{
-    freeze::ThreadRegisters,
-    procfs::{self, Mapping},
-    reachability::Memory,
-};
+use crate::{freeze::ThreadRegisters, procfs::Mapping, reachability::Memory};
 
 /// The C library's functions that end a process: their frames are the exit path.
 const EXIT_FUNCTIONS: [&str; 3] = ["exit", "_exit", "_Exit"];
@@ -83,13 +79,13 @@ pub struct Walker {
 }
 
 impl Walker {
-    /// None when the process's mappings cannot be read.
-    pub fn new(pid: u32) -> Option<Walker> {
-        Some(Walker {
+    /// A walker of process `pid`'s stacks, whose mappings are `maps`.
+    pub fn new(pid: u32, maps: Vec<Mapping>) -> Walker {
+        Walker {
             pid,
-            maps: procfs::read_maps(pid).ok()?,
+            maps,
             modules: HashMap::new(),
-        })
+        }
     }
 
     /// The program's part of the stack and registers of a thread stopped at its exit with

@@ -26,7 +26,8 @@ fn last_error() -> std::io::Error {
     std::io::Error::last_os_error()
 }
 
-fn thread_ids(pid: u32) -> Vec<i32> {
+/// The ids of process `pid`'s threads, as /proc lists them now.
+pub fn thread_ids(pid: u32) -> Vec<i32> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .map(|entries| {
             entries

@@ -370,20 +370,13 @@ const DYING_THREADS_WAIT: std::time::Duration = std::time::Duration::from_millis
 fn thread_dying(pid: libc::pid_t, tid: libc::pid_t) -> bool {
     const PF_EXITING: u64 = 0x4;
     let task = format!("/proc/{pid}/task/{tid}");
-    let exiting = std::fs::read_to_string(format!("{task}/stat")).is_ok_and(|stat| {
-        // The fields after the command (which may hold spaces), from the state on: flags
-        // is the 9th field, the 7th after the state.
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(6)?.parse::<u64>().ok())
-            .is_some_and(|flags| flags & PF_EXITING != 0)
-    });
-    let killed = std::fs::read_to_string(format!("{task}/status")).is_ok_and(|status| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("SigPnd:"))
-            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
-            .is_some_and(|mask| mask & (1 << (libc::SIGKILL - 1)) != 0)
-    });
+    let read = |file: &str| crate::procfs::read_text(format!("{task}/{file}")).ok();
+    let exiting = read("stat")
+        .and_then(|stat| crate::procfs::parse_stat_flags(&stat))
+        .is_some_and(|flags| flags & PF_EXITING != 0);
+    let killed = read("status")
+        .and_then(|status| crate::procfs::parse_pending_signals(&status))
+        .is_some_and(|pending| pending & (1 << (libc::SIGKILL - 1)) != 0);
     exiting || killed
 }
 
@@ -396,14 +389,10 @@ fn thread_dying(pid: libc::pid_t, tid: libc::pid_t) -> bool {
 fn wait_for_dying_threads(pid: libc::pid_t, threads: &mut HashSet<libc::pid_t>) {
     let started = std::time::Instant::now();
     loop {
-        let dying: Vec<libc::pid_t> = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .map(|entries| {
-                entries
-                    .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
-                    .filter(|&tid| tid != pid && thread_dying(pid, tid))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let dying: Vec<libc::pid_t> = crate::freeze::thread_ids(pid as u32)
+            .into_iter()
+            .filter(|&tid| tid != pid && thread_dying(pid, tid))
+            .collect();
         if dying.is_empty() || started.elapsed() > DYING_THREADS_WAIT {
             if !dying.is_empty() {
                 log::debug!("process {pid}: {} threads still ending", dying.len());

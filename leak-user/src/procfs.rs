@@ -132,14 +132,15 @@ pub fn parse_process_kind(stat: &str) -> ProcessKind {
     let Some(close) = stat.rfind(')') else {
         return ProcessKind::Missing;
     };
-    // After the command: state, ppid, pgrp, session, tty_nr, tpgid, flags, …
-    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-    match fields.first().and_then(|state| state.chars().next()) {
+    match stat[close + 1..]
+        .split_whitespace()
+        .next()
+        .and_then(|state| state.chars().next())
+    {
         None | Some('X') => ProcessKind::Missing,
         Some('Z') => ProcessKind::Zombie,
         Some(_) => {
-            let flags: u64 = fields.get(6).and_then(|f| f.parse().ok()).unwrap_or(0);
-            if flags & PF_KTHREAD != 0 {
+            if parse_stat_flags(stat).unwrap_or(0) & PF_KTHREAD != 0 {
                 ProcessKind::KernelThread
             } else {
                 ProcessKind::User
@@ -153,6 +154,12 @@ pub fn process_kind(pid: u32) -> ProcessKind {
         Ok(stat) => parse_process_kind(&stat),
         Err(_) => ProcessKind::Missing,
     }
+}
+
+/// The flags of /proc/PID/stat (field 9: PF_KTHREAD, PF_EXITING…).
+pub fn parse_stat_flags(stat: &str) -> Option<u64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(9 - 3)?.parse().ok()
 }
 
 /// The state letter of /proc/PID/stat (after the parenthesised command, which may itself
@@ -247,13 +254,24 @@ pub fn cgroup(pid: u32) -> Option<String> {
     parse_cgroup_v2_path(&text).map(str::to_string)
 }
 
+/// A hexadecimal mask of the text of /proc/PID/status, by its field name ("CapEff").
+fn parse_status_mask(status: &str, field: &str) -> Option<u64> {
+    let hex = status.lines().find_map(|line| {
+        line.strip_prefix(field)
+            .and_then(|rest| rest.strip_prefix(':'))
+    })?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
 /// The effective capability set from the text of /proc/PID/status (a bit per capability).
 pub fn parse_effective_capabilities(status: &str) -> Option<u64> {
-    let hex = status
-        .lines()
-        .find_map(|line| line.strip_prefix("CapEff:"))?
-        .trim();
-    u64::from_str_radix(hex, 16).ok()
+    parse_status_mask(status, "CapEff")
+}
+
+/// The signals pending for one thread (SigPnd of /proc/PID/task/TID/status: bit N-1 for
+/// signal N).
+pub fn parse_pending_signals(status: &str) -> Option<u64> {
+    parse_status_mask(status, "SigPnd")
 }
 
 /// leaktrace's own effective capabilities.
@@ -453,6 +471,16 @@ mod tests {
         let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
         assert_eq!(parse_effective_capabilities(status), Some(0x1ff_ffff_ffff));
         assert_eq!(parse_effective_capabilities("Name: x"), None);
+        // A thread with SIGKILL (9) pending, as the end of its process leaves it.
+        let thread =
+            "Name:\tworker\nSigQ:\t0/63\nSigPnd:\t0000000000000100\nShdPnd:\t0000000000000000\n";
+        assert_eq!(parse_pending_signals(thread), Some(1 << 8));
+        // Flags: PF_EXITING (0x4) of a thread on its way out, after an odd command name.
+        assert_eq!(
+            parse_stat_flags("42 (a) b (c)) S 1 42 42 0 -1 4194564 101"),
+            Some(4194564)
+        );
+        assert_eq!(parse_stat_flags(stat), Some(4194560));
     }
 
     const MAPS: &str = "\

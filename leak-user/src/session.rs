@@ -1751,9 +1751,10 @@ impl Session {
         };
         // Where each thread's live stack begins: a frozen thread may be in a leaf function
         // using its red zone; at the exit stop the thread is in the exit system call.
+        let maps = procfs::read_maps(self.pid).unwrap_or_default();
         let mut walker = at_exit
-            .as_ref()
-            .and_then(|_| crate::exit_stack::Walker::new(self.pid));
+            .is_some()
+            .then(|| crate::exit_stack::Walker::new(self.pid, maps.clone()));
         let (mut registers, mut live_stacks) = match (&frozen, &at_exit) {
             (Some(frozen), _) => {
                 let (registers, stack_pointers) = frozen.registers();
@@ -1769,7 +1770,6 @@ impl Session {
             }
             (None, _) => Default::default(),
         };
-        let maps = procfs::read_maps(self.pid).unwrap_or_default();
         self.add_thread_ends(
             &mut walker,
             at_exit.is_some(),
