@@ -28,8 +28,11 @@
 //   keep_as_integer     152 bytes still reachable: stored as a uintptr_t
 //   lose_unaligned      168 bytes definitely lost: its only copy is at an unaligned address
 //   lose_self_pointing  184 bytes definitely lost: it points to itself, nothing else does
-//   keep_huge           32 MiB still reachable (a global points to it)
-//   lose_huge           32 MiB definitely lost
+//   keep_huge           256 KiB still reachable (a global points to it); malloc maps a
+//                       block this big by itself
+//   lose_huge           256 KiB definitely lost (not bigger: under valgrind blocks lie at
+//                       low addresses, and any stray integer inside a block's range, a time
+//                       in nanoseconds, say, makes it "possibly lost" there)
 //   lose_realloc_zero   realloc(NULL, 0): a zero-byte block definitely lost; realloc(p, 0)
 //                       of another block frees it (gone_in_realloc: nothing left)
 //   keep_on_coroutine   296 bytes still reachable: only the frame of a swapcontext
@@ -87,8 +90,8 @@ NOINLINE static void *keep_in_thread_specific(void) { return malloc(216); }
 NOINLINE static void *keep_as_integer(void) { return malloc(152); }
 NOINLINE static void *lose_unaligned(void) { return malloc(168); }
 NOINLINE static void *lose_self_pointing(void) { return malloc(184); }
-NOINLINE static void *keep_huge(void) { return malloc(32 << 20); }
-NOINLINE static void *lose_huge(void) { return malloc(32 << 20); }
+NOINLINE static void *keep_huge(void) { return malloc(256 << 10); }
+NOINLINE static void *lose_huge(void) { return malloc(256 << 10); }
 NOINLINE static void *lose_realloc_zero(void) { return realloc(NULL, 0); }
 NOINLINE static void *gone_in_realloc(void) { return malloc(280); }
 NOINLINE static void *keep_on_coroutine(void) { return malloc(296); }
