@@ -7,7 +7,7 @@
 //! baseline rises steadily (Theil–Sen slope, straight-line fit, mostly rising steps, still
 //! rising in the recent half) and the allocations made when the rise began are still live.
 //! A steady rise whose old allocations are freed is growth (a queue or cache turning over).
-use crate::model::{ProcessSample, Sample, StackHistory, Totals, Trend, Verdict};
+use crate::model::{ProcessSample, Reachability, Sample, StackHistory, Totals, Trend, Verdict};
 
 /// Knobs of the verdict, with the defaults the CLI exposes.
 #[derive(Clone, Copy, Debug)]
@@ -439,6 +439,178 @@ pub fn merge_histories(members: &[&StackHistory]) -> Option<StackHistory> {
     Some(merged)
 }
 
+/// Why a stack judged leaking is not announced as leaking yet.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Unconfirmed {
+    /// The history as it stood at an earlier analysis (`at_s`, seconds since tracing
+    /// began) did not show the leak yet: the rise is too new to have held.
+    NotHeld { at_s: f64 },
+    /// In the recent half of its rise the program freed `freed` blocks allocated before
+    /// tracing began, as many as this stack gained (`gained`) or more: it may be replacing
+    /// memory from before the attach (values of a fixed set of keys rewritten), which
+    /// levels off once all of it is replaced.
+    Replacing { freed: u64, gained: u64 },
+}
+
+/// Earlier analyses a leak must have held in: the history as it stood halfway and three
+/// quarters through the rise judged leaking too.
+pub const CONFIRMING_CUTS: [f64; 2] = [0.5, 0.25];
+
+/// Whether a leaking verdict holds before it is announced. The same judgement on the
+/// history as it stood at earlier points of the rise (CONFIRMING_CUTS back from the last
+/// sample) must say leaking too: a rise that shows in one analysis only is a suspect. And
+/// where `untracked_frees` is given (cumulative frees of blocks tracing never saw, by time:
+/// memory from before the attach), the stack must have gained more blocks in the recent
+/// half of its rise than the program freed of those meanwhile: a program that rewrites the
+/// values of a fixed keyspace gains traced blocks exactly as fast as it frees untraced
+/// ones, and its rise stops once all are replaced.
+pub fn confirm(
+    history: &StackHistory,
+    trend: &Trend,
+    context: Context,
+    thresholds: &Thresholds,
+    untracked_frees: Option<&[(f64, u64)]>,
+) -> Result<(), Unconfirmed> {
+    let series = &history.series;
+    let Some(last) = series.last() else {
+        return Ok(());
+    };
+    let onset = trend.growth_onset.unwrap_or(series[0].at_s);
+    let rising_for = (last.at_s - onset).max(0.0);
+    for back in CONFIRMING_CUTS {
+        let cut = last.at_s - rising_for * back;
+        let then = as_of(history, cut, context);
+        if judge(&then, context_at(context, last.at_s, cut), thresholds).verdict != Verdict::Leaking
+        {
+            return Err(Unconfirmed::NotHeld { at_s: cut });
+        }
+    }
+    if let Some(frees) = untracked_frees {
+        let from = last.at_s - rising_for / 2.0;
+        let allocs_at = |at: f64| {
+            series
+                .iter()
+                .rev()
+                .find(|sample| sample.at_s <= at)
+                .map_or(0, |sample| sample.outstanding_allocs)
+        };
+        // From the count at or before the start of the window to the latest count: the
+        // window is never narrower than the stack's.
+        let freed_by = |at: f64| {
+            frees
+                .iter()
+                .rev()
+                .find(|(when, _)| *when <= at)
+                .or(frees.first())
+                .map_or(0, |(_, count)| *count)
+        };
+        let latest = frees.last().map_or(0, |(_, count)| *count);
+        let gained = last.outstanding_allocs.saturating_sub(allocs_at(from));
+        let freed = latest.saturating_sub(freed_by(from));
+        if freed >= gained {
+            return Err(Unconfirmed::Replacing { freed, gained });
+        }
+    }
+    Ok(())
+}
+
+/// `context` as it was at `cut` (seconds since tracing began) when now is `last_s`.
+fn context_at(context: Context, last_s: f64, cut: f64) -> Context {
+    let back_ns = ((last_s - cut).max(0.0) * 1e9) as u64;
+    Context {
+        now_ns: context.now_ns.saturating_sub(back_ns),
+        span_s: (context.span_s - (last_s - cut)).max(0.0),
+        exited: false,
+    }
+}
+
+/// The history as it stood at `cut`: its samples up to then, what it held then, and its
+/// oldest live allocation if that one was live then (otherwise every block held then has
+/// been freed since: the oldest then is unknown, counted as new).
+fn as_of(history: &StackHistory, cut: f64, context: Context) -> StackHistory {
+    let series: Vec<Sample> = history
+        .series
+        .iter()
+        .copied()
+        .filter(|sample| sample.at_s <= cut)
+        .collect();
+    let last_s = history.series.last().map_or(cut, |sample| sample.at_s);
+    let cut_ns = context_at(context, last_s, cut).now_ns;
+    let held = series.last().copied().unwrap_or(Sample {
+        at_s: cut,
+        outstanding_bytes: 0,
+        outstanding_allocs: 0,
+    });
+    StackHistory {
+        key: history.key,
+        totals: Totals {
+            outstanding_bytes: held.outstanding_bytes,
+            outstanding_allocs: held.outstanding_allocs,
+            ..history.totals
+        },
+        series,
+        oldest_live_ns: history.oldest_live_ns.map(|oldest| oldest.min(cut_ns)),
+    }
+}
+
+/// Why a stack has its verdict, in a sentence for the report (empty for stable and
+/// transient stacks). `alone` is the verdict its history gave before the reachability
+/// scan and the confirmation had their say.
+pub fn why(
+    trend: &Trend,
+    alone: Verdict,
+    reachability: Option<&Reachability>,
+    exited: bool,
+    unconfirmed: Option<Unconfirmed>,
+) -> String {
+    let since = trend
+        .growth_onset
+        .map(|onset| format!(" since {onset:.1}s"))
+        .unwrap_or_default();
+    let lost = reachability.map_or(0, |found| found.lost.blocks + found.indirectly_lost.blocks);
+    let blocks = |count: u64| format!("{count} block{}", if count == 1 { "" } else { "s" });
+    match trend.verdict {
+        Verdict::Leaking if lost > 0 && exited => format!(
+            "lost: {} no longer pointed to when the target exited",
+            blocks(lost)
+        ),
+        Verdict::Leaking if lost > 0 => format!(
+            "rising{since}, and a scan found {} no longer pointed to",
+            blocks(lost)
+        ),
+        Verdict::Leaking if exited && trend.growth_onset.is_none() => {
+            "still held when the target exited, never freed".to_string()
+        }
+        Verdict::Leaking => format!(
+            "the baseline rose steadily{since} and kept rising at every analysis since, and \
+             what was allocated when it began is still held"
+        ),
+        Verdict::Suspect => match unconfirmed {
+            Some(Unconfirmed::Replacing { freed, gained }) => format!(
+                "rising{since}, not confirmed: meanwhile the program freed {} allocated \
+                 before tracing began, and this stack gained {gained}: it may be replacing \
+                 them (a leak once it gains more than that)",
+                blocks(freed)
+            ),
+            Some(Unconfirmed::NotHeld { at_s }) => format!(
+                "rising{since}, not confirmed yet: as it stood at {at_s:.1}s it did not look \
+                 like a leak (a leak must hold across analyses)"
+            ),
+            None => format!("rising{since}, not confirmed yet"),
+        },
+        Verdict::Growing if alone == Verdict::Leaking => format!(
+            "rising{since}, but a scan found every block still pointed to: memory the \
+             program keeps (a cache or a queue that grows), not lost"
+        ),
+        Verdict::Growing => format!(
+            "rising{since}, but its old allocations are freed: it turns over (a queue or a \
+             cache that keeps growing)"
+        ),
+        Verdict::Reachable => "never freed, but still pointed to when the target exited".into(),
+        Verdict::Stable | Verdict::Transient => String::new(),
+    }
+}
+
 /// The trend of the process's resident memory and of its traced heap.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProcessTrend {
@@ -747,6 +919,113 @@ mod tests {
         assert!(
             trend.growth_onset.is_some_and(|onset| onset < 1.0),
             "{trend:?}"
+        );
+    }
+
+    /// `history`, with the outstanding count of each sample one block per 1024 bytes.
+    fn counted(mut history: StackHistory) -> StackHistory {
+        for sample in &mut history.series {
+            sample.outstanding_allocs = sample.outstanding_bytes / 1024;
+        }
+        history
+    }
+
+    #[test]
+    fn a_steady_leak_is_confirmed() {
+        let bytes: Vec<u64> = (0..50).map(|i| 1024 * i).collect();
+        let history = counted(history(&bytes, 0.2, (49, 49), Some(0)));
+        let context = running(50, 0.2);
+        let trend = judge_default(&history, context);
+        assert_eq!(trend.verdict, Verdict::Leaking);
+        let thresholds = Thresholds::default();
+        assert_eq!(
+            confirm(&history, &trend, context, &thresholds, None),
+            Ok(())
+        );
+        // A few blocks from before the attach freed at its start change nothing.
+        let frees: Vec<(f64, u64)> = (0..50).map(|i| (i as f64 * 0.2, 3)).collect();
+        assert_eq!(
+            confirm(&history, &trend, context, &thresholds, Some(&frees)),
+            Ok(())
+        );
+        // Nor do frees of old blocks at half the rate it gains blocks.
+        let frees: Vec<(f64, u64)> = (0..50).map(|i| (i as f64 * 0.2, i / 2)).collect();
+        assert_eq!(
+            confirm(&history, &trend, context, &thresholds, Some(&frees)),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_rise_seen_in_one_analysis_only_is_a_suspect() {
+        // Flat at 8 KiB for 16 s, then +1 KiB every 0.2 s, analysed after each sample: the
+        // first analysis that judges it leaking cannot confirm it (as it stood earlier in
+        // the rise it did not look like a leak), later ones do.
+        let analysed = |rising: usize| {
+            let len = 80 + rising;
+            let bytes: Vec<u64> = (0..len)
+                .map(|i| {
+                    if i < 80 {
+                        8192
+                    } else {
+                        8192 + 1024 * (i - 80) as u64
+                    }
+                })
+                .collect();
+            let context = running(len, 0.2);
+            let oldest = context.now_ns - (rising as f64 * 0.2 * 1e9) as u64;
+            let history = counted(history(&bytes, 0.2, (8 + rising as u64, 200), Some(oldest)));
+            let trend = judge_default(&history, context);
+            let held = confirm(&history, &trend, context, &Thresholds::default(), None);
+            (trend.verdict, held)
+        };
+        let first = (2..120)
+            .find(|rising| analysed(*rising).0 == Verdict::Leaking)
+            .expect("judged leaking at last");
+        let (_, held) = analysed(first);
+        assert!(
+            matches!(held, Err(Unconfirmed::NotHeld { at_s }) if at_s > 16.0),
+            "rising for {first} samples: {held:?}"
+        );
+        let confirmed = (first..first + 120)
+            .find(|rising| analysed(*rising).1.is_ok())
+            .expect("confirmed at last");
+        // Confirmed within a few seconds (the session keeps a confirmed stack confirmed while
+        // it is judged leaking), and surely once the rise is well established.
+        assert!(confirmed - first < 60, "{first} → {confirmed}");
+        for rising in first + 60..first + 120 {
+            assert_eq!(analysed(rising), (Verdict::Leaking, Ok(())), "{rising}");
+        }
+    }
+
+    #[test]
+    fn replacing_values_from_before_the_attach_is_a_suspect() {
+        // Every traced block replaces one from before the attach: the program freed one
+        // untraced block for each block this stack gained.
+        let bytes: Vec<u64> = (0..50).map(|i| 1024 * i).collect();
+        let history = counted(history(&bytes, 0.2, (49, 49), Some(0)));
+        let context = running(50, 0.2);
+        let trend = judge_default(&history, context);
+        assert_eq!(trend.verdict, Verdict::Leaking);
+        let frees: Vec<(f64, u64)> = (0..50).map(|i| (i as f64 * 0.2, 7 + i)).collect();
+        let replacing = confirm(
+            &history,
+            &trend,
+            context,
+            &Thresholds::default(),
+            Some(&frees),
+        );
+        assert!(
+            matches!(replacing, Err(Unconfirmed::Replacing { freed, gained }) if freed == gained && gained > 20),
+            "{replacing:?}"
+        );
+        let suspect = Trend {
+            verdict: Verdict::Suspect,
+            ..trend
+        };
+        assert!(
+            why(&suspect, Verdict::Leaking, None, false, replacing.err())
+                .contains("may be replacing them")
         );
     }
 

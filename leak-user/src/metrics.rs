@@ -102,6 +102,12 @@ pub const STACK_LEAKING: Instrument = gauge(
     "1",
     "1 when the call stack's verdict is leaking, else 0.",
 );
+pub const STACK_SUSPECT: Instrument = gauge(
+    "leaktrace.stack.suspect",
+    "1",
+    "1 when the call stack rises as a leak does but that is not confirmed yet (it is not \
+     reported as leaking until it is), else 0.",
+);
 pub const STACK_REACHABILITY: Instrument = gauge(
     "leaktrace.stack.reachability",
     "By",
@@ -207,7 +213,7 @@ pub const EXPORT_FAILURES: Instrument = counter(
 pub const PROGRAM_LOAD_FAILURES_EVENT: &str = "program_load_failures";
 
 /// Every instrument, in the order they are published.
-pub const INSTRUMENTS: [Instrument; 32] = [
+pub const INSTRUMENTS: [Instrument; 33] = [
     PROCESS_MEMORY_USAGE,
     PROCESS_MEMORY_VIRTUAL,
     PROCESS_MEMORY_LIMIT,
@@ -220,6 +226,7 @@ pub const INSTRUMENTS: [Instrument; 32] = [
     STACK_FREES,
     STACK_GROWTH,
     STACK_LEAKING,
+    STACK_SUSPECT,
     STACK_REACHABILITY,
     STACK_REACHABILITY_BLOCKS,
     REACHABILITY_PAUSE,
@@ -374,6 +381,8 @@ pub fn points(
             0.0
         };
         push(STACK_LEAKING, attributes.clone(), leaking);
+        let suspect = f64::from(u8::from(stack.verdict == Verdict::Suspect));
+        push(STACK_SUSPECT, attributes.clone(), suspect);
         if let Some(reachability) = &stack.reachability {
             push_reachability(&mut push, &attributes, reachability);
         }
@@ -529,9 +538,12 @@ fn push_reachability(
     }
 }
 
-/// Whether a stack is worth a span event: leaking or growing.
+/// Whether a stack is worth a span event: leaking, suspect or growing.
 pub fn is_suspect(stack: &StackReport) -> bool {
-    matches!(stack.verdict, Verdict::Leaking | Verdict::Growing)
+    matches!(
+        stack.verdict,
+        Verdict::Leaking | Verdict::Suspect | Verdict::Growing
+    )
 }
 
 /// A stack's frames as lines ("function (file:line) in module"), innermost first, for span
@@ -684,11 +696,13 @@ mod tests {
     fn suspects_and_their_frames() {
         let report = sample_report();
         let suspects: Vec<&StackReport> = report.stacks.iter().filter(|s| is_suspect(s)).collect();
-        assert_eq!(suspects.len(), 3);
+        // Leaking, leaking, growing and suspect.
+        assert_eq!(suspects.len(), 4);
         assert_eq!(
             frame_lines(suspects[0])[0],
             "leak_slowly (/src/demo.c:42) in /usr/bin/demo"
         );
+        assert_eq!(suspects[3].verdict, Verdict::Suspect);
     }
 
     #[test]

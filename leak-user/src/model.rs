@@ -115,8 +115,13 @@ impl StackHistory {
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     /// The baseline (the low points between releases) rises steadily and the allocations made
-    /// when it began rising are still unfreed.
+    /// when it began rising are still unfreed, and that held across analyses (or the program
+    /// exited, or a scan found blocks lost).
     Leaking,
+    /// Rises as a leak does, not yet confirmed: the rise has not held across analyses yet,
+    /// or the program freed as many blocks from before the attach meanwhile (it may be
+    /// replacing them). Never exported as leaking.
+    Suspect,
     /// Memory rises but old allocations are being released: a queue or cache that keeps
     /// growing while it turns over.
     Growing,
@@ -130,8 +135,9 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 5] = [
+    pub const ALL: [Verdict; 6] = [
         Verdict::Leaking,
+        Verdict::Suspect,
         Verdict::Growing,
         Verdict::Reachable,
         Verdict::Stable,
@@ -141,6 +147,7 @@ impl Verdict {
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Leaking => "leaking",
+            Verdict::Suspect => "suspect",
             Verdict::Growing => "growing",
             Verdict::Reachable => "reachable",
             Verdict::Stable => "stable",
@@ -365,6 +372,10 @@ pub struct StackReport {
     /// Outstanding memory over the session, at most a few dozen evenly spread points.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub series: Vec<Sample>,
+    /// Why it has its verdict, in a sentence (leaking, suspect, growing and reachable
+    /// stacks).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub why: String,
 }
 
 /// An allocator found in the target and what of it was probed.

@@ -1,7 +1,8 @@
 //! OpenTelemetry export: the metrics of [`crate::metrics`] over OTLP (gRPC or HTTP/protobuf,
 //! chosen and configured by the standard OTEL_* variables), one `memory.leak.analysis` span
-//! per analysis window with a `memory.leak.suspect` event per leaking or growing stack, and a
-//! `memory.leak.detected` span the moment a stack is first judged leaking.
+//! per analysis window with a `memory.leak.suspect` event per leaking, suspect or growing
+//! stack, and a `memory.leak.detected` span the moment a stack is first judged leaking (a
+//! confirmed leak: a suspect never sends one).
 //!
 //! Export never runs on the tracing thread: the SDK's periodic reader and batch processor
 //! have threads of their own, gRPC runs on a small runtime owned here, queues are bounded, and
@@ -453,6 +454,7 @@ fn window_attributes(report: &Report) -> Vec<KeyValue> {
         KeyValue::new("process.pid", i64::from(report.target.pid)),
         KeyValue::new("leaktrace.duration_s", report.duration_s),
         KeyValue::new("leaktrace.stacks.leaking", count(Verdict::Leaking)),
+        KeyValue::new("leaktrace.stacks.suspect", count(Verdict::Suspect)),
         KeyValue::new("leaktrace.stacks.growing", count(Verdict::Growing)),
         KeyValue::new("leaktrace.outstanding_bytes", outstanding as i64),
         KeyValue::new(
@@ -525,6 +527,9 @@ fn suspect_attributes(stack: &StackReport) -> Vec<KeyValue> {
         KeyValue::new("leaktrace.growth_bytes_per_s", stack.growth_bytes_per_s),
         KeyValue::new("leaktrace.confidence", stack.confidence),
     ]);
+    if !stack.why.is_empty() {
+        attributes.push(KeyValue::new("leaktrace.why", stack.why.clone()));
+    }
     if let Some(onset) = stack.growth_onset {
         attributes.push(KeyValue::new("leaktrace.growth_onset_s", onset));
     }

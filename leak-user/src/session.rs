@@ -229,6 +229,12 @@ struct Session {
     symbolizer: Symbolizer,
     started_ns: u64,
     process_samples: Vec<ProcessSample>,
+    /// Frees of blocks the probes never saw allocated, cumulative, by seconds since tracing
+    /// began (sampled with the stacks): memory from before the attach being freed.
+    untracked_frees: Vec<(f64, u64)>,
+    /// Stacks (by metrics::stack_id) whose leak was confirmed and that have been judged
+    /// leaking at every analysis since.
+    confirmed_leaks: std::collections::HashSet<String>,
     last_process_sample_ns: Option<u64>,
     /// `run` mode until the command has exec'd: leaktrace's own executable, which the
     /// forked child runs until then (whatever it execs next: a script's interpreter, the
@@ -823,6 +829,8 @@ impl Session {
             options,
             started_ns,
             process_samples: Vec::new(),
+            untracked_frees: Vec::new(),
+            confirmed_leaks: std::collections::HashSet::new(),
             last_process_sample_ns: None,
             launched_program: None,
             forked_by: None,
@@ -989,6 +997,14 @@ impl Session {
             tables.refresh(self.pid);
         }
         self.collector.sample(now_ns)?;
+        push_thinned(
+            &mut self.untracked_frees,
+            (
+                now_ns.saturating_sub(self.started_ns) as f64 / 1e9,
+                self.collector.counter(Counter::FreeUntracked),
+            ),
+            MAX_SERIES_LEN,
+        );
         if let Some(scopes) = &mut self.scopes {
             scopes.sample(now_ns, false)?;
         }
@@ -1294,10 +1310,11 @@ impl Session {
             return;
         };
         self.last_process_sample_ns = Some(now_ns);
+        let at_s = now_ns.saturating_sub(self.started_ns) as f64 / 1e9;
         push_thinned(
             &mut self.process_samples,
             ProcessSample {
-                at_s: now_ns.saturating_sub(self.started_ns) as f64 / 1e9,
+                at_s,
                 rss_bytes: usage.rss_bytes,
                 anon_bytes: usage.anon_bytes,
                 swap_bytes: usage.swap_bytes,
@@ -1307,6 +1324,19 @@ impl Session {
             },
             MAX_SERIES_LEN,
         );
+    }
+
+    /// The frees of blocks never seen allocated, when they can only be memory from before
+    /// the attach: not in a traced-from-start program (where they are blocks of allocators
+    /// not probed), not under --sample-rate or a --max-overhead pause (blocks left out then
+    /// are freed untraced too), not in a Go program (its heap is followed by span).
+    fn untracked_frees_if_meaningful(&self) -> Option<&[(f64, u64)]> {
+        let all_allocations_probed = self.options.sample_rate <= 1
+            && self.cost.out_total_ns == 0
+            && self.cost.out_since.is_none()
+            && self.cost.report.stopped_at_s.is_none();
+        (!self.traced_from_start && all_allocations_probed && self.go.is_none())
+            .then_some(self.untracked_frees.as_slice())
     }
 
     /// Traces an attached process until the duration, Ctrl-C, or its exit.
@@ -1612,10 +1642,11 @@ impl Session {
             let _ = out.flush();
         } else {
             eprintln!(
-                "leaktrace: {:.1}s, {} stacks listed, {} leaking, {} growing, {} dropped events",
+                "leaktrace: {:.1}s, {} stacks listed, {} leaking, {} suspect, {} growing, {} dropped events",
                 report.duration_s,
                 report.stacks.len(),
                 report.count(Verdict::Leaking),
+                report.count(Verdict::Suspect),
                 report.count(Verdict::Growing),
                 report.dropped.values().sum::<u64>()
             );
@@ -2024,10 +2055,45 @@ impl Session {
                 sum
             });
             let mut trend = trend;
+            let judged_alone = trend.verdict;
             // Rising memory that the program can still reach is a growing cache or
             // queue, not a leak.
             if let Some(found) = &reachability {
                 trend.verdict = verdict_with_reachability(trend.verdict, found, context.exited);
+            }
+            // While the program runs a leak is announced once its evidence holds (see
+            // analysis::confirm); a scan that found its blocks lost is evidence enough.
+            let lost_found = reachability
+                .as_ref()
+                .map_or(0, |found| found.lost.blocks + found.indirectly_lost.blocks);
+            let mut unconfirmed = None;
+            if trend.verdict == Verdict::Leaking && !context.exited && lost_found == 0 {
+                // Once confirmed, a stack stays so while it is judged leaking: an earlier
+                // part of its history judged again may say otherwise at a window's edge.
+                let id = metrics::stack_id_of(history.key.origin, &frames);
+                let untracked = (history.key.origin == Origin::Heap)
+                    .then(|| self.untracked_frees_if_meaningful())
+                    .flatten();
+                if !self.confirmed_leaks.contains(&id) {
+                    match analysis::confirm(
+                        &history,
+                        &trend,
+                        context,
+                        &self.options.thresholds,
+                        untracked,
+                    ) {
+                        Ok(()) => {
+                            self.confirmed_leaks.insert(id);
+                        }
+                        Err(why) => {
+                            trend.verdict = Verdict::Suspect;
+                            unconfirmed = Some(why);
+                        }
+                    }
+                }
+            } else if !context.exited && !self.confirmed_leaks.is_empty() {
+                self.confirmed_leaks
+                    .remove(&metrics::stack_id_of(history.key.origin, &frames));
             }
             // The C runtime's own memory is never the program's leak, nor is what a
             // suppression accepts.
@@ -2042,11 +2108,21 @@ impl Session {
                     .map(str::to_string),
             };
             if (excused.c_runtime.is_some() || excused.suppressed.is_some())
-                && matches!(trend.verdict, Verdict::Leaking | Verdict::Growing)
+                && matches!(
+                    trend.verdict,
+                    Verdict::Leaking | Verdict::Suspect | Verdict::Growing
+                )
             {
                 trend.verdict = Verdict::Stable;
             }
-            judged.push((history, trend, frames, reachability, excused));
+            let why = analysis::why(
+                &trend,
+                judged_alone,
+                reachability.as_ref(),
+                context.exited,
+                unconfirmed,
+            );
+            judged.push((history, trend, frames, reachability, excused, why));
         }
         let sort = self.options.sort;
         judged.sort_by(|(a, a_trend, ..), (b, b_trend, ..)| {
@@ -2065,7 +2141,7 @@ impl Session {
         });
         let leak_summary = exited.is_some().then(|| {
             let mut summary = LeakSummary::default();
-            for (history, trend, _, reachability, excused) in &judged {
+            for (history, trend, _, reachability, excused, _) in &judged {
                 let outstanding = (
                     history.totals.outstanding_bytes,
                     history.totals.outstanding_allocs,
@@ -2090,7 +2166,7 @@ impl Session {
             omitted.1 += history.totals.outstanding_bytes;
         }
         let mut stacks = Vec::with_capacity(kept.len());
-        for (history, trend, frames, reachability, excused) in kept {
+        for (history, trend, frames, reachability, excused, why) in kept {
             stacks.push(StackReport {
                 verdict: trend.verdict,
                 origin: history.key.origin,
@@ -2110,6 +2186,7 @@ impl Session {
                 held_by_c_runtime: excused.c_runtime.map(str::to_string),
                 suppressed_by: excused.suppressed,
                 series: evenly_spread(&history.series, REPORT_SERIES_POINTS),
+                why,
             });
         }
         let mut dropped = BTreeMap::new();
@@ -2370,6 +2447,7 @@ type Judged = (
     Vec<Frame>,
     Option<Reachability>,
     Excused,
+    String,
 );
 
 /// Why a stack's memory is not the program's leak, whatever its trend: the C runtime's

@@ -1164,6 +1164,7 @@ fn touched_report(
             suppressed_by: None,
             frames: gear1.frames(stack.stack_id),
             series: Vec::new(),
+            why: String::new(),
         })
         .collect();
     Report {

@@ -1,7 +1,8 @@
 //! End-to-end: the real leaktrace binary, as root, against real processes with known leaks.
 use leaktrace_tests::{
-    Target, bpf_available, build_c, build_c_shared, build_rust, held_at_exit_verdict, leaktrace,
-    leaktrace_bin, leaktrace_then, run_to_exit, run_to_exit_with, scratch_dir, u64_of,
+    Target, bpf_available, build_c, build_c_shared, build_rust, free_port, held_at_exit_verdict,
+    http_get, leaktrace, leaktrace_bin, leaktrace_then, run_to_exit, run_to_exit_with, scratch_dir,
+    u64_of,
 };
 
 /// Every family member leaks N blocks of a known size; leaktrace run reports each exactly,
@@ -600,6 +601,106 @@ fn attach_tells_each_memory_pattern_apart() {
     let last = samples.last().expect("a sample");
     assert!(u64_of(&last["rss_bytes"]) > 8 << 20, "{last}");
     assert!(u64_of(&last["heap_bytes"]) >= 8 << 20, "{last}");
+}
+
+/// Values from before the attach replaced by traced ones rise as a leak does, exactly as
+/// fast as the program frees blocks it never saw allocated, and level off once all are
+/// replaced: tests/targets/replace_values.c. No analysis reports or exports that stack as
+/// leaking (it is a suspect while it rises, stable at the end); the real leak beside it is
+/// confirmed and exported as leaking.
+#[test]
+fn replaced_values_from_before_the_attach_are_never_announced_as_a_leak() {
+    if !bpf_available("replaced_values_from_before_the_attach_are_never_announced_as_a_leak") {
+        return;
+    }
+    let program = build_c("replace_values.c", &["-O2", "-pthread"]);
+    let go = scratch_dir().join("replace_values.go");
+    let _ = std::fs::remove_file(&go);
+    let target = Target::start(&program, &[go.to_str().expect("path")]);
+    let port = free_port();
+    let endpoint = format!("127.0.0.1:{port}");
+    let scraper = std::cell::RefCell::new(None);
+    let traced = leaktrace_then(
+        "replace_values",
+        &[
+            "attach",
+            "--pid",
+            &target.pid(),
+            "--duration",
+            "18s",
+            "--interval",
+            "1s",
+            "--top",
+            "0",
+            "--prometheus",
+            &endpoint,
+        ],
+        || {
+            std::fs::write(&go, b"").expect("create the go file");
+            // Every state /metrics shows for the two stacks while leaktrace runs.
+            *scraper.borrow_mut() = Some(std::thread::spawn(move || {
+                let mut seen = std::collections::BTreeSet::new();
+                let mut scrapes = 0;
+                while let Some(body) = http_get(port, "/metrics") {
+                    scrapes += 1;
+                    for line in body.lines() {
+                        for function in ["store_value", "leak_record"] {
+                            if line.contains(&format!("code_function_name=\"{function}\""))
+                                && (line.starts_with("leaktrace_stack_leaking{")
+                                    || line.starts_with("leaktrace_stack_suspect{"))
+                                && line.ends_with(" 1.0")
+                            {
+                                let metric = line.split('{').next().unwrap_or_default();
+                                seen.insert(format!("{function} {metric}"));
+                            }
+                        }
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(250));
+                }
+                (scrapes, seen)
+            }));
+        },
+    );
+    assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
+    let (scrapes, seen) = scraper
+        .into_inner()
+        .expect("attached")
+        .join()
+        .expect("scraper");
+    assert!(scrapes > 30, "{scrapes} scrapes");
+    // The rewritten values were suspects while they rose, never leaking; the leak was
+    // exported as leaking once confirmed.
+    assert!(
+        seen.contains("store_value leaktrace_stack_suspect"),
+        "{seen:?}"
+    );
+    assert!(
+        !seen.contains("store_value leaktrace_stack_leaking"),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains("leak_record leaktrace_stack_leaking"),
+        "{seen:?}"
+    );
+    let values = traced.expect_stack_at("store_value");
+    assert_eq!(values["verdict"], "stable", "{}", traced.describe());
+    // Every key's value was replaced by a traced one: 2048 values of 200 bytes.
+    assert_eq!(
+        (
+            u64_of(&values["outstanding_allocs"]),
+            u64_of(&values["outstanding_bytes"])
+        ),
+        (2048, 2048 * 200)
+    );
+    assert!(u64_of(&traced.report["events"]["free_untracked"]) >= 2048);
+    let leak = traced.expect_stack_at("leak_record");
+    assert_eq!(leak["verdict"], "leaking", "{}", traced.describe());
+    assert!(
+        leak["why"]
+            .as_str()
+            .is_some_and(|why| why.contains("kept rising at every analysis")),
+        "{leak}"
+    );
 }
 
 /// --sample-rate tracks one allocation in N and scales what it reports: the estimate of a

@@ -187,6 +187,7 @@ mod tests {
             reachability: None,
             held_by_c_runtime: None,
             suppressed_by: None,
+            why: String::new(),
             frames: vec![
                 Frame {
                     function: Some(function.into()),

@@ -112,7 +112,8 @@ mod tests {
         assert_eq!(lines[3], "main;0x7ffd1000;libplugin.so+0x4f2a 1536");
         // The transient stack holds nothing and is left out.
         assert_eq!(lines[4], "main;enqueue_job 3000");
-        assert_eq!(lines.len(), 5);
+        assert_eq!(lines[5], "main;store_value 5120");
+        assert_eq!(lines.len(), 6);
     }
 
     #[test]
@@ -134,7 +135,8 @@ mod tests {
         // 2000 bytes were classified; the other 1000 came after the scan.
         assert_eq!(lines[6], "main;enqueue_job;[still reachable] 2000");
         assert_eq!(lines[7], "main;enqueue_job 1000");
-        assert_eq!(lines.len(), 8);
+        assert_eq!(lines[8], "main;store_value 5120");
+        assert_eq!(lines.len(), 9);
     }
 
     #[test]

@@ -110,12 +110,16 @@ pub mod fixtures {
             total_bytes: outstanding_bytes + 40 * 64,
             oldest_age_s: (outstanding_allocs > 0).then_some(9.8),
             growth_bytes_per_s: match verdict {
-                Verdict::Leaking => 1024.0,
+                Verdict::Leaking | Verdict::Suspect => 1024.0,
                 Verdict::Growing => 300.0,
                 _ => 0.0,
             },
             confidence: 0.9,
-            growth_onset: matches!(verdict, Verdict::Leaking | Verdict::Growing).then_some(0.4),
+            growth_onset: matches!(
+                verdict,
+                Verdict::Leaking | Verdict::Suspect | Verdict::Growing
+            )
+            .then_some(0.4),
             r_squared: if verdict == Verdict::Stable {
                 0.0
             } else {
@@ -133,12 +137,28 @@ pub mod fixtures {
                     outstanding_allocs: outstanding_allocs * i / 3,
                 })
                 .collect(),
+            why: match verdict {
+                Verdict::Leaking => "the baseline rose steadily since 0.4s and kept rising at \
+                                     every analysis since, and what was allocated when it \
+                                     began is still held"
+                    .into(),
+                Verdict::Suspect => "rising since 0.4s, not confirmed: meanwhile the program \
+                                     freed 96 blocks allocated before tracing began, and this \
+                                     stack gained 64: it may be replacing them (a leak once it \
+                                     gains more than that)"
+                    .into(),
+                Verdict::Growing => "rising since 0.4s, but its old allocations are freed: it \
+                                     turns over (a queue or a cache that keeps growing)"
+                    .into(),
+                _ => String::new(),
+            },
         }
     }
 
-    /// Six stacks: leaking with a libc frame, stable with a C++ function inlined into its
+    /// Seven stacks: leaking with a libc frame, stable with a C++ function inlined into its
     /// caller, stable with no recorded frames, leaking mmap through an unsymbolized library and
-    /// an address in no module, transient holding nothing, growing; and a process series.
+    /// an address in no module, transient holding nothing, growing, suspect; and a process
+    /// series.
     pub fn sample_report() -> Report {
         let inlined_at = 0x2010;
         let libc_start = Frame {
@@ -222,6 +242,15 @@ pub mod fixtures {
                 vec![
                     demo_frame("enqueue_job", 70, 0x1500),
                     demo_frame("main", 92, 0x1418),
+                ],
+            ),
+            stack(
+                Verdict::Suspect,
+                Origin::Heap,
+                (5120, 64),
+                vec![
+                    demo_frame("store_value", 80, 0x1600),
+                    demo_frame("main", 94, 0x1428),
                 ],
             ),
         ];

@@ -139,7 +139,7 @@ impl Highlight {
     fn of(verdict: Verdict) -> Self {
         match verdict {
             Verdict::Leaking => Highlight::Leaking,
-            Verdict::Growing => Highlight::Growing,
+            Verdict::Suspect | Verdict::Growing => Highlight::Growing,
             Verdict::Reachable | Verdict::Stable | Verdict::Transient => Highlight::Calm,
         }
     }

@@ -33,7 +33,7 @@ impl Painter {
     fn verdict(&self, verdict: Verdict) -> String {
         let code = match verdict {
             Verdict::Leaking => RED,
-            Verdict::Growing => YELLOW,
+            Verdict::Suspect | Verdict::Growing => YELLOW,
             Verdict::Reachable | Verdict::Stable => "",
             Verdict::Transient => DIM,
         };
@@ -62,7 +62,13 @@ pub fn render(report: &Report, color: bool) -> String {
     let mut out = String::new();
     let count = |verdict: Verdict| report.count(verdict) as u64;
     let (leaking, growing) = (count(Verdict::Leaking), count(Verdict::Growing));
-    let others = report.stacks.len() as u64 - leaking - growing + report.omitted_stacks;
+    let suspect = count(Verdict::Suspect);
+    let others = report.stacks.len() as u64 - leaking - suspect - growing + report.omitted_stacks;
+    let suspects = if suspect > 0 {
+        format!("{} (not confirmed), ", plural(suspect, "suspect stack"))
+    } else {
+        String::new()
+    };
     let held = report.outstanding_bytes();
     let forked = report
         .forked_by
@@ -70,7 +76,7 @@ pub fn render(report: &Report, color: bool) -> String {
         .unwrap_or_default();
     let _ = writeln!(
         out,
-        "leaktrace: pid {} ({}{forked}) traced for {:.1}s: {}, {}, {}; {} outstanding",
+        "leaktrace: pid {} ({}{forked}) traced for {:.1}s: {}, {suspects}{}, {}; {} outstanding",
         report.target.pid,
         report.target.describe(),
         report.duration_s,
@@ -212,14 +218,18 @@ pub fn render(report: &Report, color: bool) -> String {
         (
             Verdict::Leaking,
             if report.exited.is_some() {
-                "LEAKING: still held when the target exited, or the baseline kept rising"
+                "LEAKING: lost or never freed when the target exited, or the baseline kept rising"
             } else {
-                "LEAKING: the baseline keeps rising and old allocations stay unfreed"
+                "LEAKING: confirmed: the baseline kept rising across analyses and old allocations stay unfreed, or a scan found blocks lost"
             },
         ),
         (
+            Verdict::Suspect,
+            "SUSPECT: rising as a leak does, not confirmed yet (each says why); not reported or exported as leaking",
+        ),
+        (
             Verdict::Growing,
-            "GROWING: rising, but old allocations are freed (a queue or cache that keeps growing)",
+            "GROWING: rising, but not lost: its old allocations are freed, or all of it is still pointed to (each says which)",
         ),
         (
             Verdict::Reachable,
@@ -249,7 +259,7 @@ pub fn render(report: &Report, color: bool) -> String {
             !excused(s)
                 && !matches!(
                     s.verdict,
-                    Verdict::Leaking | Verdict::Growing | Verdict::Reachable
+                    Verdict::Leaking | Verdict::Suspect | Verdict::Growing | Verdict::Reachable
                 )
         })
         .collect();
@@ -591,6 +601,9 @@ fn render_detailed(out: &mut String, rank: usize, stack: &StackReport, painter: 
         plural(stack.total_allocs, "allocation"),
         stack.confidence,
     );
+    if !stack.why.is_empty() {
+        let _ = writeln!(out, "    why: {}", stack.why);
+    }
     if let Some(reachability) = &stack.reachability {
         let _ = writeln!(out, "    {}", reachability_line(reachability));
     }

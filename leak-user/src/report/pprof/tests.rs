@@ -74,6 +74,7 @@ fn decodes_to_values_stacks_labels_and_mappings() {
             // Transient stacks hold nothing but their allocations count.
             &[0, 0, 2560, 40],
             &[3000, 15, 5560, 55],
+            &[5120, 64, 7680, 104],
         ]
     );
     let stacks = stacks(&profile);
