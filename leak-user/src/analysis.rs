@@ -7,7 +7,10 @@
 //! baseline rises steadily (Theil–Sen slope, straight-line fit, mostly rising steps, still
 //! rising in the recent half) and the allocations made when the rise began are still live.
 //! A steady rise whose old allocations are freed is growth (a queue or cache turning over).
-use crate::model::{ProcessSample, Reachability, Sample, StackHistory, Totals, Trend, Verdict};
+use crate::{
+    model::{ProcessSample, Reachability, Sample, StackHistory, Totals, Trend, Verdict},
+    report::human_bytes,
+};
 
 /// Knobs of the verdict, with the defaults the CLI exposes.
 #[derive(Clone, Copy, Debug)]
@@ -410,6 +413,7 @@ pub fn merge_histories(members: &[&StackHistory]) -> Option<StackHistory> {
                 at_s: sample.at_s,
                 outstanding_bytes: 0,
                 outstanding_allocs: 0,
+                total_allocs: 0,
             })
             .collect(),
         oldest_live_ns: None,
@@ -433,6 +437,7 @@ pub fn merge_histories(members: &[&StackHistory]) -> Option<StackHistory> {
             if let Some(latest) = next.checked_sub(1).map(|i| member.series[i]) {
                 point.outstanding_bytes += latest.outstanding_bytes;
                 point.outstanding_allocs += latest.outstanding_allocs;
+                point.total_allocs += latest.total_allocs;
             }
         }
     }
@@ -445,31 +450,35 @@ pub enum Unconfirmed {
     /// The history as it stood at an earlier analysis (`at_s`, seconds since tracing
     /// began) did not show the leak yet: the rise is too new to have held.
     NotHeld { at_s: f64 },
-    /// In the recent half of its rise the program freed `freed` blocks allocated before
-    /// tracing began, as many as this stack gained (`gained`) or more: it may be replacing
-    /// memory from before the attach (values of a fixed set of keys rewritten), which
-    /// levels off once all of it is replaced.
-    Replacing { freed: u64, gained: u64 },
+    /// It keeps less and less of what it allocates: of each allocation, `early` bytes on
+    /// average stayed in the first half of the rise, only `recent` in the recent half. A
+    /// rise that levels off: memory that replaces what was allocated before tracing began
+    /// (the values of a fixed set of keys rewritten: each rewrite of a key already rewritten
+    /// frees a traced value), or a cache filling up to its size.
+    LevellingOff { early: f64, recent: f64 },
 }
 
 /// Earlier analyses a leak must have held in: the history as it stood halfway and three
 /// quarters through the rise judged leaking too.
 pub const CONFIRMING_CUTS: [f64; 2] = [0.5, 0.25];
 
+/// A rise levels off when the bytes it keeps per allocation in its recent half fall below
+/// this share of those in its first half.
+pub const LEVELLING_SHARE: f64 = 0.6;
+
 /// Whether a leaking verdict holds before it is announced. The same judgement on the
 /// history as it stood at earlier points of the rise (CONFIRMING_CUTS back from the last
-/// sample) must say leaking too: a rise that shows in one analysis only is a suspect. And
-/// where `untracked_frees` is given (cumulative frees of blocks tracing never saw, by time:
-/// memory from before the attach), the stack must have gained more blocks in the recent
-/// half of its rise than the program freed of those meanwhile: a program that rewrites the
-/// values of a fixed keyspace gains traced blocks exactly as fast as it frees untraced
-/// ones, and its rise stops once all are replaced.
+/// sample) must say leaking too: a rise that shows in one analysis only is a suspect. And it
+/// must keep as much of what it allocates as it did: per allocation, the baseline's gain in
+/// the recent half of the rise at least LEVELLING_SHARE of its gain in the first half. A
+/// leak keeps a steady share of its allocations whatever the load; a program rewriting the
+/// values of a fixed keyspace keeps all of its first rewrites, then ever fewer as more of
+/// the keys it rewrites were rewritten since the attach already.
 pub fn confirm(
     history: &StackHistory,
     trend: &Trend,
     context: Context,
     thresholds: &Thresholds,
-    untracked_frees: Option<&[(f64, u64)]>,
 ) -> Result<(), Unconfirmed> {
     let series = &history.series;
     let Some(last) = series.last() else {
@@ -480,35 +489,33 @@ pub fn confirm(
     for back in CONFIRMING_CUTS {
         let cut = last.at_s - rising_for * back;
         let then = as_of(history, cut, context);
-        if judge(&then, context_at(context, last.at_s, cut), thresholds).verdict != Verdict::Leaking
+        if judge(&then, context_at(context, last.at_s, cut), thresholds).verdict
+            != Verdict::Leaking
         {
             return Err(Unconfirmed::NotHeld { at_s: cut });
         }
     }
-    if let Some(frees) = untracked_frees {
-        let from = last.at_s - rising_for / 2.0;
+    let rising: Vec<(f64, f64)> = bytes_points(series)
+        .into_iter()
+        .filter(|point| point.0 >= onset)
+        .collect();
+    let low = baseline(&rising, thresholds.baseline_windows);
+    if low.len() >= 3 {
+        let (start, middle, end) = (low[0], low[low.len() / 2], low[low.len() - 1]);
         let allocs_at = |at: f64| {
             series
                 .iter()
                 .rev()
                 .find(|sample| sample.at_s <= at)
-                .map_or(0, |sample| sample.outstanding_allocs)
+                .map_or(0, |sample| sample.total_allocs)
         };
-        // From the count at or before the start of the window to the latest count: the
-        // window is never narrower than the stack's.
-        let freed_by = |at: f64| {
-            frees
-                .iter()
-                .rev()
-                .find(|(when, _)| *when <= at)
-                .or(frees.first())
-                .map_or(0, |(_, count)| *count)
-        };
-        let latest = frees.last().map_or(0, |(_, count)| *count);
-        let gained = last.outstanding_allocs.saturating_sub(allocs_at(from));
-        let freed = latest.saturating_sub(freed_by(from));
-        if freed >= gained {
-            return Err(Unconfirmed::Replacing { freed, gained });
+        let allocs = [allocs_at(start.0), allocs_at(middle.0), allocs_at(end.0)];
+        if allocs[1] > allocs[0] && allocs[2] > allocs[1] {
+            let early = (middle.1 - start.1) / (allocs[1] - allocs[0]) as f64;
+            let recent = (end.1 - middle.1) / (allocs[2] - allocs[1]) as f64;
+            if early > 0.0 && recent < LEVELLING_SHARE * early {
+                return Err(Unconfirmed::LevellingOff { early, recent });
+            }
         }
     }
     Ok(())
@@ -540,6 +547,7 @@ fn as_of(history: &StackHistory, cut: f64, context: Context) -> StackHistory {
         at_s: cut,
         outstanding_bytes: 0,
         outstanding_allocs: 0,
+        total_allocs: 0,
     });
     StackHistory {
         key: history.key,
@@ -586,11 +594,13 @@ pub fn why(
              what was allocated when it began is still held"
         ),
         Verdict::Suspect => match unconfirmed {
-            Some(Unconfirmed::Replacing { freed, gained }) => format!(
-                "rising{since}, not confirmed: meanwhile the program freed {} allocated \
-                 before tracing began, and this stack gained {gained}: it may be replacing \
-                 them (a leak once it gains more than that)",
-                blocks(freed)
+            Some(Unconfirmed::LevellingOff { early, recent }) => format!(
+                "rising{since}, not confirmed: it keeps ever less of what it allocates ({} \
+                 an allocation stayed early in the rise, {} lately): levelling off, as \
+                 memory replacing what was there before tracing began does (the values of a \
+                 fixed set of keys rewritten), or a cache filling up",
+                human_bytes(early),
+                human_bytes(recent.max(0.0))
             ),
             Some(Unconfirmed::NotHeld { at_s }) => format!(
                 "rising{since}, not confirmed yet: as it stood at {at_s:.1}s it did not look \
@@ -784,6 +794,7 @@ mod tests {
                     at_s: i as f64 * step_s,
                     outstanding_bytes: *b,
                     outstanding_allocs: 0,
+                    total_allocs: 0,
                 })
                 .collect(),
             oldest_live_ns,
@@ -922,10 +933,16 @@ mod tests {
         );
     }
 
-    /// `history`, with the outstanding count of each sample one block per 1024 bytes.
+    /// `history`, with the outstanding count of each sample one block per 1024 bytes, every
+    /// one of them allocated after the previous sample (a leak: all it allocates stays).
     fn counted(mut history: StackHistory) -> StackHistory {
+        let mut total = 0;
+        let mut held = 0;
         for sample in &mut history.series {
             sample.outstanding_allocs = sample.outstanding_bytes / 1024;
+            total += sample.outstanding_allocs.saturating_sub(held);
+            held = sample.outstanding_allocs;
+            sample.total_allocs = total;
         }
         history
     }
@@ -937,21 +954,24 @@ mod tests {
         let context = running(50, 0.2);
         let trend = judge_default(&history, context);
         assert_eq!(trend.verdict, Verdict::Leaking);
-        let thresholds = Thresholds::default();
         assert_eq!(
-            confirm(&history, &trend, context, &thresholds, None),
+            confirm(&history, &trend, context, &Thresholds::default()),
             Ok(())
         );
-        // A few blocks from before the attach freed at its start change nothing.
-        let frees: Vec<(f64, u64)> = (0..50).map(|i| (i as f64 * 0.2, 3)).collect();
+        // A leak of one block in ten allocations, under a load that doubles halfway: it
+        // keeps the same share of what it allocates.
+        let mut leak = history.clone();
+        for (i, sample) in leak.series.iter_mut().enumerate() {
+            let i = i as u64;
+            sample.total_allocs = if i < 25 { 10 * i } else { 250 + 20 * (i - 25) };
+            sample.outstanding_allocs = sample.total_allocs / 10;
+            sample.outstanding_bytes = 1024 * sample.outstanding_allocs;
+        }
+        leak.totals.outstanding_bytes = leak.series[49].outstanding_bytes;
+        let trend = judge_default(&leak, context);
+        assert_eq!(trend.verdict, Verdict::Leaking, "{trend:?}");
         assert_eq!(
-            confirm(&history, &trend, context, &thresholds, Some(&frees)),
-            Ok(())
-        );
-        // Nor do frees of old blocks at half the rate it gains blocks.
-        let frees: Vec<(f64, u64)> = (0..50).map(|i| (i as f64 * 0.2, i / 2)).collect();
-        assert_eq!(
-            confirm(&history, &trend, context, &thresholds, Some(&frees)),
+            confirm(&leak, &trend, context, &Thresholds::default()),
             Ok(())
         );
     }
@@ -976,7 +996,7 @@ mod tests {
             let oldest = context.now_ns - (rising as f64 * 0.2 * 1e9) as u64;
             let history = counted(history(&bytes, 0.2, (8 + rising as u64, 200), Some(oldest)));
             let trend = judge_default(&history, context);
-            let held = confirm(&history, &trend, context, &Thresholds::default(), None);
+            let held = confirm(&history, &trend, context, &Thresholds::default());
             (trend.verdict, held)
         };
         let first = (2..120)
@@ -1000,32 +1020,36 @@ mod tests {
 
     #[test]
     fn replacing_values_from_before_the_attach_is_a_suspect() {
-        // Every traced block replaces one from before the attach: the program freed one
-        // untraced block for each block this stack gained.
-        let bytes: Vec<u64> = (0..50).map(|i| 1024 * i).collect();
-        let history = counted(history(&bytes, 0.2, (49, 49), Some(0)));
-        let context = running(50, 0.2);
+        // 2048 keys whose values (200 B) from before the attach are rewritten at random, 400
+        // a second: the traced values number 2048 (1 - e^(-t/τ)), τ = 5.12 s, while the
+        // allocations go on at the same pace. Early it rises as a leak does.
+        let keys = 2048.0;
+        let tau = keys / 400.0;
+        let mut history = history(&[0; 40], 0.2, (0, 0), Some(0));
+        for (i, sample) in history.series.iter_mut().enumerate() {
+            let t = i as f64 * 0.2;
+            sample.total_allocs = (400.0 * t) as u64;
+            sample.outstanding_allocs = (keys * (1.0 - (-t / tau).exp())) as u64;
+            sample.outstanding_bytes = 200 * sample.outstanding_allocs;
+        }
+        let last = history.series[39];
+        history.totals.outstanding_allocs = last.outstanding_allocs;
+        history.totals.outstanding_bytes = last.outstanding_bytes;
+        history.totals.total_allocs = last.total_allocs;
+        let context = running(40, 0.2);
         let trend = judge_default(&history, context);
-        assert_eq!(trend.verdict, Verdict::Leaking);
-        let frees: Vec<(f64, u64)> = (0..50).map(|i| (i as f64 * 0.2, 7 + i)).collect();
-        let replacing = confirm(
-            &history,
-            &trend,
-            context,
-            &Thresholds::default(),
-            Some(&frees),
-        );
+        assert_eq!(trend.verdict, Verdict::Leaking, "{trend:?}");
+        let held = confirm(&history, &trend, context, &Thresholds::default());
         assert!(
-            matches!(replacing, Err(Unconfirmed::Replacing { freed, gained }) if freed == gained && gained > 20),
-            "{replacing:?}"
+            matches!(held, Err(Unconfirmed::LevellingOff { early, recent }) if recent < early / 2.0),
+            "{held:?}"
         );
         let suspect = Trend {
             verdict: Verdict::Suspect,
             ..trend
         };
         assert!(
-            why(&suspect, Verdict::Leaking, None, false, replacing.err())
-                .contains("may be replacing them")
+            why(&suspect, Verdict::Leaking, None, false, held.err()).contains("levelling off"),
         );
     }
 

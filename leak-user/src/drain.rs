@@ -335,6 +335,7 @@ impl Collector {
                     at_s,
                     outstanding_bytes: totals.outstanding_bytes,
                     outstanding_allocs: totals.outstanding_allocs,
+                    total_allocs: totals.total_allocs,
                 },
                 cap,
             );
@@ -593,6 +594,7 @@ mod tests {
                     at_s: i as f64,
                     outstanding_bytes: i as u64,
                     outstanding_allocs: 1,
+                    total_allocs: i as u64,
                 },
                 MAX_SERIES_LEN,
             );

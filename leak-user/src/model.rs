@@ -90,6 +90,10 @@ pub struct Sample {
     pub outstanding_bytes: u64,
     #[serde(default)]
     pub outstanding_allocs: u64,
+    /// Allocations seen by then, cumulative: for the analysis (how much of what a stack
+    /// allocates it keeps), not written to reports.
+    #[serde(skip)]
+    pub total_allocs: u64,
 }
 
 /// What leaktrace knows about one stack over the session.

@@ -229,9 +229,6 @@ struct Session {
     symbolizer: Symbolizer,
     started_ns: u64,
     process_samples: Vec<ProcessSample>,
-    /// Frees of blocks the probes never saw allocated, cumulative, by seconds since tracing
-    /// began (sampled with the stacks): memory from before the attach being freed.
-    untracked_frees: Vec<(f64, u64)>,
     /// Stacks (by metrics::stack_id) whose leak was confirmed and that have been judged
     /// leaking at every analysis since.
     confirmed_leaks: std::collections::HashSet<String>,
@@ -829,7 +826,6 @@ impl Session {
             options,
             started_ns,
             process_samples: Vec::new(),
-            untracked_frees: Vec::new(),
             confirmed_leaks: std::collections::HashSet::new(),
             last_process_sample_ns: None,
             launched_program: None,
@@ -997,14 +993,6 @@ impl Session {
             tables.refresh(self.pid);
         }
         self.collector.sample(now_ns)?;
-        push_thinned(
-            &mut self.untracked_frees,
-            (
-                now_ns.saturating_sub(self.started_ns) as f64 / 1e9,
-                self.collector.counter(Counter::FreeUntracked),
-            ),
-            MAX_SERIES_LEN,
-        );
         if let Some(scopes) = &mut self.scopes {
             scopes.sample(now_ns, false)?;
         }
@@ -1324,19 +1312,6 @@ impl Session {
             },
             MAX_SERIES_LEN,
         );
-    }
-
-    /// The frees of blocks never seen allocated, when they can only be memory from before
-    /// the attach: not in a traced-from-start program (where they are blocks of allocators
-    /// not probed), not under --sample-rate or a --max-overhead pause (blocks left out then
-    /// are freed untraced too), not in a Go program (its heap is followed by span).
-    fn untracked_frees_if_meaningful(&self) -> Option<&[(f64, u64)]> {
-        let all_allocations_probed = self.options.sample_rate <= 1
-            && self.cost.out_total_ns == 0
-            && self.cost.out_since.is_none()
-            && self.cost.report.stopped_at_s.is_none();
-        (!self.traced_from_start && all_allocations_probed && self.go.is_none())
-            .then_some(self.untracked_frees.as_slice())
     }
 
     /// Traces an attached process until the duration, Ctrl-C, or its exit.
@@ -2071,17 +2046,9 @@ impl Session {
                 // Once confirmed, a stack stays so while it is judged leaking: an earlier
                 // part of its history judged again may say otherwise at a window's edge.
                 let id = metrics::stack_id_of(history.key.origin, &frames);
-                let untracked = (history.key.origin == Origin::Heap)
-                    .then(|| self.untracked_frees_if_meaningful())
-                    .flatten();
                 if !self.confirmed_leaks.contains(&id) {
-                    match analysis::confirm(
-                        &history,
-                        &trend,
-                        context,
-                        &self.options.thresholds,
-                        untracked,
-                    ) {
+                    match analysis::confirm(&history, &trend, context, &self.options.thresholds)
+                    {
                         Ok(()) => {
                             self.confirmed_leaks.insert(id);
                         }

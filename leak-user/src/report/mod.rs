@@ -135,6 +135,7 @@ pub mod fixtures {
                     at_s: i as f64 * 3.0,
                     outstanding_bytes: outstanding_bytes * i / 3,
                     outstanding_allocs: outstanding_allocs * i / 3,
+                    total_allocs: 0,
                 })
                 .collect(),
             why: match verdict {
