@@ -489,8 +489,7 @@ pub fn confirm(
     for back in CONFIRMING_CUTS {
         let cut = last.at_s - rising_for * back;
         let then = as_of(history, cut, context);
-        if judge(&then, context_at(context, last.at_s, cut), thresholds).verdict
-            != Verdict::Leaking
+        if judge(&then, context_at(context, last.at_s, cut), thresholds).verdict != Verdict::Leaking
         {
             return Err(Unconfirmed::NotHeld { at_s: cut });
         }
@@ -1048,9 +1047,7 @@ mod tests {
             verdict: Verdict::Suspect,
             ..trend
         };
-        assert!(
-            why(&suspect, Verdict::Leaking, None, false, held.err()).contains("levelling off"),
-        );
+        assert!(why(&suspect, Verdict::Leaking, None, false, held.err()).contains("levelling off"),);
     }
 
     #[test]

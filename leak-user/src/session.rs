@@ -2047,8 +2047,7 @@ impl Session {
                 // part of its history judged again may say otherwise at a window's edge.
                 let id = metrics::stack_id_of(history.key.origin, &frames);
                 if !self.confirmed_leaks.contains(&id) {
-                    match analysis::confirm(&history, &trend, context, &self.options.thresholds)
-                    {
+                    match analysis::confirm(&history, &trend, context, &self.options.thresholds) {
                         Ok(()) => {
                             self.confirmed_leaks.insert(id);
                         }
