@@ -573,9 +573,9 @@ mod tests {
     fn many_stacks_share_a_bounded_budget() {
         assert_eq!(series_cap(1), MAX_SERIES_LEN);
         assert_eq!(series_cap(1_000_000), MIN_SERIES_LEN);
-        let cap = series_cap(20_000);
+        let cap = series_cap(10_000);
         assert!((MIN_SERIES_LEN..MAX_SERIES_LEN).contains(&cap));
-        assert!(20_000 * cap * size_of::<Sample>() <= SERIES_BUDGET_BYTES);
+        assert!(10_000 * cap * size_of::<Sample>() <= SERIES_BUDGET_BYTES);
         // A series shrinks to a smaller cap at once and keeps its span.
         let mut series: Vec<u32> = (0..2048).collect();
         push_thinned(&mut series, 2048, 100);

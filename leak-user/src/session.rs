@@ -1298,11 +1298,10 @@ impl Session {
             return;
         };
         self.last_process_sample_ns = Some(now_ns);
-        let at_s = now_ns.saturating_sub(self.started_ns) as f64 / 1e9;
         push_thinned(
             &mut self.process_samples,
             ProcessSample {
-                at_s,
+                at_s: now_ns.saturating_sub(self.started_ns) as f64 / 1e9,
                 rss_bytes: usage.rss_bytes,
                 anon_bytes: usage.anon_bytes,
                 swap_bytes: usage.swap_bytes,
