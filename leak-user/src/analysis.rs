@@ -464,7 +464,7 @@ pub const CONFIRMING_CUTS: [f64; 2] = [0.5, 0.25];
 
 /// A rise levels off when the bytes it keeps per allocation in its recent half fall below
 /// this share of those in its first half.
-pub const LEVELLING_SHARE: f64 = 0.6;
+pub const LEVELLING_SHARE: f64 = 0.8;
 
 /// Whether a leaking verdict holds before it is announced. The same judgement on the
 /// history as it stood at earlier points of the rise (CONFIRMING_CUTS back from the last
