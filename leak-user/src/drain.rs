@@ -32,7 +32,7 @@ const SERIES_BUDGET_BYTES: usize = 32 << 20;
 const MIN_SERIES_LEN: usize = 64;
 
 /// Samples each stack's series keeps when there are `stacks` of them.
-fn series_cap(stacks: usize) -> usize {
+pub fn series_cap(stacks: usize) -> usize {
     (SERIES_BUDGET_BYTES / size_of::<Sample>() / stacks.max(1))
         .clamp(MIN_SERIES_LEN, MAX_SERIES_LEN)
 }

@@ -16,6 +16,7 @@ use leak_common::{GoLayout, GoroutineSite, map_names};
 use object::{Object, ObjectSection, ObjectSymbol};
 
 use crate::freeze::ProcessMemory;
+use crate::go_profile::{self, ProfileAddresses};
 use crate::model::GoroutineSample;
 use crate::probe_site::probe_offset;
 use crate::reachability::Memory;
@@ -75,6 +76,11 @@ pub struct GoProgram {
     pub span_free: Option<GoProbe>,
     /// The instructions just after each call to `(*mcache).allocLarge`.
     pub large_spans: Vec<GoProbe>,
+    /// Where the runtime's own heap profile is (see go_profile), when its variables and
+    /// layout are known.
+    pub profile: Option<ProfileAddresses>,
+    /// Why it cannot be read, when it cannot.
+    pub profile_unknown: Option<String>,
 }
 
 impl GoProgram {
@@ -147,6 +153,9 @@ impl GoProgram {
                 ("runtime.g", &["gopc", "atomicstatus"]),
                 ("runtime.mcache", &["alloc"]),
                 ("runtime.mspan", &["startAddr", "npages"]),
+                ("runtime.bucket", &["nstk"]),
+                ("runtime.memRecord", &["future"]),
+                ("runtime.memRecordCycle", &["free_bytes"]),
             ],
         );
         let field = |owner: &str, name: &str| offsets.get(&(owner.into(), name.into())).copied();
@@ -168,6 +177,44 @@ impl GoProgram {
             // No DWARF (-ldflags=-w): the layout of a release leaktrace was checked against.
             program.layout = Some(layout);
             program.g_status = Some(status);
+        }
+        // The heap profile: its layout from DWARF, else that of a release checked against it.
+        let profile_layout = match field("runtime.bucket", "nstk") {
+            Some(nstk) => {
+                nstk == go_profile::BUCKET_NSTK_OFFSET
+                    && field("runtime.memRecord", "future")
+                        == Some(go_profile::MEM_RECORD_FUTURE_OFFSET)
+                    && field("runtime.memRecordCycle", "free_bytes")
+                        == Some(go_profile::CYCLE_FREE_BYTES_OFFSET)
+            }
+            None => program.version.as_deref().and_then(known_layout).is_some(),
+        };
+        let variable = |name: &str| symbols.get(name).map(|(address, _)| *address);
+        match (
+            variable("runtime.mbuckets"),
+            variable("runtime.mProfCycle"),
+            variable("runtime.MemProfileRate"),
+        ) {
+            (Some(buckets), Some(cycle), Some(rate)) if profile_layout => {
+                program.profile = Some(ProfileAddresses {
+                    buckets,
+                    cycle,
+                    rate,
+                });
+            }
+            (Some(_), Some(_), Some(_)) => {
+                program.profile_unknown = Some(format!(
+                    "the heap profile's layout in Go {} is not the one leaktrace reads",
+                    program.version.as_deref().unwrap_or("of unknown version")
+                ));
+            }
+            _ => {
+                program.profile_unknown = Some(
+                    "no ELF symbol table (built with -ldflags=-s?): the runtime's heap profile \
+                     cannot be found"
+                        .to_string(),
+                );
+            }
         }
         // After each call to allocLarge, the span it returns is in RAX. The probe follows the
         // code from the return to the first instruction the kernel emulates, as long as the
@@ -418,6 +465,31 @@ impl Goroutines {
     pub fn sites(&self) -> impl Iterator<Item = &SiteHistory> {
         self.sites.values()
     }
+}
+
+/// Whether a Go heap stack is a large object's span, recorded after allocLarge returned in
+/// its caller, rather than a span of small objects (recorded as `refill` is called).
+pub fn is_large_object_stack(frames: &[crate::model::Frame]) -> bool {
+    frames
+        .first()
+        .and_then(|frame| frame.function.as_deref())
+        .is_some_and(|function| LARGE_CALLERS.contains(&function))
+}
+
+/// Functions of the runtime whose allocations belong to goroutines, which are counted per
+/// creation site: each goroutine's `g`, the list of all of them, the waiting records of
+/// blocked ones.
+const GOROUTINE_BOOKKEEPING: [&str; 3] =
+    ["runtime.malg", "runtime.allgadd", "runtime.acquireSudog"];
+
+/// Whether a Go heap stack allocates for the runtime's goroutine bookkeeping.
+pub fn goroutine_bookkeeping(frames: &[crate::model::Frame]) -> bool {
+    frames.iter().any(|frame| {
+        frame
+            .function
+            .as_deref()
+            .is_some_and(|name| GOROUTINE_BOOKKEEPING.contains(&name))
+    })
 }
 
 /// Every function of Go's own table, by name: (entry, size up to the next function). A name
@@ -844,6 +916,13 @@ mod tests {
                 Some(from_dwarf),
                 "{} ({version}): add this release's row to known_layout",
                 go.display()
+            );
+            // The heap profile's layout (checked against DWARF in inspect) and variables.
+            assert!(
+                program.profile.is_some(),
+                "{} ({version}): {:?}",
+                go.display(),
+                program.profile_unknown
             );
         }
     }

@@ -25,6 +25,7 @@ pub mod exit;
 pub mod exit_stack;
 pub mod file_bytes;
 pub mod freeze;
+pub mod go_profile;
 pub mod golang;
 pub mod growth;
 pub mod launch;

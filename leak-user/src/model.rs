@@ -380,6 +380,18 @@ pub struct StackReport {
     /// stacks).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub why: String,
+    /// A Go heap stack read from the runtime's heap profile: what it held as of the last
+    /// completed GC, the figure `go tool pprof -inuse_space` gives (outstanding figures
+    /// count what was allocated since and not yet swept too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_last_gc: Option<InUse>,
+}
+
+/// Bytes and objects in use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InUse {
+    pub bytes: u64,
+    pub objects: u64,
 }
 
 /// An allocator found in the target and what of it was probed.
@@ -694,6 +706,10 @@ pub struct RuntimeInfo {
     /// What to do to see its functions in stacks, when they cannot be named.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// Go: where the heap's stacks come from, the runtime's own heap profile or its spans,
+    /// and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heap: Option<String>,
 }
 
 /// What the calls of one --scope function allocated and kept; with a label argument, also

@@ -25,10 +25,10 @@ use crate::{
     launch::{self, ChildEvent},
     metrics,
     model::{
-        AllocatorInfo, Exit, Frame, GoroutineReport, GoroutineSiteReport, Held, LeakSummary,
+        AllocatorInfo, Exit, Frame, GoroutineReport, GoroutineSiteReport, Held, InUse, LeakSummary,
         Origin, ProbeInfo, ProcessReport, ProcessSample, REPORT_VERSION, Reachability,
-        ReachabilityScan, Report, RuntimeInfo, StackHistory, StackKey, StackReport, Target, Trend,
-        Verdict,
+        ReachabilityScan, Report, RuntimeInfo, StackHistory, StackKey, StackReport, Target, Totals,
+        Trend, Verdict,
     },
     otel::{OtlpOptions, Telemetry},
     procfs, prometheus,
@@ -247,6 +247,8 @@ struct Session {
     scopes: Option<ScopeCollector>,
     /// A Go program: what was found in it, and its goroutines when they are counted.
     go: Option<(GoTarget, Option<Goroutines>)>,
+    /// Go's own heap profile, once the executable is mapped (see go_profile).
+    go_profile: Option<crate::go_profile::HeapProfile>,
     /// A CPython target: its interpreter, and the kernel's pointer to `_PyRuntime` until it
     /// is written (the interpreter is mapped).
     python: Option<(
@@ -838,6 +840,7 @@ impl Session {
             reachability: None,
             scopes: scope_collector,
             go,
+            go_profile: None,
             python,
             python_stacks_read: std::collections::HashSet::new(),
             cost: CostMeter {
@@ -894,6 +897,41 @@ impl Session {
             }
             Err(err) => log::warn!("could not point the kernel at _PyRuntime: {err}"),
         }
+    }
+
+    /// Go's heap profile as it is now (from the first tick the executable is mapped in).
+    fn read_go_profile(&mut self, now_ns: u64) {
+        let Some((go, _)) = &self.go else { return };
+        let Some(addresses) = go.program.profile else {
+            return;
+        };
+        if self.go_profile.is_none() {
+            // Not mapped yet (a launched command before its exec): tried again next tick.
+            let Some(bias) = attach::mapped_load_bias(self.pid, &go.probe_path) else {
+                return;
+            };
+            self.go_profile = Some(crate::go_profile::HeapProfile::new(
+                crate::go_profile::ProfileAddresses {
+                    buckets: addresses.buckets.wrapping_add(bias),
+                    cycle: addresses.cycle.wrapping_add(bias),
+                    rate: addresses.rate.wrapping_add(bias),
+                },
+            ));
+        }
+        if let Some(profile) = &mut self.go_profile {
+            let mut memory = crate::freeze::ProcessMemory { pid: self.pid };
+            profile.read(
+                &mut memory,
+                now_ns.saturating_sub(self.started_ns) as f64 / 1e9,
+            );
+        }
+    }
+
+    /// Whether the Go heap's stacks come from the runtime's profile (else from its spans).
+    fn go_heap_from_profile(&self) -> bool {
+        self.go_profile
+            .as_ref()
+            .is_some_and(crate::go_profile::HeapProfile::in_use)
     }
 
     /// The goroutines alive before the probes went in, from the runtime's own list.
@@ -999,6 +1037,7 @@ impl Session {
         if let Some((_, Some(goroutines))) = &mut self.go {
             goroutines.sample(now_ns.saturating_sub(self.started_ns) as f64 / 1e9);
         }
+        self.read_go_profile(now_ns);
         if self.python.as_ref().is_some_and(|(_, slot)| slot.is_some()) {
             self.point_python_runtime();
         }
@@ -1307,7 +1346,10 @@ impl Session {
                 swap_bytes: usage.swap_bytes,
                 virtual_bytes: usage.virtual_bytes,
                 pss_bytes: usage.pss_bytes,
-                heap_bytes: self.collector.heap_outstanding_bytes(),
+                heap_bytes: match &self.go_profile {
+                    Some(profile) if profile.in_use() => profile.in_use_bytes(),
+                    _ => self.collector.heap_outstanding_bytes(),
+                },
             },
             MAX_SERIES_LEN,
         );
@@ -1960,10 +2002,23 @@ impl Session {
         }
         let mut groups: Vec<(Vec<Frame>, Vec<StackHistory>)> = Vec::new();
         let mut group_of: HashMap<(Origin, Vec<FrameIdentity>), usize> = HashMap::new();
+        let go_from_profile = self.go_heap_from_profile();
+        let (profile_histories, mut at_last_gc) = if go_from_profile {
+            self.go_profile_histories()
+        } else {
+            (Vec::new(), HashMap::new())
+        };
         // Scope calls' stacks are named from these.
         let mut frames_by_key: HashMap<StackKey, Vec<Frame>> = HashMap::new();
-        for history in active {
-            let frames = self.frames_of(&history);
+        let mut active: Vec<NamedHistory> = active
+            .into_iter()
+            .map(|history| {
+                let frames = self.frames_of(&history);
+                (history, frames)
+            })
+            .collect();
+        active.extend(profile_histories);
+        for (history, frames) in active {
             if self.scopes.is_some() && history.key.origin == Origin::Heap {
                 frames_by_key.insert(history.key, frames.clone());
             }
@@ -1972,11 +2027,21 @@ impl Session {
             }
             // A Go runtime's own mappings hold its heap (followed by span, above), its
             // goroutine stacks and reservations: counting them too would count the heap
-            // twice.
+            // twice. With the runtime's heap profile read, its stacks stand for the small
+            // objects' spans (each span's objects may be anyone's); a large object's span is
+            // its own, charged to the stack that allocated it, and counted exactly.
             if self.go.is_some()
-                && history.key.origin != Origin::Heap
+                && history.key.stack_id != crate::go_profile::PROFILE_STACK_ID
                 && mapped_by_go_runtime(&frames)
+                && (history.key.origin != Origin::Heap
+                    || (go_from_profile && !crate::golang::is_large_object_stack(&frames)))
             {
+                continue;
+            }
+            // The runtime's goroutine bookkeeping (each goroutine's `g`, the list of all of
+            // them, blocked ones' waiting records) grows and shrinks with the goroutines,
+            // which are counted per creation site.
+            if self.go.is_some() && crate::golang::goroutine_bookkeeping(&frames) {
                 continue;
             }
             if frames.is_empty() {
@@ -1999,8 +2064,33 @@ impl Session {
             let Some(mut history) = analysis::merge_histories(&refs) else {
                 continue;
             };
+            let in_profile: Vec<StackKey> = members
+                .iter()
+                .map(|member| member.key)
+                .filter(|key| key.stack_id == crate::go_profile::PROFILE_STACK_ID)
+                .collect();
+            // Go's heap is collected, not freed: what it holds when the program ends was not
+            // lost, and only its trend tells a leak.
+            let go_heap = self.go.is_some()
+                && history.key.origin == Origin::Heap
+                && (!in_profile.is_empty() || mapped_by_go_runtime(&frames));
+            let context = Context {
+                exited: context.exited && !go_heap,
+                ..context
+            };
             let trend = analysis::judge(&history, context, &self.options.thresholds);
-            if self.options.min_age.is_some() {
+            if !in_profile.is_empty() {
+                let mut sum = InUse::default();
+                for key in &in_profile {
+                    if let Some(found) = at_last_gc.remove(key) {
+                        sum.bytes += found.bytes;
+                        sum.objects += found.objects;
+                    }
+                }
+                at_last_gc.insert(history.key, sum);
+            }
+            // The runtime's profile gives no ages: its stacks are never left out by age.
+            if self.options.min_age.is_some() && in_profile.is_empty() {
                 // Only what is at least --min-age old counts as held.
                 let mut held = Held::default();
                 for member in &members {
@@ -2104,6 +2194,17 @@ impl Session {
                 .then(b.totals.total_bytes.cmp(&a.totals.total_bytes))
                 .then(a.key.cmp(&b.key))
         });
+        // The traced heap as the stacks count it, listed or not (a Go heap read from the
+        // runtime's profile: its stacks, not the spans the kernel's count).
+        let heap_bytes: u64 = if go_from_profile {
+            judged
+                .iter()
+                .filter(|(history, ..)| history.key.origin == Origin::Heap)
+                .map(|(history, ..)| history.totals.outstanding_bytes)
+                .sum()
+        } else {
+            self.collector.heap_outstanding_bytes()
+        };
         let leak_summary = exited.is_some().then(|| {
             let mut summary = LeakSummary::default();
             for (history, trend, _, reachability, excused, _) in &judged {
@@ -2152,6 +2253,7 @@ impl Session {
                 suppressed_by: excused.suppressed,
                 series: evenly_spread(&history.series, REPORT_SERIES_POINTS),
                 why,
+                at_last_gc: at_last_gc.get(&history.key).copied(),
             });
         }
         let mut dropped = BTreeMap::new();
@@ -2188,7 +2290,7 @@ impl Session {
                 let mut samples = evenly_spread(&self.process_samples, REPORT_PROCESS_POINTS);
                 // The traced heap as the stacks count it now: one total across the report.
                 if let Some(last) = samples.last_mut() {
-                    last.heap_bytes = self.collector.heap_outstanding_bytes();
+                    last.heap_bytes = heap_bytes;
                 }
                 samples
             },
@@ -2252,6 +2354,7 @@ impl Session {
                 version: interpreter.version_text(),
                 perf_map: None,
                 hint: interpreter.hint(),
+                heap: None,
             });
         }
         if let Some((go, _)) = &self.go {
@@ -2260,9 +2363,56 @@ impl Session {
                 version: go.program.version.clone(),
                 perf_map: None,
                 hint: go.program.missing(),
+                heap: self.go_heap_source(go),
             });
         }
         runtimes
+    }
+
+    /// Where the Go heap's stacks come from, in a sentence.
+    fn go_heap_source(&self, go: &GoTarget) -> Option<String> {
+        use crate::go_profile::Unread;
+        const SPANS: &str = "the Go heap is followed a span at a time instead: a span is \
+                             charged to the stack that filled it last, so stacks allocating \
+                             objects of one size share what any of them keeps";
+        let profile = self.go_profile.as_ref();
+        if let Some(profile) = profile.filter(|profile| profile.in_use()) {
+            let gc = match profile.last_cycle_change_s {
+                Some(at_s) => format!("the last seen at {at_s:.1}s"),
+                None => "none seen while traced".to_string(),
+            };
+            let cut = if profile.cut {
+                " (the bucket list was cut: older stacks are not read)"
+            } else {
+                ""
+            };
+            return Some(format!(
+                "from the runtime's heap profile (one allocation sampled per {} bytes, scaled \
+                 as pprof scales it): {} GC cycles completed while traced, {gc}; outstanding \
+                 counts what was allocated and not yet swept, \"at_last_gc\" what was in use \
+                 at the last GC{cut}",
+                profile.rate,
+                profile.gc_cycles_seen()
+            ));
+        }
+        if !go.program.can_follow_heap() {
+            return None;
+        }
+        let why = match profile.and_then(|profile| profile.unread.clone()) {
+            Some(Unread::Off) => "the runtime's heap profile is off (MemProfileRate 0: the \
+                                  linker turns it off in a program that never calls \
+                                  runtime.MemProfile, e.g. one that does not import \
+                                  runtime/pprof or net/http/pprof)"
+                .to_string(),
+            Some(Unread::Unreadable(reason)) => {
+                format!("the runtime's heap profile could not be read ({reason})")
+            }
+            Some(Unread::NotYet) | None => match &go.program.profile_unknown {
+                Some(reason) => format!("the runtime's heap profile cannot be read: {reason}"),
+                None => "the runtime's heap profile was not read yet".to_string(),
+            },
+        };
+        Some(format!("{why}; {SPANS}"))
     }
 
     /// Goroutines per creation site, leaking sites first, then by goroutines alive.
@@ -2334,6 +2484,82 @@ impl Session {
     /// syscall wrapper: with frame pointers it skips the wrapper's caller, which the caller
     /// read from the stack pointer replaces; with unwind tables the caller follows, and the
     /// wrapper is dropped.
+    /// The Go heap profile's buckets of small objects as stacks (keyed by bucket), and what
+    /// each held as of the last GC.
+    fn go_profile_histories(&mut self) -> (Vec<NamedHistory>, HashMap<StackKey, InUse>) {
+        let Some(profile) = &self.go_profile else {
+            return (Vec::new(), HashMap::new());
+        };
+        // Large objects are counted from their spans, every one of them.
+        let buckets: Vec<crate::go_profile::Bucket> = profile
+            .buckets()
+            .iter()
+            .filter(|bucket| {
+                bucket.figures.allocs > 0 && bucket.size <= crate::go_profile::MAX_SMALL_SIZE
+            })
+            .cloned()
+            .collect();
+        let mut histories = Vec::with_capacity(buckets.len());
+        let mut at_last_gc = HashMap::new();
+        for bucket in buckets {
+            let frames = self.profile_frames(&bucket.stack);
+            let key = StackKey {
+                origin: Origin::Heap,
+                stack_id: crate::go_profile::PROFILE_STACK_ID,
+                caller_hint: bucket.address,
+            };
+            let figures = bucket.figures;
+            at_last_gc.insert(
+                key,
+                InUse {
+                    bytes: figures.at_gc_bytes,
+                    objects: figures.at_gc_objects,
+                },
+            );
+            histories.push((
+                StackHistory {
+                    key,
+                    totals: Totals {
+                        outstanding_bytes: figures.in_use_bytes,
+                        outstanding_allocs: figures.in_use_objects,
+                        total_allocs: figures.allocs,
+                        total_frees: figures.frees,
+                        total_bytes: figures.alloc_bytes,
+                    },
+                    series: bucket.series,
+                    oldest_live_ns: None,
+                },
+                frames,
+            ));
+        }
+        (histories, at_last_gc)
+    }
+
+    /// Frames of a Go profile stack. The runtime writes one return address per logical
+    /// frame, an inlined call's caller at its inline mark; the symbolizer expands inlined
+    /// calls itself, so an address that only repeats the callers the one before it was
+    /// expanded into is left out.
+    fn profile_frames(&mut self, stack: &[u64]) -> Vec<Frame> {
+        let mut frames: Vec<Frame> = Vec::new();
+        let mut last: Vec<Option<String>> = Vec::new();
+        for &address in stack {
+            let expanded = self.symbolizer.symbolize_stack(&self.modules, &[address]);
+            let names: Vec<Option<String>> = expanded
+                .iter()
+                .map(|frame| frame.function.clone())
+                .collect();
+            let repeats = last.len() > names.len()
+                && !names.is_empty()
+                && names.iter().all(Option::is_some)
+                && last.ends_with(&names);
+            if !repeats {
+                frames.extend(expanded);
+            }
+            last = names;
+        }
+        frames
+    }
+
     fn frames_of(&mut self, history: &StackHistory) -> Vec<Frame> {
         let mut ips = self.collector.stack_ips(history.key.stack_id).to_vec();
         if history.key.origin == Origin::Mmap && history.key.caller_hint != 0 && !ips.is_empty() {
@@ -2354,6 +2580,9 @@ impl Session {
         self.symbolizer.symbolize_stack(&self.modules, &ips)
     }
 }
+
+/// A stack's history and its frames.
+type NamedHistory = (StackHistory, Vec<Frame>);
 
 /// What makes two frames the same place for the reader: the source location when known,
 /// else the address's place in its module.

@@ -96,6 +96,7 @@ impl Modules {
             version: None,
             perf_map,
             hint,
+            heap: None,
         }]
     }
 

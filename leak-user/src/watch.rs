@@ -1165,6 +1165,7 @@ fn touched_report(
             frames: gear1.frames(stack.stack_id),
             series: Vec::new(),
             why: String::new(),
+            at_last_gc: None,
         })
         .collect();
     Report {

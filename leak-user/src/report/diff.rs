@@ -188,6 +188,7 @@ mod tests {
             held_by_c_runtime: None,
             suppressed_by: None,
             why: String::new(),
+            at_last_gc: None,
             frames: vec![
                 Frame {
                     function: Some(function.into()),

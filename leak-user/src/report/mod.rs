@@ -153,6 +153,7 @@ pub mod fixtures {
                     .into(),
                 _ => String::new(),
             },
+            at_last_gc: None,
         }
     }
 
@@ -346,6 +347,7 @@ pub mod fixtures {
             version: Some("go1.19.8".into()),
             perf_map: None,
             hint: None,
+            heap: None,
         }];
         report.goroutines = Some(GoroutineReport {
             alive: 212,
