@@ -249,7 +249,7 @@ impl HeapProfile {
     /// gave (the process may have gone).
     pub fn read(&mut self, memory: &mut dyn Memory, at_s: f64) {
         let Some(rate) = memory.read_u64(self.addresses.rate) else {
-            if self.buckets.is_empty() {
+            if self.unread == Some(Unread::NotYet) {
                 self.unread = Some(Unread::Unreadable(format!(
                     "runtime.MemProfileRate at {:#x} cannot be read",
                     self.addresses.rate

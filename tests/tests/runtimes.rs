@@ -3,7 +3,10 @@
 //!   malloc) is named by its JavaScript function, through the perf map
 //!   `node --perf-basic-prof` writes; without the map, the report says how to get one.
 //! - Go: a service that leaks goroutines at one `go` statement and keeps a growing slice in
-//!   another handler; both are named with file and line, attached and launched.
+//!   another handler; both are named with file and line, attached and launched. Where the
+//!   program's heap profile is on, its small objects are read from it, with pprof's figures,
+//!   and a handler whose goroutines finish is not flagged; where it is off, the report says
+//!   so and follows spans.
 //! - CPython 3.11: a service leaking bytearrays (malloc'd buffers) from one function is named
 //!   by its Python function, file and line, read from the interpreter's frames.
 use std::{
@@ -13,8 +16,8 @@ use std::{
 };
 
 use leaktrace_tests::{
-    Target, Traced, bpf_available, build_go, build_go_with, leaktrace, scratch_dir, targets_dir,
-    tool_available, u64_of,
+    Target, Traced, bpf_available, build_go, build_go_with, leaktrace, leaktrace_with, scratch_dir,
+    targets_dir, tool_available, u64_of,
 };
 
 const NODE: &str = "/usr/bin/node";
@@ -213,6 +216,16 @@ fn assert_go_leaks_named_with(traced: &Traced, seconds: u64, complete: bool) {
     if complete {
         assert!(runtime["hint"].is_null(), "{runtime}");
     }
+    // goroutines.go never calls runtime.MemProfile: the linker turned the heap profile off
+    // (a stripped binary has no symbols to find it by), and the report says what it does.
+    let heap = runtime["heap"].as_str().unwrap_or_default();
+    let why_not = if complete {
+        "heap profile is off"
+    } else {
+        "-ldflags=-s"
+    };
+    assert!(heap.contains(why_not), "{runtime}");
+    assert!(heap.contains("a span at a time"), "{runtime}");
 
     // One goroutine per request (about 90 a second) is never released.
     let leak = goroutine_site(traced, "main.handleSubscribe")
@@ -391,6 +404,199 @@ fn a_stripped_go_1_23_binary_is_named_from_its_own_table() {
         return;
     }
     go_stripped("goroutines_stripped_1_23", Path::new(NEWEST_GO));
+}
+
+/// A stack has a frame of FUNCTION.
+fn through(stack: &serde_json::Value, function: &str) -> bool {
+    stack["frames"]
+        .as_array()
+        .is_some_and(|frames| frames.iter().any(|frame| frame["function"] == function))
+}
+
+/// go_heap_profile.go built by GO, attached after a second: its small objects are read
+/// from the runtime's heap profile, so the growing slice is named and leaking while the
+/// garbage channels of the handler whose goroutines finish are not flagged (spans charged
+/// whole to the stack that filled them called it growing); large objects are counted from
+/// their spans; goroutines per site as always.
+fn go_profile_attached(name: &str, go: &Path) {
+    let program = build_go_with(go, "go_heap_profile.go", name, &[]);
+    let target = Target::start(&program, &["120"]);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    // 8 s: at the default rate the profile samples this slice about three times a second.
+    let traced = leaktrace(
+        name,
+        &["attach", "--pid", &target.pid(), "-d", "8s", "--top", "0"],
+    );
+    assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
+    assert_eq!(traced.dropped_total(), 0, "{}", traced.report["dropped"]);
+    let runtime = &traced.report["runtimes"][0];
+    assert!(
+        runtime["heap"]
+            .as_str()
+            .is_some_and(|heap| heap.starts_with("from the runtime's heap profile")),
+        "{runtime}"
+    );
+    let site = goroutine_site(&traced, "main.handleSubscribe")
+        .unwrap_or_else(|| panic!("no handleSubscribe site: {}", traced.report["goroutines"]));
+    assert_eq!(site["verdict"], "leaking", "{site}");
+
+    let upload_line = line_of("go_heap_profile.go", "// leaks: kept in uploads");
+    let upload = traced
+        .stacks()
+        .iter()
+        .find(|stack| {
+            stack["frames"][0]["function"] == "main.handleUpload"
+                && stack["frames"][0]["line"].as_u64() == Some(upload_line)
+        })
+        .unwrap_or_else(|| panic!("no stack from handleUpload: {}", traced.describe()));
+    assert_eq!(upload["verdict"], "leaking", "{upload}");
+    assert_eq!(upload["origin"], "heap", "{upload}");
+    // About 90 payloads of 16 KiB a second since the program started, sampled and scaled.
+    assert!(
+        u64_of(&upload["outstanding_bytes"]) >= 30 * 16384 * 8,
+        "{upload}"
+    );
+    assert!(u64_of(&upload["at_last_gc"]["bytes"]) > 0, "{upload}");
+
+    let archive = traced
+        .stacks()
+        .iter()
+        .find(|stack| through(stack, "main.handleArchive"))
+        .unwrap_or_else(|| panic!("no stack through handleArchive: {}", traced.describe()));
+    assert_eq!(archive["verdict"], "leaking", "{archive}");
+    assert!(archive["at_last_gc"].is_null(), "from spans: {archive}");
+    assert_eq!(
+        u64_of(&archive["outstanding_bytes"]) % (64 << 10),
+        0,
+        "{archive}"
+    );
+
+    let flagged: Vec<&serde_json::Value> = traced
+        .stacks()
+        .iter()
+        .filter(|stack| {
+            (through(stack, "main.handleEcho") || through(stack, "runtime.malg"))
+                && ["leaking", "suspect", "growing"]
+                    .contains(&stack["verdict"].as_str().unwrap_or(""))
+        })
+        .collect();
+    assert!(flagged.is_empty(), "flagged: {flagged:#?}");
+}
+
+#[test]
+fn go_heap_profile_names_the_growing_slice_and_not_the_finishing_handler() {
+    if !go_ready(
+        "go_heap_profile_names_the_growing_slice_and_not_the_finishing_handler",
+        GO,
+    ) {
+        return;
+    }
+    go_profile_attached("go_heap_profile", Path::new(GO));
+}
+
+#[test]
+fn go_1_23_heap_profile_names_the_growing_slice() {
+    if !go_ready("go_1_23_heap_profile_names_the_growing_slice", NEWEST_GO) {
+        return;
+    }
+    go_profile_attached("go_heap_profile_1_23", Path::new(NEWEST_GO));
+}
+
+/// pprof's `-top` flat in-use bytes per function, from `go tool pprof -sample_index=inuse_space`.
+fn pprof_in_use(program: &Path, profile: &Path) -> std::collections::BTreeMap<String, u64> {
+    let output = Command::new(GO)
+        .args([
+            "tool",
+            "pprof",
+            "-sample_index=inuse_space",
+            "-top",
+            "-unit=B",
+        ])
+        .arg(program)
+        .arg(profile)
+        .output()
+        .expect("run go tool pprof");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.lines()
+        .skip_while(|line| !line.trim_start().starts_with("flat"))
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let bytes = fields.first()?.strip_suffix('B')?.parse::<u64>().ok()?;
+            let function = fields.get(5..)?.join(" ");
+            let function = function.trim_end_matches(" (inline)").to_string();
+            Some((function, bytes))
+        })
+        .collect()
+}
+
+/// Launched: at its exit the in-use bytes leaktrace gives as of the last GC, per innermost
+/// function, are the ones pprof reads from the profile the program wrote as it ended (with
+/// the collector stopped, so no GC came between). Large objects (handleArchive) are counted
+/// from their spans, and pprof's sampled estimate of them is not compared.
+#[test]
+fn go_heap_profile_figures_are_pprofs() {
+    if !go_ready("go_heap_profile_figures_are_pprofs", GO) {
+        return;
+    }
+    let program = build_go_with(
+        Path::new(GO),
+        "go_heap_profile.go",
+        "go_heap_profile_run",
+        &[],
+    );
+    let profile = scratch_dir().join("go_heap_profile_run.pb.gz");
+    let _ = std::fs::remove_file(&profile);
+    let profile_text = profile.display().to_string();
+    let traced = leaktrace_with(
+        "go_heap_profile_run",
+        &[
+            "run",
+            "--top",
+            "0",
+            "--",
+            &program.display().to_string(),
+            "4",
+        ],
+        &[("HEAP_PROFILE", &profile_text)],
+        || {},
+    );
+    assert_eq!(traced.output.status.code(), Some(0), "{}", traced.stderr());
+    let pprof = pprof_in_use(&program, &profile);
+    let mut ours: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for stack in traced.stacks() {
+        if let (Some(function), Some(bytes)) = (
+            stack["frames"][0]["function"].as_str(),
+            stack["at_last_gc"]["bytes"].as_u64(),
+        ) {
+            *ours.entry(function.to_string()).or_default() += bytes;
+        }
+    }
+    // The handlers' own small objects (the goroutines' records are counted per site, and
+    // leaktrace leaves them out of the heap's stacks).
+    let compared = [
+        "main.handleUpload",
+        "main.handleSubscribe",
+        "main.handleEcho",
+    ];
+    assert!(
+        pprof
+            .get("main.handleUpload")
+            .is_some_and(|bytes| *bytes > 0),
+        "pprof: {pprof:?}"
+    );
+    for function in compared {
+        assert_eq!(
+            ours.get(function).copied().unwrap_or(0),
+            pprof.get(function).copied().unwrap_or(0),
+            "{function}: leaktrace {ours:?}, pprof {pprof:?}"
+        );
+    }
 }
 
 /// goroutine_count.go built by GO: 3000 goroutines started at recursion depths 0–399
