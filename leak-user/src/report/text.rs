@@ -158,6 +158,9 @@ pub fn render(report: &Report, color: bool) -> String {
             }
             (None, None) => {}
         }
+        if let Some(heap) = &runtime.heap {
+            let _ = writeln!(out, "{} heap: {heap}", runtime.runtime);
+        }
     }
     if report.sample_rate > 1 {
         let _ = writeln!(
@@ -603,6 +606,14 @@ fn render_detailed(out: &mut String, rank: usize, stack: &StackReport, painter: 
     );
     if !stack.why.is_empty() {
         let _ = writeln!(out, "    why: {}", stack.why);
+    }
+    if let Some(at_gc) = &stack.at_last_gc {
+        let _ = writeln!(
+            out,
+            "    at the last GC: {} in {} (Go's heap profile, as pprof -inuse_space gives it)",
+            human_bytes(at_gc.bytes as f64),
+            plural(at_gc.objects, "object"),
+        );
     }
     if let Some(reachability) = &stack.reachability {
         let _ = writeln!(out, "    {}", reachability_line(reachability));
