@@ -366,6 +366,8 @@ pub struct AllocRecord {
     /// CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns) when the allocation returned.
     pub timestamp_ns: u64,
     pub stack_id: u32,
+    /// The allocating thread; for a Go span of small objects, its span class with
+    /// [`GO_SPAN_CLASS_MARK`] set.
     pub tid: u32,
     /// The scope call it was made in ([`scope_of`]), 0 outside every scope.
     pub scope: u64,
@@ -430,6 +432,10 @@ pub const GO_ON_STACK_CHECK: u64 = 1;
 /// call's return onto an instruction the kernel emulates: the span is then read from argument
 /// slot `cookie & 0xF` (see [`ARGUMENT_SLOTS`]) rather than RAX.
 pub const GO_SPAN_IN_SLOT: u64 = 1 << 8;
+
+/// Set in the `tid` of a Go span of small objects' record, whose low bits are then its span
+/// class (size class × 2 + noscan): stacks charged with spans of one class share them.
+pub const GO_SPAN_CLASS_MARK: u32 = 1 << 31;
 
 /// Program names of the Go probes.
 pub const GO_NEWPROC_PROGRAM: &str = "go_newproc";

@@ -17,8 +17,8 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use leak_common::{
-    AllocRecord, Counter, GO_ON_STACK_CHECK, GO_SPAN_CLASSES, GO_SPAN_IN_SLOT, GoLayout,
-    GoroutineSite, MAX_GOROUTINE_SITES, UNKNOWN_STACK_ID,
+    AllocRecord, Counter, GO_ON_STACK_CHECK, GO_SPAN_CLASS_MARK, GO_SPAN_CLASSES, GO_SPAN_IN_SLOT,
+    GoLayout, GoroutineSite, MAX_GOROUTINE_SITES, UNKNOWN_STACK_ID,
 };
 
 use crate::maps::{
@@ -143,7 +143,9 @@ fn span_extent(span: u64, layout: &GoLayout) -> Option<(u64, u64)> {
 /// Records a span in use under the current stack. A span already recorded (swept, then
 /// filled again) moves to the new stack.
 #[inline(always)]
-fn track_span(ctx: &ProbeContext, start: u64, bytes: u64, tid: u32, first: FirstFrame) {
+/// `tag`: the record's `tid` (the thread, or a small objects' span class, see
+/// leak_common::GO_SPAN_CLASS_MARK).
+fn track_span(ctx: &ProbeContext, start: u64, bytes: u64, tag: u32, first: FirstFrame) {
     count(Counter::Allocations);
     // SAFETY: uprobe context is the user pt_regs.
     let stack_id = user_stack_id(ctx, Some(unsafe { &*ctx.regs }), first);
@@ -152,7 +154,7 @@ fn track_span(ctx: &ProbeContext, start: u64, bytes: u64, tid: u32, first: First
         // SAFETY: helper without arguments.
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
         stack_id,
-        tid,
+        tid: tag,
         scope: 0,
     };
     // SAFETY: copied out before the overwrite.
@@ -171,7 +173,9 @@ fn track_span(ctx: &ProbeContext, start: u64, bytes: u64, tid: u32, first: First
 /// small objects.
 #[uprobe]
 pub fn go_span_full(ctx: ProbeContext) -> u32 {
-    let Some(tid) = target_tid() else { return 0 };
+    if target_tid().is_none() {
+        return 0;
+    }
     if stack_about_to_grow(&ctx) {
         return 0;
     }
@@ -188,7 +192,8 @@ pub fn go_span_full(ctx: ProbeContext) -> u32 {
         return 0;
     };
     if let Some((start, bytes)) = span_extent(span, &layout) {
-        track_span(&ctx, start, bytes, tid, FirstFrame::FunctionEntry);
+        let tag = GO_SPAN_CLASS_MARK | class as u32;
+        track_span(&ctx, start, bytes, tag, FirstFrame::FunctionEntry);
     }
     0
 }

@@ -142,6 +142,9 @@ pub struct Collector {
     program_break: Option<u64>,
     /// What the last walk found made inside scope calls: by scope tag and stack, unscaled.
     scope_held: HashMap<u32, HashMap<StackKey, Held>>,
+    /// What the last walk found of Go spans of small objects: live spans by stack id and
+    /// span class.
+    go_span_classes: HashMap<u32, HashMap<u32, u64>>,
 }
 
 impl Collector {
@@ -168,11 +171,17 @@ impl Collector {
             scanned_held: HashMap::new(),
             program_break: None,
             scope_held: HashMap::new(),
+            go_span_classes: HashMap::new(),
         }
     }
 
     /// What the last walk of the live map found made inside scope calls, by scope tag and
     /// stack (sampled counts, not scaled by the sample rate).
+    /// Live Go spans of small objects by stack id and span class, as of the last walk.
+    pub fn go_span_classes(&self) -> &HashMap<u32, HashMap<u32, u64>> {
+        &self.go_span_classes
+    }
+
     pub fn scope_held(&self) -> &HashMap<u32, HashMap<StackKey, Held>> {
         &self.scope_held
     }
@@ -426,9 +435,17 @@ impl Collector {
         let mut oldest: HashMap<u32, u64> = HashMap::new();
         let mut held: HashMap<StackKey, Held> = HashMap::new();
         let mut scope_held: HashMap<u32, HashMap<StackKey, Held>> = HashMap::new();
+        let mut go_span_classes: HashMap<u32, HashMap<u32, u64>> = HashMap::new();
         let mut walked: u64 = 0;
         self.maps.for_each_allocation(|_, record| {
             walked += 1;
+            if record.tid & leak_common::GO_SPAN_CLASS_MARK != 0 {
+                *go_span_classes
+                    .entry(record.stack_id)
+                    .or_default()
+                    .entry(record.tid & !leak_common::GO_SPAN_CLASS_MARK)
+                    .or_default() += 1;
+            }
             oldest
                 .entry(record.stack_id)
                 .and_modify(|t| *t = (*t).min(record.timestamp_ns))
@@ -467,6 +484,7 @@ impl Collector {
             self.scan_ns_per_entry = cost / walked;
         }
         self.scope_held = scope_held;
+        self.go_span_classes = go_span_classes;
         let rate = self.sample_rate;
         self.scanned_held = held
             .into_iter()

@@ -2057,6 +2057,18 @@ impl Session {
                 }
             }
         }
+        // Go spans of small objects by stack and size class, when they stand for the heap.
+        let span_classes = if self.go.is_some() && !go_from_profile {
+            self.collector.go_span_classes().clone()
+        } else {
+            HashMap::new()
+        };
+        let mut class_totals: HashMap<u32, u64> = HashMap::new();
+        for classes in span_classes.values() {
+            for (class, spans) in classes {
+                *class_totals.entry(*class).or_default() += spans;
+            }
+        }
         let mut judged: Vec<Judged> = Vec::new();
         let mut omitted = (0u64, 0u64);
         for (frames, members) in groups {
@@ -2170,13 +2182,28 @@ impl Session {
             {
                 trend.verdict = Verdict::Stable;
             }
-            let why = analysis::why(
+            let mut why = analysis::why(
                 &trend,
                 judged_alone,
                 reachability.as_ref(),
                 context.exited,
                 unconfirmed,
             );
+            if let Some(others) = shared_span_class(&members, &span_classes, &class_totals)
+                && matches!(
+                    trend.verdict,
+                    Verdict::Leaking | Verdict::Suspect | Verdict::Growing
+                )
+            {
+                trend.verdict = Verdict::Stable;
+                why = format!(
+                    "rising, but {:.0}% of the live spans of its objects' size class are charged \
+                     to other stacks: with Go's heap profile off a span is charged whole to the \
+                     stack that filled it last, so which of them keeps the memory cannot be told \
+                     (the goroutine counts may; a build that links runtime/pprof can)",
+                    others * 100.0
+                );
+            }
             judged.push((history, trend, frames, reachability, excused, why));
         }
         let sort = self.options.sort;
@@ -2692,6 +2719,33 @@ fn mapped_by_go_runtime(frames: &[Frame]) -> bool {
         .first()
         .and_then(|frame| frame.function.as_deref())
         .is_some_and(|function| function.starts_with("runtime."))
+}
+
+/// A stack charged with Go spans of small objects holds at most this share of the live
+/// spans of its size classes for its rise to be its own.
+const OWN_SPAN_SHARE: f64 = 0.75;
+
+/// For a stack of Go spans of small objects (its `members`' stack ids in `span_classes`):
+/// the share of the live spans of its size classes charged to other stacks, when that is
+/// too much for its rise to be told from theirs (see OWN_SPAN_SHARE).
+fn shared_span_class(
+    members: &[StackHistory],
+    span_classes: &HashMap<u32, HashMap<u32, u64>>,
+    class_totals: &HashMap<u32, u64>,
+) -> Option<f64> {
+    let mut own: HashMap<u32, u64> = HashMap::new();
+    for member in members {
+        for (class, spans) in span_classes.get(&member.key.stack_id).into_iter().flatten() {
+            *own.entry(*class).or_default() += spans;
+        }
+    }
+    let held: u64 = own.values().sum();
+    let in_classes: u64 = own
+        .keys()
+        .map(|class| class_totals.get(class).copied().unwrap_or(0))
+        .sum();
+    let others = 1.0 - held as f64 / in_classes.max(1) as f64;
+    (held > 0 && others > 1.0 - OWN_SPAN_SHARE).then_some(others)
 }
 
 /// libc's thin syscall wrappers, which keep no frame of their own.

@@ -38,7 +38,7 @@ func handleSubscribe(id int) {
 
 //go:noinline
 func handleEcho(id int) {
-	done := make(chan int, 1) // garbage once the goroutine has answered
+	done := make(chan int) // garbage once the goroutine has answered
 	go func() {
 		done <- id
 	}()

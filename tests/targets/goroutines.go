@@ -30,7 +30,7 @@ func handleSubscribe(id int) {
 
 //go:noinline
 func handleEcho(id int) {
-	done := make(chan int, 1)
+	done := make(chan int)
 	go func() {
 		done <- id
 	}()
