@@ -920,9 +920,16 @@ impl Session {
         }
         if let Some(profile) = &mut self.go_profile {
             let mut memory = crate::freeze::ProcessMemory { pid: self.pid };
+            let started = std::time::Instant::now();
             profile.read(
                 &mut memory,
                 now_ns.saturating_sub(self.started_ns) as f64 / 1e9,
+            );
+            log::debug!(
+                "Go heap profile of pid {}: {} buckets read in {:.2} ms",
+                self.pid,
+                profile.buckets().len(),
+                started.elapsed().as_secs_f64() * 1e3
             );
         }
     }
@@ -2413,12 +2420,18 @@ impl Session {
             } else {
                 ""
             };
+            let sampling = if profile.rate == 1 {
+                "every allocation recorded".to_string()
+            } else {
+                format!(
+                    "one allocation sampled per {} bytes, scaled as pprof scales it",
+                    profile.rate
+                )
+            };
             return Some(format!(
-                "from the runtime's heap profile (one allocation sampled per {} bytes, scaled \
-                 as pprof scales it): {} GC cycles completed while traced, {gc}; outstanding \
-                 counts what was allocated and not yet swept, \"at_last_gc\" what was in use \
-                 at the last GC{cut}",
-                profile.rate,
+                "from the runtime's heap profile ({sampling}): {} GC cycles completed while \
+                 traced, {gc}; outstanding counts what was allocated and not yet swept, \
+                 \"at_last_gc\" what was in use at the last GC{cut}",
                 profile.gc_cycles_seen()
             ));
         }
