@@ -396,13 +396,20 @@ pub fn judge_count(points: &[(f64, f64)], thresholds: &Thresholds) -> (Verdict, 
 
 /// One history for stacks that symbolize to the same frames (the same source lines reached
 /// through different return addresses, e.g. an unrolled loop calling malloc five times).
-/// Totals add up; the series add up on the time grid of the shortest member, each member
-/// contributing its latest sample at or before each point (0 before it first appeared).
+/// Totals add up; the series add up on the time grid of the member seen first (of those,
+/// the one with the fewest samples), each member contributing its latest sample at or
+/// before each point (0 before it first appeared): a member that appeared late (a Go
+/// profile bucket of a new size for the same stack) does not cut the history short.
 pub fn merge_histories(members: &[&StackHistory]) -> Option<StackHistory> {
     let first = members.first()?;
+    let start = |history: &StackHistory| history.series.first().map_or(f64::INFINITY, |s| s.at_s);
     let grid = members
         .iter()
-        .min_by_key(|history| history.series.len())
+        .min_by(|a, b| {
+            start(a)
+                .total_cmp(&start(b))
+                .then(a.series.len().cmp(&b.series.len()))
+        })
         .map_or(&first.series, |history| &history.series);
     let mut merged = StackHistory {
         key: first.key,
@@ -1338,7 +1345,10 @@ mod tests {
             .iter()
             .map(|s| (s.at_s, s.outstanding_bytes))
             .collect();
-        assert_eq!(bytes, vec![(2.0, 310), (3.0, 420)]);
+        // On a's grid (seen first): b counts 0 before it appeared.
+        assert_eq!(bytes, vec![(0.0, 100), (1.0, 200), (2.0, 310), (3.0, 420)]);
+        let merged = merge_histories(&[&b, &a]).expect("merged");
+        assert_eq!(merged.series.len(), 4, "in either order");
         assert!(merge_histories(&[]).is_none());
     }
 

@@ -2520,10 +2520,6 @@ impl Session {
         Some(report)
     }
 
-    /// Symbolized frames of a stack. For mmap stacks the walk starts inside the frameless
-    /// syscall wrapper: with frame pointers it skips the wrapper's caller, which the caller
-    /// read from the stack pointer replaces; with unwind tables the caller follows, and the
-    /// wrapper is dropped.
     /// The Go heap profile's buckets of small objects as stacks (keyed by bucket), and what
     /// each held as of the last GC.
     fn go_profile_histories(&mut self) -> (Vec<NamedHistory>, HashMap<StackKey, InUse>) {
@@ -2600,6 +2596,10 @@ impl Session {
         frames
     }
 
+    /// Symbolized frames of a stack. For mmap stacks the walk starts inside the frameless
+    /// syscall wrapper: with frame pointers it skips the wrapper's caller, which the caller
+    /// read from the stack pointer replaces; with unwind tables the caller follows, and the
+    /// wrapper is dropped.
     fn frames_of(&mut self, history: &StackHistory) -> Vec<Frame> {
         let mut ips = self.collector.stack_ips(history.key.stack_id).to_vec();
         if history.key.origin == Origin::Mmap && history.key.caller_hint != 0 && !ips.is_empty() {
