@@ -2520,18 +2520,21 @@ impl Session {
         Some(report)
     }
 
-    /// The Go heap profile's buckets of small objects as stacks (keyed by bucket), and what
-    /// each held as of the last GC.
+    /// The Go heap profile's buckets as stacks (keyed by bucket; large objects' only where
+    /// their spans are not followed), and what each held as of the last GC.
     fn go_profile_histories(&mut self) -> (Vec<NamedHistory>, HashMap<StackKey, InUse>) {
-        let Some(profile) = &self.go_profile else {
+        let (Some(profile), Some((go, _))) = (&self.go_profile, &self.go) else {
             return (Vec::new(), HashMap::new());
         };
-        // Large objects are counted from their spans, every one of them.
+        // Large objects are counted from their spans, every one of them, where those are
+        // followed.
+        let spans = go.program.can_follow_heap();
         let buckets: Vec<crate::go_profile::Bucket> = profile
             .buckets()
             .iter()
             .filter(|bucket| {
-                bucket.figures.allocs > 0 && bucket.size <= crate::go_profile::MAX_SMALL_SIZE
+                bucket.figures.allocs > 0
+                    && !(spans && bucket.size > crate::go_profile::MAX_SMALL_SIZE)
             })
             .cloned()
             .collect();
