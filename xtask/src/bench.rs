@@ -189,8 +189,79 @@ pub fn runtimes(runs: usize) -> Result<String> {
         );
         println!("{program} {workload}: untraced {base:.0} ns, traced {with:.0} ns");
     }
+    let _ = writeln!(table, "\n{}", go_profile_read()?);
     println!("{table}");
     Ok(table)
+}
+
+/// What reading a Go program's heap profile costs leaktrace (see leak-user/src/go_profile.rs):
+/// tests/targets/go_profile_bench.go holds a few thousand buckets; leaktrace attached for
+/// 3 s logs each read. A sentence for BENCHMARKS.md.
+fn go_profile_read() -> Result<String> {
+    use std::io::BufRead;
+    let program = root().join("target/xtask/go_profile_bench");
+    let status = Command::new("go")
+        .arg("build")
+        .arg("-o")
+        .arg(&program)
+        .arg(root().join("tests/targets/go_profile_bench.go"))
+        .env("GOCACHE", root().join("target/go-cache"))
+        .env("GOFLAGS", "-buildvcs=false")
+        .status()
+        .context("running go build")?;
+    if !status.success() {
+        bail!("go build of tests/targets/go_profile_bench.go failed");
+    }
+    let mut target = Command::new(&program)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting go_profile_bench")?;
+    let mut ready = String::new();
+    if let Some(stdout) = target.stdout.take() {
+        std::io::BufReader::new(stdout).read_line(&mut ready)?;
+    }
+    let traced = Command::new(leaktrace_bin())
+        .args(["attach", "--pid", &target.id().to_string(), "-d", "3s"])
+        .args(["--format", "json", "--output", "/dev/null"])
+        .env("RUST_LOG", "leaktrace=debug")
+        .output();
+    // Our own child, by pid.
+    let _ = target.kill();
+    let _ = target.wait();
+    let traced = traced.context("running leaktrace attach")?;
+    // "Go heap profile of pid P: B buckets read in X ms"
+    let reads: Vec<(u64, f64)> = String::from_utf8_lossy(&traced.stderr)
+        .lines()
+        .filter_map(|line| {
+            let rest = line.split("Go heap profile of pid ").nth(1)?;
+            let (_, rest) = rest.split_once(": ")?;
+            let (buckets, rest) = rest.split_once(" buckets read in ")?;
+            Some((
+                buckets.parse().ok()?,
+                rest.trim_end_matches(" ms").parse().ok()?,
+            ))
+        })
+        .collect();
+    let Some(((buckets, first), rest)) = reads.split_first().map(|(f, r)| (*f, r)) else {
+        bail!(
+            "leaktrace logged no read of the Go heap profile:\n{}",
+            String::from_utf8_lossy(&traced.stderr)
+        );
+    };
+    let after = if rest.is_empty() {
+        first
+    } else {
+        median(rest.iter().map(|(_, ms)| *ms).collect())
+    };
+    let line = format!(
+        "Reading Go's heap profile (`go_profile_bench.go`: {buckets} buckets, every \
+         allocation recorded) costs leaktrace {first:.1} ms at the first read (every bucket's \
+         stack) and {after:.2} ms at each read after (the median of {} reads, one per \
+         sample: the new buckets and every bucket's counts); the target is not stopped.",
+        rest.len()
+    );
+    println!("{line}");
+    Ok(line)
 }
 
 /// `--scope-only`: the scope cost table alone.
