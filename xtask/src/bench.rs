@@ -130,24 +130,30 @@ const RUNTIME_WORKLOADS: [(&str, &str, u64, &str); 4] = [
     ),
 ];
 
-/// The cost of the Go runtime probes and of reading CPython's frames: each workload of
-/// tests/targets/go_bench.go and py_bench.py untraced and under `leaktrace run`.
-pub fn runtimes(runs: usize) -> Result<String> {
+/// tests/targets/NAME.go built into target/xtask/NAME.
+fn build_go(name: &str) -> Result<std::path::PathBuf> {
     let out_dir = root().join("target/xtask");
     std::fs::create_dir_all(&out_dir)?;
-    let go_bench = out_dir.join("go_bench");
+    let program = out_dir.join(name);
     let status = Command::new("go")
         .arg("build")
         .arg("-o")
-        .arg(&go_bench)
-        .arg(root().join("tests/targets/go_bench.go"))
+        .arg(&program)
+        .arg(root().join(format!("tests/targets/{name}.go")))
         .env("GOCACHE", root().join("target/go-cache"))
         .env("GOFLAGS", "-buildvcs=false")
         .status()
         .context("running go build (cargo xtask setup installs golang-go)")?;
     if !status.success() {
-        bail!("go build of tests/targets/go_bench.go failed");
+        bail!("go build of tests/targets/{name}.go failed");
     }
+    Ok(program)
+}
+
+/// The cost of the Go runtime probes and of reading CPython's frames: each workload of
+/// tests/targets/go_bench.go and py_bench.py untraced and under `leaktrace run`.
+pub fn runtimes(runs: usize) -> Result<String> {
+    let go_bench = build_go("go_bench")?;
     let py_bench = root().join("tests/targets/py_bench.py");
     let mut table = String::new();
     let _ = writeln!(
@@ -199,19 +205,7 @@ pub fn runtimes(runs: usize) -> Result<String> {
 /// 3 s logs each read. A sentence for BENCHMARKS.md.
 fn go_profile_read() -> Result<String> {
     use std::io::BufRead;
-    let program = root().join("target/xtask/go_profile_bench");
-    let status = Command::new("go")
-        .arg("build")
-        .arg("-o")
-        .arg(&program)
-        .arg(root().join("tests/targets/go_profile_bench.go"))
-        .env("GOCACHE", root().join("target/go-cache"))
-        .env("GOFLAGS", "-buildvcs=false")
-        .status()
-        .context("running go build")?;
-    if !status.success() {
-        bail!("go build of tests/targets/go_profile_bench.go failed");
-    }
+    let program = build_go("go_profile_bench")?;
     let mut target = Command::new(&program)
         .stdout(std::process::Stdio::piped())
         .spawn()
