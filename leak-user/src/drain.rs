@@ -175,13 +175,13 @@ impl Collector {
         }
     }
 
-    /// What the last walk of the live map found made inside scope calls, by scope tag and
-    /// stack (sampled counts, not scaled by the sample rate).
     /// Live Go spans of small objects by stack id and span class, as of the last walk.
     pub fn go_span_classes(&self) -> &HashMap<u32, HashMap<u32, u64>> {
         &self.go_span_classes
     }
 
+    /// What the last walk of the live map found made inside scope calls, by scope tag and
+    /// stack (sampled counts, not scaled by the sample rate).
     pub fn scope_held(&self) -> &HashMap<u32, HashMap<StackKey, Held>> {
         &self.scope_held
     }

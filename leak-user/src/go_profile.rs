@@ -70,12 +70,7 @@ pub struct CycleRecord {
 
 impl CycleRecord {
     fn parse(bytes: &[u8]) -> CycleRecord {
-        let word = |at: usize| {
-            bytes
-                .get(at..at + 8)
-                .and_then(|word| word.try_into().ok())
-                .map_or(0, u64::from_le_bytes)
-        };
+        let word = |at: usize| le_word(bytes, at);
         CycleRecord {
             allocs: word(0),
             frees: word(8),
@@ -329,13 +324,7 @@ impl HeapProfile {
             if memory.read(address, &mut header) != header.len() {
                 return Err(format!("a profile bucket at {address:#x} cannot be read"));
             }
-            let word = |index: usize| {
-                u64::from_le_bytes(
-                    header[index * 8..index * 8 + 8]
-                        .try_into()
-                        .unwrap_or([0; 8]),
-                )
-            };
+            let word = |index: usize| le_word(&header, index * 8);
             let (allnext, kind, size, depth) = (word(1), word(2), word(4), word(5));
             if kind != MEM_PROFILE || depth > MAX_STACK_DEPTH {
                 return Err(format!(
@@ -366,6 +355,14 @@ impl HeapProfile {
         }
         Ok(())
     }
+}
+
+/// The little-endian word at byte `at` of `bytes` (0 past the end).
+fn le_word(bytes: &[u8], at: usize) -> u64 {
+    bytes
+        .get(at..at + 8)
+        .and_then(|word| word.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
 }
 
 fn record_address(bucket: &Bucket) -> u64 {

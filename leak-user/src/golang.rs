@@ -195,45 +195,35 @@ impl GoProgram {
             variable("runtime.mProfCycle"),
             variable("runtime.MemProfileRate"),
         ) {
-            (Some(buckets), Some(cycle), Some(rate)) => (Some(buckets), Some(cycle), Some(rate)),
+            (Some(buckets), Some(cycle), Some(rate)) => Some(ProfileAddresses {
+                buckets,
+                cycle,
+                rate,
+            }),
             // No symbol table (-ldflags=-s): where the runtime's code reads them, in the
             // releases this was checked against.
             _ if program.version.as_deref().and_then(known_layout).is_some() => {
-                let code = |name: &str| -> Option<(u64, &[u8])> {
-                    let (address, size) = symbols.get(name)?;
-                    let offset = crate::attach::virtual_to_file_offset(&file, *address)?;
-                    let start = usize::try_from(offset).ok()?;
-                    let end = start.checked_add(usize::try_from(*size).ok()?)?;
-                    Some((*address, elf.get(start..end.min(elf.len()))?))
+                let code = |name: &str| {
+                    function_code(&file, elf, &symbols, name)
+                        .map(|(address, _, code)| (address, code))
                 };
-                let found = profile_variables_in_code(
+                profile_variables_in_code(
                     code("runtime.mProf_FlushLocked"),
                     code("runtime.mProf_Free"),
                     code("runtime.profilealloc"),
-                );
-                (
-                    found.map(|f| f.buckets),
-                    found.map(|f| f.cycle),
-                    found.map(|f| f.rate),
                 )
             }
-            _ => (None, None, None),
+            _ => None,
         };
         match found {
-            (Some(buckets), Some(cycle), Some(rate)) if profile_layout => {
-                program.profile = Some(ProfileAddresses {
-                    buckets,
-                    cycle,
-                    rate,
-                });
-            }
-            (Some(_), Some(_), Some(_)) => {
+            Some(addresses) if profile_layout => program.profile = Some(addresses),
+            Some(_) => {
                 program.profile_unknown = Some(format!(
                     "the heap profile's layout in Go {} is not the one leaktrace reads",
                     program.version.as_deref().unwrap_or("of unknown version")
                 ));
             }
-            _ => {
+            None => {
                 program.profile_unknown = Some(
                     "no ELF symbol table (built with -ldflags=-s?) and a Go release whose code \
                      leaktrace was not checked against: the runtime's heap profile cannot be \
@@ -251,16 +241,11 @@ impl GoProgram {
             .unwrap_or_default();
         if let (Some((target, _)), false) = (symbols.get(ALLOC_LARGE), protected.is_empty()) {
             for caller in LARGE_CALLERS {
-                let Some((address, size)) = symbols.get(caller) else {
+                let Some((address, offset, code)) = function_code(&file, elf, &symbols, caller)
+                else {
                     continue;
                 };
-                let Some(offset) = crate::attach::virtual_to_file_offset(&file, *address) else {
-                    continue;
-                };
-                let start = usize::try_from(offset).unwrap_or(usize::MAX);
-                let end = start.saturating_add(*size as usize).min(elf.len());
-                let code = elf.get(start..end).unwrap_or(&[]);
-                for after in returns_from_calls(code, *address, *target) {
+                for after in returns_from_calls(code, address, *target) {
                     let returned = after - address;
                     let (offset_in_function, span_slot) =
                         match crate::probe_site::follow_value(code, returned, RAX_SLOT, &protected)
@@ -269,7 +254,7 @@ impl GoProgram {
                             None => (returned, None),
                         };
                     let (instruction, emulated) =
-                        crate::probe_site::describe(code, *address, offset_in_function)
+                        crate::probe_site::describe(code, address, offset_in_function)
                             .unwrap_or_else(|| ("?".into(), false));
                     program.large_spans.push(GoProbe {
                         symbol: format!("{caller} after {ALLOC_LARGE}"),
@@ -491,6 +476,23 @@ impl Goroutines {
     pub fn sites(&self) -> impl Iterator<Item = &SiteHistory> {
         self.sites.values()
     }
+}
+
+/// Function `name` of the executable (`symbols`: address and size): its address, its
+/// offset in the file, and its code.
+fn function_code<'a>(
+    file: &object::File<'_>,
+    elf: &'a [u8],
+    symbols: &HashMap<String, (u64, u64)>,
+    name: &str,
+) -> Option<(u64, u64, &'a [u8])> {
+    let (address, size) = symbols.get(name)?;
+    let offset = crate::attach::virtual_to_file_offset(file, *address)?;
+    let start = usize::try_from(offset).ok()?;
+    let end = start
+        .saturating_add(usize::try_from(*size).ok()?)
+        .min(elf.len());
+    Some((*address, offset, elf.get(start..end)?))
 }
 
 /// The heap profile's variables where the runtime's code reads them, for a binary without
