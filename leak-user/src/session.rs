@@ -2729,11 +2729,15 @@ fn mapped_by_loader(frames: &[Frame]) -> bool {
 }
 
 /// A mapping the Go runtime made for itself: the mmap syscall is in package runtime
-/// (`runtime.sysMmap`, `runtime.mmap`…). A program's own `syscall.Mmap` is not.
+/// (`runtime.sysMmap`, `runtime.mmap`…), or in cgo's C wrapper that `runtime.mmap` calls in
+/// a program linked with cgo. A program's own `syscall.Mmap` is not.
 fn mapped_by_go_runtime(frames: &[Frame]) -> bool {
+    const CGO_MMAP: [&str; 2] = ["x_cgo_mmap", "_cgo_mmap"];
     frames
-        .first()
-        .and_then(|frame| frame.function.as_deref())
+        .iter()
+        .map(|frame| frame.function.as_deref())
+        .find(|function| !function.is_some_and(|name| CGO_MMAP.contains(&name)))
+        .flatten()
         .is_some_and(|function| function.starts_with("runtime."))
 }
 
