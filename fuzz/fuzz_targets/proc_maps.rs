@@ -2,7 +2,7 @@
 //! the mappings: the program break and the paths files are opened by.
 #![no_main]
 
-use leaktrace::procfs;
+use leaktrace::sys::procfs;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

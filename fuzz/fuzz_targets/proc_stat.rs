@@ -2,7 +2,7 @@
 //! time. The command name inside parentheses may hold anything, parentheses included.
 #![no_main]
 
-use leaktrace::procfs;
+use leaktrace::sys::procfs;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,7 +1,7 @@
 //! /proc/PID/status and smaps_rollup: memory figures and the capability sets.
 #![no_main]
 
-use leaktrace::procfs;
+use leaktrace::sys::procfs;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! is rendered in every format and compared with itself.
 #![no_main]
 
-use leaktrace::report::{self, Format};
+use leaktrace::export::report::{self, Format};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

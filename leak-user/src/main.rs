@@ -3,9 +3,9 @@ use std::{io::Write, path::Path, process::ExitCode};
 use clap::Parser;
 use leaktrace::{
     cli::{self, Cli, Command, DiffFormat, Unwind},
-    exit::Status,
-    report::{self, Format},
-    session,
+    export::report::{self, Format},
+    model::exit::Status,
+    modes::session,
 };
 
 fn status(status: Status) -> ExitCode {
@@ -54,14 +54,14 @@ fn main() -> ExitCode {
     let needs = match &cli.command {
         Command::Attach { common, .. } => Some(common.privilege_needs()),
         Command::Run { common, .. } if is_root() => Some(common.privilege_needs()),
-        Command::Watch { watch, common } => Some(leaktrace::privileges::Needs::new(
+        Command::Watch { watch, common } => Some(leaktrace::probe::privileges::Needs::new(
             [watch.report_dir.clone()],
             common.export.prometheus,
         )),
         _ => None,
     };
     if let Some(needs) = needs {
-        leaktrace::privileges::drop_to(needs.at_start(), "at start", &[]);
+        leaktrace::probe::privileges::drop_to(needs.at_start(), "at start", &[]);
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -159,7 +159,7 @@ fn main() -> ExitCode {
                     return status(Status::Usage);
                 }
             };
-            match runtime.block_on(leaktrace::watch::watch(options)) {
+            match runtime.block_on(leaktrace::modes::watch::watch(options)) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("leaktrace: {err}");
@@ -200,7 +200,7 @@ fn main() -> ExitCode {
 
 /// `leaktrace programs`: each kernel program's verification, in each way of walking stacks.
 fn programs(unwind: Option<Unwind>, format: DiffFormat) -> ExitCode {
-    use leaktrace::attach::{VERIFIER_BUDGET, VERIFIER_LIMIT, verify_programs};
+    use leaktrace::probe::attach::{VERIFIER_BUDGET, VERIFIER_LIMIT, verify_programs};
     let modes = match unwind {
         Some(Unwind::Auto) | None => vec![Unwind::Fp, Unwind::Dwarf],
         Some(mode) => vec![mode],

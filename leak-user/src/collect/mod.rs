@@ -1,0 +1,6 @@
+//! Collecting: reading the kernel maps the probes fill (and the Go runtime's own records)
+//! into the model's per-stack figures, every sample.
+pub mod drain;
+pub mod go_profile;
+pub mod growth;
+pub mod regions;

@@ -1,0 +1,2821 @@
+//! One tracing session: attach (or launch), sample the kernel maps on a short tick, report
+//! every interval and at the end.
+use std::{
+    collections::{BTreeMap, HashMap, hash_map::Entry},
+    io::{IsTerminal, Write},
+    net::SocketAddr,
+    path::PathBuf,
+    time::Duration,
+};
+
+use leak_common::{Counter, DEFAULT_MAX_ALLOCS};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::{
+    analyze::c_runtime,
+    analyze::reachability::{self, Block, Class},
+    analyze::scope::{self, NamedStack, ScopeCollector, ScopeSpec},
+    analyze::suspects,
+    analyze::verdicts::{self, Context, Thresholds},
+    cli::Unwind,
+    collect::drain::{Collector, KernelMaps},
+    collect::drain::{MAX_SERIES_LEN, push_thinned},
+    export::metrics,
+    export::otel::{OtlpOptions, Telemetry},
+    export::prometheus,
+    export::report::{self, Format},
+    model::allocators::KnownFn,
+    model::cost::{self, CostReport, Traps},
+    model::{
+        AllocatorInfo, Exit, Frame, GoroutineReport, GoroutineSiteReport, Held, InUse, LeakSummary,
+        Origin, ProbeInfo, ProcessReport, ProcessSample, REPORT_VERSION, Reachability,
+        ReachabilityScan, Report, RuntimeInfo, StackHistory, StackKey, StackReport, Target, Totals,
+        Trend, Verdict,
+    },
+    probe::attach::{self, AllocatorModule, LoadOptions, Probes, ScopeProbe},
+    probe::golang::{GoTarget, Goroutines},
+    probe::launch::{self, ChildEvent},
+    probe::python::{PythonInterpreter, PythonNames},
+    probe::unwind_tables::UnwindTables,
+    symbols::symbolize::{Modules, Symbolizer},
+    sys::freeze::{Frozen, ProcessMemory},
+    sys::procfs,
+};
+
+/// How a session runs and reports.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Attach mode: stop after this long (None: until Ctrl-C or the target exits).
+    pub duration: Option<Duration>,
+    /// Time between reports.
+    pub interval: Duration,
+    /// Time between samples of the kernel maps (the resolution of growth series).
+    pub sample_interval: Duration,
+    pub top: usize,
+    pub format: Format,
+    pub output: Option<PathBuf>,
+    pub max_allocs: u32,
+    pub thresholds: Thresholds,
+    /// Order of the listed stacks within each verdict.
+    pub sort: SortKey,
+    /// Ignore allocations younger than this (they may be in flight).
+    pub min_age: Option<Duration>,
+    /// Track only allocations of at least / at most this many bytes.
+    pub min_size: u64,
+    pub max_size: u64,
+    /// Track one allocation in this many; what is read is scaled by it.
+    pub sample_rate: u32,
+    /// --max-overhead: the share of the target's CPU leaktrace's probes may take, in percent.
+    pub max_overhead: Option<f64>,
+    /// How stacks are walked.
+    pub unwind: Unwind,
+    /// User-named allocator functions (--alloc-fn).
+    pub alloc_fns: Vec<KnownFn>,
+    /// OTLP export, when on.
+    pub otlp: Option<OtlpOptions>,
+    /// Serve Prometheus metrics here.
+    pub prometheus: Option<SocketAddr>,
+    /// Stacks exported with their own series.
+    pub export_top: usize,
+    /// Classify live blocks by what still points to them (see `reachability`) for the
+    /// final report.
+    pub reachability: bool,
+    /// Most bytes of the target's memory the reachability scan reads.
+    pub scan_limit: u64,
+    /// Stacks known and accepted (--suppressions and the built-in set).
+    pub suppressions: Vec<crate::analyze::suppress::Suppression>,
+    /// --scope functions.
+    pub scopes: Vec<ScopeSpec>,
+    /// How long after a scope call returned to read what it still holds.
+    pub scope_retain_after: Duration,
+    /// Labels per scope listed with their own figures.
+    pub scope_max_labels: usize,
+    /// A scope call holding at least this much when it returns gets a span of its own.
+    pub scope_span_threshold: u64,
+    /// `run`: follow forked children into the programs they execute (valgrind's
+    /// --trace-children); forked children are followed until then in any case.
+    pub trace_children: bool,
+}
+
+/// What orders the stacks within a verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortKey {
+    /// Outstanding bytes.
+    Bytes,
+    /// Outstanding allocations.
+    Count,
+    /// Growth rate of the baseline.
+    Growth,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            duration: None,
+            interval: Duration::from_secs(5),
+            sample_interval: Duration::from_millis(200),
+            top: 10,
+            format: Format::Text,
+            output: None,
+            max_allocs: DEFAULT_MAX_ALLOCS,
+            thresholds: Thresholds::default(),
+            sort: SortKey::Bytes,
+            min_age: None,
+            min_size: 0,
+            max_size: u64::MAX,
+            sample_rate: 1,
+            max_overhead: None,
+            unwind: Unwind::Fp,
+            alloc_fns: Vec::new(),
+            otlp: None,
+            prometheus: None,
+            export_top: 20,
+            reachability: false,
+            scan_limit: DEFAULT_SCAN_LIMIT,
+            suppressions: crate::analyze::suppress::parse(
+                crate::analyze::suppress::DEFAULT,
+                "built-in",
+            )
+            .unwrap_or_default(),
+            scopes: Vec::new(),
+            scope_retain_after: Duration::from_secs(5),
+            scope_max_labels: 32,
+            scope_span_threshold: 64 << 10,
+            trace_children: false,
+        }
+    }
+}
+
+/// Default --scan-limit: 4 GiB.
+pub const DEFAULT_SCAN_LIMIT: u64 = 4 << 30;
+
+/// Errors that end a session, each one line for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("no process with pid {0}: check the pid (`pgrep NAME`) and try again")]
+    NoSuchProcess(u32),
+    #[error(
+        "process {0} is a zombie: it has exited and only waits for its parent to reap it; there is nothing left to trace"
+    )]
+    Zombie(u32),
+    #[error(
+        "process {0} is a kernel thread: it has no user-space memory or allocator; give the pid of a user-space process"
+    )]
+    KernelThread(u32),
+    #[error(
+        "process {0} is this leaktrace itself: it cannot trace its own allocations; give the pid of the process to trace"
+    )]
+    Itself(u32),
+    #[error("command not found: {0} (give a path or put it on PATH)")]
+    CommandNotFound(String),
+    #[error("no allocator found for {0}: neither it nor its libraries define malloc and free")]
+    ProgramWithoutAllocator(String),
+    #[error("could not handle signals: {0}")]
+    Signals(String),
+    #[error("{0}")]
+    Privileges(String),
+    #[error(transparent)]
+    Attach(#[from] attach::AttachError),
+    #[error("could not set up --unwind dwarf: {0}")]
+    Unwind(String),
+    #[error("{0}")]
+    Launch(String),
+    #[error("could not read the kernel maps: {0}")]
+    Drain(#[from] crate::collect::drain::DrainError),
+    #[error(transparent)]
+    Otel(#[from] crate::export::otel::OtelError),
+    #[error(transparent)]
+    Prometheus(#[from] crate::export::prometheus::PrometheusError),
+    #[error("could not write the report to {path}: {reason}")]
+    Output { path: String, reason: String },
+}
+
+impl SessionError {
+    /// The exit status this failure ends leaktrace with.
+    pub fn status(&self) -> crate::model::exit::Status {
+        use crate::model::exit::Status;
+        match self {
+            SessionError::NoSuchProcess(_)
+            | SessionError::Zombie(_)
+            | SessionError::KernelThread(_)
+            | SessionError::Itself(_) => Status::NoTarget,
+            SessionError::CommandNotFound(_) => Status::CommandNotFound,
+            SessionError::Launch(_) => Status::CommandNotRunnable,
+            SessionError::ProgramWithoutAllocator(_) => Status::NotInTarget,
+            SessionError::Attach(err) => err.status(),
+            SessionError::Otel(_) | SessionError::Prometheus(_) => Status::Usage,
+            SessionError::Output { .. } => Status::CannotWrite,
+            SessionError::Privileges(_) => Status::NotPermitted,
+            SessionError::Unwind(_) | SessionError::Drain(_) | SessionError::Signals(_) => {
+                Status::Internal
+            }
+        }
+    }
+}
+
+/// What a finished session produced.
+pub struct Outcome {
+    pub report: Report,
+    /// The launched command's exit status, for `run` to pass on.
+    pub exit: Option<Exit>,
+}
+
+struct Session {
+    pid: u32,
+    mode: &'static str,
+    target: Target,
+    /// What was probed, for the report.
+    allocators: Vec<AllocatorInfo>,
+    options: Options,
+    probes: Probes,
+    collector: Collector,
+    modules: Modules,
+    symbolizer: Symbolizer,
+    started_ns: u64,
+    process_samples: Vec<ProcessSample>,
+    /// Stacks (by metrics::stack_id) whose leak was confirmed and that have been judged
+    /// leaking at every analysis since.
+    confirmed_leaks: std::collections::HashSet<String>,
+    last_process_sample_ns: Option<u64>,
+    /// `run` mode until the command has exec'd: leaktrace's own executable, which the
+    /// forked child runs until then (whatever it execs next: a script's interpreter, the
+    /// program a wrapper execs in turn).
+    launched_program: Option<PathBuf>,
+    telemetry: Option<Telemetry>,
+    endpoint: Option<prometheus::Endpoint>,
+    /// The kernel's unwind tables (--unwind dwarf).
+    unwind: Option<UnwindTables>,
+    /// The reachability scan's classes by stack, once it ran.
+    reachability: Option<(HashMap<StackKey, Reachability>, ReachabilityScan)>,
+    /// The --scope maps and figures, when there are scopes.
+    scopes: Option<ScopeCollector>,
+    /// A Go program: what was found in it, and its goroutines when they are counted.
+    go: Option<(GoTarget, Option<Goroutines>)>,
+    /// Go's own heap profile, once the executable is mapped (see go_profile).
+    go_profile: Option<crate::collect::go_profile::HeapProfile>,
+    /// A CPython target: its interpreter, and the kernel's pointer to `_PyRuntime` until it
+    /// is written (the interpreter is mapped).
+    python: Option<(
+        PythonInterpreter,
+        Option<aya::maps::Array<aya::maps::MapData, u64>>,
+    )>,
+    /// Stacks whose Python code objects have been read.
+    python_stacks_read: std::collections::HashSet<u32>,
+    /// What the probes cost the target, and the budget kept.
+    cost: CostMeter,
+    /// When to arm the entry probes (see `Probes::arm_entries`): a moment after they went
+    /// in, so that no call begun before them is still running.
+    arm_entries_at: Option<u64>,
+    /// A forked child of a `run`: the process that forked it.
+    forked_by: Option<u32>,
+    /// Every allocation of the program was seen (`run`, or a forked child since it executed
+    /// a program): memory around the tracked blocks is the allocator's own.
+    traced_from_start: bool,
+    /// `run`: the reports of the forked children that ended.
+    child_reports: Vec<Report>,
+}
+
+/// How long after the entry probes go in a return without its entry counts as lost.
+const ARM_ENTRIES_AFTER_NS: u64 = 200_000_000;
+
+/// The cost meter and the --max-overhead budget (see `cost`).
+#[derive(Default)]
+struct CostMeter {
+    report: CostReport,
+    /// Start of the measurement under way (within one phase, allocation probes in or out).
+    mark: Option<CostMark>,
+    /// What the free probes would cost alone, estimated from the last measurement with
+    /// every probe in (until `report.frees_only` is measured).
+    frees_estimate: Option<cost::FreesCost>,
+    /// Whether `report.cpu_share_percent` was measured since the probes last went in.
+    fresh: bool,
+    /// Whether `report.frees_only` was measured since the allocation probes last went out.
+    frees_fresh: bool,
+    /// When the allocation probes went in or out.
+    in_since: u64,
+    out_since: Option<u64>,
+    /// The part of each cycle they stay in, and the cycle.
+    on_fraction: f64,
+    cycle_ns: u64,
+    out_total_ns: u64,
+}
+
+/// Where a cost measurement starts: time, traps, the probe programs' run time, the entry
+/// program's run time and runs, the target's CPU time.
+#[derive(Clone, Copy)]
+struct CostMark {
+    ns: u64,
+    traps: Traps,
+    run_ns: u64,
+    entry: (u64, u64),
+    cpu_ns: u64,
+}
+
+/// A cost is measured over at least this long (the target's CPU time has 10 ms ticks).
+const COST_MEASURE_NS: u64 = 1_000_000_000;
+/// The budget's duty cycle: at least this long, longer when the probes may stay in for
+/// only a small part of it (each part in must hold a measurement).
+const BUDGET_CYCLE_NS: u64 = 10_000_000_000;
+const BUDGET_MAX_CYCLE_NS: u64 = 120_000_000_000;
+
+/// What the report says about a Go runtime's probes.
+fn go_allocator_info(go: &GoTarget) -> Option<AllocatorInfo> {
+    let program = &go.program;
+    program.can_follow_heap().then(|| AllocatorInfo {
+        allocator: "Go runtime".to_string(),
+        module: go.display_path.clone(),
+        functions: program
+            .span_full
+            .iter()
+            .chain(program.large_spans.iter().take(1))
+            .chain(program.span_free.iter())
+            .map(|probe| probe.symbol.clone())
+            .collect(),
+        probes: program
+            .newproc
+            .iter()
+            .chain(program.goexit.iter())
+            .chain(program.span_full.iter())
+            .chain(program.large_spans.iter())
+            .chain(program.span_free.iter())
+            .map(|probe| ProbeInfo {
+                function: probe.symbol.clone(),
+                offset: probe.offset_in_function,
+                instruction: probe.instruction.clone(),
+                emulated: probe.emulated,
+                covered_by: None,
+            })
+            .collect(),
+    })
+}
+
+/// The target's executable, when it is a Go program.
+fn go_target_of_process(pid: u32) -> Option<GoTarget> {
+    use std::os::unix::fs::MetadataExt;
+    // By file identity, not path: the executable may have been replaced or removed since.
+    let exe = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+    let (probe_path, display_path) =
+        attach::process_files(pid)
+            .ok()?
+            .into_iter()
+            .find(|(probe_path, _)| {
+                std::fs::metadata(probe_path)
+                    .is_ok_and(|file| file.ino() == exe.ino() && file.dev() == exe.dev())
+            })?;
+    GoTarget::of_file(probe_path, display_path)
+}
+
+/// Spans for the scope calls that kept at least --scope-span-threshold, with what their
+/// scope (and label) keeps by stack, from `report`.
+fn scope_call_spans(
+    scopes: &mut ScopeCollector,
+    specs: &[ScopeSpec],
+    report: &Report,
+) -> Vec<crate::export::otel::ScopeCallSpan> {
+    let now_ns = procfs::monotonic_ns();
+    let now = std::time::SystemTime::now();
+    let at = |ns: u64| now - Duration::from_nanos(now_ns.saturating_sub(ns));
+    let calls = scopes.take_retaining_calls();
+    calls
+        .into_iter()
+        .filter_map(|call| {
+            let (index, label) = scopes.describe_tag(call.tag)?;
+            let function = specs.get(index as usize)?.function.clone();
+            let scope = report.scopes.iter().find(|s| s.function == function);
+            let figures = scope.map(|scope| {
+                label
+                    .and_then(|label| scope.labels.iter().find(|l| l.label == label))
+                    .map_or(&scope.figures, |label| &label.figures)
+            });
+            Some(crate::export::otel::ScopeCallSpan {
+                function,
+                label: label.map(str::to_string),
+                tid: call.tid,
+                start: at(call.start_ns),
+                end: at(call.end_ns),
+                allocated_bytes: call.allocated_bytes,
+                retained_bytes: call.held_at_return,
+                retaining_stacks: figures
+                    .map(|figures| {
+                        figures
+                            .top_stacks
+                            .iter()
+                            .map(|stack| (stack.retained_bytes, stack.frames.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// What the report says about one probed module.
+fn allocator_info(module: &AllocatorModule, alloc_fns: &[KnownFn]) -> AllocatorInfo {
+    AllocatorInfo {
+        allocator: if attach::only_user_named(module, alloc_fns) {
+            "custom".to_string()
+        } else {
+            module.allocator.to_string()
+        },
+        module: module.display_path.clone(),
+        functions: module.functions.iter().map(|f| f.symbol.clone()).collect(),
+        probes: module
+            .functions
+            .iter()
+            .map(|f| ProbeInfo {
+                function: f.symbol.clone(),
+                offset: f.probe_offset - f.file_offset,
+                instruction: f.instruction.clone(),
+                emulated: f.emulated,
+                covered_by: None,
+            })
+            .chain(module.covered.iter().map(|c| ProbeInfo {
+                function: c.symbol.clone(),
+                offset: 0,
+                instruction: String::new(),
+                emulated: false,
+                covered_by: Some(c.callee.clone()),
+            }))
+            .collect(),
+    }
+}
+
+/// Time between reads of the process's /proc memory figures.
+const PROCESS_SAMPLE_NS: u64 = 1_000_000_000;
+/// Most points of a stack's series a report carries.
+const REPORT_SERIES_POINTS: usize = 32;
+/// Most process samples a report carries.
+const REPORT_PROCESS_POINTS: usize = 256;
+
+/// Fails early, before anything is traced, without the capabilities to trace, on a kernel
+/// that cannot do it, or if the report could not be written: the file must be writable (it
+/// is opened without being changed, or created and removed again).
+fn check_start(options: &Options) -> Result<(), SessionError> {
+    if let Some(missing) = crate::modes::watch::missing_for_probes() {
+        return Err(SessionError::Privileges(missing));
+    }
+    attach::check_kernel(true).map_err(SessionError::Attach)?;
+    if let Some(path) = &options.output {
+        let existed = path.exists();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(|err| SessionError::Output {
+                path: path.display().to_string(),
+                reason: format!("{err} (give a writable file with --output)"),
+            })?;
+        if !existed {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    Ok(())
+}
+
+/// `leaktrace attach --pid PID`.
+pub async fn attach(pid: u32, options: Options) -> Result<Outcome, SessionError> {
+    check_start(&options)?;
+    let attaching = std::time::Instant::now();
+    let mut session = Session::attach(pid, "attach", options)?;
+    session.drop_privileges(&[]);
+    session.start_exports()?;
+    log::debug!(
+        "probes in place in {:.0} ms",
+        attaching.elapsed().as_secs_f64() * 1e3
+    );
+    session.log_probes();
+    let exited = session.trace_attached().await?;
+    session.finish(exited)
+}
+
+/// `leaktrace run -- CMD ARGS…`.
+pub async fn run(command: &[String], options: Options) -> Result<Outcome, SessionError> {
+    check_start(&options)?;
+    let name = command
+        .first()
+        .ok_or_else(|| SessionError::Launch("no command given after --".into()))?;
+    let program =
+        launch::resolve_program(name).ok_or_else(|| SessionError::CommandNotFound(name.clone()))?;
+    if !launch::is_executable(&program) {
+        return Err(SessionError::Launch(format!(
+            "{} is not an executable file (check its path and mode)",
+            program.display()
+        )));
+    }
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    // What the kernel will run: a script's interpreter.
+    let image = launch::program_image(&program);
+    if image != program {
+        log::info!("{} runs {}", program.display(), image.display());
+    }
+    let plan = ProgramProbes::for_program(&image, &env, &options, &program.display().to_string())?;
+    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut options = options;
+    options.unwind = options
+        .unwind
+        .resolve(crate::sys::file_bytes::open(&image).ok().as_deref());
+    let hold_at_entry = options.unwind.uses_tables();
+    let keep = crate::probe::privileges::Needs::new(options.output.clone(), options.prometheus)
+        .after_attach();
+    let launched = launch::launch(
+        &program,
+        command,
+        events_tx,
+        hold_at_entry,
+        options.trace_children,
+        keep,
+    )
+    .map_err(|err| SessionError::Launch(format!("could not start {name}: {err}")))?;
+    let pid = launched.pid;
+    // Dropping `launched` without release makes the child exit without running.
+    // The command has not run yet: it has no goroutine before the probes, and its
+    // interpreter is pointed at once it is mapped.
+    let mut session = plan.start(pid, options)?;
+    session.target.exe = program.display().to_string();
+    session.target.name = program
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    session.launched_program = std::fs::canonicalize("/proc/self/exe").ok();
+    session.traced_from_start = true;
+    session.drop_privileges(&[launched.launcher_tid]);
+    session.start_exports()?;
+    session.target.command_line = command.join(" ");
+    session.log_probes();
+    launched.release();
+    let exit = session.trace_launched(events_rx).await?;
+    let mut outcome = session.finish(Some(exit.clone()))?;
+    outcome.exit = Some(exit);
+    Ok(outcome)
+}
+
+/// What to probe in a program about to run, found from its files before its first
+/// instruction (the command, or a program a followed child executes).
+struct ProgramProbes {
+    allocators: Vec<AllocatorModule>,
+    scopes: Vec<ScopeProbe>,
+    go: Option<GoTarget>,
+    python: Option<PythonInterpreter>,
+}
+
+impl ProgramProbes {
+    /// `image`: the file the kernel runs (a script's interpreter); `env`: the environment
+    /// the program gets; `shown`: the name errors give.
+    fn for_program(
+        image: &std::path::Path,
+        env: &[(String, String)],
+        options: &Options,
+        shown: &str,
+    ) -> Result<ProgramProbes, SessionError> {
+        let go = GoTarget::of_file(image.to_path_buf(), image.display().to_string());
+        let go_heap = go.as_ref().is_some_and(|go| go.program.can_follow_heap());
+        let files = attach::program_files(image, env)?;
+        let allocators = match attach::allocators_in_files(&files, &options.alloc_fns) {
+            Ok(found) => found,
+            // A Go program without cgo: the Go heap is its only allocator.
+            Err(attach::AttachError::NoAllocator { .. }) if go_heap => Vec::new(),
+            Err(attach::AttachError::NoAllocator { .. }) => {
+                return Err(SessionError::ProgramWithoutAllocator(shown.to_string()));
+            }
+            Err(other) => return Err(SessionError::Attach(other)),
+        };
+        let scopes = if options.scopes.is_empty() {
+            Vec::new()
+        } else {
+            attach::find_scopes(&options.scopes, &files)?
+        };
+        Ok(ProgramProbes {
+            allocators,
+            scopes,
+            go,
+            python: attach::python_interpreter(&files),
+        })
+    }
+
+    /// The probes in place for process `pid`, which has not run this program yet.
+    fn start(self, pid: u32, options: Options) -> Result<Session, SessionError> {
+        Session::start(
+            pid,
+            "run",
+            &self.allocators,
+            &self.scopes,
+            self.go,
+            self.python,
+            options,
+        )
+    }
+}
+
+/// A precise window of `leaktrace watch`: the allocation probes on one running process for
+/// a while. The watcher drives it (`tick` every sample interval) and exports what it ends
+/// with; the window itself writes and exports nothing.
+pub struct Window {
+    session: Session,
+}
+
+impl Window {
+    /// Places the probes; `options.unwind` should already be resolved.
+    pub fn open(pid: u32, options: Options) -> Result<Window, SessionError> {
+        let session = Session::attach(pid, "watch", options)?;
+        session.log_probes();
+        Ok(Window { session })
+    }
+
+    /// One sample of the kernel maps (and, once a second, of /proc).
+    pub fn tick(&mut self) -> Result<(), SessionError> {
+        self.session.tick()
+    }
+
+    /// Whether the window stopped tracing to keep the budget: it should close.
+    pub fn stopped(&self) -> bool {
+        self.session.stopped()
+    }
+
+    /// The window's report, after which the probes are removed. `exited`: the process
+    /// ended during the window.
+    pub fn close(mut self, exited: bool) -> Result<Report, SessionError> {
+        if !exited {
+            self.session.tick()?;
+        }
+        let report = self.session.analyse(
+            exited.then_some(Exit {
+                code: None,
+                signal: None,
+            }),
+            true,
+        )?;
+        drop(self.session);
+        Ok(report)
+    }
+}
+
+impl Session {
+    /// Attaches to a running process: finds its allocators and places the probes.
+    fn attach(pid: u32, mode: &'static str, options: Options) -> Result<Session, SessionError> {
+        match procfs::process_kind(pid) {
+            procfs::ProcessKind::Missing => return Err(SessionError::NoSuchProcess(pid)),
+            procfs::ProcessKind::Zombie => return Err(SessionError::Zombie(pid)),
+            procfs::ProcessKind::KernelThread => return Err(SessionError::KernelThread(pid)),
+            procfs::ProcessKind::User => {}
+        }
+        if pid == std::process::id() {
+            return Err(SessionError::Itself(pid));
+        }
+        let mut options = options;
+        options.unwind = options.unwind.resolve(
+            crate::sys::file_bytes::open(format!("/proc/{pid}/exe"))
+                .ok()
+                .as_deref(),
+        );
+        let go = go_target_of_process(pid);
+        let allocators = match attach::allocators_in_process(pid, &options.alloc_fns) {
+            // A Go program without cgo: the Go heap is its only allocator.
+            Err(attach::AttachError::NoAllocator { .. })
+                if go.as_ref().is_some_and(|go| go.program.can_follow_heap()) =>
+            {
+                Vec::new()
+            }
+            other => other?,
+        };
+        let scopes = if options.scopes.is_empty() {
+            Vec::new()
+        } else {
+            attach::find_scopes(&options.scopes, &attach::process_files(pid)?)?
+        };
+        let python = attach::process_files(pid)
+            .ok()
+            .and_then(|files| attach::python_interpreter(&files));
+        let mut session = Session::start(pid, mode, &allocators, &scopes, go, python, options)?;
+        session.read_goroutine_baseline();
+        session.point_python_runtime();
+        // A launched command's first brk (the loader's) sets the break it starts from.
+        session
+            .collector
+            .set_program_break(procfs::program_break(pid));
+        Ok(session)
+    }
+
+    fn start(
+        pid: u32,
+        mode: &'static str,
+        allocators: &[AllocatorModule],
+        scopes: &[ScopeProbe],
+        go: Option<GoTarget>,
+        python: Option<PythonInterpreter>,
+        options: Options,
+    ) -> Result<Session, SessionError> {
+        let mut options = options;
+        if options.reachability && go.as_ref().is_some_and(|go| go.program.can_follow_heap()) {
+            // Go memory is reachable or garbage the collector has yet to take back; the scan
+            // tells leaks from caches only in manually freed memory.
+            log::info!(
+                "no reachability scan: the target is a Go program (its heap is garbage collected)"
+            );
+            options.reachability = false;
+        }
+        if options.sample_rate > 1 && go.as_ref().is_some_and(|go| go.program.can_follow_heap()) {
+            // The Go heap is recorded a span at a time already; scaling its spans by the rate
+            // would multiply them.
+            log::warn!(
+                "--sample-rate {} ignored: the target is a Go program, whose heap is already sampled a span at a time",
+                options.sample_rate
+            );
+            options.sample_rate = 1;
+        }
+        let mut probes = attach::attach(
+            pid,
+            allocators,
+            scopes,
+            go.as_ref(),
+            LoadOptions {
+                max_allocs: options.max_allocs,
+                min_size: options.min_size,
+                max_size: options.max_size,
+                sample_rate: options.sample_rate,
+                unwind: options.unwind,
+                python: python
+                    .as_ref()
+                    .and_then(PythonInterpreter::layout)
+                    .unwrap_or_default(),
+                before_exec: mode == "run",
+            },
+        )?;
+        let maps = KernelMaps::take(&mut probes.ebpf)?;
+        let scope_collector = if scopes.is_empty() {
+            None
+        } else {
+            let mut collector = ScopeCollector::take(
+                &mut probes.ebpf,
+                scopes.len() as u32,
+                options.scope_retain_after,
+                options.scope_span_threshold,
+                MAX_SERIES_LEN,
+            )?;
+            collector.probed = scopes
+                .iter()
+                .map(|scope| {
+                    scope
+                        .points
+                        .iter()
+                        .map(|point| format!("{} in {}", point.symbol, point.display_path))
+                        .collect()
+                })
+                .collect();
+            Some(collector)
+        };
+        let unwind = probes.unwind.take();
+        let started_ns = procfs::monotonic_ns();
+        let target = Target {
+            pid,
+            exe: procfs::exe_path(pid)
+                .map(|path| path.display().to_string())
+                .unwrap_or_default(),
+            command_line: procfs::command_line(pid).unwrap_or_default(),
+            name: procfs::comm(pid).unwrap_or_default(),
+        };
+        let mut modules = Modules::default();
+        let _ = modules.refresh(pid);
+        let go = match go {
+            Some(go) => {
+                let goroutines = if go.program.can_count_goroutines() {
+                    Some(
+                        Goroutines::take(&mut probes.ebpf, MAX_SERIES_LEN).map_err(|reason| {
+                            SessionError::Drain(crate::collect::drain::DrainError::new(
+                                "GOROUTINE_SITES",
+                                reason,
+                            ))
+                        })?,
+                    )
+                } else {
+                    None
+                };
+                Some((go, goroutines))
+            }
+            None => None,
+        };
+        let python = match python {
+            Some(interpreter) if interpreter.layout().is_some() => {
+                let map = probes
+                    .ebpf
+                    .take_map(leak_common::map_names::PY_RUNTIME)
+                    .and_then(|map| aya::maps::Array::try_from(map).ok());
+                Some((interpreter, map))
+            }
+            other => other.map(|interpreter| (interpreter, None)),
+        };
+        let mut symbolizer = Symbolizer::new();
+        let (probes_trap_cost, options_max_overhead) =
+            (probes.trap_cost.unwrap_or_default(), options.max_overhead);
+        if python.as_ref().is_some_and(|(_, map)| map.is_some()) {
+            symbolizer.python = Some(PythonNames::new(pid));
+        }
+        let mut allocators: Vec<AllocatorInfo> = allocators
+            .iter()
+            .map(|module| allocator_info(module, &options.alloc_fns))
+            .collect();
+        allocators.extend(go.as_ref().and_then(|(go, _)| go_allocator_info(go)));
+        Ok(Session {
+            pid,
+            mode,
+            target,
+            allocators,
+            collector: Collector::new(
+                maps,
+                started_ns,
+                procfs::page_size(),
+                options.min_size..=options.max_size,
+                options.sample_rate,
+            ),
+            probes,
+            modules,
+            symbolizer,
+            options,
+            started_ns,
+            process_samples: Vec::new(),
+            confirmed_leaks: std::collections::HashSet::new(),
+            last_process_sample_ns: None,
+            launched_program: None,
+            forked_by: None,
+            traced_from_start: false,
+            child_reports: Vec::new(),
+            telemetry: None,
+            endpoint: None,
+            unwind,
+            reachability: None,
+            scopes: scope_collector,
+            go,
+            go_profile: None,
+            python,
+            python_stacks_read: std::collections::HashSet::new(),
+            cost: CostMeter {
+                report: CostReport {
+                    trap: probes_trap_cost,
+                    budget_percent: options_max_overhead,
+                    ..CostReport::default()
+                },
+                in_since: started_ns,
+                on_fraction: 1.0,
+                cycle_ns: BUDGET_CYCLE_NS,
+                ..CostMeter::default()
+            },
+            arm_entries_at: Some(started_ns + ARM_ENTRIES_AFTER_NS),
+        })
+    }
+
+    /// Reads the code objects of new stacks' Python frames while the target has them.
+    fn read_python_codes(&mut self) {
+        let Some(names) = &mut self.symbolizer.python else {
+            return;
+        };
+        let new: Vec<u32> = self
+            .collector
+            .histories()
+            .map(|history| history.key.stack_id)
+            .filter(|id| self.python_stacks_read.insert(*id))
+            .collect();
+        for id in new {
+            names.read_codes(self.collector.stack_ips(id));
+        }
+    }
+
+    /// Tells the kernel where the interpreter's `_PyRuntime` is, once the interpreter is
+    /// mapped (at once when attaching; after the exec for a launched command).
+    fn point_python_runtime(&mut self) {
+        let Some((interpreter, slot)) = &mut self.python else {
+            return;
+        };
+        let Some(map) = slot else { return };
+        // Not mapped yet (a launched command before its exec): tried again next tick.
+        let Some(bias) = attach::mapped_load_bias(self.pid, &interpreter.probe_path) else {
+            return;
+        };
+        let runtime = interpreter.runtime_symbol.wrapping_add(bias);
+        match map.set(0, runtime, 0) {
+            Ok(()) => {
+                log::info!(
+                    "Python {} in {}: frames read from _PyRuntime at {runtime:#x}",
+                    interpreter.version_text().unwrap_or_default(),
+                    interpreter.display_path
+                );
+                *slot = None;
+            }
+            Err(err) => log::warn!("could not point the kernel at _PyRuntime: {err}"),
+        }
+    }
+
+    /// Go's heap profile as it is now (from the first tick the executable is mapped in).
+    fn read_go_profile(&mut self, now_ns: u64) {
+        let Some((go, _)) = &self.go else { return };
+        let Some(addresses) = go.program.profile else {
+            return;
+        };
+        if self.go_profile.is_none() {
+            // Not mapped yet (a launched command before its exec): tried again next tick.
+            let Some(bias) = attach::mapped_load_bias(self.pid, &go.probe_path) else {
+                return;
+            };
+            self.go_profile = Some(crate::collect::go_profile::HeapProfile::new(
+                crate::collect::go_profile::ProfileAddresses {
+                    buckets: addresses.buckets.wrapping_add(bias),
+                    cycle: addresses.cycle.wrapping_add(bias),
+                    rate: addresses.rate.wrapping_add(bias),
+                },
+            ));
+        }
+        if let Some(profile) = &mut self.go_profile {
+            let mut memory = crate::sys::freeze::ProcessMemory { pid: self.pid };
+            let started = std::time::Instant::now();
+            profile.read(
+                &mut memory,
+                now_ns.saturating_sub(self.started_ns) as f64 / 1e9,
+            );
+            log::debug!(
+                "Go heap profile of pid {}: {} buckets read in {:.2} ms",
+                self.pid,
+                profile.buckets().len(),
+                started.elapsed().as_secs_f64() * 1e3
+            );
+        }
+    }
+
+    /// Whether the Go heap's stacks come from the runtime's profile (else from its spans).
+    fn go_heap_from_profile(&self) -> bool {
+        self.go_profile
+            .as_ref()
+            .is_some_and(crate::collect::go_profile::HeapProfile::in_use)
+    }
+
+    /// The goroutines alive before the probes went in, from the runtime's own list.
+    fn read_goroutine_baseline(&mut self) {
+        let Some((go, Some(goroutines))) = &mut self.go else {
+            return;
+        };
+        let bias = attach::mapped_load_bias(self.pid, &go.probe_path);
+        goroutines.read_baseline(self.pid, &go.program, bias.unwrap_or(0));
+    }
+
+    /// Once the probes are placed, before the exporters start threads: keeps only what the
+    /// rest of the session uses (see privileges.rs). `dropping_themselves`: threads that
+    /// drop to the same set on their own.
+    fn drop_privileges(&self, dropping_themselves: &[i32]) {
+        let needs = crate::probe::privileges::Needs::new(
+            self.options.output.clone(),
+            self.options.prometheus,
+        );
+        crate::probe::privileges::drop_to(
+            needs.after_attach(),
+            "probes placed",
+            dropping_themselves,
+        );
+    }
+
+    /// Starts the OTLP exporters and the Prometheus endpoint the options ask for.
+    fn start_exports(&mut self) -> Result<(), SessionError> {
+        if let Some(otlp) = self.options.otlp.clone() {
+            self.telemetry = Some(Telemetry::start(otlp, &self.target)?);
+        }
+        if let Some(addr) = self.options.prometheus {
+            let endpoint = prometheus::Endpoint::start(addr, &self.target)?;
+            eprintln!(
+                "leaktrace: Prometheus metrics on http://{}/metrics",
+                endpoint.local_addr
+            );
+            self.endpoint = Some(endpoint);
+        }
+        Ok(())
+    }
+
+    fn exporting(&self) -> bool {
+        self.telemetry.is_some() || self.endpoint.is_some()
+    }
+
+    /// Hands one analysis to the exporters.
+    fn publish(&mut self, report: &Report) {
+        let probes = self.probes.attached.len() as u64;
+        if let Some(telemetry) = &mut self.telemetry {
+            telemetry.publish(report, probes);
+            if let Some(scopes) = &mut self.scopes {
+                let calls = scope_call_spans(scopes, &self.options.scopes, report);
+                telemetry.publish_scope_calls(&calls);
+            }
+        }
+        if let Some(endpoint) = &self.endpoint {
+            let failures = self.telemetry.as_ref().map_or(0, Telemetry::failures);
+            endpoint.publish(metrics::points(
+                report,
+                self.options.export_top,
+                probes,
+                failures,
+            ));
+        }
+    }
+
+    /// The stacks the report lists and those the exporters see (more, when --export-top is
+    /// above --top).
+    fn analyse(
+        &mut self,
+        exited: Option<Exit>,
+        final_report: bool,
+    ) -> Result<Report, SessionError> {
+        let listed = if self.exporting() {
+            self.options.top.max(self.options.export_top)
+        } else {
+            self.options.top
+        };
+        if final_report && let Some(scopes) = &mut self.scopes {
+            // Labels handed out since the last listing count in the final figures.
+            scopes.sample(procfs::monotonic_ns(), true)?;
+        }
+        let mut report = self.build_report(exited, listed, final_report)?;
+        if let Some(telemetry) = &self.telemetry {
+            report
+                .events
+                .insert("otlp_export_failures".into(), telemetry.failures());
+        }
+        if self.exporting() {
+            self.publish(&report);
+        }
+        Ok(truncated(report, self.options.top))
+    }
+
+    /// One sample; re-reads the module list when new stacks appeared (a dlopen'd library).
+    fn tick(&mut self) -> Result<(), SessionError> {
+        let now_ns = procfs::monotonic_ns();
+        // New modules get unwind tables (a launched command: once it runs its own program).
+        if let Some(tables) = &mut self.unwind
+            && self.launched_program.is_none()
+        {
+            tables.refresh(self.pid);
+        }
+        self.collector.sample(now_ns)?;
+        if let Some(scopes) = &mut self.scopes {
+            scopes.sample(now_ns, false)?;
+        }
+        if let Some((_, Some(goroutines))) = &mut self.go {
+            goroutines.sample(now_ns.saturating_sub(self.started_ns) as f64 / 1e9);
+        }
+        self.read_go_profile(now_ns);
+        if self.python.as_ref().is_some_and(|(_, slot)| slot.is_some()) {
+            self.point_python_runtime();
+        }
+        if self.collector.take_new_stacks() {
+            let _ = self.modules.refresh(self.pid);
+            self.read_python_codes();
+        }
+        self.sample_process(now_ns);
+        self.meter_cost(now_ns);
+        if let Some(at) = self.arm_entries_at
+            && now_ns >= at
+            && self.probes.allocations_probed()
+        {
+            self.probes.arm_entries(true);
+            self.arm_entries_at = None;
+        }
+        Ok(())
+    }
+
+    /// Measures what the probes cost the target over the last second or so, and keeps the
+    /// --max-overhead budget by taking the allocation probes out for part of each cycle, or,
+    /// when the free probes alone cost more than it, by stopping.
+    fn meter_cost(&mut self, now_ns: u64) {
+        if self.probes.trap_cost.is_none() || self.cost.report.stopped_at_s.is_some() {
+            return;
+        }
+        self.measure_cost(now_ns);
+        let Some(budget) = self.options.max_overhead else {
+            return;
+        };
+        let at_s = now_ns.saturating_sub(self.started_ns) as f64 / 1e9;
+        let meter = &mut self.cost;
+        // What the frees cost alone: measured, or estimated until measured.
+        let measured = meter.report.frees_only;
+        let frees = measured.or(meter.frees_estimate).unwrap_or_default();
+        match meter.out_since {
+            Some(_) if meter.frees_fresh && cost::frees_over_budget(&frees, budget) => {
+                self.stop_tracing(now_ns, budget, frees);
+            }
+            None if meter.fresh
+                && measured.is_none()
+                && cost::frees_over_budget(&frees, budget * cost::FREES_ESTIMATE_MARGIN) =>
+            {
+                self.stop_tracing(now_ns, budget, frees);
+            }
+            None if meter.fresh && cost::over_budget(&meter.report, budget) => {
+                let on = cost::on_fraction(
+                    meter.report.cpu_share_percent,
+                    frees.cpu_share_percent,
+                    budget,
+                );
+                // Each part of the cycle holds a measurement: the part in to know what
+                // everything costs, the part out to know what the frees cost alone.
+                let measure = COST_MEASURE_NS as f64 * 1.5;
+                let cycle = ((measure / on).max(measure / (1.0 - on).max(0.01)) as u64)
+                    .clamp(BUDGET_CYCLE_NS, BUDGET_MAX_CYCLE_NS);
+                if now_ns.saturating_sub(meter.in_since) as f64 >= on * cycle as f64 {
+                    if (on - meter.on_fraction).abs() > 0.05 || meter.report.actions.is_empty() {
+                        meter.report.actions.push(format!(
+                            "{at_s:.1}s: the probes took {:.1}% of the target's CPU, over the budget of {budget}%: allocation probes out for {:.1}s of every {:.1}s (frees still probed)",
+                            meter.report.cpu_share_percent,
+                            (1.0 - on) * cycle as f64 / 1e9,
+                            cycle as f64 / 1e9
+                        ));
+                        log::warn!("{}", meter.report.actions.last().map_or("", String::as_str));
+                    }
+                    meter.on_fraction = on;
+                    meter.cycle_ns = cycle;
+                    self.probes.arm_entries(false);
+                    self.arm_entries_at = None;
+                    self.probes.pause_allocations();
+                    let meter = &mut self.cost;
+                    meter.out_since = Some(now_ns);
+                    meter.mark = None;
+                    meter.fresh = false;
+                    meter.frees_fresh = false;
+                }
+            }
+            Some(out_since)
+                if now_ns.saturating_sub(out_since) as f64
+                    >= (1.0 - meter.on_fraction) * meter.cycle_ns as f64 =>
+            {
+                meter.out_total_ns += now_ns.saturating_sub(out_since);
+                match self.probes.resume_allocations() {
+                    Ok(()) => {
+                        let meter = &mut self.cost;
+                        meter.out_since = None;
+                        meter.in_since = now_ns;
+                        meter.mark = None;
+                        self.arm_entries_at = Some(now_ns + ARM_ENTRIES_AFTER_NS);
+                    }
+                    Err(err) => {
+                        let meter = &mut self.cost;
+                        meter.out_since = Some(now_ns);
+                        meter.report.actions.push(format!(
+                            "{at_s:.1}s: allocation probes could not go back in: {err}"
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Ends a measurement of the probes' cost when one is due (at least a second long), and
+    /// starts the next. Measured with the allocation probes in, it is what all the probes
+    /// cost; with them out, what the free probes cost alone.
+    fn measure_cost(&mut self, now_ns: u64) {
+        let meter = &mut self.cost;
+        // The counters, the programs' run time and /proc are read only when a measurement
+        // starts or ends (at least a second apart), not every sample.
+        let due = meter
+            .mark
+            .is_none_or(|mark| now_ns.saturating_sub(mark.ns) >= COST_MEASURE_NS);
+        if !due {
+            return;
+        }
+        let Some(cpu) = procfs::cpu_time_ns(self.pid) else {
+            return;
+        };
+        let mark = CostMark {
+            ns: now_ns,
+            traps: Traps {
+                allocations: self.collector.counter(Counter::Allocations)
+                    + self.collector.counter(Counter::NestedCall),
+                frees: self.collector.counter(Counter::Frees),
+                returns_skipped: self.collector.counter(Counter::ReturnsSkipped),
+            },
+            run_ns: self.probes.probe_run_ns().unwrap_or(0),
+            entry: self.probes.entry_program_runs().unwrap_or((0, 0)),
+            cpu_ns: cpu,
+        };
+        let allocations_in = self.probes.allocations_probed();
+        if let Some(then) = meter.mark {
+            let seconds = now_ns.saturating_sub(then.ns) as f64 / 1e9;
+            let counted = mark.traps.since(&then.traps);
+            let spent = meter.report.trap.traps_ns(&counted)
+                + mark.run_ns.saturating_sub(then.run_ns) as f64;
+            let core_percent = spent / (seconds * 1e9).max(1.0) * 100.0;
+            let cpu_ns = cpu.saturating_sub(then.cpu_ns);
+            let share = cost::cpu_share_percent(spent, cpu_ns);
+            if allocations_in {
+                meter.report.core_percent = core_percent;
+                if let Some(share) = share {
+                    meter.report.cpu_share_percent = share;
+                    meter.report.peak_cpu_share_percent =
+                        meter.report.peak_cpu_share_percent.max(share);
+                    meter.fresh = true;
+                }
+                meter.report.traps_per_s = counted.total() as f64 / seconds;
+                let entry_runs = mark.entry.1.saturating_sub(then.entry.1);
+                let entry_ns = mark.entry.0.saturating_sub(then.entry.0);
+                meter.frees_estimate = cost::frees_estimate(
+                    &meter.report.trap,
+                    counted.frees,
+                    entry_ns as f64 / entry_runs.max(1) as f64,
+                    spent,
+                    seconds,
+                    cpu_ns,
+                );
+                log::debug!(
+                    "cost over {seconds:.1}s: {share:?}% of the target's CPU, {core_percent:.1}% of a core; {} frees, the entry program {entry_ns} ns in {entry_runs} runs: frees alone about {:?}",
+                    counted.frees,
+                    meter.frees_estimate
+                );
+            } else if let Some(share) = share {
+                meter.report.frees_only = Some(cost::FreesCost {
+                    cpu_share_percent: share,
+                    core_percent,
+                    estimated: false,
+                });
+                meter.frees_fresh = true;
+            }
+        }
+        meter.mark = Some(mark);
+    }
+
+    /// Takes every probe out: the free probes alone cost more than the budget, and a block
+    /// freed unseen would read as leaked. What was recorded until then is reported; an
+    /// attach ends there, a watch window closes.
+    fn stop_tracing(&mut self, now_ns: u64, budget: f64, frees: cost::FreesCost) {
+        let at_s = now_ns.saturating_sub(self.started_ns) as f64 / 1e9;
+        let meter = &mut self.cost;
+        if let Some(out_since) = meter.out_since.take() {
+            meter.out_total_ns += now_ns.saturating_sub(out_since);
+        }
+        meter.report.stopped_at_s = Some(at_s);
+        meter.report.frees_only = Some(frees);
+        let took = if frees.estimated {
+            "would take about"
+        } else {
+            "took"
+        };
+        meter.report.actions.push(format!(
+            "{at_s:.1}s: the free probes alone {took} {:.1}% of the target's CPU ({:.1}% of a core), over the budget of {budget}%: tracing stopped, the report holds what was seen until then; to trace on, --max-overhead {} or off",
+            frees.cpu_share_percent,
+            frees.core_percent,
+            (frees.cpu_share_percent * 2.0 / 5.0).ceil() * 5.0
+        ));
+        log::warn!("{}", meter.report.actions.last().map_or("", String::as_str));
+        self.probes.arm_entries(false);
+        self.arm_entries_at = None;
+        self.probes.detach_all();
+    }
+
+    /// Whether tracing stopped to keep the budget.
+    pub fn stopped(&self) -> bool {
+        self.cost.report.stopped_at_s.is_some()
+    }
+
+    /// What the probes cost, for the report.
+    fn cost_report(&self, now_ns: u64) -> Option<CostReport> {
+        self.probes.trap_cost?;
+        let mut report = self.cost.report.clone();
+        // After a stop, no allocation is seen either.
+        let stopped_since = report
+            .stopped_at_s
+            .map(|at_s| self.started_ns + (at_s * 1e9) as u64);
+        let out = self.cost.out_total_ns
+            + self
+                .cost
+                .out_since
+                .or(stopped_since)
+                .map_or(0, |since| now_ns.saturating_sub(since));
+        let traced = now_ns.saturating_sub(self.started_ns).max(1);
+        report.allocation_probes_out_fraction = (out as f64 / traced as f64).min(1.0);
+        Some(report)
+    }
+
+    /// For --verbose: each allocator and what was probed in it.
+    fn log_probes(&self) {
+        for found in &self.allocators {
+            log::info!(
+                "{} in {}: {}",
+                found.allocator,
+                found.module,
+                found.functions.join(", ")
+            );
+        }
+        log::info!(
+            "attached to pid {}: {} probe points; stacks walked with {}",
+            self.pid,
+            self.probes.attached.len(),
+            self.options.unwind.name()
+        );
+    }
+
+    /// Probes allocators the process loaded since the start (a plugin with its own).
+    fn follow_new_allocators(&mut self) {
+        let modules = self.probes.new_allocator_modules(&self.options.alloc_fns);
+        self.probe_modules(modules, "loaded after the start");
+    }
+
+    /// Probes each of `modules` (`why` they are new, for the log) and lists its allocator.
+    fn probe_modules(&mut self, modules: Vec<AllocatorModule>, why: &str) {
+        for module in modules {
+            match self.probes.attach_module(&module) {
+                Ok(()) => {
+                    log::info!(
+                        "pid {}: probing {} in {}, {why}: {}",
+                        self.pid,
+                        module.allocator,
+                        module.display_path,
+                        module
+                            .functions
+                            .iter()
+                            .map(|f| f.symbol.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    self.allocators
+                        .push(allocator_info(&module, &self.options.alloc_fns));
+                }
+                Err(err) => log::warn!("could not probe {}: {err}", module.display_path),
+            }
+        }
+    }
+
+    /// Reads the process's memory figures, at most once a second (smaps_rollup walks every
+    /// mapping of the target).
+    fn sample_process(&mut self, now_ns: u64) {
+        if self
+            .last_process_sample_ns
+            .is_some_and(|last| now_ns.saturating_sub(last) < PROCESS_SAMPLE_NS)
+        {
+            return;
+        }
+        // A launched command is measured once it runs its own program, not leaktrace's fork.
+        if let Some(own) = &self.launched_program {
+            match procfs::exe_path(self.pid) {
+                Ok(exe) if exe != *own => self.launched_program = None,
+                _ => return,
+            }
+        }
+        self.follow_new_allocators();
+        let Some(usage) = procfs::memory_usage(self.pid, true) else {
+            return;
+        };
+        self.last_process_sample_ns = Some(now_ns);
+        push_thinned(
+            &mut self.process_samples,
+            ProcessSample {
+                at_s: now_ns.saturating_sub(self.started_ns) as f64 / 1e9,
+                rss_bytes: usage.rss_bytes,
+                anon_bytes: usage.anon_bytes,
+                swap_bytes: usage.swap_bytes,
+                virtual_bytes: usage.virtual_bytes,
+                pss_bytes: usage.pss_bytes,
+                heap_bytes: match &self.go_profile {
+                    Some(profile) if profile.in_use() => profile.in_use_bytes(),
+                    _ => self.collector.heap_outstanding_bytes(),
+                },
+            },
+            MAX_SERIES_LEN,
+        );
+    }
+
+    /// Traces an attached process until the duration, Ctrl-C, or its exit.
+    async fn trace_attached(&mut self) -> Result<Option<Exit>, SessionError> {
+        let mut sample = tokio::time::interval(self.options.sample_interval);
+        let mut report_every = tokio::time::interval(self.options.interval);
+        report_every.tick().await;
+        let deadline = self
+            .options
+            .duration
+            .map(|duration| tokio::time::Instant::now() + duration);
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
+        // --duration ends the trace on time, not at the next sample.
+        let end = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(end);
+        loop {
+            tokio::select! {
+                _ = sample.tick() => {
+                    let alive = procfs::is_alive(self.pid);
+                    self.tick()?;
+                    if !alive {
+                        return Ok(Some(Exit { code: None, signal: None }));
+                    }
+                    if self.stopped() {
+                        // Over the budget with frees alone: the report now.
+                        return Ok(None);
+                    }
+                }
+                _ = &mut end => {
+                    let alive = procfs::is_alive(self.pid);
+                    self.tick()?;
+                    if !alive {
+                        return Ok(Some(Exit { code: None, signal: None }));
+                    }
+                    return Ok(None);
+                }
+                _ = report_every.tick() => self.interval_report()?,
+                _ = &mut ctrl_c => {
+                    self.tick()?;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// Traces a launched command until it exits.
+    async fn trace_launched(
+        &mut self,
+        mut events: UnboundedReceiver<ChildEvent>,
+    ) -> Result<Exit, SessionError> {
+        let mut sample = tokio::time::interval(self.options.sample_interval);
+        // Ctrl-C goes to the command (same process group); leaktrace waits for its exit.
+        let mut ctrl_c = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .map_err(|err| SessionError::Signals(format!("Ctrl-C: {err}")))?;
+        // The report comes at exit; exporters still get an analysis every interval.
+        let mut publish_every = tokio::time::interval(self.options.interval);
+        publish_every.tick().await;
+        // Forked children, each traced in a session of its own until it ends.
+        let mut children: BTreeMap<u32, Session> = BTreeMap::new();
+        loop {
+            tokio::select! {
+                _ = sample.tick() => {
+                    self.tick()?;
+                    for (pid, child) in &mut children {
+                        if let Err(err) = child.tick() {
+                            log::warn!("forked child {pid}: {err}");
+                        }
+                    }
+                }
+                _ = publish_every.tick(), if self.exporting() => {
+                    self.analyse(None, false)?;
+                }
+                _ = ctrl_c.recv() => {}
+                event = events.recv() => match event {
+                    Some(ChildEvent::Started { pid, ack }) => {
+                        // Its libraries are mapped and nothing of the program has run:
+                        // their unwind tables go in before its first allocation.
+                        let session = if pid == self.pid { Some(&mut *self) } else { children.get_mut(&pid) };
+                        if let Some(session) = session
+                            && let Some(tables) = &mut session.unwind
+                        {
+                            tables.refresh(pid);
+                        }
+                        let _ = ack.send(());
+                    }
+                    Some(ChildEvent::Forked { pid, parent, ack }) => {
+                        match self.trace_forked_child(pid, parent) {
+                            Ok(child) => {
+                                children.insert(pid, child);
+                            }
+                            Err(err) => {
+                                eprintln!("leaktrace: child {pid} (forked by {parent}) is not traced: {err}");
+                            }
+                        }
+                        let _ = ack.send(());
+                    }
+                    Some(ChildEvent::Executed { pid, spawned, ack }) if pid != self.pid => {
+                        // A child that executes a program: followed into it with
+                        // --trace-children, let go otherwise (as valgrind does).
+                        let follow = self.options.trace_children
+                            && match children.get_mut(&pid) {
+                                Some(child) => child.executed().map_err(|err| {
+                                    eprintln!("leaktrace: child {pid} is not followed into the program it executed: {err}");
+                                }).is_ok(),
+                                None => match self.trace_executed_child(pid, spawned) {
+                                    Ok(child) => {
+                                        children.insert(pid, child);
+                                        true
+                                    }
+                                    Err(err) => {
+                                        eprintln!("leaktrace: child {pid} is not followed into the program it executed: {err}");
+                                        false
+                                    }
+                                },
+                            };
+                        let dropped = if follow { None } else { children.remove(&pid) };
+                        let _ = ack.send(follow);
+                        // Its probes come out in a process of their own (Probes::drop).
+                        drop(dropped);
+                    }
+                    Some(ChildEvent::Executed { ack, .. }) => {
+                        self.executed()?;
+                        let _ = ack.send(true);
+                    }
+                    Some(ChildEvent::Exiting { pid, ack, registers }) => {
+                        if pid == self.pid {
+                            self.exiting(registers)?;
+                        } else if let Some(child) = children.get_mut(&pid)
+                            && let Err(err) = child.exiting(registers)
+                        {
+                            log::warn!("forked child {pid}: {err}");
+                        }
+                        let _ = ack.send(());
+                    }
+                    Some(ChildEvent::Exited { pid, code, signal }) if pid != self.pid => {
+                        if let Some(mut child) = children.remove(&pid) {
+                            match child.child_report(Some(Exit { code, signal })) {
+                                Ok(report) => self.child_reports.push(report),
+                                Err(err) => eprintln!("leaktrace: child {pid}: no report: {err}"),
+                            }
+                        }
+                    }
+                    Some(ChildEvent::Exited { code, signal, .. }) => {
+                        self.tick()?;
+                        self.children_still_running(children);
+                        return Ok(Exit { code, signal });
+                    }
+                    Some(ChildEvent::Failed(message)) => return Err(SessionError::Launch(message)),
+                    None => {
+                        self.children_still_running(children);
+                        return Ok(Exit { code: None, signal: None });
+                    }
+                }
+            }
+        }
+    }
+
+    /// A new program in the same process: what the last one left is read first and then
+    /// forgotten (its memory went with it), then the new one's break, libraries and tables
+    /// are taken.
+    fn executed(&mut self) -> Result<(), SessionError> {
+        self.tick()?;
+        if let Err(err) = self.collector.forget_live_memory() {
+            log::warn!("the last program's memory is still counted: {err}");
+        }
+        self.collector
+            .set_program_break(procfs::program_break(self.pid));
+        let _ = self.modules.refresh(self.pid);
+        if let Some(tables) = &mut self.unwind {
+            tables.refresh(self.pid);
+        }
+        let exe = procfs::exe_path(self.pid).ok();
+        let shown = exe
+            .as_ref()
+            .map(|path| path.display().to_string())
+            .unwrap_or_default();
+        log::info!("pid {} executed {shown}", self.pid);
+        if let Some(exe) = &exe {
+            self.probe_new_program(exe);
+        }
+        // A new address space, seen from its start.
+        self.traced_from_start = true;
+        if self.forked_by.is_some() {
+            // A child's report names what it runs now (the command's names what was asked).
+            self.target.exe = shown;
+            self.target.command_line = procfs::command_line(self.pid).unwrap_or_default();
+            self.target.name = procfs::comm(self.pid).unwrap_or_default();
+        }
+        Ok(())
+    }
+
+    /// Probes the allocators of the program the process just executed that are not probed
+    /// yet (the probes on a library it shares with the last program stay: they follow the
+    /// process). Found from the program's files, so those its loader maps next are
+    /// probed before they run.
+    fn probe_new_program(&mut self, exe: &std::path::Path) {
+        let env = procfs::environment(self.pid).unwrap_or_default();
+        let modules = match attach::program_files(exe, &env)
+            .and_then(|files| attach::allocators_in_files(&files, &self.options.alloc_fns))
+        {
+            Ok(modules) => modules,
+            Err(err) => {
+                log::info!(
+                    "pid {}: no allocator probed in {}: {err}",
+                    self.pid,
+                    exe.display()
+                );
+                return;
+            }
+        };
+        let modules = self.probes.unprobed(modules);
+        self.probe_modules(modules, "in the program it executed");
+    }
+
+    /// The process stopped at its exit with its memory still mapped: what it loaded is
+    /// read before it goes, its memory figures taken at the end, and what still points to
+    /// each block.
+    fn exiting(
+        &mut self,
+        registers: Option<crate::sys::freeze::ThreadRegisters>,
+    ) -> Result<(), SessionError> {
+        let _ = self.modules.refresh(self.pid);
+        self.last_process_sample_ns = None;
+        self.tick()?;
+        if self.options.reachability {
+            self.scan_reachability(Some(registers.unwrap_or_default()));
+        }
+        Ok(())
+    }
+
+    /// A session for a child a traced process just forked, held before its first
+    /// instruction: the probes go in on its copy of its parent's libraries. What it
+    /// inherited was allocated before it existed and is not its own.
+    fn trace_forked_child(&self, pid: u32, parent: u32) -> Result<Session, SessionError> {
+        let started = std::time::Instant::now();
+        let mut child = Session::attach(pid, "attach", self.options.clone())?;
+        child.mode = "run";
+        child.forked_by = Some(parent);
+        log::info!(
+            "child {pid} forked by {parent}: probes in place in {:.0} ms",
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        Ok(child)
+    }
+
+    /// A session for a child that just executed a program with no session of its own yet
+    /// (a vfork or posix_spawn child, which ran in its parent's memory until now), held
+    /// before the program's first instruction: probed as the command is.
+    fn trace_executed_child(&self, pid: u32, spawned: bool) -> Result<Session, SessionError> {
+        let started = std::time::Instant::now();
+        let exe = procfs::exe_path(pid).map_err(|_| SessionError::NoSuchProcess(pid))?;
+        let env = procfs::environment(pid).unwrap_or_default();
+        let plan =
+            ProgramProbes::for_program(&exe, &env, &self.options, &exe.display().to_string())?;
+        let mut child = plan.start(pid, self.options.clone())?;
+        child.forked_by = procfs::parent_pid(pid);
+        child.traced_from_start = true;
+        child
+            .collector
+            .set_program_break(procfs::program_break(pid));
+        log::info!(
+            "child {pid} ({}) executed {}: probes in place in {:.0} ms",
+            if spawned { "spawned" } else { "forked" },
+            exe.display(),
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        Ok(child)
+    }
+
+    /// A forked child's report, at its end (or the command's); its probes come out.
+    fn child_report(&mut self, exit: Option<Exit>) -> Result<Report, SessionError> {
+        self.tick()?;
+        self.analyse(exit, true)
+    }
+
+    /// The command ended before these children: what they hold so far is reported, with
+    /// no exit and no scan (they go on running, untraced, once leaktrace ends).
+    fn children_still_running(&mut self, children: BTreeMap<u32, Session>) {
+        for (pid, mut child) in children {
+            match child.child_report(None) {
+                Ok(report) => self.child_reports.push(report),
+                Err(err) => eprintln!("leaktrace: child {pid}: no report: {err}"),
+            }
+        }
+    }
+
+    fn interval_report(&mut self) -> Result<(), SessionError> {
+        let report = self.analyse(None, false)?;
+        let stdout = std::io::stdout();
+        if self.options.output.is_none()
+            && self.options.format == Format::Text
+            && stdout.is_terminal()
+        {
+            // A live view: redraw in place.
+            let mut out = stdout.lock();
+            let _ = write!(out, "\x1b[H\x1b[2J{}", report::text::render(&report, true));
+            let _ = out.flush();
+        } else {
+            eprintln!(
+                "leaktrace: {:.1}s, {} stacks listed, {} leaking, {} suspect, {} growing, {} dropped events",
+                report.duration_s,
+                report.stacks.len(),
+                report.count(Verdict::Leaking),
+                report.count(Verdict::Suspect),
+                report.count(Verdict::Growing),
+                report.dropped.values().sum::<u64>()
+            );
+        }
+        Ok(())
+    }
+
+    /// The registers and the live stack (stack pointer, where its live part begins) of a
+    /// thread stopped at the process's exit: from the frame that called exit, as
+    /// LeakSanitizer ignores the frames below `exit()`'s entry; the exit path's frames are
+    /// left out, but not what they saved of the caller's registers. A thread that was
+    /// waiting `in_syscall` is taken from the frame that called into the C library for it
+    /// (`program_in_library_call`). Otherwise (a fatal signal, another thread's exit found
+    /// it running) the thread may have stopped in a leaf function: its red zone counts.
+    fn program_part(
+        &self,
+        walker: &mut Option<crate::analyze::exit_stack::Walker>,
+        thread: &crate::sys::freeze::ThreadRegisters,
+        in_syscall: bool,
+    ) -> (Vec<u64>, (u64, u64)) {
+        let mut memory = ProcessMemory { pid: self.pid };
+        let sp = thread.stack_pointer;
+        let program = walker
+            .as_mut()
+            .and_then(|walker| {
+                walker.program_at_exit(thread, &mut memory).or_else(|| {
+                    in_syscall
+                        .then(|| walker.program_in_library_call(thread, &mut memory))
+                        .flatten()
+                })
+            })
+            .filter(|program| program.stack_from >= sp)
+            .unwrap_or_else(|| crate::analyze::exit_stack::ProgramAtExit {
+                stack_from: sp.saturating_sub(reachability::RED_ZONE),
+                saved_registers: Vec::new(),
+            });
+        log::debug!(
+            "thread at exit: stack scanned from {:#x} (stack pointer {sp:#x}), {} saved registers",
+            program.stack_from,
+            program.saved_registers.len()
+        );
+        let mut values = thread.values.clone();
+        values.extend(program.saved_registers);
+        (values, (sp, program.stack_from))
+    }
+
+    /// What the ends of the process's other threads (`thread_exit`) add to a scan. At the
+    /// exit, the threads the process's end took were live until then: their registers are
+    /// roots and their stacks live from their stack pointers up, as valgrind takes every
+    /// thread's. A thread that ended itself (its function returned) left a stack of dead
+    /// frames below where it ended: a stack no live thread runs on is live only above the
+    /// last end on it (the thread's descriptor and TLS), not in the frames below, which
+    /// glibc keeps mapped for the next thread.
+    fn add_thread_ends(
+        &self,
+        walker: &mut Option<crate::analyze::exit_stack::Walker>,
+        at_exit: bool,
+        maps: &[procfs::Mapping],
+        registers: &mut Vec<u64>,
+        live_stacks: &mut Vec<(u64, u64)>,
+    ) {
+        let ends = self.collector.thread_ends();
+        let mut taken = 0;
+        for (tid, end) in &ends {
+            if *tid == self.pid || end.syscall == leak_common::SYS_EXIT || !at_exit {
+                continue;
+            }
+            let thread = crate::sys::freeze::ThreadRegisters {
+                values: end.registers.to_vec(),
+                stack_pointer: end.registers[leak_common::ThreadEnd::STACK_POINTER],
+                instruction_pointer: end.ip,
+                frame_pointer: end.registers[leak_common::ThreadEnd::FRAME_POINTER],
+            };
+            let (values, live) = self.program_part(walker, &thread, end.syscall != u64::MAX);
+            registers.extend(values);
+            live_stacks.push(live);
+            taken += 1;
+        }
+        let mapping_of = |sp: u64| maps.iter().position(|m| m.start <= sp && sp < m.end);
+        let live_in: std::collections::HashSet<usize> = live_stacks
+            .iter()
+            .filter_map(|&(sp, _)| mapping_of(sp))
+            .collect();
+        // The last end on each stack no live thread runs on.
+        let mut last_end: HashMap<usize, (u64, u64)> = HashMap::new();
+        for (_, end) in ends
+            .iter()
+            .filter(|(tid, end)| *tid != self.pid && end.syscall == leak_common::SYS_EXIT)
+        {
+            let sp = end.registers[leak_common::ThreadEnd::STACK_POINTER];
+            let Some(mapping) = mapping_of(sp).filter(|mapping| !live_in.contains(mapping)) else {
+                continue;
+            };
+            let slot = last_end.entry(mapping).or_insert((end.ended_ns, sp));
+            if end.ended_ns >= slot.0 {
+                *slot = (end.ended_ns, sp);
+            }
+        }
+        log::debug!(
+            "thread ends: {taken} threads taken by the exit, {} stacks of ended threads",
+            last_end.len()
+        );
+        live_stacks.extend(last_end.into_values().map(|(_, sp)| (sp, sp)));
+    }
+
+    /// Classifies every live traced block by what still points to it. A running target is
+    /// stopped for it (every thread, released on return whatever happens). One held at
+    /// exit is already stopped: `at_exit` has the registers of the thread leaktrace
+    /// started, read at its exit stop; the other threads' are those they ended with
+    /// (`add_thread_ends`). As valgrind does, each thread's stack is scanned from its
+    /// stack pointer up: the frames below it are dead, whatever pointers they left.
+    /// Problems are said, not fatal: the report goes on without reachability.
+    fn scan_reachability(&mut self, at_exit: Option<crate::sys::freeze::ThreadRegisters>) {
+        // Frozen first: a block the target frees between the listing and the freeze would
+        // be listed but referenced by nothing any more, so read as lost.
+        let frozen = if at_exit.is_some() {
+            None
+        } else {
+            match Frozen::freeze(self.pid) {
+                Ok(frozen) => Some(frozen),
+                Err(err) => {
+                    eprintln!("leaktrace: reachability not scanned: {err}");
+                    return;
+                }
+            }
+        };
+        let blocks = match self.collector.live_blocks() {
+            Ok(blocks) => blocks,
+            Err(err) => {
+                eprintln!("leaktrace: reachability not scanned: {err}");
+                return;
+            }
+        };
+        // Where each thread's live stack begins: a frozen thread may be in a leaf function
+        // using its red zone; at the exit stop the thread is in the exit system call.
+        let maps = procfs::read_maps(self.pid).unwrap_or_default();
+        let mut walker = at_exit
+            .is_some()
+            .then(|| crate::analyze::exit_stack::Walker::new(self.pid, maps.clone()));
+        let (mut registers, mut live_stacks) = match (&frozen, &at_exit) {
+            (Some(frozen), _) => {
+                let (registers, stack_pointers) = frozen.registers();
+                let live = stack_pointers
+                    .iter()
+                    .map(|&sp| (sp, sp.saturating_sub(reachability::RED_ZONE)))
+                    .collect();
+                (registers, live)
+            }
+            (None, Some(exiting)) if exiting.stack_pointer != 0 => {
+                let (values, live) = self.program_part(&mut walker, exiting, false);
+                (values, vec![live])
+            }
+            (None, _) => Default::default(),
+        };
+        self.add_thread_ends(
+            &mut walker,
+            at_exit.is_some(),
+            &maps,
+            &mut registers,
+            &mut live_stacks,
+        );
+        let tracked: Vec<Block> = blocks.iter().map(|(block, _)| *block).collect();
+        // `run` traced the program from its first instruction: memory around the tracked
+        // blocks is the allocator's own. A forked child inherited blocks it never saw
+        // allocated (until it executes a program): those are roots.
+        let roots = reachability::roots(
+            &maps,
+            &tracked,
+            &live_stacks,
+            self.traced_from_start,
+            &self.collector.program_regions(),
+        );
+        // glibc's own writable data (its arenas) is scanned apart: see classify_with_glibc.
+        // The same file may be named by another path in the maps (/lib or /usr/lib).
+        let canonical = |path: &str| std::fs::canonicalize(procfs::path_in_root(self.pid, path));
+        let glibc: Vec<PathBuf> = self
+            .allocators
+            .iter()
+            .filter(|found| found.allocator == "glibc")
+            .filter_map(|found| canonical(&found.module).ok())
+            .collect();
+        let glibc_mappings: Vec<&procfs::Mapping> = maps
+            .iter()
+            .filter(|mapping| mapping.writable && mapping.is_file())
+            .filter(|mapping| canonical(&mapping.path).is_ok_and(|path| glibc.contains(&path)))
+            .collect();
+        let in_glibc = |root: &std::ops::Range<u64>| {
+            glibc_mappings
+                .iter()
+                .any(|mapping| mapping.start <= root.start && root.end <= mapping.end)
+        };
+        let (glibc_data, roots): (Vec<_>, Vec<_>) = roots.into_iter().partition(in_glibc);
+        let mut memory = ProcessMemory { pid: self.pid };
+        let classification = reachability::classify_with_glibc(
+            &tracked,
+            &roots,
+            &glibc_data,
+            &registers,
+            &mut memory,
+            self.options.scan_limit,
+        );
+        let paused = frozen.map(|frozen| frozen.stopped_for());
+        let mut by_stack: HashMap<StackKey, Reachability> = HashMap::new();
+        for ((block, key), class) in blocks.iter().zip(&classification.classes) {
+            let reachability = by_stack.entry(*key).or_default();
+            let totals = match class {
+                Class::Lost => &mut reachability.lost,
+                Class::IndirectlyLost => &mut reachability.indirectly_lost,
+                Class::Interior => &mut reachability.interior,
+                Class::Reachable => &mut reachability.reachable,
+            };
+            totals.bytes += block.size;
+            totals.blocks += 1;
+        }
+        let scan = ReachabilityScan {
+            paused_ms: paused.map_or(0.0, |paused| paused.as_secs_f64() * 1e3),
+            scanned_bytes: classification.scanned_bytes,
+            blocks: tracked.len() as u64,
+            truncated: classification.truncated,
+        };
+        log::info!(
+            "reachability: {} blocks, {} bytes read, target stopped {:.1} ms",
+            scan.blocks,
+            scan.scanned_bytes,
+            scan.paused_ms
+        );
+        self.reachability = Some((by_stack, scan));
+    }
+
+    fn finish(mut self, exited: Option<Exit>) -> Result<Outcome, SessionError> {
+        if self.options.reachability && self.reachability.is_none() && exited.is_none() {
+            self.scan_reachability(None);
+        }
+        let analysing = std::time::Instant::now();
+        let mut report = self.analyse(exited, true)?;
+        report.children = std::mem::take(&mut self.child_reports);
+        log::debug!(
+            "final report built in {:.0} ms",
+            analysing.elapsed().as_secs_f64() * 1e3
+        );
+        if let Some(telemetry) = self.telemetry.take() {
+            telemetry.shutdown();
+        }
+        if let Some(endpoint) = self.endpoint.take() {
+            endpoint.shutdown();
+        }
+        let color = self.options.output.is_none() && std::io::stdout().is_terminal();
+        let rendered = report::render(&report, self.options.format, color);
+        match &self.options.output {
+            Some(path) => {
+                if let Err(err) = std::fs::write(path, &rendered) {
+                    // The disk filled up, or the file went away: the report is kept elsewhere.
+                    let fallback = std::env::temp_dir().join(format!(
+                        "leaktrace-{}-{}.{}",
+                        self.pid,
+                        procfs::monotonic_ns() / 1_000_000_000,
+                        self.options.format.extension()
+                    ));
+                    let kept = match std::fs::write(&fallback, &rendered) {
+                        Ok(()) => {
+                            format!("the report was written to {} instead", fallback.display())
+                        }
+                        Err(_) => {
+                            let _ = std::io::stdout().lock().write_all(&rendered);
+                            "the report was written to standard output instead".to_string()
+                        }
+                    };
+                    return Err(SessionError::Output {
+                        path: path.display().to_string(),
+                        reason: format!("{err}; {kept}"),
+                    });
+                }
+            }
+            None => {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&rendered);
+                let _ = out.flush();
+            }
+        }
+        let detaching = std::time::Instant::now();
+        self.probes.detach_after_exit();
+        log::debug!(
+            "probes detached in {:.0} ms",
+            detaching.elapsed().as_secs_f64() * 1e3
+        );
+        Ok(Outcome { report, exit: None })
+    }
+
+    /// The report now. A `final_report` pays for an exact walk of the live allocations;
+    /// interim ones walk them within a CPU budget (see `Collector::scan_live_allocations`).
+    fn build_report(
+        &mut self,
+        exited: Option<Exit>,
+        top: usize,
+        final_report: bool,
+    ) -> Result<Report, SessionError> {
+        let now_ns = procfs::monotonic_ns();
+        let min_age_ns = self
+            .options
+            .min_age
+            .map_or(0, |age| u64::try_from(age.as_nanos()).unwrap_or(u64::MAX));
+        let held_old_enough = self.collector.scan_live_allocations(
+            now_ns.saturating_sub(min_age_ns),
+            now_ns,
+            final_report,
+        )?;
+        let span_s = now_ns.saturating_sub(self.started_ns) as f64 / 1e9;
+        let context = Context {
+            now_ns,
+            span_s,
+            exited: exited.is_some(),
+        };
+        // Stacks that symbolize to the same frames are one stack to the reader. The loader
+        // mapping a library's zero-filled segments, or its own start-up allocator, is part of
+        // the program image, not the program's memory.
+        let active: Vec<StackHistory> = self
+            .collector
+            .histories()
+            .filter(|history| {
+                history.totals.total_allocs > 0 || history.totals.outstanding_allocs > 0
+            })
+            .cloned()
+            .collect();
+        // One symbolizer call per module for every address not seen before, not one per stack.
+        let symbolizing = std::time::Instant::now();
+        let addresses: Vec<u64> = active
+            .iter()
+            .flat_map(|history| self.collector.stack_ips(history.key.stack_id).to_vec())
+            .collect();
+        let new_addresses = self.symbolizer.prefetch(&self.modules, &addresses);
+        if new_addresses > 0 {
+            log::info!(
+                "symbolized {new_addresses} new addresses of {} stacks in {:.0} ms",
+                active.len(),
+                symbolizing.elapsed().as_secs_f64() * 1e3
+            );
+        }
+        let mut groups: Vec<(Vec<Frame>, Vec<StackHistory>)> = Vec::new();
+        let mut group_of: HashMap<(Origin, Vec<FrameIdentity>), usize> = HashMap::new();
+        let go_from_profile = self.go_heap_from_profile();
+        let (profile_histories, mut at_last_gc) = if go_from_profile {
+            self.go_profile_histories()
+        } else {
+            (Vec::new(), HashMap::new())
+        };
+        // Scope calls' stacks are named from these.
+        let mut frames_by_key: HashMap<StackKey, Vec<Frame>> = HashMap::new();
+        let mut active: Vec<NamedHistory> = active
+            .into_iter()
+            .map(|history| {
+                let frames = self.frames_of(&history);
+                (history, frames)
+            })
+            .collect();
+        active.extend(profile_histories);
+        for (history, frames) in active {
+            if self.scopes.is_some() && history.key.origin == Origin::Heap {
+                frames_by_key.insert(history.key, frames.clone());
+            }
+            if history.key.origin != Origin::Heap && mapped_by_loader(&frames) {
+                continue;
+            }
+            // A Go runtime's own mappings hold its heap (followed by span, above), its
+            // goroutine stacks and reservations: counting them too would count the heap
+            // twice. With the runtime's heap profile read, its stacks stand for the small
+            // objects' spans (each span's objects may be anyone's); a large object's span is
+            // its own, charged to the stack that allocated it, and counted exactly.
+            if self.go.is_some()
+                && history.key.stack_id != crate::collect::go_profile::PROFILE_STACK_ID
+                && mapped_by_go_runtime(&frames)
+                && (history.key.origin != Origin::Heap
+                    || (go_from_profile && !crate::probe::golang::is_large_object_stack(&frames)))
+            {
+                continue;
+            }
+            // The runtime's goroutine bookkeeping (each goroutine's `g`, the list of all of
+            // them, blocked ones' waiting records) grows and shrinks with the goroutines,
+            // which are counted per creation site.
+            if self.go.is_some() && crate::probe::golang::goroutine_bookkeeping(&frames) {
+                continue;
+            }
+            if frames.is_empty() {
+                groups.push((frames, vec![history]));
+                continue;
+            }
+            let identity: Vec<FrameIdentity> = frames.iter().map(frame_identity).collect();
+            match group_of.entry((history.key.origin, identity)) {
+                Entry::Occupied(entry) => groups[*entry.get()].1.push(history),
+                Entry::Vacant(entry) => {
+                    entry.insert(groups.len());
+                    groups.push((frames, vec![history]));
+                }
+            }
+        }
+        // Go spans of small objects by stack and size class, when they stand for the heap.
+        let span_classes = if self.go.is_some() && !go_from_profile {
+            self.collector.go_span_classes().clone()
+        } else {
+            HashMap::new()
+        };
+        let mut class_totals: HashMap<u32, u64> = HashMap::new();
+        for classes in span_classes.values() {
+            for (class, spans) in classes {
+                *class_totals.entry(*class).or_default() += spans;
+            }
+        }
+        let mut judged: Vec<Judged> = Vec::new();
+        let mut omitted = (0u64, 0u64);
+        for (frames, members) in groups {
+            let refs: Vec<&StackHistory> = members.iter().collect();
+            let Some(mut history) = verdicts::merge_histories(&refs) else {
+                continue;
+            };
+            let in_profile: Vec<StackKey> = members
+                .iter()
+                .map(|member| member.key)
+                .filter(|key| key.stack_id == crate::collect::go_profile::PROFILE_STACK_ID)
+                .collect();
+            // Go's heap is collected, not freed: what it holds when the program ends was not
+            // lost, and only its trend tells a leak.
+            let go_heap = self.go.is_some()
+                && history.key.origin == Origin::Heap
+                && (!in_profile.is_empty() || mapped_by_go_runtime(&frames));
+            let context = Context {
+                exited: context.exited && !go_heap,
+                ..context
+            };
+            let trend = verdicts::judge(&history, context, &self.options.thresholds);
+            if !in_profile.is_empty() {
+                let mut sum = InUse::default();
+                for key in &in_profile {
+                    if let Some(found) = at_last_gc.remove(key) {
+                        sum.bytes += found.bytes;
+                        sum.objects += found.objects;
+                    }
+                }
+                at_last_gc.insert(history.key, sum);
+            }
+            // The runtime's profile gives no ages: its stacks are never left out by age.
+            if self.options.min_age.is_some() && in_profile.is_empty() {
+                // Only what is at least --min-age old counts as held.
+                let mut held = Held::default();
+                for member in &members {
+                    let member_held = held_old_enough
+                        .get(&member.key)
+                        .copied()
+                        .unwrap_or_default();
+                    held.allocs += member_held.allocs;
+                    held.bytes += member_held.bytes;
+                }
+                if held.allocs == 0 {
+                    omitted.0 += 1;
+                    omitted.1 += history.totals.outstanding_bytes;
+                    continue;
+                }
+                history.totals.outstanding_allocs = held.allocs;
+                history.totals.outstanding_bytes = held.bytes;
+            }
+            let reachability = self.reachability.as_ref().map(|(by_stack, _)| {
+                let mut sum = Reachability::default();
+                for member in &members {
+                    if let Some(found) = by_stack.get(&member.key) {
+                        sum.add(found);
+                    }
+                }
+                sum
+            });
+            let mut trend = trend;
+            let judged_alone = trend.verdict;
+            // Rising memory that the program can still reach is a growing cache or
+            // queue, not a leak.
+            if let Some(found) = &reachability {
+                trend.verdict = verdict_with_reachability(trend.verdict, found, context.exited);
+            }
+            // While the program runs a leak is announced once its evidence holds (see
+            // verdicts::confirm); a scan that found its blocks lost is evidence enough.
+            let lost_found = reachability
+                .as_ref()
+                .map_or(0, |found| found.lost.blocks + found.indirectly_lost.blocks);
+            let mut unconfirmed = None;
+            if trend.verdict == Verdict::Leaking && !context.exited && lost_found == 0 {
+                // Once confirmed, a stack stays so while it is judged leaking: an earlier
+                // part of its history judged again may say otherwise at a window's edge.
+                let id = metrics::stack_id_of(history.key.origin, &frames);
+                if !self.confirmed_leaks.contains(&id) {
+                    match verdicts::confirm(&history, &trend, context, &self.options.thresholds) {
+                        Ok(()) => {
+                            self.confirmed_leaks.insert(id);
+                        }
+                        Err(why) => {
+                            trend.verdict = Verdict::Suspect;
+                            unconfirmed = Some(why);
+                        }
+                    }
+                }
+            } else if !context.exited && !self.confirmed_leaks.is_empty() {
+                self.confirmed_leaks
+                    .remove(&metrics::stack_id_of(history.key.origin, &frames));
+            }
+            // The C runtime's own memory is never the program's leak, nor is what a
+            // suppression accepts.
+            let lost = reachability
+                .as_ref()
+                .map_or(trend.verdict == Verdict::Leaking, |found| {
+                    found.lost.blocks + found.indirectly_lost.blocks + found.interior.blocks > 0
+                });
+            let excused = Excused {
+                c_runtime: c_runtime::held_by(history.key.origin, &frames, context.exited),
+                suppressed: crate::analyze::suppress::matching(
+                    &self.options.suppressions,
+                    &frames,
+                    lost,
+                )
+                .map(str::to_string),
+            };
+            if (excused.c_runtime.is_some() || excused.suppressed.is_some())
+                && matches!(
+                    trend.verdict,
+                    Verdict::Leaking | Verdict::Suspect | Verdict::Growing
+                )
+            {
+                trend.verdict = Verdict::Stable;
+            }
+            let mut why = verdicts::why(
+                &trend,
+                judged_alone,
+                reachability.as_ref(),
+                context.exited,
+                unconfirmed,
+            );
+            if let Some(others) = shared_span_class(&members, &span_classes, &class_totals)
+                && matches!(
+                    trend.verdict,
+                    Verdict::Leaking | Verdict::Suspect | Verdict::Growing
+                )
+            {
+                trend.verdict = Verdict::Stable;
+                why = format!(
+                    "rising, but {:.0}% of the live spans of its objects' size class are charged \
+                     to other stacks: with Go's heap profile off a span is charged whole to the \
+                     stack that filled it last, so which of them keeps the memory cannot be told \
+                     (the goroutine counts may; a build that links runtime/pprof can)",
+                    others * 100.0
+                );
+            }
+            judged.push((history, trend, frames, reachability, excused, why));
+        }
+        let sort = self.options.sort;
+        judged.sort_by(|(a, a_trend, ..), (b, b_trend, ..)| {
+            let key = |history: &StackHistory, trend: &Trend| match sort {
+                SortKey::Bytes => history.totals.outstanding_bytes as f64,
+                SortKey::Count => history.totals.outstanding_allocs as f64,
+                SortKey::Growth => trend.growth_bytes_per_s,
+            };
+            a_trend
+                .verdict
+                .cmp(&b_trend.verdict)
+                .then(key(b, b_trend).total_cmp(&key(a, a_trend)))
+                .then(b.totals.outstanding_bytes.cmp(&a.totals.outstanding_bytes))
+                .then(b.totals.total_bytes.cmp(&a.totals.total_bytes))
+                .then(a.key.cmp(&b.key))
+        });
+        // The traced heap as the stacks count it, listed or not (a Go heap read from the
+        // runtime's profile: its stacks, not the spans the kernel's count).
+        let heap_bytes: u64 = if go_from_profile {
+            judged
+                .iter()
+                .filter(|(history, ..)| history.key.origin == Origin::Heap)
+                .map(|(history, ..)| history.totals.outstanding_bytes)
+                .sum()
+        } else {
+            self.collector.heap_outstanding_bytes()
+        };
+        let leak_summary = exited.is_some().then(|| {
+            let mut summary = LeakSummary::default();
+            for (history, trend, _, reachability, excused, _) in &judged {
+                let outstanding = (
+                    history.totals.outstanding_bytes,
+                    history.totals.outstanding_allocs,
+                );
+                if excused.suppressed.is_some() {
+                    summary.suppressed_bytes += outstanding.0;
+                    continue;
+                }
+                summary.add(
+                    trend.verdict,
+                    outstanding,
+                    reachability.as_ref(),
+                    excused.c_runtime.is_some(),
+                );
+            }
+            summary
+        });
+        let mut kept = judged;
+        let top = if top == 0 { usize::MAX } else { top };
+        for (history, ..) in kept.split_off(kept.len().min(top)) {
+            omitted.0 += 1;
+            omitted.1 += history.totals.outstanding_bytes;
+        }
+        let mut stacks = Vec::with_capacity(kept.len());
+        for (history, trend, frames, reachability, excused, why) in kept {
+            stacks.push(StackReport {
+                verdict: trend.verdict,
+                origin: history.key.origin,
+                outstanding_bytes: history.totals.outstanding_bytes,
+                outstanding_allocs: history.totals.outstanding_allocs,
+                total_allocs: history.totals.total_allocs,
+                total_frees: history.totals.total_frees,
+                total_bytes: history.totals.total_bytes,
+                oldest_age_s: history.oldest_age_s(now_ns),
+                growth_bytes_per_s: trend.growth_bytes_per_s,
+                confidence: trend.confidence,
+                growth_onset: trend.growth_onset,
+                r_squared: trend.r_squared,
+                survival_fraction: trend.survival_fraction,
+                frames,
+                reachability,
+                held_by_c_runtime: excused.c_runtime.map(str::to_string),
+                suppressed_by: excused.suppressed,
+                series: evenly_spread(&history.series, REPORT_SERIES_POINTS),
+                why,
+                at_last_gc: at_last_gc.get(&history.key).copied(),
+            });
+        }
+        let mut dropped = BTreeMap::new();
+        let mut events = BTreeMap::new();
+        for counter in Counter::ALL {
+            let value = self.collector.counter(counter);
+            if counter.is_drop() {
+                dropped.insert(counter.name().to_string(), value);
+            } else {
+                events.insert(counter.name().to_string(), value);
+            }
+        }
+        // Runs of our programs the kernel skipped (another BPF program was running on the
+        // CPU): the events are gone before any of our counters could see them.
+        dropped.insert("missed_program_runs".to_string(), self.probes.missed_runs());
+        events.insert(
+            "symbolization_failures".to_string(),
+            self.symbolizer.failures,
+        );
+        if let Some(scopes) = &self.scopes {
+            events.insert(
+                "scope_call_spans_skipped".to_string(),
+                scopes.retaining_skipped,
+            );
+        }
+        let process = verdicts::process_trend(&self.process_samples, &self.options.thresholds);
+        let process = (!self.process_samples.is_empty()).then(|| ProcessReport {
+            rss_growth_bytes_per_s: process.rss.slope,
+            rss_rising: process.rss.steady,
+            rss_growth_onset: process.rss.onset,
+            heap_growth_bytes_per_s: process.heap_growth_bytes_per_s,
+            memory_limit_bytes: procfs::memory_limit(self.pid),
+            samples: {
+                let mut samples = evenly_spread(&self.process_samples, REPORT_PROCESS_POINTS);
+                // The traced heap as the stacks count it now: one total across the report.
+                if let Some(last) = samples.last_mut() {
+                    last.heap_bytes = heap_bytes;
+                }
+                samples
+            },
+        });
+        let (scopes, suspects) = match &self.scopes {
+            Some(collector) => {
+                let settings = scope::ReportSettings {
+                    specs: &self.options.scopes,
+                    started_ns: self.started_ns,
+                    span_s,
+                    retain_after_s: self.options.scope_retain_after.as_secs_f64(),
+                    max_labels: self.options.scope_max_labels,
+                    sample_rate: u64::from(self.options.sample_rate),
+                    thresholds: &self.options.thresholds,
+                };
+                let mut name = |key: &StackKey| {
+                    frames_by_key.get(key).map(|frames| NamedStack {
+                        id: metrics::stack_id_of(key.origin, frames),
+                        frames: frames.iter().map(Frame::identity).collect(),
+                    })
+                };
+                let found = collector.analyse(&settings, self.collector.scope_held(), &mut name);
+                let named = suspects::suspects(&stacks, process.as_ref(), &found.groups, span_s);
+                (found.reports, named)
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        Ok(Report {
+            version: REPORT_VERSION,
+            target: self.target.clone(),
+            mode: self.mode.to_string(),
+            duration_s: span_s,
+            sample_rate: self.options.sample_rate,
+            unwind: self.options.unwind.report_name().to_string(),
+            allocators: self.allocators.clone(),
+            programs: self.probes.programs.clone(),
+            cost: self.cost_report(procfs::monotonic_ns()),
+            exited,
+            dropped,
+            events,
+            omitted_stacks: omitted.0,
+            omitted_outstanding_bytes: omitted.1,
+            process,
+            reachability_scan: self.reachability.as_ref().map(|(_, scan)| *scan),
+            leak_summary,
+            stacks,
+            scopes,
+            suspects,
+            runtimes: self.runtimes(),
+            goroutines: self.goroutine_report(top, &context),
+            forked_by: self.forked_by,
+            children: Vec::new(),
+        })
+    }
+
+    fn runtimes(&self) -> Vec<RuntimeInfo> {
+        let mut runtimes = self.modules.runtimes();
+        if let Some((interpreter, _)) = &self.python {
+            runtimes.push(RuntimeInfo {
+                runtime: "python".into(),
+                version: interpreter.version_text(),
+                perf_map: None,
+                hint: interpreter.hint(),
+                heap: None,
+            });
+        }
+        if let Some((go, _)) = &self.go {
+            runtimes.push(RuntimeInfo {
+                runtime: "go".into(),
+                version: go.program.version.clone(),
+                perf_map: None,
+                hint: go.program.missing(),
+                heap: self.go_heap_source(go),
+            });
+        }
+        runtimes
+    }
+
+    /// Where the Go heap's stacks come from, in a sentence.
+    fn go_heap_source(&self, go: &GoTarget) -> Option<String> {
+        use crate::collect::go_profile::Unread;
+        const SPANS: &str = "the Go heap is followed a span at a time instead: a span is \
+                             charged to the stack that filled it last, so stacks allocating \
+                             objects of one size share what any of them keeps";
+        let profile = self.go_profile.as_ref();
+        if let Some(profile) = profile.filter(|profile| profile.in_use()) {
+            let gc = match profile.last_cycle_change_s {
+                Some(at_s) => format!("the last seen at {at_s:.1}s"),
+                None => "none seen while traced".to_string(),
+            };
+            let cut = if profile.cut {
+                " (the bucket list was cut: older stacks are not read)"
+            } else {
+                ""
+            };
+            let sampling = if profile.rate == 1 {
+                "every allocation recorded".to_string()
+            } else {
+                format!(
+                    "one allocation sampled per {} bytes, scaled as pprof scales it",
+                    profile.rate
+                )
+            };
+            return Some(format!(
+                "from the runtime's heap profile ({sampling}): {} GC cycles completed while \
+                 traced, {gc}; outstanding counts what was allocated and not yet swept, \
+                 \"at_last_gc\" what was in use at the last GC{cut}",
+                profile.gc_cycles_seen()
+            ));
+        }
+        if !go.program.can_follow_heap() {
+            return None;
+        }
+        let why = match profile.and_then(|profile| profile.unread.clone()) {
+            Some(Unread::Off) => "the runtime's heap profile is off (MemProfileRate 0: the \
+                                  linker turns it off in a program that never calls \
+                                  runtime.MemProfile, e.g. one that does not import \
+                                  runtime/pprof or net/http/pprof)"
+                .to_string(),
+            Some(Unread::Unreadable(reason)) => {
+                format!("the runtime's heap profile could not be read ({reason})")
+            }
+            Some(Unread::NotYet) | None => match &go.program.profile_unknown {
+                Some(reason) => format!("the runtime's heap profile cannot be read: {reason}"),
+                None => "the runtime's heap profile was not read yet".to_string(),
+            },
+        };
+        Some(format!("{why}; {SPANS}"))
+    }
+
+    /// Goroutines per creation site, leaking sites first, then by goroutines alive.
+    fn goroutine_report(&mut self, top: usize, context: &Context) -> Option<GoroutineReport> {
+        let Some((_, Some(goroutines))) = &self.go else {
+            return None;
+        };
+        let histories: Vec<crate::probe::golang::SiteHistory> =
+            goroutines.sites().cloned().collect();
+        let mut sites = Vec::with_capacity(histories.len());
+        let mut report = GoroutineReport::default();
+        for history in histories {
+            report.alive += history.alive();
+            report.created += history.created;
+            report.exited += history.exited;
+            let points: Vec<(f64, f64)> = history
+                .series
+                .iter()
+                .map(|sample| (sample.at_s, sample.alive as f64))
+                .collect();
+            let (mut verdict, confidence, growth_per_s) =
+                verdicts::judge_count(&points, &self.options.thresholds);
+            if context.exited && verdict == Verdict::Transient && history.alive() > 0 {
+                verdict = Verdict::Stable;
+            }
+            let stack = if history.stack_id == leak_common::UNKNOWN_STACK_ID {
+                Vec::new()
+            } else {
+                let ips = self.collector.stack_ips(history.stack_id).to_vec();
+                self.symbolizer.symbolize_stack(&self.modules, &ips)
+            };
+            // The site is the stack's first frame (inlined frames included, the innermost
+            // one is where the `go` statement is).
+            let site = self
+                .symbolizer
+                .symbolize_stack(&self.modules, &[history.gopc])
+                .into_iter()
+                .next()
+                .unwrap_or_default();
+            sites.push(GoroutineSiteReport {
+                verdict,
+                confidence,
+                site,
+                stack,
+                alive: history.alive(),
+                alive_at_start: history.alive_at_start,
+                created: history.created,
+                exited: history.exited,
+                growth_per_s,
+                series: evenly_spread(&history.series, REPORT_SERIES_POINTS),
+            });
+        }
+        sites.sort_by(|a, b| {
+            a.verdict
+                .cmp(&b.verdict)
+                .then(b.alive.cmp(&a.alive))
+                .then(b.created.cmp(&a.created))
+                .then(a.site.address.cmp(&b.site.address))
+        });
+        let top = if top == 0 { usize::MAX } else { top };
+        for omitted in sites.split_off(sites.len().min(top)) {
+            report.omitted_sites += 1;
+            report.omitted_alive += omitted.alive;
+        }
+        report.sites = sites;
+        Some(report)
+    }
+
+    /// The Go heap profile's buckets as stacks (keyed by bucket; large objects' only where
+    /// their spans are not followed), and what each held as of the last GC.
+    fn go_profile_histories(&mut self) -> (Vec<NamedHistory>, HashMap<StackKey, InUse>) {
+        let (Some(profile), Some((go, _))) = (&self.go_profile, &self.go) else {
+            return (Vec::new(), HashMap::new());
+        };
+        // Large objects are counted from their spans, every one of them, where those are
+        // followed.
+        let spans = go.program.can_follow_heap();
+        let buckets: Vec<crate::collect::go_profile::Bucket> = profile
+            .buckets()
+            .iter()
+            .filter(|bucket| {
+                bucket.figures.allocs > 0
+                    && !(spans && bucket.size > crate::collect::go_profile::MAX_SMALL_SIZE)
+            })
+            .cloned()
+            .collect();
+        let mut histories = Vec::with_capacity(buckets.len());
+        let mut at_last_gc = HashMap::new();
+        for bucket in buckets {
+            let frames = self.profile_frames(&bucket.stack);
+            let key = StackKey {
+                origin: Origin::Heap,
+                stack_id: crate::collect::go_profile::PROFILE_STACK_ID,
+                caller_hint: bucket.address,
+            };
+            let figures = bucket.figures;
+            at_last_gc.insert(
+                key,
+                InUse {
+                    bytes: figures.at_gc_bytes,
+                    objects: figures.at_gc_objects,
+                },
+            );
+            histories.push((
+                StackHistory {
+                    key,
+                    totals: Totals {
+                        outstanding_bytes: figures.in_use_bytes,
+                        outstanding_allocs: figures.in_use_objects,
+                        total_allocs: figures.allocs,
+                        total_frees: figures.frees,
+                        total_bytes: figures.alloc_bytes,
+                    },
+                    series: bucket.series,
+                    oldest_live_ns: None,
+                },
+                frames,
+            ));
+        }
+        (histories, at_last_gc)
+    }
+
+    /// Frames of a Go profile stack. The runtime writes one return address per logical
+    /// frame, an inlined call's caller at its inline mark; the symbolizer expands inlined
+    /// calls itself, so an address that only repeats the callers the one before it was
+    /// expanded into is left out.
+    fn profile_frames(&mut self, stack: &[u64]) -> Vec<Frame> {
+        let mut frames: Vec<Frame> = Vec::new();
+        let mut last: Vec<Option<String>> = Vec::new();
+        for &address in stack {
+            let expanded = self.symbolizer.symbolize_stack(&self.modules, &[address]);
+            let names: Vec<Option<String>> = expanded
+                .iter()
+                .map(|frame| frame.function.clone())
+                .collect();
+            let repeats = last.len() > names.len()
+                && !names.is_empty()
+                && names.iter().all(Option::is_some)
+                && last.ends_with(&names);
+            if !repeats {
+                frames.extend(expanded);
+            }
+            last = names;
+        }
+        frames
+    }
+
+    /// Symbolized frames of a stack. For mmap stacks the walk starts inside the frameless
+    /// syscall wrapper: with frame pointers it skips the wrapper's caller, which the caller
+    /// read from the stack pointer replaces; with unwind tables the caller follows, and the
+    /// wrapper is dropped.
+    fn frames_of(&mut self, history: &StackHistory) -> Vec<Frame> {
+        let mut ips = self.collector.stack_ips(history.key.stack_id).to_vec();
+        if history.key.origin == Origin::Mmap && history.key.caller_hint != 0 && !ips.is_empty() {
+            let first = self.symbolizer.symbolize_stack(&self.modules, &ips[..1]);
+            let in_wrapper = first
+                .last()
+                .and_then(|frame| frame.function.as_deref())
+                .is_some_and(is_syscall_wrapper);
+            if in_wrapper {
+                if ips.get(1) == Some(&history.key.caller_hint) {
+                    // Walked with unwind tables: the caller is there already.
+                    ips.remove(0);
+                } else {
+                    ips[0] = history.key.caller_hint;
+                }
+            }
+        }
+        self.symbolizer.symbolize_stack(&self.modules, &ips)
+    }
+}
+
+/// A stack's history and its frames.
+type NamedHistory = (StackHistory, Vec<Frame>);
+
+/// What makes two frames the same place for the reader: the source location when known,
+/// else the address's place in its module.
+type FrameIdentity = (
+    Option<String>,
+    Option<String>,
+    Option<u32>,
+    Option<String>,
+    bool,
+    Option<u64>,
+);
+
+fn frame_identity(frame: &Frame) -> FrameIdentity {
+    let unsymbolized = frame.function.is_none() || frame.line.is_none();
+    (
+        frame.function.clone(),
+        frame.file.clone(),
+        frame.line,
+        frame.module.clone(),
+        frame.inlined,
+        if unsymbolized {
+            frame.module_offset.or(Some(frame.address))
+        } else {
+            None
+        },
+    )
+}
+
+/// The report with at most `top` stacks (0: all); the rest count as omitted.
+fn truncated(mut report: Report, top: usize) -> Report {
+    if top == 0 || report.stacks.len() <= top {
+        return report;
+    }
+    for stack in report.stacks.split_off(top) {
+        report.omitted_stacks += 1;
+        report.omitted_outstanding_bytes += stack.outstanding_bytes;
+    }
+    report
+}
+
+/// At most `points` items spread evenly over `series`, always keeping the last.
+fn evenly_spread<T: Copy>(series: &[T], points: usize) -> Vec<T> {
+    if series.len() <= points || points < 2 {
+        return series.to_vec();
+    }
+    let step = (series.len() - 1) as f64 / (points - 1) as f64;
+    (0..points)
+        .map(|i| series[((i as f64 * step).round() as usize).min(series.len() - 1)])
+        .collect()
+}
+
+/// A stack as judged for the report: its history, verdict, frames, classes and excuse.
+type Judged = (
+    StackHistory,
+    Trend,
+    Vec<Frame>,
+    Option<Reachability>,
+    Excused,
+    String,
+);
+
+/// Why a stack's memory is not the program's leak, whatever its trend: the C runtime's
+/// own, or accepted by a suppression (its name).
+struct Excused {
+    c_runtime: Option<&'static str>,
+    suppressed: Option<String>,
+}
+
+/// A stack's verdict once the reachability scan has classified its blocks. After the
+/// program exited, the scan decides, as valgrind's does: a block lost or only reached from
+/// lost ones is a leak (a lost zero-byte block too), and memory all still pointed to is
+/// `reachable`, held but not lost, whatever its trend said (a block allocated once and kept
+/// in a global is not "growing"). While the program runs, rising memory it can still reach
+/// is a growing cache or queue, not a leak.
+fn verdict_with_reachability(verdict: Verdict, found: &Reachability, exited: bool) -> Verdict {
+    let lost_blocks = found.lost.blocks + found.indirectly_lost.blocks;
+    if exited {
+        if lost_blocks > 0 {
+            Verdict::Leaking
+        } else if found.interior.blocks == 0 && found.reachable.blocks > 0 {
+            Verdict::Reachable
+        } else {
+            verdict
+        }
+    } else if verdict == Verdict::Leaking && lost_blocks == 0 && found.reachable.bytes > 0 {
+        Verdict::Growing
+    } else {
+        verdict
+    }
+}
+
+/// Whether an mmap stack starts in the dynamic loader (ld-linux, ld-musl).
+fn mapped_by_loader(frames: &[Frame]) -> bool {
+    frames
+        .first()
+        .and_then(|frame| frame.module.as_deref())
+        .and_then(|module| module.rsplit('/').next())
+        .is_some_and(|name| {
+            name.starts_with("ld-linux") || name.starts_with("ld-musl") || name == "ld.so"
+        })
+}
+
+/// A mapping the Go runtime made for itself: the mmap syscall is in package runtime
+/// (`runtime.sysMmap`, `runtime.mmap`…), or in cgo's C wrapper that `runtime.mmap` calls in
+/// a program linked with cgo. A program's own `syscall.Mmap` is not.
+fn mapped_by_go_runtime(frames: &[Frame]) -> bool {
+    const CGO_MMAP: [&str; 2] = ["x_cgo_mmap", "_cgo_mmap"];
+    frames
+        .iter()
+        .map(|frame| frame.function.as_deref())
+        .find(|function| !function.is_some_and(|name| CGO_MMAP.contains(&name)))
+        .flatten()
+        .is_some_and(|function| function.starts_with("runtime."))
+}
+
+/// A stack charged with Go spans of small objects holds at most this share of the live
+/// spans of its size classes for its rise to be its own.
+const OWN_SPAN_SHARE: f64 = 0.75;
+
+/// For a stack of Go spans of small objects (its `members`' stack ids in `span_classes`):
+/// the share of the live spans of its size classes charged to other stacks, when that is
+/// too much for its rise to be told from theirs (see OWN_SPAN_SHARE).
+fn shared_span_class(
+    members: &[StackHistory],
+    span_classes: &HashMap<u32, HashMap<u32, u64>>,
+    class_totals: &HashMap<u32, u64>,
+) -> Option<f64> {
+    let mut own: HashMap<u32, u64> = HashMap::new();
+    for member in members {
+        for (class, spans) in span_classes.get(&member.key.stack_id).into_iter().flatten() {
+            *own.entry(*class).or_default() += spans;
+        }
+    }
+    let held: u64 = own.values().sum();
+    let in_classes: u64 = own
+        .keys()
+        .map(|class| class_totals.get(class).copied().unwrap_or(0))
+        .sum();
+    let others = 1.0 - held as f64 / in_classes.max(1) as f64;
+    (held > 0 && others > 1.0 - OWN_SPAN_SHARE).then_some(others)
+}
+
+/// libc's thin syscall wrappers, which keep no frame of their own.
+fn is_syscall_wrapper(function: &str) -> bool {
+    let name = function.trim_start_matches('_');
+    ["mmap", "mmap64", "munmap", "mremap", "syscall"]
+        .iter()
+        .any(|wrapper| name == *wrapper || name.starts_with(&format!("{wrapper}@")))
+        || function.starts_with("__GI___mmap")
+        || function.starts_with("__GI___munmap")
+        || function.starts_with("__GI___mremap")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{evenly_spread, is_syscall_wrapper};
+
+    #[test]
+    fn spreads_evenly_keeping_both_ends() {
+        let series: Vec<u32> = (0..100).collect();
+        let spread = evenly_spread(&series, 10);
+        assert_eq!(spread.len(), 10);
+        assert_eq!((spread[0], spread[9]), (0, 99));
+        assert_eq!(evenly_spread(&series[..5], 10), vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn knows_the_wrappers() {
+        for name in [
+            "mmap", "mmap64", "__mmap", "__mmap64", "munmap", "__mremap", "syscall",
+        ] {
+            assert!(is_syscall_wrapper(name), "{name}");
+        }
+        for name in ["main", "mmap_region_for_cache", "malloc"] {
+            assert!(!is_syscall_wrapper(name), "{name}");
+        }
+    }
+}
