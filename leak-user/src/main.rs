@@ -2,10 +2,11 @@ use std::{io::Write, path::Path, process::ExitCode};
 
 use clap::Parser;
 use leaktrace::{
-    cli::{self, Cli, Command, DiffFormat, Unwind},
+    cli::{self, Cli, Command, DiffFormat},
     export::report::{self, Format},
     model::exit::Status,
     modes::session,
+    probe::unwind_tables::Unwind,
 };
 
 fn status(status: Status) -> ExitCode {

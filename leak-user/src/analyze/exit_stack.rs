@@ -29,11 +29,9 @@ struct Module {
 impl Module {
     fn load(pid: u32, mapping: &Mapping) -> Option<Module> {
         let elf = crate::sys::file_bytes::open_mapped(pid, mapping).ok()?;
-        let bias = crate::probe::unwind_tables::mapping_bias(&elf, mapping)?;
-        let rows = crate::probe::unwind_tables::cached_module_rows(
-            &(mapping.dev.clone(), mapping.inode),
-            &elf,
-        );
+        let bias = crate::sys::eh_frame::mapping_bias(&elf, mapping)?;
+        let rows =
+            crate::sys::eh_frame::cached_module_rows(&(mapping.dev.clone(), mapping.inode), &elf);
         let file = object::File::parse(&*elf).ok()?;
         let exit_functions = file
             .dynamic_symbols()
@@ -197,7 +195,7 @@ impl Walker {
                 _ => break,
             };
             let cfa = base.wrapping_add_signed(i64::from(row.cfa_offset));
-            for offset in crate::probe::unwind_tables::saved_registers_at(&module.elf, at) {
+            for offset in crate::sys::eh_frame::saved_registers_at(&module.elf, at) {
                 if let Some(value) = memory.read_u64(cfa.wrapping_add_signed(offset)) {
                     saved.push((cfa, value));
                 }

@@ -16,7 +16,8 @@ use leak_common::{
 
 use crate::{
     analyze::suspects::Group,
-    collect::drain::{DrainError, push_thinned},
+    collect::drain::DrainError,
+    model::series::push_thinned,
     model::{Held, LabelReport, ScopeFigures, ScopeReport, ScopeStackReport, StackKey},
 };
 

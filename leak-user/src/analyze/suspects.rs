@@ -5,8 +5,7 @@
 use std::collections::HashMap;
 
 use crate::{
-    export::metrics,
-    export::report::human_bytes,
+    model::units::human_bytes,
     model::{Origin, ProcessReport, ScopeFigures, StackReport, Suspect, Verdict},
 };
 
@@ -72,7 +71,7 @@ pub fn suspects(
 ) -> Vec<Suspect> {
     let mut found: Vec<Suspect> = Vec::new();
     for stack in stacks.iter().filter(|s| s.verdict == Verdict::Leaking) {
-        let id = metrics::stack_id(stack);
+        let id = crate::model::stack_id(stack);
         for group in groups {
             let held = group.held_by_stack.get(&id).copied().unwrap_or(0);
             let share = if stack.outstanding_bytes == 0 {
@@ -175,7 +174,7 @@ mod tests {
         // 30 s here, in a 60 s trace.
         let mut stacks = report.stacks.clone();
         stacks[0].growth_onset = Some(30.0);
-        let leak_id = metrics::stack_id(&stacks[0]);
+        let leak_id = crate::model::stack_id(&stacks[0]);
         let holding: HashMap<String, u64> = [(leak_id.clone(), 9216)].into();
         let groups = [
             Group {

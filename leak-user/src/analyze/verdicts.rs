@@ -8,7 +8,7 @@
 //! rising in the recent half) and the allocations made when the rise began are still live.
 //! A steady rise whose old allocations are freed is growth (a queue or cache turning over).
 use crate::{
-    export::report::human_bytes,
+    model::units::human_bytes,
     model::{ProcessSample, Reachability, Sample, StackHistory, Totals, Trend, Verdict},
 };
 

@@ -3,6 +3,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::probe::unwind_tables::Unwind;
 use crate::{
     analyze::verdicts::{EscalationRule, Thresholds},
     export::otel::OtlpOptions,
@@ -374,61 +375,6 @@ fn parse_percent(text: &str) -> Result<f64, String> {
         Ok(value)
     } else {
         Err(format!("{text} is not between 0 and 100"))
-    }
-}
-
-/// How user stacks are walked in the kernel.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Unwind {
-    /// hybrid if the executable keeps frame pointers, dwarf if it does not.
-    #[default]
-    Auto,
-    /// The frame-pointer chain.
-    Fp,
-    /// Each module its own way: the frame-pointer chain through the modules that keep frame
-    /// pointers, the .eh_frame tables of the others (a C library built without them).
-    Hybrid,
-    /// .eh_frame unwind tables, frame pointers where a module has none.
-    Dwarf,
-}
-
-impl Unwind {
-    /// Auto decided for an executable (its ELF bytes).
-    pub fn resolve(self, executable: Option<&[u8]>) -> Unwind {
-        match self {
-            Unwind::Auto => {
-                match executable.and_then(crate::probe::unwind_tables::keeps_frame_pointers) {
-                    Some(false) => Unwind::Dwarf,
-                    Some(true) => Unwind::Hybrid,
-                    None => Unwind::Fp,
-                }
-            }
-            chosen => chosen,
-        }
-    }
-
-    /// Whether stacks are walked with unwind tables (of some modules at least), which go
-    /// in before the program's first instruction.
-    pub fn uses_tables(self) -> bool {
-        matches!(self, Unwind::Hybrid | Unwind::Dwarf)
-    }
-
-    /// The report's name for it.
-    pub fn report_name(self) -> &'static str {
-        match self {
-            Unwind::Dwarf => "dwarf",
-            Unwind::Hybrid => "hybrid",
-            Unwind::Fp | Unwind::Auto => "fp",
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Unwind::Auto => "auto",
-            Unwind::Fp => "frame pointers",
-            Unwind::Hybrid => "hybrid (frame pointers, tables where a module has none)",
-            Unwind::Dwarf => "dwarf",
-        }
     }
 }
 

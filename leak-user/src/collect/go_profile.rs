@@ -284,14 +284,14 @@ impl HeapProfile {
             .collect();
         let got = memory.read_each(&mut requests);
         drop(requests);
-        let cap = crate::collect::drain::series_cap(self.buckets.len());
+        let cap = crate::model::series::series_cap(self.buckets.len());
         for ((bucket, record), got) in self.buckets.iter_mut().zip(&records).zip(got) {
             if got != MEM_RECORD_BYTES {
                 continue;
             }
             let record = MemRecord::parse(record);
             bucket.figures = figures(&record, cycle, rate);
-            crate::collect::drain::push_thinned(
+            crate::model::series::push_thinned(
                 &mut bucket.series,
                 Sample {
                     at_s,

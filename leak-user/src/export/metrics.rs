@@ -4,7 +4,7 @@
 //!
 //! Cardinality is bounded: only the first `max_stacks` stacks of a report (leaking first) get
 //! their own series; the rest are summed under `leaktrace.stack.id="other"`.
-use crate::model::{Frame, Origin, Reachability, Report, StackReport, Verdict};
+use crate::model::{Reachability, Report, StackReport, Verdict, stack_id};
 
 /// Whether a value only goes up (a total) or goes up and down.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -266,30 +266,6 @@ pub struct Point {
 
 /// The id shown for the stacks summed together beyond `max_stacks`.
 pub const OTHER_STACKS: &str = "other";
-
-/// A short id for a stack that stays the same across runs and address layouts: a hash of
-/// its origin and its frames' identities (function names, or module+offset).
-pub fn stack_id(stack: &StackReport) -> String {
-    stack_id_of(stack.origin, &stack.frames)
-}
-
-/// [`stack_id`] of a stack not (yet) in a report.
-pub fn stack_id_of(origin: Origin, frames: &[Frame]) -> String {
-    // FNV-1a, 64 bits: small, stable across Rust versions (unlike DefaultHasher).
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |bytes: &[u8]| {
-        for byte in bytes {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    feed(origin.as_str().as_bytes());
-    for frame in frames {
-        feed(b"\n");
-        feed(frame.identity().as_bytes());
-    }
-    format!("{hash:016x}")
-}
 
 /// The attributes that name a stack: its id, verdict and origin, and its top frame's
 /// function, file and line (semantic conventions `code.*`).

@@ -259,7 +259,7 @@ impl Telemetry {
             .filter(|stack| metrics::is_suspect(stack))
         {
             span.add_event("memory.leak.suspect", suspect_attributes(stack));
-            let id = metrics::stack_id(stack);
+            let id = crate::model::stack_id(stack);
             if stack.verdict == Verdict::Leaking && self.leaking_seen.insert(id) {
                 newly_leaking.push(stack);
             }

@@ -3,6 +3,8 @@
 pub mod allocators;
 pub mod cost;
 pub mod exit;
+pub mod series;
+pub mod units;
 
 use std::collections::BTreeMap;
 
@@ -859,3 +861,27 @@ impl Report {
 
 /// The current version of [`Report`]'s layout.
 pub const REPORT_VERSION: u32 = 2;
+
+/// A short id for a stack that stays the same across runs and address layouts: a hash of
+/// its origin and its frames' identities (function names, or module+offset).
+pub fn stack_id(stack: &StackReport) -> String {
+    stack_id_of(stack.origin, &stack.frames)
+}
+
+/// [`stack_id`] of a stack not (yet) in a report.
+pub fn stack_id_of(origin: Origin, frames: &[Frame]) -> String {
+    // FNV-1a, 64 bits: small, stable across Rust versions (unlike DefaultHasher).
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for byte in bytes {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    feed(origin.as_str().as_bytes());
+    for frame in frames {
+        feed(b"\n");
+        feed(frame.identity().as_bytes());
+    }
+    format!("{hash:016x}")
+}

@@ -17,15 +17,14 @@ use crate::{
     analyze::scope::{self, NamedStack, ScopeCollector, ScopeSpec},
     analyze::suspects,
     analyze::verdicts::{self, Context, Thresholds},
-    cli::Unwind,
     collect::drain::{Collector, KernelMaps},
-    collect::drain::{MAX_SERIES_LEN, push_thinned},
     export::metrics,
     export::otel::{OtlpOptions, Telemetry},
     export::prometheus,
     export::report::{self, Format},
     model::allocators::KnownFn,
     model::cost::{self, CostReport, Traps},
+    model::series::{MAX_SERIES_LEN, push_thinned},
     model::{
         AllocatorInfo, Exit, Frame, GoroutineReport, GoroutineSiteReport, Held, InUse, LeakSummary,
         Origin, ProbeInfo, ProcessReport, ProcessSample, REPORT_VERSION, Reachability,
@@ -36,6 +35,7 @@ use crate::{
     probe::golang::{GoTarget, Goroutines},
     probe::launch::{self, ChildEvent},
     probe::python::{PythonInterpreter, PythonNames},
+    probe::unwind_tables::Unwind,
     probe::unwind_tables::UnwindTables,
     symbols::symbolize::{Modules, Symbolizer},
     sys::freeze::{Frozen, ProcessMemory},
@@ -233,7 +233,7 @@ struct Session {
     symbolizer: Symbolizer,
     started_ns: u64,
     process_samples: Vec<ProcessSample>,
-    /// Stacks (by metrics::stack_id) whose leak was confirmed and that have been judged
+    /// Stacks (by crate::model::stack_id) whose leak was confirmed and that have been judged
     /// leaking at every analysis since.
     confirmed_leaks: std::collections::HashSet<String>,
     last_process_sample_ns: Option<u64>,
@@ -2163,7 +2163,7 @@ impl Session {
             if trend.verdict == Verdict::Leaking && !context.exited && lost_found == 0 {
                 // Once confirmed, a stack stays so while it is judged leaking: an earlier
                 // part of its history judged again may say otherwise at a window's edge.
-                let id = metrics::stack_id_of(history.key.origin, &frames);
+                let id = crate::model::stack_id_of(history.key.origin, &frames);
                 if !self.confirmed_leaks.contains(&id) {
                     match verdicts::confirm(&history, &trend, context, &self.options.thresholds) {
                         Ok(()) => {
@@ -2177,7 +2177,7 @@ impl Session {
                 }
             } else if !context.exited && !self.confirmed_leaks.is_empty() {
                 self.confirmed_leaks
-                    .remove(&metrics::stack_id_of(history.key.origin, &frames));
+                    .remove(&crate::model::stack_id_of(history.key.origin, &frames));
             }
             // The C runtime's own memory is never the program's leak, nor is what a
             // suppression accepts.
@@ -2356,7 +2356,7 @@ impl Session {
                 };
                 let mut name = |key: &StackKey| {
                     frames_by_key.get(key).map(|frames| NamedStack {
-                        id: metrics::stack_id_of(key.origin, frames),
+                        id: crate::model::stack_id_of(key.origin, frames),
                         frames: frames.iter().map(Frame::identity).collect(),
                     })
                 };

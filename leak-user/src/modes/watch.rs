@@ -23,16 +23,17 @@ use std::{
 
 use crate::{
     analyze::verdicts::{self, EscalationRule},
-    cli::Unwind,
-    collect::drain::{Collector, KernelMaps, MAX_SERIES_LEN, push_thinned},
+    collect::drain::{Collector, KernelMaps},
     collect::growth::{FaultCounts, FaultGrowth, TouchedStack},
     export::metrics,
     export::otel::{OtlpOptions, Telemetry},
     export::prometheus,
     export::report::{self, Format},
+    model::series::{MAX_SERIES_LEN, push_thinned},
     model::{Origin, ProcessReport, ProcessSample, Report, StackReport, Target, Verdict},
     modes::session::{Options, Window},
     probe::attach::{self, FaultSampler},
+    probe::unwind_tables::Unwind,
     probe::unwind_tables::UnwindTables,
     symbols::symbolize::{Modules, Symbolizer},
     sys::procfs,
@@ -827,7 +828,7 @@ impl Watcher {
         if let Some(fired) = verdicts::escalation(&watched.memory, &rule) {
             let reason = format!(
                 "memory rising {}/s (r² {:.2}) over the last {:.0}s",
-                report::human_bytes(fired.growth_bytes_per_s),
+                crate::model::units::human_bytes(fired.growth_bytes_per_s),
                 fired.r_squared,
                 rule.lookback_s
             );
@@ -1002,7 +1003,7 @@ impl Watcher {
                 stack
                     .frames
                     .first()
-                    .map_or_else(|| metrics::stack_id(stack), |frame| frame.identity())
+                    .map_or_else(|| crate::model::stack_id(stack), |frame| frame.identity())
             })
             .collect();
         log_event(
@@ -1193,7 +1194,7 @@ fn growth_text(
         out,
         "leaktrace watch: new memory by the stack that first touched it (sampled page faults, \
          one sample per {}), pid {} ({})",
-        report::human_bytes(gear1.growth.bytes_per_sample as f64),
+        crate::model::units::human_bytes(gear1.growth.bytes_per_sample as f64),
         since_start.target.pid,
         since_start.target.exe
     );
@@ -1206,7 +1207,7 @@ fn growth_text(
         out,
         "\nSince watching began ({:.0}s): {} in {} stacks",
         since_start.duration_s,
-        report::human_bytes(total as f64),
+        crate::model::units::human_bytes(total as f64),
         since_start.stacks.len()
     );
     for stack in since_start.stacks.iter().take(GROWTH_TEXT_STACKS) {
@@ -1224,7 +1225,7 @@ fn growth_text(
             out,
             "\nAnonymous memory mapped now (mmap and brk since watching began, allocator's own \
          included), by the stack that mapped it: {} in {} stacks",
-            report::human_bytes(mapped.iter().map(|m| m.1).sum::<u64>() as f64),
+            crate::model::units::human_bytes(mapped.iter().map(|m| m.1).sum::<u64>() as f64),
             mapped.len()
         );
     }
@@ -1236,7 +1237,7 @@ fn growth_text(
     let _ = writeln!(
         out,
         "\nDuring the window: {} in {} stacks",
-        report::human_bytes(window_total as f64),
+        crate::model::units::human_bytes(window_total as f64),
         in_window.len()
     );
     for stack in in_window.iter().take(GROWTH_TEXT_STACKS) {
@@ -1251,7 +1252,7 @@ fn stack_line(out: &mut String, bytes: u64, frames: &[crate::model::Frame]) {
     let _ = writeln!(
         out,
         "  {:>10}  {}",
-        report::human_bytes(bytes as f64),
+        crate::model::units::human_bytes(bytes as f64),
         frame_summary(frames)
     );
 }

@@ -4,7 +4,7 @@
 //! executable, a preloaded jemalloc…); every family function it defines gets an entry uprobe
 //! and, except free, a return uprobe, scoped to the target process. The anonymous mmap
 //! family is traced through syscall tracepoints, filtered to the target in the kernel.
-use crate::probe::unwind_tables::UnwindTables;
+use crate::probe::unwind_tables::{Unwind, UnwindTables};
 use std::{
     collections::{BTreeMap, HashSet},
     error::Error as StdError,
@@ -869,7 +869,7 @@ pub struct LoadOptions {
     /// Track one allocation in this many.
     pub sample_rate: u32,
     /// How stacks are walked.
-    pub unwind: crate::cli::Unwind,
+    pub unwind: Unwind,
     /// The CPython layout the kernel reads Python frames with (zero: not CPython).
     pub python: leak_common::PyLayout,
     /// The target has not executed its program yet (`run`): its mappings are still
@@ -883,10 +883,10 @@ static LEAK_EBPF_OBJECT: &[u8] =
 
 /// The UNWIND_MODE global and the size of the row map for `unwind`: the row map is large
 /// (16 MiB), so only with dwarf.
-fn unwind_settings(unwind: crate::cli::Unwind) -> (u32, u32) {
+fn unwind_settings(unwind: Unwind) -> (u32, u32) {
     match unwind {
-        crate::cli::Unwind::Dwarf | crate::cli::Unwind::Hybrid => (UNWIND_DWARF, MAX_UNWIND_ROWS),
-        crate::cli::Unwind::Fp | crate::cli::Unwind::Auto => (UNWIND_FRAME_POINTERS, 1),
+        Unwind::Dwarf | Unwind::Hybrid => (UNWIND_DWARF, MAX_UNWIND_ROWS),
+        Unwind::Fp | Unwind::Auto => (UNWIND_FRAME_POINTERS, 1),
     }
 }
 
@@ -1023,15 +1023,15 @@ pub fn attach(
     // The unwind tables go in before any probe: a stack walked without them would be cut
     // short, or followed through garbage, for as long as loading them takes.
     let unwind = match options.unwind {
-        crate::cli::Unwind::Dwarf | crate::cli::Unwind::Hybrid => {
-            let hybrid = options.unwind == crate::cli::Unwind::Hybrid;
+        Unwind::Dwarf | Unwind::Hybrid => {
+            let hybrid = options.unwind == Unwind::Hybrid;
             let mut tables = UnwindTables::take(&mut ebpf, hybrid).map_err(AttachError::Load)?;
             if !options.before_exec {
                 tables.refresh(pid);
             }
             Some(tables)
         }
-        crate::cli::Unwind::Fp | crate::cli::Unwind::Auto => None,
+        Unwind::Fp | Unwind::Auto => None,
     };
     let (trap_cost, calibration_links) = calibrate_trap_cost(&mut ebpf);
     // Program run times, for the cost meter, while leaktrace runs (two clock reads more per
@@ -1208,10 +1208,7 @@ fn measure_trap_cost(ebpf: &mut Ebpf, links: &mut Vec<UProbeLink>) -> Option<Tra
 /// the most demanding target needs them: Python frames read (CPython 3.11's layout), a Go
 /// runtime's layout, every scope slot, sampling, a size range, and stacks walked with
 /// `unwind`. Returns what each took; the first program the kernel refuses is an error.
-pub fn verify_programs(
-    pid: u32,
-    unwind: crate::cli::Unwind,
-) -> Result<Vec<ProgramLoad>, AttachError> {
+pub fn verify_programs(pid: u32, unwind: Unwind) -> Result<Vec<ProgramLoad>, AttachError> {
     check_kernel(true)?;
     let (unwind_mode, unwind_rows) = unwind_settings(unwind);
     let go_layout = crate::probe::golang::known_layout("go1.23")
@@ -1338,7 +1335,7 @@ pub struct FaultSampler {
 /// throughput here), so gear 1 leaves them off unless asked.
 pub fn attach_fault_sampler(
     pid: u32,
-    unwind: crate::cli::Unwind,
+    unwind: Unwind,
     period: u64,
     syscalls: bool,
 ) -> Result<FaultSampler, AttachError> {

@@ -466,7 +466,7 @@ impl Goroutines {
         for history in self.sites.values_mut() {
             let start = self.baseline.get(&history.gopc).copied().unwrap_or(0);
             let alive = alive_now(start, history.created, history.exited);
-            crate::collect::drain::push_thinned(
+            crate::model::series::push_thinned(
                 &mut history.series,
                 GoroutineSample { at_s, alive },
                 self.series_cap,

@@ -9,7 +9,8 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use serde::Serialize;
 
 use crate::{
-    export::report::{human_bytes, text::frame_line},
+    export::report::text::frame_line,
+    model::units::human_bytes,
     model::{Frame, Origin, Report, StackReport, Verdict},
 };
 

@@ -50,22 +50,6 @@ pub fn render(report: &Report, format: Format, color: bool) -> Vec<u8> {
     }
 }
 
-/// "1.50 MiB", "640 B".
-pub fn human_bytes(bytes: f64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes;
-    let mut unit = 0;
-    while value.abs() >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{value:.0} {}", UNITS[unit])
-    } else {
-        format!("{value:.2} {}", UNITS[unit])
-    }
-}
-
 /// Reports shared by the format tests, so every format is checked on the same stacks.
 #[cfg(test)]
 pub mod fixtures {
@@ -441,7 +425,7 @@ pub mod fixtures {
     pub fn scoped_report() -> Report {
         let mut report = sample_report();
         let leak = &report.stacks[0];
-        let leak_id = crate::export::metrics::stack_id(leak);
+        let leak_id = crate::model::stack_id(leak);
         let figures = |calls, retained: u64, first| ScopeFigures {
             calls,
             allocated_bytes_per_call: 768.0,
@@ -514,7 +498,7 @@ pub mod fixtures {
 
 #[cfg(test)]
 mod tests {
-    use super::human_bytes;
+    use crate::model::units::human_bytes;
 
     #[test]
     fn human_bytes_picks_the_unit() {

@@ -7,7 +7,8 @@ use inferno::flamegraph::{
 };
 
 use crate::{
-    export::report::{folded, human_bytes},
+    export::report::folded,
+    model::units::human_bytes,
     model::{Report, Verdict},
 };
 

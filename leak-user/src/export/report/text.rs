@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::{
-    export::report::human_bytes,
+    model::units::human_bytes,
     model::{
         Frame, ProcessReport, Reachability, Report, ScopeFigures, ScopeStackReport, StackReport,
         Verdict,
