@@ -10,7 +10,7 @@ use std::{collections::HashMap, ops::Range};
 use leak_common::{CFA_RBP, CFA_RSP, UnwindRow};
 use object::{Object, ObjectSymbol};
 
-use crate::{analyze::reachability::Memory, sys::freeze::ThreadRegisters, sys::procfs::Mapping};
+use crate::{sys::freeze::ThreadRegisters, sys::memory::Memory, sys::procfs::Mapping};
 
 /// The C library's functions that end a process: their frames are the exit path.
 const EXIT_FUNCTIONS: [&str; 3] = ["exit", "_exit", "_Exit"];
@@ -29,7 +29,7 @@ struct Module {
 impl Module {
     fn load(pid: u32, mapping: &Mapping) -> Option<Module> {
         let elf = crate::sys::file_bytes::open_mapped(pid, mapping).ok()?;
-        let bias = crate::sys::eh_frame::mapping_bias(&elf, mapping)?;
+        let bias = crate::sys::elf::mapping_bias(&elf, mapping)?;
         let rows =
             crate::sys::eh_frame::cached_module_rows(&(mapping.dev.clone(), mapping.inode), &elf);
         let file = object::File::parse(&*elf).ok()?;

@@ -12,6 +12,8 @@ use std::ops::Range;
 
 use rustc_hash::FxHashMap;
 
+use crate::{model::Block, sys::memory::Memory};
+
 /// What a block is, as valgrind names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Class {
@@ -41,35 +43,6 @@ impl Class {
             Class::Interior => "interior",
             Class::Reachable => "reachable",
         }
-    }
-}
-
-/// A tracked block: a live allocation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Block {
-    pub start: u64,
-    pub size: u64,
-}
-
-/// Memory of the process (or of a test).
-pub trait Memory {
-    /// Fills `buffer` from `address`; how many bytes it could read (0 for an unreadable
-    /// address).
-    fn read(&mut self, address: u64, buffer: &mut [u8]) -> usize;
-
-    /// Reads several ranges, each buffer from its address; how many bytes of each it could
-    /// read. A process reads them in one system call rather than one each.
-    fn read_each(&mut self, requests: &mut [(u64, &mut [u8])]) -> Vec<usize> {
-        requests
-            .iter_mut()
-            .map(|(address, buffer)| self.read(*address, buffer))
-            .collect()
-    }
-
-    /// The little-endian word at `address`, None where it cannot be read whole.
-    fn read_u64(&mut self, address: u64) -> Option<u64> {
-        let mut bytes = [0u8; 8];
-        (self.read(address, &mut bytes) == 8).then(|| u64::from_le_bytes(bytes))
     }
 }
 

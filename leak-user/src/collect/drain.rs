@@ -13,8 +13,8 @@ use leak_common::{
 
 use crate::model::series::{push_thinned, series_cap};
 use crate::{
-    analyze::reachability::Block,
     collect::regions::Regions,
+    model::Block,
     model::{Held, Origin, Sample, StackHistory, StackKey, Totals},
 };
 

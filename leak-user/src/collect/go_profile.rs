@@ -20,8 +20,8 @@
 //! The layout is the same in Go 1.19 to 1.23 (checked against each toolchain's DWARF).
 use std::collections::HashMap;
 
-use crate::analyze::reachability::Memory;
 use crate::model::Sample;
+use crate::sys::memory::Memory;
 
 /// The stack id of a stack read from the profile (its key's `caller_hint` is the bucket's
 /// address): no stack id of the kernel's.

@@ -885,3 +885,10 @@ pub fn stack_id_of(origin: Origin, frames: &[Frame]) -> String {
     }
     format!("{hash:016x}")
 }
+
+/// A tracked block: a live allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Block {
+    pub start: u64,
+    pub size: u64,
+}

@@ -13,7 +13,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::{
     analyze::c_runtime,
-    analyze::reachability::{self, Block, Class},
+    analyze::reachability::{self, Class},
     analyze::scope::{self, NamedStack, ScopeCollector, ScopeSpec},
     analyze::suspects,
     analyze::verdicts::{self, Context, Thresholds},
@@ -22,6 +22,7 @@ use crate::{
     export::otel::{OtlpOptions, Telemetry},
     export::prometheus,
     export::report::{self, Format},
+    model::Block,
     model::allocators::KnownFn,
     model::cost::{self, CostReport, Traps},
     model::series::{MAX_SERIES_LEN, push_thinned},
@@ -38,7 +39,8 @@ use crate::{
     probe::unwind_tables::Unwind,
     probe::unwind_tables::UnwindTables,
     symbols::symbolize::{Modules, Symbolizer},
-    sys::freeze::{Frozen, ProcessMemory},
+    sys::freeze::Frozen,
+    sys::memory::ProcessMemory,
     sys::procfs,
 };
 
@@ -451,7 +453,7 @@ const REPORT_PROCESS_POINTS: usize = 256;
 /// that cannot do it, or if the report could not be written: the file must be writable (it
 /// is opened without being changed, or created and removed again).
 fn check_start(options: &Options) -> Result<(), SessionError> {
-    if let Some(missing) = crate::modes::watch::missing_for_probes() {
+    if let Some(missing) = crate::probe::privileges::missing_for_probes() {
         return Err(SessionError::Privileges(missing));
     }
     attach::check_kernel(true).map_err(SessionError::Attach)?;
@@ -923,7 +925,7 @@ impl Session {
             ));
         }
         if let Some(profile) = &mut self.go_profile {
-            let mut memory = crate::sys::freeze::ProcessMemory { pid: self.pid };
+            let mut memory = crate::sys::memory::ProcessMemory { pid: self.pid };
             let started = std::time::Instant::now();
             profile.read(
                 &mut memory,

@@ -33,6 +33,7 @@ use crate::{
     model::{Origin, ProcessReport, ProcessSample, Report, StackReport, Target, Verdict},
     modes::session::{Options, Window},
     probe::attach::{self, FaultSampler},
+    probe::privileges,
     probe::unwind_tables::Unwind,
     probe::unwind_tables::UnwindTables,
     symbols::symbolize::{Modules, Symbolizer},
@@ -194,71 +195,15 @@ pub struct WatchSummary {
     pub reports_written: u64,
 }
 
-/// Capabilities leaktrace needs and what fails without each (numbers from linux/capability.h).
-const NEEDED_CAPABILITIES: [(u32, &str, &str); 3] = [
-    (39, "CAP_BPF", "the eBPF programs and maps cannot be loaded"),
-    (
-        38,
-        "CAP_PERFMON",
-        "the page-fault sampler and the tracing programs cannot be attached",
-    ),
-    (
-        19,
-        "CAP_SYS_PTRACE",
-        "other processes' /proc/PID/maps, exe and memory cannot be read, so allocators and symbols are not found",
-    ),
-];
-const CAP_SYS_ADMIN: u32 = 21;
-
-/// The capabilities missing from `effective`, with what fails without each. CAP_SYS_ADMIN
-/// stands in for CAP_BPF and CAP_PERFMON (kernels before 5.8 know only it).
-pub fn missing_capabilities(effective: u64) -> Vec<(&'static str, &'static str)> {
-    let has = |bit: u32| effective & (1u64 << bit) != 0;
-    NEEDED_CAPABILITIES
-        .iter()
-        .filter(|(bit, _, _)| {
-            let covered_by_admin = *bit != 19 && has(CAP_SYS_ADMIN);
-            !(has(*bit) || covered_by_admin)
-        })
-        .map(|(_, name, effect)| (*name, *effect))
-        .collect()
-}
-
-/// The capabilities `attach` and `run` need and do not have (they place uprobes, so
-/// CAP_SYS_ADMIN too), as one line for the user; None when nothing is missing (or the
-/// capabilities cannot be read: the kernel will say).
-pub fn missing_for_probes() -> Option<String> {
-    let effective = procfs::own_capabilities()?;
-    let mut missing: Vec<String> = missing_capabilities(effective)
-        .iter()
-        .map(|(name, effect)| format!("{name} ({effect})"))
-        .collect();
-    if !can_place_uprobes(effective) {
-        missing.push("CAP_SYS_ADMIN (the kernel requires it for uprobes)".into());
-    }
-    (!missing.is_empty()).then(|| {
-        format!(
-            "missing capabilities: {}; run leaktrace with sudo, or grant them (see deploy/README.md)",
-            missing.join("; ")
-        )
-    })
-}
-
-/// Whether precise windows can place uprobes: the kernel's uprobe perf events ask for
-/// CAP_SYS_ADMIN itself (CAP_PERFMON is not enough), so without it only gear 1 runs.
-pub fn can_place_uprobes(effective: u64) -> bool {
-    effective & (1u64 << CAP_SYS_ADMIN) != 0
-}
-
 /// Refuses to start without the capabilities, naming each one missing; says at start when
 /// windows will not be possible.
 fn check_privileges() -> Result<(), WatchError> {
     let Some(effective) = procfs::own_capabilities() else {
         return Ok(());
     };
-    let missing = missing_capabilities(effective);
+    let missing = privileges::missing_capabilities(effective);
     if missing.is_empty() {
-        if !can_place_uprobes(effective) {
+        if !privileges::can_place_uprobes(effective) {
             log_event(
                 "windows_unavailable",
                 &[(
@@ -1333,32 +1278,6 @@ mod tests {
         assert!(spec.matches(&process(9, Some("/bin/y"), "/app/worker")));
         assert!(!spec.matches(&process(10, Some("/bin/y"), "/other")));
         assert!(!spec.matches(&process(7, None, "/app")));
-    }
-
-    #[test]
-    fn names_missing_capabilities() {
-        let all = u64::MAX >> 23;
-        assert!(missing_capabilities(all).is_empty());
-        let without_bpf = all & !(1 << 39) & !(1 << CAP_SYS_ADMIN);
-        assert_eq!(
-            missing_capabilities(without_bpf)
-                .iter()
-                .map(|(name, _)| *name)
-                .collect::<Vec<_>>(),
-            vec!["CAP_BPF"]
-        );
-        // CAP_SYS_ADMIN covers CAP_BPF and CAP_PERFMON, not CAP_SYS_PTRACE.
-        let admin_only = 1u64 << 21;
-        assert_eq!(
-            missing_capabilities(admin_only)
-                .iter()
-                .map(|(name, _)| *name)
-                .collect::<Vec<_>>(),
-            vec!["CAP_SYS_PTRACE"]
-        );
-        assert_eq!(missing_capabilities(0).len(), 3);
-        assert!(can_place_uprobes(all));
-        assert!(!can_place_uprobes(all & !(1 << CAP_SYS_ADMIN)));
     }
 
     #[test]

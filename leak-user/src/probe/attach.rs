@@ -5,6 +5,7 @@
 //! and, except free, a return uprobe, scoped to the target process. The anonymous mmap
 //! family is traced through syscall tracepoints, filtered to the target in the kernel.
 use crate::probe::unwind_tables::{Unwind, UnwindTables};
+use crate::sys::elf::virtual_to_file_offset;
 use std::{
     collections::{BTreeMap, HashSet},
     error::Error as StdError,
@@ -406,14 +407,6 @@ pub fn mapped_load_bias(pid: u32, path: &Path) -> Option<u64> {
         .map(|mapping| mapping.start)
         .min()?;
     load_bias(&crate::sys::file_bytes::open(path).ok()?, first)
-}
-
-pub(crate) fn virtual_to_file_offset(file: &object::File<'_>, address: u64) -> Option<u64> {
-    file.segments().find_map(|segment| {
-        let (file_start, file_size) = segment.file_range();
-        let start = segment.address();
-        (start <= address && address < start + file_size).then(|| address - start + file_start)
-    })
 }
 
 fn is_cxx_operator(symbol: &str) -> bool {

@@ -15,11 +15,11 @@ use iced_x86::{Decoder, DecoderOptions, FlowControl};
 use leak_common::{GoLayout, GoroutineSite, map_names};
 use object::{Object, ObjectSection, ObjectSymbol};
 
-use crate::analyze::reachability::Memory;
 use crate::collect::go_profile::{self, ProfileAddresses};
 use crate::model::GoroutineSample;
 use crate::probe::probe_site::probe_offset;
-use crate::sys::freeze::ProcessMemory;
+use crate::sys::memory::Memory;
+use crate::sys::memory::ProcessMemory;
 
 /// The runtime's page (`_PageSize`): 8 KiB on every platform Go supports.
 const GO_PAGE_BYTES: u64 = 8192;
@@ -112,7 +112,7 @@ impl GoProgram {
         // the first pass by the flags the branch is about to act on (`on_stack_check`).
         let text = |name: &str| -> Option<GoProbe> {
             let (address, _) = symbols.get(name)?;
-            let entry = crate::probe::attach::virtual_to_file_offset(&file, *address)?;
+            let entry = crate::sys::elf::virtual_to_file_offset(&file, *address)?;
             let start = usize::try_from(entry).ok()?;
             let code = elf.get(start..start.saturating_add(64).min(elf.len()))?;
             let moved = probe_offset(code);
@@ -488,7 +488,7 @@ fn function_code<'a>(
     name: &str,
 ) -> Option<(u64, u64, &'a [u8])> {
     let (address, size) = symbols.get(name)?;
-    let offset = crate::probe::attach::virtual_to_file_offset(file, *address)?;
+    let offset = crate::sys::elf::virtual_to_file_offset(file, *address)?;
     let start = usize::try_from(offset).ok()?;
     let end = start
         .saturating_add(usize::try_from(*size).ok()?)
@@ -645,7 +645,7 @@ pub fn known_layout(version: &str) -> Option<(GoLayout, u64)> {
 fn read_go_string(file: &object::File<'_>, elf: &[u8], address: u64) -> Option<String> {
     let at = |address: u64, len: usize| -> Option<&[u8]> {
         let offset =
-            usize::try_from(crate::probe::attach::virtual_to_file_offset(file, address)?).ok()?;
+            usize::try_from(crate::sys::elf::virtual_to_file_offset(file, address)?).ok()?;
         elf.get(offset..offset.checked_add(len)?)
     };
     let header = at(address, 16)?;
@@ -1004,7 +1004,7 @@ mod tests {
             let code = |name: &str| -> Option<(u64, &[u8])> {
                 let symbol = file.symbols().find(|symbol| symbol.name() == Ok(name))?;
                 let offset =
-                    crate::probe::attach::virtual_to_file_offset(&file, symbol.address())? as usize;
+                    crate::sys::elf::virtual_to_file_offset(&file, symbol.address())? as usize;
                 Some((
                     symbol.address(),
                     &elf[offset..offset + symbol.size() as usize],

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use leak_common::PyLayout;
 use object::{Object, ObjectSymbol};
 
-use crate::analyze::reachability::Memory;
 use crate::model::Frame;
+use crate::sys::memory::Memory;
 
 /// The module name Python frames are shown under.
 pub const PYTHON_MODULE: &str = "[python]";
@@ -47,7 +47,7 @@ impl PythonInterpreter {
             }
         }
         let version = version_at.and_then(|address| {
-            let offset = crate::probe::attach::virtual_to_file_offset(&file, address)?;
+            let offset = crate::sys::elf::virtual_to_file_offset(&file, address)?;
             let start = usize::try_from(offset).ok()?;
             let bytes: [u8; 4] = elf.get(start..start + 4)?.try_into().ok()?;
             // PY_VERSION_HEX: 0xMMmmppLS.
@@ -158,7 +158,7 @@ impl PythonNames {
     fn code(&mut self, code: u64) -> &Code {
         let pid = self.pid;
         self.codes.entry(code).or_insert_with(|| {
-            read_code(&mut crate::sys::freeze::ProcessMemory { pid }, code).unwrap_or_default()
+            read_code(&mut crate::sys::memory::ProcessMemory { pid }, code).unwrap_or_default()
         })
     }
 

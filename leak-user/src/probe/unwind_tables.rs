@@ -150,7 +150,7 @@ impl UnwindTables {
                 self.chained.insert(id);
                 continue;
             }
-            let Some(bias) = eh_frame::mapping_bias(&elf, mapping) else {
+            let Some(bias) = crate::sys::elf::mapping_bias(&elf, mapping) else {
                 continue;
             };
             let (first_row, rows) = match self.files.get(&id) {

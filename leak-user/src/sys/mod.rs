@@ -2,8 +2,10 @@
 //! process's threads and memory (ptrace), and the bpf system call.
 pub mod bpf_call;
 pub mod eh_frame;
+pub mod elf;
 pub mod file_bytes;
 pub mod freeze;
 pub mod map_batch;
+pub mod memory;
 pub mod pclntab;
 pub mod procfs;
