@@ -479,8 +479,8 @@ pub struct ScopeFlags {
     /// stacks of what its calls keep. FUNCTION:argN=str (or =int) also groups the calls by
     /// their argument N, from arg0 (the first); e.g. handle_request:arg1=str. Repeatable,
     /// up to 16 functions.
-    #[arg(long = "scope", value_name = "FUNCTION[:argN=str|int]", value_parser = crate::analyze::scope::parse_scope)]
-    pub scopes: Vec<crate::analyze::scope::ScopeSpec>,
+    #[arg(long = "scope", value_name = "FUNCTION[:argN=str|int]", value_parser = crate::model::scope::parse_scope)]
+    pub scopes: Vec<crate::model::scope::ScopeSpec>,
     /// How long after a scope call returned to look again at what it still holds.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub scope_retain_after: Duration,
@@ -647,7 +647,7 @@ impl Common {
         if self.max_allocs == 0 {
             return Err("--max-allocs must be at least 1".into());
         }
-        crate::analyze::scope::check_scopes(&self.scope.scopes)?;
+        crate::model::scope::check_scopes(&self.scope.scopes)?;
         if self.reachability && self.sample_rate > 1 {
             return Err(
                 "--reachability needs every allocation tracked: drop --sample-rate (or --reachability)"

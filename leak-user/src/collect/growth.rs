@@ -1,5 +1,5 @@
 //! Gear 1 of `leaktrace watch`: which stacks first touch new memory, from the sampled page
-//! faults of [`attach::FaultSampler`]. Each sample stands for `period` minor faults of one
+//! faults of the fault sampler (`probe::attach::FaultSampler`). Each sample stands for `period` minor faults of one
 //! page each; a stack's estimate is its samples × period × page size ("memory growth flame
 //! graphs"). Read without probing the allocator, so it can stay on all the time.
 use std::collections::HashMap;
@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use aya::maps::{MapData, PerCpuHashMap};
 use leak_common::map_names;
 
-use crate::{collect::drain::DrainError, probe::attach::FaultSampler};
+use crate::collect::drain::DrainError;
 
 /// Samples per stack id, as read from the kernel (cumulative since the sampler started).
 pub type FaultCounts = HashMap<u32, u64>;
@@ -32,17 +32,20 @@ pub struct TouchedStack {
 }
 
 impl FaultGrowth {
-    pub fn take(sampler: &mut FaultSampler, page_size: u64) -> Result<FaultGrowth, DrainError> {
-        let samples = sampler
-            .ebpf
-            .take_map(map_names::FAULT_SAMPLES)
-            .ok_or_else(|| {
-                DrainError::new(map_names::FAULT_SAMPLES, "missing from the eBPF object")
-            })?;
+    /// The samples map of the fault sampler's object `ebpf`; each sample stands for
+    /// `period` minor faults of a page of `page_size` bytes.
+    pub fn take(
+        ebpf: &mut aya::Ebpf,
+        period: u64,
+        page_size: u64,
+    ) -> Result<FaultGrowth, DrainError> {
+        let samples = ebpf.take_map(map_names::FAULT_SAMPLES).ok_or_else(|| {
+            DrainError::new(map_names::FAULT_SAMPLES, "missing from the eBPF object")
+        })?;
         Ok(FaultGrowth {
             samples: PerCpuHashMap::try_from(samples)
                 .map_err(|err| DrainError::new(map_names::FAULT_SAMPLES, err.to_string()))?,
-            bytes_per_sample: sampler.period * page_size,
+            bytes_per_sample: period * page_size,
             counts: HashMap::new(),
         })
     }

@@ -4,3 +4,4 @@ pub mod drain;
 pub mod go_profile;
 pub mod growth;
 pub mod regions;
+pub mod scope;

@@ -14,10 +14,11 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::{
     analyze::c_runtime,
     analyze::reachability::{self, Class},
-    analyze::scope::{self, NamedStack, ScopeCollector, ScopeSpec},
+    analyze::scope::{self, NamedStack},
     analyze::suspects,
     analyze::verdicts::{self, Context, Thresholds},
     collect::drain::{Collector, KernelMaps},
+    collect::scope::ScopeCollector,
     export::metrics,
     export::otel::{OtlpOptions, Telemetry},
     export::prometheus,
@@ -25,6 +26,7 @@ use crate::{
     model::Block,
     model::allocators::KnownFn,
     model::cost::{self, CostReport, Traps},
+    model::scope::ScopeSpec,
     model::series::{MAX_SERIES_LEN, push_thinned},
     model::{
         AllocatorInfo, Exit, Frame, GoroutineReport, GoroutineSiteReport, Held, InUse, LeakSummary,
@@ -381,7 +383,7 @@ fn scope_call_spans(
     calls
         .into_iter()
         .filter_map(|call| {
-            let (index, label) = scopes.describe_tag(call.tag)?;
+            let (index, label) = scopes.records.describe_tag(call.tag)?;
             let function = specs.get(index as usize)?.function.clone();
             let scope = report.scopes.iter().find(|s| s.function == function);
             let figures = scope.map(|scope| {
@@ -753,7 +755,7 @@ impl Session {
                 options.scope_span_threshold,
                 MAX_SERIES_LEN,
             )?;
-            collector.probed = scopes
+            collector.records.probed = scopes
                 .iter()
                 .map(|scope| {
                     scope
@@ -2362,7 +2364,12 @@ impl Session {
                         frames: frames.iter().map(Frame::identity).collect(),
                     })
                 };
-                let found = collector.analyse(&settings, self.collector.scope_held(), &mut name);
+                let found = scope::analyse(
+                    &collector.records,
+                    &settings,
+                    self.collector.scope_held(),
+                    &mut name,
+                );
                 let named = suspects::suspects(&stacks, process.as_ref(), &found.groups, span_s);
                 (found.reports, named)
             }

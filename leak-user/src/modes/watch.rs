@@ -311,7 +311,8 @@ impl Gear1 {
         let mut sampler = attach::attach_fault_sampler(pid, unwind, period, syscalls)
             .map_err(|err| err.to_string())?;
         let page_size = procfs::page_size();
-        let growth = FaultGrowth::take(&mut sampler, page_size).map_err(|err| err.to_string())?;
+        let growth = FaultGrowth::take(&mut sampler.ebpf, sampler.period, page_size)
+            .map_err(|err| err.to_string())?;
         let maps = KernelMaps::take(&mut sampler.ebpf).map_err(|err| err.to_string())?;
         let mut collector =
             Collector::new(maps, procfs::monotonic_ns(), page_size, 0..=u64::MAX, 1);

@@ -35,10 +35,10 @@ use leak_common::{
 use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
 use crate::{
-    analyze::scope::ScopeSpec,
     model::ProgramLoad,
     model::allocators::{self, KnownFn},
     model::cost::TrapCost,
+    model::scope::ScopeSpec,
     probe::golang::{GoProbe, GoTarget},
     probe::probe_site,
     sys::procfs::{self, Mapping},
