@@ -3,6 +3,7 @@
 //! `exit_stack`), request scopes and their suspects, suppressions.
 pub mod c_runtime;
 pub mod exit_stack;
+pub mod go_heap;
 pub mod reachability;
 pub mod scope;
 pub mod suppress;

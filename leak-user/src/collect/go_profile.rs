@@ -21,6 +21,7 @@
 use std::collections::HashMap;
 
 use crate::model::Sample;
+use crate::model::go_runtime::{BUCKET_HEADER_BYTES, ProfileAddresses};
 use crate::sys::memory::Memory;
 
 /// The stack id of a stack read from the profile (its key's `caller_hint` is the bucket's
@@ -31,14 +32,6 @@ pub const PROFILE_STACK_ID: u32 = leak_common::UNKNOWN_STACK_ID - 1;
 /// a span each (its size is the span's, whole pages).
 pub const MAX_SMALL_SIZE: u64 = 32768;
 
-/// A bucket's header: next, allnext, typ, hash, size, nstk.
-pub const BUCKET_HEADER_BYTES: u64 = 48;
-/// `bucket.nstk`, the last word of the header.
-pub const BUCKET_NSTK_OFFSET: u64 = 40;
-/// `memRecord.future`, after `active`.
-pub const MEM_RECORD_FUTURE_OFFSET: u64 = 32;
-/// `memRecordCycle.free_bytes`, its last word.
-pub const CYCLE_FREE_BYTES_OFFSET: u64 = 24;
 const MEM_RECORD_BYTES: usize = 128;
 /// `memProfile`, the bucket type of the heap profile.
 const MEM_PROFILE: u64 = 1;
@@ -46,18 +39,6 @@ const MEM_PROFILE: u64 = 1;
 const MAX_STACK_DEPTH: u64 = 1024;
 /// The most buckets read: a list longer than this is cut (and says so).
 const MAX_BUCKETS: usize = 1 << 20;
-
-/// Where the profile lives in the target (virtual addresses in the executable's file; the
-/// load bias is added when read).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ProfileAddresses {
-    /// `runtime.mbuckets`: the newest bucket.
-    pub buckets: u64,
-    /// `runtime.mProfCycle`: the GC cycle count, shifted left by one (bit 0: flushed).
-    pub cycle: u64,
-    /// `runtime.MemProfileRate`.
-    pub rate: u64,
-}
 
 /// One cycle's record of a bucket.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 pub mod allocators;
 pub mod cost;
 pub mod exit;
+pub mod go_runtime;
 pub mod scope;
 pub mod series;
 pub mod units;

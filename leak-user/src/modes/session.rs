@@ -18,6 +18,7 @@ use crate::{
     analyze::suspects,
     analyze::verdicts::{self, Context, Thresholds},
     collect::drain::{Collector, KernelMaps},
+    collect::goroutines::Goroutines,
     collect::scope::ScopeCollector,
     export::metrics,
     export::otel::{OtlpOptions, Telemetry},
@@ -35,11 +36,12 @@ use crate::{
         Trend, Verdict,
     },
     probe::attach::{self, AllocatorModule, LoadOptions, Probes, ScopeProbe},
-    probe::golang::{GoTarget, Goroutines},
+    probe::golang::GoTarget,
     probe::launch::{self, ChildEvent},
-    probe::python::{PythonInterpreter, PythonNames},
+    probe::python::PythonInterpreter,
     probe::unwind_tables::Unwind,
     probe::unwind_tables::UnwindTables,
+    symbols::python::PythonNames,
     symbols::symbolize::{Modules, Symbolizer},
     sys::freeze::Frozen,
     sys::memory::ProcessMemory,
@@ -919,7 +921,7 @@ impl Session {
                 return;
             };
             self.go_profile = Some(crate::collect::go_profile::HeapProfile::new(
-                crate::collect::go_profile::ProfileAddresses {
+                crate::model::go_runtime::ProfileAddresses {
                     buckets: addresses.buckets.wrapping_add(bias),
                     cycle: addresses.cycle.wrapping_add(bias),
                     rate: addresses.rate.wrapping_add(bias),
@@ -955,7 +957,11 @@ impl Session {
             return;
         };
         let bias = attach::mapped_load_bias(self.pid, &go.probe_path);
-        goroutines.read_baseline(self.pid, &go.program, bias.unwrap_or(0));
+        goroutines.read_baseline(
+            self.pid,
+            (go.program.allgs, go.program.layout, go.program.g_status),
+            bias.unwrap_or(0),
+        );
     }
 
     /// Once the probes are placed, before the exporters start threads: keeps only what the
@@ -2055,14 +2061,15 @@ impl Session {
                 && history.key.stack_id != crate::collect::go_profile::PROFILE_STACK_ID
                 && mapped_by_go_runtime(&frames)
                 && (history.key.origin != Origin::Heap
-                    || (go_from_profile && !crate::probe::golang::is_large_object_stack(&frames)))
+                    || (go_from_profile
+                        && !crate::analyze::go_heap::is_large_object_stack(&frames)))
             {
                 continue;
             }
             // The runtime's goroutine bookkeeping (each goroutine's `g`, the list of all of
             // them, blocked ones' waiting records) grows and shrinks with the goroutines,
             // which are counted per creation site.
-            if self.go.is_some() && crate::probe::golang::goroutine_bookkeeping(&frames) {
+            if self.go.is_some() && crate::analyze::go_heap::goroutine_bookkeeping(&frames) {
                 continue;
             }
             if frames.is_empty() {
@@ -2483,7 +2490,7 @@ impl Session {
         let Some((_, Some(goroutines))) = &self.go else {
             return None;
         };
-        let histories: Vec<crate::probe::golang::SiteHistory> =
+        let histories: Vec<crate::collect::goroutines::SiteHistory> =
             goroutines.sites().cloned().collect();
         let mut sites = Vec::with_capacity(histories.len());
         let mut report = GoroutineReport::default();

@@ -9,27 +9,19 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use aya::maps::{HashMap as KernelHashMap, MapData};
 use gimli::{EndianSlice, LittleEndian};
 use iced_x86::{Decoder, DecoderOptions, FlowControl};
-use leak_common::{GoLayout, GoroutineSite, map_names};
+use leak_common::GoLayout;
 use object::{Object, ObjectSection, ObjectSymbol};
 
-use crate::collect::go_profile::{self, ProfileAddresses};
-use crate::model::GoroutineSample;
+use crate::model::go_runtime::LARGE_CALLERS;
+use crate::model::go_runtime::{self, ProfileAddresses};
 use crate::probe::probe_site::probe_offset;
-use crate::sys::memory::Memory;
-use crate::sys::memory::ProcessMemory;
 
 /// The runtime's page (`_PageSize`): 8 KiB on every platform Go supports.
 const GO_PAGE_BYTES: u64 = 8192;
 /// RAX's argument slot (leak_common::ARGUMENT_SLOTS): Go's first result register.
 const RAX_SLOT: u8 = 6;
-
-/// `_Gdead`: a goroutine that has exited, kept in `allgs` for reuse.
-const G_DEAD: u32 = 6;
-/// The most goroutines read from `allgs`; a list longer than this is cut (and says so).
-const MAX_GOROUTINES_READ: u64 = 1 << 22;
 
 /// Functions of the runtime leaktrace probes.
 pub const NEWPROC: &str = "runtime.newproc";
@@ -37,8 +29,6 @@ pub const GOEXIT: &str = "runtime.goexit0";
 pub const SPAN_FULL: &str = "runtime.(*mcache).refill";
 pub const SPAN_FREE: &str = "runtime.(*mheap).freeSpanLocked";
 pub const ALLOC_LARGE: &str = "runtime.(*mcache).allocLarge";
-/// The functions that call `ALLOC_LARGE` (mallocgcLarge since Go 1.24).
-const LARGE_CALLERS: [&str; 2] = ["runtime.mallocgc", "runtime.mallocgcLarge"];
 
 /// A probe point in the executable: the symbol it stands for and its offset in the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -181,11 +171,11 @@ impl GoProgram {
         // The heap profile: its layout from DWARF, else that of a release checked against it.
         let profile_layout = match field("runtime.bucket", "nstk") {
             Some(nstk) => {
-                nstk == go_profile::BUCKET_NSTK_OFFSET
+                nstk == go_runtime::BUCKET_NSTK_OFFSET
                     && field("runtime.memRecord", "future")
-                        == Some(go_profile::MEM_RECORD_FUTURE_OFFSET)
+                        == Some(go_runtime::MEM_RECORD_FUTURE_OFFSET)
                     && field("runtime.memRecordCycle", "free_bytes")
-                        == Some(go_profile::CYCLE_FREE_BYTES_OFFSET)
+                        == Some(go_runtime::CYCLE_FREE_BYTES_OFFSET)
             }
             None => program.version.as_deref().and_then(known_layout).is_some(),
         };
@@ -343,142 +333,6 @@ impl GoTarget {
     }
 }
 
-/// One creation site's figures over the session.
-#[derive(Clone, Debug, Default)]
-pub struct SiteHistory {
-    /// The `go` statement's return address (`g.gopc`).
-    pub gopc: u64,
-    /// Stack of the latest `go` statement seen there (`UNKNOWN_STACK_ID` if none).
-    pub stack_id: u32,
-    pub alive_at_start: u64,
-    pub created: u64,
-    pub exited: u64,
-    pub series: Vec<GoroutineSample>,
-}
-
-impl SiteHistory {
-    pub fn alive(&self) -> u64 {
-        self.series
-            .last()
-            .map_or(self.alive_at_start, |sample| sample.alive)
-    }
-}
-
-/// Goroutines per creation site: the kernel's counts since the probes went in, on top of
-/// what `allgs` held when tracing began.
-pub struct Goroutines {
-    map: KernelHashMap<MapData, u64, GoroutineSite>,
-    /// Per site, goroutines alive before tracing (see `baseline`).
-    baseline: HashMap<u64, i64>,
-    sites: HashMap<u64, SiteHistory>,
-    series_cap: usize,
-    /// The `allgs` read was cut at MAX_GOROUTINES_READ, or failed.
-    pub baseline_incomplete: bool,
-}
-
-impl Goroutines {
-    pub fn take(ebpf: &mut aya::Ebpf, series_cap: usize) -> Result<Goroutines, String> {
-        let map = ebpf
-            .take_map(map_names::GOROUTINE_SITES)
-            .ok_or_else(|| format!("map {} is missing", map_names::GOROUTINE_SITES))?;
-        Ok(Goroutines {
-            map: KernelHashMap::try_from(map).map_err(|err| err.to_string())?,
-            baseline: HashMap::new(),
-            sites: HashMap::new(),
-            series_cap,
-            baseline_incomplete: false,
-        })
-    }
-
-    fn counts(&self) -> HashMap<u64, GoroutineSite> {
-        self.map.iter().filter_map(Result::ok).collect()
-    }
-
-    /// Reads the goroutines alive now from the target's `allgs` (after the probes are in
-    /// place, so that none is missed): what the probes have not counted yet is the baseline.
-    pub fn read_baseline(&mut self, pid: u32, program: &GoProgram, bias: u64) {
-        let (Some(allgs), Some(layout), Some(status)) =
-            (program.allgs, program.layout, program.g_status)
-        else {
-            self.baseline_incomplete = true;
-            return;
-        };
-        let mut memory = ProcessMemory { pid };
-        // The counts and the list are read with the target stopped: a goroutine started or
-        // ended between the two reads would otherwise be counted twice or not at all (a
-        // service starting 200 goroutines a second showed 14 "alive" that had all ended).
-        let frozen = crate::sys::freeze::Frozen::freeze(pid)
-            .map_err(|err| log::debug!("goroutine list read without stopping pid {pid}: {err}"))
-            .ok();
-        let before = self.counts();
-        let read = live_goroutines(&mut memory, allgs.wrapping_add(bias), layout.g_gopc, status);
-        if let Some(frozen) = frozen {
-            log::debug!(
-                "pid {pid} stopped {:.1} ms to read its goroutines",
-                frozen.stopped_for().as_secs_f64() * 1e3
-            );
-        }
-        let Some((alive, cut)) = read else {
-            log::warn!(
-                "could not read the goroutine list of pid {pid}: goroutines started before tracing are not counted"
-            );
-            self.baseline_incomplete = true;
-            return;
-        };
-        self.baseline_incomplete = cut;
-        // A site the probes counted before the read but with none alive at it starts at
-        // zero too: its goroutines that ended while the exit probe was not yet in (it goes
-        // in after the creation probe) would otherwise stay "alive" for good.
-        for (&gopc, counted) in &before {
-            self.baseline
-                .insert(gopc, baseline(0, counted.created, counted.exited));
-        }
-        for (gopc, count) in alive {
-            let counted = before.get(&gopc).copied().unwrap_or_default();
-            self.baseline
-                .insert(gopc, baseline(count, counted.created, counted.exited));
-        }
-    }
-
-    /// One sample of every site's alive count.
-    pub fn sample(&mut self, at_s: f64) {
-        let counts = self.counts();
-        for (&gopc, &start) in &self.baseline {
-            self.sites.entry(gopc).or_insert_with(|| SiteHistory {
-                gopc,
-                stack_id: leak_common::UNKNOWN_STACK_ID,
-                alive_at_start: start.max(0) as u64,
-                ..SiteHistory::default()
-            });
-        }
-        for (gopc, site) in &counts {
-            let history = self.sites.entry(*gopc).or_insert_with(|| SiteHistory {
-                gopc: *gopc,
-                stack_id: leak_common::UNKNOWN_STACK_ID,
-                ..SiteHistory::default()
-            });
-            history.created = site.created;
-            history.exited = site.exited;
-            if site.stack_id != leak_common::UNKNOWN_STACK_ID {
-                history.stack_id = site.stack_id;
-            }
-        }
-        for history in self.sites.values_mut() {
-            let start = self.baseline.get(&history.gopc).copied().unwrap_or(0);
-            let alive = alive_now(start, history.created, history.exited);
-            crate::model::series::push_thinned(
-                &mut history.series,
-                GoroutineSample { at_s, alive },
-                self.series_cap,
-            );
-        }
-    }
-
-    pub fn sites(&self) -> impl Iterator<Item = &SiteHistory> {
-        self.sites.values()
-    }
-}
-
 /// Function `name` of the executable (`symbols`: address and size): its address, its
 /// offset in the file, and its code.
 fn function_code<'a>(
@@ -537,31 +391,6 @@ pub fn profile_variables_in_code(
         buckets,
         cycle,
         rate,
-    })
-}
-
-/// Whether a Go heap stack is a large object's span, recorded after allocLarge returned in
-/// its caller, rather than a span of small objects (recorded as `refill` is called).
-pub fn is_large_object_stack(frames: &[crate::model::Frame]) -> bool {
-    frames
-        .first()
-        .and_then(|frame| frame.function.as_deref())
-        .is_some_and(|function| LARGE_CALLERS.contains(&function))
-}
-
-/// Functions of the runtime whose allocations belong to goroutines, which are counted per
-/// creation site: each goroutine's `g`, the list of all of them, the waiting records of
-/// blocked ones.
-const GOROUTINE_BOOKKEEPING: [&str; 3] =
-    ["runtime.malg", "runtime.allgadd", "runtime.acquireSudog"];
-
-/// Whether a Go heap stack allocates for the runtime's goroutine bookkeeping.
-pub fn goroutine_bookkeeping(frames: &[crate::model::Frame]) -> bool {
-    frames.iter().any(|frame| {
-        frame
-            .function
-            .as_deref()
-            .is_some_and(|name| GOROUTINE_BOOKKEEPING.contains(&name))
     })
 }
 
@@ -751,70 +580,27 @@ fn struct_offsets(
     found
 }
 
-/// Live goroutines per creation site (`gopc`), read from `allgs` (at `allgs`, already moved
-/// by the load bias); exited ones (kept for reuse) are left out. The second value says
-/// whether the list was cut at `MAX_GOROUTINES_READ`.
-pub fn live_goroutines(
-    memory: &mut dyn Memory,
-    allgs: u64,
-    gopc_offset: u64,
-    status_offset: u64,
-) -> Option<(HashMap<u64, u64>, bool)> {
-    let mut header = [0u8; 16];
-    if memory.read(allgs, &mut header) != header.len() {
-        return None;
-    }
-    let array = u64::from_le_bytes(header[..8].try_into().ok()?);
-    let len = u64::from_le_bytes(header[8..].try_into().ok()?);
-    let cut = len > MAX_GOROUTINES_READ;
-    let len = len.min(MAX_GOROUTINES_READ) as usize;
-    let mut pointers = vec![0u8; len * 8];
-    if memory.read(array, &mut pointers) != pointers.len() {
-        return None;
-    }
-    let goroutines: Vec<u64> = pointers
-        .chunks_exact(8)
-        .filter_map(|chunk| chunk.try_into().ok().map(u64::from_le_bytes))
-        .filter(|&g| g != 0)
-        .collect();
-    let mut fields = vec![[0u8; 12]; goroutines.len()];
-    let mut requests: Vec<(u64, &mut [u8])> = Vec::with_capacity(goroutines.len() * 2);
-    for (g, field) in goroutines.iter().zip(fields.iter_mut()) {
-        let (status, gopc) = field.split_at_mut(4);
-        requests.push((g + status_offset, status));
-        requests.push((g + gopc_offset, gopc));
-    }
-    let got = memory.read_each(&mut requests);
-    drop(requests);
-    let mut sites: HashMap<u64, u64> = HashMap::new();
-    for (index, field) in fields.iter().enumerate() {
-        if got.get(index * 2) != Some(&4) || got.get(index * 2 + 1) != Some(&8) {
-            continue;
-        }
-        let status = u32::from_le_bytes(field[..4].try_into().unwrap_or_default());
-        let gopc = u64::from_le_bytes(field[4..].try_into().unwrap_or_default());
-        // Statuses above 9 (with the scan bit, 0x1000) are still alive; dead is exactly 6.
-        if status != G_DEAD && gopc != 0 {
-            *sites.entry(gopc).or_default() += 1;
-        }
-    }
-    Some((sites, cut))
-}
-
-/// The goroutines a site had when tracing began: those alive at the `allgs` read, less
-/// those the probes had counted in (created, less exited) by then.
-pub fn baseline(alive_at_read: u64, created: u64, exited: u64) -> i64 {
-    alive_at_read as i64 - (created as i64 - exited as i64)
-}
-
-/// The site's goroutines alive now, from its baseline and the probes' counts.
-pub fn alive_now(baseline: i64, created: u64, exited: u64) -> u64 {
-    (baseline + created as i64 - exited as i64).max(0) as u64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_version_from_build_info_and_knows_1_19() {
+        let mut info = b"\xff Go buildinf:".to_vec();
+        info.push(8);
+        info.push(2);
+        info.resize(32, 0);
+        info.push(8);
+        info.extend(b"go1.19.8");
+        assert_eq!(build_info_version(&info).as_deref(), Some("go1.19.8"));
+        info[15] = 0;
+        assert_eq!(build_info_version(&info), None);
+        let (layout, status) = known_layout("go1.19.8").expect("1.19");
+        assert_eq!((layout.g_gopc, layout.mcache_alloc, status), (296, 40, 144));
+        assert!(known_layout("go1.20.5").is_none());
+        assert!(known_layout("go1.24.0").is_none());
+        assert!(known_layout("devel").is_none());
+    }
 
     #[test]
     fn finds_the_instruction_after_each_call_to_a_function() {
@@ -834,82 +620,6 @@ mod tests {
             vec![0x1005, 0x1010]
         );
         assert_eq!(returns_from_calls(&code, 0x1000, 0x4000), Vec::<u64>::new());
-    }
-
-    /// A fake process memory: an allgs slice of four goroutines, one of them dead.
-    struct FakeMemory(HashMap<u64, Vec<u8>>);
-
-    impl Memory for FakeMemory {
-        fn read(&mut self, address: u64, buffer: &mut [u8]) -> usize {
-            for (start, bytes) in &self.0 {
-                if address >= *start && address + buffer.len() as u64 <= start + bytes.len() as u64
-                {
-                    let from = (address - start) as usize;
-                    buffer.copy_from_slice(&bytes[from..from + buffer.len()]);
-                    return buffer.len();
-                }
-            }
-            0
-        }
-    }
-
-    #[test]
-    fn counts_live_goroutines_per_creation_site() {
-        let (status_at, gopc_at) = (144u64, 296u64);
-        let mut memory = HashMap::new();
-        let gs = [0x10_000u64, 0x20_000, 0x30_000, 0x40_000];
-        let mut header = 0x9000u64.to_le_bytes().to_vec();
-        header.extend(5u64.to_le_bytes());
-        memory.insert(0x8000, header);
-        let mut array: Vec<u8> = gs.iter().flat_map(|g| g.to_le_bytes()).collect();
-        array.extend(0u64.to_le_bytes()); // a nil slot
-        memory.insert(0x9000, array);
-        for (g, (status, gopc)) in gs.iter().zip([
-            (2u32, 0x401000u64),
-            (4, 0x401000),
-            (G_DEAD, 0x401000),
-            (0x1004, 0x402000),
-        ]) {
-            let mut bytes = vec![0u8; 400];
-            bytes[status_at as usize..][..4].copy_from_slice(&status.to_le_bytes());
-            bytes[gopc_at as usize..][..8].copy_from_slice(&gopc.to_le_bytes());
-            memory.insert(*g, bytes);
-        }
-        let (sites, cut) =
-            live_goroutines(&mut FakeMemory(memory), 0x8000, gopc_at, status_at).expect("read");
-        assert!(!cut);
-        assert_eq!(sites.get(&0x401000), Some(&2));
-        assert_eq!(sites.get(&0x402000), Some(&1));
-        assert_eq!(sites.len(), 2);
-    }
-
-    #[test]
-    fn alive_counts_start_from_the_baseline() {
-        // 10 alive at the read; by then the probes had seen 3 start and 1 end: 8 were there
-        // when tracing began.
-        let start = baseline(10, 3, 1);
-        assert_eq!(start, 8);
-        assert_eq!(alive_now(start, 13, 6), 15);
-        // Exits of goroutines the read missed never go below zero.
-        assert_eq!(alive_now(0, 0, 4), 0);
-    }
-
-    #[test]
-    fn reads_the_version_from_build_info_and_knows_1_19() {
-        let mut info = b"\xff Go buildinf:".to_vec();
-        info.push(8);
-        info.push(2);
-        info.resize(32, 0);
-        info.push(8);
-        info.extend(b"go1.19.8");
-        assert_eq!(build_info_version(&info).as_deref(), Some("go1.19.8"));
-        info[15] = 0;
-        assert_eq!(build_info_version(&info), None);
-        let (layout, status) = known_layout("go1.19.8").expect("1.19");
-        assert_eq!((layout.g_gopc, layout.mcache_alloc, status), (296, 40, 144));
-        assert!(known_layout("go1.20.5").is_none());
-        assert!(known_layout("go1.24.0").is_none());
-        assert!(known_layout("devel").is_none());
     }
 
     /// Every Go toolchain on this machine: `go` on PATH and Debian's /usr/lib/go-*/bin/go,

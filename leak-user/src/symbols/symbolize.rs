@@ -116,7 +116,7 @@ pub struct Symbolizer {
     /// Addresses that could not be symbolized (no module, no symbol).
     pub failures: u64,
     /// Names Python frames, when the target runs CPython.
-    pub python: Option<crate::probe::python::PythonNames>,
+    pub python: Option<crate::symbols::python::PythonNames>,
     /// Go's own symbol tables, per file (None: the file has none).
     go_tables: HashMap<FileId, Option<GoTable>>,
 }
@@ -210,7 +210,7 @@ impl Symbolizer {
                 let frame = match &mut self.python {
                     Some(names) => names.frame(code, instruction),
                     None => Frame {
-                        module: Some(crate::probe::python::PYTHON_MODULE.into()),
+                        module: Some(crate::symbols::python::PYTHON_MODULE.into()),
                         address: code,
                         ..Frame::default()
                     },
@@ -476,7 +476,7 @@ mod tests {
             (
                 Frame {
                     function: Some(function.into()),
-                    module: Some(crate::probe::python::PYTHON_MODULE.into()),
+                    module: Some(crate::symbols::python::PYTHON_MODULE.into()),
                     ..Frame::default()
                 },
                 is_entry,
