@@ -311,6 +311,22 @@ pub fn points(
             value,
         })
     };
+    process_points(report, &mut push);
+    stack_points(report, max_stacks, &mut push);
+    if let Some(scan) = &report.reachability_scan {
+        push(REACHABILITY_PAUSE, Vec::new(), scan.paused_ms / 1e3);
+    }
+    scope_points(report, &mut push);
+    goroutine_points(report, max_stacks, &mut push);
+    agent_points(report, probes_attached, export_failures, &mut push);
+    points
+}
+
+/// The process's memory, as the last sample saw it.
+fn process_points(
+    report: &Report,
+    push: &mut impl FnMut(Instrument, Vec<(&'static str, Value)>, f64),
+) {
     if let Some(process) = &report.process
         && let Some(last) = process.samples.last()
     {
@@ -331,6 +347,14 @@ pub fn points(
         push(HEAP_OUTSTANDING, Vec::new(), last.heap_bytes as f64);
         push(HEAP_GROWTH, Vec::new(), process.heap_growth_bytes_per_s);
     }
+}
+
+/// The first `max_stacks` stacks one by one, the rest summed as "other".
+fn stack_points(
+    report: &Report,
+    max_stacks: usize,
+    push: &mut impl FnMut(Instrument, Vec<(&'static str, Value)>, f64),
+) {
     let (own, rest) = report.stacks.split_at(report.stacks.len().min(max_stacks));
     for stack in own {
         let attributes = stack_attributes(stack);
@@ -360,7 +384,7 @@ pub fn points(
         let suspect = f64::from(u8::from(stack.verdict == Verdict::Suspect));
         push(STACK_SUSPECT, attributes.clone(), suspect);
         if let Some(reachability) = &stack.reachability {
-            push_reachability(&mut push, &attributes, reachability);
+            push_reachability(push, &attributes, reachability);
         }
     }
     if !rest.is_empty() || report.omitted_stacks > 0 {
@@ -383,12 +407,16 @@ pub fn points(
             for stack in rest {
                 reachability.add(&stack.reachability.unwrap_or_default());
             }
-            push_reachability(&mut push, &other(), &reachability);
+            push_reachability(push, &other(), &reachability);
         }
     }
-    if let Some(scan) = &report.reachability_scan {
-        push(REACHABILITY_PAUSE, Vec::new(), scan.paused_ms / 1e3);
-    }
+}
+
+/// Each --scope function and each of its labels.
+fn scope_points(
+    report: &Report,
+    push: &mut impl FnMut(Instrument, Vec<(&'static str, Value)>, f64),
+) {
     for scope in &report.scopes {
         let mut groups = vec![(None, &scope.figures)];
         groups.extend(
@@ -417,6 +445,14 @@ pub fn points(
             push(SCOPE_RETAINED, attributes, figures.retained_bytes as f64);
         }
     }
+}
+
+/// Goroutines, alive in all and per creation site.
+fn goroutine_points(
+    report: &Report,
+    max_stacks: usize,
+    push: &mut impl FnMut(Instrument, Vec<(&'static str, Value)>, f64),
+) {
     if let Some(goroutines) = &report.goroutines {
         push(GO_GOROUTINE_COUNT, Vec::new(), goroutines.alive as f64);
         let (own, rest) = goroutines
@@ -454,6 +490,15 @@ pub fn points(
             );
         }
     }
+}
+
+/// leaktrace's own health: dropped events, probes, overhead, programs, failures.
+fn agent_points(
+    report: &Report,
+    probes_attached: u64,
+    export_failures: u64,
+    push: &mut impl FnMut(Instrument, Vec<(&'static str, Value)>, f64),
+) {
     for (reason, count) in &report.dropped {
         push(
             EVENTS_DROPPED,
@@ -496,7 +541,6 @@ pub fn points(
         .unwrap_or(0);
     push(SYMBOLIZATION_FAILURES, Vec::new(), failures as f64);
     push(EXPORT_FAILURES, Vec::new(), export_failures as f64);
-    points
 }
 
 /// A stack's bytes and blocks of each reachability class: four series each, whatever the

@@ -60,6 +60,23 @@ fn rate(bytes_per_s: f64) -> String {
 pub fn render(report: &Report, color: bool) -> String {
     let painter = Painter { color };
     let mut out = String::new();
+    render_headline(&mut out, report, &painter);
+    render_allocators(&mut out, report, &painter);
+    render_cost(&mut out, report);
+    render_context(&mut out, report, &painter);
+    render_stacks(&mut out, report, &painter);
+    render_goroutines(&mut out, report, &painter);
+    render_scopes(&mut out, report, &painter);
+    // Each forked child apart, as valgrind reports each process.
+    for child in &report.children {
+        out.push('\n');
+        out.push_str(&render(child, color));
+    }
+    out
+}
+
+/// The first line: the target, how long, the verdict counts, what is held.
+fn render_headline(out: &mut String, report: &Report, painter: &Painter) {
     let count = |verdict: Verdict| report.count(verdict) as u64;
     let (leaking, growing) = (count(Verdict::Leaking), count(Verdict::Growing));
     let suspect = count(Verdict::Suspect);
@@ -88,6 +105,10 @@ pub fn render(report: &Report, color: bool) -> String {
         plural(others, "other stack"),
         human_bytes(held as f64),
     );
+}
+
+/// The allocators probed, and the probes that are single-stepped.
+fn render_allocators(out: &mut String, report: &Report, painter: &Painter) {
     if !report.allocators.is_empty() {
         let found: Vec<String> = report
             .allocators
@@ -125,6 +146,10 @@ pub fn render(report: &Report, color: bool) -> String {
             );
         }
     }
+}
+
+/// What the probes cost the target, and what the --max-overhead budget did.
+fn render_cost(out: &mut String, report: &Report) {
     if let Some(cost) = &report.cost {
         let mut line = format!(
             "cost: {:.1}% of the target's CPU in leaktrace's probes, {:.1}% of a core ({:.0} traps/s at {:.0} ns each; peak {:.1}%)",
@@ -148,6 +173,11 @@ pub fn render(report: &Report, color: bool) -> String {
             let _ = writeln!(out, "  budget: {action}");
         }
     }
+}
+
+/// The lines that say how to read the stacks: runtimes, sampling, the process's memory, the
+/// reachability scan, how the target ended, dropped events.
+fn render_context(out: &mut String, report: &Report, painter: &Painter) {
     for runtime in &report.runtimes {
         match (&runtime.perf_map, &runtime.hint) {
             (Some(map), _) => {
@@ -217,6 +247,11 @@ pub fn render(report: &Report, color: bool) -> String {
     if report.stacks.is_empty() && report.omitted_stacks == 0 {
         let _ = writeln!(out, "\nno allocations seen");
     }
+}
+
+/// The stacks: a section per verdict that needs attention, then what the C runtime holds,
+/// what is suppressed, and the rest a line each.
+fn render_stacks(out: &mut String, report: &Report, painter: &Painter) {
     let sections = [
         (
             Verdict::Leaking,
@@ -252,7 +287,7 @@ pub fn render(report: &Report, color: bool) -> String {
         let _ = writeln!(out, "\n{}", painter.paint(BOLD, title));
         for stack in stacks {
             rank += 1;
-            render_detailed(&mut out, rank, stack, &painter);
+            render_detailed(out, rank, stack, painter);
         }
     }
     let rest: Vec<&StackReport> = report
@@ -283,7 +318,7 @@ pub fn render(report: &Report, color: bool) -> String {
         for stack in runtime {
             rank += 1;
             let what = stack.held_by_c_runtime.as_deref().unwrap_or_default();
-            render_brief(&mut out, rank, None, stack, Some(what));
+            render_brief(out, rank, None, stack, Some(what));
         }
     }
     let suppressed: Vec<&StackReport> = report
@@ -300,7 +335,7 @@ pub fn render(report: &Report, color: bool) -> String {
         for stack in suppressed {
             rank += 1;
             let by = format!("by {}", stack.suppressed_by.as_deref().unwrap_or_default());
-            render_brief(&mut out, rank, None, stack, Some(&by));
+            render_brief(out, rank, None, stack, Some(&by));
         }
     }
     if !rest.is_empty() {
@@ -308,7 +343,7 @@ pub fn render(report: &Report, color: bool) -> String {
         for stack in rest {
             rank += 1;
             let verdict = format!("{:<9}", painter.verdict(stack.verdict));
-            render_brief(&mut out, rank, Some(&verdict), stack, None);
+            render_brief(out, rank, Some(&verdict), stack, None);
         }
     }
     if report.omitted_stacks > 0 {
@@ -320,14 +355,6 @@ pub fn render(report: &Report, color: bool) -> String {
             human_bytes(report.omitted_outstanding_bytes as f64)
         );
     }
-    render_goroutines(&mut out, report, &painter);
-    render_scopes(&mut out, report, &painter);
-    // Each forked child apart, as valgrind reports each process.
-    for child in &report.children {
-        out.push('\n');
-        out.push_str(&render(child, color));
-    }
-    out
 }
 
 /// A Go program's goroutines per creation site: leaking sites with their stack, the rest a
