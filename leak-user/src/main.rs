@@ -1,8 +1,8 @@
-use std::{io::Write, path::Path, process::ExitCode};
+use std::{io::Write, path::Path, process::ExitCode, time::Duration};
 
 use clap::Parser;
 use leaktrace::{
-    cli::{self, Cli, Command, DiffFormat},
+    cli::{self, Cli, Command, Common, DiffFormat, WatchFlags},
     export::report::{self, Format},
     model::exit::Status,
     modes::session,
@@ -14,56 +14,20 @@ fn status(status: Status) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args_os()
-        .map(|arg| arg.to_string_lossy().into_owned())
-        .collect();
-    let args = match cli::with_config_file(args) {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("leaktrace: {message}");
-            return status(Status::Usage);
-        }
+    let cli = match parse_command_line() {
+        Ok(cli) => cli,
+        Err(code) => return code,
     };
-    let cli = Cli::parse_from(args);
     // LEAKTRACE_LOG_TIME=1 stamps each log line with the time (where start-up time goes).
     let stamps =
         std::env::var_os("LEAKTRACE_LOG_TIME").map(|_| env_logger::TimestampPrecision::Millis);
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(cli.log_filter()))
         .format_timestamp(stamps)
         .init();
-    if let Command::Attach { common, .. }
-    | Command::Run { common, .. }
-    | Command::Watch { common, .. } = &cli.command
-        && let Err(message) = common.check()
-    {
-        eprintln!("leaktrace: {message}");
-        return status(Status::Usage);
+    if let Err(code) = check_before_start(&cli) {
+        return code;
     }
-    let binary_to_terminal = match &cli.command {
-        Command::Attach { common, .. } | Command::Run { common, .. } => {
-            common.format == Format::Pprof && common.output.is_none()
-        }
-        Command::Report { format, output, .. } => *format == Format::Pprof && output.is_none(),
-        Command::Diff { .. } | Command::Watch { .. } | Command::Programs { .. } => false,
-    };
-    if binary_to_terminal && stdout_is_tty() {
-        eprintln!("leaktrace: --format pprof is binary: write it to a file with -o FILE.pb.gz");
-        return status(Status::Usage);
-    }
-    // Least privilege, while leaktrace is one thread (see privileges.rs). `run` as another
-    // user keeps its sets until its command is started, which inherits them.
-    let needs = match &cli.command {
-        Command::Attach { common, .. } => Some(common.privilege_needs()),
-        Command::Run { common, .. } if is_root() => Some(common.privilege_needs()),
-        Command::Watch { watch, common } => Some(leaktrace::probe::privileges::Needs::new(
-            [watch.report_dir.clone()],
-            common.export.prometheus,
-        )),
-        _ => None,
-    };
-    if let Some(needs) = needs {
-        leaktrace::probe::privileges::drop_to(needs.at_start(), "at start", &[]);
-    }
+    drop_privileges_at_start(&cli);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -79,95 +43,17 @@ fn main() -> ExitCode {
             pid,
             duration,
             common,
-        } => match runtime.block_on(session::attach(
-            pid,
-            session::Options {
-                reachability: common.reachability(false),
-                max_overhead: common.max_overhead(Some(leaktrace::cli::DEFAULT_MAX_OVERHEAD)),
-                ..common.options(duration)
-            },
-        )) {
-            Ok(outcome) => {
-                if outcome.report.exited.is_some() {
-                    eprintln!(
-                        "leaktrace: process {pid} exited during tracing; the report shows what was seen until then"
-                    );
-                    status(Status::TargetExited)
-                } else {
-                    ExitCode::SUCCESS
-                }
-            }
-            Err(err) => {
-                eprintln!("leaktrace: {err}");
-                status(err.status())
-            }
-        },
+        } => attach(&runtime, pid, duration, common),
         Command::Run {
             common,
             command,
             error_exitcode,
             trace_children,
-        } => {
-            let options = session::Options {
-                reachability: common.reachability(true),
-                trace_children,
-                ..common.options(None)
-            };
-            match runtime.block_on(session::run(&command, options)) {
-                Ok(outcome) => {
-                    // One line for the command, one for each forked child, as valgrind
-                    // ends each process with its own summary.
-                    let mut any_leak = false;
-                    for report in std::iter::once(&outcome.report).chain(&outcome.report.children) {
-                        let Some(summary) = &report.leak_summary else {
-                            continue;
-                        };
-                        any_leak |= summary.any_leak();
-                        match report.forked_by {
-                            Some(_) => eprintln!(
-                                "leaktrace: child {}: {}",
-                                report.target.pid,
-                                summary.line()
-                            ),
-                            None => eprintln!("leaktrace: {}", summary.line()),
-                        }
-                    }
-                    match error_exitcode {
-                        Some(code) if any_leak => ExitCode::from(code),
-                        _ => match outcome.exit {
-                            Some(exit) => match (exit.code, exit.signal) {
-                                (Some(code), _) => ExitCode::from(code as u8),
-                                (_, Some(signal)) => {
-                                    ExitCode::from(128u8.wrapping_add(signal as u8))
-                                }
-                                _ => status(Status::Internal),
-                            },
-                            None => ExitCode::SUCCESS,
-                        },
-                    }
-                }
-                Err(err) => {
-                    eprintln!("leaktrace: {err}");
-                    status(err.status())
-                }
-            }
-        }
-        Command::Watch { watch, common } => {
-            let options = match watch.options(&common) {
-                Ok(options) => options,
-                Err(message) => {
-                    eprintln!("leaktrace: {message}");
-                    return status(Status::Usage);
-                }
-            };
-            match runtime.block_on(leaktrace::modes::watch::watch(options)) {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(err) => {
-                    eprintln!("leaktrace: {err}");
-                    status(err.status())
-                }
-            }
-        }
+        } => run(&runtime, common, &command, error_exitcode, trace_children),
+        Command::Watch {
+            watch: flags,
+            common,
+        } => watch(&runtime, flags, common),
         Command::Report {
             file,
             format,
@@ -184,19 +70,180 @@ fn main() -> ExitCode {
             format,
             top,
             output,
-        } => finish_offline(
-            report::json::read(&old).and_then(|old| {
-                let new = report::json::read(&new)?;
-                let diff = report::diff::diff(&old, &new);
-                Ok(match format {
-                    DiffFormat::Text => report::diff::render_text(&diff, top),
-                    DiffFormat::Json => report::diff::render_json(&diff),
-                }
-                .into_bytes())
-            }),
-            output.as_deref(),
-        ),
+        } => diff(&old, &new, format, top, output.as_deref()),
     }
+}
+
+/// The command line, with the config file's settings before it (see cli::with_config_file).
+fn parse_command_line() -> Result<Cli, ExitCode> {
+    let args: Vec<String> = std::env::args_os()
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect();
+    let args = match cli::with_config_file(args) {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("leaktrace: {message}");
+            return Err(status(Status::Usage));
+        }
+    };
+    Ok(Cli::parse_from(args))
+}
+
+/// Flags that cannot work together, and binary output to a terminal: refused before start.
+fn check_before_start(cli: &Cli) -> Result<(), ExitCode> {
+    if let Command::Attach { common, .. }
+    | Command::Run { common, .. }
+    | Command::Watch { common, .. } = &cli.command
+        && let Err(message) = common.check()
+    {
+        eprintln!("leaktrace: {message}");
+        return Err(status(Status::Usage));
+    }
+    let binary_to_terminal = match &cli.command {
+        Command::Attach { common, .. } | Command::Run { common, .. } => {
+            common.format == Format::Pprof && common.output.is_none()
+        }
+        Command::Report { format, output, .. } => *format == Format::Pprof && output.is_none(),
+        Command::Diff { .. } | Command::Watch { .. } | Command::Programs { .. } => false,
+    };
+    if binary_to_terminal && stdout_is_tty() {
+        eprintln!("leaktrace: --format pprof is binary: write it to a file with -o FILE.pb.gz");
+        return Err(status(Status::Usage));
+    }
+    Ok(())
+}
+
+/// Least privilege, while leaktrace is one thread: what each command keeps (see
+/// probe/privileges.rs). `run` as another user keeps its sets until its command is started,
+/// which inherits them.
+fn drop_privileges_at_start(cli: &Cli) {
+    let needs = match &cli.command {
+        Command::Attach { common, .. } => Some(common.privilege_needs()),
+        Command::Run { common, .. } if is_root() => Some(common.privilege_needs()),
+        Command::Watch { watch, common } => Some(leaktrace::probe::privileges::Needs::new(
+            [watch.report_dir.clone()],
+            common.export.prometheus,
+        )),
+        _ => None,
+    };
+    if let Some(needs) = needs {
+        leaktrace::probe::privileges::drop_to(needs.at_start(), "at start", &[]);
+    }
+}
+
+/// `leaktrace attach`: its report is written by the session; the status says how it ended.
+fn attach(
+    runtime: &tokio::runtime::Runtime,
+    pid: u32,
+    duration: Option<Duration>,
+    common: Common,
+) -> ExitCode {
+    match runtime.block_on(session::attach(
+        pid,
+        session::Options {
+            reachability: common.reachability(false),
+            max_overhead: common.max_overhead(Some(leaktrace::cli::DEFAULT_MAX_OVERHEAD)),
+            ..common.options(duration)
+        },
+    )) {
+        Ok(outcome) => {
+            if outcome.report.exited.is_some() {
+                eprintln!(
+                    "leaktrace: process {pid} exited during tracing; the report shows what was seen until then"
+                );
+                status(Status::TargetExited)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(err) => {
+            eprintln!("leaktrace: {err}");
+            status(err.status())
+        }
+    }
+}
+
+/// `leaktrace run`: the command's status, or --error-exitcode's when it leaked.
+fn run(
+    runtime: &tokio::runtime::Runtime,
+    common: Common,
+    command: &[String],
+    error_exitcode: Option<u8>,
+    trace_children: bool,
+) -> ExitCode {
+    let options = session::Options {
+        reachability: common.reachability(true),
+        trace_children,
+        ..common.options(None)
+    };
+    match runtime.block_on(session::run(command, options)) {
+        Ok(outcome) => {
+            // One line for the command, one for each forked child, as valgrind
+            // ends each process with its own summary.
+            let mut any_leak = false;
+            for report in std::iter::once(&outcome.report).chain(&outcome.report.children) {
+                let Some(summary) = &report.leak_summary else {
+                    continue;
+                };
+                any_leak |= summary.any_leak();
+                match report.forked_by {
+                    Some(_) => {
+                        eprintln!("leaktrace: child {}: {}", report.target.pid, summary.line())
+                    }
+                    None => eprintln!("leaktrace: {}", summary.line()),
+                }
+            }
+            match error_exitcode {
+                Some(code) if any_leak => ExitCode::from(code),
+                _ => match outcome.exit {
+                    Some(exit) => match (exit.code, exit.signal) {
+                        (Some(code), _) => ExitCode::from(code as u8),
+                        (_, Some(signal)) => ExitCode::from(128u8.wrapping_add(signal as u8)),
+                        _ => status(Status::Internal),
+                    },
+                    None => ExitCode::SUCCESS,
+                },
+            }
+        }
+        Err(err) => {
+            eprintln!("leaktrace: {err}");
+            status(err.status())
+        }
+    }
+}
+
+/// `leaktrace watch`, until it is stopped.
+fn watch(runtime: &tokio::runtime::Runtime, watch: WatchFlags, common: Common) -> ExitCode {
+    let options = match watch.options(&common) {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("leaktrace: {message}");
+            return status(Status::Usage);
+        }
+    };
+    match runtime.block_on(leaktrace::modes::watch::watch(options)) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("leaktrace: {err}");
+            status(err.status())
+        }
+    }
+}
+
+/// `leaktrace diff`: what grew between two saved reports.
+fn diff(old: &Path, new: &Path, format: DiffFormat, top: usize, output: Option<&Path>) -> ExitCode {
+    finish_offline(
+        report::json::read(old).and_then(|old| {
+            let new = report::json::read(new)?;
+            let diff = report::diff::diff(&old, &new);
+            Ok(match format {
+                DiffFormat::Text => report::diff::render_text(&diff, top),
+                DiffFormat::Json => report::diff::render_json(&diff),
+            }
+            .into_bytes())
+        }),
+        output,
+    )
 }
 
 /// `leaktrace programs`: each kernel program's verification, in each way of walking stacks.
