@@ -62,34 +62,11 @@ pub fn analyse(
             })
             .collect();
         let figures_of = |tags: &[u32], series: Option<&[(u64, u64)]>| {
-            let mut sum = TagFigures::default();
-            for tag in tags {
-                if let Some(figures) = records.figures.get(tag) {
-                    add_figures(&mut sum, figures);
-                }
-            }
-            let mut by_stack: HashMap<StackKey, Held> = HashMap::new();
-            for tag in tags {
-                for (key, held) in held.get(tag).into_iter().flatten() {
-                    let sum = by_stack.entry(*key).or_default();
-                    sum.allocs += held.allocs;
-                    sum.bytes += held.bytes;
-                }
-            }
+            let (sum, by_stack) = tag_figures(records, held, tags);
             (sum, by_stack, series.map(<[_]>::to_vec))
         };
-        // Bytes and blocks by stack id, scaled by the sample rate like the stacks'.
         let rate = settings.sample_rate.max(1);
-        let mut named = |by_stack: &HashMap<StackKey, Held>| {
-            let mut by_id: HashMap<String, (u64, u64, Vec<String>)> = HashMap::new();
-            for (key, held) in by_stack {
-                let Some(stack) = name(key) else { continue };
-                let entry = by_id.entry(stack.id).or_insert((0, 0, stack.frames));
-                entry.0 += held.bytes.saturating_mul(rate);
-                entry.1 += held.allocs.saturating_mul(rate);
-            }
-            by_id
-        };
+        let mut named = |by_stack: &HashMap<StackKey, Held>| by_stack_id(by_stack, rate, name);
         let (all, all_held, _) = figures_of(&tags, None);
         let all_series = records.scope_series.get(&index).map(Vec::as_slice);
         let all_named = named(&all_held);
@@ -169,6 +146,45 @@ pub fn analyse(
         });
     }
     ScopeAnalysis { reports, groups }
+}
+
+/// What `tags` did together: their figures summed, and what they hold by stack.
+fn tag_figures(
+    records: &ScopeRecords,
+    held: &HashMap<u32, HashMap<StackKey, Held>>,
+    tags: &[u32],
+) -> (TagFigures, HashMap<StackKey, Held>) {
+    let mut sum = TagFigures::default();
+    for tag in tags {
+        if let Some(figures) = records.figures.get(tag) {
+            add_figures(&mut sum, figures);
+        }
+    }
+    let mut by_stack: HashMap<StackKey, Held> = HashMap::new();
+    for tag in tags {
+        for (key, held) in held.get(tag).into_iter().flatten() {
+            let sum = by_stack.entry(*key).or_default();
+            sum.allocs += held.allocs;
+            sum.bytes += held.bytes;
+        }
+    }
+    (sum, by_stack)
+}
+
+/// Bytes, blocks and frames by stack id, scaled by the sample rate like the stacks'.
+fn by_stack_id(
+    by_stack: &HashMap<StackKey, Held>,
+    rate: u64,
+    name: &mut dyn FnMut(&StackKey) -> Option<NamedStack>,
+) -> HashMap<String, (u64, u64, Vec<String>)> {
+    let mut by_id: HashMap<String, (u64, u64, Vec<String>)> = HashMap::new();
+    for (key, held) in by_stack {
+        let Some(stack) = name(key) else { continue };
+        let entry = by_id.entry(stack.id).or_insert((0, 0, stack.frames));
+        entry.0 += held.bytes.saturating_mul(rate);
+        entry.1 += held.allocs.saturating_mul(rate);
+    }
+    by_id
 }
 
 /// One set of calls' figures, per call and scaled by the sample rate.
