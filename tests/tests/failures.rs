@@ -1,4 +1,4 @@
-//! End-to-end: every failure mode in README.md's table gives one clear line on stderr and
+//! End-to-end: every failure mode in docs/errors.md's table gives one clear line on stderr and
 //! its own exit status, and nothing is traced or started by a run that cannot go on.
 use std::process::{Command, Output};
 

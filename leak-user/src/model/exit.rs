@@ -1,7 +1,7 @@
 //! Exit statuses: one per kind of failure, so a script or a supervisor can tell "not root"
 //! from "no such process" from "the kernel cannot do it" without reading the message. The
 //! numbers follow sysexits.h where one fits, and the shell's 126/127 for a command that
-//! cannot run. README.md has the table.
+//! cannot run. docs/errors.md has the table.
 
 /// Why leaktrace stopped, as its exit status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
