@@ -29,12 +29,83 @@ pub mod map_names {
     pub const SCOPE_TAG_OWNERS: &str = "SCOPE_TAG_OWNERS";
     pub const SCOPE_TOTALS: &str = "SCOPE_TOTALS";
     pub const SCOPE_CALLS: &str = "SCOPE_CALLS";
+    /// Per CPU, scope calls begun on it (call ids); the kernel's alone.
     pub const SCOPE_NEXT: &str = "SCOPE_NEXT";
     pub const SCOPE_EVENTS: &str = "SCOPE_EVENTS";
     pub const GOROUTINE_SITES: &str = "GOROUTINE_SITES";
     pub const PY_RUNTIME: &str = "PY_RUNTIME";
     pub const THREAD_ENDS: &str = "THREAD_ENDS";
+    /// Per CPU, the stack being recorded (too big for the BPF stack).
+    pub const STACK_SCRATCH: &str = "STACK_SCRATCH";
+    /// Per CPU, the top of the target's stack copied for an unwind (--unwind dwarf).
+    pub const STACK_WINDOW: &str = "STACK_WINDOW";
+    /// The unwind row found for each return address, cached across walks.
+    pub const ROW_CACHE: &str = "ROW_CACHE";
+
+    /// Every map user space reads, writes or resizes at load time.
+    pub const ALL: &[&str] = &[
+        ALLOCS,
+        STACK_TOTALS,
+        STACKS,
+        UNWIND_ROWS,
+        UNWIND_MAPPINGS,
+        UNWIND_INDEX,
+        PENDING_CALLS,
+        PENDING_SYSCALLS,
+        MMAP_EVENTS,
+        COUNTERS,
+        ENTRIES_ARMED,
+        FAULT_SAMPLES,
+        SCOPE_STACKS,
+        SCOPE_TAGS,
+        SCOPE_TAG_OWNERS,
+        SCOPE_TOTALS,
+        SCOPE_CALLS,
+        SCOPE_EVENTS,
+        GOROUTINE_SITES,
+        PY_RUNTIME,
+        THREAD_ENDS,
+    ];
+
+    /// The maps only the kernel programs use (scratch space, caches, id counters). With
+    /// [`ALL`], every map of the eBPF object: each map is in exactly one of the two.
+    pub const KERNEL_ONLY: &[&str] = &[STACK_SCRATCH, STACK_WINDOW, ROW_CACHE, SCOPE_NEXT];
 }
+
+/// Every global of the eBPF object; user space sets each at load time.
+pub const ALL_GLOBALS: &[&str] = &[
+    TARGET_TGID_GLOBAL,
+    MIN_SIZE_GLOBAL,
+    MAX_SIZE_GLOBAL,
+    SAMPLE_RATE_GLOBAL,
+    UNWIND_MODE_GLOBAL,
+    SCOPE_COUNT_GLOBAL,
+    GO_LAYOUT_GLOBAL,
+    PY_LAYOUT_GLOBAL,
+];
+
+/// Every program of the eBPF object.
+pub const ALL_PROGRAMS: &[&str] = &[
+    ENTRY_PROGRAM,
+    ALLOC_RETURN_PROGRAM,
+    SESSION_PROGRAM,
+    SYSCALL_PROGRAMS[0].0,
+    SYSCALL_PROGRAMS[1].0,
+    SYSCALL_PROGRAMS[2].0,
+    SYSCALL_PROGRAMS[3].0,
+    SYSCALL_PROGRAMS[4].0,
+    SYSCALL_PROGRAMS[5].0,
+    SYSCALL_PROGRAMS[6].0,
+    SYSCALL_PROGRAMS[7].0,
+    PAGE_FAULT_PROGRAM,
+    SCOPE_ENTRY_PROGRAM,
+    SCOPE_RETURN_PROGRAM,
+    GO_NEWPROC_PROGRAM,
+    GO_GOEXIT_PROGRAM,
+    GO_SPAN_FULL_PROGRAM,
+    GO_LARGE_SPAN_PROGRAM,
+    GO_SPAN_FREE_PROGRAM,
+];
 
 /// Name of the global holding the traced process id (tgid); set by user space at load time.
 pub const TARGET_TGID_GLOBAL: &str = "TARGET_TGID";
@@ -951,6 +1022,29 @@ impl Counter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each name once, in one list only: user space can tell every map, program and global
+    /// of the object apart by name, and each map is either shared or the kernel's alone.
+    #[test]
+    fn every_name_is_listed_once() {
+        let maps = || map_names::ALL.iter().chain(map_names::KERNEL_ONLY);
+        for (i, name) in maps().enumerate() {
+            assert!(
+                !maps().take(i).any(|n| n == name),
+                "map {name} is listed twice"
+            );
+        }
+        for list in [ALL_GLOBALS, ALL_PROGRAMS] {
+            for (i, name) in list.iter().enumerate() {
+                assert!(!list[..i].contains(name), "{name} is listed twice");
+            }
+        }
+        assert_eq!(
+            SYSCALL_PROGRAMS.len(),
+            8,
+            "ALL_PROGRAMS lists 8 syscall programs"
+        );
+    }
 
     #[test]
     fn call_shapes_round_trip_through_the_cookie() {
