@@ -14,8 +14,9 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use leak_common::{
-    AllocFn, AllocRecord, CallShape, Counter, NESTED_CALL_MAX_AGE_NS, NESTED_CALL_MAX_DEPTH_BYTES,
-    NO_ARG, PENDING_DONE, PENDING_NO_RETURN, PENDING_RECORD, PendingCall, tag_kind,
+    ALLOC_RETURN_PROGRAM, AllocFn, AllocRecord, CallShape, Counter, ENTRY_PROGRAM,
+    NESTED_CALL_MAX_AGE_NS, NESTED_CALL_MAX_DEPTH_BYTES, NO_ARG, PENDING_DONE, PENDING_NO_RETURN,
+    PENDING_RECORD, PendingCall, SESSION_PROGRAM, tag_kind,
 };
 
 use crate::{
@@ -160,6 +161,7 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
     on_entry(&ctx, false);
     0
 }
+named!(alloc_enter, ENTRY_PROGRAM);
 
 /// Entry and return of every allocating function, as one uprobe session (Linux 6.13+): the
 /// entry returns [`SKIP_RETURN`] for a call whose return need not be seen, which then costs
@@ -182,6 +184,7 @@ pub fn alloc_session(ctx: *mut core::ffi::c_void) -> u32 {
         0
     }
 }
+named!(alloc_session, SESSION_PROGRAM);
 
 #[uretprobe]
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
@@ -189,6 +192,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     on_return(&ctx, unsafe { &*ctx.regs });
     0
 }
+named!(alloc_return, ALLOC_RETURN_PROGRAM);
 
 /// The return half: records the block the call returned, releases the one it resized.
 #[inline(always)]

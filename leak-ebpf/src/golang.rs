@@ -17,8 +17,10 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use leak_common::{
-    AllocRecord, Counter, GO_ON_STACK_CHECK, GO_SPAN_CLASS_MARK, GO_SPAN_CLASSES, GO_SPAN_IN_SLOT,
-    GoLayout, GoroutineSite, MAX_GOROUTINE_SITES, UNKNOWN_STACK_ID,
+    AllocRecord, Counter, GO_GOEXIT_PROGRAM, GO_LARGE_SPAN_PROGRAM, GO_LAYOUT_GLOBAL,
+    GO_NEWPROC_PROGRAM, GO_ON_STACK_CHECK, GO_SPAN_CLASS_MARK, GO_SPAN_CLASSES,
+    GO_SPAN_FREE_PROGRAM, GO_SPAN_FULL_PROGRAM, GO_SPAN_IN_SLOT, GoLayout, GoroutineSite,
+    MAX_GOROUTINE_SITES, UNKNOWN_STACK_ID, map_names,
 };
 
 use crate::maps::{
@@ -36,10 +38,12 @@ static GO_LAYOUT: GoLayout = GoLayout {
     span_npages: 0,
     page_bytes: 0,
 };
+named!(GO_LAYOUT, GO_LAYOUT_GLOBAL);
 
-#[map(name = "GOROUTINE_SITES")]
+#[map]
 static GOROUTINE_SITES: HashMap<u64, GoroutineSite> =
     HashMap::with_max_entries(MAX_GOROUTINE_SITES, 0);
+named!(GOROUTINE_SITES, map_names::GOROUTINE_SITES);
 
 /// Whether this pass of a probe on a stack-check branch is the one before the stack grows
 /// (the branch to morestack is taken when CF or ZF is set): the function runs again from
@@ -105,6 +109,7 @@ pub fn go_newproc(ctx: ProbeContext) -> u32 {
     }
     0
 }
+named!(go_newproc, GO_NEWPROC_PROGRAM);
 
 /// `runtime.goexit0(gp)`: goroutine `gp` has returned (or called Goexit).
 #[uprobe]
@@ -124,6 +129,7 @@ pub fn go_goexit(ctx: ProbeContext) -> u32 {
     }
     0
 }
+named!(go_goexit, GO_GOEXIT_PROGRAM);
 
 /// The start address and size of span `span`, or None for the runtime's empty placeholder
 /// span (no pages) and unreadable ones.
@@ -197,6 +203,7 @@ pub fn go_span_full(ctx: ProbeContext) -> u32 {
     }
     0
 }
+named!(go_span_full, GO_SPAN_FULL_PROGRAM);
 
 /// In `mallocgc`, just after `(*mcache).allocLarge` returned the span of one large object
 /// (in RAX).
@@ -220,6 +227,7 @@ pub fn go_large_span(ctx: ProbeContext) -> u32 {
     }
     0
 }
+named!(go_large_span, GO_LARGE_SPAN_PROGRAM);
 
 /// `(*mheap).freeSpanLocked(h, s, typ)`: span `s` goes back to the heap. Spans the probes
 /// never saw (stacks, spans filled before tracing began) are not in `ALLOCS`.
@@ -243,3 +251,4 @@ pub fn go_span_free(ctx: ProbeContext) -> u32 {
     }
     0
 }
+named!(go_span_free, GO_SPAN_FREE_PROGRAM);

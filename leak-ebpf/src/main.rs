@@ -8,12 +8,19 @@
 //! - `faults`: sampled page faults with stacks (`leaktrace watch` between precise windows).
 //! - `maps`: every map and the counters, shared by both.
 //! - `unwind`: user stacks walked with .eh_frame tables (--unwind dwarf).
+//! - `names`: the build fails unless each map, global and program is named as leak-common
+//!   names it (user space finds them by those names).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 // Atomic adds to map values (`scope`): core's atomic types offer no read-modify-write on
 // this target, the intrinsic compiles to the BPF atomic add.
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
+
+// First: the `named!` checks of the modules below.
+#[cfg(target_arch = "bpf")]
+#[macro_use]
+mod names;
 
 #[cfg(target_arch = "bpf")]
 mod alloc;

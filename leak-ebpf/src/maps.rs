@@ -14,9 +14,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use leak_common::{
-    ARGUMENT_SLOTS, AllocRecord, Counter, DEFAULT_MAX_ALLOCS, MAX_PENDING_CALLS, MAX_STACK_DEPTH,
-    MAX_STACKS, MAX_THREAD_ENDS, MMAP_EVENTS_BYTES, PendingCall, PendingSyscall, STACK_ID_PROBES,
-    StackFrames, StackTotals, ThreadEnd, UNKNOWN_STACK_ID, UNWIND_DWARF, UNWIND_FRAME_POINTERS,
+    ARGUMENT_SLOTS, AllocRecord, Counter, DEFAULT_MAX_ALLOCS, MAX_PENDING_CALLS, MAX_SIZE_GLOBAL,
+    MAX_STACK_DEPTH, MAX_STACKS, MAX_THREAD_ENDS, MIN_SIZE_GLOBAL, MMAP_EVENTS_BYTES, PendingCall,
+    PendingSyscall, SAMPLE_RATE_GLOBAL, STACK_ID_PROBES, StackFrames, StackTotals,
+    TARGET_TGID_GLOBAL, ThreadEnd, UNKNOWN_STACK_ID, UNWIND_DWARF, UNWIND_FRAME_POINTERS,
+    UNWIND_MODE_GLOBAL, map_names,
 };
 
 const BPF_NOEXIST: u64 = 1;
@@ -24,20 +26,25 @@ const BPF_NOEXIST: u64 = 1;
 /// The traced process (tgid). Set by user space before load; 0 never matches.
 #[unsafe(no_mangle)]
 static TARGET_TGID: u32 = 0;
+named!(TARGET_TGID, TARGET_TGID_GLOBAL);
 
 /// Allocation sizes to track, inclusive (--min-size/--max-size). Set before load.
 #[unsafe(no_mangle)]
 static MIN_ALLOC_SIZE: u64 = 0;
+named!(MIN_ALLOC_SIZE, MIN_SIZE_GLOBAL);
 #[unsafe(no_mangle)]
 static MAX_ALLOC_SIZE: u64 = u64::MAX;
+named!(MAX_ALLOC_SIZE, MAX_SIZE_GLOBAL);
 
 /// How stacks are walked (UNWIND_FRAME_POINTERS or UNWIND_DWARF). Set before load.
 #[unsafe(no_mangle)]
 static UNWIND_MODE: u32 = UNWIND_FRAME_POINTERS;
+named!(UNWIND_MODE, UNWIND_MODE_GLOBAL);
 
 /// Track one allocation in this many (--sample-rate). Set before load.
 #[unsafe(no_mangle)]
 static SAMPLE_RATE: u32 = 1;
+named!(SAMPLE_RATE, SAMPLE_RATE_GLOBAL);
 
 /// Whether this allocation is one of the sampled ones (always, without sampling).
 #[inline(always)]
@@ -61,48 +68,57 @@ pub fn size_wanted(size: u64) -> bool {
     size >= min && size <= max
 }
 
-#[map(name = "ALLOCS")]
+#[map]
 pub static ALLOCS: HashMap<u64, AllocRecord> =
     HashMap::with_max_entries(DEFAULT_MAX_ALLOCS, BPF_F_NO_PREALLOC);
+named!(ALLOCS, map_names::ALLOCS);
 
 /// Per CPU, so updates need no atomics; user space sums the CPUs (a free on another CPU than
 /// its allocation makes one CPU's outstanding values negative, the sum stays right).
-#[map(name = "STACK_TOTALS")]
+#[map]
 pub static STACK_TOTALS: PerCpuHashMap<u32, StackTotals> =
     PerCpuHashMap::with_max_entries(MAX_STACKS + 1, BPF_F_NO_PREALLOC);
+named!(STACK_TOTALS, map_names::STACK_TOTALS);
 
 /// Recorded stacks by id. Not preallocated: a target with few stacks costs little.
-#[map(name = "STACKS")]
+#[map]
 pub static STACKS: HashMap<u32, StackFrames> =
     HashMap::with_max_entries(MAX_STACKS, BPF_F_NO_PREALLOC);
+named!(STACKS, map_names::STACKS);
 
 /// Per-CPU room to capture a stack (too big for the BPF stack).
-#[map(name = "STACK_SCRATCH")]
+#[map]
 pub static STACK_SCRATCH: PerCpuArray<StackFrames> = PerCpuArray::with_max_entries(1, 0);
+named!(STACK_SCRATCH, map_names::STACK_SCRATCH);
 
 /// Each thread's allocator call in progress (or its last, done), by thread id: written in
 /// place call after call; threads that stopped calling make room for new ones.
-#[map(name = "PENDING_CALLS")]
+#[map]
 pub static PENDING_CALLS: LruHashMap<u32, PendingCall> =
     LruHashMap::with_max_entries(MAX_PENDING_CALLS, 0);
+named!(PENDING_CALLS, map_names::PENDING_CALLS);
 
-#[map(name = "PENDING_SYSCALLS")]
+#[map]
 pub static PENDING_SYSCALLS: HashMap<u32, PendingSyscall> =
     HashMap::with_max_entries(MAX_PENDING_CALLS, 0);
+named!(PENDING_SYSCALLS, map_names::PENDING_SYSCALLS);
 
 /// The most recent ends of the target's threads (see `ThreadEnd`), by thread id.
-#[map(name = "THREAD_ENDS")]
+#[map]
 pub static THREAD_ENDS: LruHashMap<u32, ThreadEnd> =
     LruHashMap::with_max_entries(MAX_THREAD_ENDS, 0);
+named!(THREAD_ENDS, map_names::THREAD_ENDS);
 
-#[map(name = "MMAP_EVENTS")]
+#[map]
 pub static MMAP_EVENTS: RingBuf = RingBuf::with_byte_size(MMAP_EVENTS_BYTES, 0);
+named!(MMAP_EVENTS, map_names::MMAP_EVENTS);
 
 /// 1 once every entry probe has been in long enough that no call begun before it is still
 /// running (user space sets it a moment after attaching, clears it while the budget has the
 /// allocation probes out): only then is a return without its entry a lost event.
-#[map(name = "ENTRIES_ARMED")]
+#[map]
 pub static ENTRIES_ARMED: Array<u32> = Array::with_max_entries(1, 0);
+named!(ENTRIES_ARMED, map_names::ENTRIES_ARMED);
 
 /// Whether a return without its entry means an event was lost (see ENTRIES_ARMED).
 #[inline(always)]
@@ -110,8 +126,9 @@ pub fn entries_armed() -> bool {
     ENTRIES_ARMED.get(0).is_some_and(|armed| *armed != 0)
 }
 
-#[map(name = "COUNTERS")]
+#[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+named!(COUNTERS, map_names::COUNTERS);
 
 /// The calling thread's id if it belongs to the traced process.
 #[inline(always)]

@@ -9,7 +9,9 @@ use aya_ebpf::{
     macros::map,
     maps::Array,
 };
-use leak_common::{MAX_PYTHON_FRAMES, MAX_STACK_DEPTH, PyLayout, python_entry};
+use leak_common::{
+    MAX_PYTHON_FRAMES, MAX_STACK_DEPTH, PY_LAYOUT_GLOBAL, PyLayout, map_names, python_entry,
+};
 
 use crate::maps::{STACK_SCRATCH, read_user_u64};
 
@@ -26,11 +28,13 @@ static PY_LAYOUT: PyLayout = PyLayout {
     frame_is_entry: 0,
     code_bytecode: 0,
 };
+named!(PY_LAYOUT, PY_LAYOUT_GLOBAL);
 
 /// The address of `_PyRuntime` in the target, written by user space once the interpreter is
 /// mapped (0 until then).
-#[map(name = "PY_RUNTIME")]
+#[map]
 static PY_RUNTIME: Array<u64> = Array::with_max_entries(1, 0);
+named!(PY_RUNTIME, map_names::PY_RUNTIME);
 
 /// The walk so far; lives on the caller's stack while bpf_loop calls `step`.
 #[repr(C)]

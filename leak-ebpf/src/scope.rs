@@ -13,8 +13,9 @@ use aya_ebpf::{
 };
 use leak_common::{
     Counter, MAX_PENDING_CALLS, MAX_SCOPE_CALLS, MAX_SCOPE_DEPTH, MAX_SCOPE_TAGS, MAX_SCOPES,
-    SCOPE_EVENTS_BYTES, SCOPE_LABEL_BYTES, SCOPE_LABEL_INT, SCOPE_LABEL_STR, ScopeCall, ScopeFrame,
-    ScopeLabel, ScopeReturn, ScopeShape, ScopeStack, ScopeTotals, scope_of, scope_parts,
+    SCOPE_COUNT_GLOBAL, SCOPE_ENTRY_PROGRAM, SCOPE_EVENTS_BYTES, SCOPE_LABEL_BYTES,
+    SCOPE_LABEL_INT, SCOPE_LABEL_STR, SCOPE_RETURN_PROGRAM, ScopeCall, ScopeFrame, ScopeLabel,
+    ScopeReturn, ScopeShape, ScopeStack, ScopeTotals, map_names, scope_of, scope_parts,
 };
 
 use crate::maps::{Arguments, atomic_add, count, target_tid};
@@ -26,39 +27,47 @@ const BPF_F_NO_PREALLOC: u32 = 1;
 /// every allocation.
 #[unsafe(no_mangle)]
 static SCOPE_COUNT: u32 = 0;
+named!(SCOPE_COUNT, SCOPE_COUNT_GLOBAL);
 
 /// The scope calls each thread is inside.
-#[map(name = "SCOPE_STACKS")]
+#[map]
 static SCOPE_STACKS: HashMap<u32, ScopeStack> =
     HashMap::with_max_entries(MAX_PENDING_CALLS, BPF_F_NO_PREALLOC);
+named!(SCOPE_STACKS, map_names::SCOPE_STACKS);
 
 /// Tags handed out, by (scope, label).
-#[map(name = "SCOPE_TAGS")]
+#[map]
 static SCOPE_TAGS: HashMap<ScopeLabel, u32> =
     HashMap::with_max_entries(MAX_SCOPE_TAGS, BPF_F_NO_PREALLOC);
+named!(SCOPE_TAGS, map_names::SCOPE_TAGS);
 
 /// Which label owns each labelled tag: claiming a tag is inserting here, which only one CPU
 /// can win.
-#[map(name = "SCOPE_TAG_OWNERS")]
+#[map]
 static SCOPE_TAG_OWNERS: HashMap<u32, ScopeLabel> =
     HashMap::with_max_entries(MAX_SCOPE_TAGS, BPF_F_NO_PREALLOC);
+named!(SCOPE_TAG_OWNERS, map_names::SCOPE_TAG_OWNERS);
 
 /// Per tag and CPU: calls, bytes allocated and still held.
-#[map(name = "SCOPE_TOTALS")]
+#[map]
 static SCOPE_TOTALS: PerCpuArray<ScopeTotals> = PerCpuArray::with_max_entries(MAX_SCOPE_TAGS, 0);
+named!(SCOPE_TOTALS, map_names::SCOPE_TOTALS);
 
 /// Calls followed one by one, by call id.
-#[map(name = "SCOPE_CALLS")]
+#[map]
 static SCOPE_CALLS: HashMap<u64, ScopeCall> =
     HashMap::with_max_entries(MAX_SCOPE_CALLS, BPF_F_NO_PREALLOC);
+named!(SCOPE_CALLS, map_names::SCOPE_CALLS);
 
 /// Calls that returned holding memory, for user space to read again later.
-#[map(name = "SCOPE_EVENTS")]
+#[map]
 static SCOPE_EVENTS: RingBuf = RingBuf::with_byte_size(SCOPE_EVENTS_BYTES, 0);
+named!(SCOPE_EVENTS, map_names::SCOPE_EVENTS);
 
 /// Per CPU: calls begun on it, for call ids.
-#[map(name = "SCOPE_NEXT")]
+#[map]
 static SCOPE_NEXT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+named!(SCOPE_NEXT, map_names::SCOPE_NEXT);
 
 /// Bits of a call id that name the CPU it began on.
 const CALL_CPU_BITS: u32 = 12;
@@ -236,6 +245,7 @@ pub fn scope_enter(ctx: ProbeContext) -> u32 {
     }
     0
 }
+named!(scope_enter, SCOPE_ENTRY_PROGRAM);
 
 /// Return of a scope function: the call ends; what it still holds is noted.
 #[uretprobe]
@@ -312,6 +322,7 @@ pub fn scope_return(ctx: RetProbeContext) -> u32 {
     }
     0
 }
+named!(scope_return, SCOPE_RETURN_PROGRAM);
 
 /// The innermost scope call the thread is in, as a record's `scope` (0 for none).
 #[inline(always)]
