@@ -124,7 +124,8 @@ pub const PAGE_FAULT_PROGRAM: &str = "page_fault";
 
 /// Default capacity of the live-allocation map; user space may resize it at load time.
 pub const DEFAULT_MAX_ALLOCS: u32 = 1 << 20;
-/// Capacity of the stack-trace map and of the per-stack totals.
+/// Capacity of the stack-trace map and of the per-stack totals (which hold one more: the
+/// unknown stack's).
 pub const MAX_STACKS: u32 = 1 << 15;
 /// Threads that can be inside an allocator call at the same time.
 pub const MAX_PENDING_CALLS: u32 = 1 << 15;
@@ -288,6 +289,11 @@ pub const NO_ARG: u8 = 0xF;
 /// then rax, rbx, rbp, r10, r11, r12, r13, r14, r15, where a probe placed past the entry may
 /// find a copy the function made (leak-user's probe_site).
 pub const ARGUMENT_SLOTS: usize = 15;
+/// Slots 0 to ARGUMENT_REGISTERS - 1 are the argument registers: a function's arguments at
+/// its entry (what a `--scope` label may be read from).
+pub const ARGUMENT_REGISTERS: u8 = 6;
+/// The slot of rax: a call's result, just after it returns.
+pub const RAX_SLOT: u8 = 6;
 
 /// One probed allocator function: what it does and where its arguments are (argument slots,
 /// see [`ARGUMENT_SLOTS`]: at the entry, argument i of the C calling convention is slot i), plus an id telling it apart from other functions of the same
@@ -504,6 +510,16 @@ pub const GO_ON_STACK_CHECK: u64 = 1;
 /// slot `cookie & 0xF` (see [`ARGUMENT_SLOTS`]) rather than RAX.
 pub const GO_SPAN_IN_SLOT: u64 = 1 << 8;
 
+/// The argument slot the probe after a call to `allocLarge` reads the span from, given its
+/// cookie (see [`GO_SPAN_IN_SLOT`]).
+pub const fn go_span_slot(cookie: u64) -> u8 {
+    if cookie & GO_SPAN_IN_SLOT != 0 {
+        (cookie & 0xF) as u8
+    } else {
+        RAX_SLOT
+    }
+}
+
 /// Set in the `tid` of a Go span of small objects' record, whose low bits are then its span
 /// class (size class × 2 + noscan): stacks charged with spans of one class share them.
 pub const GO_SPAN_CLASS_MARK: u32 = 1 << 31;
@@ -558,9 +574,11 @@ pub const PYTHON_FRAME_ENTRY: u64 = 1 << 62;
 pub const PYTHON_CODE_BITS: u32 = 48;
 /// Largest instruction index an entry holds (larger ones are clamped to it).
 pub const PYTHON_MAX_INSTRUCTION: u64 = (1 << 14) - 1;
+/// Bytes of one instruction (a `_Py_CODEUNIT`): instruction indexes count these.
+pub const PYTHON_CODE_UNIT_BYTES: u64 = 2;
 
-/// A stack entry for a Python frame running instruction `instruction` (in 2-byte code
-/// units) of code object `code`.
+/// A stack entry for a Python frame running instruction `instruction` (in code units of
+/// [`PYTHON_CODE_UNIT_BYTES`]) of code object `code`.
 pub const fn python_entry(code: u64, instruction: u64, is_entry: bool) -> u64 {
     let instruction = if instruction > PYTHON_MAX_INSTRUCTION {
         PYTHON_MAX_INSTRUCTION
@@ -1072,6 +1090,13 @@ mod tests {
             Some((code, PYTHON_MAX_INSTRUCTION, false))
         );
         assert_eq!(python_frame(0x7fff_ffff_f000), None);
+    }
+
+    #[test]
+    fn the_large_span_probe_reads_rax_unless_its_cookie_names_a_slot() {
+        assert_eq!(go_span_slot(0), RAX_SLOT);
+        assert_eq!(go_span_slot(GO_SPAN_IN_SLOT | 3), 3);
+        assert_eq!(go_span_slot(GO_SPAN_IN_SLOT | 14), 14);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! frame chain still starts at the direct caller.
 use aya_ebpf::{
     EbpfContext,
-    bindings::pt_regs,
+    bindings::{BPF_NOEXIST, pt_regs},
     helpers::{bpf_get_attach_cookie, bpf_ktime_get_ns, generated::bpf_get_func_ip},
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
@@ -26,7 +26,6 @@ use crate::{
     },
     scope::{add_to_scope, current_scope},
 };
-const BPF_NOEXIST: u64 = 1;
 
 /// What a uprobe session's entry returns to have the kernel run the return probe, or not.
 const RUN_RETURN: u32 = 0;
@@ -265,7 +264,7 @@ fn record<C: EbpfContext>(ctx: &C, regs: &pt_regs, addr: u64, pending: &PendingC
         tid,
         scope: current_scope(tid),
     };
-    if ALLOCS.insert(addr, record, BPF_NOEXIST).is_err() {
+    if ALLOCS.insert(addr, record, BPF_NOEXIST.into()).is_err() {
         // SAFETY: copied out before the overwrite.
         match unsafe { ALLOCS.get(addr) }.copied() {
             Some(stale) => {

@@ -12,7 +12,8 @@ use leak_common::{Counter, MAX_STACKS, PAGE_FAULT_PROGRAM, map_names};
 
 use crate::maps::{FirstFrame, count, target_tid, user_regs, user_stack_id};
 
-/// Samples per stack id. Per CPU: no atomics; user space sums the CPUs.
+/// Samples per stack id (and the unknown stack). Per CPU: no atomics; user space sums the
+/// CPUs.
 #[map]
 pub static FAULT_SAMPLES: PerCpuHashMap<u32, u64> =
     PerCpuHashMap::with_max_entries(MAX_STACKS + 1, BPF_F_NO_PREALLOC);

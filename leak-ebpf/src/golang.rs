@@ -11,6 +11,7 @@
 //! RSI, R8, …
 use aya_ebpf::{
     EbpfContext,
+    bindings::BPF_NOEXIST,
     helpers::{bpf_get_attach_cookie, bpf_ktime_get_ns},
     macros::{map, uprobe},
     maps::HashMap,
@@ -19,8 +20,8 @@ use aya_ebpf::{
 use leak_common::{
     AllocRecord, Counter, GO_GOEXIT_PROGRAM, GO_LARGE_SPAN_PROGRAM, GO_LAYOUT_GLOBAL,
     GO_NEWPROC_PROGRAM, GO_ON_STACK_CHECK, GO_SPAN_CLASS_MARK, GO_SPAN_CLASSES,
-    GO_SPAN_FREE_PROGRAM, GO_SPAN_FULL_PROGRAM, GO_SPAN_IN_SLOT, GoLayout, GoroutineSite,
-    MAX_GOROUTINE_SITES, UNKNOWN_STACK_ID, map_names,
+    GO_SPAN_FREE_PROGRAM, GO_SPAN_FULL_PROGRAM, GoLayout, GoroutineSite, MAX_GOROUTINE_SITES,
+    UNKNOWN_STACK_ID, go_span_slot, map_names,
 };
 
 use crate::maps::{
@@ -76,8 +77,8 @@ fn site(gopc: u64) -> Option<*mut GoroutineSite> {
         stack_id: UNKNOWN_STACK_ID,
         ..GoroutineSite::default()
     };
-    // BPF_NOEXIST: another CPU may have created it meanwhile; then use theirs.
-    let _ = GOROUTINE_SITES.insert(gopc, fresh, 1);
+    // Another CPU may have created it meanwhile; then use theirs.
+    let _ = GOROUTINE_SITES.insert(gopc, fresh, BPF_NOEXIST.into());
     let site = GOROUTINE_SITES.get_ptr_mut(gopc);
     if site.is_none() {
         count(Counter::GoroutineSitesFull);
@@ -214,14 +215,9 @@ pub fn go_large_span(ctx: ProbeContext) -> u32 {
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     // SAFETY: uprobe context is the user pt_regs.
     let regs = unsafe { &*ctx.regs };
-    // RAX is slot 6. Both ways read the copied registers: the verifier refuses a load
-    // through a context pointer that was moved.
-    let slot = if cookie & GO_SPAN_IN_SLOT != 0 {
-        (cookie & 0xF) as u8
-    } else {
-        6
-    };
-    let span = Arguments::of(regs).at(slot);
+    // Read from the copied registers whatever the slot: the verifier refuses a load through
+    // a context pointer that was moved.
+    let span = Arguments::of(regs).at(go_span_slot(cookie));
     if let Some((start, bytes)) = span_extent(span, &layout()) {
         track_span(&ctx, start, bytes, tid, FirstFrame::ReturnAddress);
     }

@@ -4,7 +4,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use crate::{python::append_python_frames, unwind::unwind};
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, pt_regs},
+    bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST, pt_regs},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_stack, bpf_probe_read_kernel,
         bpf_probe_read_user,
@@ -20,8 +20,6 @@ use leak_common::{
     TARGET_TGID_GLOBAL, ThreadEnd, UNKNOWN_STACK_ID, UNWIND_DWARF, UNWIND_FRAME_POINTERS,
     UNWIND_MODE_GLOBAL, map_names,
 };
-
-const BPF_NOEXIST: u64 = 1;
 
 /// The traced process (tgid). Set by user space before load; 0 never matches.
 #[unsafe(no_mangle)]
@@ -74,7 +72,8 @@ pub static ALLOCS: HashMap<u64, AllocRecord> =
 named!(ALLOCS, map_names::ALLOCS);
 
 /// Per CPU, so updates need no atomics; user space sums the CPUs (a free on another CPU than
-/// its allocation makes one CPU's outstanding values negative, the sum stays right).
+/// its allocation makes one CPU's outstanding values negative, the sum stays right). Every
+/// stack's, and the unknown stack's.
 #[map]
 pub static STACK_TOTALS: PerCpuHashMap<u32, StackTotals> =
     PerCpuHashMap::with_max_entries(MAX_STACKS + 1, BPF_F_NO_PREALLOC);
@@ -183,7 +182,7 @@ pub fn user_stack_id<C: EbpfContext>(ctx: &C, regs: Option<&pt_regs>, first: Fir
             bpf_get_stack(
                 ctx.as_ptr(),
                 stack.ips.as_mut_ptr().cast(),
-                (MAX_STACK_DEPTH * 8) as u32,
+                size_of_val(&stack.ips) as u32,
                 BPF_F_USER_STACK as u64,
             )
         };
@@ -191,7 +190,7 @@ pub fn user_stack_id<C: EbpfContext>(ctx: &C, regs: Option<&pt_regs>, first: Fir
             count(Counter::StackIdError);
             return UNKNOWN_STACK_ID;
         }
-        stack.len = (copied as usize / 8).min(MAX_STACK_DEPTH) as u64;
+        stack.len = (copied as usize / size_of::<u64>()).min(MAX_STACK_DEPTH) as u64;
         return leaktrace_scratch_stack_id();
     };
     let (ip, sp, exact) = match first {
@@ -267,7 +266,7 @@ pub extern "C" fn leaktrace_scratch_stack_id() -> u32 {
             }
             continue;
         }
-        match STACKS.insert(id, &*stack, BPF_NOEXIST) {
+        match STACKS.insert(id, &*stack, BPF_NOEXIST.into()) {
             Ok(()) => return id,
             Err(_) => {
                 // Another CPU took the slot meanwhile (with this stack, or another), or the
@@ -366,8 +365,10 @@ pub fn add_to_stack(stack_id: u32, size: u64, allocated: bool) {
         Some(totals) => totals,
         None => {
             let fresh = StackTotals::default();
-            // BPF_NOEXIST: if another CPU created it meanwhile, use theirs.
-            if STACK_TOTALS.insert(stack_id, fresh, 1).is_err()
+            // If another CPU created it meanwhile, use theirs.
+            if STACK_TOTALS
+                .insert(stack_id, fresh, BPF_NOEXIST.into())
+                .is_err()
                 && STACK_TOTALS.get_ptr_mut(stack_id).is_none()
             {
                 count(Counter::StackTotalsFull);

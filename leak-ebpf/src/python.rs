@@ -10,7 +10,8 @@ use aya_ebpf::{
     maps::Array,
 };
 use leak_common::{
-    MAX_PYTHON_FRAMES, MAX_STACK_DEPTH, PY_LAYOUT_GLOBAL, PyLayout, map_names, python_entry,
+    MAX_PYTHON_FRAMES, MAX_STACK_DEPTH, PY_LAYOUT_GLOBAL, PYTHON_CODE_UNIT_BYTES, PyLayout,
+    map_names, python_entry,
 };
 
 use crate::maps::{STACK_SCRATCH, read_user_u64};
@@ -128,7 +129,8 @@ extern "C" fn step(_index: u64, context: *mut c_void) -> i64 {
     let bytecode = code + layout.code_bytecode;
     // A frame whose first instruction has not run yet points before its bytecode.
     if code != 0 && prev_instr >= bytecode {
-        stack.ips[len] = python_entry(code, (prev_instr - bytecode) / 2, is_entry);
+        let instruction = (prev_instr - bytecode) / PYTHON_CODE_UNIT_BYTES;
+        stack.ips[len] = python_entry(code, instruction, is_entry);
         stack.len = len as u64 + 1;
     }
     walk.frame = previous;

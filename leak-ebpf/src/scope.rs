@@ -3,6 +3,7 @@
 //! that call, and to the (function, label) tag its argument gives.
 use aya_ebpf::{
     EbpfContext,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{
         bpf_get_attach_cookie, bpf_get_smp_processor_id, bpf_ktime_get_ns,
         bpf_probe_read_user_str_bytes,
@@ -12,16 +13,14 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use leak_common::{
-    Counter, MAX_PENDING_CALLS, MAX_SCOPE_CALLS, MAX_SCOPE_DEPTH, MAX_SCOPE_TAGS, MAX_SCOPES,
-    SCOPE_COUNT_GLOBAL, SCOPE_ENTRY_PROGRAM, SCOPE_EVENTS_BYTES, SCOPE_LABEL_BYTES,
-    SCOPE_LABEL_INT, SCOPE_LABEL_STR, SCOPE_RETURN_PROGRAM, ScopeCall, ScopeFrame, ScopeLabel,
-    ScopeReturn, ScopeShape, ScopeStack, ScopeTotals, map_names, scope_of, scope_parts,
+    ARGUMENT_REGISTERS, Counter, MAX_PENDING_CALLS, MAX_SCOPE_CALLS, MAX_SCOPE_DEPTH,
+    MAX_SCOPE_TAGS, MAX_SCOPES, SCOPE_COUNT_GLOBAL, SCOPE_ENTRY_PROGRAM, SCOPE_EVENTS_BYTES,
+    SCOPE_LABEL_BYTES, SCOPE_LABEL_INT, SCOPE_LABEL_STR, SCOPE_RETURN_PROGRAM, ScopeCall,
+    ScopeFrame, ScopeLabel, ScopeReturn, ScopeShape, ScopeStack, ScopeTotals, map_names, scope_of,
+    scope_parts,
 };
 
 use crate::maps::{Arguments, atomic_add, count, target_tid};
-
-const BPF_NOEXIST: u64 = 1;
-const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// How many --scope functions are probed. Set before load; 0 skips the scope lookup on
 /// every allocation.
@@ -122,10 +121,13 @@ fn tag_of(shape: ScopeShape, label: &ScopeLabel) -> u32 {
     while probe < TAG_PROBES {
         let tag = (first + (hash.wrapping_add(probe)) % room) as u32;
         probe += 1;
-        if SCOPE_TAG_OWNERS.insert(&tag, label, BPF_NOEXIST).is_err() {
+        if SCOPE_TAG_OWNERS
+            .insert(&tag, label, BPF_NOEXIST.into())
+            .is_err()
+        {
             continue;
         }
-        if SCOPE_TAGS.insert(label, &tag, BPF_NOEXIST).is_ok() {
+        if SCOPE_TAGS.insert(label, &tag, BPF_NOEXIST.into()).is_ok() {
             return tag;
         }
         // Another CPU gave this label a tag meanwhile: use that one (the tag claimed here
@@ -150,7 +152,7 @@ pub fn scope_enter(ctx: ProbeContext) -> u32 {
     let regs = unsafe { &*ctx.regs };
     let sp = regs.rsp;
     let argument = Arguments::of(regs).at(shape.label_arg);
-    let tag = if shape.label_arg as usize <= 5 {
+    let tag = if shape.label_arg < ARGUMENT_REGISTERS {
         let mut label = ScopeLabel {
             index: u32::from(shape.index),
             kind: u32::from(shape.label_kind),

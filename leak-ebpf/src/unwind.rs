@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 use leak_common::{
     CFA_END, CFA_RBP, CFA_RSP, CFA_UNKNOWN, MAX_DWARF_FRAMES, MAX_STACK_DEPTH, MAX_UNWIND_MAPPINGS,
-    StackFrames, UnwindIndex, UnwindMapping, UnwindRow, map_names,
+    MAX_UNWIND_ROWS, StackFrames, UnwindIndex, UnwindMapping, UnwindRow, map_names,
 };
 
 #[map]
@@ -69,9 +69,12 @@ pub struct StackWindow {
 static STACK_WINDOW: PerCpuArray<StackWindow> = PerCpuArray::with_max_entries(1, 0);
 named!(STACK_WINDOW, map_names::STACK_WINDOW);
 
-/// Binary-search steps: enough for MAX_UNWIND_MAPPINGS and for MAX_UNWIND_ROWS.
-const MAPPING_STEPS: u32 = 9;
-const ROW_STEPS: u32 = 22;
+/// Halvings a binary search over `len` entries needs at most.
+const fn search_steps(len: u32) -> u32 {
+    u32::BITS - len.leading_zeros()
+}
+const MAPPING_STEPS: u32 = search_steps(MAX_UNWIND_MAPPINGS);
+const ROW_STEPS: u32 = search_steps(MAX_UNWIND_ROWS);
 
 /// The walk so far; lives on the caller's stack while bpf_loop calls `step`.
 #[repr(C)]
