@@ -20,11 +20,11 @@ use leak_common::{
 };
 
 use crate::{
-    maps::{
-        ALLOCS, Arguments, FirstFrame, PENDING_CALLS, add_to_stack, count, entries_armed,
-        read_user_u64, sampled, size_wanted, target_tid, user_stack_id,
-    },
+    maps::{ALLOCS, PENDING_CALLS, add_to_stack, count, entries_armed},
     scope::{add_to_scope, current_scope},
+    settings::{sampled, size_wanted, target_tid},
+    stacks::{FirstFrame, user_stack_id},
+    target::{Arguments, read_user_u64},
 };
 
 /// What a uprobe session's entry returns to have the kernel run the return probe, or not.

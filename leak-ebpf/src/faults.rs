@@ -10,7 +10,12 @@ use aya_ebpf::{
 };
 use leak_common::{Counter, MAX_STACKS, PAGE_FAULT_PROGRAM, map_names};
 
-use crate::maps::{FirstFrame, count, target_tid, user_regs, user_stack_id};
+use crate::{
+    maps::count,
+    settings::target_tid,
+    stacks::{FirstFrame, user_stack_id},
+    target::user_regs,
+};
 
 /// Samples per stack id (and the unknown stack). Per CPU: no atomics; user space sums the
 /// CPUs.

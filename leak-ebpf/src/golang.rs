@@ -24,9 +24,11 @@ use leak_common::{
     UNKNOWN_STACK_ID, go_span_slot, map_names,
 };
 
-use crate::maps::{
-    ALLOCS, Arguments, FirstFrame, add_to_stack, atomic_add, count, read_user_u64, target_tid,
-    user_stack_id,
+use crate::{
+    maps::{ALLOCS, add_to_stack, atomic_add, count},
+    settings::target_tid,
+    stacks::{FirstFrame, user_stack_id},
+    target::{Arguments, read_user_u64},
 };
 
 /// The target's runtime layout. Set by user space before load (all zero for other programs,

@@ -18,10 +18,12 @@ use leak_common::{
     PendingSyscall, SYSCALL_PROGRAMS, ThreadEnd, UNKNOWN_STACK_ID,
 };
 
-use crate::alloc::still_running;
-use crate::maps::{
-    FirstFrame, MMAP_EVENTS, PENDING_CALLS, PENDING_SYSCALLS, THREAD_ENDS, count, target_tid,
-    user_regs, user_stack_id,
+use crate::{
+    alloc::still_running,
+    maps::{MMAP_EVENTS, PENDING_CALLS, PENDING_SYSCALLS, THREAD_ENDS, count},
+    settings::target_tid,
+    stacks::{FirstFrame, user_stack_id},
+    target::user_regs,
 };
 
 const MAP_ANONYMOUS: u64 = 0x20;

@@ -14,7 +14,7 @@ use leak_common::{
     map_names, python_entry,
 };
 
-use crate::maps::{STACK_SCRATCH, read_user_u64};
+use crate::{maps::STACK_SCRATCH, target::read_user_u64};
 
 /// The target's CPython layout. Set by user space before load (zero: not CPython).
 #[unsafe(no_mangle)]

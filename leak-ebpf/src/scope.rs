@@ -20,7 +20,11 @@ use leak_common::{
     scope_parts,
 };
 
-use crate::maps::{Arguments, atomic_add, count, target_tid};
+use crate::{
+    maps::{atomic_add, count},
+    settings::target_tid,
+    target::Arguments,
+};
 
 /// How many --scope functions are probed. Set before load; 0 skips the scope lookup on
 /// every allocation.

@@ -10,7 +10,7 @@
 //! each time.
 use core::ffi::c_void;
 
-use crate::maps::{STACK_SCRATCH, read_user_u64};
+use crate::{maps::STACK_SCRATCH, target::read_user_u64};
 use aya_ebpf::{
     helpers::{bpf_loop, generated},
     macros::map,
