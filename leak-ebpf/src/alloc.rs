@@ -20,10 +20,11 @@ use leak_common::{
 };
 
 use crate::{
-    maps::{ALLOCS, PENDING_CALLS, add_to_stack, count, entries_armed},
+    counters::count,
+    maps::{ALLOCS, ENTRIES_ARMED, PENDING_CALLS},
     scope::{add_to_scope, current_scope},
     settings::{sampled, size_wanted, target_tid},
-    stacks::{FirstFrame, user_stack_id},
+    stacks::{FirstFrame, add_to_stack, user_stack_id},
     target::{Arguments, read_user_u64},
 };
 
@@ -192,6 +193,12 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     0
 }
 named!(alloc_return, ALLOC_RETURN_PROGRAM);
+
+/// Whether a return without its entry means an event was lost (see ENTRIES_ARMED).
+#[inline(always)]
+fn entries_armed() -> bool {
+    ENTRIES_ARMED.get(0).is_some_and(|armed| *armed != 0)
+}
 
 /// The return half: records the block the call returned, releases the one it resized.
 #[inline(always)]

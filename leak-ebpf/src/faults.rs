@@ -11,7 +11,7 @@ use aya_ebpf::{
 use leak_common::{Counter, MAX_STACKS, PAGE_FAULT_PROGRAM, map_names};
 
 use crate::{
-    maps::count,
+    counters::count,
     settings::target_tid,
     stacks::{FirstFrame, user_stack_id},
     target::user_regs,

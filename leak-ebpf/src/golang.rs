@@ -25,9 +25,10 @@ use leak_common::{
 };
 
 use crate::{
-    maps::{ALLOCS, add_to_stack, atomic_add, count},
+    counters::{atomic_add, count},
+    maps::ALLOCS,
     settings::target_tid,
-    stacks::{FirstFrame, user_stack_id},
+    stacks::{FirstFrame, add_to_stack, user_stack_id},
     target::{Arguments, read_user_u64},
 };
 

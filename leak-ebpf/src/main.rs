@@ -7,18 +7,19 @@
 //! - `faults`: sampled page faults with stacks (`leaktrace watch` between precise windows).
 //!
 //! What they share, each module using only those below it:
-//! - `stacks`: user stacks recorded under an id, walked by
+//! - `stacks`: user stacks recorded under an id, and each stack's totals; walked by
 //!   - `unwind`: with .eh_frame tables (--unwind dwarf), or frame pointers;
 //!   - `python`: CPython's frames, appended to the stacks of a Python target.
-//! - `maps`: the maps several families share, and the counters.
+//! - `counters`: the event counters, and atomic adds to counters in map values.
+//! - `maps`: the maps several families share (maps only).
 //! - `settings`: what user space sets before load (target, size range, sampling, unwinding).
 //! - `target`: the traced thread's registers and memory.
 //! - `names`: the build fails unless each map, global and program is named as leak-common
 //!   names it (user space finds them by those names).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
-// Atomic adds to map values (`scope`): core's atomic types offer no read-modify-write on
-// this target, the intrinsic compiles to the BPF atomic add.
+// Atomic adds to map values (`counters::atomic_add`): core's atomic types offer no
+// read-modify-write on this target, the intrinsic compiles to the BPF atomic add.
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
@@ -29,6 +30,8 @@ mod names;
 
 #[cfg(target_arch = "bpf")]
 mod alloc;
+#[cfg(target_arch = "bpf")]
+mod counters;
 #[cfg(target_arch = "bpf")]
 mod faults;
 #[cfg(target_arch = "bpf")]

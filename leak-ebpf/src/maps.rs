@@ -1,10 +1,7 @@
 //! The maps several probe families share (allocations, stacks and their totals, pending
-//! calls, events, counters), and the small updates made to them everywhere. A map one
-//! family alone uses is declared with it.
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
-
+//! calls, events, counters): maps only. A map one family alone uses is declared with it.
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
@@ -66,69 +63,6 @@ named!(MMAP_EVENTS, map_names::MMAP_EVENTS);
 pub static ENTRIES_ARMED: Array<u32> = Array::with_max_entries(1, 0);
 named!(ENTRIES_ARMED, map_names::ENTRIES_ARMED);
 
-/// Whether a return without its entry means an event was lost (see ENTRIES_ARMED).
-#[inline(always)]
-pub fn entries_armed() -> bool {
-    ENTRIES_ARMED.get(0).is_some_and(|armed| *armed != 0)
-}
-
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 named!(COUNTERS, map_names::COUNTERS);
-
-/// Adds `delta` (two's complement for a debit) to a counter other CPUs may update too.
-#[inline(always)]
-pub fn atomic_add(field: *mut u64, delta: u64) {
-    // SAFETY: `field` points into a live map value; every concurrent update is atomic. The
-    // old value is unused, so this is the plain BPF atomic add.
-    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, delta) };
-}
-
-#[inline(always)]
-pub fn count(counter: Counter) {
-    if let Some(value) = COUNTERS.get_ptr_mut(counter as u32) {
-        // SAFETY: per-CPU slot, valid for the program's run; no other writer on this CPU.
-        unsafe { *value += 1 };
-    }
-}
-
-/// Credits an allocation (`allocated`) or debits a release of `size` bytes to a stack.
-#[inline(always)]
-pub fn add_to_stack(stack_id: u32, size: u64, allocated: bool) {
-    let totals = match STACK_TOTALS.get_ptr_mut(stack_id) {
-        Some(totals) => totals,
-        None => {
-            let fresh = StackTotals::default();
-            // If another CPU created it meanwhile, use theirs.
-            if STACK_TOTALS
-                .insert(stack_id, fresh, BPF_NOEXIST.into())
-                .is_err()
-                && STACK_TOTALS.get_ptr_mut(stack_id).is_none()
-            {
-                count(Counter::StackTotalsFull);
-                return;
-            }
-            match STACK_TOTALS.get_ptr_mut(stack_id) {
-                Some(totals) => totals,
-                None => {
-                    count(Counter::StackTotalsFull);
-                    return;
-                }
-            }
-        }
-    };
-    // SAFETY: this CPU's copy of a live map value; nothing else writes it while we run.
-    unsafe {
-        let totals = &mut *totals;
-        if allocated {
-            totals.outstanding_bytes = totals.outstanding_bytes.wrapping_add(size);
-            totals.outstanding_allocs = totals.outstanding_allocs.wrapping_add(1);
-            totals.total_allocs += 1;
-            totals.total_bytes = totals.total_bytes.wrapping_add(size);
-        } else {
-            totals.outstanding_bytes = totals.outstanding_bytes.wrapping_sub(size);
-            totals.outstanding_allocs = totals.outstanding_allocs.wrapping_sub(1);
-            totals.total_frees += 1;
-        }
-    }
-}

@@ -20,7 +20,8 @@ use leak_common::{
 
 use crate::{
     alloc::still_running,
-    maps::{MMAP_EVENTS, PENDING_CALLS, PENDING_SYSCALLS, THREAD_ENDS, count},
+    counters::count,
+    maps::{MMAP_EVENTS, PENDING_CALLS, PENDING_SYSCALLS, THREAD_ENDS},
     settings::target_tid,
     stacks::{FirstFrame, user_stack_id},
     target::user_regs,

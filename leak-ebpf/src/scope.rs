@@ -21,7 +21,7 @@ use leak_common::{
 };
 
 use crate::{
-    maps::{atomic_add, count},
+    counters::{atomic_add, count},
     settings::target_tid,
     target::Arguments,
 };

@@ -1,15 +1,17 @@
 //! Recording user stacks: each is walked into this CPU's scratch slot (`unwind`, or the
 //! kernel's frame-pointer walk), gets the thread's Python frames (`python`), and is stored
-//! in `STACKS` under an id that the records and events carry.
+//! in `STACKS` under an id that the records and events carry; and the running totals of
+//! each stack id (`STACK_TOTALS`).
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST, pt_regs},
     helpers::bpf_get_stack,
 };
-use leak_common::{Counter, MAX_STACK_DEPTH, STACK_ID_PROBES, UNKNOWN_STACK_ID};
+use leak_common::{Counter, MAX_STACK_DEPTH, STACK_ID_PROBES, StackTotals, UNKNOWN_STACK_ID};
 
 use crate::{
-    maps::{STACK_SCRATCH, STACKS, count},
+    counters::count,
+    maps::{STACK_SCRATCH, STACK_TOTALS, STACKS},
     python::append_python_frames,
     settings::unwind_with_tables,
     target::read_user_u64,
@@ -156,4 +158,45 @@ pub extern "C" fn leaktrace_scratch_stack_id() -> u32 {
     }
     count(Counter::StackIdCollision);
     UNKNOWN_STACK_ID
+}
+
+/// Credits an allocation (`allocated`) or debits a release of `size` bytes to a stack.
+#[inline(always)]
+pub fn add_to_stack(stack_id: u32, size: u64, allocated: bool) {
+    let totals = match STACK_TOTALS.get_ptr_mut(stack_id) {
+        Some(totals) => totals,
+        None => {
+            let fresh = StackTotals::default();
+            // If another CPU created it meanwhile, use theirs.
+            if STACK_TOTALS
+                .insert(stack_id, fresh, BPF_NOEXIST.into())
+                .is_err()
+                && STACK_TOTALS.get_ptr_mut(stack_id).is_none()
+            {
+                count(Counter::StackTotalsFull);
+                return;
+            }
+            match STACK_TOTALS.get_ptr_mut(stack_id) {
+                Some(totals) => totals,
+                None => {
+                    count(Counter::StackTotalsFull);
+                    return;
+                }
+            }
+        }
+    };
+    // SAFETY: this CPU's copy of a live map value; nothing else writes it while we run.
+    unsafe {
+        let totals = &mut *totals;
+        if allocated {
+            totals.outstanding_bytes = totals.outstanding_bytes.wrapping_add(size);
+            totals.outstanding_allocs = totals.outstanding_allocs.wrapping_add(1);
+            totals.total_allocs += 1;
+            totals.total_bytes = totals.total_bytes.wrapping_add(size);
+        } else {
+            totals.outstanding_bytes = totals.outstanding_bytes.wrapping_sub(size);
+            totals.outstanding_allocs = totals.outstanding_allocs.wrapping_sub(1);
+            totals.total_frees += 1;
+        }
+    }
 }
