@@ -29,12 +29,83 @@ pub mod map_names {
     pub const SCOPE_TAG_OWNERS: &str = "SCOPE_TAG_OWNERS";
     pub const SCOPE_TOTALS: &str = "SCOPE_TOTALS";
     pub const SCOPE_CALLS: &str = "SCOPE_CALLS";
+    /// Per CPU, scope calls begun on it (call ids); the kernel's alone.
     pub const SCOPE_NEXT: &str = "SCOPE_NEXT";
     pub const SCOPE_EVENTS: &str = "SCOPE_EVENTS";
     pub const GOROUTINE_SITES: &str = "GOROUTINE_SITES";
     pub const PY_RUNTIME: &str = "PY_RUNTIME";
     pub const THREAD_ENDS: &str = "THREAD_ENDS";
+    /// Per CPU, the stack being recorded (too big for the BPF stack).
+    pub const STACK_SCRATCH: &str = "STACK_SCRATCH";
+    /// Per CPU, the top of the target's stack copied for an unwind (--unwind dwarf).
+    pub const STACK_WINDOW: &str = "STACK_WINDOW";
+    /// The unwind row found for each return address, cached across walks.
+    pub const ROW_CACHE: &str = "ROW_CACHE";
+
+    /// Every map user space reads, writes or resizes at load time.
+    pub const ALL: &[&str] = &[
+        ALLOCS,
+        STACK_TOTALS,
+        STACKS,
+        UNWIND_ROWS,
+        UNWIND_MAPPINGS,
+        UNWIND_INDEX,
+        PENDING_CALLS,
+        PENDING_SYSCALLS,
+        MMAP_EVENTS,
+        COUNTERS,
+        ENTRIES_ARMED,
+        FAULT_SAMPLES,
+        SCOPE_STACKS,
+        SCOPE_TAGS,
+        SCOPE_TAG_OWNERS,
+        SCOPE_TOTALS,
+        SCOPE_CALLS,
+        SCOPE_EVENTS,
+        GOROUTINE_SITES,
+        PY_RUNTIME,
+        THREAD_ENDS,
+    ];
+
+    /// The maps only the kernel programs use (scratch space, caches, id counters). With
+    /// [`ALL`], every map of the eBPF object: each map is in exactly one of the two.
+    pub const KERNEL_ONLY: &[&str] = &[STACK_SCRATCH, STACK_WINDOW, ROW_CACHE, SCOPE_NEXT];
 }
+
+/// Every global of the eBPF object; user space sets each at load time.
+pub const ALL_GLOBALS: &[&str] = &[
+    TARGET_TGID_GLOBAL,
+    MIN_SIZE_GLOBAL,
+    MAX_SIZE_GLOBAL,
+    SAMPLE_RATE_GLOBAL,
+    UNWIND_MODE_GLOBAL,
+    SCOPE_COUNT_GLOBAL,
+    GO_LAYOUT_GLOBAL,
+    PY_LAYOUT_GLOBAL,
+];
+
+/// Every program of the eBPF object.
+pub const ALL_PROGRAMS: &[&str] = &[
+    ENTRY_PROGRAM,
+    ALLOC_RETURN_PROGRAM,
+    SESSION_PROGRAM,
+    SYSCALL_PROGRAMS[0].0,
+    SYSCALL_PROGRAMS[1].0,
+    SYSCALL_PROGRAMS[2].0,
+    SYSCALL_PROGRAMS[3].0,
+    SYSCALL_PROGRAMS[4].0,
+    SYSCALL_PROGRAMS[5].0,
+    SYSCALL_PROGRAMS[6].0,
+    SYSCALL_PROGRAMS[7].0,
+    PAGE_FAULT_PROGRAM,
+    SCOPE_ENTRY_PROGRAM,
+    SCOPE_RETURN_PROGRAM,
+    GO_NEWPROC_PROGRAM,
+    GO_GOEXIT_PROGRAM,
+    GO_SPAN_FULL_PROGRAM,
+    GO_LARGE_SPAN_PROGRAM,
+    GO_SPAN_FREE_PROGRAM,
+];
 
 /// Name of the global holding the traced process id (tgid); set by user space at load time.
 pub const TARGET_TGID_GLOBAL: &str = "TARGET_TGID";
@@ -53,7 +124,8 @@ pub const PAGE_FAULT_PROGRAM: &str = "page_fault";
 
 /// Default capacity of the live-allocation map; user space may resize it at load time.
 pub const DEFAULT_MAX_ALLOCS: u32 = 1 << 20;
-/// Capacity of the stack-trace map and of the per-stack totals.
+/// Capacity of the stack-trace map and of the per-stack totals (which hold one more: the
+/// unknown stack's).
 pub const MAX_STACKS: u32 = 1 << 15;
 /// Threads that can be inside an allocator call at the same time.
 pub const MAX_PENDING_CALLS: u32 = 1 << 15;
@@ -217,6 +289,11 @@ pub const NO_ARG: u8 = 0xF;
 /// then rax, rbx, rbp, r10, r11, r12, r13, r14, r15, where a probe placed past the entry may
 /// find a copy the function made (leak-user's probe_site).
 pub const ARGUMENT_SLOTS: usize = 15;
+/// Slots 0 to ARGUMENT_REGISTERS - 1 are the argument registers: a function's arguments at
+/// its entry (what a `--scope` label may be read from).
+pub const ARGUMENT_REGISTERS: u8 = 6;
+/// The slot of rax: a call's result, just after it returns.
+pub const RAX_SLOT: u8 = 6;
 
 /// One probed allocator function: what it does and where its arguments are (argument slots,
 /// see [`ARGUMENT_SLOTS`]: at the entry, argument i of the C calling convention is slot i), plus an id telling it apart from other functions of the same
@@ -433,6 +510,16 @@ pub const GO_ON_STACK_CHECK: u64 = 1;
 /// slot `cookie & 0xF` (see [`ARGUMENT_SLOTS`]) rather than RAX.
 pub const GO_SPAN_IN_SLOT: u64 = 1 << 8;
 
+/// The argument slot the probe after a call to `allocLarge` reads the span from, given its
+/// cookie (see [`GO_SPAN_IN_SLOT`]).
+pub const fn go_span_slot(cookie: u64) -> u8 {
+    if cookie & GO_SPAN_IN_SLOT != 0 {
+        (cookie & 0xF) as u8
+    } else {
+        RAX_SLOT
+    }
+}
+
 /// Set in the `tid` of a Go span of small objects' record, whose low bits are then its span
 /// class (size class × 2 + noscan): stacks charged with spans of one class share them.
 pub const GO_SPAN_CLASS_MARK: u32 = 1 << 31;
@@ -487,9 +574,11 @@ pub const PYTHON_FRAME_ENTRY: u64 = 1 << 62;
 pub const PYTHON_CODE_BITS: u32 = 48;
 /// Largest instruction index an entry holds (larger ones are clamped to it).
 pub const PYTHON_MAX_INSTRUCTION: u64 = (1 << 14) - 1;
+/// Bytes of one instruction (a `_Py_CODEUNIT`): instruction indexes count these.
+pub const PYTHON_CODE_UNIT_BYTES: u64 = 2;
 
-/// A stack entry for a Python frame running instruction `instruction` (in 2-byte code
-/// units) of code object `code`.
+/// A stack entry for a Python frame running instruction `instruction` (in code units of
+/// [`PYTHON_CODE_UNIT_BYTES`]) of code object `code`.
 pub const fn python_entry(code: u64, instruction: u64, is_entry: bool) -> u64 {
     let instruction = if instruction > PYTHON_MAX_INSTRUCTION {
         PYTHON_MAX_INSTRUCTION
@@ -952,6 +1041,29 @@ impl Counter {
 mod tests {
     use super::*;
 
+    /// Each name once, in one list only: user space can tell every map, program and global
+    /// of the object apart by name, and each map is either shared or the kernel's alone.
+    #[test]
+    fn every_name_is_listed_once() {
+        let maps = || map_names::ALL.iter().chain(map_names::KERNEL_ONLY);
+        for (i, name) in maps().enumerate() {
+            assert!(
+                !maps().take(i).any(|n| n == name),
+                "map {name} is listed twice"
+            );
+        }
+        for list in [ALL_GLOBALS, ALL_PROGRAMS] {
+            for (i, name) in list.iter().enumerate() {
+                assert!(!list[..i].contains(name), "{name} is listed twice");
+            }
+        }
+        assert_eq!(
+            SYSCALL_PROGRAMS.len(),
+            8,
+            "ALL_PROGRAMS lists 8 syscall programs"
+        );
+    }
+
     #[test]
     fn call_shapes_round_trip_through_the_cookie() {
         for shape in [
@@ -978,6 +1090,13 @@ mod tests {
             Some((code, PYTHON_MAX_INSTRUCTION, false))
         );
         assert_eq!(python_frame(0x7fff_ffff_f000), None);
+    }
+
+    #[test]
+    fn the_large_span_probe_reads_rax_unless_its_cookie_names_a_slot() {
+        assert_eq!(go_span_slot(0), RAX_SLOT);
+        assert_eq!(go_span_slot(GO_SPAN_IN_SLOT | 3), 3);
+        assert_eq!(go_span_slot(GO_SPAN_IN_SLOT | 14), 14);
     }
 
     #[test]

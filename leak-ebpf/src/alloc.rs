@@ -8,24 +8,25 @@
 //! frame chain still starts at the direct caller.
 use aya_ebpf::{
     EbpfContext,
-    bindings::pt_regs,
+    bindings::{BPF_NOEXIST, pt_regs},
     helpers::{bpf_get_attach_cookie, bpf_ktime_get_ns, generated::bpf_get_func_ip},
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
 use leak_common::{
-    AllocFn, AllocRecord, CallShape, Counter, NESTED_CALL_MAX_AGE_NS, NESTED_CALL_MAX_DEPTH_BYTES,
-    NO_ARG, PENDING_DONE, PENDING_NO_RETURN, PENDING_RECORD, PendingCall, tag_kind,
+    ALLOC_RETURN_PROGRAM, AllocFn, AllocRecord, CallShape, Counter, ENTRY_PROGRAM,
+    NESTED_CALL_MAX_AGE_NS, NESTED_CALL_MAX_DEPTH_BYTES, NO_ARG, PENDING_DONE, PENDING_NO_RETURN,
+    PENDING_RECORD, PendingCall, SESSION_PROGRAM, tag_kind,
 };
 
 use crate::{
-    maps::{
-        ALLOCS, Arguments, FirstFrame, PENDING_CALLS, add_to_stack, count, entries_armed,
-        read_user_u64, sampled, size_wanted, target_tid, user_stack_id,
-    },
+    counters::count,
+    maps::{ALLOCS, ENTRIES_ARMED, PENDING_CALLS},
     scope::{add_to_scope, current_scope},
+    settings::{sampled, size_wanted, target_tid},
+    stacks::{FirstFrame, add_to_stack, user_stack_id},
+    target::{Arguments, read_user_u64},
 };
-const BPF_NOEXIST: u64 = 1;
 
 /// What a uprobe session's entry returns to have the kernel run the return probe, or not.
 const RUN_RETURN: u32 = 0;
@@ -160,6 +161,7 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
     on_entry(&ctx, false);
     0
 }
+named!(alloc_enter, ENTRY_PROGRAM);
 
 /// Entry and return of every allocating function, as one uprobe session (Linux 6.13+): the
 /// entry returns [`SKIP_RETURN`] for a call whose return need not be seen, which then costs
@@ -182,12 +184,20 @@ pub fn alloc_session(ctx: *mut core::ffi::c_void) -> u32 {
         0
     }
 }
+named!(alloc_session, SESSION_PROGRAM);
 
 #[uretprobe]
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     // SAFETY: uretprobe context is the user pt_regs.
     on_return(&ctx, unsafe { &*ctx.regs });
     0
+}
+named!(alloc_return, ALLOC_RETURN_PROGRAM);
+
+/// Whether a return without its entry means an event was lost (see ENTRIES_ARMED).
+#[inline(always)]
+fn entries_armed() -> bool {
+    ENTRIES_ARMED.get(0).is_some_and(|armed| *armed != 0)
 }
 
 /// The return half: records the block the call returned, releases the one it resized.
@@ -261,7 +271,7 @@ fn record<C: EbpfContext>(ctx: &C, regs: &pt_regs, addr: u64, pending: &PendingC
         tid,
         scope: current_scope(tid),
     };
-    if ALLOCS.insert(addr, record, BPF_NOEXIST).is_err() {
+    if ALLOCS.insert(addr, record, BPF_NOEXIST.into()).is_err() {
         // SAFETY: copied out before the overwrite.
         match unsafe { ALLOCS.get(addr) }.copied() {
             Some(stale) => {

@@ -8,14 +8,21 @@ use aya_ebpf::{
     maps::PerCpuHashMap,
     programs::PerfEventContext,
 };
-use leak_common::{Counter, MAX_STACKS};
+use leak_common::{Counter, MAX_STACKS, PAGE_FAULT_PROGRAM, map_names};
 
-use crate::maps::{FirstFrame, count, target_tid, user_regs, user_stack_id};
+use crate::{
+    counters::count,
+    settings::target_tid,
+    stacks::{FirstFrame, user_stack_id},
+    target::user_regs,
+};
 
-/// Samples per stack id. Per CPU: no atomics; user space sums the CPUs.
-#[map(name = "FAULT_SAMPLES")]
+/// Samples per stack id (and the unknown stack). Per CPU: no atomics; user space sums the
+/// CPUs.
+#[map]
 pub static FAULT_SAMPLES: PerCpuHashMap<u32, u64> =
     PerCpuHashMap::with_max_entries(MAX_STACKS + 1, BPF_F_NO_PREALLOC);
+named!(FAULT_SAMPLES, map_names::FAULT_SAMPLES);
 
 #[perf_event]
 pub fn page_fault(ctx: PerfEventContext) -> u32 {
@@ -43,3 +50,4 @@ pub fn page_fault(ctx: PerfEventContext) -> u32 {
     }
     0
 }
+named!(page_fault, PAGE_FAULT_PROGRAM);

@@ -11,19 +11,25 @@
 //! RSI, R8, …
 use aya_ebpf::{
     EbpfContext,
+    bindings::BPF_NOEXIST,
     helpers::{bpf_get_attach_cookie, bpf_ktime_get_ns},
     macros::{map, uprobe},
     maps::HashMap,
     programs::ProbeContext,
 };
 use leak_common::{
-    AllocRecord, Counter, GO_ON_STACK_CHECK, GO_SPAN_CLASS_MARK, GO_SPAN_CLASSES, GO_SPAN_IN_SLOT,
-    GoLayout, GoroutineSite, MAX_GOROUTINE_SITES, UNKNOWN_STACK_ID,
+    AllocRecord, Counter, GO_GOEXIT_PROGRAM, GO_LARGE_SPAN_PROGRAM, GO_LAYOUT_GLOBAL,
+    GO_NEWPROC_PROGRAM, GO_ON_STACK_CHECK, GO_SPAN_CLASS_MARK, GO_SPAN_CLASSES,
+    GO_SPAN_FREE_PROGRAM, GO_SPAN_FULL_PROGRAM, GoLayout, GoroutineSite, MAX_GOROUTINE_SITES,
+    UNKNOWN_STACK_ID, go_span_slot, map_names,
 };
 
-use crate::maps::{
-    ALLOCS, Arguments, FirstFrame, add_to_stack, atomic_add, count, read_user_u64, target_tid,
-    user_stack_id,
+use crate::{
+    counters::{atomic_add, count},
+    maps::ALLOCS,
+    settings::target_tid,
+    stacks::{FirstFrame, add_to_stack, user_stack_id},
+    target::{Arguments, read_user_u64},
 };
 
 /// The target's runtime layout. Set by user space before load (all zero for other programs,
@@ -36,10 +42,12 @@ static GO_LAYOUT: GoLayout = GoLayout {
     span_npages: 0,
     page_bytes: 0,
 };
+named!(GO_LAYOUT, GO_LAYOUT_GLOBAL);
 
-#[map(name = "GOROUTINE_SITES")]
+#[map]
 static GOROUTINE_SITES: HashMap<u64, GoroutineSite> =
     HashMap::with_max_entries(MAX_GOROUTINE_SITES, 0);
+named!(GOROUTINE_SITES, map_names::GOROUTINE_SITES);
 
 /// Whether this pass of a probe on a stack-check branch is the one before the stack grows
 /// (the branch to morestack is taken when CF or ZF is set): the function runs again from
@@ -72,8 +80,8 @@ fn site(gopc: u64) -> Option<*mut GoroutineSite> {
         stack_id: UNKNOWN_STACK_ID,
         ..GoroutineSite::default()
     };
-    // BPF_NOEXIST: another CPU may have created it meanwhile; then use theirs.
-    let _ = GOROUTINE_SITES.insert(gopc, fresh, 1);
+    // Another CPU may have created it meanwhile; then use theirs.
+    let _ = GOROUTINE_SITES.insert(gopc, fresh, BPF_NOEXIST.into());
     let site = GOROUTINE_SITES.get_ptr_mut(gopc);
     if site.is_none() {
         count(Counter::GoroutineSitesFull);
@@ -105,6 +113,7 @@ pub fn go_newproc(ctx: ProbeContext) -> u32 {
     }
     0
 }
+named!(go_newproc, GO_NEWPROC_PROGRAM);
 
 /// `runtime.goexit0(gp)`: goroutine `gp` has returned (or called Goexit).
 #[uprobe]
@@ -124,6 +133,7 @@ pub fn go_goexit(ctx: ProbeContext) -> u32 {
     }
     0
 }
+named!(go_goexit, GO_GOEXIT_PROGRAM);
 
 /// The start address and size of span `span`, or None for the runtime's empty placeholder
 /// span (no pages) and unreadable ones.
@@ -197,6 +207,7 @@ pub fn go_span_full(ctx: ProbeContext) -> u32 {
     }
     0
 }
+named!(go_span_full, GO_SPAN_FULL_PROGRAM);
 
 /// In `mallocgc`, just after `(*mcache).allocLarge` returned the span of one large object
 /// (in RAX).
@@ -207,19 +218,15 @@ pub fn go_large_span(ctx: ProbeContext) -> u32 {
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     // SAFETY: uprobe context is the user pt_regs.
     let regs = unsafe { &*ctx.regs };
-    // RAX is slot 6. Both ways read the copied registers: the verifier refuses a load
-    // through a context pointer that was moved.
-    let slot = if cookie & GO_SPAN_IN_SLOT != 0 {
-        (cookie & 0xF) as u8
-    } else {
-        6
-    };
-    let span = Arguments::of(regs).at(slot);
+    // Read from the copied registers whatever the slot: the verifier refuses a load through
+    // a context pointer that was moved.
+    let span = Arguments::of(regs).at(go_span_slot(cookie));
     if let Some((start, bytes)) = span_extent(span, &layout()) {
         track_span(&ctx, start, bytes, tid, FirstFrame::ReturnAddress);
     }
     0
 }
+named!(go_large_span, GO_LARGE_SPAN_PROGRAM);
 
 /// `(*mheap).freeSpanLocked(h, s, typ)`: span `s` goes back to the heap. Spans the probes
 /// never saw (stacks, spans filled before tracing began) are not in `ALLOCS`.
@@ -243,3 +250,4 @@ pub fn go_span_free(ctx: ProbeContext) -> u32 {
     }
     0
 }
+named!(go_span_free, GO_SPAN_FREE_PROGRAM);

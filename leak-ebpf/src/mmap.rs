@@ -15,13 +15,16 @@ use aya_ebpf::{
 };
 use leak_common::{
     BRK_BY_ALLOCATOR, Counter, INSIDE_ALLOCATOR_MAX_AGE_NS, MmapEvent, MmapEventKind,
-    PendingSyscall, ThreadEnd, UNKNOWN_STACK_ID,
+    PendingSyscall, SYSCALL_PROGRAMS, ThreadEnd, UNKNOWN_STACK_ID,
 };
 
-use crate::alloc::still_running;
-use crate::maps::{
-    FirstFrame, MMAP_EVENTS, PENDING_CALLS, PENDING_SYSCALLS, THREAD_ENDS, count, target_tid,
-    user_regs, user_stack_id,
+use crate::{
+    alloc::still_running,
+    counters::count,
+    maps::{MMAP_EVENTS, PENDING_CALLS, PENDING_SYSCALLS, THREAD_ENDS},
+    settings::target_tid,
+    stacks::{FirstFrame, user_stack_id},
+    target::user_regs,
 };
 
 const MAP_ANONYMOUS: u64 = 0x20;
@@ -122,6 +125,7 @@ pub fn mmap_enter(ctx: TracePointContext) -> u32 {
     );
     0
 }
+named!(mmap_enter, SYSCALL_PROGRAMS[0].0);
 
 #[tracepoint]
 pub fn mmap_exit(ctx: TracePointContext) -> u32 {
@@ -150,6 +154,7 @@ pub fn mmap_exit(ctx: TracePointContext) -> u32 {
     });
     0
 }
+named!(mmap_exit, SYSCALL_PROGRAMS[1].0);
 
 #[tracepoint]
 pub fn munmap_enter(ctx: TracePointContext) -> u32 {
@@ -167,6 +172,7 @@ pub fn munmap_enter(ctx: TracePointContext) -> u32 {
     );
     0
 }
+named!(munmap_enter, SYSCALL_PROGRAMS[2].0);
 
 #[tracepoint]
 pub fn munmap_exit(ctx: TracePointContext) -> u32 {
@@ -192,6 +198,7 @@ pub fn munmap_exit(ctx: TracePointContext) -> u32 {
     });
     0
 }
+named!(munmap_exit, SYSCALL_PROGRAMS[3].0);
 
 #[tracepoint]
 pub fn mremap_enter(ctx: TracePointContext) -> u32 {
@@ -212,6 +219,7 @@ pub fn mremap_enter(ctx: TracePointContext) -> u32 {
     );
     0
 }
+named!(mremap_enter, SYSCALL_PROGRAMS[4].0);
 
 #[tracepoint]
 pub fn mremap_exit(ctx: TracePointContext) -> u32 {
@@ -238,6 +246,7 @@ pub fn mremap_exit(ctx: TracePointContext) -> u32 {
     });
     0
 }
+named!(mremap_exit, SYSCALL_PROGRAMS[5].0);
 
 /// The program break after brk(2): user space turns the change since the last one into a
 /// region mapped (or unmapped) by this stack. Calls made inside an allocator call (malloc
@@ -273,6 +282,7 @@ pub fn brk_exit(ctx: TracePointContext) -> u32 {
     });
     0
 }
+named!(brk_exit, SYSCALL_PROGRAMS[6].0);
 
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "license")]
@@ -310,3 +320,4 @@ pub fn thread_exit(_ctx: TracePointContext) -> u32 {
     let _ = THREAD_ENDS.insert(&tid, &end, 0);
     0
 }
+named!(thread_exit, SYSCALL_PROGRAMS[7].0);

@@ -9,9 +9,12 @@ use aya_ebpf::{
     macros::map,
     maps::Array,
 };
-use leak_common::{MAX_PYTHON_FRAMES, MAX_STACK_DEPTH, PyLayout, python_entry};
+use leak_common::{
+    MAX_PYTHON_FRAMES, MAX_STACK_DEPTH, PY_LAYOUT_GLOBAL, PYTHON_CODE_UNIT_BYTES, PyLayout,
+    map_names, python_entry,
+};
 
-use crate::maps::{STACK_SCRATCH, read_user_u64};
+use crate::{maps::STACK_SCRATCH, target::read_user_u64};
 
 /// The target's CPython layout. Set by user space before load (zero: not CPython).
 #[unsafe(no_mangle)]
@@ -26,11 +29,13 @@ static PY_LAYOUT: PyLayout = PyLayout {
     frame_is_entry: 0,
     code_bytecode: 0,
 };
+named!(PY_LAYOUT, PY_LAYOUT_GLOBAL);
 
 /// The address of `_PyRuntime` in the target, written by user space once the interpreter is
 /// mapped (0 until then).
-#[map(name = "PY_RUNTIME")]
+#[map]
 static PY_RUNTIME: Array<u64> = Array::with_max_entries(1, 0);
+named!(PY_RUNTIME, map_names::PY_RUNTIME);
 
 /// The walk so far; lives on the caller's stack while bpf_loop calls `step`.
 #[repr(C)]
@@ -124,7 +129,8 @@ extern "C" fn step(_index: u64, context: *mut c_void) -> i64 {
     let bytecode = code + layout.code_bytecode;
     // A frame whose first instruction has not run yet points before its bytecode.
     if code != 0 && prev_instr >= bytecode {
-        stack.ips[len] = python_entry(code, (prev_instr - bytecode) / 2, is_entry);
+        let instruction = (prev_instr - bytecode) / PYTHON_CODE_UNIT_BYTES;
+        stack.ips[len] = python_entry(code, instruction, is_entry);
         stack.len = len as u64 + 1;
     }
     walk.frame = previous;

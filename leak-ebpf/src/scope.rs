@@ -3,6 +3,7 @@
 //! that call, and to the (function, label) tag its argument gives.
 use aya_ebpf::{
     EbpfContext,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{
         bpf_get_attach_cookie, bpf_get_smp_processor_id, bpf_ktime_get_ns,
         bpf_probe_read_user_str_bytes,
@@ -12,53 +13,64 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use leak_common::{
-    Counter, MAX_PENDING_CALLS, MAX_SCOPE_CALLS, MAX_SCOPE_DEPTH, MAX_SCOPE_TAGS, MAX_SCOPES,
-    SCOPE_EVENTS_BYTES, SCOPE_LABEL_BYTES, SCOPE_LABEL_INT, SCOPE_LABEL_STR, ScopeCall, ScopeFrame,
-    ScopeLabel, ScopeReturn, ScopeShape, ScopeStack, ScopeTotals, scope_of, scope_parts,
+    ARGUMENT_REGISTERS, Counter, MAX_PENDING_CALLS, MAX_SCOPE_CALLS, MAX_SCOPE_DEPTH,
+    MAX_SCOPE_TAGS, MAX_SCOPES, SCOPE_COUNT_GLOBAL, SCOPE_ENTRY_PROGRAM, SCOPE_EVENTS_BYTES,
+    SCOPE_LABEL_BYTES, SCOPE_LABEL_INT, SCOPE_LABEL_STR, SCOPE_RETURN_PROGRAM, ScopeCall,
+    ScopeFrame, ScopeLabel, ScopeReturn, ScopeShape, ScopeStack, ScopeTotals, map_names, scope_of,
+    scope_parts,
 };
 
-use crate::maps::{Arguments, atomic_add, count, target_tid};
-
-const BPF_NOEXIST: u64 = 1;
-const BPF_F_NO_PREALLOC: u32 = 1;
+use crate::{
+    counters::{atomic_add, count},
+    settings::target_tid,
+    target::Arguments,
+};
 
 /// How many --scope functions are probed. Set before load; 0 skips the scope lookup on
 /// every allocation.
 #[unsafe(no_mangle)]
 static SCOPE_COUNT: u32 = 0;
+named!(SCOPE_COUNT, SCOPE_COUNT_GLOBAL);
 
 /// The scope calls each thread is inside.
-#[map(name = "SCOPE_STACKS")]
+#[map]
 static SCOPE_STACKS: HashMap<u32, ScopeStack> =
     HashMap::with_max_entries(MAX_PENDING_CALLS, BPF_F_NO_PREALLOC);
+named!(SCOPE_STACKS, map_names::SCOPE_STACKS);
 
 /// Tags handed out, by (scope, label).
-#[map(name = "SCOPE_TAGS")]
+#[map]
 static SCOPE_TAGS: HashMap<ScopeLabel, u32> =
     HashMap::with_max_entries(MAX_SCOPE_TAGS, BPF_F_NO_PREALLOC);
+named!(SCOPE_TAGS, map_names::SCOPE_TAGS);
 
 /// Which label owns each labelled tag: claiming a tag is inserting here, which only one CPU
 /// can win.
-#[map(name = "SCOPE_TAG_OWNERS")]
+#[map]
 static SCOPE_TAG_OWNERS: HashMap<u32, ScopeLabel> =
     HashMap::with_max_entries(MAX_SCOPE_TAGS, BPF_F_NO_PREALLOC);
+named!(SCOPE_TAG_OWNERS, map_names::SCOPE_TAG_OWNERS);
 
 /// Per tag and CPU: calls, bytes allocated and still held.
-#[map(name = "SCOPE_TOTALS")]
+#[map]
 static SCOPE_TOTALS: PerCpuArray<ScopeTotals> = PerCpuArray::with_max_entries(MAX_SCOPE_TAGS, 0);
+named!(SCOPE_TOTALS, map_names::SCOPE_TOTALS);
 
 /// Calls followed one by one, by call id.
-#[map(name = "SCOPE_CALLS")]
+#[map]
 static SCOPE_CALLS: HashMap<u64, ScopeCall> =
     HashMap::with_max_entries(MAX_SCOPE_CALLS, BPF_F_NO_PREALLOC);
+named!(SCOPE_CALLS, map_names::SCOPE_CALLS);
 
 /// Calls that returned holding memory, for user space to read again later.
-#[map(name = "SCOPE_EVENTS")]
+#[map]
 static SCOPE_EVENTS: RingBuf = RingBuf::with_byte_size(SCOPE_EVENTS_BYTES, 0);
+named!(SCOPE_EVENTS, map_names::SCOPE_EVENTS);
 
 /// Per CPU: calls begun on it, for call ids.
-#[map(name = "SCOPE_NEXT")]
+#[map]
 static SCOPE_NEXT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+named!(SCOPE_NEXT, map_names::SCOPE_NEXT);
 
 /// Bits of a call id that name the CPU it began on.
 const CALL_CPU_BITS: u32 = 12;
@@ -113,10 +125,13 @@ fn tag_of(shape: ScopeShape, label: &ScopeLabel) -> u32 {
     while probe < TAG_PROBES {
         let tag = (first + (hash.wrapping_add(probe)) % room) as u32;
         probe += 1;
-        if SCOPE_TAG_OWNERS.insert(&tag, label, BPF_NOEXIST).is_err() {
+        if SCOPE_TAG_OWNERS
+            .insert(&tag, label, BPF_NOEXIST.into())
+            .is_err()
+        {
             continue;
         }
-        if SCOPE_TAGS.insert(label, &tag, BPF_NOEXIST).is_ok() {
+        if SCOPE_TAGS.insert(label, &tag, BPF_NOEXIST.into()).is_ok() {
             return tag;
         }
         // Another CPU gave this label a tag meanwhile: use that one (the tag claimed here
@@ -141,7 +156,7 @@ pub fn scope_enter(ctx: ProbeContext) -> u32 {
     let regs = unsafe { &*ctx.regs };
     let sp = regs.rsp;
     let argument = Arguments::of(regs).at(shape.label_arg);
-    let tag = if shape.label_arg as usize <= 5 {
+    let tag = if shape.label_arg < ARGUMENT_REGISTERS {
         let mut label = ScopeLabel {
             index: u32::from(shape.index),
             kind: u32::from(shape.label_kind),
@@ -236,6 +251,7 @@ pub fn scope_enter(ctx: ProbeContext) -> u32 {
     }
     0
 }
+named!(scope_enter, SCOPE_ENTRY_PROGRAM);
 
 /// Return of a scope function: the call ends; what it still holds is noted.
 #[uretprobe]
@@ -312,6 +328,7 @@ pub fn scope_return(ctx: RetProbeContext) -> u32 {
     }
     0
 }
+named!(scope_return, SCOPE_RETURN_PROGRAM);
 
 /// The innermost scope call the thread is in, as a record's `scope` (0 for none).
 #[inline(always)]

@@ -10,7 +10,7 @@
 //! each time.
 use core::ffi::c_void;
 
-use crate::maps::{STACK_SCRATCH, read_user_u64};
+use crate::{maps::STACK_SCRATCH, target::read_user_u64};
 use aya_ebpf::{
     helpers::{bpf_loop, generated},
     macros::map,
@@ -18,17 +18,20 @@ use aya_ebpf::{
 };
 use leak_common::{
     CFA_END, CFA_RBP, CFA_RSP, CFA_UNKNOWN, MAX_DWARF_FRAMES, MAX_STACK_DEPTH, MAX_UNWIND_MAPPINGS,
-    StackFrames, UnwindIndex, UnwindMapping, UnwindRow,
+    MAX_UNWIND_ROWS, StackFrames, UnwindIndex, UnwindMapping, UnwindRow, map_names,
 };
 
-#[map(name = "UNWIND_ROWS")]
+#[map]
 static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(1, 0);
+named!(UNWIND_ROWS, map_names::UNWIND_ROWS);
 
-#[map(name = "UNWIND_MAPPINGS")]
+#[map]
 static UNWIND_MAPPINGS: Array<UnwindMapping> = Array::with_max_entries(2 * MAX_UNWIND_MAPPINGS, 0);
+named!(UNWIND_MAPPINGS, map_names::UNWIND_MAPPINGS);
 
-#[map(name = "UNWIND_INDEX")]
+#[map]
 static UNWIND_INDEX: Array<UnwindIndex> = Array::with_max_entries(1, 0);
+named!(UNWIND_INDEX, map_names::UNWIND_INDEX);
 
 /// The row found for an address (the lookup address of a frame), under the tables'
 /// generation; `found` 0 when its mapping has no row there (frame pointers then).
@@ -44,8 +47,9 @@ struct CachedRow {
 /// recently used ones make room.
 const ROW_CACHE_ENTRIES: u32 = 16_384;
 
-#[map(name = "ROW_CACHE")]
+#[map]
 static ROW_CACHE: LruHashMap<u64, CachedRow> = LruHashMap::with_max_entries(ROW_CACHE_ENTRIES, 0);
+named!(ROW_CACHE, map_names::ROW_CACHE);
 
 const PAGE_BYTES: u64 = 4096;
 /// The stack copied at the start of a walk: the page of the stack pointer and the next.
@@ -61,12 +65,16 @@ pub struct StackWindow {
     words: [u64; WINDOW_WORDS],
 }
 
-#[map(name = "STACK_WINDOW")]
+#[map]
 static STACK_WINDOW: PerCpuArray<StackWindow> = PerCpuArray::with_max_entries(1, 0);
+named!(STACK_WINDOW, map_names::STACK_WINDOW);
 
-/// Binary-search steps: enough for MAX_UNWIND_MAPPINGS and for MAX_UNWIND_ROWS.
-const MAPPING_STEPS: u32 = 9;
-const ROW_STEPS: u32 = 22;
+/// Halvings a binary search over `len` entries needs at most.
+const fn search_steps(len: u32) -> u32 {
+    u32::BITS - len.leading_zeros()
+}
+const MAPPING_STEPS: u32 = search_steps(MAX_UNWIND_MAPPINGS);
+const ROW_STEPS: u32 = search_steps(MAX_UNWIND_ROWS);
 
 /// The walk so far; lives on the caller's stack while bpf_loop calls `step`.
 #[repr(C)]

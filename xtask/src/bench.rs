@@ -4,34 +4,11 @@ use std::{fmt::Write as _, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{compile_c, leaktrace_bin, root};
-
-/// Runs a benchmark program once; returns the ns per pair (or per operation) it printed.
-pub fn measure(command: &mut Command) -> Result<f64> {
-    let out = command
-        .output()
-        .with_context(|| format!("running {command:?}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix("ns_per_pair=")
-                .or_else(|| line.strip_prefix("ns_per_op="))
-        })
-        .and_then(|value| value.trim().parse().ok())
-        .with_context(|| {
-            format!(
-                "no ns_per_pair in the output of {command:?}: {}{}",
-                stdout,
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
-}
-
-pub fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
+use crate::{
+    measure::{bcc_pairs, cpu_and_peak_rss, cpu_ns, measure, median, stop},
+    soak_section,
+    workspace::{compile_c, leaktrace_bin, root, run_checked},
+};
 
 /// What the numbers are made of (measured on these machines; ../shared/notes).
 const WHERE_THE_TIME_GOES: &str = "\
@@ -414,8 +391,8 @@ pub fn run(pairs: u64, runs: usize) -> Result<()> {
     );
     // The soak section comes from `cargo xtask soak`, which takes an hour: kept as it is.
     let previous = std::fs::read_to_string(root().join("BENCHMARKS.md")).unwrap_or_default();
-    let document = match crate::soak::section_of(&previous) {
-        Some(section) => crate::soak::with_section(&document, section),
+    let document = match soak_section::section_of(&previous) {
+        Some(section) => soak_section::with_section(&document, section),
         None => document,
     };
     std::fs::write(root().join("BENCHMARKS.md"), document)?;
@@ -555,52 +532,6 @@ fn peers(bench_bin: &std::path::Path, pairs: u64, runs: usize) -> Result<String>
     Ok(table)
 }
 
-/// CPU time of all of a process's threads so far, in nanoseconds (schedstat: finer than the
-/// clock ticks of /proc/PID/stat).
-fn cpu_ns(pid: u32) -> Option<u64> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    Some(
-        tasks
-            .filter_map(|task| {
-                let path = task.ok()?.path().join("schedstat");
-                std::fs::read_to_string(path)
-                    .ok()?
-                    .split_whitespace()
-                    .next()?
-                    .parse::<u64>()
-                    .ok()
-            })
-            .sum(),
-    )
-}
-
-/// CPU time (user+system) of a process so far, in seconds, and its peak RSS in bytes.
-fn cpu_and_peak_rss(pid: u32) -> Option<(f64, u64)> {
-    cpu_and_memory(pid, "VmHWM:")
-}
-
-/// CPU time (user+system) of a process so far, in seconds, and one memory line of its
-/// /proc/PID/status (`VmRSS:`, `VmHWM:`, …) in bytes.
-pub fn cpu_and_memory(pid: u32, field: &str) -> Option<(f64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the command name.
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some((ticks as f64 / hz, kib * 1024))
-}
-
 /// leaktrace's CPU share and peak RSS while attached to a process holding a million live
 /// allocations it saw being made (reports every 5 s, each walking the live map), and how long
 /// an attach takes beyond the time traced.
@@ -721,99 +652,6 @@ fn agent_cost(bench_bin: &std::path::Path) -> Result<String> {
          | `attach --duration 1s` to a live process: time beyond the 1 s traced ({phases}) | {attach_s:.2} s | |\n",
         peak_rss as f64 / (1024.0 * 1024.0)
     ))
-}
-
-/// A child we started: SIGINT first (so a tracer detaches and reports), then SIGKILL if it
-/// has not ended within `grace`.
-pub fn stop(child: &mut std::process::Child, grace: std::time::Duration) {
-    if let Ok(pid) = i32::try_from(child.id()) {
-        // SAFETY: signalling a process this program started and has not yet reaped.
-        unsafe { libc::kill(pid, libc::SIGINT) };
-    }
-    let deadline = std::time::Instant::now() + grace;
-    while std::time::Instant::now() < deadline {
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// bcc's memleak (Debian bpfcc-tools 0.26, made to run by `setup::bcc_memleak`) attached with
-/// -p to the pairs workload, which starts once memleak's probes are in place; with
-/// `library`, preloaded into the workload and traced instead of libc (memleak's -O). None
-/// when bcc is not available or fails here; the reason is printed.
-pub fn bcc_pairs(
-    bench_bin: &std::path::Path,
-    count: &str,
-    runs: usize,
-    library: Option<&str>,
-) -> Result<Option<Vec<f64>>> {
-    let Some((memleak, headers)) = crate::setup::bcc_memleak() else {
-        return Ok(None);
-    };
-    let log_path = root().join("target/xtask/memleak-bpfcc.log");
-    let mut times = Vec::new();
-    for _ in 0..runs {
-        let mut target = Command::new(bench_bin);
-        target
-            .args(["pairs", count])
-            .env("BENCH_WAIT_FOR_PROBES", "2")
-            .stdout(std::process::Stdio::piped());
-        if let Some(library) = library {
-            target.env("LD_PRELOAD", library);
-        }
-        let mut target = target
-            .spawn()
-            .context("starting the pairs workload for bcc")?;
-        let mut tracer = Command::new(&memleak[0])
-            .args(&memleak[1..])
-            .args(["-p", &target.id().to_string()])
-            .args(library.map(|library| ["-O", library]).into_iter().flatten())
-            .env("BCC_KERNEL_SOURCE", &headers)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log_path)?)
-            .spawn()
-            .context("starting memleak-bpfcc")?;
-        let finished = loop {
-            if target.try_wait()?.is_some() {
-                break true;
-            }
-            if tracer.try_wait()?.is_some() {
-                break false;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        };
-        if !finished {
-            let _ = target.kill();
-            let _ = target.wait();
-            eprintln!(
-                "xtask bench: memleak-bpfcc ended before the workload ({}); its row is left out",
-                log_path.display()
-            );
-            return Ok(None);
-        }
-        stop(&mut tracer, std::time::Duration::from_secs(10));
-        let out = target.wait_with_output()?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        match stdout
-            .lines()
-            .find_map(|line| line.strip_prefix("ns_per_pair="))
-            .and_then(|value| value.trim().parse().ok())
-        {
-            Some(ns) => times.push(ns),
-            None => {
-                eprintln!(
-                    "xtask bench: the workload under memleak-bpfcc failed ({}); its row is left out",
-                    out.status
-                );
-                return Ok(None);
-            }
-        }
-    }
-    Ok(Some(times))
 }
 
 /// Requests per second of SET and GET from redis-benchmark against a redis-server on
@@ -1240,7 +1078,7 @@ fn chain_shares(
     chain: &Chain,
 ) -> Result<(u64, u64)> {
     let report_path = root().join(format!("target/xtask/{name}_{unwind}.json"));
-    crate::run_checked(
+    run_checked(
         Command::new(leaktrace_bin())
             .args([
                 "run", "--unwind", unwind, "--top", "0", "--format", "json", "--output",
@@ -1358,7 +1196,7 @@ pub fn stack_quality() -> Result<String> {
                     }));
             }
         }
-        crate::run_checked(compile.arg("-o").arg(&binary))?;
+        run_checked(compile.arg("-o").arg(&binary))?;
         row(
             what,
             build,
@@ -1371,7 +1209,7 @@ pub fn stack_quality() -> Result<String> {
     // A program with frame pointers whose allocations happen inside glibc and libstdc++,
     // built without them (Debian's).
     let binary = out_dir.join("through_libraries");
-    crate::run_checked(
+    run_checked(
         Command::new("g++")
             .args(["-O2", "-g", "-fno-omit-frame-pointer"])
             .arg(targets.join("through_libraries.cpp"))

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{root, run_checked};
+use crate::workspace::{root, run_checked};
 
 /// Every fuzz target (fuzz/Cargo.toml's bins).
 pub const TARGETS: &[&str] = &[

@@ -2,19 +2,26 @@
 //!
 //! Everything a fresh machine needs is installed here (never by hand), and every step is
 //! idempotent and quick when nothing is missing.
+//!
+//! The tasks (`fuzz`, `bench` with its `services` tables, `soak`) use what is below them,
+//! never one another: `measure` (how a benchmark measures), `soak_section` (BENCHMARKS.md's
+//! soak section), `setup` (what is installed, and where) and `workspace` (paths and
+//! commands), at the bottom.
 mod bench;
 mod fuzz;
+mod measure;
 mod services;
 mod setup;
 mod soak;
+mod soak_section;
+mod workspace;
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
+
+use crate::workspace::{cargo, compile_c, leaktrace_bin, root, run_checked};
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "leaktrace project tasks")]
@@ -161,37 +168,8 @@ fn main() -> Result<()> {
     }
 }
 
-/// The workspace root (xtask lives one level down).
-pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
-
-pub fn cargo() -> Command {
-    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    command.current_dir(root());
-    command
-}
-
-pub fn run_checked(command: &mut Command) -> Result<()> {
-    let status = command
-        .status()
-        .with_context(|| format!("could not run {command:?}"))?;
-    if !status.success() {
-        bail!("{command:?} failed with {status}");
-    }
-    Ok(())
-}
-
 fn build() -> Result<()> {
     run_checked(cargo().args(["build", "--workspace", "--release", "--bins"]))
-}
-
-/// The leaktrace binary `build` produced.
-pub fn leaktrace_bin() -> PathBuf {
-    root().join("target/release/leaktrace")
 }
 
 fn is_root() -> bool {
@@ -202,23 +180,6 @@ fn is_root() -> bool {
 unsafe extern "C" {
     #[link_name = "geteuid"]
     fn libc_geteuid() -> u32;
-}
-
-/// Compiles a C file from tests/targets with the flags the targets use.
-pub fn compile_c(source: &str, output: &Path) -> Result<()> {
-    run_checked(
-        Command::new("gcc")
-            .args([
-                "-O1",
-                "-g",
-                "-fno-omit-frame-pointer",
-                "-fno-optimize-sibling-calls",
-                "-pthread",
-                "-o",
-            ])
-            .arg(output)
-            .arg(root().join("tests/targets").join(source)),
-    )
 }
 
 fn demo(duration: &str) -> Result<()> {

@@ -12,8 +12,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    bench::{measure, median, stop},
-    leaktrace_bin, root,
+    measure::{bcc_pairs, measure, median, stop},
+    workspace::{leaktrace_bin, root},
 };
 
 /// How leaktrace is run against a service's process: a row name, leaktrace's arguments
@@ -597,7 +597,7 @@ pub fn allocators(bench_bin: &Path, pairs: u64, runs: usize) -> Result<String> {
         let traced = leaktrace(&[])?;
         let sampled = leaktrace(&["--sample-rate", "100"])?;
         let bcc_ns = match &bcc {
-            Some(_) => crate::bench::bcc_pairs(bench_bin, &count, runs, library)?.map(median),
+            Some(_) => bcc_pairs(bench_bin, &count, runs, library)?.map(median),
             None => None,
         };
         let heaptrack = match which::which("heaptrack") {

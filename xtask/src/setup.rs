@@ -4,7 +4,7 @@ use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::run_checked;
+use crate::workspace::{root, run_checked};
 
 /// bpf-linker release that builds against the LLVM of the installed Rust toolchains.
 const BPF_LINKER_VERSION: &str = "0.10.3";
@@ -24,7 +24,7 @@ const OTELTEST_VERSION: &str = "0.49.0";
 
 /// Where the OTLP receiver's Python environment lives (tests/src/lib.rs looks there too).
 pub fn otel_venv() -> std::path::PathBuf {
-    crate::root().join("target/tools/otel-venv")
+    root().join("target/tools/otel-venv")
 }
 
 /// A Python environment with oteltest (its otelsink is the OTLP receiver of the tests).
@@ -264,7 +264,7 @@ pub fn bcc_memleak() -> Option<(Vec<String>, std::path::PathBuf)> {
     }
     let (common, arch) = headers_dirs()?;
     // The two halves of Debian's headers merged into one tree, as bcc expects.
-    let merged = crate::root().join("target/tools/kernel-headers");
+    let merged = root().join("target/tools/kernel-headers");
     if !merged.join("Makefile").exists() {
         let _ = std::fs::remove_dir_all(&merged);
         std::fs::create_dir_all(&merged).ok()?;
@@ -281,7 +281,7 @@ pub fn bcc_memleak() -> Option<(Vec<String>, std::path::PathBuf)> {
             }
         }
     }
-    let wrapper = crate::root().join("target/tools/bcc_ref_ctr_fix.py");
+    let wrapper = root().join("target/tools/bcc_ref_ctr_fix.py");
     std::fs::write(&wrapper, BCC_REF_CTR_FIX).ok()?;
     Some((
         vec![

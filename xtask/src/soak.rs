@@ -13,11 +13,11 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{compile_c, leaktrace_bin, root};
-
-/// Where the soak section starts and ends in BENCHMARKS.md.
-pub const SECTION_START: &str = "<!-- soak: written by cargo xtask soak -->";
-pub const SECTION_END: &str = "<!-- soak end -->";
+use crate::{
+    measure::cpu_and_memory,
+    soak_section::{SECTION_END, SECTION_START, with_section},
+    workspace::{compile_c, leaktrace_bin, root},
+};
 
 /// Seconds between interval reports.
 const INTERVAL_S: u64 = 10;
@@ -77,7 +77,7 @@ pub fn run(duration: Duration) -> Result<()> {
         if tracer.try_wait()?.is_some() {
             break;
         }
-        if let Some((cpu, rss)) = crate::bench::cpu_and_memory(pid, "VmRSS:") {
+        if let Some((cpu, rss)) = cpu_and_memory(pid, "VmRSS:") {
             samples.push((started.elapsed().as_secs_f64(), rss, cpu));
         }
         if started.elapsed() > Duration::from_secs(seconds * 3 + 300) {
@@ -164,36 +164,4 @@ pub fn run(duration: Duration) -> Result<()> {
     std::fs::write(&path, with_section(&current, &section))?;
     println!("xtask: wrote the soak section of BENCHMARKS.md");
     Ok(())
-}
-
-/// The soak section of a BENCHMARKS.md text, markers included, if it has one.
-pub fn section_of(text: &str) -> Option<&str> {
-    let start = text.find(SECTION_START)?;
-    let end = text[start..].find(SECTION_END)? + start + SECTION_END.len();
-    Some(&text[start..end])
-}
-
-/// `text` with its soak section replaced by `section` (appended when it has none).
-pub fn with_section(text: &str, section: &str) -> String {
-    let section = section.trim_end();
-    match section_of(text) {
-        Some(old) => text.replacen(old, section, 1),
-        None => format!("{}\n\n{section}\n", text.trim_end()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_section_is_replaced_or_appended() {
-        let section = format!("{SECTION_START}\nnew\n{SECTION_END}");
-        let without = "# Benchmarks\n\ntext\n";
-        let appended = with_section(without, &section);
-        assert_eq!(section_of(&appended), Some(section.as_str()));
-        let old = format!("# B\n\n{SECTION_START}\nold\n{SECTION_END}\n\nafter\n");
-        let replaced = with_section(&old, &section);
-        assert_eq!(replaced, format!("# B\n\n{section}\n\nafter\n"));
-    }
 }
