@@ -44,7 +44,10 @@ fn modules(src: &Path) -> BTreeMap<String, PathBuf> {
             if path.is_dir() {
                 walk(&path, src, out);
             } else if path.extension().is_some_and(|ext| ext == "rs") {
-                let relative = path.strip_prefix(src).expect("under src").with_extension("");
+                let relative = path
+                    .strip_prefix(src)
+                    .expect("under src")
+                    .with_extension("");
                 let mut parts: Vec<String> = relative
                     .components()
                     .map(|part| part.as_os_str().to_string_lossy().into_owned())
@@ -284,7 +287,12 @@ fn no_crate_has_an_import_cycle() {
 #[test]
 fn files_and_functions_stay_short() {
     let mut long = Vec::new();
-    for crate_src in ["leak-user/src", "leak-ebpf/src", "leak-common/src", "xtask/src"] {
+    for crate_src in [
+        "leak-user/src",
+        "leak-ebpf/src",
+        "leak-common/src",
+        "xtask/src",
+    ] {
         for (module, path) in modules(&workspace().join(crate_src)) {
             let text = fs::read_to_string(&path).expect("read a module");
             let code = without_tests(&text);
@@ -311,7 +319,10 @@ fn files_and_functions_stay_short() {
                 };
                 if length + 1 > MAX_FUNCTION_LINES {
                     let name = name.split(['(', '<']).next().unwrap_or(name);
-                    long.push(format!("{crate_src} {module}::{name}: {} lines", length + 1));
+                    long.push(format!(
+                        "{crate_src} {module}::{name}: {} lines",
+                        length + 1
+                    ));
                 }
             }
         }
@@ -335,5 +346,8 @@ fn paths_are_read_as_written() {
         ("b".to_string(), BTreeSet::from(["a".to_string()])),
     ]
     .into();
-    assert_eq!(find_cycle(&graph), Some(vec!["a".into(), "b".into(), "a".into()]));
+    assert_eq!(
+        find_cycle(&graph),
+        Some(vec!["a".into(), "b".into(), "a".into()])
+    );
 }

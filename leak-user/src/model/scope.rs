@@ -80,7 +80,10 @@ pub fn parse_scope(text: &str) -> Result<ScopeSpec, String> {
         Some(label) => {
             let parsed = label.strip_prefix("arg").and_then(|rest| {
                 let (index, kind) = rest.split_once('=')?;
-                let index: u8 = index.parse().ok().filter(|index| *index <= 5)?;
+                let index: u8 = index
+                    .parse()
+                    .ok()
+                    .filter(|index| *index < leak_common::ARGUMENT_REGISTERS)?;
                 let kind = match kind {
                     "str" => LabelKind::Str,
                     "int" => LabelKind::Int,

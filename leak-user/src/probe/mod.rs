@@ -5,6 +5,8 @@ pub mod golang;
 pub mod launch;
 pub mod multi_link;
 pub mod names;
+#[cfg(test)]
+mod object_names;
 pub mod plt;
 pub mod privileges;
 pub mod probe_site;
