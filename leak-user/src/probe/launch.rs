@@ -147,123 +147,20 @@ pub fn launch(
     every_thread: bool,
     keep_after_exec: u64,
 ) -> io::Result<Launched> {
-    let to_c = |bytes: &[u8]| {
-        CString::new(bytes)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in argument"))
+    let launcher = Launcher {
+        command: CommandLine::new(program, args)?,
+        events,
+        hold_at_entry,
+        every_thread,
+        keep_after_exec,
     };
-    let program_c = to_c(program.as_os_str().as_bytes())?;
-    let mut argv_c = Vec::with_capacity(args.len());
-    for arg in args {
-        argv_c.push(to_c(arg.as_bytes())?);
-    }
-    let mut envp_c = Vec::new();
-    for (key, value) in std::env::vars_os() {
-        let mut entry = key.as_bytes().to_vec();
-        entry.push(b'=');
-        entry.extend_from_slice(value.as_bytes());
-        envp_c.push(to_c(&entry)?);
-    }
-
     let (pid_tx, pid_rx) = mpsc::channel::<io::Result<(u32, i32)>>();
     let (go_tx, go_rx) = mpsc::channel::<()>();
     thread::Builder::new()
         .name("leaktrace-launcher".into())
-        .spawn(move || {
-            let argv: Vec<*const libc::c_char> = argv_c
-                .iter()
-                .map(|arg| arg.as_ptr())
-                .chain(std::iter::once(std::ptr::null()))
-                .collect();
-            let envp: Vec<*const libc::c_char> = envp_c
-                .iter()
-                .map(|entry| entry.as_ptr())
-                .chain(std::iter::once(std::ptr::null()))
-                .collect();
-            // SAFETY: pipes and fork; the child only calls async-signal-safe functions
-            // (read, execve, write, _exit) on memory prepared before fork.
-            unsafe {
-                let mut go_pipe = [0; 2];
-                let mut err_pipe = [0; 2];
-                if libc::pipe2(go_pipe.as_mut_ptr(), libc::O_CLOEXEC) != 0
-                    || libc::pipe2(err_pipe.as_mut_ptr(), libc::O_CLOEXEC) != 0
-                {
-                    let _ = pid_tx.send(Err(io::Error::last_os_error()));
-                    return;
-                }
-                let pid = libc::fork();
-                if pid < 0 {
-                    let _ = pid_tx.send(Err(io::Error::last_os_error()));
-                    return;
-                }
-                if pid == 0 {
-                    libc::close(go_pipe[1]);
-                    libc::close(err_pipe[0]);
-                    let mut byte = 0u8;
-                    if libc::read(go_pipe[0], (&raw mut byte).cast(), 1) == 1 {
-                        libc::execve(program_c.as_ptr(), argv.as_ptr(), envp.as_ptr());
-                        let errno = *libc::__errno_location();
-                        libc::write(err_pipe[1], (&raw const errno).cast(), size_of::<i32>());
-                    }
-                    libc::_exit(127);
-                }
-                libc::close(go_pipe[0]);
-                libc::close(err_pipe[1]);
-                let mut options = libc::PTRACE_O_TRACEEXIT
-                    | libc::PTRACE_O_TRACEEXEC
-                    | libc::PTRACE_O_TRACEFORK
-                    | libc::PTRACE_O_TRACEVFORK;
-                if every_thread {
-                    options |= libc::PTRACE_O_TRACECLONE;
-                }
-                let seized = libc::ptrace(
-                    libc::PTRACE_SEIZE,
-                    pid,
-                    std::ptr::null_mut::<libc::c_void>(),
-                    options as usize as *mut libc::c_void,
-                );
-                if seized != 0 {
-                    let error = io::Error::last_os_error();
-                    libc::kill(pid, libc::SIGKILL);
-                    libc::waitpid(pid, std::ptr::null_mut(), 0);
-                    let _ = pid_tx.send(Err(error));
-                    return;
-                }
-                let _ = pid_tx.send(Ok((pid as u32, libc::gettid())));
-                if go_rx.recv().is_err() {
-                    // Attaching failed: the child never execs.
-                    libc::close(go_pipe[1]);
-                    libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL);
-                    return;
-                }
-                let byte = 1u8;
-                libc::write(go_pipe[1], (&raw const byte).cast(), 1);
-                libc::close(go_pipe[1]);
-                let mut errno = 0i32;
-                let got = libc::read(err_pipe[0], (&raw mut errno).cast(), size_of::<i32>());
-                libc::close(err_pipe[0]);
-                if got == size_of::<i32>() as isize {
-                    libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL);
-                    let _ = events.send(ChildEvent::Failed(format!(
-                        "could not execute {}: {}",
-                        program_c.to_string_lossy(),
-                        io::Error::from_raw_os_error(errno)
-                    )));
-                    return;
-                }
-                // The command runs with what it got at exec; the ptrace requests ahead need
-                // only what the rest of the session keeps.
-                match crate::probe::privileges::keep_only_this_thread(keep_after_exec) {
-                    Ok(dropped) => log::debug!(
-                        "launcher thread: dropped {} capabilities",
-                        dropped.count_ones()
-                    ),
-                    Err(reason) => {
-                        log::warn!("launcher thread: could not drop capabilities: {reason}")
-                    }
-                }
-                wait_loop(pid, &events, hold_at_entry);
-            }
-        })?;
+        // SAFETY: this thread seizes the command: every ptrace request about it comes from
+        // there.
+        .spawn(move || unsafe { launcher.run(pid_tx, go_rx) })?;
     let (pid, launcher_tid) = pid_rx
         .recv()
         .map_err(|_| io::Error::other("launcher thread ended early"))??;
@@ -272,6 +169,234 @@ pub fn launch(
         launcher_tid,
         go: go_tx,
     })
+}
+
+/// The command as execve takes it: the program, its arguments, and leaktrace's environment.
+struct CommandLine {
+    program: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+}
+
+impl CommandLine {
+    fn new(program: &Path, args: &[String]) -> io::Result<CommandLine> {
+        let to_c = |bytes: &[u8]| {
+            CString::new(bytes)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in argument"))
+        };
+        let program = to_c(program.as_os_str().as_bytes())?;
+        let mut argv = Vec::with_capacity(args.len());
+        for arg in args {
+            argv.push(to_c(arg.as_bytes())?);
+        }
+        let mut envp = Vec::new();
+        for (key, value) in std::env::vars_os() {
+            let mut entry = key.as_bytes().to_vec();
+            entry.push(b'=');
+            entry.extend_from_slice(value.as_bytes());
+            envp.push(to_c(&entry)?);
+        }
+        Ok(CommandLine {
+            program,
+            argv,
+            envp,
+        })
+    }
+}
+
+/// A C array of `strings`, ended by a null pointer: valid while `strings` is.
+fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|string| string.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+/// What the launcher thread starts, and how it traces it (see `launch`).
+struct Launcher {
+    command: CommandLine,
+    events: tokio::sync::mpsc::UnboundedSender<ChildEvent>,
+    hold_at_entry: bool,
+    every_thread: bool,
+    keep_after_exec: u64,
+}
+
+impl Launcher {
+    /// The launcher thread: forks and seizes the command, sends its pid and this thread's
+    /// id on `pid_tx`, lets it execute its program once `go` says so, then traces it until it
+    /// ends.
+    ///
+    /// # Safety
+    /// On the thread every ptrace request about the command comes from.
+    unsafe fn run(self, pid_tx: mpsc::Sender<io::Result<(u32, i32)>>, go: mpsc::Receiver<()>) {
+        let argv = null_terminated(&self.command.argv);
+        let envp = null_terminated(&self.command.envp);
+        // SAFETY: both arrays are null-terminated and outlive the call.
+        let child = match unsafe { HeldChild::fork(&self.command.program, &argv, &envp) } {
+            Ok(child) => child,
+            Err(error) => {
+                let _ = pid_tx.send(Err(error));
+                return;
+            }
+        };
+        let pid = child.pid;
+        // SAFETY: our own child, from this thread.
+        if let Err(error) = unsafe { seize(pid, self.every_thread) } {
+            let _ = pid_tx.send(Err(error));
+            return;
+        }
+        // SAFETY: gettid has no preconditions.
+        let _ = pid_tx.send(Ok((pid as u32, unsafe { libc::gettid() })));
+        if go.recv().is_err() {
+            // Attaching failed: the child never execs.
+            // SAFETY: our own child's pipe, and our own child.
+            unsafe { child.abandon() };
+            return;
+        }
+        // SAFETY: as above.
+        if let Some(errno) = unsafe { child.exec() } {
+            // SAFETY: reaping our own child.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL) };
+            let _ = self.events.send(ChildEvent::Failed(format!(
+                "could not execute {}: {}",
+                self.command.program.to_string_lossy(),
+                io::Error::from_raw_os_error(errno)
+            )));
+            return;
+        }
+        // The command runs with what it got at exec; the ptrace requests ahead need
+        // only what the rest of the session keeps.
+        match crate::probe::privileges::keep_only_this_thread(self.keep_after_exec) {
+            Ok(dropped) => log::debug!(
+                "launcher thread: dropped {} capabilities",
+                dropped.count_ones()
+            ),
+            Err(reason) => {
+                log::warn!("launcher thread: could not drop capabilities: {reason}")
+            }
+        }
+        // SAFETY: our seized child, from the seizing thread.
+        unsafe { wait_loop(pid, &self.events, self.hold_at_entry) };
+    }
+}
+
+/// A forked child waiting before exec: it executes the command once a byte comes on its
+/// pipe, and reports on another why that failed, if it did.
+struct HeldChild {
+    pid: libc::pid_t,
+    /// The end of the pipe the child waits on.
+    go_writer: libc::c_int,
+    /// The end of the pipe an exec failure's errno comes back on (closed by a successful
+    /// exec).
+    error_reader: libc::c_int,
+}
+
+impl HeldChild {
+    /// Forks the child that executes `program` with `argv` and `envp` when released.
+    ///
+    /// # Safety
+    /// `argv` and `envp` are arrays of C strings ended by a null pointer, valid for the call.
+    unsafe fn fork(
+        program: &CString,
+        argv: &[*const libc::c_char],
+        envp: &[*const libc::c_char],
+    ) -> io::Result<HeldChild> {
+        // SAFETY: pipes and fork; the child only calls async-signal-safe functions
+        // (read, execve, write, _exit) on memory prepared before fork.
+        unsafe {
+            let mut go_pipe = [0; 2];
+            let mut err_pipe = [0; 2];
+            if libc::pipe2(go_pipe.as_mut_ptr(), libc::O_CLOEXEC) != 0
+                || libc::pipe2(err_pipe.as_mut_ptr(), libc::O_CLOEXEC) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            let pid = libc::fork();
+            if pid < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if pid == 0 {
+                libc::close(go_pipe[1]);
+                libc::close(err_pipe[0]);
+                let mut byte = 0u8;
+                if libc::read(go_pipe[0], (&raw mut byte).cast(), 1) == 1 {
+                    libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr());
+                    let errno = *libc::__errno_location();
+                    libc::write(err_pipe[1], (&raw const errno).cast(), size_of::<i32>());
+                }
+                libc::_exit(127);
+            }
+            libc::close(go_pipe[0]);
+            libc::close(err_pipe[1]);
+            Ok(HeldChild {
+                pid,
+                go_writer: go_pipe[1],
+                error_reader: err_pipe[0],
+            })
+        }
+    }
+
+    /// Lets the child execute the command; the errno of its failure, if it failed.
+    ///
+    /// # Safety
+    /// The child is ours, its pipes open.
+    unsafe fn exec(self) -> Option<i32> {
+        // SAFETY: writes and reads on our own pipes, into local values.
+        unsafe {
+            let byte = 1u8;
+            libc::write(self.go_writer, (&raw const byte).cast(), 1);
+            libc::close(self.go_writer);
+            let mut errno = 0i32;
+            let got = libc::read(self.error_reader, (&raw mut errno).cast(), size_of::<i32>());
+            libc::close(self.error_reader);
+            (got == size_of::<i32>() as isize).then_some(errno)
+        }
+    }
+
+    /// Never lets the child execute anything: it exits, and is reaped.
+    ///
+    /// # Safety
+    /// As for `exec`.
+    unsafe fn abandon(self) {
+        // SAFETY: closing our own pipe; reaping our own child.
+        unsafe {
+            libc::close(self.go_writer);
+            libc::waitpid(self.pid, std::ptr::null_mut(), libc::__WALL);
+        }
+    }
+}
+
+/// Seizes the held child with ptrace: exit, exec and fork events only (and, with
+/// `every_thread`, its threads' creation), signals passing through. The child is killed if
+/// that fails.
+///
+/// # Safety
+/// `pid` is our own child; every later ptrace request about it comes from this thread.
+unsafe fn seize(pid: libc::pid_t, every_thread: bool) -> io::Result<()> {
+    let mut options = libc::PTRACE_O_TRACEEXIT
+        | libc::PTRACE_O_TRACEEXEC
+        | libc::PTRACE_O_TRACEFORK
+        | libc::PTRACE_O_TRACEVFORK;
+    if every_thread {
+        options |= libc::PTRACE_O_TRACECLONE;
+    }
+    // SAFETY: seizing, or killing and reaping, our own child.
+    unsafe {
+        let seized = libc::ptrace(
+            libc::PTRACE_SEIZE,
+            pid,
+            std::ptr::null_mut::<libc::c_void>(),
+            options as usize as *mut libc::c_void,
+        );
+        if seized != 0 {
+            let error = io::Error::last_os_error();
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+            return Err(error);
+        }
+    }
+    Ok(())
 }
 
 /// Whether `tid` leads its own process (a thread attached with CLONE_PTRACE does not).
@@ -439,22 +564,24 @@ fn share_memory(a: libc::pid_t, b: libc::pid_t) -> bool {
 /// inherited) and held at their first stop until their probes are in place. A vfork or
 /// posix_spawn child runs in its parent's memory until it executes a program: it is only
 /// reported then, as a new program.
+///
+/// # Safety
+/// `pid` is our seized child; called from the seizing thread.
 unsafe fn wait_loop(
     pid: libc::pid_t,
     events: &tokio::sync::mpsc::UnboundedSender<ChildEvent>,
     hold_at_entry: bool,
 ) {
-    let null = std::ptr::null_mut::<libc::c_void>();
-    let mut first_exec = true;
-    // Entry breakpoints of followed programs not yet at their first instruction.
-    let mut entries: HashMap<libc::pid_t, EntryBreakpoint> = HashMap::new();
-    // Forked children past their first stop.
-    let mut running: HashSet<libc::pid_t> = HashSet::new();
-    // Children in their parent's memory (vfork, posix_spawn) until they execute a program.
-    let mut spawned: HashSet<libc::pid_t> = HashSet::new();
-    // Threads past their first stop, other than each process's first (traced when every
-    // thread is, so that a fork from any of them is followed).
-    let mut threads: HashSet<libc::pid_t> = HashSet::new();
+    let mut tracer = Tracer {
+        pid,
+        events,
+        hold_at_entry,
+        first_exec: true,
+        entries: HashMap::new(),
+        running: HashSet::new(),
+        spawned: HashSet::new(),
+        threads: HashSet::new(),
+    };
     loop {
         let mut status = 0;
         // This thread's children and tracees only (__WNOTHREAD): the command and every
@@ -480,50 +607,68 @@ unsafe fn wait_loop(
             None
         };
         if let Some((code, signal)) = ended {
-            if threads.remove(&waited) {
-                continue;
-            }
-            running.remove(&waited);
-            spawned.remove(&waited);
-            entries.remove(&waited);
-            let _ = events.send(ChildEvent::Exited {
-                pid: waited as u32,
-                code,
-                signal,
-            });
-            if waited == pid {
-                // Children still running are let go as this thread ends.
+            if tracer.ended(waited, code, signal) {
                 return;
             }
             continue;
         }
-        if !libc::WIFSTOPPED(status) {
-            continue;
+        if libc::WIFSTOPPED(status) {
+            // SAFETY: `waited` is our tracee, stopped; this is the tracing thread.
+            unsafe { tracer.stopped(waited, status) };
         }
+    }
+}
+
+/// What the tracing thread knows of the processes and threads it traces.
+struct Tracer<'a> {
+    /// The command leaktrace started.
+    pid: libc::pid_t,
+    events: &'a tokio::sync::mpsc::UnboundedSender<ChildEvent>,
+    hold_at_entry: bool,
+    /// The command has not executed its program yet.
+    first_exec: bool,
+    /// Entry breakpoints of followed programs not yet at their first instruction.
+    entries: HashMap<libc::pid_t, EntryBreakpoint>,
+    /// Forked children past their first stop.
+    running: HashSet<libc::pid_t>,
+    /// Children in their parent's memory (vfork, posix_spawn) until they execute a program.
+    spawned: HashSet<libc::pid_t>,
+    /// Threads past their first stop, other than each process's first (traced when every
+    /// thread is, so that a fork from any of them is followed).
+    threads: HashSet<libc::pid_t>,
+}
+
+impl Tracer<'_> {
+    /// Process or thread `waited` is gone. Returns whether it was the command: tracing ends
+    /// then.
+    fn ended(&mut self, waited: libc::pid_t, code: Option<i32>, signal: Option<i32>) -> bool {
+        if self.threads.remove(&waited) {
+            return false;
+        }
+        self.running.remove(&waited);
+        self.spawned.remove(&waited);
+        self.entries.remove(&waited);
+        let _ = self.events.send(ChildEvent::Exited {
+            pid: waited as u32,
+            code,
+            signal,
+        });
+        // Children still running are let go as this thread ends.
+        waited == self.pid
+    }
+
+    /// Tracee `waited` stopped with `status`: says why to the session where it matters, and
+    /// lets it go on.
+    ///
+    /// # Safety
+    /// `waited` is our tracee, stopped; called from the tracing thread.
+    unsafe fn stopped(&mut self, waited: libc::pid_t, status: libc::c_int) {
+        let null = std::ptr::null_mut::<libc::c_void>();
         let event = (status >> 16) & 0xff;
         // SAFETY: ptrace requests on our tracees, from the tracing thread.
         unsafe {
             if event == libc::PTRACE_EVENT_EXIT {
-                let (ack_tx, ack_rx) = mpsc::channel();
-                let registers = crate::sys::freeze::thread_registers(waited);
-                // A thread's end is not its process's (each process stops at its main
-                // thread's).
-                let process_end = !spawned.contains(&waited) && !threads.contains(&waited);
-                if process_end {
-                    wait_for_dying_threads(waited, &mut threads);
-                }
-                if process_end
-                    && events
-                        .send(ChildEvent::Exiting {
-                            pid: waited as u32,
-                            ack: ack_tx,
-                            registers,
-                        })
-                        .is_ok()
-                {
-                    let _ = ack_rx.recv();
-                }
-                libc::ptrace(libc::PTRACE_CONT, waited, null, null);
+                self.exiting(waited);
             } else if event == libc::PTRACE_EVENT_FORK
                 || event == libc::PTRACE_EVENT_VFORK
                 || event == libc::PTRACE_EVENT_CLONE
@@ -532,93 +677,19 @@ unsafe fn wait_loop(
                 // (below).
                 libc::ptrace(libc::PTRACE_CONT, waited, null, null);
             } else if event == libc::PTRACE_EVENT_EXEC {
-                if waited == pid && std::mem::take(&mut first_exec) {
-                    if hold_at_entry && let Some(breakpoint) = break_at_entry(pid) {
-                        entries.insert(pid, breakpoint);
-                    }
-                    libc::ptrace(libc::PTRACE_CONT, waited, null, null);
-                } else {
-                    let (ack_tx, ack_rx) = mpsc::channel();
-                    let follow = events
-                        .send(ChildEvent::Executed {
-                            pid: waited as u32,
-                            spawned: spawned.remove(&waited),
-                            ack: ack_tx,
-                        })
-                        .is_ok()
-                        && ack_rx.recv().unwrap_or(false);
-                    if follow || waited == pid {
-                        if follow
-                            && hold_at_entry
-                            && let Some(breakpoint) = break_at_entry(waited)
-                        {
-                            entries.insert(waited, breakpoint);
-                        }
-                        running.insert(waited);
-                        libc::ptrace(libc::PTRACE_CONT, waited, null, null);
-                    } else {
-                        // Not followed into the new program: no stop of it comes here
-                        // again, nor of its children.
-                        running.remove(&waited);
-                        libc::ptrace(libc::PTRACE_DETACH, waited, null, null);
-                    }
-                }
+                self.executed(waited);
             } else if event == libc::PTRACE_EVENT_STOP && libc::WSTOPSIG(status) == libc::SIGTRAP {
-                // Not a group stop (those carry the stopping signal): for a tracee that
-                // runs already, the end of a group stop (SIGCONT); otherwise a forked
-                // child's first stop, before its first instruction: it starts once its
-                // probes are in place. (It does not wait for its parent's fork event,
-                // which a parent killed meanwhile never reports.)
-                let first_stop = waited != pid
-                    && !spawned.contains(&waited)
-                    && !threads.contains(&waited)
-                    && !running.contains(&waited);
-                if first_stop && !is_process(waited) {
-                    // A new thread: nothing to hold it for.
-                    threads.insert(waited);
-                } else if first_stop {
-                    let parent = crate::sys::procfs::parent_pid(waited as u32).unwrap_or(0);
-                    if parent != 0 && share_memory(parent as libc::pid_t, waited) {
-                        // Its parent's probes see nothing of it (another process), and
-                        // what it does happens in its parent's memory: nothing of its own
-                        // to trace before it executes a program.
-                        spawned.insert(waited);
-                    } else {
-                        running.insert(waited);
-                        let (ack_tx, ack_rx) = mpsc::channel();
-                        if events
-                            .send(ChildEvent::Forked {
-                                pid: waited as u32,
-                                parent,
-                                ack: ack_tx,
-                            })
-                            .is_ok()
-                        {
-                            let _ = ack_rx.recv();
-                        }
-                    }
-                }
-                libc::ptrace(libc::PTRACE_CONT, waited, null, null);
+                self.trap_stop(waited);
             } else if event == libc::PTRACE_EVENT_STOP {
                 // Group stop (SIGSTOP, SIGTSTP…): stay stopped until SIGCONT, as untraced.
                 libc::ptrace(libc::PTRACE_LISTEN, waited, null, null);
             } else if libc::WSTOPSIG(status) == libc::SIGTRAP
-                && entries
+                && self
+                    .entries
                     .get(&waited)
                     .is_some_and(|breakpoint| leave_entry_breakpoint(waited, breakpoint))
             {
-                entries.remove(&waited);
-                let (ack_tx, ack_rx) = mpsc::channel();
-                if events
-                    .send(ChildEvent::Started {
-                        pid: waited as u32,
-                        ack: ack_tx,
-                    })
-                    .is_ok()
-                {
-                    let _ = ack_rx.recv();
-                }
-                libc::ptrace(libc::PTRACE_CONT, waited, null, null);
+                self.at_entry(waited);
             } else {
                 // Signal-delivery stop: deliver the signal unchanged.
                 let signal = libc::WSTOPSIG(status) as usize;
@@ -626,6 +697,168 @@ unsafe fn wait_loop(
             }
         }
     }
+
+    /// At a thread's exit stop: a process's end is held until the session has read its
+    /// memory.
+    ///
+    /// # Safety
+    /// As for `stopped`.
+    unsafe fn exiting(&mut self, waited: libc::pid_t) {
+        let (ack_tx, ack_rx) = mpsc::channel();
+        let registers = crate::sys::freeze::thread_registers(waited);
+        // A thread's end is not its process's (each process stops at its main
+        // thread's).
+        let process_end = !self.spawned.contains(&waited) && !self.threads.contains(&waited);
+        if process_end {
+            wait_for_dying_threads(waited, &mut self.threads);
+        }
+        if process_end
+            && self
+                .events
+                .send(ChildEvent::Exiting {
+                    pid: waited as u32,
+                    ack: ack_tx,
+                    registers,
+                })
+                .is_ok()
+        {
+            let _ = ack_rx.recv();
+        }
+        // SAFETY: resuming our own stopped tracee.
+        unsafe { resume(waited) };
+    }
+
+    /// At an exec stop: the command's first program goes on (held at its entry when asked);
+    /// any later one is the session's to follow or let go.
+    ///
+    /// # Safety
+    /// As for `stopped`.
+    unsafe fn executed(&mut self, waited: libc::pid_t) {
+        // SAFETY: ptrace requests on our stopped tracee, from the tracing thread.
+        unsafe {
+            if waited == self.pid && std::mem::take(&mut self.first_exec) {
+                if self.hold_at_entry
+                    && let Some(breakpoint) = break_at_entry(self.pid)
+                {
+                    self.entries.insert(self.pid, breakpoint);
+                }
+                resume(waited);
+                return;
+            }
+            let (ack_tx, ack_rx) = mpsc::channel();
+            let follow = self
+                .events
+                .send(ChildEvent::Executed {
+                    pid: waited as u32,
+                    spawned: self.spawned.remove(&waited),
+                    ack: ack_tx,
+                })
+                .is_ok()
+                && ack_rx.recv().unwrap_or(false);
+            if follow || waited == self.pid {
+                if follow
+                    && self.hold_at_entry
+                    && let Some(breakpoint) = break_at_entry(waited)
+                {
+                    self.entries.insert(waited, breakpoint);
+                }
+                self.running.insert(waited);
+                resume(waited);
+            } else {
+                // Not followed into the new program: no stop of it comes here
+                // again, nor of its children.
+                self.running.remove(&waited);
+                libc::ptrace(
+                    libc::PTRACE_DETACH,
+                    waited,
+                    std::ptr::null_mut::<libc::c_void>(),
+                    std::ptr::null_mut::<libc::c_void>(),
+                );
+            }
+        }
+    }
+
+    /// At a PTRACE_EVENT_STOP with SIGTRAP.
+    ///
+    /// Not a group stop (those carry the stopping signal): for a tracee that runs already,
+    /// the end of a group stop (SIGCONT); otherwise a forked child's first stop, before its
+    /// first instruction: it starts once its probes are in place. (It does not wait for its
+    /// parent's fork event, which a parent killed meanwhile never reports.)
+    ///
+    /// # Safety
+    /// As for `stopped`.
+    unsafe fn trap_stop(&mut self, waited: libc::pid_t) {
+        let first_stop = waited != self.pid
+            && !self.spawned.contains(&waited)
+            && !self.threads.contains(&waited)
+            && !self.running.contains(&waited);
+        if first_stop && !is_process(waited) {
+            // A new thread: nothing to hold it for.
+            self.threads.insert(waited);
+        } else if first_stop {
+            self.first_stop(waited);
+        }
+        // SAFETY: resuming our own stopped tracee.
+        unsafe { resume(waited) };
+    }
+
+    /// A forked child's first stop: held until the session has its probes in place, unless
+    /// it runs in its parent's memory.
+    fn first_stop(&mut self, waited: libc::pid_t) {
+        let parent = crate::sys::procfs::parent_pid(waited as u32).unwrap_or(0);
+        if parent != 0 && share_memory(parent as libc::pid_t, waited) {
+            // Its parent's probes see nothing of it (another process), and
+            // what it does happens in its parent's memory: nothing of its own
+            // to trace before it executes a program.
+            self.spawned.insert(waited);
+        } else {
+            self.running.insert(waited);
+            let (ack_tx, ack_rx) = mpsc::channel();
+            if self
+                .events
+                .send(ChildEvent::Forked {
+                    pid: waited as u32,
+                    parent,
+                    ack: ack_tx,
+                })
+                .is_ok()
+            {
+                let _ = ack_rx.recv();
+            }
+        }
+    }
+
+    /// At the entry breakpoint of a followed program (put back already): held until the
+    /// session has its probes in place.
+    ///
+    /// # Safety
+    /// As for `stopped`.
+    unsafe fn at_entry(&mut self, waited: libc::pid_t) {
+        self.entries.remove(&waited);
+        let (ack_tx, ack_rx) = mpsc::channel();
+        if self
+            .events
+            .send(ChildEvent::Started {
+                pid: waited as u32,
+                ack: ack_tx,
+            })
+            .is_ok()
+        {
+            let _ = ack_rx.recv();
+        }
+        // SAFETY: resuming our own stopped tracee.
+        unsafe { resume(waited) };
+    }
+}
+
+/// Lets a stopped tracee go on.
+///
+/// # Safety
+/// `tid` is our tracee, stopped; called from the tracing thread.
+unsafe fn resume(tid: libc::pid_t) {
+    let null = std::ptr::null_mut::<libc::c_void>();
+    // SAFETY: as the caller promises.
+    unsafe { libc::ptrace(libc::PTRACE_CONT, tid, null, null) };
 }
 
 #[cfg(test)]
