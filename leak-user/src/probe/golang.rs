@@ -82,92 +82,60 @@ impl GoProgram {
         if !is_go {
             return None;
         }
-        let mut symbols: HashMap<String, (u64, u64)> = file
-            .symbols()
-            .filter(|symbol| symbol.is_definition())
-            .filter_map(|symbol| {
-                Some((
-                    symbol.name().ok()?.to_string(),
-                    (symbol.address(), symbol.size()),
-                ))
-            })
-            .collect();
-        if !symbols.contains_key(NEWPROC) {
-            // Stripped (-ldflags=-s): the functions are still in Go's own table.
-            symbols.extend(pclntab_functions(&file));
-        }
-        // The probe moves past the stack check onto its branch, which the kernel emulates
-        // rather than single-steps (see probe_site). A call that must grow its stack passes
-        // that branch twice (morestack starts the function over); the kernel program tells
-        // the first pass by the flags the branch is about to act on (`on_stack_check`).
-        let text = |name: &str| -> Option<GoProbe> {
-            let (address, _) = symbols.get(name)?;
-            let entry = crate::sys::elf::virtual_to_file_offset(&file, *address)?;
-            let start = usize::try_from(entry).ok()?;
-            let code = elf.get(start..start.saturating_add(64).min(elf.len()))?;
-            let moved = probe_offset(code);
-            let on_stack_check = moved > 0 && is_stack_check_branch(&code[moved as usize..]);
-            // Anything else than the stack check's branch: the entry.
-            let offset_in_function = if on_stack_check { moved } else { 0 };
-            let (instruction, emulated) =
-                crate::probe::probe_site::describe(code, *address, offset_in_function)
-                    .unwrap_or_else(|| ("?".into(), false));
-            Some(GoProbe {
-                symbol: name.to_string(),
-                file_offset: entry + offset_in_function,
-                on_stack_check,
-                span_slot: None,
-                offset_in_function,
-                instruction,
-                emulated,
-            })
-        };
+        let symbols = go_symbols(&file);
+        let probe = |name: &str| entry_probe(&file, elf, &symbols, name);
         let mut program = GoProgram {
-            version: symbols
-                .get("runtime.buildVersion")
-                .and_then(|(address, _)| read_go_string(&file, elf, *address))
-                .or_else(|| {
-                    let info = file.section_by_name(".go.buildinfo")?;
-                    build_info_version(info.data().ok()?)
-                }),
+            version: go_version(&file, elf, &symbols),
             allgs: symbols.get("runtime.allgs").map(|(address, _)| *address),
-            newproc: text(NEWPROC),
-            goexit: text(GOEXIT),
-            span_full: text(SPAN_FULL),
-            span_free: text(SPAN_FREE),
+            newproc: probe(NEWPROC),
+            goexit: probe(GOEXIT),
+            span_full: probe(SPAN_FULL),
+            span_free: probe(SPAN_FREE),
             ..GoProgram::default()
         };
-        let offsets = struct_offsets(
-            &file,
-            &[
-                ("runtime.g", &["gopc", "atomicstatus"]),
-                ("runtime.mcache", &["alloc"]),
-                ("runtime.mspan", &["startAddr", "npages"]),
-                ("runtime.bucket", &["nstk"]),
-                ("runtime.memRecord", &["future"]),
-                ("runtime.memRecordCycle", &["free_bytes"]),
-            ],
-        );
-        let field = |owner: &str, name: &str| offsets.get(&(owner.into(), name.into())).copied();
-        program.g_status = field("runtime.g", "atomicstatus");
+        let offsets = runtime_struct_offsets(&file);
+        program.find_layout(&offsets);
+        program.find_profile(&file, elf, &symbols, &offsets);
+        program.large_spans = large_span_probes(&file, elf, &symbols, program.layout);
+        Some(program)
+    }
+
+    /// The struct layout the probes read, and `g.atomicstatus`: from DWARF, else those of a
+    /// release leaktrace was checked against.
+    fn find_layout(&mut self, offsets: &StructOffsets) {
+        let field = |owner: &str, name: &str| struct_field(offsets, owner, name);
+        self.g_status = field("runtime.g", "atomicstatus");
         if let (Some(g_gopc), Some(mcache_alloc), Some(span_start), Some(span_npages)) = (
             field("runtime.g", "gopc"),
             field("runtime.mcache", "alloc"),
             field("runtime.mspan", "startAddr"),
             field("runtime.mspan", "npages"),
         ) {
-            program.layout = Some(GoLayout {
+            self.layout = Some(GoLayout {
                 g_gopc,
                 mcache_alloc,
                 span_start,
                 span_npages,
                 page_bytes: GO_PAGE_BYTES,
             });
-        } else if let Some((layout, status)) = program.version.as_deref().and_then(known_layout) {
+        } else if let Some((layout, status)) = self.version.as_deref().and_then(known_layout) {
             // No DWARF (-ldflags=-w): the layout of a release leaktrace was checked against.
-            program.layout = Some(layout);
-            program.g_status = Some(status);
+            self.layout = Some(layout);
+            self.g_status = Some(status);
         }
+    }
+
+    /// Where the runtime's own heap profile is (`profile`), or why it cannot be read
+    /// (`profile_unknown`).
+    fn find_profile(
+        &mut self,
+        file: &object::File<'_>,
+        elf: &[u8],
+        symbols: &HashMap<String, (u64, u64)>,
+        offsets: &StructOffsets,
+    ) {
+        let field = |owner: &str, name: &str| struct_field(offsets, owner, name);
+        let known_release = self.version.as_deref().and_then(known_layout).is_some();
         // The heap profile: its layout from DWARF, else that of a release checked against it.
         let profile_layout = match field("runtime.bucket", "nstk") {
             Some(nstk) => {
@@ -177,44 +145,18 @@ impl GoProgram {
                     && field("runtime.memRecordCycle", "free_bytes")
                         == Some(go_runtime::CYCLE_FREE_BYTES_OFFSET)
             }
-            None => program.version.as_deref().and_then(known_layout).is_some(),
+            None => known_release,
         };
-        let variable = |name: &str| symbols.get(name).map(|(address, _)| *address);
-        let found = match (
-            variable("runtime.mbuckets"),
-            variable("runtime.mProfCycle"),
-            variable("runtime.MemProfileRate"),
-        ) {
-            (Some(buckets), Some(cycle), Some(rate)) => Some(ProfileAddresses {
-                buckets,
-                cycle,
-                rate,
-            }),
-            // No symbol table (-ldflags=-s): where the runtime's code reads them, in the
-            // releases this was checked against.
-            _ if program.version.as_deref().and_then(known_layout).is_some() => {
-                let code = |name: &str| {
-                    function_code(&file, elf, &symbols, name)
-                        .map(|(address, _, code)| (address, code))
-                };
-                profile_variables_in_code(
-                    code("runtime.mProf_FlushLocked"),
-                    code("runtime.mProf_Free"),
-                    code("runtime.profilealloc"),
-                )
-            }
-            _ => None,
-        };
-        match found {
-            Some(addresses) if profile_layout => program.profile = Some(addresses),
+        match profile_addresses(file, elf, symbols, known_release) {
+            Some(addresses) if profile_layout => self.profile = Some(addresses),
             Some(_) => {
-                program.profile_unknown = Some(format!(
+                self.profile_unknown = Some(format!(
                     "the heap profile's layout in Go {} is not the one leaktrace reads",
-                    program.version.as_deref().unwrap_or("of unknown version")
+                    self.version.as_deref().unwrap_or("of unknown version")
                 ));
             }
             None => {
-                program.profile_unknown = Some(
+                self.profile_unknown = Some(
                     "no ELF symbol table (built with -ldflags=-s?) and a Go release whose code \
                      leaktrace was not checked against: the runtime's heap profile cannot be \
                      found"
@@ -222,44 +164,6 @@ impl GoProgram {
                 );
             }
         }
-        // After each call to allocLarge, the span it returns is in RAX. The probe follows the
-        // code from the return to the first instruction the kernel emulates, as long as the
-        // span is still in a register and its start and size are not written meanwhile.
-        let protected: Vec<(u64, u64)> = program
-            .layout
-            .map(|layout| vec![(layout.span_start, 8), (layout.span_npages, 8)])
-            .unwrap_or_default();
-        if let (Some((target, _)), false) = (symbols.get(ALLOC_LARGE), protected.is_empty()) {
-            for caller in LARGE_CALLERS {
-                let Some((address, offset, code)) = function_code(&file, elf, &symbols, caller)
-                else {
-                    continue;
-                };
-                for after in returns_from_calls(code, address, *target) {
-                    let returned = after - address;
-                    let (offset_in_function, span_slot) =
-                        match crate::probe::probe_site::follow_value(
-                            code, returned, RAX_SLOT, &protected,
-                        ) {
-                            Some((moved, slot)) => (moved, Some(slot)),
-                            None => (returned, None),
-                        };
-                    let (instruction, emulated) =
-                        crate::probe::probe_site::describe(code, address, offset_in_function)
-                            .unwrap_or_else(|| ("?".into(), false));
-                    program.large_spans.push(GoProbe {
-                        symbol: format!("{caller} after {ALLOC_LARGE}"),
-                        file_offset: offset_in_function + offset,
-                        on_stack_check: false,
-                        span_slot,
-                        offset_in_function,
-                        instruction,
-                        emulated,
-                    });
-                }
-            }
-        }
-        Some(program)
     }
 
     /// Whether goroutines can be counted: both probes and the layout were found.
@@ -331,6 +235,183 @@ impl GoTarget {
             program,
         })
     }
+}
+
+/// The executable's functions and variables by name (address and size): its symbol table,
+/// else what Go's own table keeps.
+fn go_symbols(file: &object::File<'_>) -> HashMap<String, (u64, u64)> {
+    let mut symbols: HashMap<String, (u64, u64)> = file
+        .symbols()
+        .filter(|symbol| symbol.is_definition())
+        .filter_map(|symbol| {
+            Some((
+                symbol.name().ok()?.to_string(),
+                (symbol.address(), symbol.size()),
+            ))
+        })
+        .collect();
+    if !symbols.contains_key(NEWPROC) {
+        // Stripped (-ldflags=-s): the functions are still in Go's own table.
+        symbols.extend(pclntab_functions(file));
+    }
+    symbols
+}
+
+/// The probe on runtime function `name`, near its entry.
+///
+/// The probe moves past the stack check onto its branch, which the kernel emulates rather
+/// than single-steps (see probe_site). A call that must grow its stack passes that branch
+/// twice (morestack starts the function over); the kernel program tells the first pass by
+/// the flags the branch is about to act on (`on_stack_check`).
+fn entry_probe(
+    file: &object::File<'_>,
+    elf: &[u8],
+    symbols: &HashMap<String, (u64, u64)>,
+    name: &str,
+) -> Option<GoProbe> {
+    let (address, _) = symbols.get(name)?;
+    let entry = crate::sys::elf::virtual_to_file_offset(file, *address)?;
+    let start = usize::try_from(entry).ok()?;
+    let code = elf.get(start..start.saturating_add(64).min(elf.len()))?;
+    let moved = probe_offset(code);
+    let on_stack_check = moved > 0 && is_stack_check_branch(&code[moved as usize..]);
+    // Anything else than the stack check's branch: the entry.
+    let offset_in_function = if on_stack_check { moved } else { 0 };
+    let (instruction, emulated) =
+        crate::probe::probe_site::describe(code, *address, offset_in_function)
+            .unwrap_or_else(|| ("?".into(), false));
+    Some(GoProbe {
+        symbol: name.to_string(),
+        file_offset: entry + offset_in_function,
+        on_stack_check,
+        span_slot: None,
+        offset_in_function,
+        instruction,
+        emulated,
+    })
+}
+
+/// The Go release that built the executable: `runtime.buildVersion`, else what its build
+/// information says.
+fn go_version(
+    file: &object::File<'_>,
+    elf: &[u8],
+    symbols: &HashMap<String, (u64, u64)>,
+) -> Option<String> {
+    symbols
+        .get("runtime.buildVersion")
+        .and_then(|(address, _)| read_go_string(file, elf, *address))
+        .or_else(|| {
+            let info = file.section_by_name(".go.buildinfo")?;
+            build_info_version(info.data().ok()?)
+        })
+}
+
+/// Offsets of struct members, by struct and member name.
+type StructOffsets = HashMap<(String, String), u64>;
+
+/// The members of the runtime's structs leaktrace reads, from DWARF (none without it).
+fn runtime_struct_offsets(file: &object::File<'_>) -> StructOffsets {
+    struct_offsets(
+        file,
+        &[
+            ("runtime.g", &["gopc", "atomicstatus"]),
+            ("runtime.mcache", &["alloc"]),
+            ("runtime.mspan", &["startAddr", "npages"]),
+            ("runtime.bucket", &["nstk"]),
+            ("runtime.memRecord", &["future"]),
+            ("runtime.memRecordCycle", &["free_bytes"]),
+        ],
+    )
+}
+
+/// Member `name` of struct `owner`, if DWARF has it.
+fn struct_field(offsets: &StructOffsets, owner: &str, name: &str) -> Option<u64> {
+    offsets.get(&(owner.into(), name.into())).copied()
+}
+
+/// The addresses of the heap profile's variables: from the symbol table, else (for a
+/// `known_release`) from the runtime's code.
+fn profile_addresses(
+    file: &object::File<'_>,
+    elf: &[u8],
+    symbols: &HashMap<String, (u64, u64)>,
+    known_release: bool,
+) -> Option<ProfileAddresses> {
+    let variable = |name: &str| symbols.get(name).map(|(address, _)| *address);
+    match (
+        variable("runtime.mbuckets"),
+        variable("runtime.mProfCycle"),
+        variable("runtime.MemProfileRate"),
+    ) {
+        (Some(buckets), Some(cycle), Some(rate)) => Some(ProfileAddresses {
+            buckets,
+            cycle,
+            rate,
+        }),
+        // No symbol table (-ldflags=-s): where the runtime's code reads them, in the
+        // releases this was checked against.
+        _ if known_release => {
+            let code = |name: &str| {
+                function_code(file, elf, symbols, name).map(|(address, _, code)| (address, code))
+            };
+            profile_variables_in_code(
+                code("runtime.mProf_FlushLocked"),
+                code("runtime.mProf_Free"),
+                code("runtime.profilealloc"),
+            )
+        }
+        _ => None,
+    }
+}
+
+/// The probes just after each call to allocLarge, where the span it returns is in RAX. Each
+/// follows the code from the return to the first instruction the kernel emulates, as long
+/// as the span is still in a register and its start and size are not written meanwhile.
+/// None without the runtime's struct layout.
+fn large_span_probes(
+    file: &object::File<'_>,
+    elf: &[u8],
+    symbols: &HashMap<String, (u64, u64)>,
+    layout: Option<GoLayout>,
+) -> Vec<GoProbe> {
+    let protected: Vec<(u64, u64)> = layout
+        .map(|layout| vec![(layout.span_start, 8), (layout.span_npages, 8)])
+        .unwrap_or_default();
+    let mut probes = Vec::new();
+    let Some((target, _)) = symbols.get(ALLOC_LARGE) else {
+        return probes;
+    };
+    if protected.is_empty() {
+        return probes;
+    }
+    for caller in LARGE_CALLERS {
+        let Some((address, offset, code)) = function_code(file, elf, symbols, caller) else {
+            continue;
+        };
+        for after in returns_from_calls(code, address, *target) {
+            let returned = after - address;
+            let (offset_in_function, span_slot) = match crate::probe::probe_site::follow_value(
+                code, returned, RAX_SLOT, &protected,
+            ) {
+                Some((moved, slot)) => (moved, Some(slot)),
+                None => (returned, None),
+            };
+            let (instruction, emulated) =
+                crate::probe::probe_site::describe(code, address, offset_in_function)
+                    .unwrap_or_else(|| ("?".into(), false));
+            probes.push(GoProbe {
+                symbol: format!("{caller} after {ALLOC_LARGE}"),
+                file_offset: offset_in_function + offset,
+                on_stack_check: false,
+                span_slot,
+                offset_in_function,
+                instruction,
+                emulated,
+            });
+        }
+    }
+    probes
 }
 
 /// Function `name` of the executable (`symbols`: address and size): its address, its
@@ -513,10 +594,7 @@ pub fn returns_from_calls(code: &[u8], address: u64, target: u64) -> Vec<u64> {
 
 /// Byte offsets of the named members of the named structs, from the file's DWARF (sections
 /// compressed or not). Missing ones are left out.
-fn struct_offsets(
-    file: &object::File<'_>,
-    wanted: &[(&str, &[&str])],
-) -> HashMap<(String, String), u64> {
+fn struct_offsets(file: &object::File<'_>, wanted: &[(&str, &[&str])]) -> StructOffsets {
     let mut found = HashMap::new();
     let load = |id: gimli::SectionId| -> Result<std::borrow::Cow<'_, [u8]>, ()> {
         Ok(file
