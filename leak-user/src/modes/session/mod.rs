@@ -1,7 +1,9 @@
 //! One tracing session: attach (or launch), sample the kernel maps on a short tick, report
 //! every interval and at the end.
 mod end;
+mod launched;
 mod overhead;
+mod start;
 
 use std::{
     collections::{BTreeMap, HashMap, hash_map::Entry},
@@ -12,14 +14,13 @@ use std::{
 };
 
 use leak_common::{Counter, DEFAULT_MAX_ALLOCS};
-use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::{
     analyze::c_runtime,
     analyze::scope::{self, NamedStack},
     analyze::suspects,
     analyze::verdicts::{self, Context, Thresholds},
-    collect::drain::{Collector, KernelMaps},
+    collect::drain::Collector,
     collect::goroutines::Goroutines,
     collect::scope::ScopeCollector,
     export::metrics,
@@ -31,20 +32,19 @@ use crate::{
     model::series::{MAX_SERIES_LEN, push_thinned},
     model::{
         AllocatorInfo, Exit, Frame, GoroutineReport, GoroutineSiteReport, Held, InUse, LeakSummary,
-        Origin, ProbeInfo, ProcessReport, ProcessSample, REPORT_VERSION, Reachability,
-        ReachabilityScan, Report, RuntimeInfo, StackHistory, StackKey, StackReport, Target, Totals,
-        Trend, Verdict,
+        Origin, ProcessReport, ProcessSample, REPORT_VERSION, Reachability, ReachabilityScan,
+        Report, RuntimeInfo, StackHistory, StackKey, StackReport, Target, Totals, Trend, Verdict,
     },
-    probe::attach::{self, AllocatorModule, LoadOptions, Probes, ScopeProbe},
+    probe::attach::{self, AllocatorModule, Probes},
     probe::golang::GoTarget,
-    probe::launch::{self, ChildEvent},
+    probe::launch,
     probe::python::PythonInterpreter,
     probe::unwind_tables::Unwind,
     probe::unwind_tables::UnwindTables,
-    symbols::python::PythonNames,
     symbols::symbolize::{Modules, Symbolizer},
     sys::procfs,
 };
+use start::{ProgramProbes, allocator_info, check_start};
 
 /// How a session runs and reports.
 #[derive(Clone, Debug)]
@@ -282,53 +282,6 @@ struct Session {
 /// How long after the entry probes go in a return without its entry counts as lost.
 pub(super) const ARM_ENTRIES_AFTER_NS: u64 = 200_000_000;
 
-/// What the report says about a Go runtime's probes.
-fn go_allocator_info(go: &GoTarget) -> Option<AllocatorInfo> {
-    let program = &go.program;
-    program.can_follow_heap().then(|| AllocatorInfo {
-        allocator: "Go runtime".to_string(),
-        module: go.display_path.clone(),
-        functions: program
-            .span_full
-            .iter()
-            .chain(program.large_spans.iter().take(1))
-            .chain(program.span_free.iter())
-            .map(|probe| probe.symbol.clone())
-            .collect(),
-        probes: program
-            .newproc
-            .iter()
-            .chain(program.goexit.iter())
-            .chain(program.span_full.iter())
-            .chain(program.large_spans.iter())
-            .chain(program.span_free.iter())
-            .map(|probe| ProbeInfo {
-                function: probe.symbol.clone(),
-                offset: probe.offset_in_function,
-                instruction: probe.instruction.clone(),
-                emulated: probe.emulated,
-                covered_by: None,
-            })
-            .collect(),
-    })
-}
-
-/// The target's executable, when it is a Go program.
-fn go_target_of_process(pid: u32) -> Option<GoTarget> {
-    use std::os::unix::fs::MetadataExt;
-    // By file identity, not path: the executable may have been replaced or removed since.
-    let exe = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
-    let (probe_path, display_path) =
-        attach::process_files(pid)
-            .ok()?
-            .into_iter()
-            .find(|(probe_path, _)| {
-                std::fs::metadata(probe_path)
-                    .is_ok_and(|file| file.ino() == exe.ino() && file.dev() == exe.dev())
-            })?;
-    GoTarget::of_file(probe_path, display_path)
-}
-
 /// Spans for the scope calls that kept at least --scope-span-threshold, with what their
 /// scope (and label) keeps by stack, from `report`.
 fn scope_call_spans(
@@ -373,68 +326,12 @@ fn scope_call_spans(
         .collect()
 }
 
-/// What the report says about one probed module.
-fn allocator_info(module: &AllocatorModule, alloc_fns: &[KnownFn]) -> AllocatorInfo {
-    AllocatorInfo {
-        allocator: if attach::only_user_named(module, alloc_fns) {
-            "custom".to_string()
-        } else {
-            module.allocator.to_string()
-        },
-        module: module.display_path.clone(),
-        functions: module.functions.iter().map(|f| f.symbol.clone()).collect(),
-        probes: module
-            .functions
-            .iter()
-            .map(|f| ProbeInfo {
-                function: f.symbol.clone(),
-                offset: f.probe_offset - f.file_offset,
-                instruction: f.instruction.clone(),
-                emulated: f.emulated,
-                covered_by: None,
-            })
-            .chain(module.covered.iter().map(|c| ProbeInfo {
-                function: c.symbol.clone(),
-                offset: 0,
-                instruction: String::new(),
-                emulated: false,
-                covered_by: Some(c.callee.clone()),
-            }))
-            .collect(),
-    }
-}
-
 /// Time between reads of the process's /proc memory figures.
 const PROCESS_SAMPLE_NS: u64 = 1_000_000_000;
 /// Most points of a stack's series a report carries.
 const REPORT_SERIES_POINTS: usize = 32;
 /// Most process samples a report carries.
 const REPORT_PROCESS_POINTS: usize = 256;
-
-/// Fails early, before anything is traced, without the capabilities to trace, on a kernel
-/// that cannot do it, or if the report could not be written: the file must be writable (it
-/// is opened without being changed, or created and removed again).
-fn check_start(options: &Options) -> Result<(), SessionError> {
-    if let Some(missing) = crate::probe::privileges::missing_for_probes() {
-        return Err(SessionError::Privileges(missing));
-    }
-    attach::check_kernel(true).map_err(SessionError::Attach)?;
-    if let Some(path) = &options.output {
-        let existed = path.exists();
-        std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(path)
-            .map_err(|err| SessionError::Output {
-                path: path.display().to_string(),
-                reason: format!("{err} (give a writable file with --output)"),
-            })?;
-        if !existed {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-    Ok(())
-}
 
 /// `leaktrace attach --pid PID`.
 pub async fn attach(pid: u32, options: Options) -> Result<Outcome, SessionError> {
@@ -513,63 +410,6 @@ pub async fn run(command: &[String], options: Options) -> Result<Outcome, Sessio
     Ok(outcome)
 }
 
-/// What to probe in a program about to run, found from its files before its first
-/// instruction (the command, or a program a followed child executes).
-struct ProgramProbes {
-    allocators: Vec<AllocatorModule>,
-    scopes: Vec<ScopeProbe>,
-    go: Option<GoTarget>,
-    python: Option<PythonInterpreter>,
-}
-
-impl ProgramProbes {
-    /// `image`: the file the kernel runs (a script's interpreter); `env`: the environment
-    /// the program gets; `shown`: the name errors give.
-    fn for_program(
-        image: &std::path::Path,
-        env: &[(String, String)],
-        options: &Options,
-        shown: &str,
-    ) -> Result<ProgramProbes, SessionError> {
-        let go = GoTarget::of_file(image.to_path_buf(), image.display().to_string());
-        let go_heap = go.as_ref().is_some_and(|go| go.program.can_follow_heap());
-        let files = attach::program_files(image, env)?;
-        let allocators = match attach::allocators_in_files(&files, &options.alloc_fns) {
-            Ok(found) => found,
-            // A Go program without cgo: the Go heap is its only allocator.
-            Err(attach::AttachError::NoAllocator { .. }) if go_heap => Vec::new(),
-            Err(attach::AttachError::NoAllocator { .. }) => {
-                return Err(SessionError::ProgramWithoutAllocator(shown.to_string()));
-            }
-            Err(other) => return Err(SessionError::Attach(other)),
-        };
-        let scopes = if options.scopes.is_empty() {
-            Vec::new()
-        } else {
-            attach::find_scopes(&options.scopes, &files)?
-        };
-        Ok(ProgramProbes {
-            allocators,
-            scopes,
-            go,
-            python: attach::python_interpreter(&files),
-        })
-    }
-
-    /// The probes in place for process `pid`, which has not run this program yet.
-    fn start(self, pid: u32, options: Options) -> Result<Session, SessionError> {
-        Session::start(
-            pid,
-            "run",
-            &self.allocators,
-            &self.scopes,
-            self.go,
-            self.python,
-            options,
-        )
-    }
-}
-
 /// A precise window of `leaktrace watch`: the allocation probes on one running process for
 /// a while. The watcher drives it (`tick` every sample interval) and exports what it ends
 /// with; the window itself writes and exports nothing.
@@ -614,208 +454,6 @@ impl Window {
 }
 
 impl Session {
-    /// Attaches to a running process: finds its allocators and places the probes.
-    fn attach(pid: u32, mode: &'static str, options: Options) -> Result<Session, SessionError> {
-        match procfs::process_kind(pid) {
-            procfs::ProcessKind::Missing => return Err(SessionError::NoSuchProcess(pid)),
-            procfs::ProcessKind::Zombie => return Err(SessionError::Zombie(pid)),
-            procfs::ProcessKind::KernelThread => return Err(SessionError::KernelThread(pid)),
-            procfs::ProcessKind::User => {}
-        }
-        if pid == std::process::id() {
-            return Err(SessionError::Itself(pid));
-        }
-        let mut options = options;
-        options.unwind = options.unwind.resolve(
-            crate::sys::file_bytes::open(format!("/proc/{pid}/exe"))
-                .ok()
-                .as_deref(),
-        );
-        let go = go_target_of_process(pid);
-        let allocators = match attach::allocators_in_process(pid, &options.alloc_fns) {
-            // A Go program without cgo: the Go heap is its only allocator.
-            Err(attach::AttachError::NoAllocator { .. })
-                if go.as_ref().is_some_and(|go| go.program.can_follow_heap()) =>
-            {
-                Vec::new()
-            }
-            other => other?,
-        };
-        let scopes = if options.scopes.is_empty() {
-            Vec::new()
-        } else {
-            attach::find_scopes(&options.scopes, &attach::process_files(pid)?)?
-        };
-        let python = attach::process_files(pid)
-            .ok()
-            .and_then(|files| attach::python_interpreter(&files));
-        let mut session = Session::start(pid, mode, &allocators, &scopes, go, python, options)?;
-        session.read_goroutine_baseline();
-        session.point_python_runtime();
-        // A launched command's first brk (the loader's) sets the break it starts from.
-        session
-            .collector
-            .set_program_break(procfs::program_break(pid));
-        Ok(session)
-    }
-
-    fn start(
-        pid: u32,
-        mode: &'static str,
-        allocators: &[AllocatorModule],
-        scopes: &[ScopeProbe],
-        go: Option<GoTarget>,
-        python: Option<PythonInterpreter>,
-        options: Options,
-    ) -> Result<Session, SessionError> {
-        let mut options = options;
-        if options.reachability && go.as_ref().is_some_and(|go| go.program.can_follow_heap()) {
-            // Go memory is reachable or garbage the collector has yet to take back; the scan
-            // tells leaks from caches only in manually freed memory.
-            log::info!(
-                "no reachability scan: the target is a Go program (its heap is garbage collected)"
-            );
-            options.reachability = false;
-        }
-        if options.sample_rate > 1 && go.as_ref().is_some_and(|go| go.program.can_follow_heap()) {
-            // The Go heap is recorded a span at a time already; scaling its spans by the rate
-            // would multiply them.
-            log::warn!(
-                "--sample-rate {} ignored: the target is a Go program, whose heap is already sampled a span at a time",
-                options.sample_rate
-            );
-            options.sample_rate = 1;
-        }
-        let mut probes = attach::attach(
-            pid,
-            allocators,
-            scopes,
-            go.as_ref(),
-            LoadOptions {
-                max_allocs: options.max_allocs,
-                min_size: options.min_size,
-                max_size: options.max_size,
-                sample_rate: options.sample_rate,
-                unwind: options.unwind,
-                python: python
-                    .as_ref()
-                    .and_then(PythonInterpreter::layout)
-                    .unwrap_or_default(),
-                before_exec: mode == "run",
-            },
-        )?;
-        let maps = KernelMaps::take(&mut probes.ebpf)?;
-        let scope_collector = if scopes.is_empty() {
-            None
-        } else {
-            let mut collector = ScopeCollector::take(
-                &mut probes.ebpf,
-                scopes.len() as u32,
-                options.scope_retain_after,
-                options.scope_span_threshold,
-                MAX_SERIES_LEN,
-            )?;
-            collector.records.probed = scopes
-                .iter()
-                .map(|scope| {
-                    scope
-                        .points
-                        .iter()
-                        .map(|point| format!("{} in {}", point.symbol, point.display_path))
-                        .collect()
-                })
-                .collect();
-            Some(collector)
-        };
-        let unwind = probes.unwind.take();
-        let started_ns = procfs::monotonic_ns();
-        let target = Target {
-            pid,
-            exe: procfs::exe_path(pid)
-                .map(|path| path.display().to_string())
-                .unwrap_or_default(),
-            command_line: procfs::command_line(pid).unwrap_or_default(),
-            name: procfs::comm(pid).unwrap_or_default(),
-        };
-        let mut modules = Modules::default();
-        let _ = modules.refresh(pid);
-        let go = match go {
-            Some(go) => {
-                let goroutines = if go.program.can_count_goroutines() {
-                    Some(
-                        Goroutines::take(&mut probes.ebpf, MAX_SERIES_LEN).map_err(|reason| {
-                            SessionError::Drain(crate::collect::drain::DrainError::new(
-                                "GOROUTINE_SITES",
-                                reason,
-                            ))
-                        })?,
-                    )
-                } else {
-                    None
-                };
-                Some((go, goroutines))
-            }
-            None => None,
-        };
-        let python = match python {
-            Some(interpreter) if interpreter.layout().is_some() => {
-                let map = probes
-                    .ebpf
-                    .take_map(leak_common::map_names::PY_RUNTIME)
-                    .and_then(|map| aya::maps::Array::try_from(map).ok());
-                Some((interpreter, map))
-            }
-            other => other.map(|interpreter| (interpreter, None)),
-        };
-        let mut symbolizer = Symbolizer::new();
-        let (probes_trap_cost, options_max_overhead) =
-            (probes.trap_cost.unwrap_or_default(), options.max_overhead);
-        if python.as_ref().is_some_and(|(_, map)| map.is_some()) {
-            symbolizer.python = Some(PythonNames::new(pid));
-        }
-        let mut allocators: Vec<AllocatorInfo> = allocators
-            .iter()
-            .map(|module| allocator_info(module, &options.alloc_fns))
-            .collect();
-        allocators.extend(go.as_ref().and_then(|(go, _)| go_allocator_info(go)));
-        Ok(Session {
-            pid,
-            mode,
-            target,
-            allocators,
-            collector: Collector::new(
-                maps,
-                started_ns,
-                procfs::page_size(),
-                options.min_size..=options.max_size,
-                options.sample_rate,
-            ),
-            probes,
-            modules,
-            symbolizer,
-            options,
-            started_ns,
-            process_samples: Vec::new(),
-            confirmed_leaks: std::collections::HashSet::new(),
-            last_process_sample_ns: None,
-            launched_program: None,
-            forked_by: None,
-            traced_from_start: false,
-            child_reports: Vec::new(),
-            telemetry: None,
-            endpoint: None,
-            unwind,
-            reachability: None,
-            scopes: scope_collector,
-            go,
-            go_profile: None,
-            python,
-            python_stacks_read: std::collections::HashSet::new(),
-            cost: overhead::CostMeter::new(probes_trap_cost, options_max_overhead, started_ns),
-            arm_entries_at: Some(started_ns + ARM_ENTRIES_AFTER_NS),
-        })
-    }
-
     /// Reads the code objects of new stacks' Python frames while the target has them.
     fn read_python_codes(&mut self) {
         let Some(names) = &mut self.symbolizer.python else {
@@ -912,37 +550,6 @@ impl Session {
         );
     }
 
-    /// Once the probes are placed, before the exporters start threads: keeps only what the
-    /// rest of the session uses (see privileges.rs). `dropping_themselves`: threads that
-    /// drop to the same set on their own.
-    fn drop_privileges(&self, dropping_themselves: &[i32]) {
-        let needs = crate::probe::privileges::Needs::new(
-            self.options.output.clone(),
-            self.options.prometheus,
-        );
-        crate::probe::privileges::drop_to(
-            needs.after_attach(),
-            "probes placed",
-            dropping_themselves,
-        );
-    }
-
-    /// Starts the OTLP exporters and the Prometheus endpoint the options ask for.
-    fn start_exports(&mut self) -> Result<(), SessionError> {
-        if let Some(otlp) = self.options.otlp.clone() {
-            self.telemetry = Some(Telemetry::start(otlp, &self.target)?);
-        }
-        if let Some(addr) = self.options.prometheus {
-            let endpoint = prometheus::Endpoint::start(addr, &self.target)?;
-            eprintln!(
-                "leaktrace: Prometheus metrics on http://{}/metrics",
-                endpoint.local_addr
-            );
-            self.endpoint = Some(endpoint);
-        }
-        Ok(())
-    }
-
     fn exporting(&self) -> bool {
         self.telemetry.is_some() || self.endpoint.is_some()
     }
@@ -1030,24 +637,6 @@ impl Session {
             self.arm_entries_at = None;
         }
         Ok(())
-    }
-
-    /// For --verbose: each allocator and what was probed in it.
-    fn log_probes(&self) {
-        for found in &self.allocators {
-            log::info!(
-                "{} in {}: {}",
-                found.allocator,
-                found.module,
-                found.functions.join(", ")
-            );
-        }
-        log::info!(
-            "attached to pid {}: {} probe points; stacks walked with {}",
-            self.pid,
-            self.probes.attached.len(),
-            self.options.unwind.name()
-        );
     }
 
     /// Probes allocators the process loaded since the start (a plugin with its own).
@@ -1165,231 +754,6 @@ impl Session {
                     self.tick()?;
                     return Ok(None);
                 }
-            }
-        }
-    }
-
-    /// Traces a launched command until it exits.
-    async fn trace_launched(
-        &mut self,
-        mut events: UnboundedReceiver<ChildEvent>,
-    ) -> Result<Exit, SessionError> {
-        let mut sample = tokio::time::interval(self.options.sample_interval);
-        // Ctrl-C goes to the command (same process group); leaktrace waits for its exit.
-        let mut ctrl_c = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-            .map_err(|err| SessionError::Signals(format!("Ctrl-C: {err}")))?;
-        // The report comes at exit; exporters still get an analysis every interval.
-        let mut publish_every = tokio::time::interval(self.options.interval);
-        publish_every.tick().await;
-        // Forked children, each traced in a session of its own until it ends.
-        let mut children: BTreeMap<u32, Session> = BTreeMap::new();
-        loop {
-            tokio::select! {
-                _ = sample.tick() => {
-                    self.tick()?;
-                    for (pid, child) in &mut children {
-                        if let Err(err) = child.tick() {
-                            log::warn!("forked child {pid}: {err}");
-                        }
-                    }
-                }
-                _ = publish_every.tick(), if self.exporting() => {
-                    self.analyse(None, false)?;
-                }
-                _ = ctrl_c.recv() => {}
-                event = events.recv() => match event {
-                    Some(ChildEvent::Started { pid, ack }) => {
-                        // Its libraries are mapped and nothing of the program has run:
-                        // their unwind tables go in before its first allocation.
-                        let session = if pid == self.pid { Some(&mut *self) } else { children.get_mut(&pid) };
-                        if let Some(session) = session
-                            && let Some(tables) = &mut session.unwind
-                        {
-                            tables.refresh(pid);
-                        }
-                        let _ = ack.send(());
-                    }
-                    Some(ChildEvent::Forked { pid, parent, ack }) => {
-                        match self.trace_forked_child(pid, parent) {
-                            Ok(child) => {
-                                children.insert(pid, child);
-                            }
-                            Err(err) => {
-                                eprintln!("leaktrace: child {pid} (forked by {parent}) is not traced: {err}");
-                            }
-                        }
-                        let _ = ack.send(());
-                    }
-                    Some(ChildEvent::Executed { pid, spawned, ack }) if pid != self.pid => {
-                        // A child that executes a program: followed into it with
-                        // --trace-children, let go otherwise (as valgrind does).
-                        let follow = self.options.trace_children
-                            && match children.get_mut(&pid) {
-                                Some(child) => child.executed().map_err(|err| {
-                                    eprintln!("leaktrace: child {pid} is not followed into the program it executed: {err}");
-                                }).is_ok(),
-                                None => match self.trace_executed_child(pid, spawned) {
-                                    Ok(child) => {
-                                        children.insert(pid, child);
-                                        true
-                                    }
-                                    Err(err) => {
-                                        eprintln!("leaktrace: child {pid} is not followed into the program it executed: {err}");
-                                        false
-                                    }
-                                },
-                            };
-                        let dropped = if follow { None } else { children.remove(&pid) };
-                        let _ = ack.send(follow);
-                        // Its probes come out in a process of their own (Probes::drop).
-                        drop(dropped);
-                    }
-                    Some(ChildEvent::Executed { ack, .. }) => {
-                        self.executed()?;
-                        let _ = ack.send(true);
-                    }
-                    Some(ChildEvent::Exiting { pid, ack, registers }) => {
-                        if pid == self.pid {
-                            self.exiting(registers)?;
-                        } else if let Some(child) = children.get_mut(&pid)
-                            && let Err(err) = child.exiting(registers)
-                        {
-                            log::warn!("forked child {pid}: {err}");
-                        }
-                        let _ = ack.send(());
-                    }
-                    Some(ChildEvent::Exited { pid, code, signal }) if pid != self.pid => {
-                        if let Some(mut child) = children.remove(&pid) {
-                            match child.child_report(Some(Exit { code, signal })) {
-                                Ok(report) => self.child_reports.push(report),
-                                Err(err) => eprintln!("leaktrace: child {pid}: no report: {err}"),
-                            }
-                        }
-                    }
-                    Some(ChildEvent::Exited { code, signal, .. }) => {
-                        self.tick()?;
-                        self.children_still_running(children);
-                        return Ok(Exit { code, signal });
-                    }
-                    Some(ChildEvent::Failed(message)) => return Err(SessionError::Launch(message)),
-                    None => {
-                        self.children_still_running(children);
-                        return Ok(Exit { code: None, signal: None });
-                    }
-                }
-            }
-        }
-    }
-
-    /// A new program in the same process: what the last one left is read first and then
-    /// forgotten (its memory went with it), then the new one's break, libraries and tables
-    /// are taken.
-    fn executed(&mut self) -> Result<(), SessionError> {
-        self.tick()?;
-        if let Err(err) = self.collector.forget_live_memory() {
-            log::warn!("the last program's memory is still counted: {err}");
-        }
-        self.collector
-            .set_program_break(procfs::program_break(self.pid));
-        let _ = self.modules.refresh(self.pid);
-        if let Some(tables) = &mut self.unwind {
-            tables.refresh(self.pid);
-        }
-        let exe = procfs::exe_path(self.pid).ok();
-        let shown = exe
-            .as_ref()
-            .map(|path| path.display().to_string())
-            .unwrap_or_default();
-        log::info!("pid {} executed {shown}", self.pid);
-        if let Some(exe) = &exe {
-            self.probe_new_program(exe);
-        }
-        // A new address space, seen from its start.
-        self.traced_from_start = true;
-        if self.forked_by.is_some() {
-            // A child's report names what it runs now (the command's names what was asked).
-            self.target.exe = shown;
-            self.target.command_line = procfs::command_line(self.pid).unwrap_or_default();
-            self.target.name = procfs::comm(self.pid).unwrap_or_default();
-        }
-        Ok(())
-    }
-
-    /// Probes the allocators of the program the process just executed that are not probed
-    /// yet (the probes on a library it shares with the last program stay: they follow the
-    /// process). Found from the program's files, so those its loader maps next are
-    /// probed before they run.
-    fn probe_new_program(&mut self, exe: &std::path::Path) {
-        let env = procfs::environment(self.pid).unwrap_or_default();
-        let modules = match attach::program_files(exe, &env)
-            .and_then(|files| attach::allocators_in_files(&files, &self.options.alloc_fns))
-        {
-            Ok(modules) => modules,
-            Err(err) => {
-                log::info!(
-                    "pid {}: no allocator probed in {}: {err}",
-                    self.pid,
-                    exe.display()
-                );
-                return;
-            }
-        };
-        let modules = self.probes.unprobed(modules);
-        self.probe_modules(modules, "in the program it executed");
-    }
-
-    /// A session for a child a traced process just forked, held before its first
-    /// instruction: the probes go in on its copy of its parent's libraries. What it
-    /// inherited was allocated before it existed and is not its own.
-    fn trace_forked_child(&self, pid: u32, parent: u32) -> Result<Session, SessionError> {
-        let started = std::time::Instant::now();
-        let mut child = Session::attach(pid, "attach", self.options.clone())?;
-        child.mode = "run";
-        child.forked_by = Some(parent);
-        log::info!(
-            "child {pid} forked by {parent}: probes in place in {:.0} ms",
-            started.elapsed().as_secs_f64() * 1e3
-        );
-        Ok(child)
-    }
-
-    /// A session for a child that just executed a program with no session of its own yet
-    /// (a vfork or posix_spawn child, which ran in its parent's memory until now), held
-    /// before the program's first instruction: probed as the command is.
-    fn trace_executed_child(&self, pid: u32, spawned: bool) -> Result<Session, SessionError> {
-        let started = std::time::Instant::now();
-        let exe = procfs::exe_path(pid).map_err(|_| SessionError::NoSuchProcess(pid))?;
-        let env = procfs::environment(pid).unwrap_or_default();
-        let plan =
-            ProgramProbes::for_program(&exe, &env, &self.options, &exe.display().to_string())?;
-        let mut child = plan.start(pid, self.options.clone())?;
-        child.forked_by = procfs::parent_pid(pid);
-        child.traced_from_start = true;
-        child
-            .collector
-            .set_program_break(procfs::program_break(pid));
-        log::info!(
-            "child {pid} ({}) executed {}: probes in place in {:.0} ms",
-            if spawned { "spawned" } else { "forked" },
-            exe.display(),
-            started.elapsed().as_secs_f64() * 1e3
-        );
-        Ok(child)
-    }
-
-    /// A forked child's report, at its end (or the command's); its probes come out.
-    fn child_report(&mut self, exit: Option<Exit>) -> Result<Report, SessionError> {
-        self.tick()?;
-        self.analyse(exit, true)
-    }
-
-    /// The command ended before these children: what they hold so far is reported, with
-    /// no exit and no scan (they go on running, untraced, once leaktrace ends).
-    fn children_still_running(&mut self, children: BTreeMap<u32, Session>) {
-        for (pid, mut child) in children {
-            match child.child_report(None) {
-                Ok(report) => self.child_reports.push(report),
-                Err(err) => eprintln!("leaktrace: child {pid}: no report: {err}"),
             }
         }
     }
