@@ -13,6 +13,7 @@ use std::{collections::HashMap, net::SocketAddr, path::PathBuf, time::Duration};
 use leak_common::DEFAULT_MAX_ALLOCS;
 
 use crate::{
+    analyze::aggregate::SortKey,
     analyze::verdicts::Thresholds,
     collect::drain::Collector,
     collect::goroutines::Goroutines,
@@ -23,8 +24,8 @@ use crate::{
     model::allocators::KnownFn,
     model::scope::ScopeSpec,
     model::{
-        AllocatorInfo, Exit, Frame, ProcessSample, Reachability, ReachabilityScan, Report,
-        StackHistory, StackKey, Target, Trend, Verdict,
+        AllocatorInfo, Exit, ProcessSample, Reachability, ReachabilityScan, Report, StackKey,
+        Target,
     },
     probe::attach::{self, Probes},
     probe::golang::GoTarget,
@@ -89,17 +90,6 @@ pub struct Options {
     /// `run`: follow forked children into the programs they execute (valgrind's
     /// --trace-children); forked children are followed until then in any case.
     pub trace_children: bool,
-}
-
-/// What orders the stacks within a verdict.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum SortKey {
-    /// Outstanding bytes.
-    Bytes,
-    /// Outstanding allocations.
-    Count,
-    /// Growth rate of the baseline.
-    Growth,
 }
 
 impl Default for Options {
@@ -389,148 +379,5 @@ impl Window {
         )?;
         drop(self.session);
         Ok(report)
-    }
-}
-
-/// What makes two frames the same place for the reader: the source location when known,
-/// else the address's place in its module.
-type FrameIdentity = (
-    Option<String>,
-    Option<String>,
-    Option<u32>,
-    Option<String>,
-    bool,
-    Option<u64>,
-);
-
-fn frame_identity(frame: &Frame) -> FrameIdentity {
-    let unsymbolized = frame.function.is_none() || frame.line.is_none();
-    (
-        frame.function.clone(),
-        frame.file.clone(),
-        frame.line,
-        frame.module.clone(),
-        frame.inlined,
-        if unsymbolized {
-            frame.module_offset.or(Some(frame.address))
-        } else {
-            None
-        },
-    )
-}
-
-/// At most `points` items spread evenly over `series`, always keeping the last.
-fn evenly_spread<T: Copy>(series: &[T], points: usize) -> Vec<T> {
-    if series.len() <= points || points < 2 {
-        return series.to_vec();
-    }
-    let step = (series.len() - 1) as f64 / (points - 1) as f64;
-    (0..points)
-        .map(|i| series[((i as f64 * step).round() as usize).min(series.len() - 1)])
-        .collect()
-}
-
-/// A stack as judged for the report: its history, verdict, frames, classes and excuse.
-type Judged = (
-    StackHistory,
-    Trend,
-    Vec<Frame>,
-    Option<Reachability>,
-    Excused,
-    String,
-);
-
-/// Why a stack's memory is not the program's leak, whatever its trend: the C runtime's
-/// own, or accepted by a suppression (its name).
-struct Excused {
-    c_runtime: Option<&'static str>,
-    suppressed: Option<String>,
-}
-
-/// A stack's verdict once the reachability scan has classified its blocks. After the
-/// program exited, the scan decides, as valgrind's does: a block lost or only reached from
-/// lost ones is a leak (a lost zero-byte block too), and memory all still pointed to is
-/// `reachable`, held but not lost, whatever its trend said (a block allocated once and kept
-/// in a global is not "growing"). While the program runs, rising memory it can still reach
-/// is a growing cache or queue, not a leak.
-fn verdict_with_reachability(verdict: Verdict, found: &Reachability, exited: bool) -> Verdict {
-    let lost_blocks = found.lost.blocks + found.indirectly_lost.blocks;
-    if exited {
-        if lost_blocks > 0 {
-            Verdict::Leaking
-        } else if found.interior.blocks == 0 && found.reachable.blocks > 0 {
-            Verdict::Reachable
-        } else {
-            verdict
-        }
-    } else if verdict == Verdict::Leaking && lost_blocks == 0 && found.reachable.bytes > 0 {
-        Verdict::Growing
-    } else {
-        verdict
-    }
-}
-
-/// Whether an mmap stack starts in the dynamic loader (ld-linux, ld-musl).
-fn mapped_by_loader(frames: &[Frame]) -> bool {
-    frames
-        .first()
-        .and_then(|frame| frame.module.as_deref())
-        .and_then(|module| module.rsplit('/').next())
-        .is_some_and(|name| {
-            name.starts_with("ld-linux") || name.starts_with("ld-musl") || name == "ld.so"
-        })
-}
-
-/// A mapping the Go runtime made for itself: the mmap syscall is in package runtime
-/// (`runtime.sysMmap`, `runtime.mmap`…), or in cgo's C wrapper that `runtime.mmap` calls in
-/// a program linked with cgo. A program's own `syscall.Mmap` is not.
-fn mapped_by_go_runtime(frames: &[Frame]) -> bool {
-    const CGO_MMAP: [&str; 2] = ["x_cgo_mmap", "_cgo_mmap"];
-    frames
-        .iter()
-        .map(|frame| frame.function.as_deref())
-        .find(|function| !function.is_some_and(|name| CGO_MMAP.contains(&name)))
-        .flatten()
-        .is_some_and(|function| function.starts_with("runtime."))
-}
-
-/// A stack charged with Go spans of small objects holds at most this share of the live
-/// spans of its size classes for its rise to be its own.
-const OWN_SPAN_SHARE: f64 = 0.75;
-
-/// For a stack of Go spans of small objects (its `members`' stack ids in `span_classes`):
-/// the share of the live spans of its size classes charged to other stacks, when that is
-/// too much for its rise to be told from theirs (see OWN_SPAN_SHARE).
-fn shared_span_class(
-    members: &[StackHistory],
-    span_classes: &HashMap<u32, HashMap<u32, u64>>,
-    class_totals: &HashMap<u32, u64>,
-) -> Option<f64> {
-    let mut own: HashMap<u32, u64> = HashMap::new();
-    for member in members {
-        for (class, spans) in span_classes.get(&member.key.stack_id).into_iter().flatten() {
-            *own.entry(*class).or_default() += spans;
-        }
-    }
-    let held: u64 = own.values().sum();
-    let in_classes: u64 = own
-        .keys()
-        .map(|class| class_totals.get(class).copied().unwrap_or(0))
-        .sum();
-    let others = 1.0 - held as f64 / in_classes.max(1) as f64;
-    (held > 0 && others > 1.0 - OWN_SPAN_SHARE).then_some(others)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::evenly_spread;
-
-    #[test]
-    fn spreads_evenly_keeping_both_ends() {
-        let series: Vec<u32> = (0..100).collect();
-        let spread = evenly_spread(&series, 10);
-        assert_eq!(spread.len(), 10);
-        assert_eq!((spread[0], spread[9]), (0, 99));
-        assert_eq!(evenly_spread(&series[..5], 10), vec![0, 1, 2, 3, 4]);
     }
 }

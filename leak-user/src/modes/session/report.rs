@@ -1,19 +1,15 @@
 //! The report, interim or final: the stacks drained, aggregated and judged, the process's
 //! trend, scopes and suspects, the runtimes and goroutines; handed to the exporters.
 use std::{
-    collections::{BTreeMap, HashMap, hash_map::Entry},
+    collections::{BTreeMap, HashMap},
     time::Duration,
 };
 
 use leak_common::Counter;
 
-use super::{
-    Excused, FrameIdentity, Judged, Session, SessionError, SortKey, evenly_spread, frame_identity,
-    mapped_by_go_runtime, mapped_by_loader, shared_span_class, stacks::NamedHistory,
-    verdict_with_reachability,
-};
+use super::{Session, SessionError};
 use crate::{
-    analyze::c_runtime,
+    analyze::aggregate::{self, GoRuntime, Judging, REPORT_SERIES_POINTS, evenly_spread},
     analyze::scope::{self, NamedStack},
     analyze::suspects,
     analyze::verdicts::{self, Context},
@@ -22,9 +18,8 @@ use crate::{
     export::otel::Telemetry,
     model::scope::ScopeSpec,
     model::{
-        Exit, Frame, GoroutineReport, GoroutineSiteReport, Held, InUse, LeakSummary, Origin,
-        ProcessReport, REPORT_VERSION, Reachability, Report, RuntimeInfo, StackHistory, StackKey,
-        StackReport, Trend, Verdict,
+        Exit, Frame, GoroutineReport, GoroutineSiteReport, ProcessReport, REPORT_VERSION, Report,
+        RuntimeInfo, ScopeReport, StackKey, StackReport, Suspect,
     },
     probe::golang::GoTarget,
     sys::procfs,
@@ -73,9 +68,6 @@ fn scope_call_spans(
         })
         .collect()
 }
-
-/// Most points of a stack's series a report carries.
-const REPORT_SERIES_POINTS: usize = 32;
 
 /// Most process samples a report carries.
 const REPORT_PROCESS_POINTS: usize = 256;
@@ -143,6 +135,9 @@ impl Session {
 
     /// The report now. A `final_report` pays for an exact walk of the live allocations;
     /// interim ones walk them within a CPU budget (see `Collector::scan_live_allocations`).
+    /// Collect (the drained stacks named by their frames) → aggregate (grouped by frames)
+    /// → analyse (judged, ordered, the top listed) → report (with the process's trend,
+    /// scopes, runtimes and goroutines).
     fn build_report(
         &mut self,
         exited: Option<Exit>,
@@ -165,319 +160,75 @@ impl Session {
             span_s,
             exited: exited.is_some(),
         };
-        // Stacks that symbolize to the same frames are one stack to the reader. The loader
-        // mapping a library's zero-filled segments, or its own start-up allocator, is part of
-        // the program image, not the program's memory.
-        let active: Vec<StackHistory> = self
-            .collector
-            .histories()
-            .filter(|history| {
-                history.totals.total_allocs > 0 || history.totals.outstanding_allocs > 0
-            })
-            .cloned()
-            .collect();
-        // One symbolizer call per module for every address not seen before, not one per stack.
-        let symbolizing = std::time::Instant::now();
-        let addresses: Vec<u64> = active
-            .iter()
-            .flat_map(|history| self.collector.stack_ips(history.key.stack_id).to_vec())
-            .collect();
-        let new_addresses = self.symbolizer.prefetch(&self.modules, &addresses);
-        if new_addresses > 0 {
-            log::info!(
-                "symbolized {new_addresses} new addresses of {} stacks in {:.0} ms",
-                active.len(),
-                symbolizing.elapsed().as_secs_f64() * 1e3
-            );
-        }
-        let mut groups: Vec<(Vec<Frame>, Vec<StackHistory>)> = Vec::new();
-        let mut group_of: HashMap<(Origin, Vec<FrameIdentity>), usize> = HashMap::new();
-        let go_from_profile = self.go_heap_from_profile();
-        let (profile_histories, mut at_last_gc) = if go_from_profile {
-            self.go_profile_histories()
-        } else {
-            (Vec::new(), HashMap::new())
+        let go = GoRuntime {
+            present: self.go.is_some(),
+            heap_from_profile: self.go_heap_from_profile(),
         };
-        // Scope calls' stacks are named from these.
-        let mut frames_by_key: HashMap<StackKey, Vec<Frame>> = HashMap::new();
-        let mut active: Vec<NamedHistory> = active
-            .into_iter()
-            .map(|history| {
-                let frames = self.frames_of(&history);
-                (history, frames)
-            })
-            .collect();
-        active.extend(profile_histories);
-        for (history, frames) in active {
-            if self.scopes.is_some() && history.key.origin == Origin::Heap {
-                frames_by_key.insert(history.key, frames.clone());
-            }
-            if history.key.origin != Origin::Heap && mapped_by_loader(&frames) {
-                continue;
-            }
-            // A Go runtime's own mappings hold its heap (followed by span, above), its
-            // goroutine stacks and reservations: counting them too would count the heap
-            // twice. With the runtime's heap profile read, its stacks stand for the small
-            // objects' spans (each span's objects may be anyone's); a large object's span is
-            // its own, charged to the stack that allocated it, and counted exactly.
-            if self.go.is_some()
-                && history.key.stack_id != crate::collect::go_profile::PROFILE_STACK_ID
-                && mapped_by_go_runtime(&frames)
-                && (history.key.origin != Origin::Heap
-                    || (go_from_profile
-                        && !crate::analyze::go_heap::is_large_object_stack(&frames)))
-            {
-                continue;
-            }
-            // The runtime's goroutine bookkeeping (each goroutine's `g`, the list of all of
-            // them, blocked ones' waiting records) grows and shrinks with the goroutines,
-            // which are counted per creation site.
-            if self.go.is_some() && crate::analyze::go_heap::goroutine_bookkeeping(&frames) {
-                continue;
-            }
-            if frames.is_empty() {
-                groups.push((frames, vec![history]));
-                continue;
-            }
-            let identity: Vec<FrameIdentity> = frames.iter().map(frame_identity).collect();
-            match group_of.entry((history.key.origin, identity)) {
-                Entry::Occupied(entry) => groups[*entry.get()].1.push(history),
-                Entry::Vacant(entry) => {
-                    entry.insert(groups.len());
-                    groups.push((frames, vec![history]));
-                }
-            }
-        }
+        let (drained, at_last_gc) = self.drained_stacks(go.heap_from_profile);
+        // Scope calls' stacks are named from `frames_by_key`.
+        let (groups, frames_by_key) = aggregate::group(drained, go, self.scopes.is_some());
         // Go spans of small objects by stack and size class, when they stand for the heap.
-        let span_classes = if self.go.is_some() && !go_from_profile {
-            self.collector.go_span_classes().clone()
+        let no_span_classes = HashMap::new();
+        let span_classes = if go.present && !go.heap_from_profile {
+            self.collector.go_span_classes()
         } else {
-            HashMap::new()
+            &no_span_classes
         };
-        let mut class_totals: HashMap<u32, u64> = HashMap::new();
-        for classes in span_classes.values() {
-            for (class, spans) in classes {
-                *class_totals.entry(*class).or_default() += spans;
-            }
-        }
-        let mut judged: Vec<Judged> = Vec::new();
-        let mut omitted = (0u64, 0u64);
-        for (frames, members) in groups {
-            let refs: Vec<&StackHistory> = members.iter().collect();
-            let Some(mut history) = verdicts::merge_histories(&refs) else {
-                continue;
-            };
-            let in_profile: Vec<StackKey> = members
-                .iter()
-                .map(|member| member.key)
-                .filter(|key| key.stack_id == crate::collect::go_profile::PROFILE_STACK_ID)
-                .collect();
-            // Go's heap is collected, not freed: what it holds when the program ends was not
-            // lost, and only its trend tells a leak.
-            let go_heap = self.go.is_some()
-                && history.key.origin == Origin::Heap
-                && (!in_profile.is_empty() || mapped_by_go_runtime(&frames));
-            let context = Context {
-                exited: context.exited && !go_heap,
-                ..context
-            };
-            let trend = verdicts::judge(&history, context, &self.options.thresholds);
-            if !in_profile.is_empty() {
-                let mut sum = InUse::default();
-                for key in &in_profile {
-                    if let Some(found) = at_last_gc.remove(key) {
-                        sum.bytes += found.bytes;
-                        sum.objects += found.objects;
-                    }
-                }
-                at_last_gc.insert(history.key, sum);
-            }
-            // The runtime's profile gives no ages: its stacks are never left out by age.
-            if self.options.min_age.is_some() && in_profile.is_empty() {
-                // Only what is at least --min-age old counts as held.
-                let mut held = Held::default();
-                for member in &members {
-                    let member_held = held_old_enough
-                        .get(&member.key)
-                        .copied()
-                        .unwrap_or_default();
-                    held.allocs += member_held.allocs;
-                    held.bytes += member_held.bytes;
-                }
-                if held.allocs == 0 {
-                    omitted.0 += 1;
-                    omitted.1 += history.totals.outstanding_bytes;
-                    continue;
-                }
-                history.totals.outstanding_allocs = held.allocs;
-                history.totals.outstanding_bytes = held.bytes;
-            }
-            let reachability = self.reachability.as_ref().map(|(by_stack, _)| {
-                let mut sum = Reachability::default();
-                for member in &members {
-                    if let Some(found) = by_stack.get(&member.key) {
-                        sum.add(found);
-                    }
-                }
-                sum
-            });
-            let mut trend = trend;
-            let judged_alone = trend.verdict;
-            // Rising memory that the program can still reach is a growing cache or
-            // queue, not a leak.
-            if let Some(found) = &reachability {
-                trend.verdict = verdict_with_reachability(trend.verdict, found, context.exited);
-            }
-            // While the program runs a leak is announced once its evidence holds (see
-            // verdicts::confirm); a scan that found its blocks lost is evidence enough.
-            let lost_found = reachability
-                .as_ref()
-                .map_or(0, |found| found.lost.blocks + found.indirectly_lost.blocks);
-            let mut unconfirmed = None;
-            if trend.verdict == Verdict::Leaking && !context.exited && lost_found == 0 {
-                // Once confirmed, a stack stays so while it is judged leaking: an earlier
-                // part of its history judged again may say otherwise at a window's edge.
-                let id = crate::model::stack_id_of(history.key.origin, &frames);
-                if !self.confirmed_leaks.contains(&id) {
-                    match verdicts::confirm(&history, &trend, context, &self.options.thresholds) {
-                        Ok(()) => {
-                            self.confirmed_leaks.insert(id);
-                        }
-                        Err(why) => {
-                            trend.verdict = Verdict::Suspect;
-                            unconfirmed = Some(why);
-                        }
-                    }
-                }
-            } else if !context.exited && !self.confirmed_leaks.is_empty() {
-                self.confirmed_leaks
-                    .remove(&crate::model::stack_id_of(history.key.origin, &frames));
-            }
-            // The C runtime's own memory is never the program's leak, nor is what a
-            // suppression accepts.
-            let lost = reachability
-                .as_ref()
-                .map_or(trend.verdict == Verdict::Leaking, |found| {
-                    found.lost.blocks + found.indirectly_lost.blocks + found.interior.blocks > 0
-                });
-            let excused = Excused {
-                c_runtime: c_runtime::held_by(history.key.origin, &frames, context.exited),
-                suppressed: crate::analyze::suppress::matching(
-                    &self.options.suppressions,
-                    &frames,
-                    lost,
-                )
-                .map(str::to_string),
-            };
-            if (excused.c_runtime.is_some() || excused.suppressed.is_some())
-                && matches!(
-                    trend.verdict,
-                    Verdict::Leaking | Verdict::Suspect | Verdict::Growing
-                )
-            {
-                trend.verdict = Verdict::Stable;
-            }
-            let mut why = verdicts::why(
-                &trend,
-                judged_alone,
-                reachability.as_ref(),
-                context.exited,
-                unconfirmed,
-            );
-            if let Some(others) = shared_span_class(&members, &span_classes, &class_totals)
-                && matches!(
-                    trend.verdict,
-                    Verdict::Leaking | Verdict::Suspect | Verdict::Growing
-                )
-            {
-                trend.verdict = Verdict::Stable;
-                why = format!(
-                    "rising, but {:.0}% of the live spans of its objects' size class are charged \
-                     to other stacks: with Go's heap profile off a span is charged whole to the \
-                     stack that filled it last, so which of them keeps the memory cannot be told \
-                     (the goroutine counts may; a build that links runtime/pprof can)",
-                    others * 100.0
-                );
-            }
-            judged.push((history, trend, frames, reachability, excused, why));
-        }
-        let sort = self.options.sort;
-        judged.sort_by(|(a, a_trend, ..), (b, b_trend, ..)| {
-            let key = |history: &StackHistory, trend: &Trend| match sort {
-                SortKey::Bytes => history.totals.outstanding_bytes as f64,
-                SortKey::Count => history.totals.outstanding_allocs as f64,
-                SortKey::Growth => trend.growth_bytes_per_s,
-            };
-            a_trend
-                .verdict
-                .cmp(&b_trend.verdict)
-                .then(key(b, b_trend).total_cmp(&key(a, a_trend)))
-                .then(b.totals.outstanding_bytes.cmp(&a.totals.outstanding_bytes))
-                .then(b.totals.total_bytes.cmp(&a.totals.total_bytes))
-                .then(a.key.cmp(&b.key))
-        });
+        let judging = Judging {
+            context,
+            thresholds: &self.options.thresholds,
+            suppressions: &self.options.suppressions,
+            sort: self.options.sort,
+            go: go.present,
+            held_old_enough: self.options.min_age.is_some().then_some(&held_old_enough),
+            reachability: self.reachability.as_ref().map(|(by_stack, _)| by_stack),
+            span_classes,
+        };
+        let listed =
+            aggregate::aggregate(groups, &judging, at_last_gc, &mut self.confirmed_leaks, top);
         // The traced heap as the stacks count it, listed or not (a Go heap read from the
         // runtime's profile: its stacks, not the spans the kernel's count).
-        let heap_bytes: u64 = if go_from_profile {
-            judged
-                .iter()
-                .filter(|(history, ..)| history.key.origin == Origin::Heap)
-                .map(|(history, ..)| history.totals.outstanding_bytes)
-                .sum()
+        let heap_bytes = if go.heap_from_profile {
+            listed.heap_bytes
         } else {
             self.collector.heap_outstanding_bytes()
         };
-        let leak_summary = exited.is_some().then(|| {
-            let mut summary = LeakSummary::default();
-            for (history, trend, _, reachability, excused, _) in &judged {
-                let outstanding = (
-                    history.totals.outstanding_bytes,
-                    history.totals.outstanding_allocs,
-                );
-                if excused.suppressed.is_some() {
-                    summary.suppressed_bytes += outstanding.0;
-                    continue;
-                }
-                summary.add(
-                    trend.verdict,
-                    outstanding,
-                    reachability.as_ref(),
-                    excused.c_runtime.is_some(),
-                );
-            }
-            summary
-        });
-        let mut kept = judged;
-        let top = if top == 0 { usize::MAX } else { top };
-        for (history, ..) in kept.split_off(kept.len().min(top)) {
-            omitted.0 += 1;
-            omitted.1 += history.totals.outstanding_bytes;
-        }
-        let mut stacks = Vec::with_capacity(kept.len());
-        for (history, trend, frames, reachability, excused, why) in kept {
-            stacks.push(StackReport {
-                verdict: trend.verdict,
-                origin: history.key.origin,
-                outstanding_bytes: history.totals.outstanding_bytes,
-                outstanding_allocs: history.totals.outstanding_allocs,
-                total_allocs: history.totals.total_allocs,
-                total_frees: history.totals.total_frees,
-                total_bytes: history.totals.total_bytes,
-                oldest_age_s: history.oldest_age_s(now_ns),
-                growth_bytes_per_s: trend.growth_bytes_per_s,
-                confidence: trend.confidence,
-                growth_onset: trend.growth_onset,
-                r_squared: trend.r_squared,
-                survival_fraction: trend.survival_fraction,
-                frames,
-                reachability,
-                held_by_c_runtime: excused.c_runtime.map(str::to_string),
-                suppressed_by: excused.suppressed,
-                series: evenly_spread(&history.series, REPORT_SERIES_POINTS),
-                why,
-                at_last_gc: at_last_gc.get(&history.key).copied(),
-            });
-        }
+        let (dropped, events) = self.counters();
+        let process = self.process_report(heap_bytes);
+        let (scopes, suspects) =
+            self.scope_reports(&frames_by_key, &listed.stacks, process.as_ref(), span_s);
+        Ok(Report {
+            version: REPORT_VERSION,
+            target: self.target.clone(),
+            mode: self.mode.to_string(),
+            duration_s: span_s,
+            sample_rate: self.options.sample_rate,
+            unwind: self.options.unwind.report_name().to_string(),
+            allocators: self.allocators.clone(),
+            programs: self.probes.programs.clone(),
+            cost: self.cost_report(procfs::monotonic_ns()),
+            exited,
+            dropped,
+            events,
+            omitted_stacks: listed.omitted_stacks,
+            omitted_outstanding_bytes: listed.omitted_outstanding_bytes,
+            process,
+            reachability_scan: self.reachability.as_ref().map(|(_, scan)| *scan),
+            leak_summary: listed.leak_summary,
+            stacks: listed.stacks,
+            scopes,
+            suspects,
+            runtimes: self.runtimes(),
+            goroutines: self.goroutine_report(top, &context),
+            forked_by: self.forked_by,
+            children: Vec::new(),
+        })
+    }
+
+    /// The kernel's counters, what was dropped apart from the other events, with the runs
+    /// of the probe programs the kernel skipped and what the symbolizer and the scope
+    /// spans missed.
+    fn counters(&self) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
         let mut dropped = BTreeMap::new();
         let mut events = BTreeMap::new();
         for counter in Counter::ALL {
@@ -501,8 +252,14 @@ impl Session {
                 scopes.retaining_skipped,
             );
         }
+        (dropped, events)
+    }
+
+    /// The process's memory over time and its trend, once it was sampled; `heap_bytes`,
+    /// the traced heap as the report's stacks count it.
+    fn process_report(&self, heap_bytes: u64) -> Option<ProcessReport> {
         let process = verdicts::process_trend(&self.process_samples, &self.options.thresholds);
-        let process = (!self.process_samples.is_empty()).then(|| ProcessReport {
+        (!self.process_samples.is_empty()).then(|| ProcessReport {
             rss_growth_bytes_per_s: process.rss.slope,
             rss_rising: process.rss.steady,
             rss_growth_onset: process.rss.onset,
@@ -516,61 +273,44 @@ impl Session {
                 }
                 samples
             },
-        });
-        let (scopes, suspects) = match &self.scopes {
-            Some(collector) => {
-                let settings = scope::ReportSettings {
-                    specs: &self.options.scopes,
-                    started_ns: self.started_ns,
-                    span_s,
-                    retain_after_s: self.options.scope_retain_after.as_secs_f64(),
-                    max_labels: self.options.scope_max_labels,
-                    sample_rate: u64::from(self.options.sample_rate),
-                    thresholds: &self.options.thresholds,
-                };
-                let mut name = |key: &StackKey| {
-                    frames_by_key.get(key).map(|frames| NamedStack {
-                        id: crate::model::stack_id_of(key.origin, frames),
-                        frames: frames.iter().map(Frame::identity).collect(),
-                    })
-                };
-                let found = scope::analyse(
-                    &collector.records,
-                    &settings,
-                    self.collector.scope_held(),
-                    &mut name,
-                );
-                let named = suspects::suspects(&stacks, process.as_ref(), &found.groups, span_s);
-                (found.reports, named)
-            }
-            None => (Vec::new(), Vec::new()),
-        };
-        Ok(Report {
-            version: REPORT_VERSION,
-            target: self.target.clone(),
-            mode: self.mode.to_string(),
-            duration_s: span_s,
-            sample_rate: self.options.sample_rate,
-            unwind: self.options.unwind.report_name().to_string(),
-            allocators: self.allocators.clone(),
-            programs: self.probes.programs.clone(),
-            cost: self.cost_report(procfs::monotonic_ns()),
-            exited,
-            dropped,
-            events,
-            omitted_stacks: omitted.0,
-            omitted_outstanding_bytes: omitted.1,
-            process,
-            reachability_scan: self.reachability.as_ref().map(|(_, scan)| *scan),
-            leak_summary,
-            stacks,
-            scopes,
-            suspects,
-            runtimes: self.runtimes(),
-            goroutines: self.goroutine_report(top, &context),
-            forked_by: self.forked_by,
-            children: Vec::new(),
         })
+    }
+
+    /// With --scope: each scope's figures, and the suspects among the listed `stacks`
+    /// (their frames by key in `frames_by_key`).
+    fn scope_reports(
+        &self,
+        frames_by_key: &HashMap<StackKey, Vec<Frame>>,
+        stacks: &[StackReport],
+        process: Option<&ProcessReport>,
+        span_s: f64,
+    ) -> (Vec<ScopeReport>, Vec<Suspect>) {
+        let Some(collector) = &self.scopes else {
+            return (Vec::new(), Vec::new());
+        };
+        let settings = scope::ReportSettings {
+            specs: &self.options.scopes,
+            started_ns: self.started_ns,
+            span_s,
+            retain_after_s: self.options.scope_retain_after.as_secs_f64(),
+            max_labels: self.options.scope_max_labels,
+            sample_rate: u64::from(self.options.sample_rate),
+            thresholds: &self.options.thresholds,
+        };
+        let mut name = |key: &StackKey| {
+            frames_by_key.get(key).map(|frames| NamedStack {
+                id: crate::model::stack_id_of(key.origin, frames),
+                frames: frames.iter().map(Frame::identity).collect(),
+            })
+        };
+        let found = scope::analyse(
+            &collector.records,
+            &settings,
+            self.collector.scope_held(),
+            &mut name,
+        );
+        let named = suspects::suspects(stacks, process, &found.groups, span_s);
+        (found.reports, named)
     }
 
     fn runtimes(&self) -> Vec<RuntimeInfo> {
@@ -666,11 +406,9 @@ impl Session {
                 .iter()
                 .map(|sample| (sample.at_s, sample.alive as f64))
                 .collect();
-            let (mut verdict, confidence, growth_per_s) =
+            let (verdict, confidence, growth_per_s) =
                 verdicts::judge_count(&points, &self.options.thresholds);
-            if context.exited && verdict == Verdict::Transient && history.alive() > 0 {
-                verdict = Verdict::Stable;
-            }
+            let verdict = verdicts::count_verdict_at_exit(verdict, context.exited, history.alive());
             let stack = if history.stack_id == leak_common::UNKNOWN_STACK_ID {
                 Vec::new()
             } else {

@@ -3,12 +3,61 @@
 use std::collections::HashMap;
 
 use super::Session;
-use crate::model::{Frame, InUse, Origin, StackHistory, StackKey, Totals};
+use crate::{
+    analyze::aggregate::DrainedStack,
+    collect::go_profile::PROFILE_STACK_ID,
+    model::{Frame, InUse, Origin, StackHistory, StackKey, Totals},
+};
 
 impl Session {
+    /// Every stack drained from the kernel's maps that allocated or still holds, named by
+    /// its frames; with `go_from_profile`, the buckets of Go's heap profile too, and what
+    /// each held as of the last GC.
+    pub(super) fn drained_stacks(
+        &mut self,
+        go_from_profile: bool,
+    ) -> (Vec<DrainedStack>, HashMap<StackKey, InUse>) {
+        let active: Vec<StackHistory> = self
+            .collector
+            .histories()
+            .filter(|history| {
+                history.totals.total_allocs > 0 || history.totals.outstanding_allocs > 0
+            })
+            .cloned()
+            .collect();
+        // One symbolizer call per module for every address not seen before, not one per stack.
+        let symbolizing = std::time::Instant::now();
+        let addresses: Vec<u64> = active
+            .iter()
+            .flat_map(|history| self.collector.stack_ips(history.key.stack_id).to_vec())
+            .collect();
+        let new_addresses = self.symbolizer.prefetch(&self.modules, &addresses);
+        if new_addresses > 0 {
+            log::info!(
+                "symbolized {new_addresses} new addresses of {} stacks in {:.0} ms",
+                active.len(),
+                symbolizing.elapsed().as_secs_f64() * 1e3
+            );
+        }
+        let (profile_stacks, at_last_gc) = if go_from_profile {
+            self.go_profile_histories()
+        } else {
+            (Vec::new(), HashMap::new())
+        };
+        let mut stacks: Vec<DrainedStack> = active
+            .into_iter()
+            .map(|history| {
+                let frames = self.frames_of(&history);
+                drained(history, frames)
+            })
+            .collect();
+        stacks.extend(profile_stacks);
+        (stacks, at_last_gc)
+    }
+
     /// The Go heap profile's buckets as stacks (keyed by bucket; large objects' only where
     /// their spans are not followed), and what each held as of the last GC.
-    pub(super) fn go_profile_histories(&mut self) -> (Vec<NamedHistory>, HashMap<StackKey, InUse>) {
+    fn go_profile_histories(&mut self) -> (Vec<DrainedStack>, HashMap<StackKey, InUse>) {
         let (Some(profile), Some((go, _))) = (&self.go_profile, &self.go) else {
             return (Vec::new(), HashMap::new());
         };
@@ -30,7 +79,7 @@ impl Session {
             let frames = self.profile_frames(&bucket.stack);
             let key = StackKey {
                 origin: Origin::Heap,
-                stack_id: crate::collect::go_profile::PROFILE_STACK_ID,
+                stack_id: PROFILE_STACK_ID,
                 caller_hint: bucket.address,
             };
             let figures = bucket.figures;
@@ -41,7 +90,7 @@ impl Session {
                     objects: figures.at_gc_objects,
                 },
             );
-            histories.push((
+            histories.push(drained(
                 StackHistory {
                     key,
                     totals: Totals {
@@ -89,7 +138,7 @@ impl Session {
     /// syscall wrapper: with frame pointers it skips the wrapper's caller, which the caller
     /// read from the stack pointer replaces; with unwind tables the caller follows, and the
     /// wrapper is dropped.
-    pub(super) fn frames_of(&mut self, history: &StackHistory) -> Vec<Frame> {
+    fn frames_of(&mut self, history: &StackHistory) -> Vec<Frame> {
         let mut ips = self.collector.stack_ips(history.key.stack_id).to_vec();
         if history.key.origin == Origin::Mmap && history.key.caller_hint != 0 && !ips.is_empty() {
             let first = self.symbolizer.symbolize_stack(&self.modules, &ips[..1]);
@@ -110,8 +159,14 @@ impl Session {
     }
 }
 
-/// A stack's history and its frames.
-pub(super) type NamedHistory = (StackHistory, Vec<Frame>);
+/// A drained stack and its frames; a bucket of Go's heap profile is known by its stack id.
+fn drained(history: StackHistory, frames: Vec<Frame>) -> DrainedStack {
+    DrainedStack {
+        from_go_profile: history.key.stack_id == PROFILE_STACK_ID,
+        history,
+        frames,
+    }
+}
 
 /// libc's thin syscall wrappers, which keep no frame of their own.
 fn is_syscall_wrapper(function: &str) -> bool {
