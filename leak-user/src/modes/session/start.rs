@@ -11,7 +11,7 @@ use crate::{
     model::allocators::KnownFn,
     model::series::MAX_SERIES_LEN,
     model::{AllocatorInfo, ProbeInfo, Target},
-    probe::attach::{self, AllocatorModule, LoadOptions, ScopeProbe},
+    probe::attach::{self, AllocatorModule, LoadOptions, Probes, ScopeProbe},
     probe::golang::GoTarget,
     probe::python::PythonInterpreter,
     symbols::python::PythonNames,
@@ -229,6 +229,8 @@ impl Session {
         Ok(session)
     }
 
+    /// Places the probes on process `pid` (its `allocators` and `scopes`, and the Go and
+    /// Python runtimes found in it) and sets up the readers of their maps.
     fn start(
         pid: u32,
         mode: &'static str,
@@ -238,24 +240,7 @@ impl Session {
         python: Option<PythonInterpreter>,
         options: Options,
     ) -> Result<Session, SessionError> {
-        let mut options = options;
-        if options.reachability && go.as_ref().is_some_and(|go| go.program.can_follow_heap()) {
-            // Go memory is reachable or garbage the collector has yet to take back; the scan
-            // tells leaks from caches only in manually freed memory.
-            log::info!(
-                "no reachability scan: the target is a Go program (its heap is garbage collected)"
-            );
-            options.reachability = false;
-        }
-        if options.sample_rate > 1 && go.as_ref().is_some_and(|go| go.program.can_follow_heap()) {
-            // The Go heap is recorded a span at a time already; scaling its spans by the rate
-            // would multiply them.
-            log::warn!(
-                "--sample-rate {} ignored: the target is a Go program, whose heap is already sampled a span at a time",
-                options.sample_rate
-            );
-            options.sample_rate = 1;
-        }
+        let options = for_go_heap(options, go.as_ref());
         let mut probes = attach::attach(
             pid,
             allocators,
@@ -275,68 +260,17 @@ impl Session {
             },
         )?;
         let maps = KernelMaps::take(&mut probes.ebpf)?;
-        let scope_collector = if scopes.is_empty() {
-            None
-        } else {
-            let mut collector = ScopeCollector::take(
-                &mut probes.ebpf,
-                scopes.len() as u32,
-                options.scope_retain_after,
-                options.scope_span_threshold,
-                MAX_SERIES_LEN,
-            )?;
-            collector.records.probed = scopes
-                .iter()
-                .map(|scope| {
-                    scope
-                        .points
-                        .iter()
-                        .map(|point| format!("{} in {}", point.symbol, point.display_path))
-                        .collect()
-                })
-                .collect();
-            Some(collector)
-        };
+        let scope_collector = scope_collector(&mut probes, scopes, &options)?;
         let unwind = probes.unwind.take();
         let started_ns = procfs::monotonic_ns();
-        let target = Target {
-            pid,
-            exe: procfs::exe_path(pid)
-                .map(|path| path.display().to_string())
-                .unwrap_or_default(),
-            command_line: procfs::command_line(pid).unwrap_or_default(),
-            name: procfs::comm(pid).unwrap_or_default(),
-        };
+        let target = target_of(pid);
         let mut modules = Modules::default();
         let _ = modules.refresh(pid);
         let go = match go {
-            Some(go) => {
-                let goroutines = if go.program.can_count_goroutines() {
-                    Some(
-                        Goroutines::take(&mut probes.ebpf, MAX_SERIES_LEN).map_err(|reason| {
-                            SessionError::Drain(crate::collect::drain::DrainError::new(
-                                "GOROUTINE_SITES",
-                                reason,
-                            ))
-                        })?,
-                    )
-                } else {
-                    None
-                };
-                Some((go, goroutines))
-            }
+            Some(go) => Some(with_goroutines(go, &mut probes)?),
             None => None,
         };
-        let python = match python {
-            Some(interpreter) if interpreter.layout().is_some() => {
-                let map = probes
-                    .ebpf
-                    .take_map(leak_common::map_names::PY_RUNTIME)
-                    .and_then(|map| aya::maps::Array::try_from(map).ok());
-                Some((interpreter, map))
-            }
-            other => other.map(|interpreter| (interpreter, None)),
-        };
+        let python = python.map(|interpreter| with_runtime_slot(interpreter, &mut probes));
         let mut symbolizer = Symbolizer::new();
         let (probes_trap_cost, options_max_overhead) =
             (probes.trap_cost.unwrap_or_default(), options.max_overhead);
@@ -434,4 +368,108 @@ impl Session {
             self.options.unwind.name()
         );
     }
+}
+
+/// The options for a target whose heap may be Go's: no reachability scan, no sampling.
+fn for_go_heap(options: Options, go: Option<&GoTarget>) -> Options {
+    let mut options = options;
+    if options.reachability && go.is_some_and(|go| go.program.can_follow_heap()) {
+        // Go memory is reachable or garbage the collector has yet to take back; the scan
+        // tells leaks from caches only in manually freed memory.
+        log::info!(
+            "no reachability scan: the target is a Go program (its heap is garbage collected)"
+        );
+        options.reachability = false;
+    }
+    if options.sample_rate > 1 && go.is_some_and(|go| go.program.can_follow_heap()) {
+        // The Go heap is recorded a span at a time already; scaling its spans by the rate
+        // would multiply them.
+        log::warn!(
+            "--sample-rate {} ignored: the target is a Go program, whose heap is already sampled a span at a time",
+            options.sample_rate
+        );
+        options.sample_rate = 1;
+    }
+    options
+}
+
+/// The reader of the --scope maps, naming each scope's probe points, when there are scopes.
+fn scope_collector(
+    probes: &mut Probes,
+    scopes: &[ScopeProbe],
+    options: &Options,
+) -> Result<Option<ScopeCollector>, SessionError> {
+    if scopes.is_empty() {
+        return Ok(None);
+    }
+    let mut collector = ScopeCollector::take(
+        &mut probes.ebpf,
+        scopes.len() as u32,
+        options.scope_retain_after,
+        options.scope_span_threshold,
+        MAX_SERIES_LEN,
+    )?;
+    collector.records.probed = scopes
+        .iter()
+        .map(|scope| {
+            scope
+                .points
+                .iter()
+                .map(|point| format!("{} in {}", point.symbol, point.display_path))
+                .collect()
+        })
+        .collect();
+    Ok(Some(collector))
+}
+
+/// What the report says the target is, as /proc has it now.
+fn target_of(pid: u32) -> Target {
+    Target {
+        pid,
+        exe: procfs::exe_path(pid)
+            .map(|path| path.display().to_string())
+            .unwrap_or_default(),
+        command_line: procfs::command_line(pid).unwrap_or_default(),
+        name: procfs::comm(pid).unwrap_or_default(),
+    }
+}
+
+/// A Go target with the reader of its goroutines per creation site, when they can be
+/// counted.
+fn with_goroutines(
+    go: GoTarget,
+    probes: &mut Probes,
+) -> Result<(GoTarget, Option<Goroutines>), SessionError> {
+    let goroutines = if go.program.can_count_goroutines() {
+        Some(
+            Goroutines::take(&mut probes.ebpf, MAX_SERIES_LEN).map_err(|reason| {
+                SessionError::Drain(crate::collect::drain::DrainError::new(
+                    "GOROUTINE_SITES",
+                    reason,
+                ))
+            })?,
+        )
+    } else {
+        None
+    };
+    Ok((go, goroutines))
+}
+
+/// A CPython interpreter with the kernel's slot for its `_PyRuntime`, when its layout is
+/// known (its frames are read then).
+fn with_runtime_slot(
+    interpreter: PythonInterpreter,
+    probes: &mut Probes,
+) -> (
+    PythonInterpreter,
+    Option<aya::maps::Array<aya::maps::MapData, u64>>,
+) {
+    if interpreter.layout().is_none() {
+        return (interpreter, None);
+    }
+    let map = probes
+        .ebpf
+        .take_map(leak_common::map_names::PY_RUNTIME)
+        .and_then(|map| aya::maps::Array::try_from(map).ok());
+    (interpreter, map)
 }
