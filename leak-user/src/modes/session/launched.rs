@@ -41,87 +41,130 @@ impl Session {
                     self.analyse(None, false)?;
                 }
                 _ = ctrl_c.recv() => {}
-                event = events.recv() => match event {
-                    Some(ChildEvent::Started { pid, ack }) => {
-                        // Its libraries are mapped and nothing of the program has run:
-                        // their unwind tables go in before its first allocation.
-                        let session = if pid == self.pid { Some(&mut *self) } else { children.get_mut(&pid) };
-                        if let Some(session) = session
-                            && let Some(tables) = &mut session.unwind
-                        {
-                            tables.refresh(pid);
-                        }
-                        let _ = ack.send(());
-                    }
-                    Some(ChildEvent::Forked { pid, parent, ack }) => {
-                        match self.trace_forked_child(pid, parent) {
-                            Ok(child) => {
-                                children.insert(pid, child);
-                            }
-                            Err(err) => {
-                                eprintln!("leaktrace: child {pid} (forked by {parent}) is not traced: {err}");
-                            }
-                        }
-                        let _ = ack.send(());
-                    }
-                    Some(ChildEvent::Executed { pid, spawned, ack }) if pid != self.pid => {
-                        // A child that executes a program: followed into it with
-                        // --trace-children, let go otherwise (as valgrind does).
-                        let follow = self.options.trace_children
-                            && match children.get_mut(&pid) {
-                                Some(child) => child.executed().map_err(|err| {
-                                    eprintln!("leaktrace: child {pid} is not followed into the program it executed: {err}");
-                                }).is_ok(),
-                                None => match self.trace_executed_child(pid, spawned) {
-                                    Ok(child) => {
-                                        children.insert(pid, child);
-                                        true
-                                    }
-                                    Err(err) => {
-                                        eprintln!("leaktrace: child {pid} is not followed into the program it executed: {err}");
-                                        false
-                                    }
-                                },
-                            };
-                        let dropped = if follow { None } else { children.remove(&pid) };
-                        let _ = ack.send(follow);
-                        // Its probes come out in a process of their own (Probes::drop).
-                        drop(dropped);
-                    }
-                    Some(ChildEvent::Executed { ack, .. }) => {
-                        self.executed()?;
-                        let _ = ack.send(true);
-                    }
-                    Some(ChildEvent::Exiting { pid, ack, registers }) => {
-                        if pid == self.pid {
-                            self.exiting(registers)?;
-                        } else if let Some(child) = children.get_mut(&pid)
-                            && let Err(err) = child.exiting(registers)
-                        {
-                            log::warn!("forked child {pid}: {err}");
-                        }
-                        let _ = ack.send(());
-                    }
-                    Some(ChildEvent::Exited { pid, code, signal }) if pid != self.pid => {
-                        if let Some(mut child) = children.remove(&pid) {
-                            match child.child_report(Some(Exit { code, signal })) {
-                                Ok(report) => self.child_reports.push(report),
-                                Err(err) => eprintln!("leaktrace: child {pid}: no report: {err}"),
-                            }
-                        }
-                    }
-                    Some(ChildEvent::Exited { code, signal, .. }) => {
-                        self.tick()?;
-                        self.children_still_running(children);
-                        return Ok(Exit { code, signal });
-                    }
-                    Some(ChildEvent::Failed(message)) => return Err(SessionError::Launch(message)),
-                    None => {
-                        self.children_still_running(children);
-                        return Ok(Exit { code: None, signal: None });
+                event = events.recv() => {
+                    if let Some(exit) = self.on_event(event, &mut children)? {
+                        return Ok(exit);
                     }
                 }
             }
+        }
+    }
+
+    /// What the launcher tells of the command or of one of its `children`; the command's
+    /// exit, once it exited (or the launcher is gone).
+    fn on_event(
+        &mut self,
+        event: Option<ChildEvent>,
+        children: &mut BTreeMap<u32, Session>,
+    ) -> Result<Option<Exit>, SessionError> {
+        match event {
+            Some(ChildEvent::Started { pid, ack }) => {
+                // Its libraries are mapped and nothing of the program has run:
+                // their unwind tables go in before its first allocation.
+                let session = if pid == self.pid {
+                    Some(&mut *self)
+                } else {
+                    children.get_mut(&pid)
+                };
+                if let Some(session) = session
+                    && let Some(tables) = &mut session.unwind
+                {
+                    tables.refresh(pid);
+                }
+                let _ = ack.send(());
+            }
+            Some(ChildEvent::Forked { pid, parent, ack }) => {
+                match self.trace_forked_child(pid, parent) {
+                    Ok(child) => {
+                        children.insert(pid, child);
+                    }
+                    Err(err) => {
+                        eprintln!(
+                            "leaktrace: child {pid} (forked by {parent}) is not traced: {err}"
+                        );
+                    }
+                }
+                let _ = ack.send(());
+            }
+            Some(ChildEvent::Executed { pid, spawned, ack }) if pid != self.pid => {
+                let follow = self.follow_executed_child(pid, spawned, children);
+                let dropped = if follow { None } else { children.remove(&pid) };
+                let _ = ack.send(follow);
+                // Its probes come out in a process of their own (Probes::drop).
+                drop(dropped);
+            }
+            Some(ChildEvent::Executed { ack, .. }) => {
+                self.executed()?;
+                let _ = ack.send(true);
+            }
+            Some(ChildEvent::Exiting {
+                pid,
+                ack,
+                registers,
+            }) => {
+                if pid == self.pid {
+                    self.exiting(registers)?;
+                } else if let Some(child) = children.get_mut(&pid)
+                    && let Err(err) = child.exiting(registers)
+                {
+                    log::warn!("forked child {pid}: {err}");
+                }
+                let _ = ack.send(());
+            }
+            Some(ChildEvent::Exited { pid, code, signal }) if pid != self.pid => {
+                if let Some(mut child) = children.remove(&pid) {
+                    match child.child_report(Some(Exit { code, signal })) {
+                        Ok(report) => self.child_reports.push(report),
+                        Err(err) => eprintln!("leaktrace: child {pid}: no report: {err}"),
+                    }
+                }
+            }
+            Some(ChildEvent::Exited { code, signal, .. }) => {
+                self.tick()?;
+                self.children_still_running(std::mem::take(children));
+                return Ok(Some(Exit { code, signal }));
+            }
+            Some(ChildEvent::Failed(message)) => return Err(SessionError::Launch(message)),
+            None => {
+                self.children_still_running(std::mem::take(children));
+                return Ok(Some(Exit {
+                    code: None,
+                    signal: None,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A child that executes a program: followed into it with --trace-children, let go
+    /// otherwise (as valgrind does). Whether it is followed.
+    fn follow_executed_child(
+        &mut self,
+        pid: u32,
+        spawned: bool,
+        children: &mut BTreeMap<u32, Session>,
+    ) -> bool {
+        self.options.trace_children && match children.get_mut(&pid) {
+            Some(child) => child
+                .executed()
+                .map_err(|err| {
+                    eprintln!(
+                        "leaktrace: child {pid} is not followed into the program it executed: {err}"
+                    );
+                })
+                .is_ok(),
+            None => match self.trace_executed_child(pid, spawned) {
+                Ok(child) => {
+                    children.insert(pid, child);
+                    true
+                }
+                Err(err) => {
+                    eprintln!(
+                        "leaktrace: child {pid} is not followed into the program it executed: {err}"
+                    );
+                    false
+                }
+            },
         }
     }
 
