@@ -4,6 +4,7 @@
 use std::{
     collections::HashMap,
     io::{IsTerminal, Write},
+    ops::Range,
     path::PathBuf,
 };
 
@@ -200,6 +201,39 @@ impl Session {
             self.traced_from_start,
             &self.collector.program_regions(),
         );
+        let (glibc_data, roots) = self.split_glibc_data(&maps, roots);
+        let mut memory = ProcessMemory { pid: self.pid };
+        let classification = reachability::classify_with_glibc(
+            &tracked,
+            &roots,
+            &glibc_data,
+            &registers,
+            &mut memory,
+            self.options.scan_limit,
+        );
+        let paused = frozen.map(|frozen| frozen.stopped_for());
+        let by_stack = classes_by_stack(&blocks, &classification.classes);
+        let scan = ReachabilityScan {
+            paused_ms: paused.map_or(0.0, |paused| paused.as_secs_f64() * 1e3),
+            scanned_bytes: classification.scanned_bytes,
+            blocks: tracked.len() as u64,
+            truncated: classification.truncated,
+        };
+        log::info!(
+            "reachability: {} blocks, {} bytes read, target stopped {:.1} ms",
+            scan.blocks,
+            scan.scanned_bytes,
+            scan.paused_ms
+        );
+        self.reachability = Some((by_stack, scan));
+    }
+
+    /// The `roots` in glibc's own writable data (its arenas), then the others.
+    fn split_glibc_data(
+        &self,
+        maps: &[procfs::Mapping],
+        roots: Vec<Range<u64>>,
+    ) -> (Vec<Range<u64>>, Vec<Range<u64>>) {
         // glibc's own writable data (its arenas) is scanned apart: see classify_with_glibc.
         // The same file may be named by another path in the maps (/lib or /usr/lib).
         let canonical = |path: &str| std::fs::canonicalize(procfs::path_in_root(self.pid, path));
@@ -214,47 +248,12 @@ impl Session {
             .filter(|mapping| mapping.writable && mapping.is_file())
             .filter(|mapping| canonical(&mapping.path).is_ok_and(|path| glibc.contains(&path)))
             .collect();
-        let in_glibc = |root: &std::ops::Range<u64>| {
+        let in_glibc = |root: &Range<u64>| {
             glibc_mappings
                 .iter()
                 .any(|mapping| mapping.start <= root.start && root.end <= mapping.end)
         };
-        let (glibc_data, roots): (Vec<_>, Vec<_>) = roots.into_iter().partition(in_glibc);
-        let mut memory = ProcessMemory { pid: self.pid };
-        let classification = reachability::classify_with_glibc(
-            &tracked,
-            &roots,
-            &glibc_data,
-            &registers,
-            &mut memory,
-            self.options.scan_limit,
-        );
-        let paused = frozen.map(|frozen| frozen.stopped_for());
-        let mut by_stack: HashMap<StackKey, Reachability> = HashMap::new();
-        for ((block, key), class) in blocks.iter().zip(&classification.classes) {
-            let reachability = by_stack.entry(*key).or_default();
-            let totals = match class {
-                Class::Lost => &mut reachability.lost,
-                Class::IndirectlyLost => &mut reachability.indirectly_lost,
-                Class::Interior => &mut reachability.interior,
-                Class::Reachable => &mut reachability.reachable,
-            };
-            totals.bytes += block.size;
-            totals.blocks += 1;
-        }
-        let scan = ReachabilityScan {
-            paused_ms: paused.map_or(0.0, |paused| paused.as_secs_f64() * 1e3),
-            scanned_bytes: classification.scanned_bytes,
-            blocks: tracked.len() as u64,
-            truncated: classification.truncated,
-        };
-        log::info!(
-            "reachability: {} blocks, {} bytes read, target stopped {:.1} ms",
-            scan.blocks,
-            scan.scanned_bytes,
-            scan.paused_ms
-        );
-        self.reachability = Some((by_stack, scan));
+        roots.into_iter().partition(in_glibc)
     }
 
     pub(super) fn finish(mut self, exited: Option<Exit>) -> Result<Outcome, SessionError> {
@@ -315,4 +314,24 @@ impl Session {
         );
         Ok(Outcome { report, exit: None })
     }
+}
+
+/// The scan's `classes` of the live `blocks` (in the same order), added up by stack.
+fn classes_by_stack(
+    blocks: &[(Block, StackKey)],
+    classes: &[Class],
+) -> HashMap<StackKey, Reachability> {
+    let mut by_stack: HashMap<StackKey, Reachability> = HashMap::new();
+    for ((block, key), class) in blocks.iter().zip(classes) {
+        let reachability = by_stack.entry(*key).or_default();
+        let totals = match class {
+            Class::Lost => &mut reachability.lost,
+            Class::IndirectlyLost => &mut reachability.indirectly_lost,
+            Class::Interior => &mut reachability.interior,
+            Class::Reachable => &mut reachability.reachable,
+        };
+        totals.bytes += block.size;
+        totals.blocks += 1;
+    }
+    by_stack
 }
