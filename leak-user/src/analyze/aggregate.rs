@@ -270,14 +270,7 @@ fn judge_group(
     };
     let mut trend = verdicts::judge(&history, context, judging.thresholds);
     if !in_profile.is_empty() {
-        let mut sum = InUse::default();
-        for key in &in_profile {
-            if let Some(found) = at_last_gc.remove(key) {
-                sum.bytes += found.bytes;
-                sum.objects += found.objects;
-            }
-        }
-        at_last_gc.insert(history.key, sum);
+        merge_at_last_gc(&in_profile, history.key, at_last_gc);
     }
     // The runtime's profile gives no ages: its stacks are never left out by age.
     if let Some(held_old_enough) = judging.held_old_enough
@@ -333,13 +326,7 @@ fn judge_group(
         let verdict = verdicts::stable_when_excused(trend.verdict);
         if verdict != trend.verdict {
             trend.verdict = verdict;
-            why = format!(
-                "rising, but {:.0}% of the live spans of its objects' size class are charged \
-                 to other stacks: with Go's heap profile off a span is charged whole to the \
-                 stack that filled it last, so which of them keeps the memory cannot be told \
-                 (the goroutine counts may; a build that links runtime/pprof can)",
-                others * 100.0
-            );
+            why = span_class_shared_why(others);
         }
     }
     Some(Judged {
@@ -350,6 +337,23 @@ fn judge_group(
         excused,
         why,
     })
+}
+
+/// What the Go profile buckets `in_profile` held at the last GC, added up under `key`
+/// (the group's).
+fn merge_at_last_gc(
+    in_profile: &[StackKey],
+    key: StackKey,
+    at_last_gc: &mut HashMap<StackKey, InUse>,
+) {
+    let mut sum = InUse::default();
+    for member in in_profile {
+        if let Some(found) = at_last_gc.remove(member) {
+            sum.bytes += found.bytes;
+            sum.objects += found.objects;
+        }
+    }
+    at_last_gc.insert(key, sum);
 }
 
 /// What the `members` of a group hold at least --min-age old.
@@ -600,6 +604,17 @@ fn shared_span_class(
         .sum();
     let others = 1.0 - held as f64 / in_classes.max(1) as f64;
     (held > 0 && others > 1.0 - OWN_SPAN_SHARE).then_some(others)
+}
+
+/// Why a rising stack whose size class is mostly charged to `others` (a share) is stable.
+fn span_class_shared_why(others: f64) -> String {
+    format!(
+        "rising, but {:.0}% of the live spans of its objects' size class are charged \
+         to other stacks: with Go's heap profile off a span is charged whole to the \
+         stack that filled it last, so which of them keeps the memory cannot be told \
+         (the goroutine counts may; a build that links runtime/pprof can)",
+        others * 100.0
+    )
 }
 
 /// Live Go spans of small objects by size class, over every stack.
