@@ -1,5 +1,12 @@
 //! One tracing session: attach (or launch), sample the kernel maps on a short tick, report
 //! every interval and at the end.
+//!
+//! Here: the options, errors and entry points (`attach`, `run`, a watch's `Window`) and the
+//! session's state. The session's life, a file each: `start` (checks, probes placed,
+//! readers set up), `sample` (the tick and the attached trace), `overhead` (the probes'
+//! cost and the --max-overhead budget), `launched` (a run's command and its children),
+//! `stacks` (the drained stacks named by their frames), `report` (collect → aggregate →
+//! analyse → report), `end` (the exit stop, the reachability scan, the final report).
 mod end;
 mod launched;
 mod overhead;
