@@ -394,6 +394,16 @@ pub fn judge_count(points: &[(f64, f64)], thresholds: &Thresholds) -> (Verdict, 
     (Verdict::Stable, data, rise.slope.max(0.0))
 }
 
+/// A goroutine creation site's verdict (`judge_count`) once the program `exited`: a count
+/// judged transient that still had goroutines `alive` at the end is stable, not transient.
+pub fn count_verdict_at_exit(verdict: Verdict, exited: bool, alive: u64) -> Verdict {
+    if exited && verdict == Verdict::Transient && alive > 0 {
+        Verdict::Stable
+    } else {
+        verdict
+    }
+}
+
 /// One history for stacks that symbolize to the same frames (the same source lines reached
 /// through different return addresses, e.g. an unrolled loop calling malloc five times).
 /// Totals add up; the series add up on the time grid of the member seen first (of those,
@@ -638,6 +648,43 @@ pub fn why(
         ),
         Verdict::Reachable => "never freed, but still pointed to when the target exited".into(),
         Verdict::Stable | Verdict::Transient => String::new(),
+    }
+}
+
+/// A stack's verdict once the reachability scan has classified its blocks. After the
+/// program exited, the scan decides, as valgrind's does: a block lost or only reached from
+/// lost ones is a leak (a lost zero-byte block too), and memory all still pointed to is
+/// `reachable`, held but not lost, whatever its trend said (a block allocated once and kept
+/// in a global is not "growing"). While the program runs, rising memory it can still reach
+/// is a growing cache or queue, not a leak.
+pub fn verdict_with_reachability(verdict: Verdict, found: &Reachability, exited: bool) -> Verdict {
+    let lost_blocks = found.lost.blocks + found.indirectly_lost.blocks;
+    if exited {
+        if lost_blocks > 0 {
+            Verdict::Leaking
+        } else if found.interior.blocks == 0 && found.reachable.blocks > 0 {
+            Verdict::Reachable
+        } else {
+            verdict
+        }
+    } else if verdict == Verdict::Leaking && lost_blocks == 0 && found.reachable.bytes > 0 {
+        Verdict::Growing
+    } else {
+        verdict
+    }
+}
+
+/// The verdict of a stack whose memory is excused, whatever its trend: the C runtime's own,
+/// accepted by a suppression, or a Go size class charged to other stacks too much to tell
+/// whose rise it is. A leaking, suspect or growing verdict becomes stable; the others stand.
+pub fn stable_when_excused(verdict: Verdict) -> Verdict {
+    if matches!(
+        verdict,
+        Verdict::Leaking | Verdict::Suspect | Verdict::Growing
+    ) {
+        Verdict::Stable
+    } else {
+        verdict
     }
 }
 

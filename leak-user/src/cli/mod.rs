@@ -5,10 +5,11 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::probe::unwind_tables::Unwind;
 use crate::{
+    analyze::aggregate::SortKey,
     analyze::verdicts::{EscalationRule, Thresholds},
     export::otel::OtlpOptions,
     export::report::Format,
-    modes::session::{Options, SortKey},
+    modes::session::Options,
     modes::watch::{TargetSpec, WatchOptions},
 };
 
