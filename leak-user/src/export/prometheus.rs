@@ -172,18 +172,14 @@ fn target_labels(target: &Target) -> Vec<(String, String)> {
 /// A running /metrics endpoint.
 pub struct Endpoint {
     published: Arc<Mutex<Published>>,
-    /// The one target of `attach` and `run`; None for `watch`, which publishes per target.
-    target: Option<Target>,
     pub local_addr: SocketAddr,
     runtime: tokio::runtime::Runtime,
 }
 
 impl Endpoint {
     /// An endpoint for one target (`attach`, `run`).
-    pub fn start(addr: SocketAddr, target: &Target) -> Result<Endpoint, PrometheusError> {
-        let mut endpoint = Endpoint::serve(addr, false)?;
-        endpoint.target = Some(target.clone());
-        Ok(endpoint)
+    pub fn start(addr: SocketAddr) -> Result<Endpoint, PrometheusError> {
+        Endpoint::serve(addr, false)
     }
 
     /// An endpoint for the targets of `watch`: see `publish_target` and `forget`.
@@ -234,17 +230,9 @@ impl Endpoint {
         });
         Ok(Endpoint {
             published,
-            target: None,
             local_addr,
             runtime,
         })
-    }
-
-    /// Replaces what scrapes see (the one target of `attach` or `run`).
-    pub fn publish(&self, points: Vec<Point>) {
-        if let Some(target) = &self.target {
-            self.publish_target(target, points);
-        }
     }
 
     /// Replaces one target's points.

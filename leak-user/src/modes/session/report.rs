@@ -14,8 +14,7 @@ use crate::{
     analyze::suspects,
     analyze::verdicts::{self, Context},
     collect::scope::ScopeCollector,
-    export::metrics,
-    export::otel::Telemetry,
+    export::publish::{Publication, publish},
     model::scope::ScopeSpec,
     model::{
         Exit, Frame, GoroutineReport, GoroutineSiteReport, ProcessReport, REPORT_VERSION, Report,
@@ -86,23 +85,22 @@ impl Session {
 
     /// Hands one analysis to the exporters.
     fn publish(&mut self, report: &Report) {
-        let probes = self.probes.attached.len() as u64;
-        if let Some(telemetry) = &mut self.telemetry {
-            telemetry.publish(report, probes);
-            if let Some(scopes) = &mut self.scopes {
-                let calls = scope_call_spans(scopes, &self.options.scopes, report);
-                telemetry.publish_scope_calls(&calls);
-            }
-        }
-        if let Some(endpoint) = &self.endpoint {
-            let failures = self.telemetry.as_ref().map_or(0, Telemetry::failures);
-            endpoint.publish(metrics::points(
+        // Scope calls are taken only for the spans that carry them (OTLP).
+        let scope_calls = match (&self.telemetry, &mut self.scopes) {
+            (Some(_), Some(scopes)) => scope_call_spans(scopes, &self.options.scopes, report),
+            _ => Vec::new(),
+        };
+        publish(
+            &self.target,
+            self.telemetry.as_mut(),
+            self.endpoint.as_ref(),
+            &Publication {
                 report,
-                self.options.export_top,
-                probes,
-                failures,
-            ));
-        }
+                export_top: self.options.export_top,
+                probes_attached: self.probes.attached.len() as u64,
+                scope_calls: &scope_calls,
+            },
+        );
     }
 
     /// The stacks the report lists and those the exporters see (more, when --export-top is

@@ -341,7 +341,7 @@ impl Session {
             self.telemetry = Some(Telemetry::start(otlp, &self.target)?);
         }
         if let Some(addr) = self.options.prometheus {
-            let endpoint = prometheus::Endpoint::start(addr, &self.target)?;
+            let endpoint = prometheus::Endpoint::start(addr)?;
             eprintln!(
                 "leaktrace: Prometheus metrics on http://{}/metrics",
                 endpoint.local_addr
@@ -444,7 +444,7 @@ fn with_goroutines(
         Some(
             Goroutines::take(&mut probes.ebpf, MAX_SERIES_LEN).map_err(|reason| {
                 SessionError::Drain(crate::collect::drain::DrainError::new(
-                    "GOROUTINE_SITES",
+                    leak_common::map_names::GOROUTINE_SITES,
                     reason,
                 ))
             })?,
