@@ -4,7 +4,7 @@ use std::process::{Command, Output};
 
 use leaktrace_tests::{Target, bpf_available, build_c, leaktrace_bin, scratch_dir};
 
-/// Exit statuses (leak-user/src/exit.rs).
+/// Exit statuses (leak-user/src/model/exit.rs).
 const USAGE: i32 = 2;
 const NOT_IN_TARGET: i32 = 65;
 const BAD_REPORT: i32 = 66;
