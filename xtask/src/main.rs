@@ -10,7 +10,6 @@
 mod bench;
 mod fuzz;
 mod measure;
-mod services;
 mod setup;
 mod soak;
 mod soak_section;

@@ -1,5 +1,5 @@
 //! `cargo xtask bench`, continued: leaktrace attached to real services under load (nginx,
-//! PostgreSQL; redis is in bench.rs), the pairs microbench on each allocator with the peers,
+//! PostgreSQL; redis is in bench/mod.rs), the pairs microbench on each allocator with the peers,
 //! how long leaktrace takes to start and end, and what the kernel's verifier takes.
 use std::{
     fmt::Write as _,

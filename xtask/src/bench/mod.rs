@@ -1,5 +1,7 @@
 //! `cargo xtask bench`: the cost leaktrace adds to a target, as ratios measured in one run.
 //! Results go to BENCHMARKS.md.
+mod services;
+
 use std::{fmt::Write as _, process::Command};
 
 use anyhow::{Context as _, Result, bail};
@@ -240,11 +242,11 @@ fn go_profile_read() -> Result<String> {
 /// times, the verifier's table: sections of BENCHMARKS.md.
 pub fn services(pairs: u64, runs: usize) -> Result<String> {
     let bench_bin = bench_program()?;
-    let nginx = crate::services::nginx(runs)?;
-    let postgres = crate::services::postgres(runs)?;
-    let allocators = crate::services::allocators(&bench_bin, pairs / 10, runs)?;
-    let start_and_end = crate::services::start_and_end(runs)?;
-    let programs = crate::services::programs()?;
+    let nginx = services::nginx(runs)?;
+    let postgres = services::postgres(runs)?;
+    let allocators = services::allocators(&bench_bin, pairs / 10, runs)?;
+    let start_and_end = services::start_and_end(runs)?;
+    let programs = services::programs()?;
     let sections = format!(
         "\nnginx from Debian (glibc), one worker serving a 4 KiB file on loopback, `wrk -t1 -c20 \
          -d{wrk}s` ({budget} s for the default budget, which keeps its budget over cycles of \
@@ -270,10 +272,10 @@ pub fn services(pairs: u64, runs: usize) -> Result<String> {
          ## What the kernel's verifier takes\n\n`leaktrace programs`: each program loaded \
          as the most demanding target needs it (CPython's layout, a Go layout, 16 scopes, \
          sampling, a size range); nothing is attached.\n\n{programs}",
-        seconds = crate::services::PGBENCH_SECONDS,
-        wrk = crate::services::WRK_SECONDS,
-        budget = crate::services::BUDGET_SECONDS,
-        attach = crate::services::PGBENCH_ATTACH_AFTER.as_secs(),
+        seconds = services::PGBENCH_SECONDS,
+        wrk = services::WRK_SECONDS,
+        budget = services::BUDGET_SECONDS,
+        attach = services::PGBENCH_ATTACH_AFTER.as_secs(),
         count = pairs / 10,
     );
     Ok(sections)
@@ -692,7 +694,7 @@ const REDIS_BUDGET_REQUESTS: u64 = 1_500_000;
 /// redis-server (Debian, jemalloc) under redis-benchmark, untraced and with leaktrace
 /// attached (every call, and one in 100), alternating, median of `runs`.
 pub fn redis(runs: usize) -> Result<String> {
-    use crate::services::{Configuration, Tracer, configurations};
+    use services::{Configuration, Tracer, configurations};
     if which::which("redis-server").is_err() || which::which("redis-benchmark").is_err() {
         return Ok("redis-server or redis-benchmark is not installed: row left out.\n".into());
     }
@@ -761,7 +763,7 @@ pub fn redis(runs: usize) -> Result<String> {
                 100.0 * get / base_get
             );
         }
-        table += &crate::services::budget_summary(&budget_costs, "redis's");
+        table += &services::budget_summary(&budget_costs, "redis's");
         if !watch_cost.is_empty() {
             let cpu = median(watch_cost.iter().map(|c| c.0).collect());
             let peak = watch_cost.iter().map(|c| c.1).max().unwrap_or(0);
