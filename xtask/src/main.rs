@@ -3,10 +3,10 @@
 //! Everything a fresh machine needs is installed here (never by hand), and every step is
 //! idempotent and quick when nothing is missing.
 //!
-//! The tasks (`fuzz`, `bench` with its `services` tables, `soak`) use what is below them,
-//! never one another: `measure` (how a benchmark measures), `soak_section` (BENCHMARKS.md's
-//! soak section), `setup` (what is installed, and where) and `workspace` (paths and
-//! commands), at the bottom.
+//! The tasks (`fuzz`, `bench` with one file per family of benchmarks, `soak`) use what is
+//! below them, never one another: `measure` (how a benchmark measures), `soak_section`
+//! (BENCHMARKS.md's soak section), `setup` (what is installed, and where) and `workspace`
+//! (paths and commands), at the bottom.
 mod bench;
 mod fuzz;
 mod measure;

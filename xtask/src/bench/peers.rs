@@ -1,5 +1,5 @@
-//! Each allocator against the peers: the pairs workload with glibc, jemalloc, tcmalloc or
-//! mimalloc preloaded, under leaktrace, bcc's memleak, heaptrack and valgrind.
+//! leaktrace against the peers (bcc's memleak, heaptrack, valgrind) on the pairs workload:
+//! once with glibc, then with each allocator (glibc, jemalloc, tcmalloc, mimalloc) preloaded.
 use std::{fmt::Write as _, path::Path, process::Command};
 
 use anyhow::Result;
@@ -8,6 +8,82 @@ use crate::{
     measure::{bcc_pairs, measure, median},
     workspace::{leaktrace_bin, root},
 };
+
+/// The same pairs workload under leaktrace (precise and sampled) and the peers that are
+/// installed (`cargo xtask bench` installs bcc, heaptrack and valgrind when it can).
+pub fn peers(bench_bin: &Path, pairs: u64, runs: usize) -> Result<String> {
+    let count = pairs.to_string();
+    let out_dir = root().join("target/xtask");
+    let mut table =
+        String::from("| tool | ns per pair (median) | slowdown vs untraced |\n|---|---|---|\n");
+    let mut untraced = Vec::new();
+    for _ in 0..runs {
+        untraced.push(measure(Command::new(bench_bin).args(["pairs", &count]))?);
+    }
+    let base = median(untraced);
+    let mut rows: Vec<(&str, Vec<f64>)> = Vec::new();
+    let mut traced = Vec::new();
+    for _ in 0..runs {
+        traced.push(measure(
+            Command::new(leaktrace_bin())
+                .args(["run", "--format", "json", "--output", "/dev/null", "--"])
+                .arg(bench_bin)
+                .args(["pairs", &count]),
+        )?);
+    }
+    rows.push(("leaktrace run (eBPF, every call with its stack)", traced));
+    let mut sampled = Vec::new();
+    for _ in 0..runs {
+        sampled.push(measure(
+            Command::new(leaktrace_bin())
+                .args(["run", "--sample-rate", "100", "--format", "json"])
+                .args(["--output", "/dev/null", "--"])
+                .arg(bench_bin)
+                .args(["pairs", &count]),
+        )?);
+    }
+    rows.push((
+        "leaktrace run --sample-rate 100 (one call in 100 recorded)",
+        sampled,
+    ));
+    if let Some(times) = bcc_pairs(bench_bin, &count, runs, None)? {
+        rows.push((
+            "bcc memleak-bpfcc -p (eBPF, every call with its stack)",
+            times,
+        ));
+    }
+    if which::which("heaptrack").is_ok() {
+        let mut times = Vec::new();
+        for _ in 0..runs {
+            times.push(measure(
+                Command::new("heaptrack")
+                    .arg(bench_bin)
+                    .args(["pairs", &count])
+                    .current_dir(&out_dir),
+            )?);
+        }
+        rows.push(("heaptrack (LD_PRELOAD, every call with its stack)", times));
+    }
+    if which::which("valgrind").is_ok() {
+        let mut times = Vec::new();
+        for _ in 0..runs {
+            times.push(measure(
+                Command::new("valgrind")
+                    .args(["--tool=memcheck", "--leak-check=full", "--quiet"])
+                    .arg(bench_bin)
+                    .args(["pairs", &count]),
+            )?);
+        }
+        rows.push(("valgrind memcheck --leak-check=full", times));
+    }
+    for (tool, times) in rows {
+        let value = median(times);
+        let _ = writeln!(table, "| {tool} | {value:.0} | {:.0}× |", value / base);
+    }
+    let _ = writeln!(table, "| untraced | {base:.0} | 1× |");
+    println!("{table}");
+    Ok(table)
+}
 
 /// The allocators of the microbench: name, the library preloaded into bench_pairs (None:
 /// glibc's own), and the soname pattern valgrind must intercept in it.
