@@ -1,7 +1,7 @@
 //! The agent's own cost: leaktrace's CPU share and peak RSS while attached to a process
 //! holding a million live allocations, how long an attach takes beyond the time traced, and
 //! how long symbolizing 10k distinct stacks takes.
-use std::{fmt::Write as _, path::Path, process::Command};
+use std::{fmt::Write as _, io::BufRead as _, path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -22,8 +22,21 @@ const WARM_UP_SECONDS: u64 = 8;
 /// allocations it saw being made (reports every 5 s, each walking the live map), and how long
 /// an attach takes beyond the time traced.
 pub fn agent_cost(bench_bin: &Path) -> Result<String> {
-    use std::io::BufRead;
+    let (cpu_share, peak_rss) = while_holding(bench_bin)?;
+    let (attach_s, phases) = attach_time(bench_bin)?;
+    Ok(format!(
+        "| measure | value | target |\n|---|---|---|\n\
+         | CPU while attached to a process holding {HELD_ALLOCATIONS} traced live allocations, over {MEASURE_SECONDS} s after the first report (reports every 5 s, samples every 200 ms, the live map walked within a 0.5% budget) | {cpu_share:.2}% of a core | ≤ 1% |\n\
+         | peak RSS of leaktrace meanwhile | {:.1} MiB | ≤ 64 MiB |\n\
+         | `attach --duration 1s` to a live process: time beyond the 1 s traced ({phases}) | {attach_s:.2} s | |\n",
+        peak_rss as f64 / (1024.0 * 1024.0)
+    ))
+}
 
+/// leaktrace's CPU share (percent of a core) over MEASURE_SECONDS after a warm-up, and its
+/// peak RSS, while attached to a process holding HELD_ALLOCATIONS allocations it saw being
+/// made.
+fn while_holding(bench_bin: &Path) -> Result<(f64, u64)> {
     let mut holder = Command::new(bench_bin)
         .args([
             "hold",
@@ -90,7 +103,13 @@ pub fn agent_cost(bench_bin: &Path) -> Result<String> {
         bail!("the agent-cost run failed: {status}");
     }
     let cpu_share = 100.0 * (cpu_end - cpu_start) / wall;
+    Ok((cpu_share, peak_rss))
+}
 
+/// How long `attach --duration 1s` to an idle process takes beyond the second traced, and
+/// its phases, from leaktrace's log.
+fn attach_time(bench_bin: &Path) -> Result<(f64, String)> {
+    let mut line = String::new();
     let mut idle = Command::new(bench_bin)
         .args(["hold", "1000", "30"])
         .stdout(std::process::Stdio::piped())
@@ -131,13 +150,7 @@ pub fn agent_cost(bench_bin: &Path) -> Result<String> {
         phase_ms("final report built in"),
         phase_ms("probes detached in")
     );
-    Ok(format!(
-        "| measure | value | target |\n|---|---|---|\n\
-         | CPU while attached to a process holding {HELD_ALLOCATIONS} traced live allocations, over {MEASURE_SECONDS} s after the first report (reports every 5 s, samples every 200 ms, the live map walked within a 0.5% budget) | {cpu_share:.2}% of a core | ≤ 1% |\n\
-         | peak RSS of leaktrace meanwhile | {:.1} MiB | ≤ 64 MiB |\n\
-         | `attach --duration 1s` to a live process: time beyond the 1 s traced ({phases}) | {attach_s:.2} s | |\n",
-        peak_rss as f64 / (1024.0 * 1024.0)
-    ))
+    Ok((attach_s, phases))
 }
 
 /// The symbolization row's target: `FANOUT`² distinct stacks, leaf_J ← mid_I (one call site

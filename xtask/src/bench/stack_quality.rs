@@ -80,48 +80,51 @@ fn chain_shares(binary: &Path, name: &str, unwind: &str, chain: &Chain) -> Resul
     Ok((with_caller, complete))
 }
 
+/// The stack_chain builds: language and compiler, frame pointers or not, allocations the
+/// program keeps, and the compiler with its frame-pointer flag.
+const BUILDS: [(&str, &str, u64, &[&str]); 6] = [
+    (
+        "C, gcc -O2",
+        "with frame pointers",
+        100,
+        &["gcc", "-fno-omit-frame-pointer"],
+    ),
+    (
+        "C, gcc -O2",
+        "without (gcc's default)",
+        100,
+        &["gcc", "-fomit-frame-pointer"],
+    ),
+    (
+        "C++, g++ -O2",
+        "with frame pointers",
+        200,
+        &["g++", "-fno-omit-frame-pointer"],
+    ),
+    (
+        "C++, g++ -O2",
+        "without (g++'s default)",
+        200,
+        &["g++", "-fomit-frame-pointer"],
+    ),
+    (
+        "Rust, rustc -C opt-level=3",
+        "with frame pointers",
+        100,
+        &["rustc", "-Cforce-frame-pointers=yes"],
+    ),
+    (
+        "Rust, rustc -C opt-level=3",
+        "without (rustc's default)",
+        100,
+        &["rustc"],
+    ),
+];
+
 /// Stack quality with and without frame pointers, walked both ways: see `chain_shares`.
 pub fn stack_quality() -> Result<String> {
     let out_dir = root().join("target/xtask");
     let targets = root().join("tests/targets");
-    let builds: [(&str, &str, u64, Vec<String>); 6] = [
-        (
-            "C, gcc -O2",
-            "with frame pointers",
-            100,
-            vec!["gcc".into(), "-fno-omit-frame-pointer".into()],
-        ),
-        (
-            "C, gcc -O2",
-            "without (gcc's default)",
-            100,
-            vec!["gcc".into(), "-fomit-frame-pointer".into()],
-        ),
-        (
-            "C++, g++ -O2",
-            "with frame pointers",
-            200,
-            vec!["g++".into(), "-fno-omit-frame-pointer".into()],
-        ),
-        (
-            "C++, g++ -O2",
-            "without (g++'s default)",
-            200,
-            vec!["g++".into(), "-fomit-frame-pointer".into()],
-        ),
-        (
-            "Rust, rustc -C opt-level=3",
-            "with frame pointers",
-            100,
-            vec!["rustc".into(), "-Cforce-frame-pointers=yes".into()],
-        ),
-        (
-            "Rust, rustc -C opt-level=3",
-            "without (rustc's default)",
-            100,
-            vec!["rustc".into()],
-        ),
-    ];
     let mut table = String::from(
         "| target | build | allocations kept | `--unwind fp`: stack has the allocating function / every caller up to main | `--unwind hybrid`: the same | `--unwind dwarf`: the same |\n|---|---|---|---|---|---|\n",
     );
@@ -145,10 +148,10 @@ pub fn stack_quality() -> Result<String> {
         );
         Ok(())
     };
-    for (index, (what, build, expected, command)) in builds.iter().enumerate() {
+    for (index, (what, build, expected, command)) in BUILDS.iter().enumerate() {
         let binary = out_dir.join(format!("stack_chain_{index}"));
-        let mut compile = Command::new(&command[0]);
-        match command[0].as_str() {
+        let mut compile = Command::new(command[0]);
+        match command[0] {
             "rustc" => {
                 compile
                     .args(["-C", "opt-level=3", "-g", "--edition", "2021"])

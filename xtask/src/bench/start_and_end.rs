@@ -18,23 +18,7 @@ use crate::{
 /// `attach --duration 1s` on a sleeping process: what starting and ending cost. Median of
 /// `runs`.
 pub fn start_and_end(runs: usize) -> Result<String> {
-    let wall = |build: &dyn Fn() -> Command| -> Result<f64> {
-        let mut values = Vec::new();
-        for _ in 0..runs {
-            let started = Instant::now();
-            let status = build()
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .context("timing a command")?;
-            if !status.success() {
-                bail!("{:?} failed ({status})", build());
-            }
-            values.push(started.elapsed().as_secs_f64());
-        }
-        Ok(median(values))
-    };
-    let leaktrace = wall(&|| {
+    let leaktrace = wall(runs, &|| {
         let mut command = Command::new(leaktrace_bin());
         command.args([
             "run",
@@ -50,7 +34,7 @@ pub fn start_and_end(runs: usize) -> Result<String> {
     let mut table = String::from("| command | wall time (median) |\n|---|---|\n");
     let _ = writeln!(table, "| `leaktrace run -- /bin/true` | {leaktrace:.2} s |");
     if which::which("valgrind").is_ok() {
-        let valgrind = wall(&|| {
+        let valgrind = wall(runs, &|| {
             let mut command = Command::new("valgrind");
             command.args(["--leak-check=full", "--quiet", "/bin/true"]);
             command
@@ -62,7 +46,7 @@ pub fn start_and_end(runs: usize) -> Result<String> {
         );
     }
     if which::which("heaptrack").is_ok() {
-        let heaptrack = wall(&|| {
+        let heaptrack = wall(runs, &|| {
             let mut command = Command::new("heaptrack");
             command
                 .arg("/bin/true")
@@ -71,11 +55,40 @@ pub fn start_and_end(runs: usize) -> Result<String> {
         })?;
         let _ = writeln!(table, "| `heaptrack /bin/true` | {heaptrack:.2} s |");
     }
+    table += &children_rows(runs, leaktrace)?;
+    table += &attach_row(runs)?;
+    println!("{table}");
+    Ok(table)
+}
+
+/// The median wall time of `runs` runs of the command `build` makes, its output discarded;
+/// an error unless each run succeeds.
+fn wall(runs: usize, build: &dyn Fn() -> Command) -> Result<f64> {
+    let mut values = Vec::new();
+    for _ in 0..runs {
+        let started = Instant::now();
+        let status = build()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("timing a command")?;
+        if !status.success() {
+            bail!("{:?} failed ({status})", build());
+        }
+        values.push(started.elapsed().as_secs_f64());
+    }
+    Ok(median(values))
+}
+
+/// What each child of a traced shell adds, with and without --trace-children (against
+/// valgrind's), over `leaktrace`, the wall time of `run -- /bin/true`.
+fn children_rows(runs: usize, leaktrace: f64) -> Result<String> {
+    let mut table = String::new();
     // A shell starting 20 programs, as test suites do by the thousand: each fork is a new
     // session held until its probes are in; with --trace-children each program executed
     // is one too.
     let script = "for i in $(seq 20); do /bin/true; done";
-    let shell = wall(&|| {
+    let shell = wall(runs, &|| {
         let mut command = Command::new("sh");
         command.args(["-c", script]);
         command
@@ -83,7 +96,7 @@ pub fn start_and_end(runs: usize) -> Result<String> {
     let _ = writeln!(table, "| `sh -c '{script}'` untraced | {shell:.2} s |");
     for follow in [false, true] {
         let flag = if follow { " --trace-children" } else { "" };
-        let traced = wall(&|| {
+        let traced = wall(runs, &|| {
             let mut command = Command::new(leaktrace_bin());
             command.args(["run", "--format", "json", "--output", "/dev/null"]);
             if follow {
@@ -97,7 +110,7 @@ pub fn start_and_end(runs: usize) -> Result<String> {
             (traced - leaktrace) * 1e3 / 20.0
         );
         if which::which("valgrind").is_ok() {
-            let valgrind = wall(&|| {
+            let valgrind = wall(runs, &|| {
                 let mut command = Command::new("valgrind");
                 command.args(["--leak-check=full", "--quiet"]);
                 if follow {
@@ -115,12 +128,17 @@ pub fn start_and_end(runs: usize) -> Result<String> {
         }
         let _ = writeln!(table, "{row} |");
     }
+    Ok(table)
+}
+
+/// `leaktrace attach --duration 1s` to a sleeping process.
+fn attach_row(runs: usize) -> Result<String> {
     let mut sleeper = Command::new("sleep")
         .arg("600")
         .spawn()
         .context("starting sleep")?;
     let pid = sleeper.id().to_string();
-    let attach = wall(&|| {
+    let attach = wall(runs, &|| {
         let mut command = Command::new(leaktrace_bin());
         command
             .args(["attach", "--pid", &pid, "--duration", "1s"])
@@ -129,13 +147,10 @@ pub fn start_and_end(runs: usize) -> Result<String> {
     });
     let _ = sleeper.kill();
     let _ = sleeper.wait();
-    let _ = writeln!(
-        table,
-        "| `leaktrace attach --pid PID --duration 1s` (a sleeping process) | {:.2} s |",
+    Ok(format!(
+        "| `leaktrace attach --pid PID --duration 1s` (a sleeping process) | {:.2} s |\n",
         attach?
-    );
-    println!("{table}");
-    Ok(table)
+    ))
 }
 
 /// What the kernel's verifier took for each program (`leaktrace programs --format json`).
