@@ -1,7 +1,8 @@
 //! Gear 1 of `leaktrace watch`: which stacks first touch new memory, from the sampled page
-//! faults of the fault sampler (`probe::attach::FaultSampler`). Each sample stands for `period` minor faults of one
-//! page each; a stack's estimate is its samples × period × page size ("memory growth flame
-//! graphs"). Read without probing the allocator, so it can stay on all the time.
+//! faults of the fault sampler (`probe::attach::FaultSampler`). Each sample stands for
+//! `period` minor faults of one page each; a stack's estimate is its samples × period × page
+//! size ("memory growth flame graphs"). Read without probing the allocator, so it can stay
+//! on all the time.
 use std::collections::HashMap;
 
 use aya::maps::{MapData, PerCpuHashMap};

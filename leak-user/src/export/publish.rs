@@ -36,7 +36,7 @@ pub fn publish(
         }
     }
     if let Some(endpoint) = endpoint {
-        // The exporters' failures so far, this publication's included.
+        // What the OTLP exporters failed to send so far.
         let failures = telemetry.map_or(0, |telemetry| telemetry.failures());
         endpoint.publish_target(
             target,
