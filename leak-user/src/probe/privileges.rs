@@ -308,16 +308,20 @@ fn groups() -> Vec<u32> {
     groups
 }
 
-/// Capabilities leaktrace needs and what fails without each (numbers from linux/capability.h).
+/// Capabilities leaktrace needs and what fails without each.
 const NEEDED_CAPABILITIES: [(u32, &str, &str); 3] = [
-    (39, "CAP_BPF", "the eBPF programs and maps cannot be loaded"),
     (
-        38,
+        CAP_BPF,
+        "CAP_BPF",
+        "the eBPF programs and maps cannot be loaded",
+    ),
+    (
+        CAP_PERFMON,
         "CAP_PERFMON",
         "the page-fault sampler and the tracing programs cannot be attached",
     ),
     (
-        19,
+        CAP_SYS_PTRACE,
         "CAP_SYS_PTRACE",
         "other processes' /proc/PID/maps, exe and memory cannot be read, so allocators and symbols are not found",
     ),
@@ -326,12 +330,12 @@ const NEEDED_CAPABILITIES: [(u32, &str, &str); 3] = [
 /// The capabilities missing from `effective`, with what fails without each. CAP_SYS_ADMIN
 /// stands in for CAP_BPF and CAP_PERFMON (kernels before 5.8 know only it).
 pub fn missing_capabilities(effective: u64) -> Vec<(&'static str, &'static str)> {
-    let has = |bit: u32| effective & (1u64 << bit) != 0;
+    let has = |capability: u32| effective & bit(capability) != 0;
     NEEDED_CAPABILITIES
         .iter()
-        .filter(|(bit, _, _)| {
-            let covered_by_admin = *bit != 19 && has(CAP_SYS_ADMIN);
-            !(has(*bit) || covered_by_admin)
+        .filter(|(capability, _, _)| {
+            let covered_by_admin = *capability != CAP_SYS_PTRACE && has(CAP_SYS_ADMIN);
+            !(has(*capability) || covered_by_admin)
         })
         .map(|(_, name, effect)| (*name, *effect))
         .collect()
@@ -360,7 +364,7 @@ pub fn missing_for_probes() -> Option<String> {
 /// Whether precise windows can place uprobes: the kernel's uprobe perf events ask for
 /// CAP_SYS_ADMIN itself (CAP_PERFMON is not enough), so without it only gear 1 runs.
 pub fn can_place_uprobes(effective: u64) -> bool {
-    effective & (1u64 << CAP_SYS_ADMIN) != 0
+    effective & bit(CAP_SYS_ADMIN) != 0
 }
 
 #[cfg(test)]
