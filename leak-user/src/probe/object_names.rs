@@ -5,10 +5,9 @@ use std::collections::BTreeSet;
 use leak_common::map_names;
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leak-ebpf"));
-
 fn object() -> object::File<'static> {
-    object::File::parse(OBJECT).expect("the eBPF object is an ELF file")
+    object::File::parse(crate::probe::attach::ebpf_object())
+        .expect("the eBPF object is an ELF file")
 }
 
 /// The name of the section `symbol` is in.
